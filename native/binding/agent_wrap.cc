@@ -1,0 +1,401 @@
+#include "binding/agent_wrap.h"
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "binding/js_error.h"
+
+namespace kvf {
+
+namespace {
+
+std::string StringOption(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return {};
+  if (!v.IsString()) ThrowCoded(o.Env(), "KVF_ERR_INVALID_ARGUMENT", std::string("option '") + key + "' must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+uint32_t IdArgument(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsNumber()) {
+    ThrowCoded(info.Env(), "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a number");
+  }
+  double d = info[i].As<Napi::Number>().DoubleValue();
+  if (!(d >= 0) || d > 4294967295.0 || d != static_cast<double>(static_cast<uint32_t>(d))) {
+    ThrowCoded(info.Env(), "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a 32-bit unsigned integer");
+  }
+  return static_cast<uint32_t>(d);
+}
+
+// Accepts any ArrayBufferView over an ArrayBuffer or SharedArrayBuffer (TS passes a Uint8Array).
+struct View {
+  uint8_t* data = nullptr;
+  size_t length = 0;
+  Napi::Value buffer;
+};
+
+View ViewArgument(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsTypedArray()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a Uint8Array");
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  napi_value buffer;
+  size_t offset = 0;
+  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &type, &length, &data, &buffer, &offset), View{});
+  if (type != napi_uint8_array) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a Uint8Array");
+  return View{static_cast<uint8_t*>(data), length, Napi::Value(env, buffer)};
+}
+
+bool IsDetached(const Napi::Value& buffer) {
+  return buffer.IsArrayBuffer() && buffer.As<Napi::ArrayBuffer>().IsDetached();
+}
+
+Napi::Object EventObject(Napi::Env env, Event& ev) {
+  Napi::Object o = Napi::Object::New(env);
+  switch (ev.type) {
+    case Event::Type::kTransferDone:
+      o.Set("type", "done");
+      o.Set("id", static_cast<double>(ev.transfer_id));
+      o.Set("bytes", static_cast<double>(ev.bytes));
+      o.Set("durationNs", static_cast<double>(ev.duration_ns));
+      o.Set("railsMask", static_cast<double>(ev.rails_mask));
+      if (!ev.error.ok()) o.Set("error", ErrorObject(env, ev.error));
+      break;
+    case Event::Type::kNotification:
+      o.Set("type", "notification");
+      o.Set("from", ev.from);
+      o.Set("data", Napi::Buffer<uint8_t>::Copy(env, ev.data.data(), ev.data.size()));
+      break;
+    case Event::Type::kClosed:
+      o.Set("type", "closed");
+      break;
+  }
+  return o;
+}
+
+}  // namespace
+
+Napi::Function AgentWrap::Init(Napi::Env env) {
+  return DefineClass(env, "NativeAgent",
+                     {
+                         InstanceMethod<&AgentWrap::Info>("info"),
+                         InstanceMethod<&AgentWrap::RegisterMemory>("registerMemory"),
+                         InstanceMethod<&AgentWrap::DeregisterMemory>("deregisterMemory"),
+                         InstanceMethod<&AgentWrap::Regions>("regions"),
+                         InstanceMethod<&AgentWrap::AddPeer>("addPeer"),
+                         InstanceMethod<&AgentWrap::RemovePeer>("removePeer"),
+                         InstanceMethod<&AgentWrap::Post>("post"),
+                         InstanceMethod<&AgentWrap::Notify>("notify"),
+                         InstanceMethod<&AgentWrap::Close>("close"),
+                         InstanceMethod<&AgentWrap::CloseSync>("closeSync"),
+                         InstanceMethod<&AgentWrap::Ref>("ref"),
+                         InstanceMethod<&AgentWrap::Unref>("unref"),
+                     });
+}
+
+AgentWrap::AgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AgentWrap>(info), env_(info.Env()) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "new NativeAgent(options, onEvents)");
+  }
+  Napi::Object o = info[0].As<Napi::Object>();
+  AgentOptions options;
+  options.name = StringOption(o, "name");
+  options.provider = StringOption(o, "provider");
+  options.node = StringOption(o, "node");
+  options.domain = StringOption(o, "domain");
+  Napi::Value rails = o.Get("rails");
+  if (rails.IsNumber()) options.rails = rails.As<Napi::Number>().Uint32Value();
+  if (options.rails > 64) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "at most 64 rails");
+
+  on_events_ = Napi::Weak(info[1].As<Napi::Function>());
+  sink_ = new Sink();
+  sink_->wrap = this;
+  tsfn_ = Tsfn::New(env, "kvfabric.completions", 0, 1, sink_, [](Napi::Env, void*, Sink* sink) { delete sink; });
+  tsfn_.Unref(env);  // TS refs it while transfers are in flight, so idle agents never hold the loop open
+  Sink* sink = sink_;
+  Tsfn tsfn = tsfn_;
+  try {
+    agent_ = std::make_unique<Agent>(options, [sink, tsfn]() mutable {
+      if (!sink->pending.exchange(true)) tsfn.NonBlockingCall();
+    });
+  } catch (const Error& e) {
+    tsfn_.Release();
+    tsfn_released_ = true;
+    Rethrow(env, e);
+  }
+  // Runs when a worker thread's environment goes away with the agent still open.
+  napi_add_env_cleanup_hook(env, reinterpret_cast<void (*)(void*)>(&AgentWrap::CleanupHook), this);
+  hook_added_ = true;
+}
+
+AgentWrap::~AgentWrap() {
+  if (hook_added_) {
+    napi_remove_env_cleanup_hook(env_, reinterpret_cast<void (*)(void*)>(&AgentWrap::CleanupHook), this);
+    hook_added_ = false;
+  }
+  ReleaseAll();
+}
+
+void AgentWrap::CleanupHook(AgentWrap* self) {
+  self->hook_added_ = false;
+  self->ReleaseAll();
+}
+
+// Closes the core synchronously (threads joined, endpoints closed) and only then lets go of the JS memory
+// the provider could have touched.
+void AgentWrap::ReleaseAll() {
+  if (agent_) agent_->CloseNow();
+  if (!tsfn_released_) {
+    sink_->wrap = nullptr;
+    tsfn_released_ = true;
+    tsfn_.Release();  // the tsfn's finalizer frees the sink once queued calls have drained
+    sink_ = nullptr;
+  }
+  pinned_.clear();
+}
+
+void AgentWrap::CallJs(Napi::Env env, Napi::Function, Sink* sink, void*) {
+  if (env == nullptr || sink == nullptr) return;
+  sink->pending = false;  // before draining, so an event pushed meanwhile schedules another call
+  if (sink->wrap != nullptr) sink->wrap->Deliver(env);
+}
+
+void AgentWrap::Deliver(Napi::Env env) {
+  Napi::HandleScope scope(env);
+  std::vector<Event> events = agent_->TakeEvents();
+  if (events.empty()) return;
+  bool closed = false;
+  Napi::Array batch = Napi::Array::New(env, events.size());
+  for (size_t i = 0; i < events.size(); ++i) {
+    closed = closed || events[i].type == Event::Type::kClosed;
+    batch.Set(static_cast<uint32_t>(i), EventObject(env, events[i]));
+  }
+  if (closed) {
+    // The core has joined its threads and closed every endpoint: the pinned memory is free to go.
+    pinned_.clear();
+  }
+  Napi::Value fn = on_events_.Value();
+  if (fn.IsFunction()) {
+    try {
+      fn.As<Napi::Function>().Call({batch});
+    } catch (const Napi::Error& e) {
+      // An exception in a user callback must not unwind through libuv; surface it as Node would.
+      napi_fatal_exception(env, e.Value());
+    }
+  }
+}
+
+Agent& AgentWrap::CoreOrThrow(Napi::Env env) {
+  if (!agent_ || agent_->closing()) ThrowCoded(env, "KVF_ERR_CLOSED", "agent is closed");
+  return *agent_;
+}
+
+Napi::Value AgentWrap::Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("name", a.name());
+  o.Set("provider", a.provider());
+  o.Set("fabric", a.fabric_name());
+  const auto& rails = a.rails();
+  Napi::Array domains = Napi::Array::New(env, rails.size());
+  Napi::Array addresses = Napi::Array::New(env, rails.size());
+  for (size_t i = 0; i < rails.size(); ++i) {
+    domains.Set(static_cast<uint32_t>(i), a.domain_names()[i]);
+    const auto& addr = rails[i]->address();
+    addresses.Set(static_cast<uint32_t>(i), Napi::Buffer<uint8_t>::Copy(env, addr.data(), addr.size()));
+  }
+  o.Set("domains", domains);
+  o.Set("addresses", addresses);
+  o.Set("virtAddr", rails[0]->virt_addr());
+  o.Set("mrMode", static_cast<double>(rails[0]->info()->domain_attr->mr_mode));
+  o.Set("txDepth", static_cast<double>(rails[0]->tx_depth()));
+  o.Set("maxMessageSize", static_cast<double>(rails[0]->max_msg_size()));
+  o.Set("maxNotificationBytes", static_cast<double>(kMaxNotificationBytes));
+  return o;
+}
+
+Napi::Value AgentWrap::RegisterMemory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  if (info.Length() < 1) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "registerMemory(view)");
+  View view = ViewArgument(env, info[0], "memory");
+  if (IsDetached(view.buffer)) ThrowCoded(env, "KVF_ERR_DETACHED", "cannot register a detached ArrayBuffer");
+  if (view.length == 0) ThrowCoded(env, "KVF_ERR_ZERO_LENGTH", "cannot register an empty buffer");
+  uint32_t id;
+  try {
+    id = a.RegisterMemory(view.data, view.length);
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+  Pinned& p = pinned_[id];
+  p.view = Napi::Persistent(info[0]);
+  p.buffer = Napi::Persistent(view.buffer);
+  p.detachable = view.buffer.IsArrayBuffer();
+  return Napi::Number::New(env, id);
+}
+
+Napi::Value AgentWrap::DeregisterMemory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  uint32_t id = IdArgument(info, 0, "region id");
+  try {
+    a.DeregisterMemory(id);
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+  pinned_.erase(id);
+  return env.Undefined();
+}
+
+Napi::Value AgentWrap::Regions(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  std::vector<const Region*> regions = a.ListRegions();
+  Napi::Array out = Napi::Array::New(env, regions.size());
+  for (size_t i = 0; i < regions.size(); ++i) {
+    const Region* r = regions[i];
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("id", r->id);
+    o.Set("length", static_cast<double>(r->length));
+    o.Set("base", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(r->data))));
+    Napi::Array keys = Napi::Array::New(env, r->mrs.size());
+    for (size_t k = 0; k < r->mrs.size(); ++k) keys.Set(static_cast<uint32_t>(k), Napi::BigInt::New(env, r->mrs[k].key));
+    o.Set("keys", keys);
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
+// addPeer(name, virtAddr, addresses: Uint8Array[], regions: {id, length, base: bigint, keys: bigint[]}[])
+Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  if (info.Length() < 4 || !info[0].IsString() || !info[1].IsBoolean() || !info[2].IsArray() || !info[3].IsArray()) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "addPeer(name, virtAddr, addresses, regions)");
+  }
+  std::vector<std::vector<uint8_t>> addresses;
+  Napi::Array addrs = info[2].As<Napi::Array>();
+  for (uint32_t i = 0; i < addrs.Length(); ++i) {
+    View v = ViewArgument(env, addrs.Get(i), "address");
+    addresses.emplace_back(v.data, v.data + v.length);
+  }
+  std::map<uint32_t, RemoteRegion> regions;
+  Napi::Array list = info[3].As<Napi::Array>();
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    Napi::Value item = list.Get(i);
+    if (!item.IsObject()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region entry is not an object");
+    Napi::Object r = item.As<Napi::Object>();
+    Napi::Value id = r.Get("id"), length = r.Get("length"), base = r.Get("base"), keys = r.Get("keys");
+    if (!id.IsNumber() || !length.IsNumber() || !base.IsBigInt() || !keys.IsArray()) {
+      ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region entry has malformed fields");
+    }
+    RemoteRegion rr;
+    bool lossless = true;
+    rr.base = base.As<Napi::BigInt>().Uint64Value(&lossless);
+    rr.length = static_cast<uint64_t>(length.As<Napi::Number>().DoubleValue());
+    Napi::Array karr = keys.As<Napi::Array>();
+    for (uint32_t k = 0; k < karr.Length(); ++k) {
+      Napi::Value key = karr.Get(k);
+      if (!key.IsBigInt()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region key is not a bigint");
+      rr.keys.push_back(key.As<Napi::BigInt>().Uint64Value(&lossless));
+    }
+    regions[id.As<Napi::Number>().Uint32Value()] = std::move(rr);
+  }
+  try {
+    return Napi::Number::New(env, a.AddPeer(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Boolean>(),
+                                            addresses, std::move(regions)));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+}
+
+Napi::Value AgentWrap::RemovePeer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  try {
+    a.RemovePeer(IdArgument(info, 0, "peer id"));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+  return env.Undefined();
+}
+
+// post(kind: 0 write | 1 read, peerId, descriptors: Float64Array (5 per descriptor), notification?: Uint8Array)
+Napi::Value AgentWrap::Post(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  const uint32_t kind = IdArgument(info, 0, "kind");
+  const uint32_t peer = IdArgument(info, 1, "peer id");
+  if (kind > 1) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "kind must be 0 (write) or 1 (read)");
+  if (info.Length() < 3 || !info[2].IsTypedArray() ||
+      info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptors must be a Float64Array");
+  }
+  Napi::Float64Array descs = info[2].As<Napi::Float64Array>();
+  if (descs.ElementLength() % DescriptorFields::kCount != 0) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptor array length must be a multiple of 5");
+  }
+  const size_t count = descs.ElementLength() / DescriptorFields::kCount;
+  // A registered ArrayBuffer that was detached since (transferred to a worker, say) must not be written.
+  std::set<uint32_t> seen;
+  for (size_t i = 0; i < count; ++i) {
+    double id = descs[i * DescriptorFields::kCount];
+    if (!(id >= 0) || id > 4294967295.0) continue;  // the core reports malformed ids
+    uint32_t region = static_cast<uint32_t>(id);
+    if (!seen.insert(region).second) continue;
+    auto it = pinned_.find(region);
+    if (it != pinned_.end() && it->second.detachable && IsDetached(it->second.buffer.Value())) {
+      ThrowCoded(env, "KVF_ERR_DETACHED", "descriptor " + std::to_string(i) + ": the ArrayBuffer of region " +
+                                              std::to_string(region) + " has been detached");
+    }
+  }
+  const bool has_notification = info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull();
+  View note;
+  if (has_notification) note = ViewArgument(env, info[3], "notification");
+  try {
+    uint64_t id = a.PostTransfer(kind == 0 ? OpKind::kWrite : OpKind::kRead, peer, descs.Data(), count, note.data,
+                                 note.length, has_notification);
+    return Napi::Number::New(env, static_cast<double>(id));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+}
+
+Napi::Value AgentWrap::Notify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  const uint32_t peer = IdArgument(info, 0, "peer id");
+  if (info.Length() < 2) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "notify(peer, data)");
+  View v = ViewArgument(env, info[1], "notification");
+  try {
+    return Napi::Number::New(env, static_cast<double>(a.PostNotification(peer, v.data, v.length)));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+}
+
+Napi::Value AgentWrap::Close(const Napi::CallbackInfo& info) {
+  uint32_t timeout = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 10000;
+  if (agent_) agent_->BeginClose(timeout);
+  return info.Env().Undefined();
+}
+
+Napi::Value AgentWrap::CloseSync(const Napi::CallbackInfo& info) {
+  ReleaseAll();
+  return info.Env().Undefined();
+}
+
+Napi::Value AgentWrap::Ref(const Napi::CallbackInfo& info) {
+  if (!tsfn_released_) tsfn_.Ref(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value AgentWrap::Unref(const Napi::CallbackInfo& info) {
+  if (!tsfn_released_) tsfn_.Unref(info.Env());
+  return info.Env().Undefined();
+}
+
+}  // namespace kvf

@@ -1,0 +1,64 @@
+// NativeAgent: the Node-API face of kvf::Agent. Arguments are checked here, JS buffers are pinned here,
+// and completions arrive on the JS thread in batches through one thread-safe function per agent.
+#pragma once
+
+#include <napi.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+
+#include "core/agent.h"
+
+namespace kvf {
+
+class AgentWrap : public Napi::ObjectWrap<AgentWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit AgentWrap(const Napi::CallbackInfo& info);
+  ~AgentWrap() override;
+
+ private:
+  // Shared with the thread-safe function, which may deliver a queued call after this wrap is gone.
+  struct Sink {
+    AgentWrap* wrap = nullptr;
+    std::atomic<bool> pending{false};
+  };
+  static void CallJs(Napi::Env env, Napi::Function, Sink* sink, void*);
+  using Tsfn = Napi::TypedThreadSafeFunction<Sink, void, &AgentWrap::CallJs>;
+
+  struct Pinned {
+    Napi::Reference<Napi::Value> view;    // keeps the memory alive while registered
+    Napi::Reference<Napi::Value> buffer;  // the ArrayBuffer, to detect detachment
+    bool detachable = false;
+  };
+
+  Napi::Value Info(const Napi::CallbackInfo& info);
+  Napi::Value RegisterMemory(const Napi::CallbackInfo& info);
+  Napi::Value DeregisterMemory(const Napi::CallbackInfo& info);
+  Napi::Value Regions(const Napi::CallbackInfo& info);
+  Napi::Value AddPeer(const Napi::CallbackInfo& info);
+  Napi::Value RemovePeer(const Napi::CallbackInfo& info);
+  Napi::Value Post(const Napi::CallbackInfo& info);
+  Napi::Value Notify(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value CloseSync(const Napi::CallbackInfo& info);
+  Napi::Value Ref(const Napi::CallbackInfo& info);
+  Napi::Value Unref(const Napi::CallbackInfo& info);
+
+  Agent& CoreOrThrow(Napi::Env env);
+  void Deliver(Napi::Env env);
+  void ReleaseAll();
+  static void CleanupHook(AgentWrap* self);
+
+  std::unique_ptr<Agent> agent_;
+  Sink* sink_ = nullptr;
+  Tsfn tsfn_;
+  bool tsfn_released_ = false;
+  Napi::FunctionReference on_events_;  // weak: the TS wrapper owns the function
+  std::map<uint32_t, Pinned> pinned_;
+  napi_env env_ = nullptr;
+  bool hook_added_ = false;
+};
+
+}  // namespace kvf

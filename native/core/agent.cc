@@ -1,0 +1,528 @@
+#include "core/agent.h"
+
+#include <rdma/fi_domain.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+
+namespace kvf {
+
+namespace {
+
+constexpr uint8_t kNotificationMagic[4] = {'K', 'V', 'F', 'N'};
+constexpr uint8_t kNotificationVersion = 1;
+constexpr size_t kNotificationHeader = 12;  // magic, version, name length, reserved u16, payload length u32
+constexpr size_t kReceiveSize = kNotificationHeader + kMaxNameBytes + kMaxNotificationBytes;
+constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
+
+// Agents still open at process exit are closed before libfabric's own destructors run: atexit handlers
+// registered after libfabric was loaded run before the loader's library destructors.
+std::mutex g_live_mu;
+std::set<Agent*> g_live;
+std::once_flag g_atexit_once;
+
+void CloseLiveAgentsAtExit() {
+  std::vector<Agent*> live;
+  {
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    live.assign(g_live.begin(), g_live.end());
+  }
+  for (Agent* a : live) a->CloseNow();
+}
+
+std::atomic<uint32_t> g_agent_counter{0};
+
+void PutU32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+uint32_t GetU32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+uint64_t ExactIndex(double v, size_t descriptor, const char* field) {
+  if (!(v >= 0) || v >= kMaxExactInteger || std::floor(v) != v) {
+    throw Error("KVF_ERR_INVALID_ARGUMENT", "descriptor " + std::to_string(descriptor) + ": " + field +
+                                                " must be a non-negative integer below 2^53");
+  }
+  return static_cast<uint64_t>(v);
+}
+
+}  // namespace
+
+Agent::Agent(const AgentOptions& options, std::function<void()> wake) : name_(options.name), wake_(std::move(wake)) {
+  if (name_.empty() || name_.size() > kMaxNameBytes) {
+    throw Error("KVF_ERR_INVALID_ARGUMENT", "agent name must be 1..255 bytes");
+  }
+  OpenRails(options);
+  for (auto& rail : rails_) rail->Start();
+  std::call_once(g_atexit_once, [] { std::atexit(CloseLiveAgentsAtExit); });
+  std::lock_guard<std::mutex> lock(g_live_mu);
+  g_live.insert(this);
+}
+
+Agent::~Agent() {
+  CloseNow();
+  std::lock_guard<std::mutex> lock(g_live_mu);
+  g_live.erase(this);
+}
+
+void Agent::OpenRails(const AgentOptions& options) {
+  fi_info* hints = fi_allocinfo();
+  if (hints == nullptr) throw Error("KVF_ERR_ALLOC", "fi_allocinfo failed");
+  hints->caps = FI_MSG | FI_RMA | FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
+  hints->mode = FI_CONTEXT | FI_CONTEXT2;
+  hints->ep_attr->type = FI_EP_RDM;
+  hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
+  hints->domain_attr->threading = FI_THREAD_SAFE;
+  hints->fabric_attr->prov_name = strdup(options.provider.c_str());
+  if (!options.domain.empty()) hints->domain_attr->name = strdup(options.domain.c_str());
+
+  fi_info* list = nullptr;
+  const char* node = options.node.empty() ? nullptr : options.node.c_str();
+  int rc = fi_getinfo(FI_VERSION(1, 9), node, nullptr, node != nullptr ? FI_SOURCE : 0, hints, &list);
+  fi_freeinfo(hints);
+  if (rc != 0 || list == nullptr) {
+    std::string what = "no libfabric provider '" + options.provider + "' with FI_EP_RDM, RMA and messaging";
+    if (node != nullptr) what += " bound to " + options.node;
+    if (!options.domain.empty()) what += " in domain " + options.domain;
+    throw Error("KVF_ERR_PROVIDER_UNAVAILABLE", what + (rc != 0 ? std::string(": ") + fi_strerror(-rc) : ""),
+                rc < 0 ? -rc : 0, rc != 0 ? fi_strerror(-rc) : "");
+  }
+
+  // One rail per distinct domain (NIC) by default; more rails than domains reuse them round-robin,
+  // which on tcp gives parallel connections.
+  std::vector<fi_info*> domains;
+  std::set<std::string> seen;
+  for (fi_info* i = list; i != nullptr; i = i->next) {
+    if (seen.insert(i->domain_attr->name ? i->domain_attr->name : "").second) domains.push_back(i);
+  }
+  provider_ = domains[0]->fabric_attr->prov_name ? domains[0]->fabric_attr->prov_name : options.provider;
+  fabric_name_ = domains[0]->fabric_attr->name ? domains[0]->fabric_attr->name : "";
+  const uint32_t count = options.rails > 0 ? options.rails : static_cast<uint32_t>(domains.size());
+  const uint32_t agent_number = g_agent_counter++;
+  try {
+    for (uint32_t r = 0; r < count; ++r) {
+      fi_info* chosen = fi_dupinfo(domains[r % domains.size()]);
+      if (chosen == nullptr) throw Error("KVF_ERR_ALLOC", "fi_dupinfo failed");
+      if (chosen->addr_format == FI_ADDR_STR && provider_ == "shm") {
+        // shm names its endpoint after the process id by default, so a second endpoint in one process
+        // would collide; give every rail of every agent its own name.
+        std::string addr = "fi_shm://kvf_" + std::to_string(getpid()) + "_" + std::to_string(agent_number) + "_" +
+                           std::to_string(r);
+        free(chosen->src_addr);
+        chosen->src_addr = strdup(addr.c_str());
+        chosen->src_addrlen = addr.size() + 1;
+      }
+      rails_.push_back(std::make_unique<Rail>(r, chosen, this, r == 0 ? kReceiveSize : 0));
+    }
+  } catch (...) {
+    rails_.clear();
+    fi_freeinfo(list);
+    throw;
+  }
+  fi_freeinfo(list);
+}
+
+std::vector<std::string> Agent::domain_names() const {
+  std::vector<std::string> out;
+  for (const auto& r : rails_) out.emplace_back(r->info()->domain_attr->name ? r->info()->domain_attr->name : "");
+  return out;
+}
+
+uint32_t Agent::RegisterMemory(void* data, size_t length) {
+  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (length == 0) throw Error("KVF_ERR_ZERO_LENGTH", "cannot register an empty buffer");
+  auto region = std::make_unique<Region>();
+  region->data = static_cast<uint8_t*>(data);
+  region->length = length;
+  std::lock_guard<std::mutex> lock(regions_mu_);
+  region->id = next_region_++;
+  try {
+    for (auto& rail : rails_) region->mrs.push_back(rail->RegisterMemory(data, length, region->id));
+  } catch (...) {
+    for (auto& mr : region->mrs) Rail::CloseMr(mr);
+    throw;
+  }
+  const uint32_t id = region->id;
+  regions_.emplace(id, std::move(region));
+  return id;
+}
+
+void Agent::DeregisterMemory(uint32_t id) {
+  std::lock_guard<std::mutex> lock(regions_mu_);
+  auto it = regions_.find(id);
+  if (it == regions_.end()) throw Error("KVF_ERR_UNKNOWN_REGION", "region " + std::to_string(id) + " is not registered");
+  if (it->second->inflight > 0) {
+    throw Error("KVF_ERR_BUSY", "region " + std::to_string(id) + " has " + std::to_string(it->second->inflight) +
+                                    " transfers in flight");
+  }
+  for (auto& mr : it->second->mrs) Rail::CloseMr(mr);
+  regions_.erase(it);
+}
+
+std::vector<const Region*> Agent::ListRegions() const {
+  std::lock_guard<std::mutex> lock(regions_mu_);
+  std::vector<const Region*> out;
+  for (const auto& [id, r] : regions_) out.push_back(r.get());
+  return out;
+}
+
+uint32_t Agent::AddPeer(const std::string& name, bool virt_addr, const std::vector<std::vector<uint8_t>>& addresses,
+                        std::map<uint32_t, RemoteRegion> regions) {
+  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (addresses.empty()) throw Error("KVF_ERR_BAD_METADATA", "peer advertises no rails");
+  for (const auto& [id, region] : regions) {
+    if (region.keys.size() != addresses.size()) {
+      throw Error("KVF_ERR_BAD_METADATA", "region " + std::to_string(id) + " has " + std::to_string(region.keys.size()) +
+                                              " keys for " + std::to_string(addresses.size()) + " rails");
+    }
+  }
+  Peer peer;
+  peer.name = name;
+  peer.virt_addr = virt_addr;
+  peer.remote_rails = addresses.size();
+  peer.regions = std::move(regions);
+  for (auto& rail : rails_) {
+    std::vector<fi_addr_t> row;
+    for (const auto& address : addresses) row.push_back(rail->InsertAddress(address.data(), address.size()));
+    peer.addrs.push_back(std::move(row));
+  }
+  const uint32_t id = next_peer_++;
+  peers_.emplace(id, std::move(peer));
+  return id;
+}
+
+void Agent::RemovePeer(uint32_t id) {
+  // Addresses stay in the AVs: transfers in flight may still use them, and they are freed with the rails.
+  if (peers_.erase(id) == 0) throw Error("KVF_ERR_UNKNOWN_PEER", "peer " + std::to_string(id) + " is not loaded");
+}
+
+Peer& Agent::PeerOrThrow(uint32_t id) {
+  auto it = peers_.find(id);
+  if (it == peers_.end()) throw Error("KVF_ERR_UNKNOWN_PEER", "peer " + std::to_string(id) + " is not loaded");
+  return it->second;
+}
+
+std::vector<uint8_t> Agent::EncodeNotification(const uint8_t* data, size_t length) const {
+  if (length > kMaxNotificationBytes) {
+    throw Error("KVF_ERR_TOO_LARGE", "notification is " + std::to_string(length) + " bytes; the limit is " +
+                                         std::to_string(kMaxNotificationBytes));
+  }
+  std::vector<uint8_t> msg(kNotificationHeader + name_.size() + length);
+  std::memcpy(msg.data(), kNotificationMagic, 4);
+  msg[4] = kNotificationVersion;
+  msg[5] = static_cast<uint8_t>(name_.size());
+  msg[6] = msg[7] = 0;
+  PutU32(msg.data() + 8, static_cast<uint32_t>(length));
+  std::memcpy(msg.data() + kNotificationHeader, name_.data(), name_.size());
+  if (length > 0) std::memcpy(msg.data() + kNotificationHeader + name_.size(), data, length);
+  return msg;
+}
+
+uint64_t Agent::PostTransfer(OpKind kind, uint32_t peer_id, const double* d, size_t count,
+                             const uint8_t* notification, size_t notification_length, bool has_notification) {
+  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  Peer& peer = PeerOrThrow(peer_id);
+  if (count == 0) throw Error("KVF_ERR_INVALID_ARGUMENT", "a transfer needs at least one descriptor");
+
+  auto t = std::make_unique<Transfer>();
+  t->kind = kind;
+  struct Range {
+    uint64_t region, begin, end;
+    size_t index;
+  };
+  std::vector<Range> destinations;
+  destinations.reserve(count);
+  std::vector<Region*> locals(count);
+  std::vector<const RemoteRegion*> remotes(count);
+  {
+    std::lock_guard<std::mutex> lock(regions_mu_);
+    for (size_t i = 0; i < count; ++i) {
+      const double* f = d + i * DescriptorFields::kCount;
+      const uint64_t lregion = ExactIndex(f[0], i, "localRegion");
+      const uint64_t loff = ExactIndex(f[1], i, "localOffset");
+      const uint64_t rregion = ExactIndex(f[2], i, "remoteRegion");
+      const uint64_t roff = ExactIndex(f[3], i, "remoteOffset");
+      const uint64_t len = ExactIndex(f[4], i, "length");
+      const std::string at = "descriptor " + std::to_string(i) + ": ";
+      if (len == 0) throw Error("KVF_ERR_ZERO_LENGTH", at + "length is 0");
+      auto lit = regions_.find(static_cast<uint32_t>(lregion));
+      if (lregion > UINT32_MAX || lit == regions_.end()) {
+        throw Error("KVF_ERR_UNKNOWN_REGION", at + "local region " + std::to_string(lregion) + " is not registered");
+      }
+      if (loff > lit->second->length || len > lit->second->length - loff) {
+        throw Error("KVF_ERR_OUT_OF_RANGE", at + "local range [" + std::to_string(loff) + ", " +
+                                                std::to_string(loff + len) + ") exceeds region " +
+                                                std::to_string(lregion) + " of " +
+                                                std::to_string(lit->second->length) + " bytes");
+      }
+      auto rit = peer.regions.find(static_cast<uint32_t>(rregion));
+      if (rregion > UINT32_MAX || rit == peer.regions.end()) {
+        throw Error("KVF_ERR_UNKNOWN_REGION",
+                    at + "peer '" + peer.name + "' advertises no region " + std::to_string(rregion));
+      }
+      if (roff > rit->second.length || len > rit->second.length - roff) {
+        throw Error("KVF_ERR_OUT_OF_RANGE", at + "remote range [" + std::to_string(roff) + ", " +
+                                                std::to_string(roff + len) + ") exceeds region " +
+                                                std::to_string(rregion) + " of peer '" + peer.name + "' (" +
+                                                std::to_string(rit->second.length) + " bytes)");
+      }
+      locals[i] = lit->second.get();
+      remotes[i] = &rit->second;
+      if (kind == OpKind::kWrite) {
+        destinations.push_back({rregion, roff, roff + len, i});
+      } else {
+        destinations.push_back({lregion, loff, loff + len, i});
+      }
+      t->bytes += len;
+    }
+    // Two descriptors landing on the same bytes make the result depend on completion order.
+    std::sort(destinations.begin(), destinations.end(), [](const Range& a, const Range& b) {
+      return a.region != b.region ? a.region < b.region : a.begin < b.begin;
+    });
+    for (size_t i = 1; i < destinations.size(); ++i) {
+      const Range& a = destinations[i - 1];
+      const Range& b = destinations[i];
+      if (a.region == b.region && b.begin < a.end) {
+        throw Error("KVF_ERR_OVERLAP", "descriptors " + std::to_string(a.index) + " and " + std::to_string(b.index) +
+                                           " overlap at the " + (kind == OpKind::kWrite ? "remote" : "local") +
+                                           " destination");
+      }
+    }
+    if (has_notification) t->notify_message = EncodeNotification(notification, notification_length);
+    for (Region* r : locals) {
+      if (std::find(t->regions.begin(), t->regions.end(), r) == t->regions.end()) t->regions.push_back(r);
+    }
+    for (Region* r : t->regions) ++r->inflight;
+  }
+
+  // Split descriptors into ops no larger than the provider's message limit; round-robin descriptors over rails.
+  const size_t nrails = rails_.size();
+  const size_t max_msg = rails_[0]->max_msg_size();
+  size_t nops = 0;
+  for (size_t i = 0; i < count; ++i) nops += 1 + (static_cast<uint64_t>(d[i * 5 + 4]) - 1) / max_msg;
+  t->ops.resize(nops);
+  size_t k = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const double* f = d + i * DescriptorFields::kCount;
+    const uint32_t lr = static_cast<uint32_t>((next_rail_ + i) % nrails);
+    const uint32_t rr = static_cast<uint32_t>(lr % peer.remote_rails);
+    const RemoteRegion& remote = *remotes[i];
+    uint64_t loff = static_cast<uint64_t>(f[1]);
+    uint64_t roff = static_cast<uint64_t>(f[3]);
+    uint64_t left = static_cast<uint64_t>(f[4]);
+    while (left > 0) {
+      const uint64_t len = std::min<uint64_t>(left, max_msg);
+      Op& op = t->ops[k++];
+      op.kind = kind;
+      op.transfer = t.get();
+      op.local = locals[i]->data + loff;
+      op.length = len;
+      op.desc = locals[i]->mrs[lr].desc;
+      op.dest = peer.addrs[lr][rr];
+      op.remote_addr = (peer.virt_addr ? remote.base : 0) + roff;
+      op.remote_key = remote.keys[rr];
+      op.rail = lr;
+      op.delivery_complete = has_notification && kind == OpKind::kWrite;
+      t->rails_mask |= 1ull << (lr % 64);
+      loff += len;
+      roff += len;
+      left -= len;
+    }
+  }
+  next_rail_ = static_cast<uint32_t>((next_rail_ + count) % nrails);
+  if (has_notification) {
+    t->notify_op = std::make_unique<Op>();
+    Op& op = *t->notify_op;
+    op.kind = OpKind::kSend;
+    op.transfer = t.get();
+    op.local = t->notify_message.data();
+    op.length = t->notify_message.size();
+    op.dest = peer.addrs[0][0];
+  }
+  t->remaining = t->ops.size();
+  t->start = std::chrono::steady_clock::now();
+
+  Transfer* raw = t.get();
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(transfers_mu_);
+    id = raw->id = next_transfer_++;
+    transfers_.emplace(id, std::move(t));
+  }
+  // Group by rail so each rail is woken once per transfer.
+  std::vector<std::vector<Op*>> by_rail(nrails);
+  for (Op& op : raw->ops) by_rail[op.rail].push_back(&op);
+  for (size_t r = 0; r < nrails; ++r) {
+    if (!by_rail[r].empty()) rails_[r]->Submit(by_rail[r].data(), by_rail[r].size());
+  }
+  return id;
+}
+
+uint64_t Agent::PostNotification(uint32_t peer_id, const uint8_t* data, size_t length) {
+  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  Peer& peer = PeerOrThrow(peer_id);
+  auto t = std::make_unique<Transfer>();
+  t->kind = OpKind::kSend;
+  t->notify_message = EncodeNotification(data, length);
+  t->ops.resize(1);
+  Op& op = t->ops[0];
+  op.kind = OpKind::kSend;
+  op.transfer = t.get();
+  op.local = t->notify_message.data();
+  op.length = t->notify_message.size();
+  op.dest = peer.addrs[0][0];
+  t->remaining = 1;
+  t->rails_mask = 1;
+  t->start = std::chrono::steady_clock::now();
+  Transfer* raw = t.get();
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(transfers_mu_);
+    id = raw->id = next_transfer_++;
+    transfers_.emplace(id, std::move(t));
+  }
+  rails_[0]->Submit(&raw->ops[0]);
+  return id;
+}
+
+void Agent::OnOpComplete(Op* op, const ErrorInfo* error) {
+  Transfer* t = op->transfer;
+  bool failed;
+  {
+    std::lock_guard<std::mutex> lock(t->error_mu);
+    if (error != nullptr && t->error.ok()) t->error = *error;
+    failed = !t->error.ok();
+  }
+  if (t->remaining.fetch_sub(1) != 1) return;
+  if (t->notify_op && !t->notify_posted && !failed && !force_close_) {
+    // Every write has been delivered (FI_DELIVERY_COMPLETE) or every read has landed: only now may the
+    // target learn that the data is there.
+    t->notify_posted = true;
+    t->remaining = 1;
+    rails_[0]->Submit(t->notify_op.get());
+    return;
+  }
+  Finish(t);
+}
+
+void Agent::Finish(Transfer* t) {
+  Event ev;
+  ev.type = Event::Type::kTransferDone;
+  ev.transfer_id = t->id;
+  ev.error = t->error;
+  ev.bytes = t->bytes;
+  ev.rails_mask = t->rails_mask;
+  ev.duration_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t->start).count());
+  for (Region* r : t->regions) --r->inflight;
+  {
+    std::lock_guard<std::mutex> lock(transfers_mu_);
+    transfers_.erase(t->id);
+  }
+  transfers_cv_.notify_all();
+  PushEvent(std::move(ev));
+}
+
+void Agent::OnMessage(const uint8_t* data, size_t length) {
+  // Control messages come from the network: check every length before trusting it; drop what is malformed.
+  if (length < kNotificationHeader || std::memcmp(data, kNotificationMagic, 4) != 0 ||
+      data[4] != kNotificationVersion) {
+    return;
+  }
+  const size_t name_len = data[5];
+  const size_t payload_len = GetU32(data + 8);
+  if (name_len == 0 || kNotificationHeader + name_len + payload_len != length) return;
+  Event ev;
+  ev.type = Event::Type::kNotification;
+  ev.from.assign(reinterpret_cast<const char*>(data + kNotificationHeader), name_len);
+  ev.data.assign(data + kNotificationHeader + name_len, data + length);
+  PushEvent(std::move(ev));
+}
+
+void Agent::PushEvent(Event event) {
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    events_.push_back(std::move(event));
+  }
+  if (wake_) wake_();
+}
+
+std::vector<Event> Agent::TakeEvents() {
+  std::lock_guard<std::mutex> lock(events_mu_);
+  std::vector<Event> out;
+  out.swap(events_);
+  return out;
+}
+
+size_t Agent::transfers_in_flight() {
+  std::lock_guard<std::mutex> lock(transfers_mu_);
+  return transfers_.size();
+}
+
+void Agent::BeginClose(uint32_t timeout_ms) {
+  std::lock_guard<std::mutex> lock(close_mu_);
+  if (closing_) return;
+  closing_ = true;
+  closer_ = std::thread([this, timeout_ms] {
+    {
+      std::unique_lock<std::mutex> lock(transfers_mu_);
+      transfers_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                             [this] { return transfers_.empty() || force_close_; });
+    }
+    Shutdown();
+  });
+}
+
+void Agent::CloseNow() {
+  std::lock_guard<std::mutex> lock(close_mu_);
+  closing_ = true;
+  if (closer_.joinable()) {
+    force_close_ = true;
+    transfers_cv_.notify_all();
+    closer_.join();
+    return;
+  }
+  Shutdown();
+}
+
+void Agent::Shutdown() {
+  if (closed_.exchange(true)) return;
+  force_close_ = true;
+  for (auto& rail : rails_) rail->RequestStop(true);
+  for (auto& rail : rails_) rail->Join();
+  for (auto& rail : rails_) rail->CloseEndpoint();
+  {
+    std::lock_guard<std::mutex> lock(regions_mu_);
+    for (auto& [id, region] : regions_) {
+      for (auto& mr : region->mrs) Rail::CloseMr(mr);
+    }
+    regions_.clear();
+  }
+  rails_.clear();
+  // Whatever was posted and never completed is abandoned now that the endpoints are gone.
+  std::vector<std::unique_ptr<Transfer>> abandoned;
+  {
+    std::lock_guard<std::mutex> lock(transfers_mu_);
+    for (auto& [id, t] : transfers_) abandoned.push_back(std::move(t));
+    transfers_.clear();
+  }
+  for (auto& t : abandoned) {
+    Event ev;
+    ev.type = Event::Type::kTransferDone;
+    ev.transfer_id = t->id;
+    ev.error = t->error.ok() ? ErrorInfo{"KVF_ERR_CLOSED", "agent closed with the transfer in flight", 0, {}} : t->error;
+    ev.bytes = t->bytes;
+    PushEvent(std::move(ev));
+  }
+  peers_.clear();
+  Event closed;
+  closed.type = Event::Type::kClosed;
+  PushEvent(std::move(closed));
+}
+
+}  // namespace kvf

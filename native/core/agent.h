@@ -1,0 +1,135 @@
+// The transfer agent: rails, registered regions, loaded peers and transfers in flight. Everything here is
+// plain C++ (no Node headers); the binding calls it from the JS thread and receives events through the
+// `wake` callback, which the rail threads call when there is something to take with TakeEvents().
+#pragma once
+
+#include <rdma/fabric.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/rail.h"
+#include "core/transfer.h"
+
+namespace kvf {
+
+struct AgentOptions {
+  std::string name;
+  std::string provider;   // libfabric provider name: "tcp;ofi_rxm", "shm", "efa", ...
+  std::string node;       // source address to bind (tcp), empty for providers that need none
+  std::string domain;     // restrict to one domain (NIC or interface), empty for any
+  uint32_t rails = 0;     // 0: one per distinct domain found (all EFA devices), at least 1
+};
+
+struct Region {
+  uint32_t id = 0;
+  uint8_t* data = nullptr;
+  size_t length = 0;
+  std::vector<RailMr> mrs;  // one per local rail
+  std::atomic<uint32_t> inflight{0};
+};
+
+struct RemoteRegion {
+  uint64_t base = 0;  // added to offsets on FI_MR_VIRT_ADDR providers
+  uint64_t length = 0;
+  std::vector<uint64_t> keys;  // per remote rail
+};
+
+struct Peer {
+  std::string name;
+  bool virt_addr = false;
+  size_t remote_rails = 0;
+  std::vector<std::vector<fi_addr_t>> addrs;  // [local rail][remote rail]
+  std::map<uint32_t, RemoteRegion> regions;
+};
+
+// Descriptor layout passed from JS: five doubles each (exact integers up to 2^53).
+struct DescriptorFields {
+  static constexpr size_t kCount = 5;  // localRegion, localOffset, remoteRegion, remoteOffset, length
+};
+
+constexpr size_t kMaxNotificationBytes = 16384;
+constexpr size_t kMaxNameBytes = 255;
+
+class Agent : public RailOwner {
+ public:
+  Agent(const AgentOptions& options, std::function<void()> wake);
+  ~Agent() override;
+
+  const std::string& name() const { return name_; }
+  const std::string& provider() const { return provider_; }
+  const std::string& fabric_name() const { return fabric_name_; }
+  std::vector<std::string> domain_names() const;
+  const std::vector<std::unique_ptr<Rail>>& rails() const { return rails_; }
+
+  uint32_t RegisterMemory(void* data, size_t length);
+  void DeregisterMemory(uint32_t id);
+  std::vector<const Region*> ListRegions() const;
+
+  uint32_t AddPeer(const std::string& name, bool virt_addr, const std::vector<std::vector<uint8_t>>& addresses,
+                   std::map<uint32_t, RemoteRegion> regions);
+  void RemovePeer(uint32_t id);
+
+  // Validates every descriptor, then posts. Throws kvf::Error before anything is posted.
+  uint64_t PostTransfer(OpKind kind, uint32_t peer, const double* descriptors, size_t count,
+                        const uint8_t* notification, size_t notification_length, bool has_notification);
+  uint64_t PostNotification(uint32_t peer, const uint8_t* data, size_t length);
+
+  // Graceful close: refuse new work, let transfers drain for up to `timeout_ms`, then close everything and
+  // emit a kClosed event. Forced close: synchronous, for destructors and env teardown.
+  void BeginClose(uint32_t timeout_ms);
+  void CloseNow();
+  bool closing() const { return closing_; }
+
+  std::vector<Event> TakeEvents();
+  size_t transfers_in_flight();
+
+  // RailOwner
+  void OnOpComplete(Op* op, const ErrorInfo* error) override;
+  void OnMessage(const uint8_t* data, size_t length) override;
+
+ private:
+  void OpenRails(const AgentOptions& options);
+  void Finish(Transfer* transfer);
+  void PushEvent(Event event);
+  void Shutdown();
+  Peer& PeerOrThrow(uint32_t id);
+  std::vector<uint8_t> EncodeNotification(const uint8_t* data, size_t length) const;
+
+  std::string name_;
+  std::string provider_;
+  std::string fabric_name_;
+  std::function<void()> wake_;
+  std::vector<std::unique_ptr<Rail>> rails_;
+
+  mutable std::mutex regions_mu_;
+  std::map<uint32_t, std::unique_ptr<Region>> regions_;
+  uint32_t next_region_ = 1;
+
+  std::map<uint32_t, Peer> peers_;  // JS thread only
+  uint32_t next_peer_ = 1;
+
+  std::mutex transfers_mu_;
+  std::condition_variable transfers_cv_;
+  std::map<uint64_t, std::unique_ptr<Transfer>> transfers_;
+  uint64_t next_transfer_ = 1;
+  uint32_t next_rail_ = 0;
+
+  std::mutex events_mu_;
+  std::vector<Event> events_;
+
+  std::atomic<bool> closing_{false};
+  std::mutex close_mu_;
+  std::atomic<bool> closed_{false};
+  std::thread closer_;
+  std::atomic<bool> force_close_{false};
+};
+
+}  // namespace kvf

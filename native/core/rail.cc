@@ -1,0 +1,303 @@
+#include "core/rail.h"
+
+#include <rdma/fi_cm.h>
+#include <rdma/fi_rma.h>
+
+#include <sched.h>
+
+#include <chrono>
+#include <cstring>
+
+namespace kvf {
+
+namespace {
+constexpr size_t kCqBatch = 64;
+constexpr size_t kReceiveSlots = 64;
+// How long a rail keeps spinning on its CQ after the last sign of work before it blocks in fi_cq_sread.
+// Spinning keeps latency low during bursts; blocking keeps an idle agent off the CPU.
+constexpr auto kSpinWindow = std::chrono::microseconds(2000);
+constexpr int kIdleWaitMs = 100;
+
+void CloseFid(fid_t f) {
+  if (f != nullptr) fi_close(f);
+}
+}  // namespace
+
+Rail::Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffer_size)
+    : index_(index), info_(info), owner_(owner), receive_size_(receive_buffer_size) {
+  try {
+    CheckFi(fi_fabric(info_->fabric_attr, &fabric_, nullptr), "fi_fabric");
+    CheckFi(fi_domain(fabric_, info_, &domain_, nullptr), "fi_domain");
+
+    fi_cq_attr cq_attr{};
+    cq_attr.format = FI_CQ_FORMAT_DATA;
+    cq_attr.size = std::max<size_t>(info_->tx_attr->size + info_->rx_attr->size, 1024);
+    cq_attr.wait_obj = FI_WAIT_UNSPEC;
+    if (fi_cq_open(domain_, &cq_attr, &cq_, nullptr) == 0) {
+      cq_can_wait_ = true;
+    } else {
+      // Providers without wait objects still work: the progress thread then polls with short sleeps.
+      cq_attr.wait_obj = FI_WAIT_NONE;
+      CheckFi(fi_cq_open(domain_, &cq_attr, &cq_, nullptr), "fi_cq_open");
+    }
+
+    fi_av_attr av_attr{};
+    av_attr.type = FI_AV_TABLE;
+    CheckFi(fi_av_open(domain_, &av_attr, &av_, nullptr), "fi_av_open");
+
+    CheckFi(fi_endpoint(domain_, info_, &ep_, nullptr), "fi_endpoint");
+    CheckFi(fi_ep_bind(ep_, &cq_->fid, FI_TRANSMIT | FI_RECV), "fi_ep_bind(cq)");
+    CheckFi(fi_ep_bind(ep_, &av_->fid, 0), "fi_ep_bind(av)");
+    CheckFi(fi_enable(ep_), "fi_enable");
+
+    size_t addrlen = 0;
+    fi_getname(&ep_->fid, nullptr, &addrlen);
+    address_.resize(addrlen);
+    CheckFi(fi_getname(&ep_->fid, address_.data(), &addrlen), "fi_getname");
+    address_.resize(addrlen);
+
+    tx_depth_ = info_->tx_attr->size > 0 ? info_->tx_attr->size : 128;
+    max_msg_size_ = info_->ep_attr->max_msg_size > 0 ? info_->ep_attr->max_msg_size : (1ull << 30);
+
+    if (receive_size_ > 0) {
+      receive_buffer_.resize(receive_size_ * kReceiveSlots);
+      if (needs_local_mr()) receive_mr_ = RegisterMemory(receive_buffer_.data(), receive_buffer_.size(), 0xffff0000u + index_);
+      receive_ops_.resize(kReceiveSlots);
+      for (size_t i = 0; i < kReceiveSlots; ++i) PostReceive(i);
+    }
+  } catch (...) {
+    CloseMr(receive_mr_);
+    CloseFid(ep_ ? &ep_->fid : nullptr);
+    CloseFid(av_ ? &av_->fid : nullptr);
+    CloseFid(cq_ ? &cq_->fid : nullptr);
+    CloseFid(domain_ ? &domain_->fid : nullptr);
+    CloseFid(fabric_ ? &fabric_->fid : nullptr);
+    fi_freeinfo(info_);
+    throw;
+  }
+}
+
+Rail::~Rail() {
+  RequestStop(true);
+  Join();
+  CloseEndpoint();
+  CloseMr(receive_mr_);
+  CloseFid(&av_->fid);
+  CloseFid(&cq_->fid);
+  CloseFid(&domain_->fid);
+  CloseFid(&fabric_->fid);
+  fi_freeinfo(info_);
+}
+
+void Rail::Start() { thread_ = std::thread([this] { Run(); }); }
+
+void Rail::RequestStop(bool force) {
+  if (force) force_ = true;
+  stop_ = true;
+  Wake();
+}
+
+void Rail::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Rail::CloseEndpoint() {
+  if (ep_ != nullptr) fi_close(&ep_->fid);
+  ep_ = nullptr;
+}
+
+void Rail::Wake() {
+  if (cq_can_wait_ && cq_ != nullptr) fi_cq_signal(cq_);
+}
+
+RailMr Rail::RegisterMemory(void* data, size_t length, uint64_t requested_key) {
+  RailMr out;
+  const uint64_t access = FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
+  CheckFi(fi_mr_reg(domain_, data, length, access, 0, requested_key, 0, &out.mr, nullptr), "fi_mr_reg");
+  if (info_->domain_attr->mr_mode & FI_MR_ENDPOINT) {
+    int rc = fi_mr_bind(out.mr, &ep_->fid, 0);
+    if (rc == 0) rc = fi_mr_enable(out.mr);
+    if (rc != 0) {
+      fi_close(&out.mr->fid);
+      CheckFi(rc, "fi_mr_bind/enable");
+    }
+  }
+  out.desc = fi_mr_desc(out.mr);
+  out.key = fi_mr_key(out.mr);
+  return out;
+}
+
+void Rail::CloseMr(RailMr& mr) {
+  if (mr.mr != nullptr) fi_close(&mr.mr->fid);
+  mr = RailMr{};
+}
+
+fi_addr_t Rail::InsertAddress(const uint8_t* address, size_t length) {
+  if (length != address_.size()) {
+    throw Error("KVF_ERR_PROVIDER_MISMATCH", "peer endpoint address is " + std::to_string(length) +
+                                                 " bytes, this provider's are " + std::to_string(address_.size()));
+  }
+  fi_addr_t out = FI_ADDR_NOTAVAIL;
+  int rc = fi_av_insert(av_, address, 1, &out, 0, nullptr);
+  if (rc != 1) CheckFi(rc < 0 ? rc : -FI_EINVAL, "fi_av_insert");
+  return out;
+}
+
+void Rail::Submit(Op* const* ops, size_t count) {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    queue_.insert(queue_.end(), ops, ops + count);
+  }
+  Wake();
+}
+
+void Rail::PostReceive(size_t slot) {
+  Op& op = receive_ops_[slot];
+  op = Op{};
+  op.local = receive_buffer_.data() + slot * receive_size_;
+  op.length = receive_size_;
+  op.desc = receive_mr_.desc;
+  op.rail = index_;
+  ssize_t rc;
+  do {
+    rc = fi_recv(ep_, op.local, op.length, op.desc, FI_ADDR_UNSPEC, &op.ctx);
+    if (rc == -FI_EAGAIN) fi_cq_read(cq_, nullptr, 0);
+  } while (rc == -FI_EAGAIN && !force_);
+  CheckFi(static_cast<int>(rc), "fi_recv");
+}
+
+int Rail::Post(Op* op) {
+  ssize_t rc = -FI_EINVAL;
+  switch (op->kind) {
+    case OpKind::kWrite:
+      if (op->delivery_complete) {
+        iovec iov{op->local, op->length};
+        fi_rma_iov rma{op->remote_addr, op->length, op->remote_key};
+        fi_msg_rma msg{};
+        msg.msg_iov = &iov;
+        msg.desc = &op->desc;
+        msg.iov_count = 1;
+        msg.addr = op->dest;
+        msg.rma_iov = &rma;
+        msg.rma_iov_count = 1;
+        msg.context = &op->ctx;
+        rc = fi_writemsg(ep_, &msg, FI_COMPLETION | FI_DELIVERY_COMPLETE);
+      } else {
+        rc = fi_write(ep_, op->local, op->length, op->desc, op->dest, op->remote_addr, op->remote_key, &op->ctx);
+      }
+      break;
+    case OpKind::kRead:
+      rc = fi_read(ep_, op->local, op->length, op->desc, op->dest, op->remote_addr, op->remote_key, &op->ctx);
+      break;
+    case OpKind::kSend:
+      rc = fi_send(ep_, op->local, op->length, op->desc, op->dest, &op->ctx);
+      break;
+  }
+  return static_cast<int>(rc);
+}
+
+void Rail::HandleCompletion(const fi_cq_data_entry& entry) {
+  Op* op = reinterpret_cast<Op*>(entry.op_context);
+  if (entry.flags & FI_RECV) {
+    owner_->OnMessage(static_cast<const uint8_t*>(op->local), entry.len);
+    if (!force_) PostReceive(static_cast<size_t>(op - receive_ops_.data()));
+    return;
+  }
+  --inflight_;
+  owner_->OnOpComplete(op, nullptr);
+}
+
+void Rail::HandleCqError() {
+  fi_cq_err_entry err{};
+  if (fi_cq_readerr(cq_, &err, 0) <= 0) return;
+  Op* op = reinterpret_cast<Op*>(err.op_context);
+  if (op == nullptr) return;
+  if (err.flags & FI_RECV) {
+    // Canceled receives at shutdown are expected; anything else drops one control message, so re-arm.
+    if (!force_) PostReceive(static_cast<size_t>(op - receive_ops_.data()));
+    return;
+  }
+  --inflight_;
+  const char* prov = fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0);
+  ErrorInfo info = ProviderError("rail " + std::to_string(index_) + " operation failed", -err.err);
+  if (prov != nullptr && *prov != '\0') info.provider_message = prov;
+  owner_->OnOpComplete(op, &info);
+}
+
+bool Rail::WaitIdle() {
+  fi_cq_data_entry entries[kCqBatch];
+  if (!cq_can_wait_) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    return false;
+  }
+  // fi_cq_sread drives manual progress internally while it waits, so incoming RMA still lands.
+  ssize_t n = fi_cq_sread(cq_, entries, kCqBatch, nullptr, kIdleWaitMs);
+  if (n > 0) {
+    for (ssize_t i = 0; i < n; ++i) HandleCompletion(entries[i]);
+    return true;
+  }
+  if (n == -FI_EAVAIL) {
+    HandleCqError();
+    return true;
+  }
+  return false;
+}
+
+void Rail::Run() {
+  std::deque<Op*> pending;
+  fi_cq_data_entry entries[kCqBatch];
+  auto last_work = std::chrono::steady_clock::now();
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      if (!queue_.empty()) {
+        pending.insert(pending.end(), queue_.begin(), queue_.end());
+        queue_.clear();
+      }
+    }
+    if (force_) break;
+    if (stop_ && pending.empty() && inflight_ == 0) break;
+
+    bool worked = false;
+    while (!pending.empty() && inflight_ < tx_depth_) {
+      Op* op = pending.front();
+      int rc = Post(op);
+      if (rc == -FI_EAGAIN) break;
+      pending.pop_front();
+      worked = true;
+      if (rc == 0) {
+        ++inflight_;
+      } else {
+        ErrorInfo info = ProviderError("posting on rail " + std::to_string(index_), rc);
+        owner_->OnOpComplete(op, &info);
+      }
+    }
+
+    ssize_t n = fi_cq_read(cq_, entries, kCqBatch);
+    if (n > 0) {
+      for (ssize_t i = 0; i < n; ++i) HandleCompletion(entries[i]);
+      worked = true;
+    } else if (n == -FI_EAVAIL) {
+      HandleCqError();
+      worked = true;
+    }
+
+    auto now = std::chrono::steady_clock::now();
+    if (worked) {
+      last_work = now;
+    } else if (inflight_ > 0 || !pending.empty() || now - last_work < kSpinWindow) {
+      sched_yield();
+    } else if (WaitIdle()) {
+      last_work = std::chrono::steady_clock::now();
+    }
+  }
+  // Forced stop: whatever never reached the provider fails here; posted ops are failed by the owner
+  // after the endpoint is closed.
+  ErrorInfo closed{"KVF_ERR_CLOSED", "agent closed before the operation was posted", 0, {}};
+  for (Op* op : pending) owner_->OnOpComplete(op, &closed);
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  for (Op* op : queue_) owner_->OnOpComplete(op, &closed);
+  queue_.clear();
+}
+
+}  // namespace kvf

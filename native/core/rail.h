@@ -1,0 +1,107 @@
+// A rail is one FI_EP_RDM endpoint with its own fabric, domain, completion queue and address vector,
+// driven by one progress thread. Only that thread posts operations and reads the CQ, so the data path
+// needs no locks beyond the submission queue; manual-progress providers (tcp;ofi_rxm, shm) get the
+// progress they need, also as a passive target of RMA.
+#pragma once
+
+#include <rdma/fabric.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "core/transfer.h"
+
+namespace kvf {
+
+class RailOwner {
+ public:
+  virtual ~RailOwner() = default;
+  // Called on the rail's thread for every finished tx op; `error` is null on success.
+  virtual void OnOpComplete(Op* op, const ErrorInfo* error) = 0;
+  // Called on the rail's thread for every received control message.
+  virtual void OnMessage(const uint8_t* data, size_t length) = 0;
+};
+
+struct RailMr {
+  fid_mr* mr = nullptr;
+  void* desc = nullptr;
+  uint64_t key = 0;
+};
+
+class Rail {
+ public:
+  // Takes ownership of `info`. `receive_buffer_size` > 0 pre-posts that many-byte receives for control
+  // messages (rail 0 only).
+  Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffer_size);
+  ~Rail();
+  Rail(const Rail&) = delete;
+  Rail& operator=(const Rail&) = delete;
+
+  void Start();
+  // Graceful: exit once submitted work has drained. Forced: exit now, failing queued ops with KVF_ERR_CLOSED.
+  void RequestStop(bool force);
+  void Join();
+  // Closes the endpoint (after Join): no provider code touches our buffers or op contexts afterwards.
+  void CloseEndpoint();
+
+  uint32_t index() const { return index_; }
+  const fi_info* info() const { return info_; }
+  const std::vector<uint8_t>& address() const { return address_; }
+  size_t tx_depth() const { return tx_depth_; }
+  size_t max_msg_size() const { return max_msg_size_; }
+  bool needs_local_mr() const { return (info_->domain_attr->mr_mode & FI_MR_LOCAL) != 0; }
+  bool virt_addr() const { return (info_->domain_attr->mr_mode & FI_MR_VIRT_ADDR) != 0; }
+
+  RailMr RegisterMemory(void* data, size_t length, uint64_t requested_key);
+  static void CloseMr(RailMr& mr);
+  fi_addr_t InsertAddress(const uint8_t* address, size_t length);
+
+  // Thread-safe: queue ops for the progress thread and wake it.
+  void Submit(Op* const* ops, size_t count);
+  void Submit(Op* op) { Submit(&op, 1); }
+
+ private:
+  void Run();
+  int Post(Op* op);
+  void PostReceive(size_t slot);
+  void HandleCompletion(const fi_cq_data_entry& entry);
+  void HandleCqError();
+  bool WaitIdle();
+  void Wake();
+
+  uint32_t index_;
+  fi_info* info_;
+  RailOwner* owner_;
+  fid_fabric* fabric_ = nullptr;
+  fid_domain* domain_ = nullptr;
+  fid_cq* cq_ = nullptr;
+  fid_av* av_ = nullptr;
+  fid_ep* ep_ = nullptr;
+  bool cq_can_wait_ = false;
+  std::vector<uint8_t> address_;
+  size_t tx_depth_ = 0;
+  size_t max_msg_size_ = 0;
+
+  // Control-message receives (rail 0): one contiguous buffer cut into slots, each with its own context.
+  size_t receive_size_ = 0;
+  std::vector<uint8_t> receive_buffer_;
+  RailMr receive_mr_;
+  std::vector<Op> receive_ops_;
+
+  std::mutex queue_mu_;
+  std::deque<Op*> queue_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> force_{false};
+  std::thread thread_;
+  size_t inflight_ = 0;  // progress thread only
+};
+
+}  // namespace kvf

@@ -1,0 +1,67 @@
+// The units of work that cross from the JS thread to the rail progress threads and back.
+#pragma once
+
+#include <rdma/fabric.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace kvf {
+
+enum class OpKind : uint8_t { kWrite, kRead, kSend };
+
+struct Transfer;
+struct Region;
+
+// One libfabric operation. `ctx` must stay the first member: libfabric hands its address back as the
+// completion's op_context (FI_CONTEXT2 mode), and we cast it back to the Op.
+struct Op {
+  fi_context2 ctx{};
+  OpKind kind = OpKind::kWrite;
+  Transfer* transfer = nullptr;
+  void* local = nullptr;
+  size_t length = 0;
+  void* desc = nullptr;  // local MR descriptor (FI_MR_LOCAL providers)
+  fi_addr_t dest = FI_ADDR_UNSPEC;
+  uint64_t remote_addr = 0;
+  uint64_t remote_key = 0;
+  uint32_t rail = 0;
+  bool delivery_complete = false;  // data must be visible at the target before the completion
+};
+
+struct Transfer {
+  uint64_t id = 0;
+  OpKind kind = OpKind::kWrite;
+  std::vector<Op> ops;               // data ops; never resized after posting (Ops are referenced by address)
+  std::unique_ptr<Op> notify_op;     // posted only after every data op succeeded
+  std::vector<uint8_t> notify_message;
+  std::vector<Region*> regions;      // local regions pinned (in-flight counted) by this transfer
+  std::atomic<size_t> remaining{0};
+  bool notify_posted = false;        // touched only by the thread that drops `remaining` to 0
+  std::mutex error_mu;
+  ErrorInfo error;
+  uint64_t bytes = 0;
+  uint64_t rails_mask = 0;
+  std::chrono::steady_clock::time_point start;
+};
+
+struct Event {
+  enum class Type : uint8_t { kTransferDone, kNotification, kClosed };
+  Type type = Type::kTransferDone;
+  uint64_t transfer_id = 0;
+  ErrorInfo error;
+  uint64_t bytes = 0;
+  uint64_t duration_ns = 0;
+  uint64_t rails_mask = 0;
+  std::string from;           // notification sender
+  std::vector<uint8_t> data;  // notification payload
+};
+
+}  // namespace kvf

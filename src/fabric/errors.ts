@@ -1,0 +1,75 @@
+// One registry of every error code kvfabric raises, from TypeScript and from the native addon.
+// docs/errors.md and test/errors-registry.test.ts keep this table, the docs and the C++ sources in sync.
+
+export const ERROR_CODES = {
+  KVF_ERR_INVALID_ARGUMENT: 'An argument has the wrong type or an impossible value.',
+  KVF_ERR_OUT_OF_RANGE: 'An offset or length falls outside its registered memory region (local or remote).',
+  KVF_ERR_ZERO_LENGTH: 'A descriptor or registration has length 0.',
+  KVF_ERR_OVERLAP: 'Two descriptors of one transfer write the same bytes at the destination.',
+  KVF_ERR_UNKNOWN_REGION: 'A region id is not registered locally or not advertised by the peer.',
+  KVF_ERR_UNKNOWN_PEER: 'The peer was never loaded, or its metadata was invalidated.',
+  KVF_ERR_CLOSED: 'The agent, region or peer has been closed; the operation was not started or was abandoned.',
+  KVF_ERR_BUSY: 'The resource still has operations in flight (for example deregistering memory under a transfer).',
+  KVF_ERR_DETACHED: 'The ArrayBuffer behind a registration has been detached or transferred.',
+  KVF_ERR_BAD_METADATA: 'Peer metadata is truncated, corrupt, of an unsupported version, or inconsistent.',
+  KVF_ERR_PROVIDER_MISMATCH: "The peer uses another libfabric provider or address format than this agent.",
+  KVF_ERR_TOO_LARGE: 'A notification or allocation exceeds its limit.',
+  KVF_ERR_TIMEOUT: 'The operation did not finish within its timeout.',
+  KVF_ERR_BACKEND_UNSUPPORTED: 'NIXL_BACKEND (or the backend option) names a backend kvfabric does not implement.',
+  KVF_ERR_PROVIDER_UNAVAILABLE: 'No libfabric provider matches the requested provider, endpoint type and capabilities.',
+  KVF_ERR_PROVIDER: 'libfabric returned an error; errno and providerMessage (fi_strerror) carry its details.',
+  KVF_ERR_ALLOC: 'Memory could not be allocated (hugepages missing, memlock limit, out of memory).',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export interface KvfErrorDetails {
+  /** libfabric errno (positive), when the error came from libfabric. */
+  errno?: number;
+  /** fi_strerror text or the provider's error string. */
+  providerMessage?: string;
+  peer?: string;
+  region?: number;
+  provider?: string;
+  cause?: unknown;
+}
+
+export class KvfError extends Error {
+  readonly code: ErrorCode;
+  readonly errno?: number;
+  readonly providerMessage?: string;
+  readonly peer?: string;
+  readonly region?: number;
+  readonly provider?: string;
+
+  constructor(code: ErrorCode, message: string, details: KvfErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = 'KvfError';
+    this.code = code;
+    if (details.errno !== undefined) this.errno = details.errno;
+    if (details.providerMessage !== undefined) this.providerMessage = details.providerMessage;
+    if (details.peer !== undefined) this.peer = details.peer;
+    if (details.region !== undefined) this.region = details.region;
+    if (details.provider !== undefined) this.provider = details.provider;
+  }
+}
+
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERROR_CODES, code);
+}
+
+/**
+ * The addon throws plain Errors carrying `code` (and `errno`, `providerMessage` for libfabric failures);
+ * this turns them, and completion errors delivered as objects, into KvfError.
+ */
+export function fromNative(err: unknown, extra: KvfErrorDetails = {}): KvfError {
+  if (err instanceof KvfError) return err;
+  const e = err as { code?: unknown; message?: unknown; errno?: unknown; providerMessage?: unknown; region?: unknown };
+  const code = isErrorCode(e?.code) ? e.code : 'KVF_ERR_PROVIDER';
+  const message = typeof e?.message === 'string' ? e.message : String(err);
+  const details: KvfErrorDetails = { ...extra };
+  if (typeof e?.errno === 'number') details.errno = e.errno;
+  if (typeof e?.providerMessage === 'string') details.providerMessage = e.providerMessage;
+  if (typeof e?.region === 'number') details.region = e.region;
+  return new KvfError(code, message, details);
+}

@@ -1,0 +1,496 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+
+import { KvfError, type ErrorCode } from '../src/fabric/errors.js';
+import {
+  METADATA_LIMITS,
+  METADATA_VERSION,
+  crc32,
+  decodeMetadata,
+  encodeMetadata,
+  type AgentDescription,
+  type RegionDescription,
+} from '../src/fabric/metadata.js';
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/** mulberry32: small, seeded, good enough to make fuzz runs reproducible. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+type Rng = ReturnType<typeof prng>;
+const int = (rng: Rng, lo: number, hi: number): number => lo + Math.floor(rng() * (hi - lo + 1));
+const randomBytes = (rng: Rng, n: number): Uint8Array => Uint8Array.from({ length: n }, () => int(rng, 0, 255));
+const randomU64 = (rng: Rng): bigint =>
+  (BigInt(int(rng, 0, 0xffffffff)) << 32n) | BigInt(int(rng, 0, 0xffffffff));
+
+function expectCode(fn: () => unknown, code: ErrorCode, message?: RegExp, label = ''): void {
+  let threw = false;
+  try {
+    fn();
+  } catch (err) {
+    threw = true;
+    if (!(err instanceof KvfError)) assert.fail(`${label}: expected KvfError ${code}, got ${String(err)}`);
+    if (err.code !== code) assert.fail(`${label}: expected ${code}, got ${err.code}: ${err.message}`);
+    if (message !== undefined) assert.match(err.message, message, label);
+  }
+  if (!threw) assert.fail(`${label}: expected ${code}, but nothing was thrown`);
+}
+
+const expectBad = (blob: unknown, message?: RegExp, label = ''): void =>
+  expectCode(() => decodeMetadata(blob as Uint8Array), 'KVF_ERR_BAD_METADATA', message, label);
+
+const expectInvalid = (desc: unknown, message?: RegExp): void =>
+  expectCode(() => encodeMetadata(desc as AgentDescription), 'KVF_ERR_INVALID_ARGUMENT', message, JSON.stringify(message));
+
+/** decodeMetadata returns plain Uint8Array rails; normalize inputs (which may be Buffers) to compare. */
+function normalized(desc: AgentDescription): AgentDescription {
+  return {
+    ...desc,
+    rails: desc.rails.map((r) => new Uint8Array(r)),
+    regions: desc.regions.map((r) => ({ id: r.id, length: r.length, base: r.base, keys: [...r.keys] })),
+  };
+}
+
+function roundTrip(desc: AgentDescription): Buffer {
+  const blob = encodeMetadata(desc);
+  assert.deepStrictEqual(decodeMetadata(blob), normalized(desc));
+  return blob;
+}
+
+/** Rewrites the trailing CRC of a (copied) blob so that edits reach the field checks. */
+function withCrc(blob: Uint8Array): Buffer {
+  const out = Buffer.from(blob);
+  out.writeUInt32LE(crc32(out, 0, out.length - 4), out.length - 4);
+  return out;
+}
+
+/** Writes raw fields; finish() adds the header (with a correct total length) and the CRC. */
+class BlobBuilder {
+  private parts: Buffer[] = [];
+  constructor(
+    private readonly version = METADATA_VERSION,
+    private readonly flags = 0,
+  ) {}
+  u8(v: number): this {
+    this.parts.push(Buffer.from([v]));
+    return this;
+  }
+  u32(v: number): this {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(v);
+    this.parts.push(b);
+    return this;
+  }
+  u64(v: bigint): this {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(v);
+    this.parts.push(b);
+    return this;
+  }
+  bytes(v: Uint8Array | string): this {
+    this.parts.push(Buffer.from(v));
+    return this;
+  }
+  /** u8 length + bytes */
+  str(v: Uint8Array | string): this {
+    return this.u8(Buffer.from(v).length).bytes(v);
+  }
+  finish(): Buffer {
+    const body = Buffer.concat(this.parts);
+    const blob = Buffer.alloc(12 + body.length + 4);
+    blob.write('KVFM', 0, 'latin1');
+    blob.writeUInt16LE(this.version, 4);
+    blob.writeUInt16LE(this.flags, 6);
+    blob.writeUInt32LE(blob.length, 8);
+    body.copy(blob, 12);
+    return withCrc(blob);
+  }
+}
+
+/** name "a", provider "shm", one 4-byte rail: the common prefix of hand-crafted blobs. */
+const craftPrefix = (rails = 1): BlobBuilder => {
+  const b = new BlobBuilder().str('a').str('shm').u8(rails);
+  for (let r = 0; r < rails; r++) b.str(new Uint8Array([1, 2, 3, r]));
+  return b;
+};
+
+function region(id: number, rails: number, length = 4096): RegionDescription {
+  return {
+    id,
+    length,
+    base: 0x7f00_0000_0000n + BigInt(id) * 0x10_0000n,
+    keys: Array.from({ length: rails }, (_, k) => BigInt(id) * 1000n + BigInt(k)),
+  };
+}
+
+function sampleDesc(rails: number, regions: number, virtAddr = true, addrBytes = 32): AgentDescription {
+  return {
+    name: `prefill-${rails}`,
+    provider: rails > 1 ? 'efa' : 'tcp;ofi_rxm',
+    virtAddr,
+    rails: Array.from({ length: rails }, (_, r) => Uint8Array.from({ length: addrBytes }, (_, i) => (r * 31 + i) & 0xff)),
+    regions: Array.from({ length: regions }, (_, i) => region(i * 3 + 1, rails)),
+  };
+}
+
+/** Random, valid description: exercises the whole value range of every field. */
+function randomDesc(rng: Rng): AgentDescription {
+  const alphabet = ['a', 'Z', '0', '-', ';', 'é', 'ß', '€', '日', '本', '🚀', '\u{feff}', '\0'];
+  const randomString = (): string => {
+    let s = '';
+    const n = int(rng, 1, 40);
+    for (let i = 0; i < n; i++) s += alphabet[int(rng, 0, alphabet.length - 1)];
+    return s;
+  };
+  const railCount = rng() < 0.1 ? METADATA_LIMITS.maxRails : int(rng, 1, 8);
+  const regionCount = rng() < 0.2 ? 0 : int(rng, 1, 40);
+  const ids = new Set<number>();
+  while (ids.size < regionCount) ids.add(rng() < 0.1 ? 0xffffffff - int(rng, 0, 3) : int(rng, 0, 0xffffffff));
+  return {
+    name: randomString(),
+    provider: randomString(),
+    virtAddr: rng() < 0.5,
+    rails: Array.from({ length: railCount }, () => randomBytes(rng, rng() < 0.1 ? 255 : int(rng, 1, 64))),
+    regions: [...ids].map((id) => {
+      const length = rng() < 0.1 ? Number.MAX_SAFE_INTEGER : int(rng, 1, 2 ** 40);
+      // Keep base + length within 2^64 (the codec rejects regions that wrap the address space).
+      let base = rng() < 0.5 ? BigInt(int(rng, 0, 2 ** 48)) : randomU64(rng);
+      if (base + BigInt(length) > 1n << 64n) base = (1n << 64n) - BigInt(length);
+      return { id, length, base, keys: Array.from({ length: railCount }, () => randomU64(rng)) };
+    }),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe('crc32', () => {
+  test('matches the IEEE/zlib check values', () => {
+    assert.equal(crc32(Buffer.from('123456789')), 0xcbf43926);
+    assert.equal(crc32(new Uint8Array(0)), 0);
+    assert.equal(crc32(Buffer.from('The quick brown fox jumps over the lazy dog')), 0x414fa339);
+    assert.equal(crc32(Buffer.from('xx123456789yy'), 2, 11), 0xcbf43926);
+  });
+});
+
+describe('metadata wire format', () => {
+  test('v1 layout is pinned byte for byte', () => {
+    const blob = encodeMetadata({
+      name: 'a',
+      provider: 'shm',
+      virtAddr: true,
+      rails: [new Uint8Array([1, 2, 3, 4])],
+      regions: [{ id: 7, length: 4096, base: 0x1000n, keys: [0xabn] }],
+    });
+    // prettier-ignore
+    const body = [
+      0x4b, 0x56, 0x46, 0x4d, // "KVFM"
+      0x01, 0x00,             // version 1
+      0x01, 0x00,             // flags: virtAddr
+      60, 0, 0, 0,            // total length
+      1, 0x61,                // name "a"
+      3, 0x73, 0x68, 0x6d,    // provider "shm"
+      1, 4, 1, 2, 3, 4,       // 1 rail, 4-byte address
+      1, 0, 0, 0,             // 1 region
+      7, 0, 0, 0,             // id
+      0x00, 0x10, 0, 0, 0, 0, 0, 0, // length 4096
+      0x00, 0x10, 0, 0, 0, 0, 0, 0, // base 0x1000
+      0xab, 0, 0, 0, 0, 0, 0, 0,    // key
+    ];
+    const expected = Buffer.alloc(body.length + 4);
+    expected.set(body);
+    expected.writeUInt32LE(crc32(expected, 0, body.length), body.length);
+    assert.equal(expected.length, 60);
+    assert.deepStrictEqual(blob, expected);
+  });
+});
+
+describe('metadata round trip', () => {
+  test('1 rail, virtAddr true and false', () => {
+    roundTrip(sampleDesc(1, 3, true, 16));
+    const blob = roundTrip(sampleDesc(1, 3, false, 16));
+    assert.equal(decodeMetadata(blob).virtAddr, false);
+    assert.equal(decodeMetadata(roundTrip(sampleDesc(1, 3, true))).virtAddr, true);
+  });
+
+  test('8 rails', () => {
+    roundTrip(sampleDesc(8, 5));
+  });
+
+  test('64 rails with 255-byte addresses', () => {
+    roundTrip(sampleDesc(64, 4, true, 255));
+  });
+
+  test('0 regions', () => {
+    const blob = roundTrip(sampleDesc(2, 0));
+    assert.deepStrictEqual(decodeMetadata(blob).regions, []);
+  });
+
+  test('many regions', () => {
+    roundTrip(sampleDesc(2, 20_000));
+  });
+
+  test('limits of every field', () => {
+    roundTrip({
+      name: 'n'.repeat(255),
+      provider: '€'.repeat(85), // 255 UTF-8 bytes
+      virtAddr: false,
+      rails: [new Uint8Array(255).fill(0xff)],
+      regions: [
+        { id: 0xffffffff, length: Number.MAX_SAFE_INTEGER, base: 0n, keys: [(1n << 64n) - 1n] },
+        { id: 0, length: 1, base: (1n << 64n) - 1n, keys: [0n] }, // ends exactly at 2^64
+      ],
+    });
+  });
+
+  test('non-ASCII names, a leading BOM and NUL survive exactly', () => {
+    roundTrip({ ...sampleDesc(1, 1), name: '\u{feff}décodeur-日本-🚀', provider: 'tcp;ofi_rxm\0' });
+  });
+
+  test('rails given as Buffers decode to independent Uint8Arrays', () => {
+    const desc = { ...sampleDesc(2, 1), rails: [Buffer.from([9, 8, 7]), Buffer.from([6])] };
+    const blob = roundTrip(desc);
+    const decoded = decodeMetadata(blob);
+    for (const rail of decoded.rails) assert.equal(Object.getPrototypeOf(rail), Uint8Array.prototype);
+    blob.fill(0); // decoded addresses must not alias the blob
+    assert.deepStrictEqual(decoded.rails, [new Uint8Array([9, 8, 7]), new Uint8Array([6])]);
+  });
+
+  test('a blob inside a larger, unaligned buffer decodes', () => {
+    const desc = sampleDesc(3, 4);
+    const blob = encodeMetadata(desc);
+    const outer = new Uint8Array(blob.length + 10).fill(0xee);
+    outer.set(blob, 3);
+    assert.deepStrictEqual(decodeMetadata(outer.subarray(3, 3 + blob.length)), normalized(desc));
+  });
+
+  test('property: random valid descriptions round-trip exactly', () => {
+    const rng = prng(0x5eed_0001);
+    for (let i = 0; i < 300; i++) {
+      const desc = randomDesc(rng);
+      const blob = encodeMetadata(desc);
+      assert.deepStrictEqual(decodeMetadata(blob), normalized(desc), `iteration ${i}`);
+      // The format is canonical: decoding and re-encoding gives back the same bytes.
+      assert.deepStrictEqual(encodeMetadata(decodeMetadata(blob)), blob, `iteration ${i}`);
+    }
+  });
+});
+
+describe('decodeMetadata rejects', () => {
+  const small = encodeMetadata(sampleDesc(1, 1, true, 4));
+  const medium = encodeMetadata(sampleDesc(8, 3, false, 20));
+
+  test('anything that is not a Uint8Array', () => {
+    for (const v of [undefined, null, 42, 'KVFM', [0x4b, 0x56], {}, small.buffer, new DataView(small.buffer)]) {
+      expectBad(v, /expected a Uint8Array/, String(v));
+    }
+    expectBad(new Uint16Array(20), /expected a Uint8Array, got \[object Uint16Array\]/);
+  });
+
+  test('truncation at every byte length', () => {
+    for (const blob of [small, medium]) {
+      for (let n = 0; n < blob.length; n++) expectBad(blob.subarray(0, n), undefined, `length ${n}`);
+    }
+    expectBad(medium.subarray(0, 5), /blob is 5 bytes, shorter than the 12-byte header/);
+    expectBad(medium.subarray(0, 100), /total length field at offset 8 says \d+ bytes, but the blob is 100 bytes/);
+  });
+
+  test('truncation of the body behind a consistent header and CRC', () => {
+    // Re-frames each prefix of the body so the length and CRC checks pass and the field bounds must catch it.
+    const body = medium.subarray(12, medium.length - 4);
+    for (let n = 0; n < body.length; n++) {
+      const blob = new BlobBuilder(METADATA_VERSION, 0).bytes(body.subarray(0, n)).finish();
+      expectBad(blob, undefined, `body length ${n}`);
+    }
+  });
+
+  test('a single flipped bit anywhere', () => {
+    for (let bit = 0; bit < small.length * 8; bit++) {
+      const blob = Buffer.from(small);
+      blob[bit >> 3]! ^= 1 << (bit & 7);
+      expectBad(blob, undefined, `bit ${bit}`);
+    }
+  });
+
+  test('random buffers', () => {
+    const rng = prng(0x5eed_0002);
+    for (let i = 0; i < 2000; i++) expectBad(randomBytes(rng, int(rng, 0, 300)), undefined, `buffer ${i}`);
+    // Random buffers behind a valid magic: a few happen to carry a plausible version or length.
+    for (let i = 0; i < 1000; i++) {
+      const blob = randomBytes(rng, int(rng, 12, 300));
+      blob.set([0x4b, 0x56, 0x46, 0x4d]);
+      if (rng() < 0.5) blob.set([1, 0], 4);
+      if (rng() < 0.5) new DataView(blob.buffer).setUint32(8, blob.length, true);
+      expectBad(blob, undefined, `framed buffer ${i}`);
+    }
+  });
+
+  test('random bodies and random edits behind a valid header and CRC', () => {
+    // These reach the field parser. A blob that does decode must be canonical: re-encoding reproduces it.
+    const rng = prng(0x5eed_0003);
+    const decodesOrBad = (blob: Buffer, label: string): void => {
+      let desc: AgentDescription;
+      try {
+        desc = decodeMetadata(blob);
+      } catch (err) {
+        if (!(err instanceof KvfError) || err.code !== 'KVF_ERR_BAD_METADATA') assert.fail(`${label}: ${String(err)}`);
+        return;
+      }
+      assert.deepStrictEqual(encodeMetadata(desc), blob, label);
+    };
+    for (let i = 0; i < 1000; i++) {
+      decodesOrBad(new BlobBuilder(1, int(rng, 0, 1)).bytes(randomBytes(rng, int(rng, 0, 200))).finish(), `body ${i}`);
+    }
+    for (let i = 0; i < 2000; i++) {
+      const blob = Buffer.from(medium);
+      for (let e = int(rng, 1, 4); e > 0; e--) blob[int(rng, 12, blob.length - 5)] = int(rng, 0, 255);
+      decodesOrBad(withCrc(blob), `edit ${i}`);
+    }
+  });
+
+  test('wrong magic', () => {
+    const blob = Buffer.from(small);
+    blob.write('KVFX', 0, 'latin1');
+    expectBad(withCrc(blob), /magic at offset 0 is \[4b 56 46 58\], expected \[4b 56 46 4d\]/);
+  });
+
+  test('wrong version', () => {
+    for (const version of [0, 2, 0xffff]) {
+      const blob = Buffer.from(small);
+      blob.writeUInt16LE(version, 4);
+      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 1\\)`));
+    }
+    // A future version is reported as such even if its layout differs entirely.
+    expectBad(new BlobBuilder(2).bytes('whatever v2 holds').finish(), /unsupported metadata version 2 \(this build reads 1\)/);
+  });
+
+  test('a corrupted CRC', () => {
+    const blob = Buffer.from(small);
+    blob[blob.length - 1]! ^= 0x80;
+    expectBad(blob, /CRC-32 at offset \d+ is 0x[0-9a-f]{8}, but the preceding bytes hash to 0x[0-9a-f]{8}/);
+  });
+
+  test('a total length below the smallest blob', () => {
+    const blob = Buffer.alloc(20);
+    blob.write('KVFM', 0, 'latin1');
+    blob.writeUInt16LE(1, 4);
+    blob.writeUInt32LE(20, 8);
+    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v1 blob \(27 bytes\)/);
+  });
+
+  test('unknown flag bits', () => {
+    const blob = Buffer.from(small);
+    blob.writeUInt16LE(0x0003, 6);
+    expectBad(withCrc(blob), /flags at offset 6 are 0x0003/);
+  });
+
+  test('bytes appended after the CRC, or trailing bytes before it', () => {
+    expectBad(Buffer.concat([small, Buffer.from([0])]), /says \d+ bytes, but the blob is \d+ bytes/);
+    const trailing = craftPrefix().u32(0).bytes(new Uint8Array([0, 0, 0])).finish();
+    expectBad(trailing, /3 unexpected trailing byte\(s\) at offset 28/);
+  });
+
+  test('duplicate region ids (with a correct CRC)', () => {
+    const desc = sampleDesc(2, 3); // ids 1, 4, 7
+    const blob = encodeMetadata(desc);
+    const regionBytes = 20 + 8 * 2;
+    const firstRegion = blob.length - 4 - 3 * regionBytes;
+    blob.writeUInt32LE(1, firstRegion + 2 * regionBytes); // region[2].id := region[0].id
+    expectBad(withCrc(blob), new RegExp(`region\\[2\\] at offset ${firstRegion + 2 * regionBytes} repeats id 1 of region\\[0\\]`));
+  });
+
+  test('a key count that disagrees with the rail count', () => {
+    const region = (keys: number) => {
+      const b = craftPrefix(2).u32(1).u32(5).u64(4096n).u64(0n);
+      for (let k = 0; k < keys; k++) b.u64(BigInt(k));
+      return b.finish();
+    };
+    assert.doesNotThrow(() => decodeMetadata(region(2)));
+    expectBad(region(1), /region table at offset \d+ needs 1 x 36 = 36 bytes \(id, length, base and 2 key\(s\) each\), but only 28 remain/);
+    expectBad(region(3), /8 unexpected trailing byte\(s\)/);
+  });
+
+  test('a zero-length, oversized or wrapping region', () => {
+    const oneRegion = (length: bigint, base = 0n) => craftPrefix().u32(1).u32(9).u64(length).u64(base).u64(1n).finish();
+    assert.doesNotThrow(() => decodeMetadata(oneRegion(1n)));
+    expectBad(oneRegion(0n), /region\[0\] \(id 9\) length at offset 32 is 0, expected > 0/);
+    expectBad(oneRegion(2n ** 53n), /length at offset 32 is 9007199254740992, expected at most 2\^53-1/);
+    expectBad(oneRegion(2n ** 64n - 1n), /expected at most 2\^53-1/);
+    expectBad(oneRegion(16n, 2n ** 64n - 8n), /base 0xfffffffffffffff8 \+ length 16 wraps past 2\^64/);
+  });
+
+  test('a region count beyond the limit, or beyond the bytes present', () => {
+    expectBad(craftPrefix().u32(METADATA_LIMITS.maxRegions + 1).finish(), /region count at offset 24 is 1048577, expected at most 1048576/);
+    expectBad(craftPrefix().u32(0xffffffff).finish(), /region count .* is 4294967295/);
+    expectBad(craftPrefix().u32(1000).finish(), /region table at offset 28 needs 1000 x 28 = 28000 bytes/);
+  });
+
+  test('bad string and rail fields', () => {
+    const b = () => new BlobBuilder();
+    expectBad(b().u8(0).str('shm').u8(1).str('xxxx').u32(0).finish(), /name length at offset 12 is 0 \(expected 1..255\)/);
+    expectBad(b().str('a').u8(0).u8(1).str('xxxx').u32(0).finish(), /provider length at offset 14 is 0/);
+    expectBad(b().str('a').str('shm').u8(0).u32(0).finish(), /rail count at offset 18 is 0, expected 1..64/);
+    expectBad(b().str('a').str('shm').u8(65).str('x').u32(0).finish(), /rail count at offset 18 is 65, expected 1..64/);
+    expectBad(b().str('a').str('shm').u8(1).u8(0).u32(0).finish(), /rail\[0\] address length at offset 19 is 0/);
+    expectBad(b().str('a').str('shm').u8(2).str('x').bytes(new Uint8Array([200, 1, 2])).finish(), /rail\[1\] address needs 200 byte\(s\) at offset 22/);
+    expectBad(b().str(new Uint8Array([0x61, 0xff])).str('shm').u8(1).str('xxxx').u32(0).finish(), /name at offset 13 \(2 bytes\) is not valid UTF-8/);
+    expectBad(b().str('a').str(new Uint8Array([0xed, 0xa0, 0x80])).u8(1).str('xxxx').u32(0).finish(), /provider at offset 15 .* not valid UTF-8/); // encoded surrogate
+  });
+});
+
+describe('encodeMetadata rejects', () => {
+  const ok = sampleDesc(2, 2);
+  const withRegion = (patch: Partial<RegionDescription>): AgentDescription => ({
+    ...ok,
+    regions: [{ ...ok.regions[0]!, ...patch }],
+  });
+
+  test('bad top-level fields', () => {
+    expectInvalid(null, /description must be an object/);
+    expectInvalid({ ...ok, name: '' }, /name must be 1..255 UTF-8 bytes, got 0/);
+    expectInvalid({ ...ok, name: 'x'.repeat(256) }, /name must be 1..255 UTF-8 bytes, got 256/);
+    expectInvalid({ ...ok, name: 'é'.repeat(128) }, /got 256/);
+    expectInvalid({ ...ok, name: 'a\ud800b' }, /name contains a lone UTF-16 surrogate/);
+    expectInvalid({ ...ok, provider: 7 }, /provider must be a string, got number/);
+    expectInvalid({ ...ok, virtAddr: 1 }, /virtAddr must be a boolean/);
+  });
+
+  test('bad rails', () => {
+    expectInvalid({ ...ok, rails: 'x' }, /rails must be an array/);
+    expectInvalid({ ...ok, rails: [], regions: [] }, /rails must hold 1..64 addresses, got 0/);
+    expectInvalid({ ...ok, rails: Array.from({ length: 65 }, () => new Uint8Array(1)) }, /got 65/);
+    expectInvalid({ ...ok, rails: [new Uint8Array(1), [1, 2]] }, /rails\[1\] must be a Uint8Array/);
+    expectInvalid({ ...ok, rails: [new Uint8Array(0), new Uint8Array(1)] }, /rails\[0\] must be 1..255 bytes, got 0/);
+    expectInvalid({ ...ok, rails: [new Uint8Array(1), new Uint8Array(256)] }, /rails\[1\] must be 1..255 bytes, got 256/);
+  });
+
+  test('bad regions', () => {
+    expectInvalid({ ...ok, regions: new Array(METADATA_LIMITS.maxRegions + 1) }, /at most 1048576 regions/);
+    expectInvalid({ ...ok, regions: [null] }, /regions\[0\] must be an object/);
+    expectInvalid(withRegion({ id: -1 }), /regions\[0\]\.id must be an integer/);
+    expectInvalid(withRegion({ id: 1.5 }), /regions\[0\]\.id must be an integer/);
+    expectInvalid(withRegion({ id: 2 ** 32 }), /regions\[0\]\.id must be an integer/);
+    expectInvalid({ ...ok, regions: [region(5, 2), region(6, 2), region(5, 2)] }, /regions\[2\]\.id 5 duplicates regions\[0\]\.id/);
+    expectInvalid(withRegion({ length: 0 }), /regions\[0\]\.length must be an integer in 1..9007199254740991, got 0/);
+    expectInvalid(withRegion({ length: 2 ** 53 }), /regions\[0\]\.length/);
+    expectInvalid(withRegion({ length: 10n as unknown as number }), /regions\[0\]\.length/);
+    expectInvalid(withRegion({ base: 5 as unknown as bigint }), /regions\[0\]\.base must be a bigint, got number/);
+    expectInvalid(withRegion({ base: -1n }), /regions\[0\]\.base -1 is outside the u64 range/);
+    expectInvalid(withRegion({ base: 1n << 64n }), /outside the u64 range/);
+    expectInvalid(withRegion({ base: (1n << 64n) - 1n, length: 2 }), /wraps past the end of the 64-bit address space/);
+    expectInvalid(withRegion({ keys: [1n] }), /regions\[0\]\.keys must hold one key per rail \(2\), got 1/);
+    expectInvalid(withRegion({ keys: [1n, 2n, 3n] }), /got 3/);
+    expectInvalid(withRegion({ keys: [1n, -2n] }), /regions\[0\]\.keys\[1\] -2 is outside the u64 range/);
+    expectInvalid(withRegion({ keys: [1n, 2] as unknown as bigint[] }), /regions\[0\]\.keys\[1\] must be a bigint/);
+    expectInvalid(withRegion({ keys: new Array(2) }), /regions\[0\]\.keys\[0\] must be a bigint, got undefined/);
+  });
+});
