@@ -1,0 +1,39 @@
+#!/usr/bin/env node
+// Runs the test suite with node's built-in runner (Node 20 has no glob support in --test, so files are
+// listed here). Builds the addon and the TypeScript first when they are missing, so a fresh clone needs
+// only `npm install` (which builds them too) and this script.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(2);
+const nativeOnly = args.includes('--native-only');
+const files = args.filter((a) => !a.startsWith('--'));
+
+function run(cmd, cmdArgs) {
+  const r = spawnSync(cmd, cmdArgs, { cwd: root, stdio: 'inherit' });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}
+
+if (!process.env.KVF_ADDON && !existsSync(join(root, 'build', 'Release', 'kvfabric.node'))) {
+  run('npx', ['cmake-js', 'compile', '--CDKVF_WERROR=ON']);
+}
+
+// Tests that exercise only TypeScript (no addon) are skipped under the sanitizer build.
+const PURE_TS = new Set(['metadata.test.ts', 'errors-registry.test.ts', 'config.test.ts']);
+const selected = files.length > 0
+  ? files
+  : readdirSync(join(root, 'test'))
+      .filter((f) => f.endsWith('.test.ts'))
+      .filter((f) => !nativeOnly || !PURE_TS.has(f))
+      .sort()
+      .map((f) => join('test', f));
+
+const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...selected], {
+  cwd: root,
+  stdio: 'inherit',
+  env: { ...process.env, KVF_LOG_LEVEL: process.env.KVF_LOG_LEVEL ?? 'warn' },
+});
+process.exit(r.status ?? 1);

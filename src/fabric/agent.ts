@@ -1,0 +1,428 @@
+// Agent: one process's endpoint on the fabric. It registers memory, exchanges metadata with peers, and
+// moves bytes with one-sided READ/WRITE. The addon does the fabric work on its own threads; this class
+// shapes the API, keeps promises, and turns completion batches into resolved transfers and notifications.
+import { EventEmitter } from 'node:events';
+
+import { resolveBackend, requestedProvider, tcpBinding, type Backend } from './config.js';
+import { packDescriptors, type TransferDescriptor } from './descriptors.js';
+import { KvfError, fromNative } from './errors.js';
+import { defaultLogger, type Logger } from './logger.js';
+import { MemoryRegion, toBytes, type MemoryInput, type RegionOwner } from './memory.js';
+import { decodeMetadata, encodeMetadata } from './metadata.js';
+import { addon, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeEvent } from './native.js';
+import { NotificationQueue, type Notification } from './notifications.js';
+import { RemotePeer } from './peer.js';
+
+export interface AgentOptions {
+  /** Unique name among the agents that talk to each other; sent with notifications. */
+  name: string;
+  /** 'tcp' | 'shm' | 'efa' or a full libfabric provider name. Default: FI_PROVIDER, else efa when present, else tcp. */
+  provider?: string;
+  /** Number of rails (endpoints). Default: one per device (all EFA NICs), one on tcp and shm. */
+  rails?: number;
+  /** tcp: address to bind (default KVF_ADDRESS, else 127.0.0.1 unless an interface is set). */
+  address?: string;
+  /** Restrict to one libfabric domain: an interface name on tcp (also FI_TCP_IFACE), a device on efa. */
+  domain?: string;
+  /** Must be LIBFABRIC when given; default NIXL_BACKEND. */
+  backend?: string;
+  /** pino logger; false for none. Default: JSON on stderr at KVF_LOG_LEVEL (info). */
+  logger?: Logger | false;
+  /** How long close() lets transfers in flight finish before failing them with KVF_ERR_CLOSED. Default 10 s. */
+  closeTimeoutMs?: number;
+}
+
+export interface TransferOptions {
+  /** Bytes delivered to the peer (as a notification from this agent) only after all the data has landed. */
+  notification?: Uint8Array | string;
+  /** Reject with KVF_ERR_TIMEOUT after this long; the fabric operations still complete or fail in the background. */
+  timeoutMs?: number;
+}
+
+export type TransferOp = 'READ' | 'WRITE';
+
+/** What carried a transfer: the proof kvfabric reports instead of log lines. */
+export interface TransferReport {
+  op: TransferOp;
+  peer: string;
+  backend: Backend;
+  provider: string;
+  rails: number[];
+  descriptors: number;
+  bytes: number;
+  durationMs: number;
+  /** Decimal gigabytes per second over the transfer's duration. */
+  gbps: number;
+  notified: boolean;
+}
+
+interface Pending {
+  resolve(report: TransferReport): void;
+  reject(err: KvfError): void;
+  op: TransferOp | 'NOTIFY';
+  peer: string;
+  descriptors: number;
+  notified: boolean;
+  timer?: NodeJS.Timeout;
+}
+
+export interface AgentEvents {
+  notification: [Notification];
+}
+
+export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
+  readonly name: string;
+  readonly backend: Backend;
+  readonly provider: string;
+  readonly fabric: string;
+  readonly domains: readonly string[];
+  readonly info: Readonly<NativeAgentInfo>;
+
+  #native: NativeAgent;
+  #pending = new Map<number, Pending>();
+  #regions = new Map<number, MemoryRegion>();
+  #peers = new Map<string, RemotePeer>();
+  #notifications = new NotificationQueue(() => this.#native.ref(), () => this.#native.unref());
+  #closeTimeoutMs: number;
+  #closing?: Promise<void>;
+  #resolveClosed?: () => void;
+  #closed = false;
+  #log: Logger | undefined;
+
+  private constructor(native: NativeAgent, backend: Backend, options: AgentOptions, log: Logger | undefined) {
+    super();
+    this.#native = native;
+    this.backend = backend;
+    this.info = Object.freeze(native.info());
+    this.name = this.info.name;
+    this.provider = this.info.provider;
+    this.fabric = this.info.fabric;
+    this.domains = Object.freeze([...this.info.domains]);
+    this.#closeTimeoutMs = options.closeTimeoutMs ?? 10_000;
+    this.#log = log;
+  }
+
+  static async create(options: AgentOptions): Promise<Agent> {
+    if (options === null || typeof options !== 'object' || typeof options.name !== 'string' || options.name === '') {
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'Agent.create needs options.name (a non-empty string)');
+    }
+    if (options.rails !== undefined && (!Number.isInteger(options.rails) || options.rails < 1 || options.rails > 64)) {
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.rails must be an integer from 1 to 64');
+    }
+    const backend = resolveBackend(options.backend);
+    const log = options.logger === false ? undefined : (options.logger ?? defaultLogger());
+    const wanted = requestedProvider(options.provider);
+    // The events callback is bound late: the native agent exists before the Agent that handles its events.
+    let target: Agent | undefined;
+    const onEvents = (events: NativeEvent[]) => {
+      if (target) target.#handleEvents(events);
+    };
+    const open = (provider: string): NativeAgent => {
+      const native: NativeAgentOptions = { name: options.name, provider };
+      if (options.rails !== undefined) native.rails = options.rails;
+      if (provider.startsWith('tcp')) Object.assign(native, tcpBinding(options.address, options.domain));
+      else if (options.domain !== undefined) native.domain = options.domain;
+      try {
+        const agent = new addon.NativeAgent(native, onEvents);
+        // The addon holds the callback weakly; this property holds it strongly, so Agent, native object and
+        // callback form a plain JS cycle that the GC can collect when the user drops an unclosed Agent.
+        Object.defineProperty(agent, 'onEvents', { value: onEvents });
+        return agent;
+      } catch (err) {
+        throw fromNative(err, { provider });
+      }
+    };
+    let native: NativeAgent;
+    if (wanted !== undefined) {
+      native = open(wanted);
+    } else {
+      try {
+        native = open('efa');
+      } catch (err) {
+        if ((err as KvfError).code !== 'KVF_ERR_PROVIDER_UNAVAILABLE') throw err;
+        native = open('tcp;ofi_rxm');
+      }
+    }
+    target = new Agent(native, backend, options, log);
+    log?.info(
+      {
+        agent: target.name,
+        backend,
+        provider: target.provider,
+        fabric: target.fabric,
+        domains: target.domains,
+        rails: target.domains.length,
+        libfabric: addon.libfabricVersion(),
+      },
+      `kvfabric agent ready: backend ${backend}, provider ${target.provider}, fabric ${target.fabric}, ` +
+        `domain ${target.domains.join(',')}`,
+    );
+    return target;
+  }
+
+  get closed(): boolean {
+    return this.#closed || this.#closing !== undefined;
+  }
+
+  get rails(): number {
+    return this.domains.length;
+  }
+
+  /** Transfers and notifications posted and not yet finished. */
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  // ---- memory -------------------------------------------------------------------------------------
+
+  /**
+   * Registers memory with every rail. The buffer is pinned (kept alive) until deregister() or close().
+   * `remoteAccess: false` keeps the region out of getLocalMetadata(): usable as a local source or sink only.
+   */
+  registerMemory(memory: MemoryInput, options: { remoteAccess?: boolean } = {}): MemoryRegion {
+    this.#assertOpen();
+    const bytes = toBytes(memory);
+    const id = this.#call(() => this.#native.registerMemory(bytes));
+    const region = new MemoryRegion(this, id, bytes, options.remoteAccess ?? true);
+    this.#regions.set(id, region);
+    return region;
+  }
+
+  /** Allocates page-aligned memory in the addon (2 MiB hugepages when asked: true = if available, 'require' = or fail) and registers it. */
+  allocate(length: number, options: { hugepages?: boolean | 'require'; remoteAccess?: boolean } = {}): MemoryRegion {
+    this.#assertOpen();
+    if (!Number.isSafeInteger(length) || length <= 0) {
+      throw new KvfError(length === 0 ? 'KVF_ERR_ZERO_LENGTH' : 'KVF_ERR_INVALID_ARGUMENT', 'length must be a positive integer');
+    }
+    const huge = options.hugepages ?? false;
+    const { buffer, hugepages } = this.#call(() => addon.allocate(length, huge !== false, huge === 'require'));
+    const bytes = new Uint8Array(buffer);
+    const id = this.#call(() => this.#native.registerMemory(bytes));
+    const region = new MemoryRegion(this, id, bytes, options.remoteAccess ?? true, hugepages);
+    this.#regions.set(id, region);
+    return region;
+  }
+
+  /** @internal called by MemoryRegion.deregister(). */
+  deregisterRegion(region: MemoryRegion): void {
+    this.#assertOpen();
+    if (this.#regions.get(region.id) !== region) {
+      throw new KvfError('KVF_ERR_UNKNOWN_REGION', `region ${region.id} does not belong to agent ${this.name}`);
+    }
+    this.#call(() => this.#native.deregisterMemory(region.id));
+    this.#regions.delete(region.id);
+  }
+
+  // ---- metadata -----------------------------------------------------------------------------------
+
+  /** Versioned, checksummed blob with this agent's endpoint addresses and remotely accessible regions. */
+  getLocalMetadata(): Buffer {
+    this.#assertOpen();
+    const regions = this.#call(() => this.#native.regions()).filter((r) => this.#regions.get(r.id)?.remoteAccess);
+    return encodeMetadata({
+      name: this.name,
+      provider: this.provider,
+      virtAddr: this.info.virtAddr,
+      rails: this.info.addresses,
+      regions,
+    });
+  }
+
+  /** Parses a peer's blob (strictly; it came from the network) and connects every rail to every peer rail. */
+  loadRemoteMetadata(blob: Uint8Array): RemotePeer {
+    this.#assertOpen();
+    const desc = decodeMetadata(blob);
+    if (desc.provider !== this.provider || desc.virtAddr !== this.info.virtAddr) {
+      throw new KvfError(
+        'KVF_ERR_PROVIDER_MISMATCH',
+        `peer '${desc.name}' uses provider ${desc.provider}; this agent uses ${this.provider}`,
+        { peer: desc.name, provider: this.provider },
+      );
+    }
+    const previous = this.#peers.get(desc.name);
+    if (previous) this.invalidateRemoteMetadata(previous);
+    const id = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, desc.regions), { peer: desc.name });
+    const peer = new RemotePeer(this, id, desc.name, desc.provider, desc.rails.length, desc.regions.map((r) => ({ id: r.id, length: r.length })));
+    this.#peers.set(desc.name, peer);
+    return peer;
+  }
+
+  /** Forgets a peer; later transfers to it fail with KVF_ERR_UNKNOWN_PEER until its metadata is loaded again. */
+  invalidateRemoteMetadata(peer: RemotePeer | string): void {
+    this.#assertOpen();
+    const p = this.#peer(peer);
+    this.#call(() => this.#native.removePeer(p.id));
+    this.#peers.delete(p.name);
+    p.markInvalid();
+  }
+
+  peer(name: string): RemotePeer | undefined {
+    return this.#peers.get(name);
+  }
+
+  // ---- transfers ----------------------------------------------------------------------------------
+
+  /** One-sided WRITE of local ranges into the peer's regions. */
+  write(peer: RemotePeer | string, descriptors: readonly TransferDescriptor[], options: TransferOptions = {}): Promise<TransferReport> {
+    return this.transfer('WRITE', peer, descriptors, options);
+  }
+
+  /** One-sided READ of the peer's ranges into local regions. */
+  read(peer: RemotePeer | string, descriptors: readonly TransferDescriptor[], options: TransferOptions = {}): Promise<TransferReport> {
+    return this.transfer('READ', peer, descriptors, options);
+  }
+
+  transfer(op: TransferOp, peer: RemotePeer | string, descriptors: readonly TransferDescriptor[], options: TransferOptions = {}): Promise<TransferReport> {
+    try {
+      this.#assertOpen();
+      if (op !== 'READ' && op !== 'WRITE') throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `op must be READ or WRITE, not ${String(op)}`);
+      const p = this.#peer(peer);
+      const packed = packDescriptors(descriptors);
+      const note = options.notification === undefined ? undefined : notificationBytes(options.notification);
+      const id = this.#call(() => this.#native.post(op === 'WRITE' ? 0 : 1, p.id, packed, note), { peer: p.name });
+      return this.#track(id, op, p.name, descriptors.length, note !== undefined, options.timeoutMs);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  // ---- notifications ------------------------------------------------------------------------------
+
+  /** Sends bytes to the peer; resolves when the provider reports the send complete. */
+  async sendNotification(peer: RemotePeer | string, data: Uint8Array | string): Promise<void> {
+    this.#assertOpen();
+    const p = this.#peer(peer);
+    const bytes = notificationBytes(data);
+    const id = this.#call(() => this.#native.notify(p.id, bytes), { peer: p.name });
+    await this.#track(id, 'NOTIFY', p.name, 0, true, undefined);
+  }
+
+  /** Notifications from peers, in arrival order, as an async iterator; ends when the agent closes. */
+  notifications(): AsyncIterableIterator<Notification> {
+    return this.#notifications.iterate();
+  }
+
+  // ---- lifecycle ----------------------------------------------------------------------------------
+
+  /**
+   * Idempotent. Refuses new work at once, lets transfers in flight finish (up to closeTimeoutMs, after which
+   * they reject with KVF_ERR_CLOSED), closes every endpoint and releases registered memory.
+   */
+  close(): Promise<void> {
+    if (this.#closing) return this.#closing;
+    this.#closing = new Promise<void>((resolve) => {
+      this.#resolveClosed = resolve;
+    });
+    this.#native.ref(); // the close event must be able to arrive
+    this.#native.close(this.#closeTimeoutMs);
+    return this.#closing;
+  }
+
+  #handleEvents(events: NativeEvent[]): void {
+    for (const ev of events) {
+      if (ev.type === 'done') this.#complete(ev);
+      else if (ev.type === 'notification') this.#notify({ from: ev.from, data: ev.data });
+      else this.#finishClose();
+    }
+  }
+
+  #complete(ev: Extract<NativeEvent, { type: 'done' }>): void {
+    const p = this.#pending.get(ev.id);
+    if (!p) return;
+    this.#pending.delete(ev.id);
+    if (p.timer) clearTimeout(p.timer);
+    if (this.#pending.size === 0) this.#native.unref();
+    if (ev.error) {
+      p.reject(fromNative(ev.error, { peer: p.peer, provider: this.provider }));
+      return;
+    }
+    const durationMs = ev.durationNs / 1e6;
+    p.resolve({
+      op: p.op as TransferOp,
+      peer: p.peer,
+      backend: this.backend,
+      provider: this.provider,
+      rails: railsFromMask(ev.railsMask),
+      descriptors: p.descriptors,
+      bytes: ev.bytes,
+      durationMs,
+      gbps: durationMs > 0 ? ev.bytes / (durationMs * 1e6) : 0,
+      notified: p.notified,
+    });
+  }
+
+  #notify(n: Notification): void {
+    this.#notifications.push(n);
+    this.emit('notification', n);
+  }
+
+  #finishClose(): void {
+    this.#closed = true;
+    for (const region of this.#regions.values()) region.markDeregistered();
+    this.#regions.clear();
+    for (const peer of this.#peers.values()) peer.markInvalid();
+    this.#peers.clear();
+    // The addon fails every transfer it abandoned before this event; anything left never reached it.
+    for (const [id, p] of this.#pending) {
+      this.#pending.delete(id);
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(new KvfError('KVF_ERR_CLOSED', 'agent closed with the transfer in flight', { peer: p.peer }));
+    }
+    this.#notifications.end();
+    this.#native.unref();
+    this.#native.closeSync();
+    this.#log?.debug({ agent: this.name }, 'kvfabric agent closed');
+    this.#resolveClosed?.();
+  }
+
+  #track(id: number, op: Pending['op'], peer: string, descriptors: number, notified: boolean, timeoutMs: number | undefined): Promise<TransferReport> {
+    return new Promise<TransferReport>((resolve, reject) => {
+      const p: Pending = { resolve, reject, op, peer, descriptors, notified };
+      if (timeoutMs !== undefined) {
+        p.timer = setTimeout(() => {
+          p.resolve = () => {};
+          p.reject = () => {};
+          reject(new KvfError('KVF_ERR_TIMEOUT', `${op} to '${peer}' did not complete within ${timeoutMs} ms`, { peer }));
+        }, timeoutMs);
+      }
+      if (this.#pending.size === 0) this.#native.ref();
+      this.#pending.set(id, p);
+    });
+  }
+
+  #peer(peer: RemotePeer | string): RemotePeer {
+    const p = typeof peer === 'string' ? this.#peers.get(peer) : peer;
+    if (!(p instanceof RemotePeer) || p.agent !== this || !p.valid || this.#peers.get(p.name) !== p) {
+      const name = typeof peer === 'string' ? peer : (peer as RemotePeer | undefined)?.name;
+      throw new KvfError('KVF_ERR_UNKNOWN_PEER', `peer '${String(name)}' is not loaded in agent ${this.name}`, { peer: String(name) });
+    }
+    return p;
+  }
+
+  #assertOpen(): void {
+    if (this.closed) throw new KvfError('KVF_ERR_CLOSED', `agent ${this.name} is closed`);
+  }
+
+  #call<T>(fn: () => T, extra: { peer?: string } = {}): T {
+    try {
+      return fn();
+    } catch (err) {
+      throw fromNative(err, { ...extra, provider: this.provider });
+    }
+  }
+}
+
+function notificationBytes(data: Uint8Array | string): Uint8Array {
+  if (typeof data === 'string') return Buffer.from(data, 'utf8');
+  if (data instanceof Uint8Array) return data;
+  throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'a notification must be a string or Uint8Array');
+}
+
+function railsFromMask(mask: number): number[] {
+  const out: number[] = [];
+  for (let r = 0; r < 53 && mask > 0; r++) {
+    if (mask % 2 === 1) out.push(r);
+    mask = Math.floor(mask / 2);
+  }
+  return out;
+}

@@ -1,0 +1,63 @@
+// Which backend and libfabric provider an agent uses, from options first and the environment second
+// (the seed deployment's NIXL_BACKEND and FI_* variables).
+import { KvfError } from './errors.js';
+
+export const SUPPORTED_BACKENDS = ['LIBFABRIC'] as const;
+export type Backend = (typeof SUPPORTED_BACKENDS)[number];
+
+/** Short names users type, and the provider stack that gives FI_EP_RDM with RMA over them. */
+const PROVIDER_ALIASES: Record<string, string> = {
+  tcp: 'tcp;ofi_rxm',
+  verbs: 'verbs;ofi_rxm',
+  shm: 'shm',
+  efa: 'efa',
+  sockets: 'sockets',
+};
+
+export function resolveBackend(option: string | undefined, env: NodeJS.ProcessEnv = process.env): Backend {
+  const raw = option ?? env.NIXL_BACKEND;
+  if (raw === undefined || raw.trim() === '') return 'LIBFABRIC';
+  const name = raw.trim().toUpperCase();
+  if ((SUPPORTED_BACKENDS as readonly string[]).includes(name)) return name as Backend;
+  const source = option !== undefined ? 'backend option' : 'NIXL_BACKEND';
+  throw new KvfError(
+    'KVF_ERR_BACKEND_UNSUPPORTED',
+    `${source}=${raw} is not supported: kvfabric carries KV over ${SUPPORTED_BACKENDS.join(', ')} only ` +
+      `(set NIXL_BACKEND=LIBFABRIC or leave it unset; pick the fabric with FI_PROVIDER=efa|tcp|shm)`,
+  );
+}
+
+/** Expands an alias ('tcp' → 'tcp;ofi_rxm'); full libfabric names pass through. */
+export function providerStack(name: string): string {
+  return PROVIDER_ALIASES[name.trim().toLowerCase()] ?? name.trim();
+}
+
+/**
+ * The provider asked for, or undefined for automatic choice (efa when present, else tcp).
+ * FI_PROVIDER may be a list ("efa,tcp": the first wins) or an exclusion ("^psm2": no preference).
+ */
+export function requestedProvider(option: string | undefined, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (option !== undefined && option.trim() !== '') return providerStack(option);
+  const raw = env.FI_PROVIDER?.trim();
+  if (!raw || raw.startsWith('^')) return undefined;
+  return providerStack(raw.split(',')[0]!);
+}
+
+export interface BindChoice {
+  node?: string;
+  domain?: string;
+}
+
+/**
+ * Where a tcp endpoint listens. Without FI_SOURCE on an explicit address the two sides of a loopback
+ * test may pick different interfaces (eth0 vs lo) and fail with "Transport endpoint is not connected",
+ * so tcp binds 127.0.0.1 unless an address (KVF_ADDRESS) or an interface (FI_TCP_IFACE) is configured.
+ */
+export function tcpBinding(address: string | undefined, domain: string | undefined, env: NodeJS.ProcessEnv = process.env): BindChoice {
+  const iface = domain ?? env.FI_TCP_IFACE;
+  const node = address ?? env.KVF_ADDRESS ?? (iface ? undefined : '127.0.0.1');
+  const out: BindChoice = {};
+  if (node !== undefined) out.node = node;
+  if (iface !== undefined) out.domain = iface;
+  return out;
+}

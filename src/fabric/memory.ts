@@ -1,0 +1,58 @@
+// Registered memory as the user sees it: an id, a length, and the bytes.
+import { KvfError } from './errors.js';
+
+export type MemoryInput = ArrayBufferView | ArrayBuffer | SharedArrayBuffer;
+
+/** A byte view over any buffer kind the agent can register; rejects detached buffers up front. */
+export function toBytes(mem: MemoryInput): Uint8Array {
+  if (mem instanceof Uint8Array) return mem;
+  if (ArrayBuffer.isView(mem)) return new Uint8Array(mem.buffer, mem.byteOffset, mem.byteLength);
+  if (mem instanceof ArrayBuffer || (typeof SharedArrayBuffer !== 'undefined' && mem instanceof SharedArrayBuffer)) {
+    // A detached ArrayBuffer has byteLength 0 and cannot be viewed; the native side reports it precisely.
+    return new Uint8Array(mem);
+  }
+  throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'memory must be a Buffer, typed array, DataView, ArrayBuffer or SharedArrayBuffer');
+}
+
+export interface RegionOwner {
+  deregisterRegion(region: MemoryRegion): void;
+}
+
+export class MemoryRegion {
+  #owner: RegionOwner;
+  #registered = true;
+
+  constructor(
+    owner: RegionOwner,
+    /** Region id, the `local` (or, at a peer, `remote`) region of a descriptor. */
+    readonly id: number,
+    /** The registered bytes. */
+    readonly bytes: Uint8Array,
+    /** Whether the region is listed in this agent's metadata for peers to read and write. */
+    readonly remoteAccess: boolean,
+    /** True when the memory was allocated by the addon on 2 MiB hugepages. */
+    readonly hugepages = false,
+  ) {
+    this.#owner = owner;
+  }
+
+  get length(): number {
+    return this.bytes.byteLength;
+  }
+
+  get registered(): boolean {
+    return this.#registered;
+  }
+
+  /** Idempotent. Throws KVF_ERR_BUSY while transfers use the region. */
+  deregister(): void {
+    if (!this.#registered) return;
+    this.#owner.deregisterRegion(this);
+    this.#registered = false;
+  }
+
+  /** @internal the agent marks regions gone when it closes. */
+  markDeregistered(): void {
+    this.#registered = false;
+  }
+}

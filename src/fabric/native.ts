@@ -1,0 +1,76 @@
+// The addon's surface, declared once. Everything else in TypeScript goes through these declarations.
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeErrorObject {
+  code: string;
+  message: string;
+  errno?: number;
+  providerMessage?: string;
+}
+
+export type NativeEvent =
+  | { type: 'done'; id: number; bytes: number; durationNs: number; railsMask: number; error?: NativeErrorObject }
+  | { type: 'notification'; from: string; data: Buffer }
+  | { type: 'closed' };
+
+export interface NativeAgentOptions {
+  name: string;
+  provider: string;
+  node?: string;
+  domain?: string;
+  rails?: number;
+}
+
+export interface NativeAgentInfo {
+  name: string;
+  provider: string;
+  fabric: string;
+  domains: string[];
+  addresses: Buffer[];
+  virtAddr: boolean;
+  mrMode: number;
+  txDepth: number;
+  maxMessageSize: number;
+  maxNotificationBytes: number;
+}
+
+export interface NativeRegion {
+  id: number;
+  length: number;
+  base: bigint;
+  keys: bigint[];
+}
+
+export declare class NativeAgent {
+  constructor(options: NativeAgentOptions, onEvents: (events: NativeEvent[]) => void);
+  info(): NativeAgentInfo;
+  registerMemory(view: Uint8Array): number;
+  deregisterMemory(id: number): void;
+  regions(): NativeRegion[];
+  addPeer(name: string, virtAddr: boolean, addresses: Uint8Array[], regions: NativeRegion[]): number;
+  removePeer(id: number): void;
+  /** kind 0 = WRITE, 1 = READ; descriptors: 5 doubles each (localRegion, localOffset, remoteRegion, remoteOffset, length). */
+  post(kind: 0 | 1, peer: number, descriptors: Float64Array, notification?: Uint8Array): number;
+  notify(peer: number, data: Uint8Array): number;
+  close(timeoutMs: number): void;
+  closeSync(): void;
+  ref(): void;
+  unref(): void;
+}
+
+export interface Addon {
+  NativeAgent: typeof NativeAgent;
+  allocate(length: number, hugepages: boolean, requireHugepages: boolean): { buffer: ArrayBuffer; hugepages: boolean };
+  libfabricVersion(): string;
+}
+
+const require = createRequire(import.meta.url);
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+// KVF_ADDON selects another build of the addon (the ASan build, for instance); otherwise node-gyp-build
+// picks build/Release or prebuilds/<platform>-<arch>.
+export const addon: Addon = process.env.KVF_ADDON
+  ? (require(process.env.KVF_ADDON) as Addon)
+  : (require('node-gyp-build')(root) as Addon);
