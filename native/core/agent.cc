@@ -11,6 +11,8 @@
 
 namespace kvf {
 
+const std::string& LibfabricLoadError();  // libfabric_loader.cc
+
 namespace {
 
 constexpr uint8_t kNotificationMagic[4] = {'K', 'V', 'F', 'N'};
@@ -85,6 +87,7 @@ void Agent::OpenRails(const AgentOptions& options) {
   const char* node = options.node.empty() ? nullptr : options.node.c_str();
   int rc = fi_getinfo(FI_VERSION(1, 9), node, nullptr, node != nullptr ? FI_SOURCE : 0, hints, &list);
   fi_freeinfo(hints);
+  if (!LibfabricLoadError().empty()) throw Error("KVF_ERR_PROVIDER_UNAVAILABLE", LibfabricLoadError());
   if (rc != 0 || list == nullptr) {
     std::string what = "no libfabric provider '" + options.provider + "' with FI_EP_RDM, RMA and messaging";
     if (node != nullptr) what += " bound to " + options.node;
@@ -327,7 +330,7 @@ uint64_t Agent::PostTransfer(OpKind kind, uint32_t peer_id, const double* d, siz
       op.remote_addr = (peer.virt_addr ? remote.base : 0) + roff;
       op.remote_key = remote.keys[rr];
       op.rail = lr;
-      op.delivery_complete = has_notification && kind == OpKind::kWrite;
+      op.delivery_complete = kind == OpKind::kWrite;  // write() resolves only once the data is at the target
       t->rails_mask |= 1ull << (lr % 64);
       loff += len;
       roff += len;
