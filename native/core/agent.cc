@@ -73,6 +73,7 @@ Agent::~Agent() {
 }
 
 void Agent::OpenRails(const AgentOptions& options) {
+  if (!LibfabricLoadError().empty()) throw Error("KVF_ERR_PROVIDER_UNAVAILABLE", LibfabricLoadError());
   fi_info* hints = fi_allocinfo();
   if (hints == nullptr) throw Error("KVF_ERR_ALLOC", "fi_allocinfo failed");
   hints->caps = FI_MSG | FI_RMA | FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
@@ -87,7 +88,6 @@ void Agent::OpenRails(const AgentOptions& options) {
   const char* node = options.node.empty() ? nullptr : options.node.c_str();
   int rc = fi_getinfo(FI_VERSION(1, 9), node, nullptr, node != nullptr ? FI_SOURCE : 0, hints, &list);
   fi_freeinfo(hints);
-  if (!LibfabricLoadError().empty()) throw Error("KVF_ERR_PROVIDER_UNAVAILABLE", LibfabricLoadError());
   if (rc != 0 || list == nullptr) {
     std::string what = "no libfabric provider '" + options.provider + "' with FI_EP_RDM, RMA and messaging";
     if (node != nullptr) what += " bound to " + options.node;
