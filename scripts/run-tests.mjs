@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // Runs the test suite with node's built-in runner (Node 20 has no glob support in --test, so files are
-// listed here). Builds the addon and the TypeScript first when they are missing, so a fresh clone needs
-// only `npm install` (which builds them too) and this script.
+// listed here). Brings the addon and dist/ up to date first (both builds are incremental, so this costs
+// seconds), so tests never run against stale builds.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -17,9 +17,14 @@ function run(cmd, cmdArgs) {
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
 
-if (!process.env.KVF_ADDON && !existsSync(join(root, 'build', 'Release', 'kvfabric.node'))) {
-  run('npx', ['cmake-js', 'compile', '--CDKVF_WERROR=ON']);
+if (!process.env.KVF_ADDON) {
+  const r = spawnSync('npx', ['cmake-js', 'compile', '--CDKVF_WERROR=ON'], { cwd: root, encoding: 'utf8' });
+  if (r.status !== 0) {
+    process.stderr.write(r.stdout + r.stderr);
+    process.exit(r.status ?? 1);
+  }
 }
+run('npx', ['tsc', '-p', 'tsconfig.json']);
 
 // Tests that exercise only TypeScript (no addon) are skipped under the sanitizer build.
 const PURE_TS = new Set(['metadata.test.ts', 'errors-registry.test.ts', 'config.test.ts']);
