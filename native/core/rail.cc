@@ -133,7 +133,13 @@ void Rail::CloseMr(RailMr& mr) {
 }
 
 fi_addr_t Rail::InsertAddress(const uint8_t* address, size_t length) {
-  if (length != address_.size()) {
+  // String addresses (shm's "fi_shm://name") vary in length and must be NUL-terminated; binary ones
+  // (sockaddr, efa GIDs) have the provider's fixed size.
+  if (info_->addr_format == FI_ADDR_STR) {
+    if (length == 0 || address[length - 1] != '\0' || std::memchr(address, '\0', length) != address + length - 1) {
+      throw Error("KVF_ERR_BAD_METADATA", "peer endpoint address is not a NUL-terminated string");
+    }
+  } else if (length != address_.size()) {
     throw Error("KVF_ERR_PROVIDER_MISMATCH", "peer endpoint address is " + std::to_string(length) +
                                                  " bytes, this provider's are " + std::to_string(address_.size()));
   }
