@@ -159,7 +159,14 @@ void AgentWrap::ReleaseAll() {
 void AgentWrap::CallJs(Napi::Env env, Napi::Function, Sink* sink, void*) {
   if (env == nullptr || sink == nullptr) return;
   sink->pending = false;  // before draining, so an event pushed meanwhile schedules another call
-  if (sink->wrap != nullptr) sink->wrap->Deliver(env);
+  if (sink->wrap == nullptr) return;
+  // Nothing may unwind out of here into libuv. The TS handler never throws (it re-throws user listener
+  // errors on a later tick); what remains is an environment that is shutting down (a terminated worker,
+  // process teardown), where JS can no longer run and the events have nobody left to receive them.
+  try {
+    sink->wrap->Deliver(env);
+  } catch (...) {
+  }
 }
 
 void AgentWrap::Deliver(Napi::Env env) {
@@ -177,14 +184,7 @@ void AgentWrap::Deliver(Napi::Env env) {
     pinned_.clear();
   }
   Napi::Value fn = on_events_.Value();
-  if (fn.IsFunction()) {
-    try {
-      fn.As<Napi::Function>().Call({batch});
-    } catch (const Napi::Error& e) {
-      // An exception in a user callback must not unwind through libuv; surface it as Node would.
-      napi_fatal_exception(env, e.Value());
-    }
-  }
+  if (fn.IsFunction()) fn.As<Napi::Function>().Call({batch});
 }
 
 Agent& AgentWrap::CoreOrThrow(Napi::Env env) {

@@ -20,6 +20,7 @@ constexpr uint8_t kNotificationVersion = 1;
 constexpr size_t kNotificationHeader = 12;  // magic, version, name length, reserved u16, payload length u32
 constexpr size_t kReceiveSize = kNotificationHeader + kMaxNameBytes + kMaxNotificationBytes;
 constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
+constexpr std::chrono::milliseconds kRailStopTimeout{2000};
 
 // Agents still open at process exit are closed before libfabric's own destructors run: atexit handlers
 // registered after libfabric was loaded run before the loader's library destructors.
@@ -27,13 +28,35 @@ std::mutex g_live_mu;
 std::set<Agent*> g_live;
 std::once_flag g_atexit_once;
 
+// Endpoints of shm agents closed while another shm agent of this process was still running. libfabric's shm
+// provider lets an in-process peer use the closed endpoint's region directly, so unmapping it under that
+// peer's progress thread crashes; parked endpoints are closed once no shm agent of the process is running.
+std::vector<std::unique_ptr<Rail>> g_parked_rails;
+std::vector<RailMr> g_parked_mrs;
+
+void CloseParkedShmEndpoints() {
+  std::vector<std::unique_ptr<Rail>> rails;
+  std::vector<RailMr> mrs;
+  {
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    rails.swap(g_parked_rails);
+    mrs.swap(g_parked_mrs);
+  }
+  for (auto& rail : rails) rail->CloseEndpoint();
+  for (auto& mr : mrs) Rail::CloseMr(mr);
+}
+
 void CloseLiveAgentsAtExit() {
   std::vector<Agent*> live;
   {
     std::lock_guard<std::mutex> lock(g_live_mu);
     live.assign(g_live.begin(), g_live.end());
   }
+  // Stop every agent's progress before closing any endpoint: a provider may let one agent touch another's
+  // resources in-process (shm), so nothing may progress while endpoints go away.
+  for (Agent* a : live) a->HaltRails();
   for (Agent* a : live) a->CloseNow();
+  CloseParkedShmEndpoints();
 }
 
 std::atomic<uint32_t> g_agent_counter{0};
@@ -493,18 +516,65 @@ void Agent::CloseNow() {
   Shutdown();
 }
 
+void Agent::HaltRails() {
+  std::lock_guard<std::mutex> lock(close_mu_);
+  if (closed_) return;
+  if (closer_.joinable()) {  // a graceful close is under way: finish it now
+    force_close_ = true;
+    transfers_cv_.notify_all();
+    closer_.join();
+    return;
+  }
+  closing_ = true;
+  force_close_ = true;
+  StopRails();
+}
+
+// Stops every rail; a rail whose thread is stuck inside the provider is dropped from rails_ and leaked on
+// purpose (its thread may still be inside the endpoint), so closing never hangs on a dead peer.
+void Agent::StopRails() {
+  for (auto& rail : rails_) rail->RequestStop(true);
+  for (auto& rail : rails_) {
+    if (!rail->JoinWithin(kRailStopTimeout)) {
+      leaked_rails_.insert(rail->index());
+      (void)rail.release();
+    }
+  }
+  rails_.erase(std::remove(rails_.begin(), rails_.end(), nullptr), rails_.end());
+}
+
+bool Agent::OtherShmAgentRunning() const {
+  std::lock_guard<std::mutex> lock(g_live_mu);
+  for (Agent* a : g_live) {
+    if (a != this && a->provider_ == "shm" && !a->closed_) return true;
+  }
+  return false;
+}
+
 void Agent::Shutdown() {
   if (closed_.exchange(true)) return;
   force_close_ = true;
-  for (auto& rail : rails_) rail->RequestStop(true);
-  for (auto& rail : rails_) rail->Join();
-  for (auto& rail : rails_) rail->CloseEndpoint();
+  StopRails();
+  std::vector<RailMr> mrs;
   {
     std::lock_guard<std::mutex> lock(regions_mu_);
     for (auto& [id, region] : regions_) {
-      for (auto& mr : region->mrs) Rail::CloseMr(mr);
+      for (size_t r = 0; r < region->mrs.size(); ++r) {
+        if (leaked_rails_.count(static_cast<uint32_t>(r)) == 0) mrs.push_back(region->mrs[r]);
+      }
     }
     regions_.clear();
+  }
+  const bool shm = provider_ == "shm";
+  if (shm && OtherShmAgentRunning()) {
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    for (auto& rail : rails_) g_parked_rails.push_back(std::move(rail));
+    g_parked_mrs.insert(g_parked_mrs.end(), mrs.begin(), mrs.end());
+  } else {
+    // The endpoint goes first: after it is closed no provider code touches our buffers or op contexts.
+    for (auto& rail : rails_) rail->CloseEndpoint();
+    for (auto& mr : mrs) Rail::CloseMr(mr);
+    if (shm) CloseParkedShmEndpoints();
   }
   rails_.clear();
   // Whatever was posted and never completed is abandoned now that the endpoints are gone.

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -86,6 +87,8 @@ class Agent : public RailOwner {
   // emit a kClosed event. Forced close: synchronous, for destructors and env teardown.
   void BeginClose(uint32_t timeout_ms);
   void CloseNow();
+  // Stops and joins the rail threads without releasing anything (first phase of closing at process exit).
+  void HaltRails();
   bool closing() const { return closing_; }
 
   std::vector<Event> TakeEvents();
@@ -100,6 +103,8 @@ class Agent : public RailOwner {
   void Finish(Transfer* transfer);
   void PushEvent(Event event);
   void Shutdown();
+  void StopRails();
+  bool OtherShmAgentRunning() const;
   Peer& PeerOrThrow(uint32_t id);
   std::vector<uint8_t> EncodeNotification(const uint8_t* data, size_t length) const;
 
@@ -130,6 +135,7 @@ class Agent : public RailOwner {
   std::atomic<bool> closed_{false};
   std::thread closer_;
   std::atomic<bool> force_close_{false};
+  std::set<uint32_t> leaked_rails_;  // rails given up on in StopRails (their MRs stay open too)
 };
 
 }  // namespace kvf

@@ -101,6 +101,19 @@ void Rail::Join() {
   if (thread_.joinable()) thread_.join();
 }
 
+bool Rail::JoinWithin(std::chrono::milliseconds timeout) {
+  if (!thread_.joinable()) return true;
+  std::unique_lock<std::mutex> lock(exit_mu_);
+  if (exit_cv_.wait_for(lock, timeout, [this] { return exited_; })) {
+    lock.unlock();
+    thread_.join();
+    return true;
+  }
+  orphaned_ = true;
+  thread_.detach();
+  return false;
+}
+
 void Rail::CloseEndpoint() {
   if (ep_ != nullptr) fi_close(&ep_->fid);
   ep_ = nullptr;
@@ -203,6 +216,7 @@ int Rail::Post(Op* op) {
 }
 
 void Rail::HandleCompletion(const fi_cq_data_entry& entry) {
+  if (orphaned_) return;
   Op* op = reinterpret_cast<Op*>(entry.op_context);
   if (entry.flags & FI_RECV) {
     owner_->OnMessage(static_cast<const uint8_t*>(op->local), entry.len);
@@ -214,6 +228,7 @@ void Rail::HandleCompletion(const fi_cq_data_entry& entry) {
 }
 
 void Rail::HandleCqError() {
+  if (orphaned_) return;
   fi_cq_err_entry err{};
   if (fi_cq_readerr(cq_, &err, 0) <= 0) return;
   Op* op = reinterpret_cast<Op*>(err.op_context);
@@ -250,6 +265,13 @@ bool Rail::WaitIdle() {
 }
 
 void Rail::Run() {
+  RunLoop();
+  std::lock_guard<std::mutex> lock(exit_mu_);
+  exited_ = true;
+  exit_cv_.notify_all();
+}
+
+void Rail::RunLoop() {
   std::deque<Op*> pending;
   fi_cq_data_entry entries[kCqBatch];
   auto last_work = std::chrono::steady_clock::now();
@@ -268,6 +290,7 @@ void Rail::Run() {
     while (!pending.empty() && inflight_ < tx_depth_) {
       Op* op = pending.front();
       int rc = Post(op);
+      if (orphaned_) return;  // we were given up on while inside the provider: touch nothing of the owner's
       if (rc == -FI_EAGAIN) break;
       pending.pop_front();
       worked = true;
@@ -297,6 +320,7 @@ void Rail::Run() {
       last_work = std::chrono::steady_clock::now();
     }
   }
+  if (orphaned_) return;
   // Forced stop: whatever never reached the provider fails here; posted ops are failed by the owner
   // after the endpoint is closed.
   ErrorInfo closed{"KVF_ERR_CLOSED", "agent closed before the operation was posted", 0, {}};

@@ -9,6 +9,8 @@
 #include <rdma/fi_endpoint.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <mutex>
@@ -49,6 +51,10 @@ class Rail {
   // Graceful: exit once submitted work has drained. Forced: exit now, failing queued ops with KVF_ERR_CLOSED.
   void RequestStop(bool force);
   void Join();
+  // Joins within `timeout`; a thread stuck inside the provider (shm spinning on a lock a killed peer held)
+  // is detached instead and the rail orphaned: it never calls its owner again. Returns false then, and the
+  // caller must leak the rail, since that thread may still be inside its endpoint.
+  bool JoinWithin(std::chrono::milliseconds timeout);
   // Closes the endpoint (after Join): no provider code touches our buffers or op contexts afterwards.
   void CloseEndpoint();
 
@@ -70,6 +76,7 @@ class Rail {
 
  private:
   void Run();
+  void RunLoop();
   int Post(Op* op);
   void PostReceive(size_t slot);
   void HandleCompletion(const fi_cq_data_entry& entry);
@@ -100,6 +107,10 @@ class Rail {
   std::deque<Op*> queue_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> force_{false};
+  std::atomic<bool> orphaned_{false};
+  std::mutex exit_mu_;
+  std::condition_variable exit_cv_;
+  bool exited_ = false;
   std::thread thread_;
   size_t inflight_ = 0;  // progress thread only
 };

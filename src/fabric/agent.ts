@@ -82,7 +82,9 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
   #pending = new Map<number, Pending>();
   #regions = new Map<number, MemoryRegion>();
   #peers = new Map<string, RemotePeer>();
-  #notifications = new NotificationQueue(() => this.#native.ref(), () => this.#native.unref());
+  #notifications = new NotificationQueue(() => this.#ref(), () => this.#unref());
+  // ref()/unref() on the addon's thread-safe function are a switch, not a count; count here.
+  #refs = 0;
   #closeTimeoutMs: number;
   #closing?: Promise<void>;
   #resolveClosed?: () => void;
@@ -108,6 +110,10 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
     }
     if (options.rails !== undefined && (!Number.isInteger(options.rails) || options.rails < 1 || options.rails > 64)) {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.rails must be an integer from 1 to 64');
+    }
+    const timeout = options.closeTimeoutMs;
+    if (timeout !== undefined && (!Number.isInteger(timeout) || timeout < 0 || timeout > 2 ** 31 - 1)) {
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.closeTimeoutMs must be an integer from 0 to 2^31-1');
     }
     const backend = resolveBackend(options.backend);
     const log = options.logger === false ? undefined : (options.logger ?? defaultLogger());
@@ -239,9 +245,10 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
         { peer: desc.name, provider: this.provider },
       );
     }
+    // Add the new peer first: if the blob is refused, the peer loaded before stays usable.
+    const id = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, desc.regions), { peer: desc.name });
     const previous = this.#peers.get(desc.name);
     if (previous) this.invalidateRemoteMetadata(previous);
-    const id = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, desc.regions), { peer: desc.name });
     const peer = new RemotePeer(this, id, desc.name, desc.provider, desc.rails.length, desc.regions.map((r) => ({ id: r.id, length: r.length })));
     this.#peers.set(desc.name, peer);
     return peer;
@@ -277,7 +284,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
       this.#assertOpen();
       if (op !== 'READ' && op !== 'WRITE') throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `op must be READ or WRITE, not ${String(op)}`);
       const p = this.#peer(peer);
-      const packed = packDescriptors(descriptors);
+      const packed = packDescriptors(descriptors, this.#regions);
       const note = options.notification === undefined ? undefined : notificationBytes(options.notification);
       const id = this.#call(() => this.#native.post(op === 'WRITE' ? 0 : 1, p.id, packed, note), { peer: p.name });
       return this.#track(id, op, p.name, descriptors.length, note !== undefined, options.timeoutMs);
@@ -313,16 +320,24 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
     this.#closing = new Promise<void>((resolve) => {
       this.#resolveClosed = resolve;
     });
-    this.#native.ref(); // the close event must be able to arrive
+    this.#ref(); // the close event must be able to arrive
     this.#native.close(this.#closeTimeoutMs);
     return this.#closing;
   }
 
+  // Called by the addon with one batch per CQ drain. It must not throw: an error from a user's listener
+  // is re-thrown on the next tick, where Node reports it like any other uncaught exception.
   #handleEvents(events: NativeEvent[]): void {
     for (const ev of events) {
-      if (ev.type === 'done') this.#complete(ev);
-      else if (ev.type === 'notification') this.#notify({ from: ev.from, data: ev.data });
-      else this.#finishClose();
+      try {
+        if (ev.type === 'done') this.#complete(ev);
+        else if (ev.type === 'notification') this.#notify({ from: ev.from, data: ev.data });
+        else this.#finishClose();
+      } catch (err) {
+        process.nextTick(() => {
+          throw err;
+        });
+      }
     }
   }
 
@@ -331,7 +346,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
     if (!p) return;
     this.#pending.delete(ev.id);
     if (p.timer) clearTimeout(p.timer);
-    if (this.#pending.size === 0) this.#native.unref();
+    this.#unref();
     if (ev.error) {
       p.reject(fromNative(ev.error, { peer: p.peer, provider: this.provider }));
       return;
@@ -369,7 +384,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
       p.reject(new KvfError('KVF_ERR_CLOSED', 'agent closed with the transfer in flight', { peer: p.peer }));
     }
     this.#notifications.end();
-    this.#native.unref();
+    this.#refs = 0;
     this.#native.closeSync();
     this.#log?.debug({ agent: this.name }, 'kvfabric agent closed');
     this.#resolveClosed?.();
@@ -385,7 +400,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
           reject(new KvfError('KVF_ERR_TIMEOUT', `${op} to '${peer}' did not complete within ${timeoutMs} ms`, { peer }));
         }, timeoutMs);
       }
-      if (this.#pending.size === 0) this.#native.ref();
+      this.#ref();
       this.#pending.set(id, p);
     });
   }
@@ -397,6 +412,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
       throw new KvfError('KVF_ERR_UNKNOWN_PEER', `peer '${String(name)}' is not loaded in agent ${this.name}`, { peer: String(name) });
     }
     return p;
+  }
+
+  #ref(): void {
+    if (this.#refs++ === 0) this.#native.ref();
+  }
+
+  #unref(): void {
+    if (--this.#refs === 0) this.#native.unref();
   }
 
   #assertOpen(): void {

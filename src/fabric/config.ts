@@ -15,6 +15,9 @@ const PROVIDER_ALIASES: Record<string, string> = {
 };
 
 export function resolveBackend(option: string | undefined, env: NodeJS.ProcessEnv = process.env): Backend {
+  if (option !== undefined && typeof option !== 'string') {
+    throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.backend must be a string');
+  }
   const raw = option ?? env.NIXL_BACKEND;
   if (raw === undefined || raw.trim() === '') return 'LIBFABRIC';
   const name = raw.trim().toUpperCase();
@@ -37,6 +40,9 @@ export function providerStack(name: string): string {
  * FI_PROVIDER may be a list ("efa,tcp": the first wins) or an exclusion ("^psm2": no preference).
  */
 export function requestedProvider(option: string | undefined, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (option !== undefined && typeof option !== 'string') {
+    throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.provider must be a string');
+  }
   if (option !== undefined && option.trim() !== '') return providerStack(option);
   const raw = env.FI_PROVIDER?.trim();
   if (!raw || raw.startsWith('^')) return undefined;

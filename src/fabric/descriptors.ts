@@ -1,6 +1,6 @@
 // Descriptors name what moves: a range of a local region and a range of a peer's region of equal length.
 import { KvfError } from './errors.js';
-import type { MemoryRegion } from './memory.js';
+import { MemoryRegion } from './memory.js';
 
 export interface TransferDescriptor {
   /** Local region (or its id). */
@@ -15,7 +15,11 @@ export interface TransferDescriptor {
 /** Five doubles per descriptor, the layout the addon reads without per-descriptor JS calls. */
 export const DESCRIPTOR_FIELDS = 5;
 
-export function packDescriptors(descriptors: readonly TransferDescriptor[]): Float64Array {
+/**
+ * Packs descriptors for the addon. `owned` maps this agent's region ids to its regions: a MemoryRegion of
+ * another agent is refused (ids are per agent, so it would silently name one of ours).
+ */
+export function packDescriptors(descriptors: readonly TransferDescriptor[], owned: ReadonlyMap<number, MemoryRegion>): Float64Array {
   if (!Array.isArray(descriptors)) {
     throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'descriptors must be an array');
   }
@@ -24,6 +28,9 @@ export function packDescriptors(descriptors: readonly TransferDescriptor[]): Flo
     const d = descriptors[i];
     if (d === null || typeof d !== 'object') {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `descriptor ${i} is not an object`);
+    }
+    if (d.local instanceof MemoryRegion && owned.get(d.local.id) !== d.local) {
+      throw new KvfError('KVF_ERR_UNKNOWN_REGION', `descriptor ${i}: local region ${d.local.id} is not registered with this agent`);
     }
     const local = typeof d.local === 'number' ? d.local : d.local?.id;
     const remote = typeof d.remote === 'number' ? d.remote : d.remote?.id;

@@ -6,12 +6,26 @@ export type MemoryInput = ArrayBufferView | ArrayBuffer | SharedArrayBuffer;
 /** A byte view over any buffer kind the agent can register; rejects detached buffers up front. */
 export function toBytes(mem: MemoryInput): Uint8Array {
   if (mem instanceof Uint8Array) return mem;
+  const buffer = ArrayBuffer.isView(mem) ? mem.buffer : mem;
+  if (buffer instanceof ArrayBuffer && isDetached(buffer)) {
+    throw new KvfError('KVF_ERR_DETACHED', 'cannot register a detached ArrayBuffer');
+  }
   if (ArrayBuffer.isView(mem)) return new Uint8Array(mem.buffer, mem.byteOffset, mem.byteLength);
   if (mem instanceof ArrayBuffer || (typeof SharedArrayBuffer !== 'undefined' && mem instanceof SharedArrayBuffer)) {
-    // A detached ArrayBuffer has byteLength 0 and cannot be viewed; the native side reports it precisely.
     return new Uint8Array(mem);
   }
   throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'memory must be a Buffer, typed array, DataView, ArrayBuffer or SharedArrayBuffer');
+}
+
+// Node 20 has no ArrayBuffer.prototype.detached; a detached buffer is the one that cannot be sliced.
+function isDetached(buffer: ArrayBuffer): boolean {
+  if (buffer.byteLength > 0) return false;
+  try {
+    buffer.slice(0);
+    return false;
+  } catch {
+    return true;
+  }
 }
 
 export interface RegionOwner {
