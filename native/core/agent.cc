@@ -1,6 +1,7 @@
 #include "core/agent.h"
 
 #include <rdma/fi_domain.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,7 +23,7 @@ constexpr size_t kReceiveSize = kNotificationHeader + kMaxNameBytes + kMaxNotifi
 constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 constexpr std::chrono::milliseconds kRailStopTimeout{2000};
 
-// Agents still open at process exit are closed before libfabric's own destructors run: atexit handlers
+// Agents still open at process exit are halted before libfabric's own destructors run: atexit handlers
 // registered after libfabric was loaded run before the loader's library destructors.
 std::mutex g_live_mu;
 std::set<Agent*> g_live;
@@ -46,17 +47,29 @@ void CloseParkedShmEndpoints() {
   for (auto& mr : mrs) Rail::CloseMr(mr);
 }
 
-void CloseLiveAgentsAtExit() {
+// At process exit (process.exit(), an uncaught exception: paths where Node runs no cleanup hooks) the rail
+// threads must stop before libfabric's library destructors run, or they would run inside a library being
+// torn down. Endpoints are not closed here: closing endpoints of several agents with traffic in flight
+// crashed inside providers, and there is nothing to gain: the kernel reclaims sockets and devices, and
+// libfabric's own destructor unlinks shm regions.
+void HaltLiveAgentsAtExit() {
   std::vector<Agent*> live;
   {
     std::lock_guard<std::mutex> lock(g_live_mu);
     live.assign(g_live.begin(), g_live.end());
   }
-  // Stop every agent's progress before closing any endpoint: a provider may let one agent touch another's
-  // resources in-process (shm), so nothing may progress while endpoints go away.
   for (Agent* a : live) a->HaltRails();
-  for (Agent* a : live) a->CloseNow();
-  CloseParkedShmEndpoints();
+  // Without fi_close the shm provider leaves its regions (/dev/shm/kvf_<pid>_...) behind; ours are named
+  // after our pid, so remove them. The mappings stay valid until the process is gone.
+  const std::string prefix = "kvf_" + std::to_string(getpid()) + "_";
+  if (DIR* dir = opendir("/dev/shm")) {
+    while (dirent* entry = readdir(dir)) {
+      if (std::strncmp(entry->d_name, prefix.c_str(), prefix.size()) == 0) {
+        unlink((std::string("/dev/shm/") + entry->d_name).c_str());
+      }
+    }
+    closedir(dir);
+  }
 }
 
 std::atomic<uint32_t> g_agent_counter{0};
@@ -84,7 +97,7 @@ Agent::Agent(const AgentOptions& options, std::function<void()> wake) : name_(op
   }
   OpenRails(options);
   for (auto& rail : rails_) rail->Start();
-  std::call_once(g_atexit_once, [] { std::atexit(CloseLiveAgentsAtExit); });
+  std::call_once(g_atexit_once, [] { std::atexit(HaltLiveAgentsAtExit); });
   std::lock_guard<std::mutex> lock(g_live_mu);
   g_live.insert(this);
 }
