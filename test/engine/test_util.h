@@ -1,0 +1,52 @@
+// Shared helpers for the engine tests: model paths and error-code assertions.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <functional>
+#include <string>
+
+#include "core/error.h"
+
+namespace kvf::engine::testing {
+
+inline bool FileExists(const std::string& p) {
+  struct stat st;
+  return !p.empty() && stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// The generated tiny model: $KVF_TINY_MODEL, else the one the build generated.
+inline std::string TinyModelPath() {
+  if (const char* e = std::getenv("KVF_TINY_MODEL")) return e;
+#ifdef KVF_TINY_MODEL_PATH
+  return KVF_TINY_MODEL_PATH;
+#else
+  return "models/tiny-llama.gguf";
+#endif
+}
+
+// SmolLM2-135M-Instruct.Q4_1.gguf as `npm run fetch-model` caches it ($KVF_MODEL_CACHE or
+// ~/.cache/kvfabric/models), or $KVF_REAL_MODEL; "" when absent (the tests using it are skipped).
+inline std::string RealModelPath() {
+  std::string p;
+  if (const char* e = std::getenv("KVF_REAL_MODEL")) p = e;
+  else if (const char* c = std::getenv("KVF_MODEL_CACHE")) p = std::string(c) + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+  else if (const char* h = std::getenv("HOME")) p = std::string(h) + "/.cache/kvfabric/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  return FileExists(p) ? p : "";
+}
+
+// The code of the kvf::Error that fn throws; "" if it returns, "<other exception>" for anything else.
+inline std::string ThrownCode(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const kvf::Error& e) {
+    return e.code();
+  } catch (...) {
+    return "<other exception>";
+  }
+  return "";
+}
+
+}  // namespace kvf::engine::testing
