@@ -23,6 +23,7 @@ import {
   type TransferDescriptor,
 } from '../src/index.js';
 import { crc32 } from '../src/fabric/metadata.js';
+import { prng } from './helpers/random.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -103,18 +104,6 @@ function withCrc(blob: Uint8Array): Buffer {
   const out = Buffer.from(blob);
   out.writeUInt32LE(crc32(out, 0, out.length - 4), out.length - 4);
   return out;
-}
-
-/** mulberry32, so the random-blob cases replay. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 // ---- fixture --------------------------------------------------------------------------------------

@@ -11,21 +11,10 @@ import {
   type AgentDescription,
   type RegionDescription,
 } from '../src/fabric/metadata.js';
+import { prng } from './helpers/random.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/** mulberry32: small, seeded, good enough to make fuzz runs reproducible. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Rng = ReturnType<typeof prng>;
 const int = (rng: Rng, lo: number, hi: number): number => lo + Math.floor(rng() * (hi - lo + 1));

@@ -8,6 +8,9 @@ import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 import type { TransferReport } from '../../src/index.js';
+import { prng } from './random.js';
+
+export { prng };
 
 // ---- wire protocol (shared with the fixture) ------------------------------------------------------
 
@@ -404,18 +407,6 @@ export function readProcessMemory(pid: number, address: bigint, length: number):
 }
 
 // ---- small shared utilities -------------------------------------------------------------------------
-
-/** mulberry32: seeded, reproducible layouts. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export function randomInt(rng: () => number, lo: number, hi: number): number {
   return lo + Math.floor(rng() * (hi - lo + 1));
