@@ -1,7 +1,9 @@
 #include "core/agent.h"
 
+#include "core/live_agents.h"
+#include "core/notification.h"
+
 #include <rdma/fi_domain.h>
-#include <dirent.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,70 +18,10 @@ const std::string& LibfabricLoadError();  // libfabric_loader.cc
 
 namespace {
 
-constexpr uint8_t kNotificationMagic[4] = {'K', 'V', 'F', 'N'};
-constexpr uint8_t kNotificationVersion = 1;
-constexpr size_t kNotificationHeader = 12;  // magic, version, name length, reserved u16, payload length u32
-constexpr size_t kReceiveSize = kNotificationHeader + kMaxNameBytes + kMaxNotificationBytes;
 constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 constexpr std::chrono::milliseconds kRailStopTimeout{2000};
 
-// Agents still open at process exit are halted before libfabric's own destructors run: atexit handlers
-// registered after libfabric was loaded run before the loader's library destructors.
-std::mutex g_live_mu;
-std::set<Agent*> g_live;
-std::once_flag g_atexit_once;
-
-// Endpoints of shm agents closed while another shm agent of this process was still running. libfabric's shm
-// provider lets an in-process peer use the closed endpoint's region directly, so unmapping it under that
-// peer's progress thread crashes; parked endpoints are closed once no shm agent of the process is running.
-std::vector<std::unique_ptr<Rail>> g_parked_rails;
-std::vector<RailMr> g_parked_mrs;
-
-void CloseParkedShmEndpoints() {
-  std::vector<std::unique_ptr<Rail>> rails;
-  std::vector<RailMr> mrs;
-  {
-    std::lock_guard<std::mutex> lock(g_live_mu);
-    rails.swap(g_parked_rails);
-    mrs.swap(g_parked_mrs);
-  }
-  for (auto& rail : rails) rail->CloseEndpoint();
-  for (auto& mr : mrs) Rail::CloseMr(mr);
-}
-
-// At process exit (process.exit(), an uncaught exception: paths where Node runs no cleanup hooks) the rail
-// threads must stop before libfabric's library destructors run, or they would run inside a library being
-// torn down. Endpoints are not closed here: closing endpoints of several agents with traffic in flight
-// crashed inside providers, and there is nothing to gain: the kernel reclaims sockets and devices, and
-// libfabric's own destructor unlinks shm regions.
-void HaltLiveAgentsAtExit() {
-  std::vector<Agent*> live;
-  {
-    std::lock_guard<std::mutex> lock(g_live_mu);
-    live.assign(g_live.begin(), g_live.end());
-  }
-  for (Agent* a : live) a->HaltRails();
-  // Without fi_close the shm provider leaves its regions (/dev/shm/kvf_<pid>_...) behind; ours are named
-  // after our pid, so remove them. The mappings stay valid until the process is gone.
-  const std::string prefix = "kvf_" + std::to_string(getpid()) + "_";
-  if (DIR* dir = opendir("/dev/shm")) {
-    while (dirent* entry = readdir(dir)) {
-      if (std::strncmp(entry->d_name, prefix.c_str(), prefix.size()) == 0) {
-        unlink((std::string("/dev/shm/") + entry->d_name).c_str());
-      }
-    }
-    closedir(dir);
-  }
-}
-
 std::atomic<uint32_t> g_agent_counter{0};
-
-void PutU32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
-uint32_t GetU32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
 
 uint64_t ExactIndex(double v, size_t descriptor, const char* field) {
   if (!(v >= 0) || v >= kMaxExactInteger || std::floor(v) != v) {
@@ -97,15 +39,12 @@ Agent::Agent(const AgentOptions& options, std::function<void()> wake) : name_(op
   }
   OpenRails(options);
   for (auto& rail : rails_) rail->Start();
-  std::call_once(g_atexit_once, [] { std::atexit(HaltLiveAgentsAtExit); });
-  std::lock_guard<std::mutex> lock(g_live_mu);
-  g_live.insert(this);
+  RegisterLiveAgent(this);
 }
 
 Agent::~Agent() {
   CloseNow();
-  std::lock_guard<std::mutex> lock(g_live_mu);
-  g_live.erase(this);
+  UnregisterLiveAgent(this);
 }
 
 void Agent::OpenRails(const AgentOptions& options) {
@@ -156,7 +95,7 @@ void Agent::OpenRails(const AgentOptions& options) {
         chosen->src_addr = strdup(addr.c_str());
         chosen->src_addrlen = addr.size() + 1;
       }
-      rails_.push_back(std::make_unique<Rail>(r, chosen, this, r == 0 ? kReceiveSize : 0));
+      rails_.push_back(std::make_unique<Rail>(r, chosen, this, r == 0 ? kNotificationMessageMax : 0));
     }
   } catch (...) {
     rails_.clear();
@@ -246,22 +185,6 @@ Peer& Agent::PeerOrThrow(uint32_t id) {
   return it->second;
 }
 
-std::vector<uint8_t> Agent::EncodeNotification(const uint8_t* data, size_t length) const {
-  if (length > kMaxNotificationBytes) {
-    throw Error("KVF_ERR_TOO_LARGE", "notification is " + std::to_string(length) + " bytes; the limit is " +
-                                         std::to_string(kMaxNotificationBytes));
-  }
-  std::vector<uint8_t> msg(kNotificationHeader + name_.size() + length);
-  std::memcpy(msg.data(), kNotificationMagic, 4);
-  msg[4] = kNotificationVersion;
-  msg[5] = static_cast<uint8_t>(name_.size());
-  msg[6] = msg[7] = 0;
-  PutU32(msg.data() + 8, static_cast<uint32_t>(length));
-  std::memcpy(msg.data() + kNotificationHeader, name_.data(), name_.size());
-  if (length > 0) std::memcpy(msg.data() + kNotificationHeader + name_.size(), data, length);
-  return msg;
-}
-
 uint64_t Agent::PostTransfer(OpKind kind, uint32_t peer_id, const double* d, size_t count,
                              const uint8_t* notification, size_t notification_length, bool has_notification) {
   if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
@@ -332,7 +255,7 @@ uint64_t Agent::PostTransfer(OpKind kind, uint32_t peer_id, const double* d, siz
                                            " destination");
       }
     }
-    if (has_notification) t->notify_message = EncodeNotification(notification, notification_length);
+    if (has_notification) t->notify_message = EncodeNotification(name_, notification, notification_length);
     for (Region* r : locals) {
       if (std::find(t->regions.begin(), t->regions.end(), r) == t->regions.end()) t->regions.push_back(r);
     }
@@ -407,7 +330,7 @@ uint64_t Agent::PostNotification(uint32_t peer_id, const uint8_t* data, size_t l
   Peer& peer = PeerOrThrow(peer_id);
   auto t = std::make_unique<Transfer>();
   t->kind = OpKind::kSend;
-  t->notify_message = EncodeNotification(data, length);
+  t->notify_message = EncodeNotification(name_, data, length);
   t->ops.resize(1);
   Op& op = t->ops[0];
   op.kind = OpKind::kSend;
@@ -468,19 +391,10 @@ void Agent::Finish(Transfer* t) {
 }
 
 void Agent::OnMessage(const uint8_t* data, size_t length) {
-  // Control messages come from the network: check every length before trusting it; drop what is malformed.
-  if (length < kNotificationHeader || std::memcmp(data, kNotificationMagic, 4) != 0 ||
-      data[4] != kNotificationVersion) {
-    return;
-  }
-  const size_t name_len = data[5];
-  const size_t payload_len = GetU32(data + 8);
-  if (name_len == 0 || kNotificationHeader + name_len + payload_len != length) return;
   Event ev;
   ev.type = Event::Type::kNotification;
-  ev.from.assign(reinterpret_cast<const char*>(data + kNotificationHeader), name_len);
-  ev.data.assign(data + kNotificationHeader + name_len, data + length);
-  PushEvent(std::move(ev));
+  // Control messages come from the network: malformed ones are dropped.
+  if (DecodeNotification(data, length, &ev.from, &ev.data)) PushEvent(std::move(ev));
 }
 
 void Agent::PushEvent(Event event) {
@@ -556,14 +470,6 @@ void Agent::StopRails() {
   rails_.erase(std::remove(rails_.begin(), rails_.end(), nullptr), rails_.end());
 }
 
-bool Agent::OtherShmAgentRunning() const {
-  std::lock_guard<std::mutex> lock(g_live_mu);
-  for (Agent* a : g_live) {
-    if (a != this && a->provider_ == "shm" && !a->closed_) return true;
-  }
-  return false;
-}
-
 void Agent::Shutdown() {
   if (closed_.exchange(true)) return;
   force_close_ = true;
@@ -579,10 +485,8 @@ void Agent::Shutdown() {
     regions_.clear();
   }
   const bool shm = provider_ == "shm";
-  if (shm && OtherShmAgentRunning()) {
-    std::lock_guard<std::mutex> lock(g_live_mu);
-    for (auto& rail : rails_) g_parked_rails.push_back(std::move(rail));
-    g_parked_mrs.insert(g_parked_mrs.end(), mrs.begin(), mrs.end());
+  if (shm && OtherShmAgentRunning(this)) {
+    ParkShmEndpoints(std::move(rails_), std::move(mrs));
   } else {
     // The endpoint goes first: after it is closed no provider code touches our buffers or op contexts.
     for (auto& rail : rails_) rail->CloseEndpoint();

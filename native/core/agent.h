@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/notification.h"
 #include "core/rail.h"
 #include "core/transfer.h"
 
@@ -56,8 +57,6 @@ struct DescriptorFields {
   static constexpr size_t kCount = 5;  // localRegion, localOffset, remoteRegion, remoteOffset, length
 };
 
-constexpr size_t kMaxNotificationBytes = 16384;
-constexpr size_t kMaxNameBytes = 255;
 
 class Agent : public RailOwner {
  public:
@@ -90,6 +89,7 @@ class Agent : public RailOwner {
   // Stops and joins the rail threads without releasing anything (first phase of closing at process exit).
   void HaltRails();
   bool closing() const { return closing_; }
+  bool closed() const { return closed_; }
 
   std::vector<Event> TakeEvents();
   size_t transfers_in_flight();
@@ -104,9 +104,7 @@ class Agent : public RailOwner {
   void PushEvent(Event event);
   void Shutdown();
   void StopRails();
-  bool OtherShmAgentRunning() const;
   Peer& PeerOrThrow(uint32_t id);
-  std::vector<uint8_t> EncodeNotification(const uint8_t* data, size_t length) const;
 
   std::string name_;
   std::string provider_;

@@ -21,6 +21,8 @@ export const ERROR_CODES = {
   KVF_ERR_ALLOC: 'Memory could not be allocated (hugepages missing, memlock limit, out of memory).',
   KVF_ERR_BAD_MODEL: 'A model file (GGUF) is truncated, corrupt, of an unsupported version, or inconsistent.',
   KVF_ERR_UNSUPPORTED_TENSOR_TYPE: 'A model tensor uses a type the reference engine cannot compute with.',
+  KVF_ERR_POOL_EXHAUSTED: 'The KV block pool has no free block left for the sequence.',
+  KVF_ERR_CONTEXT_OVERFLOW: "The prompt plus generated tokens exceed the model's context length.",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
