@@ -27,7 +27,7 @@ if (!process.env.KVF_ADDON) {
 run('npx', ['tsc', '-p', 'tsconfig.json']);
 
 // Tests that exercise only TypeScript (no addon) are skipped under the sanitizer build.
-const PURE_TS = new Set(['metadata.test.ts', 'errors-registry.test.ts', 'config.test.ts']);
+const PURE_TS = new Set(['metadata.test.ts', 'errors-registry.test.ts', 'config.test.ts', 'sampling.test.ts', 'tokenizer.test.ts']);
 const selected = files.length > 0
   ? files
   : readdirSync(join(root, 'test'))
