@@ -1,0 +1,300 @@
+#include "engine/session.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+#include "engine/dequant.h"
+
+namespace kvf::engine {
+namespace {
+
+// Dot products of R rows with one vector, 8 interleaved accumulators per row. The per-row sequence of
+// operations is the same for every R, so a row's result does not depend on how rows were tiled (and
+// hence not on the thread count or batch size).
+constexpr int kLanes = 8;
+constexpr int kTile = 4;
+
+template <int R>
+inline void DotRows(const float* const* w, const float* __restrict x, int64_t n, float* out) {
+  float acc[R][kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int r = 0; r < R; ++r)
+      for (int l = 0; l < kLanes; ++l) acc[r][l] += w[r][i + l] * x[i + l];
+  for (int64_t l = 0; i + l < n; ++l)
+    for (int r = 0; r < R; ++r) acc[r][l] += w[r][i + l] * x[i + l];
+  for (int r = 0; r < R; ++r) {
+    float s = 0;
+    for (int l = 0; l < kLanes; ++l) s += acc[r][l];
+    out[r] = s;
+  }
+}
+
+inline float Dot(const float* a, const float* b, int64_t n) {
+  float r;
+  DotRows<1>(&a, b, n, &r);
+  return r;
+}
+
+// y = x / rms(x) * w, as ggml_compute_forward_rms_norm_f32 followed by the weight multiply.
+void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i] * x[i]);
+  const float mean = static_cast<float>(sum / static_cast<double>(n));
+  const float scale = 1.0f / std::sqrt(mean + eps);
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
+}
+
+// Rotates adjacent pairs of the first rope_dim elements of each head (rope type NORM).
+void Rope(float* v, int heads, int head_dim, int rope_dim, const float* cs, const float* sn) {
+  for (int h = 0; h < heads; ++h) {
+    float* p = v + static_cast<int64_t>(h) * head_dim;
+    for (int i = 0; i < rope_dim / 2; ++i) {
+      const float x0 = p[2 * i], x1 = p[2 * i + 1];
+      p[2 * i] = x0 * cs[i] - x1 * sn[i];
+      p[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+    }
+  }
+}
+
+// y[t * y_stride + i] = w_i · x_t for the `tile` (<= kTile) dequantized rows w_i (K floats each, contiguous)
+// and each of n_tokens activation rows. Cloned for AVX2 (no FMA, so results are identical to the
+// baseline clone): the loops are the same, the vectors twice as wide.
+__attribute__((target_clones("avx2", "default"))) void TileDots(const float* w, int tile, const float* x,
+                                                                 int64_t n_tokens, int64_t K, float* y,
+                                                                 int64_t y_stride) {
+  const float* wr[kTile];
+  for (int i = 0; i < tile; ++i) wr[i] = w + i * K;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    float* yt = y + t * y_stride;
+    if (tile == kTile) {
+      DotRows<kTile>(wr, x + t * K, K, yt);
+    } else {
+      for (int i = 0; i < tile; ++i) DotRows<1>(&wr[i], x + t * K, K, yt + i);
+    }
+  }
+}
+
+[[noreturn]] void Invalid(const std::string& msg) { throw Error("KVF_ERR_INVALID_ARGUMENT", msg); }
+
+}  // namespace
+
+KvLayout KvLayoutFor(const Model& model, int tokens_per_block, KvDtype dtype) {
+  const LlamaHparams& hp = model.hparams();
+  KvLayout l;
+  l.num_layers = hp.n_layer;
+  l.num_kv_heads = hp.n_head_kv;
+  l.head_dim = hp.head_dim;
+  l.tokens_per_block = tokens_per_block;
+  l.dtype = dtype;
+  l.Validate();
+  return l;
+}
+
+int32_t Argmax(const std::vector<float>& logits) {
+  if (logits.empty()) return -1;
+  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+Session::Session(const Model& model, KvPool& pool, const SessionOptions& options)
+    : model_(model), pool_(pool), options_(options), pool_threads_(options.threads) {
+  const LlamaHparams& hp = model.hparams();
+  const KvLayout& l = pool.layout();
+  if (l.num_layers != hp.n_layer || l.num_kv_heads != hp.n_head_kv || l.head_dim != hp.head_dim)
+    Invalid("KV pool layout (layers " + std::to_string(l.num_layers) + ", kv heads " + std::to_string(l.num_kv_heads) +
+            ", head dim " + std::to_string(l.head_dim) + ") does not match the model (" + std::to_string(hp.n_layer) +
+            ", " + std::to_string(hp.n_head_kv) + ", " + std::to_string(hp.head_dim) + ")");
+  if (options_.max_batch <= 0) options_.max_batch = 512;
+  const int64_t max_k = std::max({hp.n_embd, hp.n_ff, hp.n_head * hp.head_dim});
+  // Per thread: a tile of dequantized weight rows, or attention scores over the context plus one
+  // converted K/V row.
+  const int64_t need = std::max<int64_t>(kTile * max_k, hp.n_ctx + 2 * hp.head_dim);
+  scratch_.assign(static_cast<size_t>(pool_threads_.size()), std::vector<float>(static_cast<size_t>(need)));
+}
+
+std::vector<float> Session::Prefill(const std::vector<int32_t>& tokens, const BlockTable& table, int64_t start_pos) {
+  if (tokens.empty()) Invalid("prefill needs at least one token");
+  const LlamaHparams& hp = model_.hparams();
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (start_pos < 0) Invalid("negative start position " + std::to_string(start_pos));
+  if (start_pos + n > hp.n_ctx)
+    throw Error("KVF_ERR_CONTEXT_OVERFLOW", "positions " + std::to_string(start_pos) + ".." +
+                                                std::to_string(start_pos + n - 1) + " exceed the context length " +
+                                                std::to_string(hp.n_ctx));
+  const int64_t covered = static_cast<int64_t>(table.size()) * pool_.layout().tokens_per_block;
+  if (covered < start_pos + n)
+    Invalid("block table of " + std::to_string(table.size()) + " blocks covers " + std::to_string(covered) +
+            " positions, " + std::to_string(start_pos + n) + " needed");
+  pool_.CheckTable(table);
+  for (int32_t t : tokens)
+    if (t < 0 || t >= hp.n_vocab) Invalid("token id " + std::to_string(t) + " outside the vocabulary of " + std::to_string(hp.n_vocab));
+
+  std::vector<float> logits(static_cast<size_t>(hp.n_vocab));
+  for (int64_t done = 0; done < n;) {
+    const int64_t b = std::min<int64_t>(options_.max_batch, n - done);
+    Forward(tokens.data() + done, b, table, start_pos + done, done + b == n ? logits.data() : nullptr);
+    done += b;
+  }
+  return logits;
+}
+
+std::vector<float> Session::Decode(int32_t token, const BlockTable& table, int64_t pos) {
+  return Prefill(std::vector<int32_t>{token}, table, pos);
+}
+
+void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens) {
+  int64_t total = 0;
+  for (int j = 0; j < n_jobs; ++j) total += static_cast<int64_t>(jobs[j].w->rows());
+  pool_threads_.ParallelFor(total, [&](int64_t begin, int64_t end, int thread) {
+    float* scratch = scratch_[static_cast<size_t>(thread)].data();
+    int64_t job_start = 0;
+    for (int j = 0; j < n_jobs && begin < end; ++j) {
+      const GgufTensor& w = *jobs[j].w;
+      const int64_t rows = static_cast<int64_t>(w.rows()), K = static_cast<int64_t>(w.row_length());
+      const uint64_t row_bytes = w.row_bytes();
+      const int64_t lo = std::max(begin, job_start) - job_start, hi = std::min(end, job_start + rows) - job_start;
+      for (int64_t r = lo; r < hi; r += kTile) {
+        const int tile = static_cast<int>(std::min<int64_t>(kTile, hi - r));
+        for (int i = 0; i < tile; ++i)
+          DequantizeRow(w.type, w.data + static_cast<uint64_t>(r + i) * row_bytes, scratch + i * K, K);
+        TileDots(scratch, tile, x, n_tokens, K, jobs[j].y + r, rows);
+      }
+      job_start += rows;
+    }
+  });
+}
+
+void Session::StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n) {
+  const LlamaHparams& hp = model_.hparams();
+  const KvLayout& l = pool_.layout();
+  const int64_t hd = hp.head_dim, tpb = l.tokens_per_block, kv_dim = static_cast<int64_t>(hp.n_head_kv) * hd;
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t pos = start + t;
+    const int32_t block = table[static_cast<size_t>(pos / tpb)];
+    const int64_t slot = pos % tpb;
+    for (int kv = 0; kv < 2; ++kv) {
+      uint8_t* section = pool_.base() + l.Offset(block, layer, kv);
+      const float* src = (kv == 0 ? k_.data() : v_.data()) + t * kv_dim;
+      for (int h = 0; h < hp.n_head_kv; ++h) {
+        const int64_t elem = (h * tpb + slot) * hd;
+        const float* s = src + h * hd;
+        if (l.dtype == KvDtype::F32) {
+          std::memcpy(section + elem * 4, s, static_cast<size_t>(hd) * 4);
+        } else {
+          for (int64_t i = 0; i < hd; ++i) {
+            const uint16_t hbits = Fp32ToFp16(s[i]);
+            std::memcpy(section + (elem + i) * 2, &hbits, 2);
+          }
+        }
+      }
+    }
+  }
+}
+
+void Session::Attention(int layer, const BlockTable& table, int64_t start, int64_t n) {
+  const LlamaHparams& hp = model_.hparams();
+  const KvLayout& l = pool_.layout();
+  const int64_t hd = hp.head_dim, tpb = l.tokens_per_block, q_dim = static_cast<int64_t>(hp.n_head) * hd;
+  const int group = hp.n_head / hp.n_head_kv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const GgmlType row_type = l.dtype == KvDtype::F16 ? GgmlType::F16 : GgmlType::F32;
+  const size_t row_bytes = static_cast<size_t>(hd) * l.elem_bytes();
+  uint8_t* base = pool_.base();
+  pool_threads_.ParallelFor(n * hp.n_head, [&](int64_t begin, int64_t end, int thread) {
+    float* scores = scratch_[static_cast<size_t>(thread)].data();
+    float* row = scores + hp.n_ctx;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item / hp.n_head;
+      const int h = static_cast<int>(item % hp.n_head), kvh = h / group;
+      const int64_t n_pos = start + t + 1;  // causal: positions 0..start+t
+      const float* q = q_.data() + t * q_dim + h * hd;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < n_pos; ++j) {
+        const int32_t block = table[static_cast<size_t>(j / tpb)];
+        const uint8_t* k = base + l.Offset(block, layer, 0) + static_cast<size_t>(kvh * tpb + j % tpb) * row_bytes;
+        DequantizeRow(row_type, k, row, hd);
+        const float s = Dot(q, row, hd) * scale;
+        scores[j] = s;
+        mx = std::max(mx, s);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j < n_pos; ++j) {
+        scores[j] = std::exp(scores[j] - mx);
+        sum += scores[j];
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      float* out = attn_.data() + t * q_dim + h * hd;
+      std::fill(out, out + hd, 0.0f);
+      for (int64_t j = 0; j < n_pos; ++j) {
+        const int32_t block = table[static_cast<size_t>(j / tpb)];
+        const uint8_t* v = base + l.Offset(block, layer, 1) + static_cast<size_t>(kvh * tpb + j % tpb) * row_bytes;
+        DequantizeRow(row_type, v, row, hd);
+        const float p = scores[j] * inv;
+        for (int64_t i = 0; i < hd; ++i) out[i] += p * row[i];
+      }
+    }
+  });
+}
+
+void Session::Forward(const int32_t* tokens, int64_t n, const BlockTable& table, int64_t start, float* logits) {
+  const LlamaHparams& hp = model_.hparams();
+  const int64_t E = hp.n_embd, F = hp.n_ff, hd = hp.head_dim;
+  const int64_t q_dim = static_cast<int64_t>(hp.n_head) * hd, kv_dim = static_cast<int64_t>(hp.n_head_kv) * hd;
+  const int half = hp.rope_dim / 2;
+  auto size = [n](std::vector<float>& v, int64_t per_token) { v.resize(static_cast<size_t>(n * per_token)); };
+  size(x_, E), size(xn_, E), size(q_, q_dim), size(k_, kv_dim), size(v_, kv_dim), size(attn_, q_dim);
+  size(tmp_, E), size(gate_, F), size(up_, F), size(rope_cos_, half), size(rope_sin_, half);
+
+  const GgufTensor& embd = model_.token_embd();
+  for (int64_t t = 0; t < n; ++t) DequantizeRow(embd, static_cast<uint64_t>(tokens[t]), x_.data() + t * E);
+
+  // RoPE angles per position, as ggml_rope_cache_init (ext_factor 0, freq_scale 1, attn_factor 1).
+  const float theta_scale = std::pow(hp.rope_freq_base, -2.0f / static_cast<float>(hp.rope_dim));
+  for (int64_t t = 0; t < n; ++t) {
+    float theta = static_cast<float>(start + t);
+    for (int i = 0; i < half; ++i) {
+      rope_cos_[static_cast<size_t>(t * half + i)] = std::cos(theta);
+      rope_sin_[static_cast<size_t>(t * half + i)] = std::sin(theta);
+      theta *= theta_scale;
+    }
+  }
+
+  for (int layer = 0; layer < hp.n_layer; ++layer) {
+    const LlamaLayer& L = model_.layers()[static_cast<size_t>(layer)];
+    for (int64_t t = 0; t < n; ++t) RmsNorm(x_.data() + t * E, L.attn_norm.data(), E, hp.rms_eps, xn_.data() + t * E);
+    const MatJob qkv[3] = {{L.wq, q_.data()}, {L.wk, k_.data()}, {L.wv, v_.data()}};
+    MatMul(qkv, 3, xn_.data(), n);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* cs = rope_cos_.data() + t * half;
+      const float* sn = rope_sin_.data() + t * half;
+      Rope(q_.data() + t * q_dim, hp.n_head, hp.head_dim, hp.rope_dim, cs, sn);
+      Rope(k_.data() + t * kv_dim, hp.n_head_kv, hp.head_dim, hp.rope_dim, cs, sn);
+    }
+    StoreKv(layer, table, start, n);
+    Attention(layer, table, start, n);
+    const MatJob wo{L.wo, tmp_.data()};
+    MatMul(&wo, 1, attn_.data(), n);
+    for (int64_t i = 0; i < n * E; ++i) x_[static_cast<size_t>(i)] += tmp_[static_cast<size_t>(i)];
+
+    for (int64_t t = 0; t < n; ++t) RmsNorm(x_.data() + t * E, L.ffn_norm.data(), E, hp.rms_eps, xn_.data() + t * E);
+    const MatJob gu[2] = {{L.ffn_gate, gate_.data()}, {L.ffn_up, up_.data()}};
+    MatMul(gu, 2, xn_.data(), n);
+    for (int64_t i = 0; i < n * F; ++i) {
+      const float g = gate_[static_cast<size_t>(i)];
+      gate_[static_cast<size_t>(i)] = g / (1.0f + std::exp(-g)) * up_[static_cast<size_t>(i)];
+    }
+    const MatJob down{L.ffn_down, tmp_.data()};
+    MatMul(&down, 1, gate_.data(), n);
+    for (int64_t i = 0; i < n * E; ++i) x_[static_cast<size_t>(i)] += tmp_[static_cast<size_t>(i)];
+  }
+
+  if (!logits) return;
+  RmsNorm(x_.data() + (n - 1) * E, model_.output_norm().data(), E, hp.rms_eps, xn_.data());
+  const MatJob out{&model_.output(), logits};
+  MatMul(&out, 1, xn_.data(), 1);
+}
+
+}  // namespace kvf::engine

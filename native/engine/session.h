@@ -1,0 +1,77 @@
+// The Llama forward pass on the CPU over a paged KV cache (kv_cache.h).
+//
+// Prefill runs a batch of positions at once: each weight row is dequantized once per batch and dotted
+// with every token's activations, which is what makes it faster than token-by-token decoding. Decode
+// is a batch of one through the same code, and every position's K/V goes into the pool (rounded to
+// the pool's dtype) before attention reads it back through the block table, so a prompt gives the same
+// logits whether it was prefilled in one batch, in chunks or decoded token by token, and blocks copied
+// to other ids (or pulled from another process) give the same logits too.
+//
+// Math follows llama.cpp's LLAMA graph: RMSNorm (sum of squares in double), RoPE of type NORM
+// (rotation of adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/rope_dim), theta built iteratively in
+// float as ggml_rope_cache_init does; GGUF's llama Q/K weights are permuted at conversion for this),
+// grouped-query attention with a causal mask and float softmax, SwiGLU FFN, final norm, output head.
+//
+// Errors: KVF_ERR_CONTEXT_OVERFLOW (positions past llama.context_length), KVF_ERR_INVALID_ARGUMENT
+// (no tokens, token id outside the vocabulary, negative position, block table too short or with ids
+// outside the pool, pool layout not matching the model).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "engine/thread_pool.h"
+
+namespace kvf::engine {
+
+// The pool layout this model needs: numLayers, numKvHeads and headDim from the model.
+KvLayout KvLayoutFor(const Model& model, int tokens_per_block = 32, KvDtype dtype = KvDtype::F16);
+
+struct SessionOptions {
+  int threads = 0;  // <= 0: hardware_concurrency
+  // Prompts longer than this run as several batches (bounds activation memory).
+  int max_batch = 512;
+};
+
+// Not thread-safe: one forward pass at a time per Session. Several Sessions may share a Model, and a
+// pool when their block tables do not overlap.
+class Session {
+ public:
+  Session(const Model& model, KvPool& pool, const SessionOptions& options = {});
+
+  // Runs tokens at positions start_pos, start_pos + 1, ... writing their K/V into the pool through
+  // `table` (which must already hold blocks for positions [0, start_pos + tokens.size()); positions
+  // before start_pos must have been written earlier). Returns the logits of the last token.
+  std::vector<float> Prefill(const std::vector<int32_t>& tokens, const BlockTable& table, int64_t start_pos);
+  // Prefill of one token.
+  std::vector<float> Decode(int32_t token, const BlockTable& table, int64_t pos);
+
+  int threads() const { return pool_threads_.size(); }
+  const Model& model() const { return model_; }
+
+ private:
+  struct MatJob {
+    const GgufTensor* w;
+    float* y;  // [n_tokens][rows]
+  };
+  void Forward(const int32_t* tokens, int64_t n, const BlockTable& table, int64_t start, float* logits);
+  void MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens);
+  void Attention(int layer, const BlockTable& table, int64_t start, int64_t n);
+  void StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n);
+
+  const Model& model_;
+  KvPool& pool_;
+  SessionOptions options_;
+  ThreadPool pool_threads_;
+  // Activations for one batch, [token][...].
+  std::vector<float> x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_;
+  std::vector<float> rope_cos_, rope_sin_;  // [token][rope_dim / 2]
+  std::vector<std::vector<float>> scratch_;  // per thread
+};
+
+// Index of the largest logit (the first on ties).
+int32_t Argmax(const std::vector<float>& logits);
+
+}  // namespace kvf::engine
