@@ -3,6 +3,7 @@
 #include <rdma/fabric.h>
 
 #include "binding/agent_wrap.h"
+#include "binding/engine_wrap.h"
 #include "binding/js_error.h"
 #include "core/host_memory.h"
 
@@ -47,6 +48,7 @@ Napi::Value LibfabricVersion(const Napi::CallbackInfo& info) {
 
 static Napi::Object InitKvfabric(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeAgent", kvf::AgentWrap::Init(env));
+  exports.Set("NativeEngine", kvf::EngineWrap::Init(env));
   exports.Set("allocate", Napi::Function::New(env, kvf::Allocate));
   exports.Set("libfabricVersion", Napi::Function::New(env, kvf::LibfabricVersion));
   return exports;

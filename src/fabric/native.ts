@@ -60,8 +60,38 @@ export declare class NativeAgent {
   unref(): void;
 }
 
+export interface NativeEngineInfo {
+  layers: number;
+  embedding: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  vocab: number;
+  contextLength: number;
+  tokensPerBlock: number;
+  dtype: 'f16' | 'f32';
+  blockBytes: number;
+  sectionBytes: number;
+  numBlocks: number;
+  freeBlocks: number;
+  threads: number;
+}
+
+export declare class NativeEngine {
+  static blockBytes(modelPath: string, tokensPerBlock: number, f32: boolean): number;
+  constructor(modelPath: string, pool: Uint8Array, options: { tokensPerBlock?: number; f32?: boolean; threads?: number });
+  info(): NativeEngineInfo;
+  allocate(count: number): Int32Array;
+  free(blocks: Int32Array): void;
+  claim(blocks: Int32Array): void;
+  /** Logits of the last token; one token decodes, several prefill. */
+  forward(tokens: Int32Array, table: Int32Array, startPos: number): Promise<Float32Array>;
+  close(): void;
+}
+
 export interface Addon {
   NativeAgent: typeof NativeAgent;
+  NativeEngine: typeof NativeEngine;
   allocate(length: number, hugepages: boolean, requireHugepages: boolean): { buffer: ArrayBuffer; hugepages: boolean };
   libfabricVersion(): string;
 }

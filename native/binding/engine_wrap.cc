@@ -1,0 +1,220 @@
+#include "binding/engine_wrap.h"
+
+#include <string>
+#include <vector>
+
+#include "binding/js_error.h"
+
+namespace kvf {
+
+namespace {
+
+std::vector<int32_t> Int32Vector(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be an Int32Array");
+  }
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+Napi::Int32Array ToInt32Array(Napi::Env env, const std::vector<int32_t>& v) {
+  Napi::Int32Array out = Napi::Int32Array::New(env, v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = v[i];
+  return out;
+}
+
+// Runs Prefill (several tokens) or Decode (one) off the event loop and resolves with the last logits.
+class ForwardWorker : public Napi::AsyncWorker {
+ public:
+  ForwardWorker(Napi::Env env, engine::Session& session, bool* busy, std::vector<int32_t> tokens,
+                std::vector<int32_t> table, int64_t start, Napi::Object keep_alive)
+      : Napi::AsyncWorker(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        session_(session),
+        busy_(busy),
+        tokens_(std::move(tokens)),
+        table_(std::move(table)),
+        start_(start),
+        keep_alive_(Napi::Persistent(keep_alive)) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      logits_ = tokens_.size() == 1 ? session_.Decode(tokens_[0], table_, start_)
+                                    : session_.Prefill(tokens_, table_, start_);
+    } catch (const Error& e) {
+      error_ = e.info();
+    } catch (const std::exception& e) {
+      error_ = ErrorInfo{"KVF_ERR_INVALID_ARGUMENT", e.what(), 0, {}};
+    }
+  }
+
+  void OnOK() override {
+    *busy_ = false;
+    Napi::Env env = Env();
+    if (!error_.ok()) {
+      deferred_.Reject(ErrorObject(env, error_));
+      return;
+    }
+    Napi::Float32Array out = Napi::Float32Array::New(env, logits_.size());
+    std::copy(logits_.begin(), logits_.end(), out.Data());
+    deferred_.Resolve(out);
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  engine::Session& session_;
+  bool* busy_;
+  std::vector<int32_t> tokens_;
+  std::vector<int32_t> table_;
+  int64_t start_;
+  Napi::ObjectReference keep_alive_;  // the engine object, so it is not collected mid-computation
+  std::vector<float> logits_;
+  ErrorInfo error_;
+};
+
+}  // namespace
+
+// NativeEngine.blockBytes(modelPath, tokensPerBlock, f32): the pool size a caller must provide per block.
+static Napi::Value BlockBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber()) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "blockBytes(modelPath, tokensPerBlock, f32)");
+  }
+  try {
+    auto model = engine::Model::Load(info[0].As<Napi::String>().Utf8Value());
+    engine::KvLayout layout = engine::KvLayoutFor(*model, info[1].As<Napi::Number>().Int32Value(),
+                                                  info[2].ToBoolean() ? engine::KvDtype::F32 : engine::KvDtype::F16);
+    return Napi::Number::New(env, static_cast<double>(layout.block_bytes()));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+}
+
+Napi::Function EngineWrap::Init(Napi::Env env) {
+  return DefineClass(env, "NativeEngine",
+                     {
+                         StaticMethod<&BlockBytes>("blockBytes"),
+                         InstanceMethod<&EngineWrap::Info>("info"),
+                         InstanceMethod<&EngineWrap::Allocate>("allocate"),
+                         InstanceMethod<&EngineWrap::Free>("free"),
+                         InstanceMethod<&EngineWrap::Claim>("claim"),
+                         InstanceMethod<&EngineWrap::Forward>("forward"),
+                         InstanceMethod<&EngineWrap::Close>("close"),
+                     });
+}
+
+// new NativeEngine(modelPath, pool: Uint8Array, { tokensPerBlock, f32, threads })
+EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsTypedArray() || !info[2].IsObject()) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "new NativeEngine(modelPath, pool, options)");
+  }
+  Napi::TypedArray pool = info[1].As<Napi::TypedArray>();
+  if (pool.TypedArrayType() != napi_uint8_array) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "pool must be a Uint8Array");
+  Napi::Uint8Array bytes = pool.As<Napi::Uint8Array>();
+  Napi::Object o = info[2].As<Napi::Object>();
+  const int tokens_per_block = o.Get("tokensPerBlock").IsNumber() ? o.Get("tokensPerBlock").As<Napi::Number>().Int32Value() : 32;
+  const bool f32 = o.Get("f32").ToBoolean();
+  engine::SessionOptions session_options;
+  if (o.Get("threads").IsNumber()) session_options.threads = o.Get("threads").As<Napi::Number>().Int32Value();
+  try {
+    model_ = engine::Model::Load(info[0].As<Napi::String>().Utf8Value());
+    engine::KvLayout layout = engine::KvLayoutFor(*model_, tokens_per_block, f32 ? engine::KvDtype::F32 : engine::KvDtype::F16);
+    pool_ = std::make_unique<engine::KvPool>(layout, bytes.Data(), bytes.ByteLength());
+    session_ = std::make_unique<engine::Session>(*model_, *pool_, session_options);
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+  memory_ = Napi::Persistent(info[1]);
+}
+
+engine::Session& EngineWrap::SessionOrThrow(Napi::Env env) {
+  if (!session_) ThrowCoded(env, "KVF_ERR_CLOSED", "engine is closed");
+  return *session_;
+}
+
+Napi::Value EngineWrap::Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SessionOrThrow(env);
+  const engine::LlamaHparams& hp = model_->hparams();
+  const engine::KvLayout& layout = pool_->layout();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("layers", hp.n_layer);
+  o.Set("embedding", hp.n_embd);
+  o.Set("heads", hp.n_head);
+  o.Set("kvHeads", hp.n_head_kv);
+  o.Set("headDim", hp.head_dim);
+  o.Set("vocab", hp.n_vocab);
+  o.Set("contextLength", hp.n_ctx);
+  o.Set("tokensPerBlock", layout.tokens_per_block);
+  o.Set("dtype", layout.dtype == engine::KvDtype::F16 ? "f16" : "f32");
+  o.Set("blockBytes", static_cast<double>(layout.block_bytes()));
+  o.Set("sectionBytes", static_cast<double>(layout.section_bytes()));
+  o.Set("numBlocks", static_cast<double>(pool_->num_blocks()));
+  o.Set("freeBlocks", static_cast<double>(pool_->free_blocks()));
+  o.Set("threads", session_->threads());
+  return o;
+}
+
+Napi::Value EngineWrap::Allocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SessionOrThrow(env);
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "allocate(count)");
+  try {
+    return ToInt32Array(env, pool_->Allocate(info[0].As<Napi::Number>().Int64Value()));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+}
+
+Napi::Value EngineWrap::Free(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SessionOrThrow(env);
+  try {
+    pool_->Free(Int32Vector(env, info.Length() > 0 ? info[0] : env.Undefined(), "blocks"));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+  return env.Undefined();
+}
+
+Napi::Value EngineWrap::Claim(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SessionOrThrow(env);
+  try {
+    pool_->Claim(Int32Vector(env, info.Length() > 0 ? info[0] : env.Undefined(), "blocks"));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+  return env.Undefined();
+}
+
+// forward(tokens: Int32Array, table: Int32Array, startPos) -> Promise<Float32Array> (logits of the last token)
+Napi::Value EngineWrap::Forward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  engine::Session& session = SessionOrThrow(env);
+  if (busy_) ThrowCoded(env, "KVF_ERR_BUSY", "a forward pass is already running on this engine");
+  if (info.Length() < 3 || !info[2].IsNumber()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward(tokens, table, startPos)");
+  std::vector<int32_t> tokens = Int32Vector(env, info[0], "tokens");
+  if (tokens.empty()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward needs at least one token");
+  std::vector<int32_t> table = Int32Vector(env, info[1], "block table");
+  auto* worker = new ForwardWorker(env, session, &busy_, std::move(tokens), std::move(table),
+                                   info[2].As<Napi::Number>().Int64Value(), info.This().As<Napi::Object>());
+  busy_ = true;
+  worker->Queue();
+  return worker->Promise();
+}
+
+Napi::Value EngineWrap::Close(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (busy_) ThrowCoded(env, "KVF_ERR_BUSY", "a forward pass is still running");
+  session_.reset();
+  pool_.reset();
+  model_.reset();
+  memory_.Reset();
+  return env.Undefined();
+}
+
+}  // namespace kvf

@@ -1,0 +1,151 @@
+// The Engine interface workers program against, and the reference implementation over the native Llama
+// engine. The KV pool lives in memory the caller provides — normally a fabric-registered region — so blocks
+// written here can be read by a peer, and blocks a peer wrote here are used in place.
+import { KvfError, fromNative } from '../fabric/errors.js';
+import { addon, type NativeEngine } from '../fabric/native.js';
+
+export interface ModelInfo {
+  layers: number;
+  embedding: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  vocab: number;
+  contextLength: number;
+}
+
+/** Pool layout `[numBlocks][numLayers][2 (K,V)][numKvHeads × tokensPerBlock × headDim]`, for transfer planning. */
+export interface KvLayout {
+  numBlocks: number;
+  numLayers: number;
+  kvHeads: number;
+  headDim: number;
+  tokensPerBlock: number;
+  dtype: 'f16' | 'f32';
+  blockBytes: number;
+}
+
+export interface Engine {
+  readonly model: ModelInfo;
+  readonly layout: KvLayout;
+  allocateBlocks(count: number): number[];
+  /** Marks blocks as in use that were filled from outside (pulled from a peer). */
+  claimBlocks(blocks: readonly number[]): void;
+  freeBlocks(blocks: readonly number[]): void;
+  readonly freeBlockCount: number;
+  /** Runs the prompt from `startPos`, writing its K/V through `blocks`; resolves with the last token's logits. */
+  prefill(tokens: readonly number[], blocks: readonly number[], startPos?: number): Promise<Float32Array>;
+  /** One token at `pos`; resolves with its logits. */
+  decode(token: number, blocks: readonly number[], pos: number): Promise<Float32Array>;
+  close(): Promise<void>;
+}
+
+export interface ReferenceEngineOptions {
+  modelPath: string;
+  /** KV pool bytes; a multiple of blockBytes(). Usually `agent.allocate(...).bytes`. */
+  pool: Uint8Array;
+  tokensPerBlock?: number;
+  dtype?: 'f16' | 'f32';
+  threads?: number;
+}
+
+export class ReferenceEngine implements Engine {
+  readonly model: ModelInfo;
+  readonly layout: KvLayout;
+  #native: NativeEngine | undefined;
+  // The native engine runs one forward pass at a time; calls queue here.
+  #queue: Promise<unknown> = Promise.resolve();
+
+  /** Bytes of one KV block for this model, to size the pool before loading. */
+  static blockBytes(modelPath: string, options: { tokensPerBlock?: number; dtype?: 'f16' | 'f32' } = {}): number {
+    return call(() => addon.NativeEngine.blockBytes(modelPath, options.tokensPerBlock ?? 32, options.dtype === 'f32'));
+  }
+
+  constructor(options: ReferenceEngineOptions) {
+    const native = call(
+      () =>
+        new addon.NativeEngine(options.modelPath, options.pool, {
+          tokensPerBlock: options.tokensPerBlock ?? 32,
+          f32: options.dtype === 'f32',
+          ...(options.threads !== undefined ? { threads: options.threads } : {}),
+        }),
+    );
+    const info = native.info();
+    this.#native = native;
+    this.model = {
+      layers: info.layers,
+      embedding: info.embedding,
+      heads: info.heads,
+      kvHeads: info.kvHeads,
+      headDim: info.headDim,
+      vocab: info.vocab,
+      contextLength: info.contextLength,
+    };
+    this.layout = {
+      numBlocks: info.numBlocks,
+      numLayers: info.layers,
+      kvHeads: info.kvHeads,
+      headDim: info.headDim,
+      tokensPerBlock: info.tokensPerBlock,
+      dtype: info.dtype,
+      blockBytes: info.blockBytes,
+    };
+  }
+
+  get freeBlockCount(): number {
+    return this.#engine().info().freeBlocks;
+  }
+
+  allocateBlocks(count: number): number[] {
+    return Array.from(call(() => this.#engine().allocate(count)));
+  }
+
+  claimBlocks(blocks: readonly number[]): void {
+    call(() => this.#engine().claim(Int32Array.from(blocks)));
+  }
+
+  freeBlocks(blocks: readonly number[]): void {
+    call(() => this.#engine().free(Int32Array.from(blocks)));
+  }
+
+  prefill(tokens: readonly number[], blocks: readonly number[], startPos = 0): Promise<Float32Array> {
+    return this.#forward(Int32Array.from(tokens), blocks, startPos);
+  }
+
+  decode(token: number, blocks: readonly number[], pos: number): Promise<Float32Array> {
+    return this.#forward(Int32Array.of(token), blocks, pos);
+  }
+
+  async close(): Promise<void> {
+    await this.#queue.catch(() => {});
+    this.#native?.close();
+    this.#native = undefined;
+  }
+
+  #forward(tokens: Int32Array, blocks: readonly number[], pos: number): Promise<Float32Array> {
+    if (!this.#native) return Promise.reject(new KvfError('KVF_ERR_CLOSED', 'engine is closed'));
+    const engine = this.#native;
+    const table = Int32Array.from(blocks);
+    const run = this.#queue
+      .catch(() => {})
+      .then(() => engine.forward(tokens, table, pos))
+      .catch((e: unknown) => {
+        throw fromNative(e);
+      });
+    this.#queue = run;
+    return run;
+  }
+
+  #engine(): NativeEngine {
+    if (!this.#native) throw new KvfError('KVF_ERR_CLOSED', 'engine is closed');
+    return this.#native;
+  }
+}
+
+function call<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
