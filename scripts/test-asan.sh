@@ -9,6 +9,7 @@ addon="$PWD/build-asan/Debug/kvfabric.node"
 asan="$(gcc -print-file-name=libasan.so)"
 ubsan="$(gcc -print-file-name=libubsan.so)"
 export KVF_ADDON="$addon"
+export KVF_SANITIZE_ENGINE=1  # test/engine-native.test.ts builds the C++ engine suite sanitized too
 export LD_PRELOAD="$asan:$ubsan"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
