@@ -2,17 +2,9 @@
 // engine. The KV pool lives in memory the caller provides — normally a fabric-registered region — so blocks
 // written here can be read by a peer, and blocks a peer wrote here are used in place.
 import { KvfError, fromNative } from '../fabric/errors.js';
-import { addon, type NativeEngine } from '../fabric/native.js';
+import { addon, type NativeEngine, type NativeEngineInfo } from '../fabric/native.js';
 
-export interface ModelInfo {
-  layers: number;
-  embedding: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  vocab: number;
-  contextLength: number;
-}
+export type ModelInfo = Pick<NativeEngineInfo, 'layers' | 'embedding' | 'heads' | 'kvHeads' | 'headDim' | 'vocab' | 'contextLength'>;
 
 /** Pool layout `[numBlocks][numLayers][2 (K,V)][numKvHeads × tokensPerBlock × headDim]`, for transfer planning. */
 export interface KvLayout {

@@ -13,8 +13,8 @@ export interface SamplingOptions {
   seed?: number;
 }
 
-/** mulberry32: a small seeded PRNG, enough for sampling. */
-function mulberry32(seed: number): () => number {
+/** mulberry32: a small seeded PRNG, enough for sampling (and for tests that need reproducible data). */
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
