@@ -1,10 +1,14 @@
 #!/usr/bin/env node
-// The kvfabric command. Serving, benchmarking and doctor commands arrive with their issues; `info` opens an
-// agent the way a worker would and prints what it chose, which is the first thing to check on a new node.
-import { Command } from 'commander';
+// The kvfabric command: the serving processes (serve, frontend, prefill, decode) and `info`, which opens an
+// agent the way a worker would and prints what it chose — the first thing to check on a new node.
+// Flags map one to one onto the configuration keys of src/serve/config.ts (which also reads KVF_* env).
+import { Command, Option } from 'commander';
 
 import { Agent } from '../fabric/agent.js';
 import { addon } from '../fabric/native.js';
+import { frontendConfig, workerConfig } from '../serve/config.js';
+import { runLocalStack } from '../serve/local-stack.js';
+import { runFrontend, runWorker } from '../serve/processes.js';
 
 const program = new Command('kvfabric').description('KV-cache transfer over libfabric');
 
@@ -35,6 +39,64 @@ program
     );
     await agent.close();
   });
+
+const commonOptions = (cmd: Command): Command =>
+  cmd
+    .option('--config <file>', 'JSON configuration file (flags and KVF_* env override it)')
+    .option('-m, --model <path>', 'GGUF model (default: SmolLM2 when fetched, else the tiny test model)')
+    .option('--model-name <id>', 'model id served in the API (default: the file name)')
+    .option('--listen <host:port>', 'listen address')
+    .option('--etcd <urls>', 'etcd endpoints, comma-separated (discovery)')
+    .option('--etcd-prefix <prefix>', 'etcd key prefix of worker entries');
+
+for (const role of ['prefill', 'decode'] as const) {
+  commonOptions(program.command(role).description(`run a ${role} worker (gRPC control plane, KV over libfabric)`))
+    .option('--id <id>', 'worker id (default: <role>-<host>-<pid>)')
+    .option('--advertise <host:port>', 'address others use to reach this worker (default: the listen address)')
+    .option('-p, --provider <name>', 'tcp | shm | efa (default: FI_PROVIDER, else efa, else tcp)')
+    .option('-r, --rails <n>', 'fabric rails')
+    .option('--fabric-address <ip>', 'tcp provider: address the fabric endpoints bind')
+    .option('--blocks <n>', 'KV blocks in the pool')
+    .option('--tokens-per-block <n>', 'positions per KV block')
+    .addOption(new Option('--kv-dtype <type>', 'KV cache element type').choices(['f16', 'f32']))
+    .option('--threads <n>', 'engine threads')
+    .option('--hugepages', 'put the KV pool on 2 MiB hugepages')
+    .option('--lease-ms <ms>', 'free blocks not pulled within this')
+    .option('--transfer-timeout-ms <ms>', 'fail a KV transfer after this')
+    .option('--register <host:port>', 'register with this frontend registry')
+    .option('--etcd-ttl <s>', 'etcd lease TTL, seconds')
+    .action(async (opts: Record<string, unknown>) => {
+      const { config, ...flags } = opts;
+      await runWorker(workerConfig({ flags: { ...flags, role }, ...(config ? { file: config as string } : {}) }));
+    });
+}
+
+commonOptions(program.command('frontend').description('run the OpenAI-compatible HTTP frontend and router'))
+  .option('--prefill <addrs>', 'static prefill worker addresses, comma-separated')
+  .option('--decode <addrs>', 'static decode worker addresses, comma-separated')
+  .option('--registry-listen <host:port>', 'serve the worker registry (workers use --register)')
+  .addOption(new Option('--mode <mode>', 'KV hand-off').choices(['pull', 'push', 'aggregated']))
+  .option('--request-timeout-ms <ms>', 'fail a request after this')
+  .option('--prefill-timeout-ms <ms>', 'fall back to local prefill after this')
+  .option('--lease-ms <ms>', 'how long prefilled blocks wait for their decode worker')
+  .option('--health-interval-ms <ms>', 'worker health check period')
+  .action(async (opts: Record<string, unknown>) => {
+    const { config, ...flags } = opts;
+    await runFrontend(frontendConfig({ flags, ...(config ? { file: config as string } : {}) }));
+  });
+
+program
+  .command('serve')
+  .description('run the whole disaggregated stack locally: prefill and decode workers as child processes, the frontend here')
+  .option('-m, --model <path>', 'GGUF model (default: SmolLM2 when fetched, else the tiny test model)')
+  .option('-p, --provider <name>', 'libfabric provider between the workers: tcp | shm', 'tcp')
+  .addOption(new Option('--mode <mode>', 'KV hand-off').choices(['pull', 'push', 'aggregated']).default('pull'))
+  .option('--listen <host:port>', 'HTTP listen address', '127.0.0.1:8000')
+  .option('--blocks <n>', 'KV blocks per worker')
+  .option('--tokens-per-block <n>', 'positions per KV block')
+  .addOption(new Option('--kv-dtype <type>', 'KV cache element type').choices(['f16', 'f32']))
+  .option('--threads <n>', 'engine threads per worker')
+  .action((opts: Parameters<typeof runLocalStack>[0]) => runLocalStack(opts));
 
 program.parseAsync().catch((err: Error & { code?: string }) => {
   console.error(`kvfabric: ${err.code ? `${err.code}: ` : ''}${err.message}`);

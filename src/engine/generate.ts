@@ -2,7 +2,8 @@
 // valid UTF-8, honouring stop sequences, end-of-sequence tokens and max tokens. Blocks come from the
 // engine's pool and go back to it when generation ends, whatever the outcome.
 import type { Engine } from './engine.js';
-import { Sampler, checkStop, type SamplingOptions } from './sampling.js';
+import { Sampler, type SamplingOptions } from './sampling.js';
+import { TextStream } from './text-stream.js';
 import type { Tokenizer } from './tokenizer.js';
 import { KvfError } from '../fabric/errors.js';
 
@@ -31,15 +32,14 @@ export async function generate(engine: Engine, tokenizer: Tokenizer, prompt: rea
   const blocks = engine.allocateBlocks(Math.ceil(total / engine.layout.tokensPerBlock));
   try {
     const sampler = new Sampler(options);
-    const stops = options.stop ?? [];
     const ends = new Set([tokenizer.eosId, tokenizer.eotId].filter((t): t is number => t !== undefined));
-    const detok = tokenizer.decoder({ skipSpecial: true });
+    const stream = new TextStream(tokenizer, options.stop ?? []);
+    const emit = (piece: string): void => {
+      if (piece) options.onText?.(piece);
+    };
     const tokens: number[] = [];
-    let text = '';
-    let emitted = 0;
     let logits = await engine.prefill(prompt, blocks, 0);
     let finishReason: Generation['finishReason'] = 'length';
-    let stoppedBySequence = false;
     for (let pos = prompt.length; tokens.length < maxTokens && pos < total; pos++) {
       const token = sampler.sample(logits);
       if (ends.has(token)) {
@@ -47,24 +47,15 @@ export async function generate(engine: Engine, tokenizer: Tokenizer, prompt: rea
         break;
       }
       tokens.push(token);
-      text += detok.push(token);
-      const check = checkStop(text, stops);
-      if (check.emit.length > emitted) {
-        options.onText?.(check.emit.slice(emitted));
-        emitted = check.emit.length;
-      }
-      if (check.stopped) {
-        text = check.emit;
+      emit(stream.push(token));
+      if (stream.stopped) {
         finishReason = 'stop';
-        stoppedBySequence = true;
         break;
       }
       if (tokens.length < maxTokens && pos + 1 < total) logits = await engine.decode(token, blocks, pos);
     }
-    if (!stoppedBySequence) {
-      text += detok.flush();
-      if (text.length > emitted) options.onText?.(text.slice(emitted));
-    }
+    emit(stream.finish());
+    const text = stream.text;
     return { text, tokens, promptTokens: prompt.length, finishReason };
   } finally {
     engine.freeBlocks(blocks);

@@ -11,18 +11,25 @@ export interface SamplingOptions {
   topP?: number;
   /** Seed of the sampler's PRNG; the same seed and logits give the same tokens. */
   seed?: number;
+  /**
+   * Resume a sampler's PRNG where another left off (`Sampler.state`), so a sequence sampled partly by a
+   * prefill worker and partly by a decode worker draws the same numbers as one sampler would.
+   */
+  state?: number;
 }
 
 /** mulberry32: a small seeded PRNG, enough for sampling (and for tests that need reproducible data). */
 export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const state = { a: seed >>> 0 };
+  return () => mulberry32Next(state);
+}
+
+function mulberry32Next(state: { a: number }): number {
+  state.a = (state.a + 0x6d2b79f5) >>> 0;
+  let t = state.a;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
 }
 
 export function argmax(logits: ArrayLike<number>): number {
@@ -35,18 +42,26 @@ export class Sampler {
   readonly temperature: number;
   readonly topK: number;
   readonly topP: number;
-  #random: () => number;
+  readonly #prng: { a: number };
 
   constructor(options: SamplingOptions = {}) {
-    const { temperature = 0, topK = 0, topP = 1, seed = 0 } = options;
+    const { temperature = 0, topK = 0, topP = 1, seed = 0, state } = options;
     if (!(temperature >= 0) || !Number.isFinite(temperature)) throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'temperature must be ≥ 0');
     if (!Number.isInteger(topK) || topK < 0) throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'topK must be an integer ≥ 0');
     if (!(topP > 0 && topP <= 1)) throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'topP must be in (0, 1]');
     if (!Number.isInteger(seed)) throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'seed must be an integer');
+    if (state !== undefined && !(Number.isInteger(state) && state >= 0 && state <= 0xffffffff)) {
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'state must be a 32-bit unsigned integer');
+    }
     this.temperature = temperature;
     this.topK = topK;
     this.topP = topP;
-    this.#random = mulberry32(seed);
+    this.#prng = { a: state ?? seed >>> 0 };
+  }
+
+  /** The PRNG's state: pass it as `state` to continue this sampler's stream elsewhere. */
+  get state(): number {
+    return this.#prng.a;
   }
 
   sample(logits: ArrayLike<number>): number {
@@ -69,7 +84,7 @@ export class Sampler {
       }
     }
     const kept = weights.slice(0, keep).reduce((s, w) => s + w, 0);
-    let r = this.#random() * kept;
+    let r = mulberry32Next(this.#prng) * kept;
     for (let j = 0; j < keep; j++) {
       r -= weights[j]!;
       if (r <= 0) return ids[j]!;

@@ -23,6 +23,12 @@ export const ERROR_CODES = {
   KVF_ERR_UNSUPPORTED_TENSOR_TYPE: 'A model tensor uses a type the reference engine cannot compute with.',
   KVF_ERR_POOL_EXHAUSTED: 'The KV block pool has no free block left for the sequence.',
   KVF_ERR_CONTEXT_OVERFLOW: "The prompt plus generated tokens exceed the model's context length.",
+  KVF_ERR_BAD_CONFIG: 'A serving configuration (flags, env, file) fails its schema: unknown key, wrong type, impossible value.',
+  KVF_ERR_BAD_REQUEST: 'An HTTP request body is malformed or fails the API schema.',
+  KVF_ERR_UNKNOWN_MODEL: 'The request names a model this deployment does not serve.',
+  KVF_ERR_NO_WORKER: 'No healthy worker of the needed role is known to the router.',
+  KVF_ERR_WORKER_FAILED: 'A worker failed, died or timed out while serving the request.',
+  KVF_ERR_LAYOUT_MISMATCH: 'Prefill and decode workers hold K/V in different layouts (model, block size or dtype).',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

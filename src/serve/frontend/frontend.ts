@@ -1,0 +1,97 @@
+// The frontend process: tokenizer and chat template from the model file (the weights stay with the
+// workers), a router fed by static addresses, etcd and/or the registry, and the HTTP API.
+import { basename } from 'node:path';
+
+import type { FastifyInstance } from 'fastify';
+
+import type { Logger } from '../../fabric/logger.js';
+import { ChatTemplate } from '../../engine/chat-template.js';
+import { readGgufMetadata } from '../../engine/gguf-metadata.js';
+import { Tokenizer } from '../../engine/tokenizer.js';
+import type { FrontendConfig } from '../config.js';
+import { serveRegistry, watchEtcd, type Publication } from '../discovery.js';
+import { ServeMetrics } from '../metrics.js';
+import { Router } from '../router.js';
+import { buildApp } from './app.js';
+
+export class Frontend {
+  /** http://host:port */
+  readonly url: string;
+  readonly registryAddress: string | undefined;
+  readonly router: Router;
+  readonly #app: FastifyInstance;
+  readonly #closers: (() => Promise<void>)[];
+  #closing: Promise<void> | undefined;
+
+  private constructor(url: string, registryAddress: string | undefined, router: Router, app: FastifyInstance, closers: (() => Promise<void>)[]) {
+    this.url = url;
+    this.registryAddress = registryAddress;
+    this.router = router;
+    this.#app = app;
+    this.#closers = closers;
+  }
+
+  static async start(config: FrontendConfig, log: Logger): Promise<Frontend> {
+    const meta = await readGgufMetadata(config.model);
+    const tokenizer = Tokenizer.fromGguf(meta);
+    const template = meta.has('tokenizer.chat_template') ? ChatTemplate.fromGguf(meta) : undefined;
+    const contextLength = meta.getInt(`${meta.getString('general.architecture')}.context_length`);
+    const modelName = config.modelName ?? basename(config.model).replace(/\.gguf$/i, '');
+
+    const router = new Router({ healthIntervalMs: config.healthIntervalMs, log });
+    for (const address of config.prefill) router.upsert(address, 'prefill', 'static');
+    for (const address of config.decode) router.upsert(address, 'decode', 'static');
+    const closers: (() => Promise<void>)[] = [];
+    let etcd: Publication | undefined;
+    let registry: Awaited<ReturnType<typeof serveRegistry>> | undefined;
+    try {
+      if (config.etcd?.length) {
+        etcd = await watchEtcd(config.etcd, config.etcdPrefix, router, log);
+        closers.push(() => etcd!.close());
+      }
+      if (config.registryListen) {
+        registry = await serveRegistry(config.registryListen, router);
+        closers.push(() => registry!.close());
+        log.info({ address: registry.address }, 'worker registry listening');
+      }
+      router.start();
+      const metrics = new ServeMetrics(router);
+      const app = buildApp({
+        modelName,
+        contextLength,
+        tokenizer,
+        template,
+        flow: { router, mode: config.mode, prefillTimeoutMs: config.prefillTimeoutMs, leaseMs: config.leaseMs, log },
+        metrics,
+        requestTimeoutMs: config.requestTimeoutMs,
+        bodyLimit: config.bodyLimit,
+        log,
+      });
+      const [host, port] = splitHostPort(config.listen);
+      await app.listen({ host, port });
+      const address = app.server.address();
+      const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${typeof address === 'object' && address ? address.port : port}`;
+      log.info({ url, model: modelName, mode: config.mode }, 'frontend listening');
+      return new Frontend(url, registry?.address, router, app, closers);
+    } catch (err) {
+      router.close();
+      for (const close of closers) await close();
+      throw err;
+    }
+  }
+
+  /** Stops accepting connections, waits for the requests in flight (streams included), then stops discovery. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.#app.close();
+      for (const close of this.#closers) await close();
+      this.router.close();
+    })();
+    return this.#closing;
+  }
+}
+
+export function splitHostPort(listen: string): [string, number] {
+  const at = listen.lastIndexOf(':');
+  return [listen.slice(0, at) || '0.0.0.0', Number(listen.slice(at + 1))];
+}

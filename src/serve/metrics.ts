@@ -1,0 +1,47 @@
+// The frontend's Prometheus metrics (prom-client, one registry per frontend so several can live in a test
+// process). Names follow Prometheus conventions: seconds and bytes, _total for counters.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+import type { Router } from './router.js';
+
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+export class ServeMetrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({ name: 'kvfabric_requests_total', help: 'HTTP API requests by route and status code', labelNames: ['route', 'status'], registers: [this.registry] });
+  readonly inflight = new Gauge({ name: 'kvfabric_requests_inflight', help: 'Requests being served', registers: [this.registry] });
+  readonly ttft = new Histogram({ name: 'kvfabric_time_to_first_token_seconds', help: 'Time from request to first token', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly itl = new Histogram({ name: 'kvfabric_inter_token_latency_seconds', help: 'Time between consecutive tokens of a response', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly inputTokens = new Counter({ name: 'kvfabric_input_tokens_total', help: 'Prompt tokens', registers: [this.registry] });
+  readonly outputTokens = new Counter({ name: 'kvfabric_output_tokens_total', help: 'Generated tokens', registers: [this.registry] });
+  readonly kvBytes = new Counter({ name: 'kvfabric_kv_bytes_moved_total', help: 'KV cache bytes moved between workers', labelNames: ['backend', 'provider', 'op'], registers: [this.registry] });
+  readonly kvTransfer = new Histogram({ name: 'kvfabric_kv_transfer_seconds', help: 'Duration of KV transfers between workers', labelNames: ['provider', 'op'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [this.registry] });
+  readonly fallbacks = new Counter({ name: 'kvfabric_prefill_fallbacks_total', help: 'Requests prefilled on the decode worker because remote prefill failed', registers: [this.registry] });
+
+  constructor(router: Router) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'kvfabric_frontend_' });
+    const poolGauge = (name: string, help: string, pick: (s: { totalBlocks: number; freeBlocks: number }) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['worker', 'role'],
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const w of router.workers()) if (w.status) this.set({ worker: w.status.workerId, role: w.role }, pick(w.status));
+        },
+      });
+    poolGauge('kvfabric_kv_blocks_used', 'KV blocks in use per worker (last health check)', (s) => s.totalBlocks - s.freeBlocks);
+    poolGauge('kvfabric_kv_blocks_total', 'KV blocks in each worker pool', (s) => s.totalBlocks);
+    new Gauge({
+      name: 'kvfabric_workers_healthy',
+      help: 'Healthy workers per role',
+      labelNames: ['role'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const role of ['prefill', 'decode']) this.set({ role }, router.workers().filter((w) => w.role === role && w.healthy).length);
+      },
+    });
+  }
+}

@@ -1,0 +1,161 @@
+// The control plane's gRPC surface: proto/kvfabric/v1/worker.proto loaded at run time (no generated code to
+// keep in sync), the TS shapes of its messages as proto-loader produces them (camelCase fields, int64 as
+// number, defaults filled in), and typed client constructors.
+import { fileURLToPath } from 'node:url';
+
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+
+const PROTO = fileURLToPath(new URL('../../proto/kvfabric/v1/worker.proto', import.meta.url));
+
+const definition = protoLoader.loadSync(PROTO, { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
+const pkg = (grpc.loadPackageDefinition(definition) as unknown as { kvfabric: { v1: Record<string, grpc.ServiceClientConstructor> } }).kvfabric.v1;
+
+export const WorkerService = pkg.Worker!.service;
+export const RegistryService = pkg.Registry!.service;
+
+export interface Sampling {
+  temperature: number;
+  topK: number;
+  topP: number;
+  seed: number;
+}
+
+export interface KvLayoutMsg {
+  numLayers: number;
+  kvHeads: number;
+  headDim: number;
+  tokensPerBlock: number;
+  dtype: string;
+  blockBytes: number;
+}
+
+export interface KvHandle {
+  requestId: string;
+  workerId: string;
+  agentName: string;
+  agentMetadata: Buffer;
+  regionId: number;
+  blocks: number[];
+  layout: KvLayoutMsg | null;
+  tokens: number;
+  leaseExpiresUnixMs: number;
+}
+
+export interface TransferReportMsg {
+  op: string;
+  backend: string;
+  provider: string;
+  rails: number[];
+  bytes: number;
+  durationMs: number;
+  descriptors: number;
+  initiator: string;
+}
+
+export interface PrefillRequest {
+  requestId: string;
+  tokens: number[];
+  sampling: Sampling | null;
+  leaseMs: number;
+  pushTo: KvHandle | null;
+}
+
+export interface PrefillResponse {
+  firstToken: number;
+  samplerState: number;
+  kv: KvHandle | null;
+  push: TransferReportMsg | null;
+  workerId: string;
+  prefillMs: number;
+}
+
+export interface DecodeRequest {
+  requestId: string;
+  prompt: number[];
+  sampling: Sampling | null;
+  maxTokens: number;
+  endTokens: number[];
+  prefill: PrefillResponse | null;
+  reserved: KvHandle | null;
+  fallbackReason: string;
+}
+
+export interface DecodeStarted {
+  workerId: string;
+  transfer: TransferReportMsg | null;
+  localPrefill: boolean;
+  fallbackReason: string;
+}
+
+export interface DecodeDone {
+  finishReason: 'stop' | 'length';
+  completionTokens: number;
+}
+
+export type DecodeEvent =
+  | { event: 'started'; started: DecodeStarted }
+  | { event: 'token'; token: number }
+  | { event: 'done'; done: DecodeDone };
+
+export interface ReserveRequest {
+  requestId: string;
+  tokens: number;
+  maxTokens: number;
+  leaseMs: number;
+}
+
+export interface WorkerStatus {
+  workerId: string;
+  role: 'prefill' | 'decode' | string;
+  address: string;
+  model: string;
+  backend: string;
+  provider: string;
+  rails: number;
+  totalBlocks: number;
+  freeBlocks: number;
+  inflight: number;
+  heldRequests: number;
+  ttlMs: number;
+}
+
+type Unary<Req, Res> = (req: Req, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => grpc.ClientUnaryCall;
+
+export interface WorkerClient extends grpc.Client {
+  prefill: Unary<Partial<PrefillRequest>, PrefillResponse>;
+  decode(req: Partial<DecodeRequest>, options?: grpc.CallOptions): grpc.ClientReadableStream<DecodeEvent>;
+  reserve: Unary<Partial<ReserveRequest>, KvHandle>;
+  release: Unary<{ requestId: string }, { released: boolean }>;
+  health: Unary<Record<string, never>, WorkerStatus>;
+}
+
+export interface RegistryClient extends grpc.Client {
+  register: Unary<Partial<WorkerStatus>, { ok: boolean }>;
+  deregister: Unary<{ workerId: string }, { ok: boolean }>;
+}
+
+export function workerClient(address: string): WorkerClient {
+  return new pkg.Worker!(address, grpc.credentials.createInsecure()) as unknown as WorkerClient;
+}
+
+export function registryClient(address: string): RegistryClient {
+  return new pkg.Registry!(address, grpc.credentials.createInsecure()) as unknown as RegistryClient;
+}
+
+/** Calls a unary method as a promise, with a deadline. */
+export function unary<Req, Res>(client: grpc.Client, method: Unary<Req, Res>, req: Req, timeoutMs: number): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    method.call(client, req, { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!)));
+  });
+}
+
+/** Binds a gRPC server to host:port (port 0 picks one) and returns the address it listens on. */
+export function bindServer(server: grpc.Server, listen: string): Promise<string> {
+  const host = listen.slice(0, listen.lastIndexOf(':'));
+  return new Promise((resolve, reject) => {
+    server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(`${host}:${port}`)));
+  });
+}
+
+export { grpc };

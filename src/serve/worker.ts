@@ -1,0 +1,360 @@
+// A prefill or decode worker: one fabric agent, one KV pool registered with it, one reference engine over
+// that pool, and the Worker gRPC service. Both roles implement every RPC — the role says what the router
+// sends here — so a decode worker can prefill locally (aggregated mode, or fallback when prefill fails).
+import { randomUUID } from 'node:crypto';
+import { basename } from 'node:path';
+
+import { Agent } from '../fabric/agent.js';
+import { KvfError } from '../fabric/errors.js';
+import type { Logger } from '../fabric/logger.js';
+import type { MemoryRegion } from '../fabric/memory.js';
+import type { RemotePeer } from '../fabric/peer.js';
+import { ReferenceEngine, type KvLayout } from '../engine/engine.js';
+import { Sampler, type SamplingOptions } from '../engine/sampling.js';
+import { BlockLeases } from '../kv/leases.js';
+import { blocksFor, kvBytesFor, planKvCopy, sameGeometry } from '../kv/plan.js';
+import { toServiceError } from './grpc-errors.js';
+import {
+  bindServer,
+  grpc,
+  WorkerService,
+  type DecodeEvent,
+  type DecodeRequest,
+  type KvHandle,
+  type PrefillRequest,
+  type PrefillResponse,
+  type ReserveRequest,
+  type Sampling,
+  type TransferReportMsg,
+  type WorkerStatus,
+} from './rpc.js';
+import type { WorkerConfig } from './config.js';
+
+export class Worker {
+  readonly id: string;
+  readonly role: WorkerConfig['role'];
+  readonly modelName: string;
+  address = '';
+  readonly #config: WorkerConfig;
+  readonly #log: Logger;
+  readonly #agent: Agent;
+  readonly #region: MemoryRegion;
+  readonly #engine: ReferenceEngine;
+  readonly #server = new grpc.Server();
+  readonly #leases: BlockLeases;
+  // Peers' metadata blobs as last loaded, so a blob is parsed once per agent incarnation.
+  readonly #peerBlobs = new Map<string, Buffer>();
+  #inflight = 0;
+  #closing: Promise<void> | undefined;
+
+  private constructor(config: WorkerConfig, log: Logger, agent: Agent, region: MemoryRegion, engine: ReferenceEngine) {
+    this.id = config.id;
+    this.role = config.role;
+    this.modelName = config.modelName ?? basename(config.model).replace(/\.gguf$/i, '');
+    this.#config = config;
+    this.#log = log;
+    this.#agent = agent;
+    this.#region = region;
+    this.#engine = engine;
+    this.#leases = new BlockLeases(
+      (blocks) => engine.freeBlocks(blocks),
+      (requestId, blocks) => log.warn({ requestId, blocks: blocks.length }, 'lease expired: blocks were never pulled; freed'),
+    );
+    agent.on('notification', (n) => this.#onNotification(n.from, n.data));
+  }
+
+  static async start(config: WorkerConfig, log: Logger): Promise<Worker> {
+    const agent = await Agent.create({
+      name: `${config.id}-${randomUUID().slice(0, 8)}`,
+      logger: log,
+      ...(config.provider !== undefined ? { provider: config.provider } : {}),
+      ...(config.rails !== undefined ? { rails: config.rails } : {}),
+      ...(config.fabricAddress !== undefined ? { address: config.fabricAddress } : {}),
+    });
+    try {
+      const layoutOptions = { tokensPerBlock: config.tokensPerBlock, dtype: config.kvDtype };
+      const blockBytes = ReferenceEngine.blockBytes(config.model, layoutOptions);
+      const region = agent.allocate(config.blocks * blockBytes, { hugepages: config.hugepages });
+      const engine = new ReferenceEngine({
+        modelPath: config.model,
+        pool: region.bytes,
+        ...layoutOptions,
+        ...(config.threads !== undefined ? { threads: config.threads } : {}),
+      });
+      // The seed's proof lines, printed only now that LIBFABRIC is what will carry this worker's KV.
+      if (agent.backend === 'LIBFABRIC') {
+        log.info("NIXL Connect: Using backend(s): ['LIBFABRIC']");
+        log.info('Backend LIBFABRIC was instantiated');
+      }
+      const worker = new Worker(config, log, agent, region, engine);
+      worker.#server.addService(WorkerService, worker.#handlers());
+      worker.address = await bindServer(worker.#server, config.listen);
+      log.info(
+        { workerId: worker.id, role: worker.role, address: worker.address, provider: agent.provider, rails: agent.rails, blocks: engine.layout.numBlocks, blockBytes },
+        'worker ready',
+      );
+      return worker;
+    } catch (err) {
+      await agent.close();
+      throw err;
+    }
+  }
+
+  get layout(): KvLayout {
+    return this.#engine.layout;
+  }
+
+  status(): WorkerStatus {
+    return {
+      workerId: this.id,
+      role: this.role,
+      address: this.address,
+      model: this.modelName,
+      backend: this.#agent.backend,
+      provider: this.#agent.provider,
+      rails: this.#agent.rails,
+      totalBlocks: this.#engine.layout.numBlocks,
+      freeBlocks: this.#closing ? 0 : this.#engine.freeBlockCount,
+      inflight: this.#inflight,
+      heldRequests: this.#leases.size,
+      ttlMs: 0,
+    };
+  }
+
+  /** Stops taking calls, lets the calls in flight finish (or cancels them after drainMs), then closes. */
+  close(drainMs = 30_000): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#log.info({ workerId: this.id, inflight: this.#inflight }, 'worker draining');
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => this.#server.forceShutdown(), drainMs);
+        this.#server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      this.#leases.releaseAll();
+      await this.#engine.close();
+      await this.#agent.close();
+      this.#log.info({ workerId: this.id }, 'worker closed');
+    })();
+    return this.#closing;
+  }
+
+  #handlers(): grpc.UntypedServiceImplementation {
+    const unary =
+      <Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res> | Res, counted = true) =>
+      (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => {
+        if (counted) this.#inflight++;
+        Promise.resolve()
+          .then(() => fn(call.request, call))
+          .then(
+            (res) => cb(null, res),
+            (err: unknown) => {
+              this.#log.warn({ workerId: this.id, err }, 'call failed');
+              cb(toServiceError(err));
+            },
+          )
+          .finally(() => counted && this.#inflight--);
+      };
+    return {
+      Prefill: unary((req: PrefillRequest, call) => this.#prefill(req, call)),
+      Reserve: unary((req: ReserveRequest) => this.#reserve(req)),
+      Release: unary((req: { requestId: string }) => ({ released: this.#leases.release(req.requestId) })),
+      Health: unary(() => this.status(), false),
+      Decode: (call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>) => {
+        this.#inflight++;
+        this.#decode(call)
+          .then(
+            () => call.end(),
+            (err: unknown) => {
+              if (!call.cancelled) this.#log.warn({ workerId: this.id, requestId: call.request.requestId, err }, 'decode failed');
+              call.destroy(toServiceError(err) as Error);
+            },
+          )
+          .finally(() => this.#inflight--);
+      },
+    };
+  }
+
+  async #prefill(req: PrefillRequest, call: grpc.ServerUnaryCall<PrefillRequest, PrefillResponse>): Promise<PrefillResponse> {
+    const started = performance.now();
+    const sampler = new Sampler(samplingOptions(req.sampling));
+    const blocks = this.#engine.allocateBlocks(blocksFor(this.layout, req.tokens.length));
+    let held = false;
+    try {
+      const logits = await this.#engine.prefill(req.tokens, blocks, 0);
+      const firstToken = sampler.sample(logits);
+      const base = { firstToken, samplerState: sampler.state, workerId: this.id, kv: null, push: null };
+      if (call.cancelled) return { ...base, prefillMs: performance.now() - started };
+      if (req.pushTo) {
+        const push = await this.#push(req.requestId, req.pushTo, blocks, req.tokens.length);
+        return { ...base, push, prefillMs: performance.now() - started };
+      }
+      const leaseMs = req.leaseMs || this.#config.leaseMs;
+      const { expiresAt } = this.#leases.hold(req.requestId, blocks, leaseMs);
+      held = true;
+      return { ...base, kv: this.#handle(req.requestId, blocks, req.tokens.length, expiresAt), prefillMs: performance.now() - started };
+    } finally {
+      if (!held) this.#engine.freeBlocks(blocks);
+    }
+  }
+
+  #reserve(req: ReserveRequest): KvHandle {
+    const total = Math.min(req.tokens + Math.max(1, req.maxTokens), this.#engine.model.contextLength);
+    const blocks = this.#engine.allocateBlocks(blocksFor(this.layout, total));
+    try {
+      const { expiresAt } = this.#leases.hold(req.requestId, blocks, req.leaseMs || this.#config.leaseMs);
+      return this.#handle(req.requestId, blocks, 0, expiresAt);
+    } catch (err) {
+      this.#engine.freeBlocks(blocks);
+      throw err;
+    }
+  }
+
+  async #decode(call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>): Promise<void> {
+    const req = call.request;
+    const total = Math.min(req.prompt.length + req.maxTokens, this.#engine.model.contextLength);
+    if (req.prompt.length === 0 || req.prompt.length >= this.#engine.model.contextLength) {
+      throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has ${req.prompt.length} tokens; the context holds ${this.#engine.model.contextLength}`);
+    }
+    let blocks = req.reserved ? this.#leases.take(req.requestId) : undefined;
+    if (req.reserved && !blocks) throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `no blocks are reserved here for request '${req.requestId}' (lease expired?)`);
+    blocks ??= this.#engine.allocateBlocks(blocksFor(this.layout, total));
+    try {
+      let transfer: TransferReportMsg | null = null;
+      let fallbackReason = req.fallbackReason;
+      let sampler: Sampler | undefined;
+      let token = 0;
+      if (req.prefill?.kv && !req.reserved) {
+        try {
+          transfer = await this.#pull(req.requestId, req.prefill.kv, blocks);
+        } catch (err) {
+          fallbackReason = `pulling KV from ${req.prefill.workerId} failed: ${(err as Error).message}`;
+          this.#log.warn({ workerId: this.id, requestId: req.requestId, err }, 'KV pull failed; prefilling locally');
+        }
+      } else if (req.reserved && req.prefill?.push) {
+        transfer = req.prefill.push;
+      }
+      const localPrefill = transfer === null;
+      if (localPrefill) {
+        sampler = new Sampler(samplingOptions(req.sampling));
+        token = sampler.sample(await this.#engine.prefill(req.prompt, blocks, 0));
+      } else {
+        sampler = new Sampler({ ...samplingOptions(req.sampling), state: req.prefill!.samplerState });
+        token = req.prefill!.firstToken;
+      }
+      if (call.cancelled) return;
+      call.write({ event: 'started', started: { workerId: this.id, transfer, localPrefill, fallbackReason } });
+      const ends = new Set(req.endTokens);
+      let count = 0;
+      let finishReason: 'stop' | 'length' = 'length';
+      // The first token: the client has it already when a prefill worker sampled it.
+      if (ends.has(token)) finishReason = 'stop';
+      else {
+        count = 1;
+        if (localPrefill) call.write({ event: 'token', token });
+        for (let pos = req.prompt.length; count < req.maxTokens && pos + 1 < total && !call.cancelled; pos++) {
+          token = sampler.sample(await this.#engine.decode(token, blocks, pos));
+          if (ends.has(token)) {
+            finishReason = 'stop';
+            break;
+          }
+          call.write({ event: 'token', token });
+          count++;
+        }
+      }
+      if (!call.cancelled) call.write({ event: 'done', done: { finishReason, completionTokens: count } });
+    } finally {
+      this.#engine.freeBlocks(blocks);
+    }
+  }
+
+  /** Pull mode: RDMA READ of the prompt's K/V from the prefill worker's blocks into ours; the notification tells it to free them. */
+  async #pull(requestId: string, kv: KvHandle, blocks: number[]): Promise<TransferReportMsg> {
+    this.#checkLayout(kv);
+    const peer = this.#peer(kv);
+    const ranges = planKvCopy(this.layout, kv.blocks, blocks, kv.tokens);
+    const report = await this.#agent.read(
+      peer,
+      ranges.map((r) => ({ local: this.#region, localOffset: r.dstOffset, remote: kv.regionId, remoteOffset: r.srcOffset, length: r.length })),
+      { notification: JSON.stringify({ release: requestId }), timeoutMs: this.#config.transferTimeoutMs },
+    );
+    return this.#report(requestId, report, kv.workerId, kv.tokens);
+  }
+
+  /** Push mode: RDMA WRITE of the prompt's K/V into blocks the decode worker reserved. */
+  async #push(requestId: string, target: KvHandle, blocks: number[], tokens: number): Promise<TransferReportMsg> {
+    this.#checkLayout(target);
+    const peer = this.#peer(target);
+    const ranges = planKvCopy(this.layout, blocks, target.blocks, tokens);
+    const report = await this.#agent.write(
+      peer,
+      ranges.map((r) => ({ local: this.#region, localOffset: r.srcOffset, remote: target.regionId, remoteOffset: r.dstOffset, length: r.length })),
+      { timeoutMs: this.#config.transferTimeoutMs },
+    );
+    return this.#report(requestId, report, target.workerId, tokens);
+  }
+
+  #report(requestId: string, report: Awaited<ReturnType<Agent['read']>>, peerWorker: string, tokens: number): TransferReportMsg {
+    const msg = {
+      op: report.op,
+      backend: report.backend,
+      provider: report.provider,
+      rails: report.rails,
+      bytes: report.bytes,
+      durationMs: report.durationMs,
+      descriptors: report.descriptors,
+      initiator: this.id,
+    };
+    this.#log.info({ requestId, workerId: this.id, peerWorker, ...msg, gbps: report.gbps, expectedBytes: kvBytesFor(this.layout, tokens) }, 'kv transfer');
+    return msg;
+  }
+
+  #checkLayout(kv: KvHandle): void {
+    const l = kv.layout;
+    const theirs = l && { numLayers: l.numLayers, kvHeads: l.kvHeads, headDim: l.headDim, tokensPerBlock: l.tokensPerBlock, dtype: l.dtype as KvLayout['dtype'] };
+    if (!theirs || !sameGeometry(theirs, this.layout)) {
+      throw new KvfError('KVF_ERR_LAYOUT_MISMATCH', `worker ${kv.workerId} holds K/V as ${JSON.stringify(theirs)}; this worker as ${JSON.stringify(this.layout)}`);
+    }
+  }
+
+  #peer(kv: KvHandle): RemotePeer {
+    const known = this.#agent.peer(kv.agentName);
+    if (known && this.#peerBlobs.get(kv.agentName)?.equals(kv.agentMetadata)) return known;
+    const peer = this.#agent.loadRemoteMetadata(kv.agentMetadata);
+    this.#peerBlobs.set(peer.name, Buffer.from(kv.agentMetadata));
+    return peer;
+  }
+
+  #handle(requestId: string, blocks: number[], tokens: number, expiresAt: number): KvHandle {
+    const l = this.layout;
+    return {
+      requestId,
+      workerId: this.id,
+      agentName: this.#agent.name,
+      agentMetadata: this.#agent.getLocalMetadata(),
+      regionId: this.#region.id,
+      blocks,
+      layout: { numLayers: l.numLayers, kvHeads: l.kvHeads, headDim: l.headDim, tokensPerBlock: l.tokensPerBlock, dtype: l.dtype, blockBytes: l.blockBytes },
+      tokens,
+      leaseExpiresUnixMs: expiresAt,
+    };
+  }
+
+  #onNotification(from: string, data: Uint8Array): void {
+    let requestId: unknown;
+    try {
+      requestId = (JSON.parse(Buffer.from(data).toString('utf8')) as { release?: unknown }).release;
+    } catch {
+      // Not ours to understand; notifications come from the network.
+    }
+    if (typeof requestId === 'string' && this.#leases.release(requestId)) {
+      this.#log.debug({ workerId: this.id, requestId, from }, 'blocks pulled; freed');
+    }
+  }
+}
+
+function samplingOptions(s: Sampling | null): SamplingOptions {
+  if (!s) return {};
+  return { temperature: s.temperature, topK: s.topK, topP: s.topP || 1, seed: s.seed };
+}
