@@ -3,7 +3,7 @@
 // schema; every error is an OpenAI-style error object whose `code` is a stable kvfabric code.
 import { randomUUID } from 'node:crypto';
 
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 
 import { KvfError, type ErrorCode } from '../../fabric/errors.js';
 import type { Logger } from '../../fabric/logger.js';
@@ -59,7 +59,8 @@ export function buildApp(options: AppOptions): FastifyInstance {
   const { tokenizer, metrics, log } = options;
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
-    disableRequestLogging: true,
+    // One 'request served' line with the transport proof per request instead of fastify's two per request.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: options.bodyLimit,
     // Refuse, do not strip or coerce: a field the API does not know must not be silently dropped.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },

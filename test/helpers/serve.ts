@@ -1,0 +1,149 @@
+// Serving tests' scaffolding: worker processes started through the real CLI (dist/cli/main.js, built by
+// scripts/run-tests.mjs), a frontend in the test process or as `kvfabric serve`, and small readers for the
+// workers' Health RPC. Every child is tracked and killed at exit, so a failing test never leaves one behind.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+
+import { pino } from 'pino';
+
+import { frontendConfig } from '../../src/serve/config.js';
+import { Frontend } from '../../src/serve/frontend/frontend.js';
+import type { Ready } from '../../src/serve/processes.js';
+import { unary, workerClient, type WorkerStatus } from '../../src/serve/rpc.js';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
+export const SMOLLM2 = join(process.env.KVF_MODEL_CACHE ?? join(homedir(), '.cache', 'kvfabric', 'models'), 'SmolLM2-135M-Instruct.Q4_1.gguf');
+export const HAVE_SMOLLM2 = existsSync(SMOLLM2);
+
+/** A fresh copy of the tiny model in a temp dir (tests never depend on models/ being generated). */
+export function tinyModel(): string {
+  const path = join(mkdtempSync(join(tmpdir(), 'kvf-serve-')), 'tiny-llama.gguf');
+  execFileSync(process.execPath, [join(ROOT, 'scripts', 'make-tiny-model.mjs'), path]);
+  return path;
+}
+
+/** Logs of in-process frontends: warnings and errors only, to stderr. */
+export const quietLog = pino({ level: process.env.KVF_TEST_LOG ?? 'warn' }, pino.destination(2));
+
+const children = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+});
+
+export interface Proc {
+  child: ChildProcess;
+  ready: Ready;
+  /** stderr lines (pino JSON logs) so far. */
+  logs: string[];
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Runs `kvfabric <args>` and resolves when it prints its ready line. */
+export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Proc> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, KVF_LOG_LEVEL: 'info', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  const logs: string[] = [];
+  createInterface({ input: child.stderr! }).on('line', (l) => logs.push(l));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => {
+      children.delete(child);
+      resolve({ code, signal });
+    }),
+  );
+  return new Promise((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout! });
+    lines.on('line', (line) => {
+      try {
+        const ready = JSON.parse(line) as Ready;
+        if (ready.event === 'ready') resolve({ child, ready, logs, exited });
+      } catch {
+        // not the ready line
+      }
+    });
+    void exited.then(({ code, signal }) => reject(new Error(`kvfabric ${args.join(' ')} exited (${code ?? signal}) before it was ready:\n${logs.join('\n')}`)));
+  });
+}
+
+export interface WorkerOptions {
+  model: string;
+  provider: string;
+  id: string;
+  extra?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+export function startWorker(role: 'prefill' | 'decode', o: WorkerOptions): Promise<Proc> {
+  return startCli([role, '--model', o.model, '--provider', o.provider, '--id', o.id, '--listen', '127.0.0.1:0', '--blocks', '64', '--tokens-per-block', '16', '--threads', '1', ...(o.extra ?? [])], o.env);
+}
+
+export interface Stack {
+  prefill: Proc;
+  decode: Proc;
+  frontend: Frontend;
+  url: string;
+  modelName: string;
+  close(): Promise<void>;
+}
+
+/** Prefill and decode worker processes plus a frontend in this process, wired by static addresses. */
+export async function startStack(model: string, provider: string, frontendFlags: Record<string, unknown> = {}): Promise<Stack> {
+  const [prefill, decode] = await Promise.all([
+    startWorker('prefill', { model, provider, id: `prefill-${provider}` }),
+    startWorker('decode', { model, provider, id: `decode-${provider}` }),
+  ]);
+  const frontend = await Frontend.start(
+    frontendConfig({
+      flags: { model, listen: '127.0.0.1:0', prefill: [prefill.ready.address], decode: [decode.ready.address], healthIntervalMs: 200, ...frontendFlags },
+      env: {},
+    }),
+    quietLog,
+  );
+  await waitFor(() => frontend.router.workers().every((w) => w.healthy), 'workers healthy');
+  return {
+    prefill,
+    decode,
+    frontend,
+    url: frontend.url,
+    modelName: model.split('/').pop()!.replace(/\.gguf$/, ''),
+    async close() {
+      await frontend.close();
+      await Promise.all([stop(prefill), stop(decode)]);
+    },
+  };
+}
+
+/** SIGTERM and wait for the exit. */
+export async function stop(p: Proc): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGTERM');
+  return p.exited;
+}
+
+export function health(address: string): Promise<WorkerStatus> {
+  const client = workerClient(address);
+  return unary(client, client.health, {}, 5000).finally(() => client.close());
+}
+
+export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Resolves once the worker's pool is back to all blocks free and it holds no request. */
+export function poolAtBaseline(address: string, timeoutMs = 10_000): Promise<void> {
+  return waitFor(
+    async () => {
+      const s = await health(address);
+      return s.freeBlocks === s.totalBlocks && s.heldRequests === 0;
+    },
+    `pool of ${address} back at baseline`,
+    timeoutMs,
+  );
+}
