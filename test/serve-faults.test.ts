@@ -1,0 +1,159 @@
+// Faults in the disaggregated stack, with real processes: a prefill worker killed mid-request (the decode
+// worker prefills locally and the response says so), a decode worker killed mid-stream (the client gets an
+// error event, the prefill pool returns to its baseline), clients that disconnect (blocks freed on both
+// sides), workers that stop answering (no request outlives its timeout). SIGSTOP holds a worker inside a
+// request deterministically; SIGKILL then kills it there.
+import assert from 'node:assert/strict';
+import { afterEach, describe, test } from 'node:test';
+
+import OpenAI from 'openai';
+
+import type { KvProof } from '../src/serve/flow.js';
+import { poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
+
+const model = tinyModel();
+const PROMPT = 'the quick brown fox jumps over the lazy dog near the old stone bridge';
+
+interface Completion {
+  choices: { text: string; finish_reason: string }[];
+  kvfabric: KvProof;
+  error?: { code: string; message: string };
+}
+
+function post(stack: Stack, body: object, signal?: AbortSignal): Promise<Response> {
+  return fetch(`${stack.url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: stack.modelName, prompt: PROMPT, temperature: 0, ...body }),
+    ...(signal ? { signal } : {}),
+  });
+}
+
+/** Resolves once `n` requests are in flight at the frontend (so a frozen worker is holding them). */
+async function inflight(stack: Stack, n = 1): Promise<void> {
+  await waitFor(async () => {
+    const metrics = await (await fetch(`${stack.url}/metrics`)).text();
+    return Number(/^kvfabric_requests_inflight (\d+)/m.exec(metrics)?.[1]) >= n;
+  }, 'request in flight');
+  await new Promise((r) => setTimeout(r, 200)); // let the frontend's RPC reach the frozen worker's socket
+}
+
+describe('faults', () => {
+  let stack: Stack | undefined;
+  afterEach(async () => {
+    for (const p of [stack?.prefill, stack?.decode]) if (p && p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGCONT');
+    await stack?.close();
+    stack = undefined;
+  });
+
+  test('kill -9 of the prefill worker mid-request: decode prefills locally, same text, the response says so', async () => {
+    stack = await startStack(model, 'tcp');
+    const expected = (await (await post(stack, { max_tokens: 12 })).json()) as Completion;
+    assert.equal(expected.kvfabric.mode, 'pull');
+    stack.prefill.child.kill('SIGSTOP');
+    const pending = post(stack, { max_tokens: 12 });
+    await inflight(stack);
+    stack.prefill.child.kill('SIGKILL');
+    const res = await pending;
+    assert.equal(res.status, 200);
+    const body = (await res.json()) as Completion;
+    assert.equal(body.choices[0]!.text, expected.choices[0]!.text);
+    assert.equal(body.kvfabric.mode, 'fallback');
+    assert.equal(body.kvfabric.bytes, 0);
+    assert.match(body.kvfabric.fallback_reason!, /prefill worker prefill-tcp/);
+    await poolAtBaseline(stack.decode.ready.address);
+    // With the prefill worker gone for good, requests keep working through local prefill.
+    const next = (await (await post(stack, { max_tokens: 12 })).json()) as Completion;
+    assert.equal(next.choices[0]!.text, expected.choices[0]!.text);
+    assert.equal(next.kvfabric.mode, 'fallback');
+  });
+
+  test('a prefill worker that does not answer in time is bypassed; its blocks are freed when it wakes', async () => {
+    stack = await startStack(model, 'shm', { prefillTimeoutMs: 800 });
+    stack.prefill.child.kill('SIGSTOP');
+    const body = (await (await post(stack, { max_tokens: 8 })).json()) as Completion;
+    assert.equal(body.kvfabric.mode, 'fallback');
+    assert.match(body.kvfabric.fallback_reason!, /timed out/);
+    stack.prefill.child.kill('SIGCONT');
+    await poolAtBaseline(stack.prefill.ready.address);
+    await poolAtBaseline(stack.decode.ready.address);
+  });
+
+  test('kill -9 of the decode worker mid-stream: the client gets an error event; the prefill pool returns to baseline', async () => {
+    stack = await startStack(model, 'tcp');
+    const client = new OpenAI({ baseURL: `${stack.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    stack.decode.child.kill('SIGSTOP');
+    const stream = await client.completions.create({ model: stack.modelName, prompt: PROMPT, max_tokens: 100, temperature: 0, stream: true });
+    const chunks: string[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const chunk of stream) {
+          chunks.push(chunk.choices[0]?.text ?? '');
+          // The first token came from the prefill worker; the decode worker now dies holding the stream.
+          if (chunks.length === 1) stack!.decode.child.kill('SIGKILL');
+        }
+      })(),
+      (err: InstanceType<typeof OpenAI.APIError>) => {
+        assert.equal(err.code, 'KVF_ERR_WORKER_FAILED');
+        assert.match(err.message, /decode worker/);
+        return true;
+      },
+    );
+    assert.equal(chunks.length, 1);
+    await poolAtBaseline(stack.prefill.ready.address);
+    // Without a decode worker the frontend says so at once instead of hanging.
+    await waitFor(() => !stack!.frontend.router.workers().find((w) => w.role === 'decode')!.healthy, 'decode marked unhealthy');
+    const res = await post(stack, { max_tokens: 4 });
+    assert.equal(res.status, 503);
+    assert.equal(((await res.json()) as Completion).error!.code, 'KVF_ERR_NO_WORKER');
+  });
+
+  test('kill -9 of the decode worker during a non-streaming request: 502 with a clear error', async () => {
+    stack = await startStack(model, 'shm');
+    stack.decode.child.kill('SIGSTOP');
+    const pending = post(stack, { max_tokens: 50 });
+    await inflight(stack);
+    stack.decode.child.kill('SIGKILL');
+    const res = await pending;
+    assert.equal(res.status, 502);
+    const body = (await res.json()) as Completion;
+    assert.equal(body.error!.code, 'KVF_ERR_WORKER_FAILED');
+    await poolAtBaseline(stack.prefill.ready.address);
+  });
+
+  test('client disconnect mid-stream frees the blocks on both sides', async () => {
+    stack = await startStack(model, 'tcp');
+    for (const freeze of [true, false]) {
+      if (freeze) stack.decode.child.kill('SIGSTOP');
+      const abort = new AbortController();
+      const res = await post(stack, { max_tokens: 200, stream: true }, abort.signal);
+      const reader = res.body!.getReader();
+      await reader.read(); // the first chunk is on its way: the request is mid-stream
+      abort.abort();
+      if (freeze) stack.decode.child.kill('SIGCONT');
+      await poolAtBaseline(stack.prefill.ready.address);
+      await poolAtBaseline(stack.decode.ready.address);
+    }
+  });
+
+  test('a decode worker that stops answering: the request fails at its timeout, nothing leaks after', async () => {
+    stack = await startStack(model, 'tcp', { requestTimeoutMs: 1500 });
+    stack.decode.child.kill('SIGSTOP');
+    const res = await post(stack, { max_tokens: 20 });
+    assert.equal(res.status, 504);
+    assert.equal(((await res.json()) as Completion).error!.code, 'KVF_ERR_TIMEOUT');
+    stack.decode.child.kill('SIGCONT');
+    await poolAtBaseline(stack.prefill.ready.address);
+    await poolAtBaseline(stack.decode.ready.address);
+  });
+
+  test('blocks that no decode worker ever pulls are freed when their lease expires', async () => {
+    stack = await startStack(model, 'tcp');
+    const { workerClient, unary } = await import('../src/serve/rpc.js');
+    const client = workerClient(stack.prefill.ready.address);
+    const res = await unary(client, client.prefill, { requestId: 'orphan', tokens: [5, 6, 7, 8, 9], leaseMs: 300 }, 5000);
+    assert.equal(res.kv!.blocks.length, 1);
+    await poolAtBaseline(stack.prefill.ready.address);
+    client.close();
+  });
+});
