@@ -3,8 +3,8 @@
 // and advertises it; the "decode" parent allocates its own pool, pulls the prompt's blocks with RDMA READ into
 // different block ids, checks every byte, and tells prefill it may free them. Then the same with WRITE (push).
 //
-//   npm start                      # tcp, then shm
-//   npm start -- --provider shm    # one provider
+//   npm run example                      # tcp, then shm
+//   npm run example -- --provider shm    # one provider
 import { fork } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { parseArgs } from 'node:util';

@@ -20,61 +20,140 @@ export interface Publication {
   close(): Promise<void>;
 }
 
-/** Keeps a worker's entry in etcd for as long as the process lives (and renews it if the lease is lost). */
+/** Keeps a worker's entry in etcd for as long as the process lives (and puts it back if the lease is lost). */
 export async function publishToEtcd(endpoints: string[], prefix: string, ttlSeconds: number, worker: Announcement, log: Logger): Promise<Publication> {
   const client = new Etcd3({ hosts: endpoints });
+  const key = prefix + worker.workerId;
   let lease: Lease | undefined;
   let closed = false;
-  const grant = async (): Promise<void> => {
-    lease = client.lease(ttlSeconds);
-    lease.on('lost', (err) => {
-      if (closed) return;
-      log.warn({ err: err.message, workerId: worker.workerId }, 'etcd lease lost; registering again');
-      setTimeout(() => void grant().catch((e: Error) => log.error({ err: e.message }, 'etcd registration failed')), 500).unref();
-    });
-    await lease.put(prefix + worker.workerId).value(JSON.stringify(worker));
+  let retry: NodeJS.Timeout | undefined;
+  let started = false;
+  let failing = false;
+  // A lost lease (etcd unreachable for longer than the TTL, or the lease revoked) and a failed put both end
+  // here: one retry at a time, every 500 ms until the key is back, so a live worker never stays unlisted.
+  const again = (why: string): void => {
+    // Before the first registration has worked, its failure is the caller's error: no retry.
+    if (closed || retry || !started) return;
+    if (!failing) log.warn({ err: why, workerId: worker.workerId }, 'etcd registration lost; registering again');
+    failing = true;
+    retry = setTimeout(() => {
+      retry = undefined;
+      register().then(
+        () => {
+          failing = false;
+          log.info({ workerId: worker.workerId }, 'registered in etcd again');
+        },
+        (err: Error) => again(err.message),
+      );
+    }, 500).unref();
   };
-  await grant();
+  const register = async (): Promise<void> => {
+    const l = client.lease(ttlSeconds);
+    lease = l;
+    l.on('lost', (err: Error) => {
+      if (lease === l) again(err.message);
+    });
+    try {
+      await l.put(key).value(JSON.stringify(worker));
+    } catch (err) {
+      // A lease without the key would be kept alive for nothing.
+      void l.revoke().catch(() => undefined);
+      throw err;
+    }
+  };
+  try {
+    await register();
+  } catch (err) {
+    client.close();
+    throw err;
+  }
+  started = true;
   log.info({ workerId: worker.workerId, endpoints, ttlSeconds }, 'registered in etcd');
   return {
     async close() {
       closed = true;
+      clearTimeout(retry);
       await lease?.revoke().catch(() => undefined);
       client.close();
     },
   };
 }
 
-/** Feeds the router from an etcd prefix: the current entries, then every change. */
+/**
+ * Feeds the router from an etcd prefix: the current entries, then every change from the revision of that
+ * listing on. A watch that etcd cancels (its revision compacted away while disconnected) lists and watches again.
+ */
 export async function watchEtcd(endpoints: string[], prefix: string, router: Router, log: Logger): Promise<Publication> {
   const client = new Etcd3({ hosts: endpoints });
   const byKey = new Map<string, string>();
-  const apply = (key: string, value: string): void => {
-    try {
-      const a = JSON.parse(value) as Announcement;
-      if (typeof a.address !== 'string' || (a.role !== 'prefill' && a.role !== 'decode')) throw new Error('missing address or role');
-      const previous = byKey.get(key);
-      if (previous && previous !== a.address) router.remove(previous, 'replaced in etcd');
-      byKey.set(key, a.address);
-      router.upsert(a.address, a.role, 'etcd');
-    } catch (err) {
-      log.warn({ key, err: (err as Error).message }, 'ignoring malformed etcd worker entry');
-    }
-  };
-  const watcher: Watcher = await client.watch().prefix(prefix).create();
-  watcher.on('put', (kv) => apply(kv.key.toString(), kv.value.toString()));
-  watcher.on('delete', (kv) => {
-    const key = kv.key.toString();
+  let watcher: Watcher | undefined;
+  let retry: NodeJS.Timeout | undefined;
+  let closed = false;
+  // etcd removes only workers etcd added, and an address stays while another key still announces it (a
+  // worker restarted under a new id on the same address, its old key not expired yet).
+  const drop = (key: string, why: string): void => {
     const address = byKey.get(key);
     byKey.delete(key);
-    if (address) router.remove(address, 'etcd entry deleted (lease expired or worker left)');
-  });
-  watcher.on('error', (err: Error) => log.warn({ err: err.message }, 'etcd watch error'));
-  for (const [key, value] of Object.entries(await client.getAll().prefix(prefix).strings())) apply(key, value);
+    if (address === undefined || [...byKey.values()].includes(address)) return;
+    if (router.workers().find((w) => w.address === address)?.source === 'etcd') router.remove(address, why);
+  };
+  const apply = (key: string, value: string): void => {
+    let a: Announcement;
+    try {
+      a = JSON.parse(value) as Announcement;
+      if (typeof a?.address !== 'string' || (a.role !== 'prefill' && a.role !== 'decode')) throw new Error('missing address or role');
+    } catch (err) {
+      log.warn({ key, err: (err as Error).message }, 'ignoring malformed etcd worker entry');
+      // The key announces no worker any more, whatever it announced before.
+      drop(key, 'etcd entry replaced by a malformed one');
+      return;
+    }
+    if (byKey.get(key) !== a.address) drop(key, 'replaced in etcd');
+    byKey.set(key, a.address);
+    router.upsert(a.address, a.role, 'etcd');
+  };
+  const sync = async (): Promise<void> => {
+    const listing = await client.getAll().prefix(prefix).exec();
+    const listed = new Set(listing.kvs.map((kv) => kv.key.toString()));
+    for (const key of [...byKey.keys()]) if (!listed.has(key)) drop(key, 'etcd entry deleted while not watching');
+    for (const kv of listing.kvs) apply(kv.key.toString(), kv.value.toString());
+    // Watching from just after the listing's revision, no change between the two is missed or applied twice.
+    const w = await client
+      .watch()
+      .prefix(prefix)
+      .startRevision((BigInt(listing.header.revision) + 1n).toString())
+      .create();
+    if (closed) return void w.cancel().catch(() => undefined);
+    watcher = w;
+    w.on('put', (kv) => apply(kv.key.toString(), kv.value.toString()));
+    w.on('delete', (kv) => drop(kv.key.toString(), 'etcd entry deleted (lease expired or worker left)'));
+    // 'disconnected' needs nothing: the client reconnects and resumes from the last revision it saw.
+    w.on('error', (err: Error) => {
+      log.warn({ err: err.message }, 'etcd watch cancelled; listing the workers again');
+      resync();
+    });
+  };
+  const resync = (): void => {
+    if (closed) return;
+    retry = setTimeout(() => {
+      sync().catch((err: Error) => {
+        log.warn({ err: err.message }, 'etcd listing failed; retrying');
+        resync();
+      });
+    }, 1000).unref();
+  };
+  try {
+    await sync();
+  } catch (err) {
+    client.close();
+    throw err;
+  }
   log.info({ endpoints, prefix }, 'watching etcd for workers');
   return {
     async close() {
-      await watcher.cancel().catch(() => undefined);
+      closed = true;
+      clearTimeout(retry);
+      await watcher?.cancel().catch(() => undefined);
       client.close();
     },
   };

@@ -66,6 +66,7 @@ export async function runLocalStack(options: LocalStackOptions, log: Logger = de
     const [prefill, decode] = await Promise.all([start('prefill'), start('decode')]);
     const config = frontendConfig({ flags: { model: options.model, listen: options.listen, prefill: [prefill.address], decode: [decode.address], mode: options.mode } });
     frontend = await Frontend.start(config, log);
+    await frontend.workersReady(options.mode === 'aggregated' ? ['decode'] : ['prefill', 'decode']);
     log.info({ url: frontend.url, prefill: prefill.address, decode: decode.address, provider: options.provider, mode: options.mode, model: config.model }, 'local stack ready');
     announce({ event: 'ready', role: 'frontend', pid: process.pid, address: frontend.url });
     onShutdown(log, () => stop(0));

@@ -80,6 +80,15 @@ export class Frontend {
     }
   }
 
+  /** Resolves once every configured role has a healthy worker (health checks run every healthIntervalMs). */
+  async workersReady(roles: readonly ('prefill' | 'decode')[], timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!roles.every((role) => this.router.workers().some((w) => w.role === role && w.healthy))) {
+      if (Date.now() > deadline) throw new Error(`no healthy ${roles.join(' and ')} worker after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   /** Stops accepting connections, waits for the requests in flight (streams included), then stops discovery. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
