@@ -5,7 +5,9 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { describe, test } from 'node:test';
 
-import { CLI, startCli, tinyModel } from './helpers/serve.js';
+import { frontendConfig } from '../src/serve/config.js';
+import { Frontend } from '../src/serve/frontend/frontend.js';
+import { CLI, quietLog, startCli, startWorker, stop, tinyModel, waitFor } from './helpers/serve.js';
 
 const run = promisify(execFile);
 const model = tinyModel();
@@ -36,6 +38,33 @@ describe('kvfabric serve', () => {
     assert.ok(text.trimEnd().endsWith('data: [DONE]'), 'the stream in flight finished');
     assert.deepEqual(await serve.exited, { code: 0, signal: null });
     assert.ok(serve.logs.some((l) => l.includes('worker closed')));
+  });
+});
+
+describe('worker registry', () => {
+  test('workers started with --register join the frontend, serve, and leave it on SIGTERM', async () => {
+    const frontend = await Frontend.start(frontendConfig({ flags: { model, listen: '127.0.0.1:0', registryListen: '127.0.0.1:0', healthIntervalMs: 200 }, env: {} }), quietLog);
+    try {
+      const extra = ['--register', frontend.registryAddress!];
+      const [prefill, decode] = await Promise.all([
+        startWorker('prefill', { model, provider: 'tcp', id: 'reg-prefill', extra }),
+        startWorker('decode', { model, provider: 'tcp', id: 'reg-decode', extra }),
+      ]);
+      await frontend.workersReady(['prefill', 'decode']);
+      assert.deepEqual(frontend.router.workers().map((w) => w.source), ['registry', 'registry']);
+      const res = await fetch(`${frontend.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'tiny-llama', prompt: 'hello', max_tokens: 4, temperature: 0 }),
+      });
+      const body = (await res.json()) as { kvfabric: { prefill_worker: string; decode_worker: string; op: string } };
+      assert.deepEqual([body.kvfabric.prefill_worker, body.kvfabric.decode_worker, body.kvfabric.op], ['reg-prefill', 'reg-decode', 'READ']);
+      assert.deepEqual(await stop(decode), { code: 0, signal: null });
+      await waitFor(() => frontend.router.workers().every((w) => w.role !== 'decode'), 'decode deregistered');
+      await stop(prefill);
+    } finally {
+      await frontend.close();
+    }
   });
 });
 

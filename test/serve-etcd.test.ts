@@ -128,6 +128,8 @@ async function startEtcd(binary: string): Promise<EtcdServer> {
   let log = '';
   child.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-8000)));
   const server = { url, child, dir };
+  // Even when this process dies on a failure, etcd must not outlive it.
+  process.once('exit', () => child.kill('SIGKILL'));
   try {
     await waitFor(
       async () => {
@@ -139,14 +141,19 @@ async function startEtcd(binary: string): Promise<EtcdServer> {
       WAIT,
     );
   } catch (err) {
-    stopEtcd(server);
+    await stopEtcd(server);
     throw err;
   }
   return server;
 }
 
-function stopEtcd(server: EtcdServer): void {
-  server.child.kill('SIGKILL');
+async function stopEtcd(server: EtcdServer): Promise<void> {
+  // Removing the data dir waits for the exit: etcd writes there until it is gone.
+  if (server.child.exitCode === null && server.child.signalCode === null) {
+    const exited = new Promise((resolve) => server.child.once('exit', resolve));
+    server.child.kill('SIGKILL');
+    await exited;
+  }
   rmSync(server.dir, { recursive: true, force: true });
 }
 
@@ -164,9 +171,9 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
     modelName = model.split('/').pop()!.replace(/\.gguf$/, '');
   });
 
-  after(() => {
+  after(async () => {
     kv?.close();
-    if (etcd) stopEtcd(etcd);
+    if (etcd) await stopEtcd(etcd);
   });
 
   /** A key prefix of this test only, and cleanup of what the test starts (frontend first, then workers). */

@@ -22,8 +22,15 @@ export async function runWorker(config: WorkerConfig, log: Logger = defaultLogge
   const address = config.advertise ?? advertised(worker.address);
   const announcement = { workerId: worker.id, role: worker.role, address };
   const publications: Publication[] = [];
-  if (config.etcd?.length) publications.push(await publishToEtcd(config.etcd, config.etcdPrefix, config.etcdTtl, announcement, log));
-  if (config.register) publications.push(publishToRegistry(config.register, config.etcdTtl * 1000, () => ({ ...worker.status(), address }), log));
+  try {
+    if (config.etcd?.length) publications.push(await publishToEtcd(config.etcd, config.etcdPrefix, config.etcdTtl, announcement, log));
+    if (config.register) publications.push(publishToRegistry(config.register, config.etcdTtl * 1000, () => ({ ...worker.status(), address }), log));
+  } catch (err) {
+    // A worker nobody can find must not linger: undo what started, then fail.
+    for (const p of publications) await p.close();
+    await worker.close();
+    throw err;
+  }
   announce({ event: 'ready', role: worker.role, pid: process.pid, address, workerId: worker.id });
   onShutdown(log, async () => {
     // Leave discovery first so no new request is routed here, then drain.

@@ -32,7 +32,8 @@ export interface RouterOptions {
 export class Router {
   readonly #entries = new Map<string, WorkerEntry>();
   readonly #options: RouterOptions;
-  #turn = 0;
+  // Round-robin position per role (one shared counter would step twice per request and skew the choice).
+  readonly #turn: Record<Role, number> = { prefill: 0, decode: 0 };
   #timer: NodeJS.Timeout | undefined;
 
   constructor(options: RouterOptions) {
@@ -94,7 +95,7 @@ export class Router {
     }
     const least = Math.min(...candidates.map((e) => e.active));
     const tied = candidates.filter((e) => e.active === least);
-    return tied[this.#turn++ % tied.length]!;
+    return tied[this.#turn[role]++ % tied.length]!;
   }
 
   /** Marks a worker unhealthy after a failed call; the health loop brings it back. */
