@@ -16,10 +16,11 @@ import { kvBytesFor } from '../src/kv/plan.js';
 import type { KvProof } from '../src/serve/flow.js';
 import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
+import { HAVE_SMOLLM2, SMOLLM2, poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
 
 const run = promisify(execFile);
-const model = tinyModel();
+const tiny = tinyModel();
+let model = tiny;
 
 // Varied lengths: 1 token, within one 16-token block, exactly on block boundaries, several blocks.
 const WORDS = 'the quick brown fox jumps over a lazy dog while seven wizards quietly hex jovial kings near old stone bridges'.split(' ');
@@ -268,6 +269,33 @@ describe('serving over shm, push mode', () => {
       }
     } finally {
       await pull.close();
+    }
+  });
+});
+
+describe('SmolLM2-135M-Instruct, disaggregated over shm', { skip: !HAVE_SMOLLM2 ? 'model not fetched (npm run fetch-model)' : process.env.KVF_SANITIZE_ENGINE === '1' ? 'too slow unoptimised' : false }, () => {
+  let stack: Stack;
+  before(async () => {
+    model = SMOLLM2;
+    stack = await startStack(SMOLLM2, 'shm');
+  });
+  after(async () => {
+    model = tiny;
+    await stack.close();
+  });
+
+  test('greedy output equals aggregated output for 20 prompts', async () => {
+    const client = new OpenAI({ baseURL: `${stack.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    const subjects = ['France', 'the sky', 'the ocean', 'a cat', 'music', 'winter', 'the moon', 'bread', 'a river', 'mountains'];
+    const prompts = subjects.flatMap((s) => [`The most interesting thing about ${s} is`, `Question: what do you know about ${s}?\nAnswer:`]);
+    for (const prompt of prompts) {
+      const ref = await aggregated(prompt, { maxTokens: 8 });
+      const res = await client.completions.create({ model: stack.modelName, prompt, max_tokens: 8, temperature: 0 });
+      assert.equal(res.choices[0]!.text, ref.text, prompt);
+      const proof = (res as unknown as { kvfabric: KvProof }).kvfabric;
+      // A prompt answered by an end token at once needs no decode worker, so no KV moves (and none is claimed).
+      if (ref.tokens.length === 0) assert.deepEqual([proof.op, proof.bytes], [null, 0]);
+      else assertProof(proof, { op: 'READ', provider: 'shm', bytes: kvBytesFor(ref.layout, ref.promptTokens), stack });
     }
   });
 });
