@@ -1,4 +1,5 @@
-export { Agent, type AgentOptions, type TransferOptions, type TransferReport, type TransferOp } from './fabric/agent.js';
+export { Agent, type AgentOptions, type PostOptions, type TransferOptions, type TransferReport, type TransferOp } from './fabric/agent.js';
+export { PreparedTransfer } from './fabric/prepared.js';
 export { MemoryRegion, type MemoryInput } from './fabric/memory.js';
 export { RemotePeer, type RemoteRegionInfo } from './fabric/peer.js';
 export type { TransferDescriptor } from './fabric/descriptors.js';

@@ -60,6 +60,8 @@ Napi::Object EventObject(Napi::Env env, Event& ev) {
       o.Set("bytes", static_cast<double>(ev.bytes));
       o.Set("durationNs", static_cast<double>(ev.duration_ns));
       o.Set("railsMask", static_cast<double>(ev.rails_mask));
+      o.Set("postNs", static_cast<double>(ev.post_ns));
+      o.Set("ops", static_cast<double>(ev.ops));
       if (!ev.error.ok()) o.Set("error", ErrorObject(env, ev.error));
       break;
     case Event::Type::kNotification:
@@ -86,6 +88,10 @@ Napi::Function AgentWrap::Init(Napi::Env env) {
                          InstanceMethod<&AgentWrap::AddPeer>("addPeer"),
                          InstanceMethod<&AgentWrap::RemovePeer>("removePeer"),
                          InstanceMethod<&AgentWrap::Post>("post"),
+                         InstanceMethod<&AgentWrap::Prepare>("prepare"),
+                         InstanceMethod<&AgentWrap::PostPrepared>("postPrepared"),
+                         InstanceMethod<&AgentWrap::ReleasePrepared>("releasePrepared"),
+                         InstanceMethod<&AgentWrap::Warmup>("warmup"),
                          InstanceMethod<&AgentWrap::Notify>("notify"),
                          InstanceMethod<&AgentWrap::Close>("close"),
                          InstanceMethod<&AgentWrap::CloseSync>("closeSync"),
@@ -108,6 +114,12 @@ AgentWrap::AgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AgentWra
   Napi::Value rails = o.Get("rails");
   if (rails.IsNumber()) options.rails = rails.As<Napi::Number>().Uint32Value();
   if (options.rails > 64) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "at most 64 rails");
+  Napi::Value stripe = o.Get("stripeThreshold");
+  if (stripe.IsNumber()) {
+    const double v = stripe.As<Napi::Number>().DoubleValue();
+    if (!(v >= 0) || v > 9007199254740992.0) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "stripeThreshold must be ≥ 0");
+    options.stripe_threshold = static_cast<uint64_t>(v);
+  }
 
   on_events_ = Napi::Weak(info[1].As<Napi::Function>());
   sink_ = new Sink();
@@ -339,19 +351,13 @@ Napi::Value AgentWrap::Post(const Napi::CallbackInfo& info) {
     ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptor array length must be a multiple of 5");
   }
   const size_t count = descs.ElementLength() / DescriptorFields::kCount;
-  // A registered ArrayBuffer that was detached since (transferred to a worker, say) must not be written.
-  std::set<uint32_t> seen;
+  std::vector<uint32_t> regions;
+  regions.reserve(count);
   for (size_t i = 0; i < count; ++i) {
     double id = descs[i * DescriptorFields::kCount];
-    if (!(id >= 0) || id > 4294967295.0) continue;  // the core reports malformed ids
-    uint32_t region = static_cast<uint32_t>(id);
-    if (!seen.insert(region).second) continue;
-    auto it = pinned_.find(region);
-    if (it != pinned_.end() && it->second.detachable && IsDetached(it->second.buffer.Value())) {
-      ThrowCoded(env, "KVF_ERR_DETACHED", "descriptor " + std::to_string(i) + ": the ArrayBuffer of region " +
-                                              std::to_string(region) + " has been detached");
-    }
+    if (id >= 0 && id <= 4294967295.0) regions.push_back(static_cast<uint32_t>(id));  // the core reports malformed ids
   }
+  CheckDetached(env, regions);
   const bool has_notification = info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull();
   View note;
   if (has_notification) note = ViewArgument(env, info[3], "notification");
@@ -359,6 +365,91 @@ Napi::Value AgentWrap::Post(const Napi::CallbackInfo& info) {
     uint64_t id = a.PostTransfer(kind == 0 ? OpKind::kWrite : OpKind::kRead, peer, descs.Data(), count, note.data,
                                  note.length, has_notification);
     return Napi::Number::New(env, static_cast<double>(id));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+}
+
+void AgentWrap::CheckDetached(Napi::Env env, const std::vector<uint32_t>& regions) {
+  // A registered ArrayBuffer that was detached since (transferred to a worker, say) must not be written.
+  uint32_t last = 0;
+  for (uint32_t region : regions) {
+    if (region == last) continue;
+    last = region;
+    auto it = pinned_.find(region);
+    if (it != pinned_.end() && it->second.detachable && IsDetached(it->second.buffer.Value())) {
+      ThrowCoded(env, "KVF_ERR_DETACHED", "the ArrayBuffer of region " + std::to_string(region) + " has been detached");
+    }
+  }
+}
+
+// prepare(peerId, descriptors: Float64Array) → list id
+Napi::Value AgentWrap::Prepare(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  const uint32_t peer = IdArgument(info, 0, "peer id");
+  if (info.Length() < 2 || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptors must be a Float64Array");
+  }
+  Napi::Float64Array descs = info[1].As<Napi::Float64Array>();
+  if (descs.ElementLength() % DescriptorFields::kCount != 0) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptor array length must be a multiple of 5");
+  }
+  try {
+    return Napi::Number::New(env, a.Prepare(peer, descs.Data(), descs.ElementLength() / DescriptorFields::kCount));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+}
+
+// postPrepared(kind, listId, indices?: Uint32Array, notification?: Uint8Array) → transfer id
+Napi::Value AgentWrap::PostPrepared(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  const uint32_t kind = IdArgument(info, 0, "kind");
+  const uint32_t list = IdArgument(info, 1, "prepared list id");
+  if (kind > 1) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "kind must be 0 (write) or 1 (read)");
+  const uint32_t* indices = nullptr;
+  size_t count = 0;
+  if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+    if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+      ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "indices must be a Uint32Array");
+    }
+    Napi::Uint32Array idx = info[2].As<Napi::Uint32Array>();
+    indices = idx.Data();
+    count = idx.ElementLength();
+  }
+  const bool has_notification = info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull();
+  View note;
+  if (has_notification) note = ViewArgument(env, info[3], "notification");
+  try {
+    std::vector<uint32_t> regions;
+    for (const auto& [id, region] : a.PreparedOrThrow(list).regions) regions.push_back(id);
+    CheckDetached(env, regions);
+    uint64_t id = a.PostPrepared(kind == 0 ? OpKind::kWrite : OpKind::kRead, list, indices, count, note.data, note.length,
+                                 has_notification);
+    return Napi::Number::New(env, static_cast<double>(id));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+}
+
+Napi::Value AgentWrap::ReleasePrepared(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  try {
+    a.ReleasePrepared(IdArgument(info, 0, "prepared list id"));
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+  return env.Undefined();
+}
+
+Napi::Value AgentWrap::Warmup(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  try {
+    return Napi::Number::New(env, static_cast<double>(a.Warmup(IdArgument(info, 0, "peer id"))));
   } catch (const Error& e) {
     Rethrow(env, e);
   }

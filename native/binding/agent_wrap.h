@@ -40,6 +40,12 @@ class AgentWrap : public Napi::ObjectWrap<AgentWrap> {
   Napi::Value AddPeer(const Napi::CallbackInfo& info);
   Napi::Value RemovePeer(const Napi::CallbackInfo& info);
   Napi::Value Post(const Napi::CallbackInfo& info);
+  Napi::Value Prepare(const Napi::CallbackInfo& info);
+  Napi::Value PostPrepared(const Napi::CallbackInfo& info);
+  Napi::Value ReleasePrepared(const Napi::CallbackInfo& info);
+  Napi::Value Warmup(const Napi::CallbackInfo& info);
+  // Throws KVF_ERR_DETACHED when a registered ArrayBuffer among `regions` was detached since.
+  void CheckDetached(Napi::Env env, const std::vector<uint32_t>& regions);
   Napi::Value Notify(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value CloseSync(const Napi::CallbackInfo& info);

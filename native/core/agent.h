@@ -19,6 +19,7 @@
 #include "core/notification.h"
 #include "core/rail.h"
 #include "core/transfer.h"
+#include "core/transfer_plan.h"
 
 namespace kvf {
 
@@ -28,6 +29,7 @@ struct AgentOptions {
   std::string node;       // source address to bind (tcp), empty for providers that need none
   std::string domain;     // restrict to one domain (NIC or interface), empty for any
   uint32_t rails = 0;     // 0: one per distinct domain found (all EFA devices), at least 1
+  uint64_t stripe_threshold = 128 * 1024;  // runs this long or longer are split across all rails; 0: never
 };
 
 struct Region {
@@ -36,6 +38,7 @@ struct Region {
   size_t length = 0;
   std::vector<RailMr> mrs;  // one per local rail
   std::atomic<uint32_t> inflight{0};
+  bool internal = false;  // the agent's own scratch memory: never advertised to peers
 };
 
 struct RemoteRegion {
@@ -82,6 +85,15 @@ class Agent : public RailOwner {
                         const uint8_t* notification, size_t notification_length, bool has_notification);
   uint64_t PostNotification(uint32_t peer, const uint8_t* data, size_t length);
 
+  // Prepared lists: validate once, post many times (all descriptors or a selection by index).
+  uint32_t Prepare(uint32_t peer, const double* descriptors, size_t count);
+  void ReleasePrepared(uint32_t id);
+  const PreparedList& PreparedOrThrow(uint32_t id) const;
+  uint64_t PostPrepared(OpKind kind, uint32_t list, const uint32_t* indices, size_t count, const uint8_t* notification,
+                        size_t notification_length, bool has_notification);
+  // Connects every rail to the peer ahead of the first transfer (a 1-byte READ per rail).
+  uint64_t Warmup(uint32_t peer);
+
   // Graceful close: refuse new work, let transfers drain for up to `timeout_ms`, then close everything and
   // emit a kClosed event. Forced close: synchronous, for destructors and env teardown.
   void BeginClose(uint32_t timeout_ms);
@@ -97,8 +109,13 @@ class Agent : public RailOwner {
   // RailOwner
   void OnOpComplete(Op* op, const ErrorInfo* error) override;
   void OnMessage(const uint8_t* data, size_t length) override;
+  void OnOpPosted(Op* op) override;
 
  private:
+  PreparedList Resolve(uint32_t peer, const double* descriptors, size_t count);
+  uint64_t Submit(OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count,
+                  const uint8_t* notification, size_t notification_length, bool has_notification);
+  uint64_t Launch(std::unique_ptr<Transfer> t);
   void OpenRails(const AgentOptions& options);
   void Finish(Transfer* transfer);
   void PushEvent(Event event);
@@ -118,12 +135,17 @@ class Agent : public RailOwner {
 
   std::map<uint32_t, Peer> peers_;  // JS thread only
   uint32_t next_peer_ = 1;
+  std::map<uint32_t, std::unique_ptr<PreparedList>> prepared_;  // JS thread only
+  uint32_t next_prepared_ = 1;
+  uint64_t stripe_threshold_ = 0;
+  uint32_t scratch_region_ = 0;  // target of warmup reads
+  std::vector<uint8_t> scratch_;
 
   std::mutex transfers_mu_;
   std::condition_variable transfers_cv_;
   std::map<uint64_t, std::unique_ptr<Transfer>> transfers_;
   uint64_t next_transfer_ = 1;
-  uint32_t next_rail_ = 0;
+  uint32_t next_rail_ = 0;  // round-robin position (JS thread only)
 
   std::mutex events_mu_;
   std::vector<Event> events_;

@@ -296,6 +296,7 @@ void Rail::RunLoop() {
       worked = true;
       if (rc == 0) {
         ++inflight_;
+        owner_->OnOpPosted(op);
       } else {
         ErrorInfo info = ProviderError("posting on rail " + std::to_string(index_), rc);
         owner_->OnOpComplete(op, &info);

@@ -50,6 +50,8 @@ struct Transfer {
   uint64_t bytes = 0;
   uint64_t rails_mask = 0;
   std::chrono::steady_clock::time_point start;
+  std::atomic<size_t> unposted{0};     // data ops not yet accepted by the provider
+  std::atomic<int64_t> posted_ns{-1};  // from start until the provider had accepted every data op
 };
 
 struct Event {
@@ -60,6 +62,8 @@ struct Event {
   uint64_t bytes = 0;
   uint64_t duration_ns = 0;
   uint64_t rails_mask = 0;
+  int64_t post_ns = -1;
+  uint64_t ops = 0;
   std::string from;           // notification sender
   std::vector<uint8_t> data;  // notification payload
 };

@@ -12,6 +12,7 @@ import { decodeMetadata, encodeMetadata } from './metadata.js';
 import { addon, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeEvent } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer } from './peer.js';
+import { PreparedTransfer, type PreparedOwner } from './prepared.js';
 
 export interface AgentOptions {
   /** Unique name among the agents that talk to each other; sent with notifications. */
@@ -30,6 +31,11 @@ export interface AgentOptions {
   logger?: Logger | false;
   /** How long close() lets transfers in flight finish before failing them with KVF_ERR_CLOSED. Default 10 s. */
   closeTimeoutMs?: number;
+  /**
+   * Contiguous runs of at least this many bytes are split across all rails (each NIC carries a share);
+   * shorter ones go to the rails round-robin. Default 128 KiB; 0 never stripes.
+   */
+  stripeThreshold?: number;
 }
 
 export interface TransferOptions {
@@ -54,6 +60,15 @@ export interface TransferReport {
   /** Decimal gigabytes per second over the transfer's duration. */
   gbps: number;
   notified: boolean;
+  /** libfabric operations posted, after merging contiguous descriptors, striping and splitting at the message limit. */
+  ops: number;
+  /** From the post call until the provider had accepted every operation (posting cost, queueing included). */
+  postMs: number;
+}
+
+export interface PostOptions extends TransferOptions {
+  /** Post only these descriptors of the prepared list, in this order. */
+  indices?: Uint32Array | readonly number[];
 }
 
 interface Pending {
@@ -70,7 +85,7 @@ export interface AgentEvents {
   notification: [Notification];
 }
 
-export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
+export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, PreparedOwner {
   readonly name: string;
   readonly backend: Backend;
   readonly provider: string;
@@ -111,6 +126,9 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
     if (options.rails !== undefined && (!Number.isInteger(options.rails) || options.rails < 1 || options.rails > 64)) {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.rails must be an integer from 1 to 64');
     }
+    if (options.stripeThreshold !== undefined && !(Number.isSafeInteger(options.stripeThreshold) && options.stripeThreshold >= 0)) {
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.stripeThreshold must be an integer ≥ 0 (bytes)');
+    }
     const timeout = options.closeTimeoutMs;
     if (timeout !== undefined && (!Number.isInteger(timeout) || timeout < 0 || timeout > 2 ** 31 - 1)) {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.closeTimeoutMs must be an integer from 0 to 2^31-1');
@@ -126,6 +144,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
     const open = (provider: string): NativeAgent => {
       const native: NativeAgentOptions = { name: options.name, provider };
       if (options.rails !== undefined) native.rails = options.rails;
+      if (options.stripeThreshold !== undefined) native.stripeThreshold = options.stripeThreshold;
       if (provider.startsWith('tcp')) Object.assign(native, tcpBinding(options.address, options.domain));
       else if (options.domain !== undefined) native.domain = options.domain;
       try {
@@ -293,6 +312,49 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
     }
   }
 
+  /** Validates descriptors once for repeated posting with post(); release() it when done (close() frees all). */
+  prepare(peer: RemotePeer | string, descriptors: readonly TransferDescriptor[]): PreparedTransfer {
+    this.#assertOpen();
+    const p = this.#peer(peer);
+    const packed = packDescriptors(descriptors, this.#regions);
+    const id = this.#call(() => this.#native.prepare(p.id, packed), { peer: p.name });
+    let bytes = 0;
+    for (const d of descriptors) bytes += d.length;
+    return new PreparedTransfer(this, id, p, descriptors.length, bytes);
+  }
+
+  /** Posts a prepared list as one transfer: READ or WRITE, all its descriptors or `options.indices`. */
+  post(op: TransferOp, prepared: PreparedTransfer, options: PostOptions = {}): Promise<TransferReport> {
+    try {
+      this.#assertOpen();
+      if (op !== 'READ' && op !== 'WRITE') throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `op must be READ or WRITE, not ${String(op)}`);
+      if (!(prepared instanceof PreparedTransfer) || prepared.peer.agent !== this) {
+        throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'post() needs a PreparedTransfer of this agent');
+      }
+      prepared.assertUsable();
+      const p = this.#peer(prepared.peer);
+      const indices = options.indices === undefined ? undefined : options.indices instanceof Uint32Array ? options.indices : Uint32Array.from(options.indices);
+      const note = options.notification === undefined ? undefined : notificationBytes(options.notification);
+      const id = this.#call(() => this.#native.postPrepared(op === 'WRITE' ? 0 : 1, prepared.id, indices ?? null, note), { peer: p.name });
+      return this.#track(id, op, p.name, indices?.length ?? prepared.count, note !== undefined, options.timeoutMs);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** @internal called by PreparedTransfer.release(). */
+  releasePrepared(list: PreparedTransfer): void {
+    if (!this.closed) this.#call(() => this.#native.releasePrepared(list.id));
+  }
+
+  /** Connects every rail to the peer now (a 1-byte READ per rail), so the first real transfer pays no connection set-up. */
+  async warmup(peer: RemotePeer | string): Promise<void> {
+    this.#assertOpen();
+    const p = this.#peer(peer);
+    const id = this.#call(() => this.#native.warmup(p.id), { peer: p.name });
+    await this.#track(id, 'READ', p.name, this.rails, false, undefined);
+  }
+
   // ---- notifications ------------------------------------------------------------------------------
 
   /** Sends bytes to the peer; resolves when the provider reports the send complete. */
@@ -363,6 +425,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner {
       durationMs,
       gbps: durationMs > 0 ? ev.bytes / (durationMs * 1e6) : 0,
       notified: p.notified,
+      ops: ev.ops,
+      postMs: ev.postNs >= 0 ? ev.postNs / 1e6 : 0,
     });
   }
 

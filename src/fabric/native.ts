@@ -11,7 +11,7 @@ export interface NativeErrorObject {
 }
 
 export type NativeEvent =
-  | { type: 'done'; id: number; bytes: number; durationNs: number; railsMask: number; error?: NativeErrorObject }
+  | { type: 'done'; id: number; bytes: number; durationNs: number; railsMask: number; postNs: number; ops: number; error?: NativeErrorObject }
   | { type: 'notification'; from: string; data: Buffer }
   | { type: 'closed' };
 
@@ -21,6 +21,7 @@ export interface NativeAgentOptions {
   node?: string;
   domain?: string;
   rails?: number;
+  stripeThreshold?: number;
 }
 
 export interface NativeAgentInfo {
@@ -53,6 +54,13 @@ export declare class NativeAgent {
   removePeer(id: number): void;
   /** kind 0 = WRITE, 1 = READ; descriptors: 5 doubles each (localRegion, localOffset, remoteRegion, remoteOffset, length). */
   post(kind: 0 | 1, peer: number, descriptors: Float64Array, notification?: Uint8Array): number;
+  /** Validates descriptors once; returns a list id for postPrepared. */
+  prepare(peer: number, descriptors: Float64Array): number;
+  /** Posts a prepared list, whole or the descriptors at `indices`. */
+  postPrepared(kind: 0 | 1, list: number, indices?: Uint32Array | null, notification?: Uint8Array): number;
+  releasePrepared(list: number): void;
+  /** A 1-byte READ on every rail; returns a transfer id. */
+  warmup(peer: number): number;
   notify(peer: number, data: Uint8Array): number;
   close(timeoutMs: number): void;
   closeSync(): void;
