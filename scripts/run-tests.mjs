@@ -39,6 +39,8 @@ const selected = files.length > 0
 const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...selected], {
   cwd: root,
   stdio: 'inherit',
-  env: { ...process.env, KVF_LOG_LEVEL: process.env.KVF_LOG_LEVEL ?? 'warn' },
+  // KVF_FAST_PATH=0: the suites test the libfabric providers between processes on one host, where the
+  // same-host fast path would otherwise carry every byte; test/fast-path.test.ts turns it on explicitly.
+  env: { ...process.env, KVF_LOG_LEVEL: process.env.KVF_LOG_LEVEL ?? 'warn', KVF_FAST_PATH: process.env.KVF_FAST_PATH ?? '0' },
 });
 process.exit(r.status ?? 1);

@@ -47,6 +47,7 @@ function normalized(desc: AgentDescription): AgentDescription {
     ...desc,
     rails: desc.rails.map((r) => new Uint8Array(r)),
     regions: desc.regions.map((r) => ({ id: r.id, length: r.length, base: r.base, keys: [...r.keys] })),
+    host: desc.host ?? { id: '', pid: 0 },
   };
 }
 
@@ -172,20 +173,21 @@ describe('crc32', () => {
 });
 
 describe('metadata wire format', () => {
-  test('v1 layout is pinned byte for byte', () => {
+  test('v2 layout is pinned byte for byte', () => {
     const blob = encodeMetadata({
       name: 'a',
       provider: 'shm',
       virtAddr: true,
       rails: [new Uint8Array([1, 2, 3, 4])],
       regions: [{ id: 7, length: 4096, base: 0x1000n, keys: [0xabn] }],
+      host: { id: 'h', pid: 0x1234 },
     });
     // prettier-ignore
     const body = [
       0x4b, 0x56, 0x46, 0x4d, // "KVFM"
-      0x01, 0x00,             // version 1
+      0x02, 0x00,             // version 2
       0x01, 0x00,             // flags: virtAddr
-      60, 0, 0, 0,            // total length
+      66, 0, 0, 0,            // total length
       1, 0x61,                // name "a"
       3, 0x73, 0x68, 0x6d,    // provider "shm"
       1, 4, 1, 2, 3, 4,       // 1 rail, 4-byte address
@@ -194,11 +196,13 @@ describe('metadata wire format', () => {
       0x00, 0x10, 0, 0, 0, 0, 0, 0, // length 4096
       0x00, 0x10, 0, 0, 0, 0, 0, 0, // base 0x1000
       0xab, 0, 0, 0, 0, 0, 0, 0,    // key
+      1, 0x68,                // host id "h"
+      0x34, 0x12, 0, 0,       // pid 0x1234
     ];
     const expected = Buffer.alloc(body.length + 4);
     expected.set(body);
     expected.writeUInt32LE(crc32(expected, 0, body.length), body.length);
-    assert.equal(expected.length, 60);
+    assert.equal(expected.length, 66);
     assert.deepStrictEqual(blob, expected);
   });
 });
@@ -337,7 +341,7 @@ describe('decodeMetadata rejects', () => {
       assert.deepStrictEqual(encodeMetadata(desc), blob, label);
     };
     for (let i = 0; i < 1000; i++) {
-      decodesOrBad(new BlobBuilder(1, int(rng, 0, 1)).bytes(randomBytes(rng, int(rng, 0, 200))).finish(), `body ${i}`);
+      decodesOrBad(new BlobBuilder(METADATA_VERSION, int(rng, 0, 1)).bytes(randomBytes(rng, int(rng, 0, 200))).finish(), `body ${i}`);
     }
     for (let i = 0; i < 2000; i++) {
       const blob = Buffer.from(medium);
@@ -353,13 +357,13 @@ describe('decodeMetadata rejects', () => {
   });
 
   test('wrong version', () => {
-    for (const version of [0, 2, 0xffff]) {
+    for (const version of [0, 1, 3, 0xffff]) {
       const blob = Buffer.from(small);
       blob.writeUInt16LE(version, 4);
-      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 1\\)`));
+      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 2\\)`));
     }
     // A future version is reported as such even if its layout differs entirely.
-    expectBad(new BlobBuilder(2).bytes('whatever v2 holds').finish(), /unsupported metadata version 2 \(this build reads 1\)/);
+    expectBad(new BlobBuilder(3).bytes('whatever v3 holds').finish(), /unsupported metadata version 3 \(this build reads 2\)/);
   });
 
   test('a corrupted CRC', () => {
@@ -371,9 +375,9 @@ describe('decodeMetadata rejects', () => {
   test('a total length below the smallest blob', () => {
     const blob = Buffer.alloc(20);
     blob.write('KVFM', 0, 'latin1');
-    blob.writeUInt16LE(1, 4);
+    blob.writeUInt16LE(METADATA_VERSION, 4);
     blob.writeUInt32LE(20, 8);
-    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v1 blob \(27 bytes\)/);
+    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v2 blob \(32 bytes\)/);
   });
 
   test('unknown flag bits', () => {
@@ -384,15 +388,15 @@ describe('decodeMetadata rejects', () => {
 
   test('bytes appended after the CRC, or trailing bytes before it', () => {
     expectBad(Buffer.concat([small, Buffer.from([0])]), /says \d+ bytes, but the blob is \d+ bytes/);
-    const trailing = craftPrefix().u32(0).bytes(new Uint8Array([0, 0, 0])).finish();
-    expectBad(trailing, /3 unexpected trailing byte\(s\) at offset 28/);
+    const trailing = craftPrefix().u32(0).u8(0).u32(0).bytes(new Uint8Array([0, 0, 0])).finish();
+    expectBad(trailing, /3 unexpected trailing byte\(s\) at offset 33/);
   });
 
   test('duplicate region ids (with a correct CRC)', () => {
     const desc = sampleDesc(2, 3); // ids 1, 4, 7
     const blob = encodeMetadata(desc);
     const regionBytes = 20 + 8 * 2;
-    const firstRegion = blob.length - 4 - 3 * regionBytes;
+    const firstRegion = blob.length - 4 - 5 - 3 * regionBytes; // CRC, empty host section
     blob.writeUInt32LE(1, firstRegion + 2 * regionBytes); // region[2].id := region[0].id
     expectBad(withCrc(blob), new RegExp(`region\\[2\\] at offset ${firstRegion + 2 * regionBytes} repeats id 1 of region\\[0\\]`));
   });
@@ -401,15 +405,15 @@ describe('decodeMetadata rejects', () => {
     const region = (keys: number) => {
       const b = craftPrefix(2).u32(1).u32(5).u64(4096n).u64(0n);
       for (let k = 0; k < keys; k++) b.u64(BigInt(k));
-      return b.finish();
+      return b.u8(0).u32(0).finish();
     };
     assert.doesNotThrow(() => decodeMetadata(region(2)));
-    expectBad(region(1), /region table at offset \d+ needs 1 x 36 = 36 bytes \(id, length, base and 2 key\(s\) each\), but only 28 remain/);
-    expectBad(region(3), /8 unexpected trailing byte\(s\)/);
+    expectBad(region(1), /region table at offset \d+ needs 1 x 36 = 36 bytes \(id, length, base and 2 key\(s\) each\), but only 33 remain/);
+    expectBad(region(3), /unexpected trailing byte\(s\)/);
   });
 
   test('a zero-length, oversized or wrapping region', () => {
-    const oneRegion = (length: bigint, base = 0n) => craftPrefix().u32(1).u32(9).u64(length).u64(base).u64(1n).finish();
+    const oneRegion = (length: bigint, base = 0n) => craftPrefix().u32(1).u32(9).u64(length).u64(base).u64(1n).u8(0).u32(0).finish();
     assert.doesNotThrow(() => decodeMetadata(oneRegion(1n)));
     expectBad(oneRegion(0n), /region\[0\] \(id 9\) length at offset 32 is 0, expected > 0/);
     expectBad(oneRegion(2n ** 53n), /length at offset 32 is 9007199254740992, expected at most 2\^53-1/);
@@ -425,14 +429,29 @@ describe('decodeMetadata rejects', () => {
 
   test('bad string and rail fields', () => {
     const b = () => new BlobBuilder();
-    expectBad(b().u8(0).str('shm').u8(1).str('xxxx').u32(0).finish(), /name length at offset 12 is 0 \(expected 1..255\)/);
-    expectBad(b().str('a').u8(0).u8(1).str('xxxx').u32(0).finish(), /provider length at offset 14 is 0/);
-    expectBad(b().str('a').str('shm').u8(0).u32(0).finish(), /rail count at offset 18 is 0, expected 1..64/);
-    expectBad(b().str('a').str('shm').u8(65).str('x').u32(0).finish(), /rail count at offset 18 is 65, expected 1..64/);
-    expectBad(b().str('a').str('shm').u8(1).u8(0).u32(0).finish(), /rail\[0\] address length at offset 19 is 0/);
-    expectBad(b().str('a').str('shm').u8(2).str('x').bytes(new Uint8Array([200, 1, 2])).finish(), /rail\[1\] address needs 200 byte\(s\) at offset 22/);
-    expectBad(b().str(new Uint8Array([0x61, 0xff])).str('shm').u8(1).str('xxxx').u32(0).finish(), /name at offset 13 \(2 bytes\) is not valid UTF-8/);
-    expectBad(b().str('a').str(new Uint8Array([0xed, 0xa0, 0x80])).u8(1).str('xxxx').u32(0).finish(), /provider at offset 15 .* not valid UTF-8/); // encoded surrogate
+    expectBad(b().u8(0).str('shm').u8(1).str('xxxx').u32(0).u8(0).u32(0).finish(), /name length at offset 12 is 0 \(expected 1..255\)/);
+    expectBad(b().str('a').u8(0).u8(1).str('xxxx').u32(0).u8(0).u32(0).finish(), /provider length at offset 14 is 0/);
+    expectBad(b().str('a').str('shm').u8(0).u32(0).u8(0).u32(0).finish(), /rail count at offset 18 is 0, expected 1..64/);
+    expectBad(b().str('a').str('shm').u8(65).str('x').u32(0).u8(0).u32(0).finish(), /rail count at offset 18 is 65, expected 1..64/);
+    expectBad(b().str('a').str('shm').u8(1).u8(0).u32(0).u8(0).u32(0).finish(), /rail\[0\] address length at offset 19 is 0/);
+    expectBad(b().str('a').str('shm').u8(2).str('x').bytes(new Uint8Array([200, 1, 2])).u8(0).u32(0).finish(), /rail\[1\] address needs 200 byte\(s\) at offset 22/);
+    expectBad(b().str(new Uint8Array([0x61, 0xff])).str('shm').u8(1).str('xxxx').u32(0).u8(0).u32(0).finish(), /name at offset 13 \(2 bytes\) is not valid UTF-8/);
+    expectBad(b().str('a').str(new Uint8Array([0xed, 0xa0, 0x80])).u8(1).str('xxxx').u32(0).u8(0).u32(0).finish(), /provider at offset 15 .* not valid UTF-8/); // encoded surrogate
+  });
+});
+
+describe('host section (v2)', () => {
+  test('host identity and pid round-trip; unknown is the default', () => {
+    const desc = { ...sampleDesc(2, 2), host: { id: 'b5c7e9f0-boot:pid:[4026531836]', pid: 4_000_000_000 } };
+    assert.deepEqual(decodeMetadata(encodeMetadata(desc)).host, desc.host);
+    assert.deepEqual(decodeMetadata(encodeMetadata(sampleDesc(1, 0))).host, { id: '', pid: 0 });
+  });
+
+  test('bad host fields are refused on both sides', () => {
+    expectInvalid({ ...sampleDesc(1, 0), host: { id: 'x', pid: -1 } }, /host.pid must be a u32/);
+    expectInvalid({ ...sampleDesc(1, 0), host: { id: 'x'.repeat(256), pid: 1 } }, /host.id must be 1..255 UTF-8 bytes/);
+    expectBad(craftPrefix().u32(0).u8(2).bytes(new Uint8Array([0xc3, 0x28])).u32(0).finish(), /host id at offset 29 \(2 bytes\) is not valid UTF-8/);
+    expectBad(craftPrefix().u32(0).u8(9).bytes('abc').finish(), /host id needs 9 byte\(s\)/);
   });
 });
 

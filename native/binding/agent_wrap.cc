@@ -62,6 +62,7 @@ Napi::Object EventObject(Napi::Env env, Event& ev) {
       o.Set("railsMask", static_cast<double>(ev.rails_mask));
       o.Set("postNs", static_cast<double>(ev.post_ns));
       o.Set("ops", static_cast<double>(ev.ops));
+      o.Set("path", ev.cma ? "cma" : "fabric");
       if (!ev.error.ok()) o.Set("error", ErrorObject(env, ev.error));
       break;
     case Event::Type::kNotification:
@@ -286,8 +287,11 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent& a = CoreOrThrow(env);
   if (info.Length() < 4 || !info[0].IsString() || !info[1].IsBoolean() || !info[2].IsArray() || !info[3].IsArray()) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "addPeer(name, virtAddr, addresses, regions)");
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "addPeer(name, virtAddr, addresses, regions, cmaPid?)");
   }
+  PeerOptions options;
+  options.virt_addr = info[1].As<Napi::Boolean>();
+  if (info.Length() > 4 && info[4].IsNumber()) options.cma_pid = static_cast<pid_t>(info[4].As<Napi::Number>().Int32Value());
   std::vector<std::vector<uint8_t>> addresses;
   Napi::Array addrs = info[2].As<Napi::Array>();
   for (uint32_t i = 0; i < addrs.Length(); ++i) {
@@ -317,8 +321,13 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
     regions[id.As<Napi::Number>().Uint32Value()] = std::move(rr);
   }
   try {
-    return Napi::Number::New(env, a.AddPeer(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Boolean>(),
-                                            addresses, std::move(regions)));
+    const uint32_t id = a.AddPeer(info[0].As<Napi::String>().Utf8Value(), options, addresses, std::move(regions));
+    const Peer& peer = a.PeerById(id);
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("id", id);
+    out.Set("path", peer.cma_pid != 0 ? "cma" : "fabric");
+    if (!peer.cma_refused.empty()) out.Set("fastPathRefused", peer.cma_refused);
+    return out;
   } catch (const Error& e) {
     Rethrow(env, e);
   }

@@ -152,8 +152,8 @@ std::vector<const Region*> Agent::ListRegions() const {
   return out;
 }
 
-uint32_t Agent::AddPeer(const std::string& name, bool virt_addr, const std::vector<std::vector<uint8_t>>& addresses,
-                        std::map<uint32_t, RemoteRegion> regions) {
+uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
+                        const std::vector<std::vector<uint8_t>>& addresses, std::map<uint32_t, RemoteRegion> regions) {
   if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
   if (addresses.empty()) throw Error("KVF_ERR_BAD_METADATA", "peer advertises no rails");
   for (const auto& [id, region] : regions) {
@@ -164,7 +164,13 @@ uint32_t Agent::AddPeer(const std::string& name, bool virt_addr, const std::vect
   }
   Peer peer;
   peer.name = name;
-  peer.virt_addr = virt_addr;
+  peer.virt_addr = options.virt_addr;
+  if (options.cma_pid > 0 && !regions.empty()) {
+    // Same host by the peer's word: check the kernel lets us in before every transfer relies on it.
+    const RemoteRegion& first = regions.begin()->second;
+    peer.cma_refused = CmaProbe(options.cma_pid, first.base, 1);
+    if (peer.cma_refused.empty()) peer.cma_pid = options.cma_pid;
+  }
   peer.remote_rails = addresses.size();
   peer.regions = std::move(regions);
   for (auto& rail : rails_) {
@@ -319,14 +325,6 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
     }
   }
   if (has_notification) t->notify_message = EncodeNotification(name_, notification, notification_length);
-  RailPlan plan;
-  plan.rails = rails_.size();
-  plan.remote_rails = peer.remote_rails;
-  plan.max_msg = rails_[0]->max_msg_size();
-  plan.stripe_threshold = stripe_threshold_;
-  plan.next_rail = next_rail_;
-  PlanOps(*t, kind, peer, list, indices, count, plan);
-  next_rail_ = plan.next_rail;
   if (has_notification) {
     t->notify_op = std::make_unique<Op>();
     Op& op = *t->notify_op;
@@ -336,6 +334,15 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
     op.length = t->notify_message.size();
     op.dest = peer.addrs[0][0];
   }
+  if (peer.cma_pid != 0) return LaunchCopy(std::move(t), peer, list, indices, count);
+  RailPlan plan;
+  plan.rails = rails_.size();
+  plan.remote_rails = peer.remote_rails;
+  plan.max_msg = rails_[0]->max_msg_size();
+  plan.stripe_threshold = stripe_threshold_;
+  plan.next_rail = next_rail_;
+  PlanOps(*t, kind, peer, list, indices, count, plan);
+  next_rail_ = plan.next_rail;
   return Launch(std::move(t));
 }
 
@@ -364,6 +371,51 @@ uint64_t Agent::Launch(std::unique_ptr<Transfer> t) {
     if (!by_rail[r].empty()) rails_[r]->Submit(by_rail[r].data(), by_rail[r].size());
   }
   return id;
+}
+
+uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const PreparedList& list,
+                           const uint32_t* indices, size_t count) {
+  CmaJob job;
+  job.pid = peer.cma_pid;
+  job.write = t->kind == OpKind::kWrite;
+  for (const Run& r : MergeRuns(list, indices, count)) {
+    job.local.push_back({r.first->local->data + r.local_offset, r.length});
+    // Metadata carries every region's real base address, whatever the provider's addressing.
+    job.remote.push_back({reinterpret_cast<void*>(static_cast<uintptr_t>(r.first->remote->base + r.remote_offset)), r.length});
+  }
+  t->cma = true;
+  t->cma_segments = job.local.size();
+  // Parts of at least 1 MiB, copied in parallel by the copier threads.
+  std::vector<CmaJob> parts = SplitCmaJob(std::move(job), copier_.threads(), 1 << 20);
+  t->remaining = parts.size();
+  t->start = std::chrono::steady_clock::now();
+  t->posted_ns = 0;
+  Transfer* raw = t.get();
+  {
+    std::lock_guard<std::mutex> lock(transfers_mu_);
+    raw->id = next_transfer_++;
+    transfers_.emplace(raw->id, std::move(t));
+  }
+  const uint64_t id = raw->id;
+  for (CmaJob& part : parts) {
+    part.transfer = raw;
+    copier_.Submit(std::move(part));
+  }
+  return id;
+}
+
+void Agent::OnCopyDone(Transfer* t, const ErrorInfo* error) {
+  if (error != nullptr) {
+    std::lock_guard<std::mutex> lock(t->error_mu);
+    if (t->error.ok()) t->error = *error;
+  }
+  if (t->remaining.fetch_sub(1) != 1) return;
+  bool failed;
+  {
+    std::lock_guard<std::mutex> lock(t->error_mu);
+    failed = !t->error.ok();
+  }
+  DataDone(t, failed);
 }
 
 uint64_t Agent::Warmup(uint32_t peer_id) {
@@ -451,6 +503,10 @@ void Agent::OnOpComplete(Op* op, const ErrorInfo* error) {
     failed = !t->error.ok();
   }
   if (t->remaining.fetch_sub(1) != 1) return;
+  DataDone(t, failed);
+}
+
+void Agent::DataDone(Transfer* t, bool failed) {
   if (t->notify_op && !t->notify_posted && !failed && !force_close_) {
     // Every write has been delivered (FI_DELIVERY_COMPLETE) or every read has landed: only now may the
     // target learn that the data is there.
@@ -470,7 +526,8 @@ void Agent::Finish(Transfer* t) {
   ev.bytes = t->bytes;
   ev.rails_mask = t->rails_mask;
   ev.post_ns = t->posted_ns;
-  ev.ops = t->ops.size();
+  ev.ops = t->cma ? t->cma_segments : t->ops.size();
+  ev.cma = t->cma;
   ev.duration_ns = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t->start).count());
   for (Region* r : t->regions) --r->inflight;
@@ -552,6 +609,7 @@ void Agent::HaltRails() {
 // Stops every rail; a rail whose thread is stuck inside the provider is dropped from rails_ and leaked on
 // purpose (its thread may still be inside the endpoint), so closing never hangs on a dead peer.
 void Agent::StopRails() {
+  copier_.Stop();  // fails queued copies with KVF_ERR_CLOSED; no copy outlives the agent's memory
   for (auto& rail : rails_) rail->RequestStop(true);
   for (auto& rail : rails_) {
     if (!rail->JoinWithin(kRailStopTimeout)) {

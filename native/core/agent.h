@@ -5,6 +5,7 @@
 
 #include <rdma/fabric.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -16,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/cma.h"
 #include "core/notification.h"
 #include "core/rail.h"
 #include "core/transfer.h"
@@ -30,6 +32,13 @@ struct AgentOptions {
   std::string domain;     // restrict to one domain (NIC or interface), empty for any
   uint32_t rails = 0;     // 0: one per distinct domain found (all EFA devices), at least 1
   uint64_t stripe_threshold = 128 * 1024;  // runs this long or longer are split across all rails; 0: never
+};
+
+// Loading a peer: its advertised regions, and the pid to reach it by cross-memory attach when it runs on
+// this host (0: use the fabric).
+struct PeerOptions {
+  bool virt_addr = false;
+  pid_t cma_pid = 0;
 };
 
 struct Region {
@@ -50,6 +59,8 @@ struct RemoteRegion {
 struct Peer {
   std::string name;
   bool virt_addr = false;
+  pid_t cma_pid = 0;         // non-zero: same host, transfers go by cross-memory attach
+  std::string cma_refused;   // why a same-host peer is reached over the fabric instead
   size_t remote_rails = 0;
   std::vector<std::vector<fi_addr_t>> addrs;  // [local rail][remote rail]
   std::map<uint32_t, RemoteRegion> regions;
@@ -76,8 +87,9 @@ class Agent : public RailOwner {
   void DeregisterMemory(uint32_t id);
   std::vector<const Region*> ListRegions() const;
 
-  uint32_t AddPeer(const std::string& name, bool virt_addr, const std::vector<std::vector<uint8_t>>& addresses,
+  uint32_t AddPeer(const std::string& name, const PeerOptions& options, const std::vector<std::vector<uint8_t>>& addresses,
                    std::map<uint32_t, RemoteRegion> regions);
+  const Peer& PeerById(uint32_t id) { return PeerOrThrow(id); }
   void RemovePeer(uint32_t id);
 
   // Validates every descriptor, then posts. Throws kvf::Error before anything is posted.
@@ -110,12 +122,17 @@ class Agent : public RailOwner {
   void OnOpComplete(Op* op, const ErrorInfo* error) override;
   void OnMessage(const uint8_t* data, size_t length) override;
   void OnOpPosted(Op* op) override;
+  void OnCopyDone(Transfer* t, const ErrorInfo* error);
 
  private:
   PreparedList Resolve(uint32_t peer, const double* descriptors, size_t count);
   uint64_t Submit(OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count,
                   const uint8_t* notification, size_t notification_length, bool has_notification);
   uint64_t Launch(std::unique_ptr<Transfer> t);
+  uint64_t LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const PreparedList& list, const uint32_t* indices,
+                      size_t count);
+  // Every data op (or the copy) of `t` is done: post its notification, or finish it.
+  void DataDone(Transfer* t, bool failed);
   void OpenRails(const AgentOptions& options);
   void Finish(Transfer* transfer);
   void PushEvent(Event event);
@@ -140,6 +157,8 @@ class Agent : public RailOwner {
   uint64_t stripe_threshold_ = 0;
   uint32_t scratch_region_ = 0;  // target of warmup reads
   std::vector<uint8_t> scratch_;
+  CmaCopier copier_{[this](Transfer* t, const ErrorInfo* error) { OnCopyDone(t, error); },
+                    std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 4)};
 
   std::mutex transfers_mu_;
   std::condition_variable transfers_cv_;

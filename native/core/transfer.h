@@ -52,6 +52,8 @@ struct Transfer {
   std::chrono::steady_clock::time_point start;
   std::atomic<size_t> unposted{0};     // data ops not yet accepted by the provider
   std::atomic<int64_t> posted_ns{-1};  // from start until the provider had accepted every data op
+  bool cma = false;                    // carried by the same-host fast path, not the fabric
+  size_t cma_segments = 0;
 };
 
 struct Event {
@@ -64,6 +66,7 @@ struct Event {
   uint64_t rails_mask = 0;
   int64_t post_ns = -1;
   uint64_t ops = 0;
+  bool cma = false;
   std::string from;           // notification sender
   std::vector<uint8_t> data;  // notification payload
 };

@@ -38,11 +38,6 @@ std::string FindOverlap(OpKind kind, const std::vector<PreparedItem>& items, con
 
 namespace {
 
-struct Run {
-  const PreparedItem* first;
-  uint64_t local_offset, remote_offset, length;
-};
-
 // Not (a + b - 1) / b: providers report max_msg_size as large as SIZE_MAX, and that sum would wrap.
 uint64_t CeilDiv(uint64_t a, uint64_t b) { return a == 0 ? 0 : 1 + (a - 1) / b; }
 
@@ -52,9 +47,7 @@ uint64_t StripeChunk(uint64_t length, size_t rails) { return CeilDiv(CeilDiv(len
 
 }  // namespace
 
-void PlanOps(Transfer& t, OpKind kind, const Peer& peer, const PreparedList& list, const uint32_t* indices, size_t count,
-             RailPlan& plan) {
-  // Merge: consecutive selected items that continue each other on both sides become one run.
+std::vector<Run> MergeRuns(const PreparedList& list, const uint32_t* indices, size_t count) {
   std::vector<Run> runs;
   runs.reserve(count);
   for (size_t k = 0; k < count; ++k) {
@@ -69,6 +62,12 @@ void PlanOps(Transfer& t, OpKind kind, const Peer& peer, const PreparedList& lis
     }
     runs.push_back({&it, it.local_offset, it.remote_offset, it.length});
   }
+  return runs;
+}
+
+void PlanOps(Transfer& t, OpKind kind, const Peer& peer, const PreparedList& list, const uint32_t* indices, size_t count,
+             RailPlan& plan) {
+  const std::vector<Run> runs = MergeRuns(list, indices, count);
   const bool stripe = plan.rails > 1 && plan.stripe_threshold > 0;
   size_t nops = 0;
   for (const Run& r : runs) {

@@ -42,6 +42,14 @@ struct PreparedList {
 // none do. For READ the destinations are local ranges, for WRITE remote ones.
 std::string FindOverlap(OpKind kind, const std::vector<PreparedItem>& items, const uint32_t* indices, size_t count);
 
+// A run of consecutive selected items that continue each other on both sides (merged descriptors).
+struct Run {
+  const PreparedItem* first;
+  uint64_t local_offset, remote_offset, length;
+};
+
+std::vector<Run> MergeRuns(const PreparedList& list, const uint32_t* indices, size_t count);
+
 struct RailPlan {
   size_t rails = 1;
   size_t remote_rails = 1;

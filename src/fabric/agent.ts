@@ -13,6 +13,7 @@ import { addon, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions,
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer } from './peer.js';
 import { PreparedTransfer, type PreparedOwner } from './prepared.js';
+import { fastPathEnabled, hostIdentity } from './host.js';
 
 export interface AgentOptions {
   /** Unique name among the agents that talk to each other; sent with notifications. */
@@ -36,6 +37,12 @@ export interface AgentOptions {
    * shorter ones go to the rails round-robin. Default 128 KiB; 0 never stripes.
    */
   stripeThreshold?: number;
+  /**
+   * Same-host fast path: a peer on this host (same kernel and pid namespace) is reached by cross-memory attach,
+   * one copy without the provider; reports say `path: 'cma'`. Default on; false (or KVF_FAST_PATH=0) keeps
+   * every transfer on the fabric.
+   */
+  fastPath?: boolean;
 }
 
 export interface TransferOptions {
@@ -64,6 +71,8 @@ export interface TransferReport {
   ops: number;
   /** From the post call until the provider had accepted every operation (posting cost, queueing included). */
   postMs: number;
+  /** What carried the bytes: the libfabric provider ('fabric') or the same-host fast path ('cma'). */
+  path: 'fabric' | 'cma';
 }
 
 export interface PostOptions extends TransferOptions {
@@ -105,6 +114,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #resolveClosed?: () => void;
   #closed = false;
   #log: Logger | undefined;
+  #fastPath: boolean;
 
   private constructor(native: NativeAgent, backend: Backend, options: AgentOptions, log: Logger | undefined) {
     super();
@@ -116,6 +126,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.fabric = this.info.fabric;
     this.domains = Object.freeze([...this.info.domains]);
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 10_000;
+    this.#fastPath = fastPathEnabled(options.fastPath);
     this.#log = log;
   }
 
@@ -250,6 +261,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       virtAddr: this.info.virtAddr,
       rails: this.info.addresses,
       regions,
+      host: { id: hostIdentity(), pid: process.pid },
     });
   }
 
@@ -265,10 +277,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       );
     }
     // Add the new peer first: if the blob is refused, the peer loaded before stays usable.
-    const id = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, desc.regions), { peer: desc.name });
+    const sameHost = this.#fastPath && desc.host !== undefined && desc.host.id !== '' && desc.host.id === hostIdentity() && desc.host.pid > 0;
+    const added = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, desc.regions, sameHost ? desc.host!.pid : 0), { peer: desc.name });
+    const id = added.id;
+    if (added.fastPathRefused) this.#log?.info({ agent: this.name, peer: desc.name, reason: added.fastPathRefused }, 'peer on this host reached over the fabric: fast path refused');
     const previous = this.#peers.get(desc.name);
     if (previous) this.invalidateRemoteMetadata(previous);
-    const peer = new RemotePeer(this, id, desc.name, desc.provider, desc.rails.length, desc.regions.map((r) => ({ id: r.id, length: r.length })));
+    const regions = desc.regions.map((r) => ({ id: r.id, length: r.length }));
+    const peer = new RemotePeer(this, id, desc.name, desc.provider, desc.rails.length, regions, added.path, added.fastPathRefused);
     this.#peers.set(desc.name, peer);
     return peer;
   }
@@ -427,6 +443,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       notified: p.notified,
       ops: ev.ops,
       postMs: ev.postNs >= 0 ? ev.postNs / 1e6 : 0,
+      path: ev.path,
     });
   }
 

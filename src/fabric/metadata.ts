@@ -6,7 +6,7 @@
 // message names the field, its offset, and what was expected versus found. No other exception
 // escapes it.
 //
-// Format v1, all integers little-endian:
+// Format v2, all integers little-endian:
 //
 //   offset  size  field
 //   0       4     magic, ASCII "KVFM"
@@ -19,14 +19,20 @@
 //                 per rail: u8 addrLen (1..255), addr bytes (fi_getname output)
 //           4     u32 regionCount (0..1_048_576)
 //                 per region: u32 id, u64 length (1..2^53-1), u64 base, railCount x u64 key
+//           1+n   u8 hostLen (0..255), host identity bytes (UTF-8; 0 = unknown)
+//           4     u32 pid of the agent's process (0 = unknown)
 //           4     u32 CRC-32 (IEEE / zlib polynomial) of every preceding byte
+//
+// v2 added the host identity and pid (the same-host fast path: peers with the same identity can copy by
+// cross-memory attach), and `base` is always the region's virtual address, whatever the provider's
+// addressing (virtAddr says whether libfabric RMA uses it).
 //
 // A reader accepts only the version it was built for: a layout change must bump METADATA_VERSION,
 // and an older peer then reports "unsupported metadata version N" instead of misreading fields.
 
 import { KvfError } from './errors.js';
 
-export const METADATA_VERSION = 1;
+export const METADATA_VERSION = 2;
 
 export interface RegionDescription {
   /** Region id, unique within one agent (u32). */
@@ -50,9 +56,18 @@ export interface AgentDescription {
   rails: Uint8Array[];
   /** 0..1_048_576 regions; each region's keys.length equals rails.length. */
   regions: RegionDescription[];
+  /** Where the agent runs: a host identity (same string = same kernel and pid namespace) and its pid. Default unknown. */
+  host?: HostDescription;
 }
 
-/** Limits of format v1. */
+export interface HostDescription {
+  /** UTF-8, 0..255 bytes; '' = unknown (never matches). */
+  id: string;
+  /** u32; 0 = unknown. */
+  pid: number;
+}
+
+/** Limits of format v2. */
 export const METADATA_LIMITS = Object.freeze({
   maxStringBytes: 255,
   maxRails: 64,
@@ -65,8 +80,8 @@ const FLAG_VIRT_ADDR = 0x0001;
 /** magic + version + flags + total length */
 const HEADER_BYTES = 12;
 const CRC_BYTES = 4;
-/** Smallest well-formed v1 blob: 1-byte name, 1-byte provider, one 1-byte rail, no regions. */
-const MIN_BLOB_BYTES = HEADER_BYTES + (1 + 1) + (1 + 1) + 1 + (1 + 1) + 4 + CRC_BYTES;
+/** Smallest well-formed v2 blob: 1-byte name, 1-byte provider, one 1-byte rail, no regions, no host id. */
+const MIN_BLOB_BYTES = HEADER_BYTES + (1 + 1) + (1 + 1) + 1 + (1 + 1) + 4 + (1 + 4) + CRC_BYTES;
 /** A region's fixed part: u32 id, u64 length, u64 base (the keys follow). */
 const REGION_FIXED_BYTES = 4 + 8 + 8;
 const U64_LIMIT = 1n << 64n;
@@ -133,6 +148,10 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
   if (typeof desc !== 'object' || desc === null) throw invalid('description must be an object');
   // Every field is read once into a local and written from there, so what was validated is what is written.
   const { name, provider, virtAddr, rails, regions } = desc;
+  const host = desc.host ?? { id: '', pid: 0 };
+  if (typeof host !== 'object' || host === null || typeof host.id !== 'string') throw invalid('host must be { id: string, pid: number }');
+  const hostBytes = host.id === '' ? 0 : checkedStringBytes('host.id', host.id);
+  if (!Number.isInteger(host.pid) || host.pid < 0 || host.pid > 0xffffffff) throw invalid(`host.pid must be a u32, got ${String(host.pid)}`);
   const nameBytes = checkedStringBytes('name', name);
   const providerBytes = checkedStringBytes('provider', provider);
   if (typeof virtAddr !== 'boolean') throw invalid(`virtAddr must be a boolean, got ${typeof virtAddr}`);
@@ -189,7 +208,7 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
 
   const regionBytes = REGION_FIXED_BYTES + 8 * addrs.length;
   const total =
-    HEADER_BYTES + 1 + nameBytes + 1 + providerBytes + 1 + railBytes + 4 + checked.length * regionBytes + CRC_BYTES;
+    HEADER_BYTES + 1 + nameBytes + 1 + providerBytes + 1 + railBytes + 4 + checked.length * regionBytes + 1 + hostBytes + 4 + CRC_BYTES;
   // Cannot happen within the limits above (the largest blob is ~560 MB), but the field is a u32.
   if (total > 0xffffffff) throw invalid(`metadata would be ${total} bytes, more than a u32 length can describe`);
 
@@ -216,6 +235,9 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
     off = buf.writeBigUInt64LE(reg.base, off);
     for (const key of reg.keys) off = buf.writeBigUInt64LE(key, off);
   }
+  off = buf.writeUInt8(hostBytes, off);
+  off += buf.write(host.id, off, 'utf8');
+  off = buf.writeUInt32LE(host.pid, off);
   off = buf.writeUInt32LE(crc32(buf, 0, off), off);
   if (off !== total) throw new Error(`encodeMetadata internal error: wrote ${off} of ${total} bytes`);
   return buf;
@@ -408,8 +430,13 @@ function decodeChecked(input: unknown): AgentDescription {
     firstIndex.set(id, i);
   }
 
+  const hostAt = rd.offset;
+  const hostLength = rd.u8('host id length');
+  const hostId = decodeUtf8('host id', hostAt + 1, rd.take('host id', hostLength));
+  const pid = rd.u32('pid');
+
   if (rd.remaining !== 0) {
-    throw bad(`${rd.remaining} unexpected trailing byte(s) at offset ${rd.offset}, after the region table and before the CRC`);
+    throw bad(`${rd.remaining} unexpected trailing byte(s) at offset ${rd.offset}, after the host section and before the CRC`);
   }
 
   return {
@@ -418,5 +445,6 @@ function decodeChecked(input: unknown): AgentDescription {
     virtAddr: (flags & FLAG_VIRT_ADDR) !== 0,
     rails,
     regions,
+    host: { id: hostId, pid },
   };
 }

@@ -11,7 +11,7 @@ export interface NativeErrorObject {
 }
 
 export type NativeEvent =
-  | { type: 'done'; id: number; bytes: number; durationNs: number; railsMask: number; postNs: number; ops: number; error?: NativeErrorObject }
+  | { type: 'done'; id: number; bytes: number; durationNs: number; railsMask: number; postNs: number; ops: number; path: 'fabric' | 'cma'; error?: NativeErrorObject }
   | { type: 'notification'; from: string; data: Buffer }
   | { type: 'closed' };
 
@@ -50,7 +50,8 @@ export declare class NativeAgent {
   registerMemory(view: Uint8Array): number;
   deregisterMemory(id: number): void;
   regions(): NativeRegion[];
-  addPeer(name: string, virtAddr: boolean, addresses: Uint8Array[], regions: NativeRegion[]): number;
+  /** cmaPid > 0: the peer runs on this host as that pid; the addon checks it may attach, else uses the fabric. */
+  addPeer(name: string, virtAddr: boolean, addresses: Uint8Array[], regions: NativeRegion[], cmaPid?: number): { id: number; path: 'fabric' | 'cma'; fastPathRefused?: string };
   removePeer(id: number): void;
   /** kind 0 = WRITE, 1 = READ; descriptors: 5 doubles each (localRegion, localOffset, remoteRegion, remoteOffset, length). */
   post(kind: 0 | 1, peer: number, descriptors: Float64Array, notification?: Uint8Array): number;

@@ -16,6 +16,10 @@ export class RemotePeer {
     readonly provider: string,
     readonly rails: number,
     readonly regions: readonly RemoteRegionInfo[],
+    /** What carries transfers to this peer: 'cma' (same host, cross-memory attach) or 'fabric' (the provider). */
+    readonly path: 'fabric' | 'cma' = 'fabric',
+    /** Why a peer on this host is reached over the fabric anyway (the kernel refused cross-memory attach). */
+    readonly fastPathRefused?: string,
   ) {}
 
   get valid(): boolean {
