@@ -4,6 +4,7 @@
 // Flags map one to one onto the configuration keys of src/serve/config.ts (which also reads KVF_* env).
 import { Command, Option } from 'commander';
 
+import { benchOptions } from '../bench/cli.js';
 import { Agent } from '../fabric/agent.js';
 import { addon } from '../fabric/native.js';
 import { frontendConfig, workerConfig } from '../serve/config.js';
@@ -97,6 +98,29 @@ program
   .addOption(new Option('--kv-dtype <type>', 'KV cache element type').choices(['f16', 'f32']))
   .option('--threads <n>', 'engine threads per worker')
   .action((opts: Parameters<typeof runLocalStack>[0]) => runLocalStack(opts));
+
+program
+  .command('doctor')
+  .description('check this node for kvfabric over EFA: devices, providers, FI_* variables, memlock, hugepages, NIXL, GPUs')
+  .option('--json', 'print the report as JSON')
+  .option('-p, --provider <name>', 'the provider a worker would use (default: FI_PROVIDER / KVF_PROVIDER, else automatic)')
+  .option('--root <dir>', 'read /dev, /proc and /sys under this directory (a mounted container root)', '/')
+  .option('--no-agent', 'do not open a libfabric agent')
+  .action(async (opts: { json?: boolean; provider?: string; root: string; agent: boolean }) => {
+    const { runDoctor, renderTable } = await import('../doctor/index.js');
+    const report = await runDoctor({ root: opts.root, openAgent: opts.agent, ...(opts.provider ? { provider: opts.provider } : {}) });
+    console.log(opts.json ? JSON.stringify(report, null, 2) : renderTable(report, process.stdout.columns || 120));
+    if (!report.ok) process.exitCode = 1;
+  });
+
+benchOptions(
+  program
+    .command('bench')
+    .description('measure READ/WRITE bandwidth, ops/s, latency and event-loop delay between two agents (nixlbench-style)'),
+).action(async (opts: Record<string, unknown>) => {
+  const { runBenchCommand } = await import('../bench/run.js');
+  await runBenchCommand(opts);
+});
 
 program.parseAsync().catch((err: Error & { code?: string }) => {
   console.error(`kvfabric: ${err.code ? `${err.code}: ` : ''}${err.message}`);
