@@ -50,7 +50,7 @@ async function measure(fn: () => Promise<void>): Promise<{ ms: number; p50: numb
 
 const child = fork(join(here, 'lib', 'target.ts'), [provider, String(size)], { execArgv: ['--import', 'tsx'] });
 const hello = await new Promise<{ metadata: string; region: number }>((resolve) => child.once('message', resolve as never));
-const agent = await Agent.create({ name: 'bench-initiator', provider, logger: false });
+const agent = await Agent.create({ name: 'bench-initiator', provider, logger: false, fastPath: false }); // measures the provider
 const local = agent.allocate(size);
 local.bytes.fill(1);
 const peer = agent.loadRemoteMetadata(Buffer.from(hello.metadata, 'base64'));

@@ -31,7 +31,7 @@ function blockPattern(block: number, bytes: Uint8Array): void {
 }
 
 async function prefill(provider: string): Promise<void> {
-  const agent = await Agent.create({ name: `prefill-${process.pid}`, provider });
+  const agent = await Agent.create({ name: `prefill-${process.pid}`, provider, fastPath: false });
   const pool = agent.allocate(POOL_BLOCKS * BLOCK_BYTES);
   // The prompt's KV sits in blocks 10, 11, ... of prefill's pool.
   const blocks = Array.from({ length: PROMPT_BLOCKS }, (_, i) => 10 + i);
@@ -67,7 +67,8 @@ async function decode(provider: string): Promise<TransferReport[]> {
     child.once('message', resolve as never);
     child.once('exit', (code) => reject(new Error(`prefill exited with ${code}`)));
   });
-  const agent = await Agent.create({ name: `decode-${process.pid}`, provider });
+  // fastPath: false: this example shows the provider at work (same host would otherwise go by cross-memory attach)
+  const agent = await Agent.create({ name: `decode-${process.pid}`, provider, fastPath: false });
   const pool = agent.allocate(POOL_BLOCKS * BLOCK_BYTES);
   const peer = agent.loadRemoteMetadata(Buffer.from(hello.metadata, 'base64'));
 

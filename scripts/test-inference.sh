@@ -12,6 +12,8 @@
 #   LOCAL_PORT       local port for kubectl port-forward (default 8000); SERVICE_PORT (default 8000)
 #   EXPECT_BACKEND   default LIBFABRIC
 #   EXPECT_PROVIDER  e.g. efa (EKS), tcp, shm; default: any non-empty provider. "tcp" matches "tcp;ofi_rxm".
+#                    When set, the bytes must also have gone over that provider (path "fabric"), not the
+#                    same-host fast path (path "cma"), which bypasses it.
 #   MAX_TOKENS       default 16; TIMEOUT seconds per request, default 120
 # Needs curl and node (JSON is read with node, so no jq).
 set -euo pipefail
@@ -91,8 +93,9 @@ if (!kv || typeof kv !== 'object') fail('no `kvfabric` transport report in the r
 if (kv.backend !== backend) fail(`KV backend is ${JSON.stringify(kv.backend)}, expected ${backend}`);
 if (typeof kv.provider !== 'string' || kv.provider === '') fail(`KV provider is ${JSON.stringify(kv.provider)}`);
 if (provider && kv.provider !== provider && kv.provider.split(';')[0] !== provider) fail(`KV provider is ${kv.provider}, expected ${provider}`);
+if (provider && kv.path !== 'fabric') fail(`KV went by path ${JSON.stringify(kv.path)}, not over the ${provider} provider (same-host fast path? set KVF_FAST_PATH=0)`);
 if (!(Number(kv.bytes) > 0)) fail(`KV bytes moved: ${JSON.stringify(kv.bytes)} (mode ${kv.mode}${kv.fallback_reason ? `, fallback: ${kv.fallback_reason}` : ''})`);
 console.log(`text: ${JSON.stringify(text)}`);
-console.log(`PASS: KV over ${kv.backend}/${kv.provider}, rails ${JSON.stringify(kv.rails)}, ${kv.op ?? ''} ${kv.bytes} bytes in ${kv.transfer_ms} ms, ` +
+console.log(`PASS: KV over ${kv.backend}/${kv.provider} (path ${kv.path}), rails ${JSON.stringify(kv.rails)}, ${kv.op ?? ''} ${kv.bytes} bytes in ${kv.transfer_ms} ms, ` +
   `${kv.prefill_worker} -> ${kv.decode_worker} (mode ${kv.mode})`);
 JS

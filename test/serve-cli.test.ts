@@ -17,8 +17,9 @@ describe('kvfabric serve', () => {
     const serve = await startCli(['serve', '--model', model, '--provider', 'shm', '--listen', '127.0.0.1:0', '--threads', '1']);
     const url = serve.ready.address;
     const { stdout } = await run('curl', ['-sS', `${url}/v1/completions`, '-H', 'content-type: application/json', '-d', JSON.stringify({ model: 'tiny-llama', prompt: 'hello', max_tokens: 5, temperature: 0 })]);
-    const res = JSON.parse(stdout) as { choices: { text: string }[]; kvfabric: { provider: string; bytes: number; prefill_worker: string; decode_worker: string } };
+    const res = JSON.parse(stdout) as { choices: { text: string }[]; kvfabric: { provider: string; path: string; bytes: number; prefill_worker: string; decode_worker: string } };
     assert.equal(res.kvfabric.provider, 'shm');
+    assert.equal(res.kvfabric.path, 'fabric'); // the suite runs with KVF_FAST_PATH=0
     assert.ok(res.kvfabric.bytes > 0);
     assert.deepEqual([res.kvfabric.prefill_worker, res.kvfabric.decode_worker], ['prefill-0', 'decode-0']);
     // The seed's proof lines come from the workers, whose KV path is LIBFABRIC.
@@ -38,6 +39,25 @@ describe('kvfabric serve', () => {
     assert.ok(text.trimEnd().endsWith('data: [DONE]'), 'the stream in flight finished');
     assert.deepEqual(await serve.exited, { code: 0, signal: null });
     assert.ok(serve.logs.some((l) => l.includes('worker closed')));
+  });
+});
+
+describe('kvfabric serve with the same-host fast path (its default)', () => {
+  test('KV between the two local workers goes by cross-memory attach, and the proof says so', async () => {
+    const serve = await startCli(['serve', '--model', model, '--provider', 'tcp', '--listen', '127.0.0.1:0', '--threads', '1'], { KVF_FAST_PATH: '1' });
+    try {
+      const res = await fetch(`${serve.ready.address}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'tiny-llama', prompt: 'hello there', max_tokens: 5, temperature: 0 }),
+      });
+      const body = (await res.json()) as { kvfabric: { path: string; op: string; bytes: number; rails: number[] } };
+      assert.deepEqual([body.kvfabric.path, body.kvfabric.op, body.kvfabric.rails], ['cma', 'READ', []]);
+      assert.ok(body.kvfabric.bytes > 0);
+    } finally {
+      serve.child.kill('SIGTERM');
+      await serve.exited;
+    }
   });
 });
 

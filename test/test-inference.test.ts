@@ -41,7 +41,7 @@ describe('test-inference.sh against kvfabric serve', () => {
     const r = await runScript(serve.ready.address, { EXPECT_PROVIDER: 'tcp' });
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /health: ok/);
-    assert.match(r.stdout, /PASS: KV over LIBFABRIC\/tcp;ofi_rxm, rails \[0\], READ [1-9]\d* bytes/);
+    assert.match(r.stdout, /PASS: KV over LIBFABRIC\/tcp;ofi_rxm \(path fabric\), rails \[0\], READ [1-9]\d* bytes/);
   });
 
   test('fails when the KV went over another provider than expected', async () => {
@@ -52,7 +52,7 @@ describe('test-inference.sh against kvfabric serve', () => {
 });
 
 describe('test-inference.sh against servers that answer 2xx without the proof', () => {
-  const proof = { mode: 'pull', backend: 'LIBFABRIC', provider: 'efa', rails: [0], op: 'READ', bytes: 737280, transfer_ms: 1.5, prefill_worker: 'p', decode_worker: 'd' };
+  const proof = { mode: 'pull', backend: 'LIBFABRIC', provider: 'efa', rails: [0], op: 'READ', path: 'fabric', bytes: 737280, transfer_ms: 1.5, prefill_worker: 'p', decode_worker: 'd' };
   const completion = (text: string, kvfabric?: object) => ({ id: 'cmpl-1', object: 'text_completion', model: 'm', choices: [{ index: 0, text, finish_reason: 'length' }], ...(kvfabric ? { kvfabric } : {}) });
   const servers: Server[] = [];
 
@@ -74,6 +74,12 @@ describe('test-inference.sh against servers that answer 2xx without the proof', 
   }
   after(() => {
     for (const s of servers) s.close();
+  });
+
+  test('fails when the bytes bypassed the expected provider (same-host fast path)', async () => {
+    const r = await runScript(await serveJson(completion(' Paris.', { ...proof, path: 'cma', rails: [] })), { EXPECT_PROVIDER: 'efa' });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /KV went by path "cma", not over the efa provider/);
   });
 
   test('the control: a complete answer with the proof passes', async () => {

@@ -5,11 +5,10 @@
 import { Command, Option } from 'commander';
 
 import { benchOptions } from '../bench/cli.js';
-import { Agent } from '../fabric/agent.js';
-import { addon } from '../fabric/native.js';
-import { frontendConfig, workerConfig } from '../serve/config.js';
-import { runLocalStack } from '../serve/local-stack.js';
-import { runFrontend, runWorker } from '../serve/processes.js';
+import type { LocalStackOptions } from '../serve/local-stack.js';
+
+// Each command imports what it runs when it runs: loading the serving stack (fastify, gRPC, etcd) for
+// `kvfabric info` would cost a second of start-up.
 
 const program = new Command('kvfabric').description('KV-cache transfer over libfabric');
 
@@ -19,6 +18,7 @@ program
   .option('-p, --provider <name>', 'tcp | shm | efa | a libfabric provider name (default: FI_PROVIDER, else efa, else tcp)')
   .option('-r, --rails <n>', 'number of rails', (v) => Number.parseInt(v, 10))
   .action(async (opts: { provider?: string; rails?: number }) => {
+    const [{ Agent }, { addon }] = await Promise.all([import('../fabric/agent.js'), import('../fabric/native.js')]);
     const agent = await Agent.create({ name: `kvfabric-info-${process.pid}`, logger: false, ...opts });
     const { info } = agent;
     console.log(
@@ -68,6 +68,7 @@ for (const role of ['prefill', 'decode'] as const) {
     .option('--etcd-ttl <s>', 'etcd lease TTL, seconds')
     .action(async (opts: Record<string, unknown>) => {
       const { config, ...flags } = opts;
+      const [{ runWorker }, { workerConfig }] = await Promise.all([import('../serve/processes.js'), import('../serve/config.js')]);
       await runWorker(workerConfig({ flags: { ...flags, role }, ...(config ? { file: config as string } : {}) }));
     });
 }
@@ -83,6 +84,7 @@ commonOptions(program.command('frontend').description('run the OpenAI-compatible
   .option('--health-interval-ms <ms>', 'worker health check period')
   .action(async (opts: Record<string, unknown>) => {
     const { config, ...flags } = opts;
+    const [{ runFrontend }, { frontendConfig }] = await Promise.all([import('../serve/processes.js'), import('../serve/config.js')]);
     await runFrontend(frontendConfig({ flags, ...(config ? { file: config as string } : {}) }));
   });
 
@@ -97,7 +99,7 @@ program
   .option('--tokens-per-block <n>', 'positions per KV block')
   .addOption(new Option('--kv-dtype <type>', 'KV cache element type').choices(['f16', 'f32']))
   .option('--threads <n>', 'engine threads per worker')
-  .action((opts: Parameters<typeof runLocalStack>[0]) => runLocalStack(opts));
+  .action(async (opts: LocalStackOptions) => (await import('../serve/local-stack.js')).runLocalStack(opts));
 
 program
   .command('doctor')

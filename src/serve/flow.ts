@@ -30,6 +30,8 @@ export interface KvProof {
   provider: string;
   rails: number[];
   op: string | null;
+  /** What carried the bytes: 'fabric' (the provider) or 'cma' (same-host fast path); null when none moved. */
+  path: string | null;
   bytes: number;
   transfer_ms: number;
   prefill_worker: string | null;
@@ -175,6 +177,7 @@ export async function runFlow(ctx: FlowContext, req: FlowRequest, onToken: (toke
         provider: t?.provider ?? decode.status?.provider ?? '',
         rails: t?.rails ?? [],
         op: t?.op ?? null,
+        path: t?.path ?? null,
         bytes: t?.bytes ?? 0,
         transfer_ms: t?.durationMs ?? 0,
         prefill_worker: local ? null : (prefill?.workerId ?? null),

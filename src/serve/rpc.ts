@@ -51,6 +51,7 @@ export interface TransferReportMsg {
   durationMs: number;
   descriptors: number;
   initiator: string;
+  path: string;
 }
 
 export interface PrefillRequest {

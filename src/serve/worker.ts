@@ -305,6 +305,7 @@ export class Worker {
       durationMs: report.durationMs,
       descriptors: report.descriptors,
       initiator: this.id,
+      path: report.path,
     };
     this.#log.info({ requestId, workerId: this.id, peerWorker, ...msg, gbps: report.gbps, expectedBytes: kvBytesFor(this.layout, tokens) }, 'kv transfer');
     return msg;
