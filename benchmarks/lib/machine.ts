@@ -1,25 +1,2 @@
-// Describes the machine a benchmark ran on, so that every number in RESULTS.md says where it came from.
-import { cpus, totalmem, release, hostname } from 'node:os';
-import { addon } from '../../src/fabric/native.js';
-
-export interface MachineDescription {
-  cpu: string;
-  cores: number;
-  memoryGiB: number;
-  kernel: string;
-  node: string;
-  libfabric: string;
-  host: string;
-}
-
-export function describeMachine(): MachineDescription {
-  return {
-    cpu: cpus()[0]?.model ?? 'unknown',
-    cores: cpus().length,
-    memoryGiB: Math.round(totalmem() / 2 ** 30),
-    kernel: release(),
-    node: process.version,
-    libfabric: addon.libfabricVersion(),
-    host: hostname(),
-  };
-}
+// The benchmarks describe their machine the way `kvfabric bench` does (one implementation, in src/).
+export { describeMachine, type MachineDescription } from '../../src/bench/machine.js';

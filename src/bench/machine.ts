@@ -1,5 +1,5 @@
 // Describes the machine a benchmark ran on, so that every number in a JSON result says where it came from.
-// (A copy of benchmarks/lib/machine.ts's logic: src/ cannot import from benchmarks/, which is not shipped.)
+// benchmarks/ re-exports this one.
 import { cpus, hostname, release, totalmem } from 'node:os';
 
 import { addon } from '../fabric/native.js';
