@@ -157,6 +157,17 @@ describe('b. garbage collection of unclosed agents', { concurrency: 1 }, () => {
   }
 });
 
+describe('b2. an agent with transfers in flight is not collected', { concurrency: 1 }, () => {
+  for (const provider of PROVIDERS) {
+    test(`${provider}: 200 WRITEs from an agent nothing else refers to all complete under forced GC`, { timeout: 60_000 }, async () => {
+      const r = await runFixture('gc-pending.ts', [provider], { nodeArgs: ['--expose-gc'], timeoutMs: 50_000 });
+      assertExit(r, 0);
+      assert.equal(needMarker(r, 'WRITES'), '200');
+      needMarker(r, 'DONE');
+    });
+  }
+});
+
 describe('c. agents in worker threads', { concurrency: 2 }, () => {
   const scenarios = [
     ['exit', 0, 'process.exit(0) in the worker with its agent open and WRITEs in flight'],

@@ -466,6 +466,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     }
     this.#notifications.end();
     this.#refs = 0;
+    BUSY_AGENTS.delete(this);
     this.#native.closeSync();
     this.#log?.debug({ agent: this.name }, 'kvfabric agent closed');
     this.#resolveClosed?.();
@@ -495,12 +496,21 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     return p;
   }
 
+  // While anything is pending the agent must stay reachable: its transfers' promises are held only by the
+  // agent itself, and an agent collected mid-transfer would close its rails and strand them. BUSY_AGENTS is
+  // that anchor; an idle agent is not in it and stays collectable.
   #ref(): void {
-    if (this.#refs++ === 0) this.#native.ref();
+    if (this.#refs++ === 0) {
+      this.#native.ref();
+      BUSY_AGENTS.add(this);
+    }
   }
 
   #unref(): void {
-    if (--this.#refs === 0) this.#native.unref();
+    if (--this.#refs === 0) {
+      this.#native.unref();
+      BUSY_AGENTS.delete(this);
+    }
   }
 
   #assertOpen(): void {
@@ -515,6 +525,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     }
   }
 }
+
+const BUSY_AGENTS = new Set<Agent>();
 
 function notificationBytes(data: Uint8Array | string): Uint8Array {
   if (typeof data === 'string') return Buffer.from(data, 'utf8');
