@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "engine/dequant.h"
+#include "engine/qdot.h"
 
 namespace kvf::engine {
 namespace {
@@ -16,6 +17,7 @@ namespace {
 // hence not on the thread count or batch size).
 constexpr int kLanes = 8;
 constexpr int kTile = 4;
+static_assert(kTile <= kQTileRows, "a row tile must fit an UnpackedRows");
 
 template <int R>
 inline void DotRows(const float* const* w, const float* __restrict x, int64_t n, float* out) {
@@ -100,7 +102,7 @@ int32_t Argmax(const std::vector<float>& logits) {
 }
 
 Session::Session(const Model& model, KvPool& pool, const SessionOptions& options)
-    : model_(model), pool_(pool), options_(options), pool_threads_(options.threads) {
+    : model_(model), pool_(pool), options_(options), pool_threads_(options.threads), isa_(BestQdotIsa()) {
   const LlamaHparams& hp = model.hparams();
   const KvLayout& l = pool.layout();
   if (l.num_layers != hp.n_layer || l.num_kv_heads != hp.n_head_kv || l.head_dim != hp.head_dim)
@@ -113,6 +115,7 @@ Session::Session(const Model& model, KvPool& pool, const SessionOptions& options
   // converted K/V row.
   const int64_t need = std::max<int64_t>(kTile * max_k, hp.n_ctx + 2 * hp.head_dim);
   scratch_.assign(static_cast<size_t>(pool_threads_.size()), std::vector<float>(static_cast<size_t>(need)));
+  unpacked_.resize(static_cast<size_t>(pool_threads_.size()));
 }
 
 std::vector<float> Session::Prefill(const std::vector<int32_t>& tokens, const BlockTable& table, int64_t start_pos) {
@@ -147,9 +150,19 @@ std::vector<float> Session::Decode(int32_t token, const BlockTable& table, int64
 
 void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens) {
   int64_t total = 0;
-  for (int j = 0; j < n_jobs; ++j) total += static_cast<int64_t>(jobs[j].w->rows());
+  bool quantized = false;
+  for (int j = 0; j < n_jobs; ++j) {
+    total += static_cast<int64_t>(jobs[j].w->rows());
+    quantized = quantized || HasQuantizedDot(jobs[j].w->type);
+  }
+  if (quantized) {
+    // Once per batch, shared by all rows (the jobs of one MatMul all read the same x).
+    xq_.Resize(n_tokens, static_cast<int64_t>(jobs[0].w->row_length()));
+    pool_threads_.ParallelFor(n_tokens, [&](int64_t begin, int64_t end, int) { xq_.Quantize(x, begin, end); });
+  }
   pool_threads_.ParallelFor(total, [&](int64_t begin, int64_t end, int thread) {
     float* scratch = scratch_[static_cast<size_t>(thread)].data();
+    UnpackedRows& unpacked = unpacked_[static_cast<size_t>(thread)];
     int64_t job_start = 0;
     for (int j = 0; j < n_jobs && begin < end; ++j) {
       const GgufTensor& w = *jobs[j].w;
@@ -158,6 +171,11 @@ void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_t
       const int64_t lo = std::max(begin, job_start) - job_start, hi = std::min(end, job_start + rows) - job_start;
       for (int64_t r = lo; r < hi; r += kTile) {
         const int tile = static_cast<int>(std::min<int64_t>(kTile, hi - r));
+        if (HasQuantizedDot(w.type)) {
+          unpacked.Unpack(w.type, w.data + static_cast<uint64_t>(r) * row_bytes, row_bytes, tile, K);
+          QuantizedTileDots(unpacked, xq_, jobs[j].y + r, rows, isa_);
+          continue;
+        }
         for (int i = 0; i < tile; ++i)
           DequantizeRow(w.type, w.data + static_cast<uint64_t>(r + i) * row_bytes, scratch + i * K, K);
         TileDots(scratch, tile, x, n_tokens, K, jobs[j].y + r, rows);
