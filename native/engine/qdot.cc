@@ -107,15 +107,16 @@ struct UnpackFormat {
   int64_t elems;  // per block of the type
   int64_t bytes;
   bool with_min;
+  QUnpackKind simd;
 };
 
 UnpackFormat FormatOf(GgmlType type) {
   switch (type) {
-    case GgmlType::Q8_0: return {UnpackQ8_0, QK8_0, 34, false};
-    case GgmlType::Q4_0: return {UnpackQ4_0, QK4_0, 18, false};
-    case GgmlType::Q4_1: return {UnpackQ4_1, QK4_1, 20, true};
-    case GgmlType::Q4_K: return {UnpackQ4_K, QK_K, 144, true};
-    case GgmlType::Q6_K: return {UnpackQ6_K, QK_K, 210, false};
+    case GgmlType::Q8_0: return {UnpackQ8_0, QK8_0, 34, false, QUnpackKind::kQ8_0};
+    case GgmlType::Q4_0: return {UnpackQ4_0, QK4_0, 18, false, QUnpackKind::kQ4_0};
+    case GgmlType::Q4_1: return {UnpackQ4_1, QK4_1, 20, true, QUnpackKind::kQ4_1};
+    case GgmlType::Q4_K: return {UnpackQ4_K, QK_K, 144, true, QUnpackKind::kOther};
+    case GgmlType::Q6_K: return {UnpackQ6_K, QK_K, 210, false, QUnpackKind::kOther};
     default:
       throw Error("KVF_ERR_UNSUPPORTED_TENSOR_TYPE", std::string("no quantized dot for tensor type ") + TypeName(type));
   }
@@ -124,9 +125,10 @@ UnpackFormat FormatOf(GgmlType type) {
 QdotIsa DetectIsa() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c")) return QdotIsa::kScalar;
   if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
     return QdotIsa::kAvx512Vnni;
-  if (__builtin_cpu_supports("avx2")) return QdotIsa::kAvx2;
+  return QdotIsa::kAvx2;
 #endif
   return QdotIsa::kScalar;
 }
@@ -155,7 +157,7 @@ void QuantizedActivations::Resize(int64_t tokens, int64_t k) {
 }
 
 // ggml's quantize_row_q8_1, rounding half to even as its AVX2 version does (_mm256_round_ps), with the
-// result clamped so that non-finite activations cannot leave [-127, 127].
+// values clamped so that non-finite activations cannot leave [-127, 127].
 void QuantizedActivations::Quantize(const float* x, int64_t begin, int64_t end) {
   for (int64_t i = begin * n_blocks; i < end * n_blocks; ++i) {
     const float* xb = x + i * kQBlock;
@@ -166,7 +168,12 @@ void QuantizedActivations::Quantize(const float* x, int64_t begin, int64_t end) 
     int8_t* qb = q.data() + i * kQBlock;
     int sum = 0;
     for (int64_t j = 0; j < kQBlock; ++j) {
-      const float v = std::fmin(std::fmax(std::nearbyint(xb[j] * id), -127.0f), 127.0f);
+      float v = xb[j] * id;
+      // Clamped first (NaN to -127), then rounded to nearest even by the 1.5 * 2^23 trick, which needs
+      // |v| < 2^22 and, unlike nearbyint, inlines without SSE4.1.
+      if (!(v >= -127.0f)) v = -127.0f;
+      if (!(v <= 127.0f)) v = 127.0f;
+      v = (v + 12582912.0f) - 12582912.0f;
       qb[j] = static_cast<int8_t>(v);
       sum += qb[j];
     }
@@ -175,7 +182,7 @@ void QuantizedActivations::Quantize(const float* x, int64_t begin, int64_t end) 
   }
 }
 
-void UnpackedRows::Unpack(GgmlType type, const uint8_t* first, uint64_t row_bytes, int n_rows, int64_t k) {
+void UnpackedRows::Unpack(GgmlType type, const uint8_t* first, uint64_t row_bytes, int n_rows, int64_t k, QdotIsa isa) {
   const UnpackFormat f = FormatOf(type);
   if (k % f.elems != 0 || n_rows < 1 || n_rows > kQTileRows)
     throw Error("KVF_ERR_INVALID_ARGUMENT", "cannot unpack " + std::to_string(n_rows) + " rows of " +
@@ -187,6 +194,10 @@ void UnpackedRows::Unpack(GgmlType type, const uint8_t* first, uint64_t row_byte
   if (q.size() < blocks * kQBlock) q.resize(blocks * kQBlock);
   if (scale.size() < blocks * 8) scale.resize(blocks * 8);
   if (min.size() < blocks) min.resize(blocks);
+  if (!QdotIsaSupported(isa)) throw Error("KVF_ERR_INVALID_ARGUMENT", std::string("CPU lacks ") + QdotIsaName(isa));
+  if (isa != QdotIsa::kScalar &&
+      QUnpackAvx2(f.simd, first, row_bytes, rows, n_blocks, q.data(), scale.data(), min.data()))
+    return;
   const int64_t sub = f.elems / kQBlock;  // 32-element blocks per type block
   for (int r = 0; r < rows; ++r) {
     const uint8_t* src = first + static_cast<uint64_t>(r) * row_bytes;

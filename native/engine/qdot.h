@@ -29,6 +29,14 @@ namespace kvf::engine {
 constexpr int64_t kQBlock = 32;  // elements per quantized block (activations and unpacked weights)
 constexpr int kQTileRows = 4;    // weight rows unpacked and dotted together
 
+// kAvx2 means AVX2 + F16C; kAvx512Vnni means AVX-512 F/BW/VL/VNNI besides.
+enum class QdotIsa { kScalar, kAvx2, kAvx512Vnni };
+
+// The best kernel this CPU runs (checked once, at the first call).
+QdotIsa BestQdotIsa();
+bool QdotIsaSupported(QdotIsa isa);
+const char* QdotIsaName(QdotIsa isa);
+
 // True for the weight types the quantized dot handles (the rest go through DequantizeRow + float dots).
 bool HasQuantizedDot(GgmlType type);
 
@@ -53,16 +61,11 @@ struct UnpackedRows {
   std::vector<float> scale; // [row][block][8]: lanes 0-3 scale elements 0-15, lanes 4-7 elements 16-31
   std::vector<float> min;   // [row][block]
 
-  // Rows of `type` (HasQuantizedDot) with k elements each, row r at first + r * row_bytes.
-  void Unpack(GgmlType type, const uint8_t* first, uint64_t row_bytes, int rows, int64_t k);
+  // Rows of `type` (HasQuantizedDot) with k elements each, row r at first + r * row_bytes. isa picks the
+  // code (SIMD for Q8_0, Q4_0, Q4_1); the result is the same.
+  void Unpack(GgmlType type, const uint8_t* first, uint64_t row_bytes, int rows, int64_t k,
+              QdotIsa isa = BestQdotIsa());
 };
-
-enum class QdotIsa { kScalar, kAvx2, kAvx512Vnni };
-
-// The best kernel this CPU runs (checked once, at the first call).
-QdotIsa BestQdotIsa();
-bool QdotIsaSupported(QdotIsa isa);
-const char* QdotIsaName(QdotIsa isa);
 
 // y[t * y_stride + r] = row r of w . token t of x, for every row of w and every token of x. x and w
 // must have the same n_blocks; isa must be supported (QdotIsaSupported).

@@ -22,6 +22,12 @@ struct QTileView {
   int64_t y_stride;
 };
 
+// Unpacking of the 32-element block types with AVX2 + F16C (the rest are unpacked in plain C): rows x
+// n_blocks blocks into q / scale / min as UnpackedRows lays them out. False for another kind.
+enum class QUnpackKind { kQ8_0, kQ4_0, kQ4_1, kOther };
+bool QUnpackAvx2(QUnpackKind kind, const uint8_t* first, uint64_t row_bytes, int rows, int64_t n_blocks, int8_t* q,
+                 float* scale, float* min);
+
 void QTileScalar(const QTileView& v);
 void QTileAvx2(const QTileView& v);
 void QTileAvx512Vnni(const QTileView& v);

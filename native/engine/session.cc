@@ -172,6 +172,11 @@ void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_t
       for (int64_t r = lo; r < hi; r += kTile) {
         const int tile = static_cast<int>(std::min<int64_t>(kTile, hi - r));
         if (HasQuantizedDot(w.type)) {
+          // The next tile's bytes, while this one is unpacked and dotted (decode streams every weight
+          // from memory once per token).
+          const int64_t next_lo = r + kTile, next_hi = std::min(next_lo + kTile, hi);
+          for (uint64_t o = static_cast<uint64_t>(next_lo) * row_bytes; o < static_cast<uint64_t>(next_hi) * row_bytes; o += 64)
+            __builtin_prefetch(w.data + o);
           unpacked.Unpack(w.type, w.data + static_cast<uint64_t>(r) * row_bytes, row_bytes, tile, K);
           QuantizedTileDots(unpacked, xq_, jobs[j].y + r, rows, isa_);
           continue;

@@ -1,6 +1,7 @@
 // Quantized dots (qdot.h):
 //   - activation quantization follows ggml's quantize_row_q8_1 (fp16-rounded d and s, |q| <= 127);
-//   - unpacked weights times their scales (plus min) are exactly DequantizeRow's floats;
+//   - unpacked weights times their scales (plus min) are exactly DequantizeRow's floats, with every
+//     unpacking code this CPU runs;
 //   - every kernel this CPU runs (plain C, AVX2, AVX-512 VNNI) gives the same bits as the plain-C one,
 //     which is checked against a transcription of the arithmetic that qdot.h specifies;
 //   - a (row, token) result does not depend on the tile height or on the other tokens of the batch;
@@ -34,7 +35,8 @@ std::vector<uint8_t> RandomRows(std::mt19937& rng, const QCase& c, int64_t n_blo
   std::uniform_real_distribution<float> u(-0.05f, 0.05f);
   for (int64_t i = 0; i < n_blocks; ++i)
     for (size_t off : c.half_at) {
-      const uint16_t h = i % 9 == 4 ? 0 : Fp32ToFp16(u(rng));
+      uint16_t h = i % 9 == 4 ? 0 : Fp32ToFp16(u(rng));
+      if (i % 7 == 3) h &= 0x83FF;  // subnormal
       std::memcpy(&raw[static_cast<size_t>(i) * c.bytes + off], &h, 2);
     }
   return raw;
@@ -78,16 +80,19 @@ TEST_P(QDot, UnpackedRowsAreTheDequantizedValues) {
   std::mt19937 rng(static_cast<uint32_t>(c.type) + 11);
   const int64_t k = 2 * 256, row_blocks = k / c.qk;
   const auto raw = RandomRows(rng, c, 3 * row_blocks);
-  UnpackedRows w;
-  w.Unpack(c.type, raw.data(), static_cast<uint64_t>(row_blocks) * c.bytes, 3, k);
-  for (int r = 0; r < 3; ++r) {
-    std::vector<float> want(static_cast<size_t>(k));
-    DequantizeRow(c.type, raw.data() + static_cast<size_t>(r * row_blocks) * c.bytes, want.data(), k);
-    for (int64_t e = 0; e < k; ++e) {
-      const int64_t blk = r * w.n_blocks + e / 32, lane = (e % 32) / 4;
-      float got = w.scale[static_cast<size_t>(blk * 8 + lane)] * static_cast<float>(w.q[static_cast<size_t>(r * k + e)]);
-      if (w.with_min) got = got + w.min[static_cast<size_t>(blk)];
-      ASSERT_EQ(got, want[static_cast<size_t>(e)]) << "row " << r << " element " << e;
+  for (QdotIsa isa : SupportedIsas()) {
+    SCOPED_TRACE(QdotIsaName(isa));
+    UnpackedRows w;
+    w.Unpack(c.type, raw.data(), static_cast<uint64_t>(row_blocks) * c.bytes, 3, k, isa);
+    for (int r = 0; r < 3; ++r) {
+      std::vector<float> want(static_cast<size_t>(k));
+      DequantizeRow(c.type, raw.data() + static_cast<size_t>(r * row_blocks) * c.bytes, want.data(), k);
+      for (int64_t e = 0; e < k; ++e) {
+        const int64_t blk = r * w.n_blocks + e / 32, lane = (e % 32) / 4;
+        float got = w.scale[static_cast<size_t>(blk * 8 + lane)] * static_cast<float>(w.q[static_cast<size_t>(r * k + e)]);
+        if (w.with_min) got = got + w.min[static_cast<size_t>(blk)];
+        ASSERT_EQ(got, want[static_cast<size_t>(e)]) << "row " << r << " element " << e;
+      }
     }
   }
 }
