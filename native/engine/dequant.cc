@@ -6,6 +6,10 @@
 #include <cstring>
 #include <string>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "core/error.h"
 #include "engine/half.h"
 
@@ -149,8 +153,33 @@ float DotBlocks(const uint8_t* src, const float* x, int64_t n) {
   return Reduce(acc);
 }
 
-void HalfRow(const uint8_t* __restrict src, float* __restrict dst, int64_t n) {
+void HalfRowPlain(const uint8_t* __restrict src, float* __restrict dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(Load16(src + 2 * i));
+}
+
+#if defined(__x86_64__)
+// F16C's conversion is exact too (subnormals included; a signalling NaN comes back quiet), so both give the
+// same values; this one is several
+// times faster, which matters for the F16 KV cache rows that attention converts at every step.
+__attribute__((target("avx,f16c"))) void HalfRowF16c(const uint8_t* __restrict src, float* __restrict dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))));
+  for (; i < n; ++i) dst[i] = HalfToFloat(Load16(src + 2 * i));
+}
+
+bool HasF16c() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+}
+#endif
+
+void HalfRow(const uint8_t* __restrict src, float* __restrict dst, int64_t n) {
+#if defined(__x86_64__)
+  static const bool f16c = HasF16c();
+  if (f16c) return HalfRowF16c(src, dst, n);
+#endif
+  HalfRowPlain(src, dst, n);
 }
 
 void Bf16Row(const uint8_t* __restrict src, float* __restrict dst, int64_t n) {
