@@ -111,9 +111,8 @@ Session::Session(const Model& model, KvPool& pool, const SessionOptions& options
             ", " + std::to_string(hp.n_head_kv) + ", " + std::to_string(hp.head_dim) + ")");
   if (options_.max_batch <= 0) options_.max_batch = 512;
   const int64_t max_k = std::max({hp.n_embd, hp.n_ff, hp.n_head * hp.head_dim});
-  // Per thread: a tile of dequantized weight rows, or attention scores over the context plus one
-  // converted K/V row.
-  const int64_t need = std::max<int64_t>(kTile * max_k, hp.n_ctx + 2 * hp.head_dim);
+  // Per thread: a tile of dequantized weight rows, or attention scores over the context.
+  const int64_t need = std::max<int64_t>(kTile * max_k, hp.n_ctx);
   scratch_.assign(static_cast<size_t>(pool_threads_.size()), std::vector<float>(static_cast<size_t>(need)));
   unpacked_.resize(static_cast<size_t>(pool_threads_.size()));
 }
@@ -221,14 +220,30 @@ void Session::Attention(int layer, const BlockTable& table, int64_t start, int64
   const LlamaHparams& hp = model_.hparams();
   const KvLayout& l = pool_.layout();
   const int64_t hd = hp.head_dim, tpb = l.tokens_per_block, q_dim = static_cast<int64_t>(hp.n_head) * hd;
+  const int64_t kv_dim = static_cast<int64_t>(hp.n_head_kv) * hd, n_ctx = start + n;
   const int group = hp.n_head / hp.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const GgmlType row_type = l.dtype == KvDtype::F16 ? GgmlType::F16 : GgmlType::F32;
   const size_t row_bytes = static_cast<size_t>(hd) * l.elem_bytes();
-  uint8_t* base = pool_.base();
+  const uint8_t* base = pool_.base();
+
+  // Every cached K/V row this batch reads, converted to float once (exactly) rather than once per query
+  // head and token. Read back from the pool, so the values are the pool's whichever path stored them.
+  kf_.resize(static_cast<size_t>(n_ctx * kv_dim));
+  vf_.resize(static_cast<size_t>(n_ctx * kv_dim));
+  pool_threads_.ParallelFor(n_ctx, [&](int64_t begin, int64_t end, int) {
+    for (int64_t j = begin; j < end; ++j) {
+      const int32_t block = table[static_cast<size_t>(j / tpb)];
+      for (int kvh = 0; kvh < hp.n_head_kv; ++kvh) {
+        const size_t at = static_cast<size_t>(kvh * tpb + j % tpb) * row_bytes;
+        DequantizeRow(row_type, base + l.Offset(block, layer, 0) + at, kf_.data() + j * kv_dim + kvh * hd, hd);
+        DequantizeRow(row_type, base + l.Offset(block, layer, 1) + at, vf_.data() + j * kv_dim + kvh * hd, hd);
+      }
+    }
+  });
+
   pool_threads_.ParallelFor(n * hp.n_head, [&](int64_t begin, int64_t end, int thread) {
     float* scores = scratch_[static_cast<size_t>(thread)].data();
-    float* row = scores + hp.n_ctx;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / hp.n_head;
       const int h = static_cast<int>(item % hp.n_head), kvh = h / group;
@@ -236,10 +251,7 @@ void Session::Attention(int layer, const BlockTable& table, int64_t start, int64
       const float* q = q_.data() + t * q_dim + h * hd;
       float mx = -INFINITY;
       for (int64_t j = 0; j < n_pos; ++j) {
-        const int32_t block = table[static_cast<size_t>(j / tpb)];
-        const uint8_t* k = base + l.Offset(block, layer, 0) + static_cast<size_t>(kvh * tpb + j % tpb) * row_bytes;
-        DequantizeRow(row_type, k, row, hd);
-        const float s = Dot(q, row, hd) * scale;
+        const float s = Dot(q, kf_.data() + j * kv_dim + kvh * hd, hd) * scale;
         scores[j] = s;
         mx = std::max(mx, s);
       }
@@ -252,11 +264,9 @@ void Session::Attention(int layer, const BlockTable& table, int64_t start, int64
       float* out = attn_.data() + t * q_dim + h * hd;
       std::fill(out, out + hd, 0.0f);
       for (int64_t j = 0; j < n_pos; ++j) {
-        const int32_t block = table[static_cast<size_t>(j / tpb)];
-        const uint8_t* v = base + l.Offset(block, layer, 1) + static_cast<size_t>(kvh * tpb + j % tpb) * row_bytes;
-        DequantizeRow(row_type, v, row, hd);
+        const float* v = vf_.data() + j * kv_dim + kvh * hd;
         const float p = scores[j] * inv;
-        for (int64_t i = 0; i < hd; ++i) out[i] += p * row[i];
+        for (int64_t i = 0; i < hd; ++i) out[i] += p * v[i];
       }
     }
   });
