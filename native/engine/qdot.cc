@@ -158,7 +158,14 @@ void QuantizedActivations::Resize(int64_t tokens, int64_t k) {
 
 // ggml's quantize_row_q8_1, rounding half to even as its AVX2 version does (_mm256_round_ps), with the
 // values clamped so that non-finite activations cannot leave [-127, 127].
-void QuantizedActivations::Quantize(const float* x, int64_t begin, int64_t end) {
+void QuantizedActivations::Quantize(const float* x, int64_t begin, int64_t end, QdotIsa isa) {
+  if (!QdotIsaSupported(isa)) throw Error("KVF_ERR_INVALID_ARGUMENT", std::string("CPU lacks ") + QdotIsaName(isa));
+  if (isa != QdotIsa::kScalar) {
+    const int64_t first = begin * n_blocks;
+    QQuantizeAvx2(x + first * kQBlock, (end - begin) * n_blocks, q.data() + first * kQBlock, d.data() + first,
+                  s.data() + first);
+    return;
+  }
   for (int64_t i = begin * n_blocks; i < end * n_blocks; ++i) {
     const float* xb = x + i * kQBlock;
     float amax = 0;

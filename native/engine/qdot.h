@@ -46,9 +46,9 @@ struct QuantizedActivations {
   std::vector<int8_t> q;               // [token][block][32], in [-127, 127]
   std::vector<float> d, s;             // [token][block]
 
-  // Quantizes tokens [begin, end) of x (already sized by Resize).
+  // Quantizes tokens [begin, end) of x (already sized by Resize). isa picks the code; the result is the same.
   void Resize(int64_t n_tokens, int64_t k);
-  void Quantize(const float* x, int64_t begin, int64_t end);
+  void Quantize(const float* x, int64_t begin, int64_t end, QdotIsa isa = BestQdotIsa());
 };
 
 // Up to kQTileRows consecutive weight rows, unpacked: int8 values per block of 32 (Q4_1 / Q4_K: the

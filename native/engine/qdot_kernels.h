@@ -28,6 +28,9 @@ enum class QUnpackKind { kQ8_0, kQ4_0, kQ4_1, kOther };
 bool QUnpackAvx2(QUnpackKind kind, const uint8_t* first, uint64_t row_bytes, int rows, int64_t n_blocks, int8_t* q,
                  float* scale, float* min);
 
+// QuantizedActivations::Quantize's blocks with AVX2 + F16C: n_blocks blocks of 32 floats from x.
+void QQuantizeAvx2(const float* x, int64_t n_blocks, int8_t* q, float* d, float* s);
+
 void QTileScalar(const QTileView& v);
 void QTileAvx2(const QTileView& v);
 void QTileAvx512Vnni(const QTileView& v);

@@ -1,5 +1,6 @@
 // Quantized dots (qdot.h):
-//   - activation quantization follows ggml's quantize_row_q8_1 (fp16-rounded d and s, |q| <= 127);
+//   - activation quantization follows ggml's quantize_row_q8_1 (fp16-rounded d and s, |q| <= 127), with
+//     the same result from every ISA's code;
 //   - unpacked weights times their scales (plus min) are exactly DequantizeRow's floats, with every
 //     unpacking code this CPU runs;
 //   - every kernel this CPU runs (plain C, AVX2, AVX-512 VNNI) gives the same bits as the plain-C one,
@@ -175,6 +176,43 @@ TEST(QuantizeActivations, FollowsGgmlQ8_1) {
   EXPECT_EQ(q.q[0], -127);
   EXPECT_EQ(q.s[0], Fp16ToFp32(Fp32ToFp16(static_cast<float>(sum) * d)));
   for (int i = 32; i < 64; ++i) EXPECT_LE(std::abs(q.q[static_cast<size_t>(i)]), 127) << i;
+}
+
+// Every quantization code this CPU runs gives the same q, d and s, on random blocks and on edge cases: ties
+// (amax 127 makes d 1, so x.5 values are exact ties), zeros, subnormals, huge values, infinities, NaNs.
+TEST(QuantizeActivations, SameOnEveryIsa) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-4, 4);
+  const int64_t k = 32 * 12;
+  std::vector<float> x(static_cast<size_t>(3 * k));
+  for (auto& v : x) v = u(rng);
+  for (int j = 0; j < 32; ++j) x[static_cast<size_t>(j)] = static_cast<float>(j - 16) + 0.5f;  // ties
+  x[31] = 127.0f;
+  for (int j = 32; j < 64; ++j) x[static_cast<size_t>(j)] = 0.0f;
+  for (int j = 64; j < 96; ++j) x[static_cast<size_t>(j)] = std::ldexp(static_cast<float>(j - 80), -140);  // subnormal
+  x[100] = 3e38f;
+  x[130] = INFINITY;
+  x[131] = -INFINITY;
+  x[160] = NAN;
+  x[200] = 70000.0f * 127.0f;  // d beyond fp16: inf
+  x[230] = -1e-30f;
+  QuantizedActivations want;
+  want.Resize(3, k);
+  want.Quantize(x.data(), 0, 3, QdotIsa::kScalar);
+  for (QdotIsa isa : SupportedIsas()) {
+    SCOPED_TRACE(QdotIsaName(isa));
+    QuantizedActivations got;
+    got.Resize(3, k);
+    got.Quantize(x.data(), 0, 1, isa);
+    got.Quantize(x.data(), 1, 3, isa);
+    EXPECT_EQ(got.q, want.q);
+    ASSERT_EQ(got.d.size(), want.d.size());
+    for (size_t i = 0; i < got.d.size(); ++i) {
+      EXPECT_EQ(std::memcmp(&got.d[i], &want.d[i], 4), 0) << i << ": " << got.d[i] << " vs " << want.d[i];
+      EXPECT_EQ(std::memcmp(&got.s[i], &want.s[i], 4), 0) << i << ": " << got.s[i] << " vs " << want.s[i];
+    }
+  }
+  for (int8_t v : want.q) ASSERT_GE(v, -127);
 }
 
 TEST(QuantizeActivations, Errors) {
