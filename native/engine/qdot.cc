@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -240,7 +241,15 @@ void QTileScalar(const QTileView& v) {
 }
 
 QdotIsa BestQdotIsa() {
-  static const QdotIsa best = DetectIsa();
+  static const QdotIsa best = [] {
+    QdotIsa isa = DetectIsa();
+    // KVF_ENGINE_ISA=scalar|avx2 caps the choice, to run the fallbacks on a bigger CPU.
+    if (const char* cap = std::getenv("KVF_ENGINE_ISA")) {
+      if (std::strcmp(cap, "scalar") == 0) isa = QdotIsa::kScalar;
+      else if (std::strcmp(cap, "avx2") == 0 && isa == QdotIsa::kAvx512Vnni) isa = QdotIsa::kAvx2;
+    }
+    return isa;
+  }();
   return best;
 }
 

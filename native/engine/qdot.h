@@ -32,7 +32,7 @@ constexpr int kQTileRows = 4;    // weight rows unpacked and dotted together
 // kAvx2 means AVX2 + F16C; kAvx512Vnni means AVX-512 F/BW/VL/VNNI besides.
 enum class QdotIsa { kScalar, kAvx2, kAvx512Vnni };
 
-// The best kernel this CPU runs (checked once, at the first call).
+// The best kernel this CPU runs (checked once, at the first call; $KVF_ENGINE_ISA=scalar or avx2 caps it).
 QdotIsa BestQdotIsa();
 bool QdotIsaSupported(QdotIsa isa);
 const char* QdotIsaName(QdotIsa isa);
