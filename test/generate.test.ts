@@ -57,8 +57,12 @@ const skipSmol = !existsSync(smol)
     ? 'too slow in the unoptimised sanitizer build; the sanitized C++ suite runs SmolLM2'
     : false;
 describe('SmolLM2-135M-Instruct', { skip: skipSmol }, () => {
+  // Not "What is the capital of France?": under the default system prompt llama.cpp itself answers that one
+  // greedily with "L'Étoile, la Marseillaise, …" (its top first token is "L", p 0.157 vs "The" 0.123), and so
+  // does this engine since it quantizes activations as llama.cpp does; both answer this phrasing with
+  // "The capital of France is Paris." (benchmarks/crosscheck/llama-cpp/README.md).
   const cases = [
-    { question: 'What is the capital of France?', expect: /Paris/ },
+    { question: 'Tell me the capital of France.', expect: /Paris/ },
     { question: 'What color is the sky on a clear day?', expect: /blue/i },
     { question: 'What is the largest ocean on Earth?', expect: /Pacific/ },
   ];

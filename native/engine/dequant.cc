@@ -6,45 +6,20 @@
 #include <cstring>
 #include <string>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "core/error.h"
+#include "engine/half.h"
 
 namespace kvf::engine {
 namespace {
 
-inline uint16_t Load16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-
-inline float BitsToFloat(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-inline uint32_t FloatToBits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-// Exact half -> float without tables or F16C, branch-free so that loops over it vectorise
-// (Maratyszcza's FP16 method, as in ggml's ggml_compute_fp16_to_fp32).
-inline float HalfToFloat(uint16_t h) {
-  const uint32_t w = static_cast<uint32_t>(h) << 16;
-  const uint32_t sign = w & 0x80000000u;
-  const uint32_t two_w = w + w;
-  const uint32_t exp_offset = 0xE0u << 23;
-  const float normalized = BitsToFloat((two_w >> 4) + exp_offset) * 0x1.0p-112f;
-  const uint32_t magic_mask = 126u << 23;
-  const float denormalized = BitsToFloat((two_w >> 17) | magic_mask) - 0.5f;
-  const uint32_t denormalized_cutoff = 1u << 27;
-  // A mask rather than ?: so that GCC if-converts it and vectorises loops over this function.
-  const uint32_t use_denormalized = 0u - static_cast<uint32_t>(two_w < denormalized_cutoff);
-  const uint32_t bits = (FloatToBits(denormalized) & use_denormalized) | (FloatToBits(normalized) & ~use_denormalized);
-  return BitsToFloat(sign | bits);
-}
+using half::BitsToFloat;
+using half::FloatToBits;
+using half::HalfToFloat;
+using half::Load16;
 
 // ---------------------------------------------------------------------------------------------------------
 // One block each, following ggml's dequantize_row_* (ggml-quants.c) operation for operation. __restrict
@@ -178,8 +153,33 @@ float DotBlocks(const uint8_t* src, const float* x, int64_t n) {
   return Reduce(acc);
 }
 
-void HalfRow(const uint8_t* __restrict src, float* __restrict dst, int64_t n) {
+void HalfRowPlain(const uint8_t* __restrict src, float* __restrict dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(Load16(src + 2 * i));
+}
+
+#if defined(__x86_64__)
+// F16C's conversion is exact too (subnormals included; a signalling NaN comes back quiet), so both give the
+// same values; this one is several
+// times faster, which matters for the F16 KV cache rows that attention converts at every step.
+__attribute__((target("avx,f16c"))) void HalfRowF16c(const uint8_t* __restrict src, float* __restrict dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))));
+  for (; i < n; ++i) dst[i] = HalfToFloat(Load16(src + 2 * i));
+}
+
+bool HasF16c() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+}
+#endif
+
+void HalfRow(const uint8_t* __restrict src, float* __restrict dst, int64_t n) {
+#if defined(__x86_64__)
+  static const bool f16c = HasF16c();
+  if (f16c) return HalfRowF16c(src, dst, n);
+#endif
+  HalfRowPlain(src, dst, n);
 }
 
 void Bf16Row(const uint8_t* __restrict src, float* __restrict dst, int64_t n) {
@@ -220,24 +220,7 @@ float Fp16ToFp32(uint16_t h) { return HalfToFloat(h); }
 
 float Bf16ToFp32(uint16_t h) { return BitsToFloat(static_cast<uint32_t>(h) << 16); }
 
-uint16_t Fp32ToFp16(float f) {
-  // Maratyszcza's method again (ggml_compute_fp32_to_fp16): round to nearest even, overflow to inf,
-  // NaN stays NaN.
-  const float scale_to_inf = 0x1.0p+112f;
-  const float scale_to_zero = 0x1.0p-110f;
-  const uint32_t w = FloatToBits(f);
-  float base = std::fabs(f) * scale_to_inf * scale_to_zero;
-  const uint32_t shl1_w = w + w;
-  const uint32_t sign = w & 0x80000000u;
-  uint32_t bias = shl1_w & 0xFF000000u;
-  if (bias < 0x71000000u) bias = 0x71000000u;
-  base = BitsToFloat((bias >> 1) + 0x07800000u) + base;
-  const uint32_t bits = FloatToBits(base);
-  const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
-  const uint32_t mantissa_bits = bits & 0x00000FFFu;
-  const uint32_t nonsign = exp_bits + mantissa_bits;
-  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
-}
+uint16_t Fp32ToFp16(float f) { return half::FloatToHalf(f); }
 
 bool CanDequantize(GgmlType type) { return TypeTraits(type).dequantizable; }
 

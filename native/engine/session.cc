@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "engine/dequant.h"
+#include "engine/qdot.h"
 
 namespace kvf::engine {
 namespace {
@@ -16,6 +17,7 @@ namespace {
 // hence not on the thread count or batch size).
 constexpr int kLanes = 8;
 constexpr int kTile = 4;
+static_assert(kTile <= kQTileRows, "a row tile must fit an UnpackedRows");
 
 template <int R>
 inline void DotRows(const float* const* w, const float* __restrict x, int64_t n, float* out) {
@@ -78,6 +80,32 @@ __attribute__((target_clones("avx2", "default"))) void TileDots(const float* w, 
   }
 }
 
+// One query head over positions 0..n_pos-1 (causal): scores, float softmax, weighted sum of V rows. k and v
+// point at position 0's row of the head, rows `stride` floats apart. Cloned for AVX2 like TileDots (no FMA,
+// so the same results as the baseline clone).
+__attribute__((target_clones("avx2", "default"))) void AttendHead(const float* q, const float* k, const float* v,
+                                                                   int64_t stride, int64_t n_pos, int64_t hd,
+                                                                   float scale, float* scores, float* out) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n_pos; ++j) {
+    const float s = Dot(q, k + j * stride, hd) * scale;
+    scores[j] = s;
+    mx = std::max(mx, s);
+  }
+  double sum = 0;
+  for (int64_t j = 0; j < n_pos; ++j) {
+    scores[j] = std::exp(scores[j] - mx);
+    sum += scores[j];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t j = 0; j < n_pos; ++j) {
+    const float* vj = v + j * stride;
+    const float p = scores[j] * inv;
+    for (int64_t i = 0; i < hd; ++i) out[i] += p * vj[i];
+  }
+}
+
 [[noreturn]] void Invalid(const std::string& msg) { throw Error("KVF_ERR_INVALID_ARGUMENT", msg); }
 
 }  // namespace
@@ -100,7 +128,7 @@ int32_t Argmax(const std::vector<float>& logits) {
 }
 
 Session::Session(const Model& model, KvPool& pool, const SessionOptions& options)
-    : model_(model), pool_(pool), options_(options), pool_threads_(options.threads) {
+    : model_(model), pool_(pool), options_(options), pool_threads_(options.threads), isa_(BestQdotIsa()) {
   const LlamaHparams& hp = model.hparams();
   const KvLayout& l = pool.layout();
   if (l.num_layers != hp.n_layer || l.num_kv_heads != hp.n_head_kv || l.head_dim != hp.head_dim)
@@ -109,10 +137,10 @@ Session::Session(const Model& model, KvPool& pool, const SessionOptions& options
             ", " + std::to_string(hp.n_head_kv) + ", " + std::to_string(hp.head_dim) + ")");
   if (options_.max_batch <= 0) options_.max_batch = 512;
   const int64_t max_k = std::max({hp.n_embd, hp.n_ff, hp.n_head * hp.head_dim});
-  // Per thread: a tile of dequantized weight rows, or attention scores over the context plus one
-  // converted K/V row.
-  const int64_t need = std::max<int64_t>(kTile * max_k, hp.n_ctx + 2 * hp.head_dim);
+  // Per thread: a tile of dequantized weight rows, or attention scores over the context.
+  const int64_t need = std::max<int64_t>(kTile * max_k, hp.n_ctx);
   scratch_.assign(static_cast<size_t>(pool_threads_.size()), std::vector<float>(static_cast<size_t>(need)));
+  unpacked_.resize(static_cast<size_t>(pool_threads_.size()));
 }
 
 std::vector<float> Session::Prefill(const std::vector<int32_t>& tokens, const BlockTable& table, int64_t start_pos) {
@@ -147,9 +175,19 @@ std::vector<float> Session::Decode(int32_t token, const BlockTable& table, int64
 
 void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens) {
   int64_t total = 0;
-  for (int j = 0; j < n_jobs; ++j) total += static_cast<int64_t>(jobs[j].w->rows());
+  bool quantized = false;
+  for (int j = 0; j < n_jobs; ++j) {
+    total += static_cast<int64_t>(jobs[j].w->rows());
+    quantized = quantized || HasQuantizedDot(jobs[j].w->type);
+  }
+  if (quantized) {
+    // Once per batch, shared by all rows (the jobs of one MatMul all read the same x).
+    xq_.Resize(n_tokens, static_cast<int64_t>(jobs[0].w->row_length()));
+    pool_threads_.ParallelFor(n_tokens, [&](int64_t begin, int64_t end, int) { xq_.Quantize(x, begin, end); });
+  }
   pool_threads_.ParallelFor(total, [&](int64_t begin, int64_t end, int thread) {
     float* scratch = scratch_[static_cast<size_t>(thread)].data();
+    UnpackedRows& unpacked = unpacked_[static_cast<size_t>(thread)];
     int64_t job_start = 0;
     for (int j = 0; j < n_jobs && begin < end; ++j) {
       const GgufTensor& w = *jobs[j].w;
@@ -158,6 +196,16 @@ void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_t
       const int64_t lo = std::max(begin, job_start) - job_start, hi = std::min(end, job_start + rows) - job_start;
       for (int64_t r = lo; r < hi; r += kTile) {
         const int tile = static_cast<int>(std::min<int64_t>(kTile, hi - r));
+        if (HasQuantizedDot(w.type)) {
+          // The next tile's bytes, while this one is unpacked and dotted (decode streams every weight
+          // from memory once per token).
+          const int64_t next_lo = r + kTile, next_hi = std::min(next_lo + kTile, hi);
+          for (uint64_t o = static_cast<uint64_t>(next_lo) * row_bytes; o < static_cast<uint64_t>(next_hi) * row_bytes; o += 64)
+            __builtin_prefetch(w.data + o);
+          unpacked.Unpack(w.type, w.data + static_cast<uint64_t>(r) * row_bytes, row_bytes, tile, K);
+          QuantizedTileDots(unpacked, xq_, jobs[j].y + r, rows, isa_);
+          continue;
+        }
         for (int i = 0; i < tile; ++i)
           DequantizeRow(w.type, w.data + static_cast<uint64_t>(r + i) * row_bytes, scratch + i * K, K);
         TileDots(scratch, tile, x, n_tokens, K, jobs[j].y + r, rows);
@@ -198,43 +246,35 @@ void Session::Attention(int layer, const BlockTable& table, int64_t start, int64
   const LlamaHparams& hp = model_.hparams();
   const KvLayout& l = pool_.layout();
   const int64_t hd = hp.head_dim, tpb = l.tokens_per_block, q_dim = static_cast<int64_t>(hp.n_head) * hd;
+  const int64_t kv_dim = static_cast<int64_t>(hp.n_head_kv) * hd, n_ctx = start + n;
   const int group = hp.n_head / hp.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const GgmlType row_type = l.dtype == KvDtype::F16 ? GgmlType::F16 : GgmlType::F32;
   const size_t row_bytes = static_cast<size_t>(hd) * l.elem_bytes();
-  uint8_t* base = pool_.base();
+  const uint8_t* base = pool_.base();
+
+  // Every cached K/V row this batch reads, converted to float once (exactly) rather than once per query
+  // head and token. Read back from the pool, so the values are the pool's whichever path stored them.
+  kf_.resize(static_cast<size_t>(n_ctx * kv_dim));
+  vf_.resize(static_cast<size_t>(n_ctx * kv_dim));
+  pool_threads_.ParallelFor(n_ctx, [&](int64_t begin, int64_t end, int) {
+    for (int64_t j = begin; j < end; ++j) {
+      const int32_t block = table[static_cast<size_t>(j / tpb)];
+      for (int kvh = 0; kvh < hp.n_head_kv; ++kvh) {
+        const size_t at = static_cast<size_t>(kvh * tpb + j % tpb) * row_bytes;
+        DequantizeRow(row_type, base + l.Offset(block, layer, 0) + at, kf_.data() + j * kv_dim + kvh * hd, hd);
+        DequantizeRow(row_type, base + l.Offset(block, layer, 1) + at, vf_.data() + j * kv_dim + kvh * hd, hd);
+      }
+    }
+  });
+
   pool_threads_.ParallelFor(n * hp.n_head, [&](int64_t begin, int64_t end, int thread) {
     float* scores = scratch_[static_cast<size_t>(thread)].data();
-    float* row = scores + hp.n_ctx;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / hp.n_head;
       const int h = static_cast<int>(item % hp.n_head), kvh = h / group;
-      const int64_t n_pos = start + t + 1;  // causal: positions 0..start+t
-      const float* q = q_.data() + t * q_dim + h * hd;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < n_pos; ++j) {
-        const int32_t block = table[static_cast<size_t>(j / tpb)];
-        const uint8_t* k = base + l.Offset(block, layer, 0) + static_cast<size_t>(kvh * tpb + j % tpb) * row_bytes;
-        DequantizeRow(row_type, k, row, hd);
-        const float s = Dot(q, row, hd) * scale;
-        scores[j] = s;
-        mx = std::max(mx, s);
-      }
-      double sum = 0;
-      for (int64_t j = 0; j < n_pos; ++j) {
-        scores[j] = std::exp(scores[j] - mx);
-        sum += scores[j];
-      }
-      const float inv = static_cast<float>(1.0 / sum);
-      float* out = attn_.data() + t * q_dim + h * hd;
-      std::fill(out, out + hd, 0.0f);
-      for (int64_t j = 0; j < n_pos; ++j) {
-        const int32_t block = table[static_cast<size_t>(j / tpb)];
-        const uint8_t* v = base + l.Offset(block, layer, 1) + static_cast<size_t>(kvh * tpb + j % tpb) * row_bytes;
-        DequantizeRow(row_type, v, row, hd);
-        const float p = scores[j] * inv;
-        for (int64_t i = 0; i < hd; ++i) out[i] += p * row[i];
-      }
+      AttendHead(q_.data() + t * q_dim + h * hd, kf_.data() + kvh * hd, vf_.data() + kvh * hd, kv_dim,
+                 start + t + 1, hd, scale, scores, attn_.data() + t * q_dim + h * hd);
     }
   });
 }

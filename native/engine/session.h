@@ -1,11 +1,15 @@
 // The Llama forward pass on the CPU over a paged KV cache (kv_cache.h).
 //
-// Prefill runs a batch of positions at once: each weight row is dequantized once per batch and dotted
-// with every token's activations, which is what makes it faster than token-by-token decoding. Decode
-// is a batch of one through the same code, and every position's K/V goes into the pool (rounded to
-// the pool's dtype) before attention reads it back through the block table, so a prompt gives the same
-// logits whether it was prefilled in one batch, in chunks or decoded token by token, and blocks copied
-// to other ids (or pulled from another process) give the same logits too.
+// Matrix products: for quantized weights (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) the activations are quantized to
+// 8 bits per block of 32 once per token, as llama.cpp's CPU backend does, and each weight block is dotted
+// with them in integers (qdot.h); F32/F16/BF16 weights are converted to float and dotted with the float
+// activations. Prefill runs a batch of positions at once: each tile of weight rows is unpacked once per
+// batch and dotted with every token, which is what makes it faster than token-by-token decoding. Decode
+// is a batch of one through the same code. Every (row, token) product is computed by the same sequence of
+// operations whatever the batch, tile or thread count, and every position's K/V goes into the pool
+// (rounded to the pool's dtype) before attention reads it back through the block table, so a prompt gives
+// the same logits whether it was prefilled in one batch, in chunks or decoded token by token, and blocks
+// copied to other ids (or pulled from another process) give the same logits too.
 //
 // Math follows llama.cpp's LLAMA graph: RMSNorm (sum of squares in double), RoPE of type NORM
 // (rotation of adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/rope_dim), theta built iteratively in
@@ -22,6 +26,7 @@
 
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "engine/qdot.h"
 #include "engine/thread_pool.h"
 
 namespace kvf::engine {
@@ -65,9 +70,13 @@ class Session {
   KvPool& pool_;
   SessionOptions options_;
   ThreadPool pool_threads_;
+  QdotIsa isa_;
+  QuantizedActivations xq_;             // the current MatMul's x, for quantized weights
+  std::vector<UnpackedRows> unpacked_;  // per thread
   // Activations for one batch, [token][...].
   std::vector<float> x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_;
   std::vector<float> rope_cos_, rope_sin_;  // [token][rope_dim / 2]
+  std::vector<float> kf_, vf_;              // the layer's cached K and V as float, [position][kv head][head_dim]
   std::vector<std::vector<float>> scratch_;  // per thread
 };
 

@@ -1,10 +1,19 @@
 // A small fixed pool of worker threads for the engine's data-parallel loops (matmul rows, attention
 // heads). Persistent threads rather than one std::thread per loop: a decode step runs ~10 loops per
 // layer, and spawning threads for each would cost more than the work on small models.
+//
+// Idle workers first spin for a short while (kSpin) watching for the next loop, then sleep on a condition
+// variable: a decode step starts loops every few tens of microseconds, and a futex wake-up per loop cost
+// more than the loop's work on small models; sleeping after the spin keeps a pool that is not in use (or a
+// machine that is oversubscribed) from burning CPU, which is what makes barrier-spinning engines collapse
+// when their threads are descheduled.
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -28,6 +37,9 @@ class ThreadPool {
   using Fn = std::function<void(int64_t begin, int64_t end, int thread)>;
   void ParallelFor(int64_t n, const Fn& fn);
 
+  // How long a worker (or the caller, waiting for the workers) spins before it sleeps.
+  static constexpr std::chrono::microseconds kSpin{50};
+
  private:
   void Worker(int index);
 
@@ -36,12 +48,14 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable start_cv_;
   std::condition_variable done_cv_;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  // Written by ParallelFor before it publishes a loop by incrementing generation_ (release), read by the
+  // workers after they see the new generation (acquire).
   const Fn* fn_ = nullptr;
   int64_t n_ = 0;
-  std::exception_ptr error_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
+  std::exception_ptr error_;  // guarded by mu_
 };
 
 }  // namespace kvf::engine
