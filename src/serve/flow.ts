@@ -129,6 +129,8 @@ export async function runFlow(ctx: FlowContext, req: FlowRequest, onToken: (toke
           started = ev.started;
           pulled = started.transfer?.op === 'READ';
           if (prefill?.kv && !pulled) releasePrefill();
+          reserved = null; // the decode worker took its reservation over
+
         } else if (ev.event === 'token') {
           completionTokens++;
           if (!onToken(ev.token)) {

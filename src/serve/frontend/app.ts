@@ -256,7 +256,8 @@ export function buildApp(options: AppOptions): FastifyInstance {
         send({ error: errorObject(e, null) });
         raw.end();
       }
-      log.warn({ requestId: p.id, code: e.code, err: e.message }, 'stream failed');
+      // A client that went away is routine; anything else is worth a warning.
+      log[e.code === 'KVF_ERR_CLOSED' ? 'debug' : 'warn']({ requestId: p.id, code: e.code, err: e.message }, 'stream failed');
       return reply;
     }
     send(chunk(null, r.finishReason, { kvfabric: r.proof }));
