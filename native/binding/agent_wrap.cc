@@ -61,6 +61,7 @@ Napi::Object EventObject(Napi::Env env, Event& ev) {
       o.Set("durationNs", static_cast<double>(ev.duration_ns));
       o.Set("railsMask", static_cast<double>(ev.rails_mask));
       o.Set("postNs", static_cast<double>(ev.post_ns));
+      o.Set("providerPostNs", static_cast<double>(ev.provider_post_ns));
       o.Set("ops", static_cast<double>(ev.ops));
       o.Set("path", ev.cma ? "cma" : "fabric");
       if (!ev.error.ok()) o.Set("error", ErrorObject(env, ev.error));

@@ -459,9 +459,10 @@ uint64_t Agent::Warmup(uint32_t peer_id) {
   return Launch(std::move(t));
 }
 
-void Agent::OnOpPosted(Op* op) {
+void Agent::OnOpPosted(Op* op, int64_t call_ns) {
   Transfer* t = op->transfer;
   if (op->kind == OpKind::kSend || t == nullptr) return;
+  t->provider_post_ns += call_ns;
   if (t->unposted.fetch_sub(1) == 1) {
     t->posted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t->start).count();
   }
@@ -526,6 +527,7 @@ void Agent::Finish(Transfer* t) {
   ev.bytes = t->bytes;
   ev.rails_mask = t->rails_mask;
   ev.post_ns = t->posted_ns;
+  ev.provider_post_ns = t->provider_post_ns;
   ev.ops = t->cma ? t->cma_segments : t->ops.size();
   ev.cma = t->cma;
   ev.duration_ns = static_cast<uint64_t>(

@@ -121,7 +121,7 @@ class Agent : public RailOwner {
   // RailOwner
   void OnOpComplete(Op* op, const ErrorInfo* error) override;
   void OnMessage(const uint8_t* data, size_t length) override;
-  void OnOpPosted(Op* op) override;
+  void OnOpPosted(Op* op, int64_t call_ns) override;
   void OnCopyDone(Transfer* t, const ErrorInfo* error);
 
  private:

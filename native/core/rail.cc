@@ -289,14 +289,16 @@ void Rail::RunLoop() {
     bool worked = false;
     while (!pending.empty() && inflight_ < tx_depth_) {
       Op* op = pending.front();
+      const auto posting = std::chrono::steady_clock::now();
       int rc = Post(op);
+      const auto posted = std::chrono::steady_clock::now();
       if (orphaned_) return;  // we were given up on while inside the provider: touch nothing of the owner's
       if (rc == -FI_EAGAIN) break;
       pending.pop_front();
       worked = true;
       if (rc == 0) {
         ++inflight_;
-        owner_->OnOpPosted(op);
+        owner_->OnOpPosted(op, std::chrono::duration_cast<std::chrono::nanoseconds>(posted - posting).count());
       } else {
         ErrorInfo info = ProviderError("posting on rail " + std::to_string(index_), rc);
         owner_->OnOpComplete(op, &info);

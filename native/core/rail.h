@@ -30,8 +30,9 @@ class RailOwner {
   virtual void OnOpComplete(Op* op, const ErrorInfo* error) = 0;
   // Called on the rail's thread for every received control message.
   virtual void OnMessage(const uint8_t* data, size_t length) = 0;
-  // Called on the rail's thread when the provider has accepted an op (for posting-cost telemetry).
-  virtual void OnOpPosted(Op* op) = 0;
+  // Called on the rail's thread when the provider has accepted an op, with the time its post call took
+  // (posting-cost telemetry).
+  virtual void OnOpPosted(Op* op, int64_t call_ns) = 0;
 };
 
 struct RailMr {

@@ -52,6 +52,7 @@ struct Transfer {
   std::chrono::steady_clock::time_point start;
   std::atomic<size_t> unposted{0};     // data ops not yet accepted by the provider
   std::atomic<int64_t> posted_ns{-1};  // from start until the provider had accepted every data op
+  std::atomic<int64_t> provider_post_ns{0};  // time inside the provider's post calls, summed over data ops
   bool cma = false;                    // carried by the same-host fast path, not the fabric
   size_t cma_segments = 0;
 };
@@ -65,6 +66,7 @@ struct Event {
   uint64_t duration_ns = 0;
   uint64_t rails_mask = 0;
   int64_t post_ns = -1;
+  int64_t provider_post_ns = 0;
   uint64_t ops = 0;
   bool cma = false;
   std::string from;           // notification sender

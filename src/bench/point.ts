@@ -33,8 +33,15 @@ export interface PointResult {
   latencyMs: { p50: number; p99: number; mean: number };
   /** Per transfer, from the JS call to the promise resolving (adds the hand-over to the event loop). */
   wallLatencyMs: { p50: number; p99: number };
-  /** The addon's posting time (report.postMs) per descriptor. */
+  /** From the post call until the provider had accepted every op (report.postMs), per descriptor: queueing included. */
   postUsPerDesc: number;
+  /** Time inside the provider's post calls (report.providerPostMs), per descriptor. */
+  providerUsPerDesc: number;
+  /**
+   * The posting cost: CPU time of the JS post() call plus the provider's post calls, per descriptor. This is
+   * what to hold against a raw-libfabric program's time in fi_write/fi_read.
+   */
+  costUsPerDesc: number;
   /** Time spent inside the post()/transfer() call in JS, per descriptor. */
   jsUsPerDesc: number;
   /** libfabric operations per transfer after merging, striping and splitting. */
@@ -146,6 +153,7 @@ export async function runPoint(layout: Layout, spec: PointSpec, onProgress: (fra
   let descriptors = 0;
   let bytes = 0;
   let postMs = 0;
+  let providerMs = 0;
   let jsMs = 0;
   let fabricOps = 0;
   const monitor = new LoopDelayMonitor();
@@ -167,6 +175,7 @@ export async function runPoint(layout: Layout, spec: PointSpec, onProgress: (fra
       descriptors += report.descriptors;
       bytes += report.bytes;
       postMs += report.postMs;
+      providerMs += report.providerPostMs;
       jsMs += callMs;
       fabricOps += report.ops;
       const now = performance.now();
@@ -198,6 +207,8 @@ export async function runPoint(layout: Layout, spec: PointSpec, onProgress: (fra
     latencyMs: { p50: percentile(latency, 50), p99: percentile(latency, 99), mean: latency.reduce((a, b) => a + b, 0) / Math.max(1, transfers) },
     wallLatencyMs: { p50: percentile(wall, 50), p99: percentile(wall, 99) },
     postUsPerDesc: descriptors > 0 ? (postMs * 1000) / descriptors : 0,
+    providerUsPerDesc: descriptors > 0 ? (providerMs * 1000) / descriptors : 0,
+    costUsPerDesc: descriptors > 0 ? ((jsMs + providerMs) * 1000) / descriptors : 0,
     jsUsPerDesc: descriptors > 0 ? (jsMs * 1000) / descriptors : 0,
     fabricOpsPerTransfer: transfers > 0 ? fabricOps / transfers : 0,
     loopDelay,

@@ -71,6 +71,8 @@ export interface TransferReport {
   ops: number;
   /** From the post call until the provider had accepted every operation (posting cost, queueing included). */
   postMs: number;
+  /** Time spent inside the provider's post calls (fi_write/fi_read), summed over the operations. */
+  providerPostMs: number;
   /** What carried the bytes: the libfabric provider ('fabric') or the same-host fast path ('cma'). */
   path: 'fabric' | 'cma';
 }
@@ -443,6 +445,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       notified: p.notified,
       ops: ev.ops,
       postMs: ev.postNs >= 0 ? ev.postNs / 1e6 : 0,
+      providerPostMs: ev.providerPostNs / 1e6,
       path: ev.path,
     });
   }

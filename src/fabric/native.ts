@@ -11,7 +11,7 @@ export interface NativeErrorObject {
 }
 
 export type NativeEvent =
-  | { type: 'done'; id: number; bytes: number; durationNs: number; railsMask: number; postNs: number; ops: number; path: 'fabric' | 'cma'; error?: NativeErrorObject }
+  | { type: 'done'; id: number; bytes: number; durationNs: number; railsMask: number; postNs: number; providerPostNs: number; ops: number; path: 'fabric' | 'cma'; error?: NativeErrorObject }
   | { type: 'notification'; from: string; data: Buffer }
   | { type: 'closed' };
 
