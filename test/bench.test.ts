@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 
 import { parseBenchOptions, parseSize, type RawBenchOptions } from '../src/bench/options.js';
+import type { PointResult } from '../src/bench/point.js';
+import type { BenchResult } from '../src/bench/report.js';
 import type { KvfError } from '../src/fabric/errors.js';
 import { CLI } from './helpers/serve.js';
 
@@ -29,37 +31,9 @@ function bench(args: string[]): Promise<Run> {
   });
 }
 
-interface Point {
-  op: string;
-  path: string;
-  blockBytes: number;
-  batch: number;
-  depth: number;
-  rails: number;
-  prepared: boolean;
-  transfers: number;
-  descriptors: number;
-  bytes: number;
-  seconds: number;
-  gbps: number;
-  opsPerSec: number;
-  latencyMs: { p50: number; p99: number };
-  postUsPerDesc: number;
-  jsUsPerDesc: number;
-  loopDelay: { p50Ms: number; p99Ms: number; maxMs: number };
-}
-
-interface Result {
-  benchmark: string;
-  provider: string;
-  rails: number;
-  target: string;
-  machine: { cpu: string; cores: number; libfabric: string };
-  targetMachine: { host: string };
-  options: Record<string, unknown>;
-  idleLoopDelay: { p50Ms: number; p99Ms: number; maxMs: number };
-  points: Point[];
-}
+// The JSON is the BenchResult the tool writes (options' undefined values become null, hence the loose options).
+type Point = PointResult;
+type Result = Omit<BenchResult, 'options'> & { options: Record<string, unknown> };
 
 const readJson = (file: string) => JSON.parse(readFileSync(file, 'utf8')) as Result;
 
