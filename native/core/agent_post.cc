@@ -1,0 +1,326 @@
+// The posting half of Agent: descriptors validated into prepared lists, lists planned into ops (or copies on
+// the same-host fast path) and handed to the rails, warmup and notifications. Lifecycle, regions, peers and
+// completions are in agent.cc.
+#include "core/agent.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace kvf {
+
+namespace {
+
+constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
+
+uint64_t ExactIndex(double v, size_t descriptor, const char* field) {
+  if (!(v >= 0) || v >= kMaxExactInteger || std::floor(v) != v) {
+    throw Error("KVF_ERR_INVALID_ARGUMENT", "descriptor " + std::to_string(descriptor) + ": " + field +
+                                                " must be a non-negative integer below 2^53");
+  }
+  return static_cast<uint64_t>(v);
+}
+
+}  // namespace
+
+PreparedList Agent::Resolve(uint32_t peer_id, const double* d, size_t count) {
+  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  Peer& peer = PeerOrThrow(peer_id);
+  if (count == 0) throw Error("KVF_ERR_INVALID_ARGUMENT", "a transfer needs at least one descriptor");
+  PreparedList list;
+  list.peer = peer_id;
+  list.items.resize(count);
+  std::lock_guard<std::mutex> lock(regions_mu_);
+  // Regions are looked up by id; descriptors of one list usually name one or two, so cache the last hit.
+  const Region* last_local = nullptr;
+  for (size_t i = 0; i < count; ++i) {
+    const double* f = d + i * DescriptorFields::kCount;
+    const uint64_t lregion = ExactIndex(f[0], i, "localRegion");
+    const uint64_t loff = ExactIndex(f[1], i, "localOffset");
+    const uint64_t rregion = ExactIndex(f[2], i, "remoteRegion");
+    const uint64_t roff = ExactIndex(f[3], i, "remoteOffset");
+    const uint64_t len = ExactIndex(f[4], i, "length");
+    auto at = [i] { return "descriptor " + std::to_string(i) + ": "; };
+    if (len == 0) throw Error("KVF_ERR_ZERO_LENGTH", at() + "length is 0");
+    Region* local;
+    if (last_local != nullptr && last_local->id == lregion) {
+      local = const_cast<Region*>(last_local);
+    } else {
+      auto lit = regions_.find(static_cast<uint32_t>(lregion));
+      if (lregion > UINT32_MAX || lit == regions_.end() || lit->second->internal) {
+        throw Error("KVF_ERR_UNKNOWN_REGION", at() + "local region " + std::to_string(lregion) + " is not registered");
+      }
+      local = lit->second.get();
+      last_local = local;
+      if (std::none_of(list.regions.begin(), list.regions.end(), [&](const auto& r) { return r.second == local; })) {
+        list.regions.emplace_back(local->id, local);
+      }
+    }
+    if (loff > local->length || len > local->length - loff) {
+      throw Error("KVF_ERR_OUT_OF_RANGE", at() + "local range [" + std::to_string(loff) + ", " + std::to_string(loff + len) +
+                                              ") exceeds region " + std::to_string(lregion) + " of " +
+                                              std::to_string(local->length) + " bytes");
+    }
+    auto rit = peer.regions.find(static_cast<uint32_t>(rregion));
+    if (rregion > UINT32_MAX || rit == peer.regions.end()) {
+      throw Error("KVF_ERR_UNKNOWN_REGION", at() + "peer '" + peer.name + "' advertises no region " + std::to_string(rregion));
+    }
+    if (roff > rit->second.length || len > rit->second.length - roff) {
+      throw Error("KVF_ERR_OUT_OF_RANGE", at() + "remote range [" + std::to_string(roff) + ", " + std::to_string(roff + len) +
+                                              ") exceeds region " + std::to_string(rregion) + " of peer '" + peer.name +
+                                              "' (" + std::to_string(rit->second.length) + " bytes)");
+    }
+    list.items[i] = {local, loff, static_cast<uint32_t>(rregion), &rit->second, roff, len};
+    list.bytes += len;
+  }
+  // Two descriptors landing on the same bytes would make the result depend on completion order.
+  list.read_overlap = FindOverlap(OpKind::kRead, list.items, nullptr, count);
+  list.write_overlap = FindOverlap(OpKind::kWrite, list.items, nullptr, count);
+  return list;
+}
+
+uint64_t Agent::PostTransfer(OpKind kind, uint32_t peer_id, const double* d, size_t count,
+                             const uint8_t* notification, size_t notification_length, bool has_notification) {
+  PreparedList list = Resolve(peer_id, d, count);
+  return Submit(kind, list, nullptr, count, notification, notification_length, has_notification);
+}
+
+uint32_t Agent::Prepare(uint32_t peer_id, const double* d, size_t count) {
+  auto list = std::make_unique<PreparedList>(Resolve(peer_id, d, count));
+  const uint32_t id = next_prepared_++;
+  prepared_.emplace(id, std::move(list));
+  return id;
+}
+
+void Agent::ReleasePrepared(uint32_t id) {
+  if (prepared_.erase(id) == 0) throw Error("KVF_ERR_CLOSED", "prepared list " + std::to_string(id) + " was released");
+}
+
+const PreparedList& Agent::PreparedOrThrow(uint32_t id) const {
+  auto it = prepared_.find(id);
+  if (it == prepared_.end()) throw Error("KVF_ERR_CLOSED", "prepared list " + std::to_string(id) + " was released");
+  return *it->second;
+}
+
+uint64_t Agent::PostPrepared(OpKind kind, uint32_t list_id, const uint32_t* indices, size_t count,
+                             const uint8_t* notification, size_t notification_length, bool has_notification) {
+  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  const PreparedList& list = PreparedOrThrow(list_id);
+  if (indices == nullptr) count = list.items.size();
+  return Submit(kind, list, indices, count, notification, notification_length, has_notification);
+}
+
+uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count,
+                       const uint8_t* notification, size_t notification_length, bool has_notification) {
+  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  Peer& peer = PeerOrThrow(list.peer);
+  if (count == 0) throw Error("KVF_ERR_INVALID_ARGUMENT", "a transfer needs at least one descriptor");
+  auto t = std::make_unique<Transfer>();
+  t->kind = kind;
+  if (indices == nullptr) {
+    const std::string& overlap = kind == OpKind::kWrite ? list.write_overlap : list.read_overlap;
+    if (!overlap.empty()) throw Error("KVF_ERR_OVERLAP", overlap);
+    t->bytes = list.bytes;
+  } else {
+    // A selection of a list without overlaps overlaps only if it repeats an index.
+    std::vector<bool> seen(list.items.size());
+    for (size_t k = 0; k < count; ++k) {
+      const uint32_t i = indices[k];
+      if (i >= list.items.size()) {
+        throw Error("KVF_ERR_OUT_OF_RANGE", "index " + std::to_string(i) + " is outside the prepared list of " +
+                                                std::to_string(list.items.size()) + " descriptors");
+      }
+      if (seen[i]) throw Error("KVF_ERR_OVERLAP", "descriptor " + std::to_string(i) + " is selected twice");
+      seen[i] = true;
+      t->bytes += list.items[i].length;
+    }
+    const std::string& overlap = kind == OpKind::kWrite ? list.write_overlap : list.read_overlap;
+    if (!overlap.empty()) {
+      std::string subset = FindOverlap(kind, list.items, indices, count);
+      if (!subset.empty()) throw Error("KVF_ERR_OVERLAP", subset);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(regions_mu_);
+    for (const auto& [id, region] : list.regions) {
+      auto it = regions_.find(id);
+      if (it == regions_.end() || it->second.get() != region) {
+        throw Error("KVF_ERR_UNKNOWN_REGION", "local region " + std::to_string(id) + " was deregistered");
+      }
+    }
+    for (const auto& [id, region] : list.regions) {
+      t->regions.push_back(region);
+      ++region->inflight;
+    }
+  }
+  if (has_notification) t->notify_message = EncodeNotification(name_, notification, notification_length);
+  if (has_notification) {
+    t->notify_op = std::make_unique<Op>();
+    Op& op = *t->notify_op;
+    op.kind = OpKind::kSend;
+    op.transfer = t.get();
+    op.local = t->notify_message.data();
+    op.length = t->notify_message.size();
+    op.dest = peer.addrs[0][0];
+  }
+  if (peer.cma_pid != 0) return LaunchCopy(std::move(t), peer, list, indices, count);
+  RailPlan plan;
+  plan.rails = rails_.size();
+  plan.remote_rails = peer.remote_rails;
+  plan.max_msg = rails_[0]->max_msg_size();
+  plan.stripe_threshold = stripe_threshold_;
+  plan.next_rail = next_rail_;
+  PlanOps(*t, kind, peer, list, indices, count, plan);
+  next_rail_ = plan.next_rail;
+  return Launch(std::move(t));
+}
+
+// Registers the transfer and hands its ops to their rails, each rail woken once.
+uint64_t Agent::Launch(std::unique_ptr<Transfer> t) {
+  t->remaining = t->ops.size();
+  t->unposted = t->ops.size();
+  t->start = std::chrono::steady_clock::now();
+  Transfer* raw = t.get();
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(transfers_mu_);
+    id = raw->id = next_transfer_++;
+    transfers_.emplace(id, std::move(t));
+  }
+  const size_t nrails = rails_.size();
+  if (nrails == 1) {
+    std::vector<Op*> ops(raw->ops.size());
+    for (size_t i = 0; i < ops.size(); ++i) ops[i] = &raw->ops[i];
+    rails_[0]->Submit(ops.data(), ops.size());
+    return id;
+  }
+  std::vector<std::vector<Op*>> by_rail(nrails);
+  for (Op& op : raw->ops) by_rail[op.rail].push_back(&op);
+  for (size_t r = 0; r < nrails; ++r) {
+    if (!by_rail[r].empty()) rails_[r]->Submit(by_rail[r].data(), by_rail[r].size());
+  }
+  return id;
+}
+
+uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const PreparedList& list,
+                           const uint32_t* indices, size_t count) {
+  CmaJob job;
+  job.pid = peer.cma_pid;
+  job.write = t->kind == OpKind::kWrite;
+  for (const Run& r : MergeRuns(list, indices, count)) {
+    job.local.push_back({r.first->local->data + r.local_offset, r.length});
+    // Metadata carries every region's real base address, whatever the provider's addressing.
+    job.remote.push_back({reinterpret_cast<void*>(static_cast<uintptr_t>(r.first->remote->base + r.remote_offset)), r.length});
+  }
+  t->cma = true;
+  t->cma_segments = job.local.size();
+  // Parts of at least 1 MiB, copied in parallel by the copier threads.
+  std::vector<CmaJob> parts = SplitCmaJob(std::move(job), copier_.threads(), 1 << 20);
+  t->remaining = parts.size();
+  t->start = std::chrono::steady_clock::now();
+  t->posted_ns = 0;
+  Transfer* raw = t.get();
+  {
+    std::lock_guard<std::mutex> lock(transfers_mu_);
+    raw->id = next_transfer_++;
+    transfers_.emplace(raw->id, std::move(t));
+  }
+  const uint64_t id = raw->id;
+  for (CmaJob& part : parts) {
+    part.transfer = raw;
+    copier_.Submit(std::move(part));
+  }
+  return id;
+}
+
+void Agent::OnCopyDone(Transfer* t, const ErrorInfo* error) {
+  if (error != nullptr) {
+    std::lock_guard<std::mutex> lock(t->error_mu);
+    if (t->error.ok()) t->error = *error;
+  }
+  if (t->remaining.fetch_sub(1) != 1) return;
+  bool failed;
+  {
+    std::lock_guard<std::mutex> lock(t->error_mu);
+    failed = !t->error.ok();
+  }
+  DataDone(t, failed);
+}
+
+uint64_t Agent::Warmup(uint32_t peer_id) {
+  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  Peer& peer = PeerOrThrow(peer_id);
+  if (peer.regions.empty()) {
+    throw Error("KVF_ERR_UNKNOWN_REGION", "peer '" + peer.name + "' advertises no region to warm the rails up with");
+  }
+  if (scratch_region_ == 0) {
+    scratch_.resize(64 * rails_.size());
+    scratch_region_ = RegisterMemory(scratch_.data(), scratch_.size());
+    std::lock_guard<std::mutex> lock(regions_mu_);
+    regions_.at(scratch_region_)->internal = true;
+  }
+  Region* scratch;
+  {
+    std::lock_guard<std::mutex> lock(regions_mu_);
+    scratch = regions_.at(scratch_region_).get();
+    ++scratch->inflight;
+  }
+  const auto& [remote_id, remote] = *peer.regions.begin();
+  auto t = std::make_unique<Transfer>();
+  t->kind = OpKind::kRead;
+  t->regions.push_back(scratch);
+  t->ops.resize(rails_.size());
+  for (uint32_t lr = 0; lr < rails_.size(); ++lr) {
+    const uint32_t rr = static_cast<uint32_t>(lr % peer.remote_rails);
+    Op& op = t->ops[lr];
+    op.kind = OpKind::kRead;
+    op.transfer = t.get();
+    op.local = scratch->data + 64 * lr;
+    op.length = 1;
+    op.desc = scratch->mrs[lr].desc;
+    op.dest = peer.addrs[lr][rr];
+    op.remote_addr = peer.virt_addr ? remote.base : 0;
+    op.remote_key = remote.keys[rr];
+    op.rail = lr;
+    t->rails_mask |= 1ull << (lr % 64);
+    t->bytes += 1;
+  }
+  return Launch(std::move(t));
+}
+
+void Agent::OnOpPosted(Op* op, int64_t call_ns) {
+  Transfer* t = op->transfer;
+  if (op->kind == OpKind::kSend || t == nullptr) return;
+  t->provider_post_ns += call_ns;
+  if (t->unposted.fetch_sub(1) == 1) {
+    t->posted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t->start).count();
+  }
+}
+
+uint64_t Agent::PostNotification(uint32_t peer_id, const uint8_t* data, size_t length) {
+  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  Peer& peer = PeerOrThrow(peer_id);
+  auto t = std::make_unique<Transfer>();
+  t->kind = OpKind::kSend;
+  t->notify_message = EncodeNotification(name_, data, length);
+  t->ops.resize(1);
+  Op& op = t->ops[0];
+  op.kind = OpKind::kSend;
+  op.transfer = t.get();
+  op.local = t->notify_message.data();
+  op.length = t->notify_message.size();
+  op.dest = peer.addrs[0][0];
+  t->remaining = 1;
+  t->rails_mask = 1;
+  t->start = std::chrono::steady_clock::now();
+  Transfer* raw = t.get();
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(transfers_mu_);
+    id = raw->id = next_transfer_++;
+    transfers_.emplace(id, std::move(t));
+  }
+  rails_[0]->Submit(&raw->ops[0]);
+  return id;
+}
+
+}  // namespace kvf
