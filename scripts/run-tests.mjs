@@ -28,15 +28,11 @@ run('npx', ['tsc', '-p', 'tsconfig.json']);
 
 // Tests that exercise only TypeScript (no addon) are skipped under the sanitizer build.
 const PURE_TS = new Set(['metadata.test.ts', 'errors-registry.test.ts', 'config.test.ts', 'sampling.test.ts', 'tokenizer.test.ts', 'kv-plan.test.ts', 'manifests.test.ts', 'dockerfile.test.ts']);
-// Also left out of the sanitizer run: suites that drive whole CLI processes (serving stack, bench, doctor). They
-// add no addon path the other suites miss, and with every child loading the unoptimised sanitized addon (and
-// idle shm rails spinning in the provider's fi_cq_sread) the serve-cli suite stalled there; see the issue notes.
-const CLI_SUITES = new Set(['serve.test.ts', 'serve-cli.test.ts', 'serve-etcd.test.ts', 'serve-faults.test.ts', 'bench.test.ts', 'doctor.test.ts', 'test-inference.test.ts']);
 const selected = files.length > 0
   ? files
   : readdirSync(join(root, 'test'))
       .filter((f) => f.endsWith('.test.ts'))
-      .filter((f) => !nativeOnly || (!PURE_TS.has(f) && !CLI_SUITES.has(f)))
+      .filter((f) => !nativeOnly || !PURE_TS.has(f))
       .sort()
       .map((f) => join('test', f));
 

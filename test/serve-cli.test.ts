@@ -7,7 +7,7 @@ import { describe, test } from 'node:test';
 
 import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { CLI, quietLog, startCli, startWorker, stop, tinyModel, waitFor } from './helpers/serve.js';
+import { CLI, curl, quietLog, startCli, startWorker, stop, tinyModel, waitFor } from './helpers/serve.js';
 
 const run = promisify(execFile);
 const model = tinyModel();
@@ -16,7 +16,7 @@ describe('kvfabric serve', () => {
   test('starts prefill and decode workers and the frontend; SIGTERM drains a stream in flight, then all exit 0', async () => {
     const serve = await startCli(['serve', '--model', model, '--provider', 'shm', '--listen', '127.0.0.1:0', '--threads', '1']);
     const url = serve.ready.address;
-    const { stdout } = await run('curl', ['-sS', `${url}/v1/completions`, '-H', 'content-type: application/json', '-d', JSON.stringify({ model: 'tiny-llama', prompt: 'hello', max_tokens: 5, temperature: 0 })]);
+    const { stdout } = await curl(['-sS', `${url}/v1/completions`, '-H', 'content-type: application/json', '-d', JSON.stringify({ model: 'tiny-llama', prompt: 'hello', max_tokens: 5, temperature: 0 })]);
     const res = JSON.parse(stdout) as { choices: { text: string }[]; kvfabric: { provider: string; path: string; bytes: number; prefill_worker: string; decode_worker: string } };
     assert.equal(res.kvfabric.provider, 'shm');
     assert.equal(res.kvfabric.path, 'fabric'); // the suite runs with KVF_FAST_PATH=0

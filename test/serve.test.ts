@@ -3,8 +3,6 @@
 // aggregated output (the same engine in one process) token for token, and every response must carry a
 // transport proof whose bytes equal the prompt's KV size.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 
 import OpenAI from 'openai';
@@ -16,9 +14,8 @@ import { kvBytesFor } from '../src/kv/plan.js';
 import type { KvProof } from '../src/serve/flow.js';
 import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { HAVE_SMOLLM2, SMOLLM2, poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
+import { HAVE_SMOLLM2, SMOLLM2, curl, poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
 
-const run = promisify(execFile);
 const tiny = tinyModel();
 let model = tiny;
 
@@ -106,13 +103,13 @@ describe('serving over tcp, pull mode', () => {
 
   test('curl gets a completion and an SSE stream', async () => {
     const body = JSON.stringify({ model: stack.modelName, prompt: 'hello there', max_tokens: 6, temperature: 0 });
-    const { stdout } = await run('curl', ['-sS', '-X', 'POST', `${stack.url}/v1/completions`, '-H', 'content-type: application/json', '-d', body]);
+    const { stdout } = await curl(['-sS', '-X', 'POST', `${stack.url}/v1/completions`, '-H', 'content-type: application/json', '-d', body]);
     const json = JSON.parse(stdout) as { choices: { text: string }[]; kvfabric: KvProof };
     const ref = await aggregated('hello there', { maxTokens: 6 });
     assert.equal(json.choices[0]!.text, ref.text);
     assert.equal(json.kvfabric.op, 'READ');
 
-    const sse = await run('curl', ['-sS', '-N', '-X', 'POST', `${stack.url}/v1/completions`, '-H', 'content-type: application/json', '-d', body.replace('}', ',"stream":true}')]);
+    const sse = await curl(['-sS', '-N', '-X', 'POST', `${stack.url}/v1/completions`, '-H', 'content-type: application/json', '-d', body.replace('}', ',"stream":true}')]);
     const events = sse.stdout.split('\n\n').filter(Boolean);
     assert.equal(events.at(-1), 'data: [DONE]');
     const chunks = events.slice(0, -1).map((e) => JSON.parse(e.replace(/^data: /, '')) as { choices: { text: string; finish_reason: string | null }[]; kvfabric?: KvProof });

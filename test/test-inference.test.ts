@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { ROOT, startCli, stop, tinyModel, type Proc } from './helpers/serve.js';
+import { ROOT, startCli, stop, tinyModel, toolEnv, type Proc } from './helpers/serve.js';
 
 const SCRIPT = join(ROOT, 'scripts', 'test-inference.sh');
 
@@ -22,7 +22,7 @@ interface Outcome {
 /** Runs the script without a shell in between; never throws (the exit code is the result). */
 function runScript(url: string, env: NodeJS.ProcessEnv = {}, args = ['local']): Promise<Outcome> {
   return new Promise((resolve) => {
-    execFile('bash', [SCRIPT, ...args], { env: { ...process.env, KVF_URL: url, TIMEOUT: '60', ...env } }, (err, stdout, stderr) =>
+    execFile('bash', [SCRIPT, ...args], { env: toolEnv({ KVF_URL: url, TIMEOUT: '60', ...env }) }, (err, stdout, stderr) =>
       resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
     );
   });

@@ -1,7 +1,7 @@
 // Serving tests' scaffolding: worker processes started through the real CLI (dist/cli/main.js, built by
 // scripts/run-tests.mjs), a frontend in the test process or as `kvfabric serve`, and small readers for the
 // workers' Health RPC. Every child is tracked and killed at exit, so a failing test never leaves one behind.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,6 +34,22 @@ const children = new Set<ChildProcess>();
 process.on('exit', () => {
   for (const c of children) c.kill('SIGKILL');
 });
+
+/**
+ * The environment for tools that are not kvfabric (curl, bash scripts): without the sanitizer run's LD_PRELOAD of
+ * libasan, under which curl hangs.
+ */
+export function toolEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const { LD_PRELOAD: _preload, ...rest } = process.env;
+  return { ...rest, ...extra };
+}
+
+/** Runs curl; resolves with its stdout. */
+export function curl(args: string[]): Promise<{ stdout: string }> {
+  return new Promise((resolve, reject) =>
+    execFile('curl', args, { env: toolEnv() }, (err, stdout) => (err ? reject(err) : resolve({ stdout }))),
+  );
+}
 
 export interface Proc {
   child: ChildProcess;
