@@ -128,6 +128,7 @@ class Agent : public RailOwner {
   PreparedList Resolve(uint32_t peer, const double* descriptors, size_t count);
   uint64_t Submit(OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count,
                   const uint8_t* notification, size_t notification_length, bool has_notification);
+  Transfer* Track(std::unique_ptr<Transfer> t);
   uint64_t Launch(std::unique_ptr<Transfer> t);
   uint64_t LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const PreparedList& list, const uint32_t* indices,
                       size_t count);

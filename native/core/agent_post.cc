@@ -174,18 +174,22 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
   return Launch(std::move(t));
 }
 
+// Starts the clock, gives the transfer its id and registers it as in flight; returns it (now owned by transfers_).
+Transfer* Agent::Track(std::unique_ptr<Transfer> t) {
+  t->start = std::chrono::steady_clock::now();
+  Transfer* raw = t.get();
+  std::lock_guard<std::mutex> lock(transfers_mu_);
+  raw->id = next_transfer_++;
+  transfers_.emplace(raw->id, std::move(t));
+  return raw;
+}
+
 // Registers the transfer and hands its ops to their rails, each rail woken once.
 uint64_t Agent::Launch(std::unique_ptr<Transfer> t) {
   t->remaining = t->ops.size();
   t->unposted = t->ops.size();
-  t->start = std::chrono::steady_clock::now();
-  Transfer* raw = t.get();
-  uint64_t id;
-  {
-    std::lock_guard<std::mutex> lock(transfers_mu_);
-    id = raw->id = next_transfer_++;
-    transfers_.emplace(id, std::move(t));
-  }
+  Transfer* raw = Track(std::move(t));
+  const uint64_t id = raw->id;
   const size_t nrails = rails_.size();
   if (nrails == 1) {
     std::vector<Op*> ops(raw->ops.size());
@@ -216,14 +220,8 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
   // Parts of at least 1 MiB, copied in parallel by the copier threads.
   std::vector<CmaJob> parts = SplitCmaJob(std::move(job), copier_.threads(), 1 << 20);
   t->remaining = parts.size();
-  t->start = std::chrono::steady_clock::now();
   t->posted_ns = 0;
-  Transfer* raw = t.get();
-  {
-    std::lock_guard<std::mutex> lock(transfers_mu_);
-    raw->id = next_transfer_++;
-    transfers_.emplace(raw->id, std::move(t));
-  }
+  Transfer* raw = Track(std::move(t));
   const uint64_t id = raw->id;
   for (CmaJob& part : parts) {
     part.transfer = raw;
@@ -309,18 +307,8 @@ uint64_t Agent::PostNotification(uint32_t peer_id, const uint8_t* data, size_t l
   op.local = t->notify_message.data();
   op.length = t->notify_message.size();
   op.dest = peer.addrs[0][0];
-  t->remaining = 1;
   t->rails_mask = 1;
-  t->start = std::chrono::steady_clock::now();
-  Transfer* raw = t.get();
-  uint64_t id;
-  {
-    std::lock_guard<std::mutex> lock(transfers_mu_);
-    id = raw->id = next_transfer_++;
-    transfers_.emplace(id, std::move(t));
-  }
-  rails_[0]->Submit(&raw->ops[0]);
-  return id;
+  return Launch(std::move(t));  // op.rail is 0: control messages go on rail 0, where receives are posted
 }
 
 }  // namespace kvf
