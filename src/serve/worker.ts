@@ -44,6 +44,8 @@ export class Worker {
   readonly #leases: BlockLeases;
   // Peers' metadata blobs as last loaded, so a blob is parsed once per agent incarnation.
   readonly #peerBlobs = new Map<string, Buffer>();
+  // This agent's own blob, sent with every KV handle: its regions never change after start, so encode it once.
+  readonly #metadata: Buffer;
   #inflight = 0;
   #closing: Promise<void> | undefined;
 
@@ -60,6 +62,7 @@ export class Worker {
       (blocks) => engine.freeBlocks(blocks),
       (requestId, blocks) => log.warn({ requestId, blocks: blocks.length }, 'lease expired: blocks were never pulled; freed'),
     );
+    this.#metadata = agent.getLocalMetadata();
     agent.on('notification', (n) => this.#onNotification(n.from, n.data));
   }
 
@@ -333,7 +336,7 @@ export class Worker {
       requestId,
       workerId: this.id,
       agentName: this.#agent.name,
-      agentMetadata: this.#agent.getLocalMetadata(),
+      agentMetadata: this.#metadata,
       regionId: this.#region.id,
       blocks,
       layout: { numLayers: l.numLayers, kvHeads: l.kvHeads, headDim: l.headDim, tokensPerBlock: l.tokensPerBlock, dtype: l.dtype, blockBytes: l.blockBytes },
