@@ -64,6 +64,7 @@ Napi::Object EventObject(Napi::Env env, Event& ev) {
       o.Set("providerPostNs", static_cast<double>(ev.provider_post_ns));
       o.Set("ops", static_cast<double>(ev.ops));
       o.Set("path", ev.cma ? "cma" : "fabric");
+      o.Set("express", ev.express);
       if (!ev.error.ok()) o.Set("error", ErrorObject(env, ev.error));
       break;
     case Event::Type::kNotification:
@@ -97,6 +98,7 @@ Napi::Function AgentWrap::Init(Napi::Env env) {
                          InstanceMethod<&AgentWrap::Notify>("notify"),
                          InstanceMethod<&AgentWrap::Close>("close"),
                          InstanceMethod<&AgentWrap::CloseSync>("closeSync"),
+                         InstanceMethod<&AgentWrap::Reap>("reap"),
                          InstanceMethod<&AgentWrap::Ref>("ref"),
                          InstanceMethod<&AgentWrap::Unref>("unref"),
                      });
@@ -121,6 +123,20 @@ AgentWrap::AgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AgentWra
     const double v = stripe.As<Napi::Number>().DoubleValue();
     if (!(v >= 0) || v > 9007199254740992.0) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "stripeThreshold must be ≥ 0");
     options.stripe_threshold = static_cast<uint64_t>(v);
+  }
+
+  Napi::Value express = o.Get("expressMaxBytes");
+  if (express.IsNumber()) {
+    const double v = express.As<Napi::Number>().DoubleValue();
+    if (!(v >= 0) || v > 9007199254740992.0) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "expressMaxBytes must be ≥ 0");
+    options.express_max_bytes = static_cast<uint64_t>(v);
+  }
+
+  Napi::Value busy = o.Get("busyPollUs");
+  if (busy.IsNumber()) {
+    const double v = busy.As<Napi::Number>().DoubleValue();
+    if (!(v >= 0) || v > 10e6) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "busyPollUs must be 0..10000000");
+    options.busy_poll_us = static_cast<uint32_t>(v);
   }
 
   on_events_ = Napi::Weak(info[1].As<Napi::Function>());
@@ -487,6 +503,16 @@ Napi::Value AgentWrap::Close(const Napi::CallbackInfo& info) {
 Napi::Value AgentWrap::CloseSync(const Napi::CallbackInfo& info) {
   ReleaseAll();
   return info.Env().Undefined();
+}
+
+// reap() → express ops still in flight. Completes what the express lanes have finished and delivers every
+// pending event now, on this call's stack, rather than on a later turn of the loop.
+Napi::Value AgentWrap::Reap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!agent_ || agent_->closed()) return Napi::Number::New(env, 0);
+  const size_t left = agent_->ReapExpress();
+  Deliver(env);
+  return Napi::Number::New(env, static_cast<double>(left));
 }
 
 Napi::Value AgentWrap::Ref(const Napi::CallbackInfo& info) {

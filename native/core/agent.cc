@@ -21,15 +21,25 @@ constexpr std::chrono::milliseconds kRailStopTimeout{2000};
 
 std::atomic<uint32_t> g_agent_counter{0};
 
+// Set while this thread reaps express completions: the events it pushes are taken by the same caller right
+// after, so waking the event loop for them would only cost a syscall and an empty delivery.
+thread_local bool t_reaping_express = false;
+
 }  // namespace
 
 Agent::Agent(const AgentOptions& options, std::function<void()> wake)
-    : name_(options.name), wake_(std::move(wake)), stripe_threshold_(options.stripe_threshold) {
+    : name_(options.name),
+      wake_(std::move(wake)),
+      stripe_threshold_(options.stripe_threshold),
+      express_max_bytes_(options.express_max_bytes) {
   if (name_.empty() || name_.size() > kMaxNameBytes) {
     throw Error("KVF_ERR_INVALID_ARGUMENT", "agent name must be 1..255 bytes");
   }
   OpenRails(options);
-  for (auto& rail : rails_) rail->Start();
+  for (auto& rail : rails_) {
+    rail->set_busy_poll(std::chrono::microseconds(options.busy_poll_us));
+    rail->Start();
+  }
   RegisterLiveAgent(this);
 }
 
@@ -219,6 +229,7 @@ void Agent::Finish(Transfer* t) {
   ev.provider_post_ns = t->provider_post_ns;
   ev.ops = t->cma ? t->cma_segments : t->ops.size();
   ev.cma = t->cma;
+  ev.express = std::any_of(t->ops.begin(), t->ops.end(), [](const Op& op) { return op.express; });
   ev.duration_ns = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t->start).count());
   for (Region* r : t->regions) --r->inflight;
@@ -242,7 +253,17 @@ void Agent::PushEvent(Event event) {
     std::lock_guard<std::mutex> lock(events_mu_);
     events_.push_back(std::move(event));
   }
-  if (wake_) wake_();
+  if (wake_ && !t_reaping_express) wake_();
+}
+
+size_t Agent::ReapExpress() {
+  std::lock_guard<std::mutex> lock(express_mu_);
+  if (express_off_) return 0;
+  t_reaping_express = true;
+  size_t left = 0;
+  for (auto& rail : rails_) left += rail->ReapExpress();
+  t_reaping_express = false;
+  return left;
 }
 
 std::vector<Event> Agent::TakeEvents() {
@@ -314,6 +335,10 @@ void Agent::StopRails() {
 void Agent::Shutdown() {
   if (closed_.exchange(true)) return;
   force_close_ = true;
+  {
+    std::lock_guard<std::mutex> lock(express_mu_);
+    express_off_ = true;
+  }
   StopRails();
   std::vector<RailMr> mrs;
   {

@@ -32,6 +32,10 @@ struct AgentOptions {
   std::string domain;     // restrict to one domain (NIC or interface), empty for any
   uint32_t rails = 0;     // 0: one per distinct domain found (all EFA devices), at least 1
   uint64_t stripe_threshold = 128 * 1024;  // runs this long or longer are split across all rails; 0: never
+  // Transfers of at most this many bytes (and few ops, no notification) take the express lane: posted and
+  // reaped on the calling thread through ReapExpress(). 0: every transfer goes through the rail threads.
+  uint64_t express_max_bytes = 64 * 1024;
+  uint32_t busy_poll_us = 0;  // Rail::set_busy_poll
 };
 
 // Loading a peer: its advertised regions, and the pid to reach it by cross-memory attach when it runs on
@@ -115,6 +119,11 @@ class Agent : public RailOwner {
   bool closing() const { return closing_; }
   bool closed() const { return closed_; }
 
+  // Express lane (calling thread = the one that posts): reads every rail's express CQ once and completes
+  // what it finds, pushing events without waking the binding (the caller takes them right after).
+  // Returns the express ops still in flight.
+  size_t ReapExpress();
+
   std::vector<Event> TakeEvents();
   size_t transfers_in_flight();
 
@@ -156,6 +165,9 @@ class Agent : public RailOwner {
   std::map<uint32_t, std::unique_ptr<PreparedList>> prepared_;  // JS thread only
   uint32_t next_prepared_ = 1;
   uint64_t stripe_threshold_ = 0;
+  uint64_t express_max_bytes_ = 0;
+  std::mutex express_mu_;    // ReapExpress (JS thread) against Shutdown tearing the rails down
+  bool express_off_ = false;  // set by Shutdown: no more reaping
   uint32_t scratch_region_ = 0;  // target of warmup reads
   std::vector<uint8_t> scratch_;
   CmaCopier copier_{[this](Transfer* t, const ErrorInfo* error) { OnCopyDone(t, error); },

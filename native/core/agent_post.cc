@@ -11,6 +11,8 @@ namespace kvf {
 namespace {
 
 constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
+// More ops than this are bandwidth work, better left to the rail threads.
+constexpr size_t kExpressMaxOps = 16;
 
 uint64_t ExactIndex(double v, size_t descriptor, const char* field) {
   if (!(v >= 0) || v >= kMaxExactInteger || std::floor(v) != v) {
@@ -171,6 +173,9 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
   plan.next_rail = next_rail_;
   PlanOps(*t, kind, peer, list, indices, count, plan);
   next_rail_ = plan.next_rail;
+  if (!t->notify_op && t->bytes <= express_max_bytes_ && t->ops.size() <= kExpressMaxOps) {
+    for (Op& op : t->ops) op.express = true;
+  }
   return Launch(std::move(t));
 }
 
@@ -184,21 +189,24 @@ Transfer* Agent::Track(std::unique_ptr<Transfer> t) {
   return raw;
 }
 
-// Registers the transfer and hands its ops to their rails, each rail woken once.
+// Registers the transfer, posts its express ops here and hands the rest to their rails, each rail woken once.
 uint64_t Agent::Launch(std::unique_ptr<Transfer> t) {
   t->remaining = t->ops.size();
   t->unposted = t->ops.size();
   Transfer* raw = Track(std::move(t));
   const uint64_t id = raw->id;
   const size_t nrails = rails_.size();
-  if (nrails == 1) {
-    std::vector<Op*> ops(raw->ops.size());
-    for (size_t i = 0; i < ops.size(); ++i) ops[i] = &raw->ops[i];
-    rails_[0]->Submit(ops.data(), ops.size());
-    return id;
-  }
   std::vector<std::vector<Op*>> by_rail(nrails);
-  for (Op& op : raw->ops) by_rail[op.rail].push_back(&op);
+  for (Op& op : raw->ops) {
+    if (op.express) {
+      const auto posting = std::chrono::steady_clock::now();
+      const int rc = rails_[op.rail]->PostExpress(&op);
+      if (rc == 0) OnOpPosted(&op, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - posting).count());
+      if (rc >= 0) continue;
+      op.express = false;  // no express lane here, or refused: the rail thread takes it (and reports any error)
+    }
+    by_rail[op.rail].push_back(&op);
+  }
   for (size_t r = 0; r < nrails; ++r) {
     if (!by_rail[r].empty()) rails_[r]->Submit(by_rail[r].data(), by_rail[r].size());
   }
@@ -266,13 +274,17 @@ uint64_t Agent::Warmup(uint32_t peer_id) {
   auto t = std::make_unique<Transfer>();
   t->kind = OpKind::kRead;
   t->regions.push_back(scratch);
-  t->ops.resize(rails_.size());
-  for (uint32_t lr = 0; lr < rails_.size(); ++lr) {
+  // One READ per rail, and one more per rail's express lane when the agent has one.
+  const size_t lanes = express_max_bytes_ > 0 ? 2 : 1;
+  t->ops.resize(rails_.size() * lanes);
+  for (size_t i = 0; i < t->ops.size(); ++i) {
+    const uint32_t lr = static_cast<uint32_t>(i % rails_.size());
     const uint32_t rr = static_cast<uint32_t>(lr % peer.remote_rails);
-    Op& op = t->ops[lr];
+    Op& op = t->ops[i];
     op.kind = OpKind::kRead;
+    op.express = i >= rails_.size();
     op.transfer = t.get();
-    op.local = scratch->data + 64 * lr;
+    op.local = scratch->data + 64 * lr + (op.express ? 32 : 0);
     op.length = 1;
     op.desc = scratch->mrs[lr].desc;
     op.dest = peer.addrs[lr][rr];

@@ -3,10 +3,14 @@
 #include <rdma/fi_cm.h>
 #include <rdma/fi_rma.h>
 
+#include <netinet/in.h>
+#include <poll.h>
 #include <sched.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace kvf {
 
@@ -32,8 +36,12 @@ Rail::Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffe
     fi_cq_attr cq_attr{};
     cq_attr.format = FI_CQ_FORMAT_DATA;
     cq_attr.size = std::max<size_t>(info_->tx_attr->size + info_->rx_attr->size, 1024);
-    cq_attr.wait_obj = FI_WAIT_UNSPEC;
+    // Best is a file descriptor we poll ourselves (see WaitIdle); else the provider's own blocking read.
+    cq_attr.wait_obj = FI_WAIT_FD;
     if (fi_cq_open(domain_, &cq_attr, &cq_, nullptr) == 0) {
+      cq_can_wait_ = true;
+      if (fi_control(&cq_->fid, FI_GETWAIT, &wait_fd_) != 0) wait_fd_ = -1;
+    } else if (cq_attr.wait_obj = FI_WAIT_UNSPEC; fi_cq_open(domain_, &cq_attr, &cq_, nullptr) == 0) {
       cq_can_wait_ = true;
     } else {
       // Providers without wait objects still work: the progress thread then polls with short sleeps.
@@ -115,8 +123,150 @@ bool Rail::JoinWithin(std::chrono::milliseconds timeout) {
 }
 
 void Rail::CloseEndpoint() {
+  CloseExpress();
   if (ep_ != nullptr) fi_close(&ep_->fid);
   ep_ = nullptr;
+}
+
+bool Rail::OpenExpress() {
+  // Memory registered per endpoint would need binding to this one too; no provider we run needs that.
+  if (info_->domain_attr->mr_mode & FI_MR_ENDPOINT) return false;
+  fi_cq_attr cq_attr{};
+  cq_attr.format = FI_CQ_FORMAT_DATA;
+  cq_attr.size = std::max<size_t>(info_->tx_attr->size, 256);
+  cq_attr.wait_obj = FI_WAIT_NONE;  // only ever polled
+  // Its own source address: shm names endpoints by string (ours are unique per rail), sockets by port.
+  fi_info* info = fi_dupinfo(info_);
+  if (info == nullptr) return false;
+  if (info->src_addr != nullptr && info->addr_format == FI_ADDR_STR) {
+    std::string name = std::string(static_cast<const char*>(info->src_addr)) + "_x";
+    free(info->src_addr);
+    info->src_addr = strdup(name.c_str());
+    info->src_addrlen = name.size() + 1;
+  } else if (info->src_addr != nullptr && info->addr_format == FI_SOCKADDR_IN) {
+    static_cast<sockaddr_in*>(info->src_addr)->sin_port = 0;
+  } else if (info->src_addr != nullptr && info->addr_format == FI_SOCKADDR_IN6) {
+    static_cast<sockaddr_in6*>(info->src_addr)->sin6_port = 0;
+  }
+  // Providers that need no local registration get a domain of their own, so that the express lane shares
+  // no progress engine (and none of its locks) with the rail thread; the others share the rail's domain,
+  // where the regions' descriptors are valid. The address vector is mirrored: same addresses, same order,
+  // so the rail's fi_addr_t values are valid here too.
+  const bool own_domain = !needs_local_mr();
+  fid_domain* domain = domain_;
+  fid_av* av = av_;
+  int rc = 0;
+  if (own_domain) {
+    rc = fi_fabric(info->fabric_attr, &express_fabric_, nullptr);
+    if (rc == 0) rc = fi_domain(express_fabric_, info, &express_domain_, nullptr);
+    fi_av_attr av_attr{};
+    av_attr.type = FI_AV_TABLE;
+    if (rc == 0) rc = fi_av_open(express_domain_, &av_attr, &express_av_, nullptr);
+    for (size_t i = 0; rc == 0 && i < inserted_.size(); ++i) rc = MirrorAddress(i);
+    domain = express_domain_;
+    av = express_av_;
+  }
+  fid_cq* cq = nullptr;
+  fid_ep* ep = nullptr;
+  if (rc == 0) rc = fi_cq_open(domain, &cq_attr, &cq, nullptr);
+  if (rc == 0) rc = fi_endpoint(domain, info, &ep, nullptr);
+  fi_freeinfo(info);
+  if (rc == 0) rc = fi_ep_bind(ep, &cq->fid, FI_TRANSMIT | FI_RECV);
+  if (rc == 0) rc = fi_ep_bind(ep, &av->fid, 0);
+  if (rc == 0) rc = fi_enable(ep);
+  express_ep_ = ep;
+  express_cq_ = cq;
+  if (rc != 0) {
+      CloseExpressFids();
+    return false;
+  }
+  return true;
+}
+
+int Rail::MirrorAddress(size_t i) {
+  fi_addr_t out = FI_ADDR_NOTAVAIL;
+  const int rc = fi_av_insert(express_av_, inserted_[i].data(), 1, &out, 0, nullptr);
+  return rc == 1 && out == i ? 0 : -FI_EINVAL;
+}
+
+void Rail::CloseExpressFids() {
+  CloseFid(express_ep_ ? &express_ep_->fid : nullptr);
+  CloseFid(express_cq_ ? &express_cq_->fid : nullptr);
+  CloseFid(express_av_ ? &express_av_->fid : nullptr);
+  CloseFid(express_domain_ ? &express_domain_->fid : nullptr);
+  CloseFid(express_fabric_ ? &express_fabric_->fid : nullptr);
+  express_ep_ = nullptr;
+  express_cq_ = nullptr;
+  express_av_ = nullptr;
+  express_domain_ = nullptr;
+  express_fabric_ = nullptr;
+}
+
+void Rail::CloseExpress() {
+  std::lock_guard<std::mutex> lock(express_mu_);
+  express_closed_ = true;
+  CloseExpressFids();
+  express_backlog_.clear();
+  express_inflight_ = 0;  // their transfers are abandoned by the owner
+}
+
+int Rail::PostExpress(Op* op) {
+  std::lock_guard<std::mutex> lock(express_mu_);
+  if (express_closed_ || orphaned_) return -FI_ECANCELED;
+  if (express_ep_ == nullptr && !OpenExpress()) {
+    express_closed_ = true;  // not available on this provider: never try again
+    return -FI_ENOSYS;
+  }
+  ++express_inflight_;
+  // -FI_EAGAIN (the queue is full, or rxm is still connecting to this peer): the op waits here, in order,
+  // and ReapExpress posts it once progress has made room.
+  if (express_backlog_.empty()) {
+    const int rc = Post(express_ep_, op);
+    if (rc != -FI_EAGAIN) {
+      if (rc != 0) --express_inflight_;
+      return rc;
+    }
+  }
+  express_backlog_.push_back(op);
+  return kExpressQueued;
+}
+
+size_t Rail::ReapExpress() {
+  if (express_inflight_.load(std::memory_order_relaxed) == 0) return 0;
+  std::lock_guard<std::mutex> lock(express_mu_);
+  if (express_cq_ == nullptr) return 0;
+  fi_cq_data_entry entries[kCqBatch];
+  ssize_t n = fi_cq_read(express_cq_, entries, kCqBatch);
+  if (n > 0) {
+    for (ssize_t i = 0; i < n; ++i) {
+      --express_inflight_;
+      owner_->OnOpComplete(reinterpret_cast<Op*>(entries[i].op_context), nullptr);
+    }
+  } else if (n == -FI_EAVAIL) {
+    fi_cq_err_entry err{};
+    if (fi_cq_readerr(express_cq_, &err, 0) > 0 && err.op_context != nullptr) {
+      --express_inflight_;
+      ErrorInfo info = ProviderError("rail " + std::to_string(index_) + " operation failed", -err.err);
+      const char* prov = fi_cq_strerror(express_cq_, err.prov_errno, err.err_data, nullptr, 0);
+      if (prov != nullptr && *prov != '\0') info.provider_message = prov;
+      owner_->OnOpComplete(reinterpret_cast<Op*>(err.op_context), &info);
+    }
+  }
+  while (!express_backlog_.empty()) {
+    Op* op = express_backlog_.front();
+    const auto posting = std::chrono::steady_clock::now();
+    const int rc = Post(express_ep_, op);
+    if (rc == -FI_EAGAIN) break;
+    express_backlog_.pop_front();
+    if (rc == 0) {
+      owner_->OnOpPosted(op, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - posting).count());
+    } else {
+      --express_inflight_;
+      ErrorInfo info = ProviderError("posting on rail " + std::to_string(index_), rc);
+      owner_->OnOpComplete(op, &info);
+    }
+  }
+  return express_inflight_;
 }
 
 void Rail::Wake() {
@@ -159,6 +309,13 @@ fi_addr_t Rail::InsertAddress(const uint8_t* address, size_t length) {
   fi_addr_t out = FI_ADDR_NOTAVAIL;
   int rc = fi_av_insert(av_, address, 1, &out, 0, nullptr);
   if (rc != 1) CheckFi(rc < 0 ? rc : -FI_EINVAL, "fi_av_insert");
+  std::lock_guard<std::mutex> lock(express_mu_);
+  inserted_.emplace_back(address, address + length);
+  if (out != inserted_.size() - 1) {
+    express_closed_ = true;  // the provider numbers addresses its own way: mirroring would not line up
+  } else if (express_av_ != nullptr && MirrorAddress(out) != 0) {
+    express_closed_ = true;  // express ops to this peer cannot be addressed; the rail thread carries all
+  }
   return out;
 }
 
@@ -185,7 +342,7 @@ void Rail::PostReceive(size_t slot) {
   CheckFi(static_cast<int>(rc), "fi_recv");
 }
 
-int Rail::Post(Op* op) {
+int Rail::Post(fid_ep* ep, Op* op) {
   ssize_t rc = -FI_EINVAL;
   switch (op->kind) {
     case OpKind::kWrite:
@@ -200,16 +357,16 @@ int Rail::Post(Op* op) {
         msg.rma_iov = &rma;
         msg.rma_iov_count = 1;
         msg.context = &op->ctx;
-        rc = fi_writemsg(ep_, &msg, FI_COMPLETION | FI_DELIVERY_COMPLETE);
+        rc = fi_writemsg(ep, &msg, FI_COMPLETION | FI_DELIVERY_COMPLETE);
       } else {
-        rc = fi_write(ep_, op->local, op->length, op->desc, op->dest, op->remote_addr, op->remote_key, &op->ctx);
+        rc = fi_write(ep, op->local, op->length, op->desc, op->dest, op->remote_addr, op->remote_key, &op->ctx);
       }
       break;
     case OpKind::kRead:
-      rc = fi_read(ep_, op->local, op->length, op->desc, op->dest, op->remote_addr, op->remote_key, &op->ctx);
+      rc = fi_read(ep, op->local, op->length, op->desc, op->dest, op->remote_addr, op->remote_key, &op->ctx);
       break;
     case OpKind::kSend:
-      rc = fi_send(ep_, op->local, op->length, op->desc, op->dest, &op->ctx);
+      rc = fi_send(ep, op->local, op->length, op->desc, op->dest, &op->ctx);
       break;
   }
   return static_cast<int>(rc);
@@ -245,23 +402,45 @@ void Rail::HandleCqError() {
   owner_->OnOpComplete(op, &info);
 }
 
-bool Rail::WaitIdle() {
+Rail::IdleEnd Rail::WaitIdle() {
   fi_cq_data_entry entries[kCqBatch];
   if (!cq_can_wait_) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
-    return false;
+    return IdleEnd::kNothing;
+  }
+  if (wait_fd_ >= 0) {
+    // Our own wait on the CQ's descriptor, where fi_cq_sread would hide one thing: that the endpoint woke
+    // without a completion, which is what serving a peer's READ or WRITE looks like (busy polling needs it).
+    // fi_trywait says whether sleeping is safe.
+    bool woke = true;
+    if (fi_trywait(fabric_, reinterpret_cast<fid**>(&cq_), 1) == FI_SUCCESS) woke = PollWaitFd(kIdleWaitMs);
+    ssize_t n = fi_cq_read(cq_, entries, kCqBatch);  // drives the provider's progress
+    if (n > 0) {
+      for (ssize_t i = 0; i < n; ++i) HandleCompletion(entries[i]);
+      return IdleEnd::kCompletion;
+    }
+    if (n == -FI_EAVAIL) {
+      HandleCqError();
+      return IdleEnd::kCompletion;
+    }
+    return woke ? IdleEnd::kEndpoint : IdleEnd::kNothing;
   }
   // fi_cq_sread drives manual progress internally while it waits, so incoming RMA still lands.
   ssize_t n = fi_cq_sread(cq_, entries, kCqBatch, nullptr, kIdleWaitMs);
   if (n > 0) {
     for (ssize_t i = 0; i < n; ++i) HandleCompletion(entries[i]);
-    return true;
+    return IdleEnd::kCompletion;
   }
   if (n == -FI_EAVAIL) {
     HandleCqError();
-    return true;
+    return IdleEnd::kCompletion;
   }
-  return false;
+  return IdleEnd::kNothing;
+}
+
+bool Rail::PollWaitFd(int timeout_ms) {
+  pollfd p{wait_fd_, POLLIN, 0};
+  return poll(&p, 1, timeout_ms) > 0;
 }
 
 void Rail::Run() {
@@ -275,6 +454,7 @@ void Rail::RunLoop() {
   std::deque<Op*> pending;
   fi_cq_data_entry entries[kCqBatch];
   auto last_work = std::chrono::steady_clock::now();
+  auto busy_until = last_work;
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(queue_mu_);
@@ -290,7 +470,7 @@ void Rail::RunLoop() {
     while (!pending.empty() && inflight_ < tx_depth_) {
       Op* op = pending.front();
       const auto posting = std::chrono::steady_clock::now();
-      int rc = Post(op);
+      int rc = Post(ep_, op);
       const auto posted = std::chrono::steady_clock::now();
       if (orphaned_) return;  // we were given up on while inside the provider: touch nothing of the owner's
       if (rc == -FI_EAGAIN) break;
@@ -315,12 +495,19 @@ void Rail::RunLoop() {
     }
 
     auto now = std::chrono::steady_clock::now();
+    // Busy polling: a peer's READs and WRITEs leave no completion here, so while busy the endpoint's
+    // descriptor is checked for activity, which extends the busy period.
+    const bool busy = now < busy_until;
+    if (busy && PollWaitFd(0)) busy_until = now + busy_poll_;
     if (worked) {
       last_work = now;
-    } else if (inflight_ > 0 || !pending.empty() || now - last_work < kSpinWindow) {
+    } else if (busy || inflight_ > 0 || !pending.empty() || now - last_work < kSpinWindow) {
       sched_yield();
-    } else if (WaitIdle()) {
-      last_work = std::chrono::steady_clock::now();
+    } else {
+      const IdleEnd wake = WaitIdle();
+      now = std::chrono::steady_clock::now();
+      if (wake == IdleEnd::kCompletion) last_work = now;
+      if (wake != IdleEnd::kNothing && busy_poll_.count() > 0 && wait_fd_ >= 0) busy_until = now + busy_poll_;
     }
   }
   if (orphaned_) return;

@@ -50,6 +50,11 @@ class Rail {
   Rail(const Rail&) = delete;
   Rail& operator=(const Rail&) = delete;
 
+  // Busy polling (0: off): after its endpoint wakes up, for serving a peer's one-sided operation as much as
+  // for its own completions, the progress thread keeps polling this long instead of sleeping, so the next
+  // requests of a burst pay no wake-up. Costs a core while traffic lasts. Set before Start(); providers
+  // without a wait descriptor (shm) always poll.
+  void set_busy_poll(std::chrono::microseconds us) { busy_poll_ = us; }
   void Start();
   // Graceful: exit once submitted work has drained. Forced: exit now, failing queued ops with KVF_ERR_CLOSED.
   void RequestStop(bool force);
@@ -77,14 +82,34 @@ class Rail {
   void Submit(Op* const* ops, size_t count);
   void Submit(Op* op) { Submit(&op, 1); }
 
+  // The express lane: a second endpoint on this rail's domain and address vector, with its own CQ, that the
+  // JS thread posts on and reaps itself. Small transfers skip both thread hand-offs (JS → progress thread,
+  // progress thread → event loop), which is most of their latency; the progress thread never touches it.
+  // Opened on first use. PostExpress returns 0 (posted), kExpressQueued (waiting for room; ReapExpress
+  // posts it) or a negative code, after which the op must go through Submit instead (closed, no express
+  // lane on this provider, or the provider refused it).
+  static constexpr int kExpressQueued = 1;
+  int PostExpress(Op* op);
+  // Reads the express CQ once (which also drives the provider's progress for it), completes what it
+  // finds through the owner and posts what waits in the backlog; returns the express ops still in flight.
+  size_t ReapExpress();
+  size_t express_inflight() const { return express_inflight_.load(std::memory_order_relaxed); }
+
  private:
   void Run();
   void RunLoop();
-  int Post(Op* op);
+  int Post(fid_ep* ep, Op* op);
+  bool OpenExpress();
+  int MirrorAddress(size_t index);
+  void CloseExpressFids();
+  void CloseExpress();
   void PostReceive(size_t slot);
   void HandleCompletion(const fi_cq_data_entry& entry);
   void HandleCqError();
-  bool WaitIdle();
+  // What ended an idle wait: nothing (timeout), the endpoint waking without a completion, or completions.
+  enum class IdleEnd { kNothing, kEndpoint, kCompletion };
+  IdleEnd WaitIdle();
+  bool PollWaitFd(int timeout_ms);
   void Wake();
 
   uint32_t index_;
@@ -96,6 +121,8 @@ class Rail {
   fid_av* av_ = nullptr;
   fid_ep* ep_ = nullptr;
   bool cq_can_wait_ = false;
+  int wait_fd_ = -1;  // the CQ's wait descriptor (FI_WAIT_FD), polled by WaitIdle
+  std::chrono::microseconds busy_poll_{0};
   std::vector<uint8_t> address_;
   size_t tx_depth_ = 0;
   size_t max_msg_size_ = 0;
@@ -116,6 +143,17 @@ class Rail {
   bool exited_ = false;
   std::thread thread_;
   size_t inflight_ = 0;  // progress thread only
+
+  std::mutex express_mu_;  // the JS thread's posts and reaps against closing (from the closer thread)
+  fid_fabric* express_fabric_ = nullptr;  // own fabric, domain and AV unless local MRs are needed
+  fid_domain* express_domain_ = nullptr;
+  fid_av* express_av_ = nullptr;
+  fid_ep* express_ep_ = nullptr;
+  fid_cq* express_cq_ = nullptr;
+  std::vector<std::vector<uint8_t>> inserted_;  // every address put in av_, in order
+  bool express_closed_ = false;
+  std::deque<Op*> express_backlog_;           // refused with -FI_EAGAIN, posted by ReapExpress in order
+  std::atomic<size_t> express_inflight_{0};     // posted or in the backlog
 };
 
 }  // namespace kvf

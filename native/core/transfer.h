@@ -34,6 +34,7 @@ struct Op {
   uint64_t remote_key = 0;
   uint32_t rail = 0;
   bool delivery_complete = false;  // data must be visible at the target before the completion
+  bool express = false;            // posted and reaped on the JS thread (Rail::PostExpress)
 };
 
 struct Transfer {
@@ -69,6 +70,7 @@ struct Event {
   int64_t provider_post_ns = 0;
   uint64_t ops = 0;
   bool cma = false;
+  bool express = false;       // at least one op went by the express lane
   std::string from;           // notification sender
   std::vector<uint8_t> data;  // notification payload
 };

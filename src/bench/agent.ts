@@ -6,6 +6,8 @@ export interface BenchAgentOptions {
   rails: number | undefined;
   stripeThreshold?: number | undefined;
   fastPath: boolean | undefined;
+  busyPollUs: number;
+  expressMaxBytes?: number | undefined;
   fabricAddress: string | undefined;
 }
 
@@ -19,6 +21,8 @@ export function openAgent(role: 'initiator' | 'target', o: BenchAgentOptions): P
     ...(o.stripeThreshold !== undefined ? { stripeThreshold: o.stripeThreshold } : {}),
     ...(o.fabricAddress !== undefined ? { address: o.fabricAddress } : {}),
     ...(o.fastPath !== undefined ? { fastPath: o.fastPath } : {}),
+    ...(o.expressMaxBytes !== undefined ? { expressMaxBytes: o.expressMaxBytes } : {}),
+    busyPollUs: o.busyPollUs,
   };
   return Agent.create(options);
 }

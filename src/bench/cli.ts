@@ -15,6 +15,8 @@ export function benchOptions(cmd: Command): Command {
     .option('--duration <s>', 'seconds per point (default: 2)')
     .option('--iters <n>', 'transfers per point instead of a duration')
     .option('--fast-path <on|off>', 'the same-host single-copy path (default: the agent\'s: on unless KVF_FAST_PATH=0)')
+    .option('--busy-poll <us>', 'rail threads of both agents keep polling this long after activity instead of sleeping (default: 0; 1000 with --latency, as the raw baseline spins)')
+    .option('--express <bytes>', 'initiator: transfers up to this size are posted and reaped on the event loop; 0 off (default: the agent\'s, 64K)')
     .option('--prepared', 'post prepared descriptor lists by index (the default)')
     .option('--no-prepared', 'validate and post the descriptors anew on every transfer')
     .option('--latency', 'latency mode: one descriptor per transfer, one transfer in flight (READ 4K unless --op/--block-sizes)')

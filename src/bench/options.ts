@@ -20,6 +20,10 @@ export interface BenchOptions {
   iters: number | undefined;
   /** undefined: the Agent's default (KVF_FAST_PATH, else on). */
   fastPath: boolean | undefined;
+  /** Both agents' busy polling (µs); --latency makes it 1000 unless given, as the raw baseline spins too. */
+  busyPollUs: number;
+  /** The initiator's express-lane limit (bytes, 0 off); undefined: the agent's default. */
+  expressMaxBytes: number | undefined;
   prepared: boolean;
   latency: boolean;
   json: string | undefined;
@@ -35,6 +39,7 @@ export interface TargetOptions {
   rails: number | undefined;
   pool: number;
   fastPath: boolean | undefined;
+  busyPollUs: number;
   fabricAddress: string | undefined;
   /** undefined: forked by an initiator, metadata over IPC. */
   listen: HostPort | undefined;
@@ -61,6 +66,8 @@ export interface RawBenchOptions {
   duration?: string;
   iters?: string;
   fastPath?: string;
+  busyPoll?: string;
+  express?: string;
   prepared?: boolean;
   latency?: boolean;
   json?: string;
@@ -73,6 +80,7 @@ export const DEFAULT_BLOCK_SIZES = [4, 16, 64, 256, 1024, 4096, 16384, 65536].ma
 export const DEFAULT_POOL = 256 * 2 ** 20;
 export const DEFAULT_DEPTH = 4;
 export const MAX_DEFAULT_BATCH = 32;
+export const LATENCY_BUSY_POLL_US = 1000;
 
 function bad(message: string): never {
   throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `bench: ${message}`);
@@ -120,6 +128,13 @@ function fastPath(text: string | undefined): boolean | undefined {
   return bad(`--fast-path must be on or off, not '${text}'`);
 }
 
+function busyPoll(text: string | undefined, latency: boolean): number {
+  if (text === undefined) return latency ? LATENCY_BUSY_POLL_US : 0;
+  const n = Number(text);
+  if (!/^\s*\d+\s*$/.test(text) || n > 10_000_000) bad(`--busy-poll must be 0..10000000 µs, not '${text}'`);
+  return n;
+}
+
 function ops(text: string | undefined, latency: boolean): TransferOp[] {
   if (text === undefined) return latency ? ['READ'] : ['WRITE', 'READ'];
   const out: TransferOp[] = [];
@@ -164,6 +179,8 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchOptions {
     duration: 2,
     iters: positiveInt(raw.iters, '--iters'),
     fastPath: fastPath(raw.fastPath),
+    busyPollUs: busyPoll(raw.busyPoll, latency),
+    expressMaxBytes: raw.express === undefined ? undefined : raw.express.trim() === '0' ? 0 : parseSize(raw.express, '--express'),
     prepared: raw.prepared ?? true,
     latency,
     json: raw.json,
@@ -195,6 +212,7 @@ export function parseTargetOptions(raw: RawBenchOptions): TargetOptions {
     rails: positiveInt(raw.rails, '--rails'),
     pool: raw.pool === undefined ? DEFAULT_POOL : parseSize(raw.pool, '--pool'),
     fastPath: fastPath(raw.fastPath),
+    busyPollUs: busyPoll(raw.busyPoll, false),
     fabricAddress: raw.fabricAddress,
     listen: raw.listen === undefined ? undefined : parseHostPort(raw.listen, '--listen'),
   };

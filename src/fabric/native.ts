@@ -11,7 +11,7 @@ export interface NativeErrorObject {
 }
 
 export type NativeEvent =
-  | { type: 'done'; id: number; bytes: number; durationNs: number; railsMask: number; postNs: number; providerPostNs: number; ops: number; path: 'fabric' | 'cma'; error?: NativeErrorObject }
+  | { type: 'done'; id: number; bytes: number; durationNs: number; railsMask: number; postNs: number; providerPostNs: number; ops: number; path: 'fabric' | 'cma'; express: boolean; error?: NativeErrorObject }
   | { type: 'notification'; from: string; data: Buffer }
   | { type: 'closed' };
 
@@ -22,6 +22,8 @@ export interface NativeAgentOptions {
   domain?: string;
   rails?: number;
   stripeThreshold?: number;
+  expressMaxBytes?: number;
+  busyPollUs?: number;
 }
 
 export interface NativeAgentInfo {
@@ -55,6 +57,8 @@ export declare class NativeAgent {
   removePeer(id: number): void;
   /** kind 0 = WRITE, 1 = READ; descriptors: 5 doubles each (localRegion, localOffset, remoteRegion, remoteOffset, length). */
   post(kind: 0 | 1, peer: number, descriptors: Float64Array, notification?: Uint8Array): number;
+  /** Completes what the express lanes have finished, delivering events synchronously; returns express ops still in flight. */
+  reap(): number;
   /** Validates descriptors once; returns a list id for postPrepared. */
   prepare(peer: number, descriptors: Float64Array): number;
   /** Posts a prepared list, whole or the descriptors at `indices`. */
