@@ -47,7 +47,7 @@ interface Point {
 }
 
 /** Best of `repeat` runs of one kvfabric bench case; `pick` chooses the figure and `better` its direction. */
-function kvf(args: string[], pick: (p: Point) => number, better: 'max' | 'min'): { best: number; runs: number[]; point: Point; command: string } {
+function kvf(args: string[], pick: (p: Point) => number, better: 'max' | 'min'): { best: number; runs: number[]; point: Point; points: Point[]; command: string } {
   const runs: { v: number; p: Point }[] = [];
   const json = join(tmpdir(), `kvf-bench-${process.pid}.json`);
   const full = ['bench', ...args, '--duration', duration, '--no-progress', '--json', json];
@@ -57,7 +57,7 @@ function kvf(args: string[], pick: (p: Point) => number, better: 'max' | 'min'):
     runs.push({ v: pick(p), p });
   }
   runs.sort((a, b) => (better === 'max' ? b.v - a.v : a.v - b.v));
-  return { best: runs[0]!.v, runs: runs.map((r) => r.v), point: runs[0]!.p, command: `kvfabric ${full.slice(0, -2).join(' ')}` };
+  return { best: runs[0]!.v, runs: runs.map((r) => r.v), point: runs[0]!.p, points: runs.map((r) => r.p), command: `kvfabric ${full.slice(0, -2).join(' ')}` };
 }
 
 function run(cmd: string, args: string[]): void {
@@ -92,11 +92,15 @@ for (const provider of ['tcp', 'shm']) {
   const raw = peer(`raw ${provider} WRITE posting 1024 x 4 KiB`) / 1000;
   rows.push({ criterion: `${provider} posting, prepared list, 1024 × 4 KiB WRITE: cost per descriptor − raw`, kvfabric: `${f(k.best, 3)} µs`, baseline: `${f(raw, 3)} µs`, ratio: k.best - raw, target: '≤ +0.3 µs', pass: k.best - raw <= 0.3, command: k.command });
 }
+// Latency, measured two ways in the same runs (`kvfabric bench --latency`: busy polling on both sides, as the
+// raw program spins on both): the addon's own post → completion time, which is what the raw program times,
+// and JS call → promise settled, which adds Node's call and promise machinery on top.
 for (const provider of ['tcp', 'shm']) {
-  const wall = kvf(['--provider', provider, '--latency', ...fabric], (p) => p.wallLatencyMs.p50 * 1000, 'min');
   const raw = peer(`raw ${provider} READ 4 KiB latency (d1)`);
-  const native = wall.point.latencyMs.p50 * 1000;
-  rows.push({ criterion: `${provider} 4 KiB READ latency p50, JS to JS (addon alone: ${f(native, 1)} µs = ${f(native / raw)}×)`, kvfabric: `${f(wall.best, 1)} µs`, baseline: `${f(raw, 1)} µs`, ratio: wall.best / raw, target: '≤ 1.3', pass: wall.best / raw <= 1.3, command: wall.command });
+  const addon = kvf(['--provider', provider, '--latency', ...fabric], (p) => p.latencyMs.p50 * 1000, 'min');
+  rows.push({ criterion: `${provider} 4 KiB READ latency p50, addon post → completion (as raw times it)`, kvfabric: `${f(addon.best, 1)} µs`, baseline: `${f(raw, 1)} µs`, ratio: addon.best / raw, target: '≤ 1.3', pass: addon.best / raw <= 1.3, command: addon.command });
+  const wall = Math.min(...addon.points.map((p) => p.wallLatencyMs.p50 * 1000));
+  rows.push({ criterion: `${provider} 4 KiB READ latency p50, JS call → promise settled`, kvfabric: `${f(wall, 1)} µs`, baseline: `${f(raw, 1)} µs`, ratio: wall / raw, target: '≤ 1.3', pass: wall / raw <= 1.3, command: addon.command });
 }
 
 console.log(`\nkvfabric vs peers, best of ${repeat}, ${describeMachine().cpu} × ${describeMachine().cores} cores, libfabric ${describeMachine().libfabric}`);

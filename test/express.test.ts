@@ -51,10 +51,13 @@ for (const provider of ['tcp', 'shm']) {
       assert.equal(big.express, false, 'over expressMaxBytes: the rail threads carry it');
       assert.ok(same(back, 0, dst, 0, 1 << 20));
 
-      const got = new Promise((resolve) => b.once('notification', resolve));
+      // The iterator (unlike an 'notification' listener) keeps the process alive until the message arrives.
+      const incoming = b.notifications();
+      const got = incoming.next();
       const noted = await a.write(peer, [descs[0]!], { notification: 'here' });
       assert.equal(noted.express, false, 'a notification must follow the data through the rail thread');
-      await got;
+      assert.equal(Buffer.from((await got).value!.data).toString(), 'here');
+      await incoming.return?.();
 
       const { a: off, src: offSrc, dst: offDst, peer: offPeer } = await pair(provider, { expressMaxBytes: 0 });
       const o = await off.write(offPeer, [{ local: offSrc, localOffset: 0, remote: offDst.id, remoteOffset: 0, length: 4096 }]);
