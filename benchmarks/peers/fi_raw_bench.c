@@ -15,6 +15,8 @@
 // One JSON line per run on stdout, a human line on stderr.
 #define _GNU_SOURCE
 #include <rdma/fabric.h>
+
+#include "pool_alloc.h"
 #include <rdma/fi_cm.h>
 #include <rdma/fi_domain.h>
 #include <rdma/fi_endpoint.h>
@@ -567,8 +569,8 @@ int main(int argc, char **argv) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) die("socketpair", errno);
 
-  pool = aligned_alloc(4096, opt.pool);
-  if (!pool) die("aligned_alloc(pool)", ENOMEM);
+  pool = alloc_pool(opt.pool);
+  if (!pool) die("alloc_pool", ENOMEM);
 
   pid_t child = fork();
   if (child < 0) die("fork", errno);

@@ -5,6 +5,8 @@
 // One JSON line on stdout, a human line on stderr. GB/s are decimal (bytes copied / ns).
 #define _GNU_SOURCE
 #include <getopt.h>
+
+#include "pool_alloc.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +35,7 @@ int main(int argc, char **argv) {
     }
   }
   if (block == 0 || block > size) block = size;
-  uint8_t *src = aligned_alloc(4096, size), *dst = aligned_alloc(4096, size);
+  uint8_t *src = alloc_pool(size), *dst = alloc_pool(size);
   if (!src || !dst) return 1;
   memset(src, 0x5a, size);
   memset(dst, 0, size);  // fault every page in before timing

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -36,13 +37,27 @@ HostAllocation AllocateHost(size_t length, bool hugepages, bool require_hugepage
                       " (reserve them with vm.nr_hugepages or the pod's hugepages-2Mi limit)");
     }
   }
-  a.mapped = RoundUp(length, kPage);
-  void* p = mmap(nullptr, a.mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  // Without reserved hugepages, ask for transparent ones: 2 MiB-aligned and MADV_HUGEPAGE (THP in "madvise"
+  // mode, the common default, only backs regions that ask). Fewer pages to pin is what makes cross-memory
+  // attach and memory registration fast; where THP is off this is plain 4 KiB memory.
+  const bool large = length >= kHugePage;
+  a.mapped = RoundUp(length, large ? kHugePage : kPage);
+  const size_t slack = large ? kHugePage : 0;
+  void* p = mmap(nullptr, a.mapped + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     int e = errno;
     throw Error("KVF_ERR_ALLOC", "cannot map " + std::to_string(a.mapped) + " bytes: " + std::strerror(e));
   }
-  a.data = p;
+  uint8_t* base = static_cast<uint8_t*>(p);
+  if (large) {
+    uint8_t* aligned = reinterpret_cast<uint8_t*>(RoundUp(reinterpret_cast<uintptr_t>(base), kHugePage));
+    if (aligned > base) munmap(base, static_cast<size_t>(aligned - base));
+    const size_t tail = static_cast<size_t>(base + a.mapped + slack - (aligned + a.mapped));
+    if (tail > 0) munmap(aligned + a.mapped, tail);
+    base = aligned;
+    madvise(base, a.mapped, MADV_HUGEPAGE);  // advisory: failure leaves ordinary pages
+  }
+  a.data = base;
   return a;
 }
 
