@@ -36,10 +36,7 @@ Agent::Agent(const AgentOptions& options, std::function<void()> wake)
     throw Error("KVF_ERR_INVALID_ARGUMENT", "agent name must be 1..255 bytes");
   }
   OpenRails(options);
-  for (auto& rail : rails_) {
-    rail->set_busy_poll(std::chrono::microseconds(options.busy_poll_us));
-    rail->Start();
-  }
+  for (auto& rail : rails_) rail->Start();
   RegisterLiveAgent(this);
 }
 
@@ -96,7 +93,8 @@ void Agent::OpenRails(const AgentOptions& options) {
         chosen->src_addr = strdup(addr.c_str());
         chosen->src_addrlen = addr.size() + 1;
       }
-      rails_.push_back(std::make_unique<Rail>(r, chosen, this, r == 0 ? kNotificationMessageMax : 0));
+      rails_.push_back(std::make_unique<Rail>(r, chosen, this, r == 0 ? kNotificationMessageMax : 0,
+                                              std::chrono::microseconds(options.busy_poll_us)));
     }
   } catch (...) {
     rails_.clear();

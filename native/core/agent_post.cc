@@ -195,21 +195,29 @@ uint64_t Agent::Launch(std::unique_ptr<Transfer> t) {
   t->unposted = t->ops.size();
   Transfer* raw = Track(std::move(t));
   const uint64_t id = raw->id;
-  const size_t nrails = rails_.size();
-  std::vector<std::vector<Op*>> by_rail(nrails);
+  std::vector<std::vector<Op*>> by_rail;  // sized only when some op goes to a rail thread
+  bool express = false;
   for (Op& op : raw->ops) {
     if (op.express) {
       const auto posting = std::chrono::steady_clock::now();
       const int rc = rails_[op.rail]->PostExpress(&op);
       if (rc == 0) OnOpPosted(&op, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - posting).count());
-      if (rc >= 0) continue;
+      if (rc >= 0) {
+        express = true;
+        continue;
+      }
       op.express = false;  // no express lane here, or refused: the rail thread takes it (and reports any error)
     }
+    if (by_rail.empty()) by_rail.resize(rails_.size());
     by_rail[op.rail].push_back(&op);
   }
-  for (size_t r = 0; r < nrails; ++r) {
+  for (size_t r = 0; r < by_rail.size(); ++r) {
     if (!by_rail[r].empty()) rails_[r]->Submit(by_rail[r].data(), by_rail[r].size());
   }
+  // A first look right away: shm often completes a small op inside the post call. What completes is pushed
+  // without waking the event loop; the binding's reap() right after the post delivers it. (`raw` may be
+  // gone after this.)
+  if (express) ReapExpress();
   return id;
 }
 

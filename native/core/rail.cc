@@ -27,8 +27,9 @@ void CloseFid(fid_t f) {
 }
 }  // namespace
 
-Rail::Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffer_size)
-    : index_(index), info_(info), owner_(owner), receive_size_(receive_buffer_size) {
+Rail::Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffer_size,
+           std::chrono::microseconds busy_poll)
+    : index_(index), info_(info), owner_(owner), busy_poll_(busy_poll), receive_size_(receive_buffer_size) {
   try {
     CheckFi(fi_fabric(info_->fabric_attr, &fabric_, nullptr), "fi_fabric");
     CheckFi(fi_domain(fabric_, info_, &domain_, nullptr), "fi_domain");
@@ -36,9 +37,10 @@ Rail::Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffe
     fi_cq_attr cq_attr{};
     cq_attr.format = FI_CQ_FORMAT_DATA;
     cq_attr.size = std::max<size_t>(info_->tx_attr->size + info_->rx_attr->size, 1024);
-    // Best is a file descriptor we poll ourselves (see WaitIdle); else the provider's own blocking read.
+    // Busy polling needs a descriptor to poll ourselves (see WaitIdle); otherwise the provider's own blocking
+    // read, fi_cq_sread, measured best for bandwidth.
     cq_attr.wait_obj = FI_WAIT_FD;
-    if (fi_cq_open(domain_, &cq_attr, &cq_, nullptr) == 0) {
+    if (busy_poll_.count() > 0 && fi_cq_open(domain_, &cq_attr, &cq_, nullptr) == 0) {
       cq_can_wait_ = true;
       if (fi_control(&cq_->fid, FI_GETWAIT, &wait_fd_) != 0) wait_fd_ = -1;
     } else if (cq_attr.wait_obj = FI_WAIT_UNSPEC; fi_cq_open(domain_, &cq_attr, &cq_, nullptr) == 0) {
@@ -177,7 +179,7 @@ bool Rail::OpenExpress() {
   express_ep_ = ep;
   express_cq_ = cq;
   if (rc != 0) {
-      CloseExpressFids();
+    CloseExpressFids();
     return false;
   }
   return true;
@@ -507,7 +509,7 @@ void Rail::RunLoop() {
       const IdleEnd wake = WaitIdle();
       now = std::chrono::steady_clock::now();
       if (wake == IdleEnd::kCompletion) last_work = now;
-      if (wake != IdleEnd::kNothing && busy_poll_.count() > 0 && wait_fd_ >= 0) busy_until = now + busy_poll_;
+      if (wake != IdleEnd::kNothing && wait_fd_ >= 0) busy_until = now + busy_poll_;
     }
   }
   if (orphaned_) return;

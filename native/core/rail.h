@@ -44,17 +44,15 @@ struct RailMr {
 class Rail {
  public:
   // Takes ownership of `info`. `receive_buffer_size` > 0 pre-posts that many-byte receives for control
-  // messages (rail 0 only).
-  Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffer_size);
+  // messages (rail 0 only). `busy_poll` > 0: after its endpoint wakes up, for serving a peer's one-sided
+  // operation as much as for its own completions, the progress thread keeps polling this long instead of
+  // sleeping, so the next requests of a burst pay no wake-up; costs a core while traffic lasts. Needs a CQ
+  // wait descriptor (tcp, efa); shm always polls anyway.
+  Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffer_size, std::chrono::microseconds busy_poll);
   ~Rail();
   Rail(const Rail&) = delete;
   Rail& operator=(const Rail&) = delete;
 
-  // Busy polling (0: off): after its endpoint wakes up, for serving a peer's one-sided operation as much as
-  // for its own completions, the progress thread keeps polling this long instead of sleeping, so the next
-  // requests of a burst pay no wake-up. Costs a core while traffic lasts. Set before Start(); providers
-  // without a wait descriptor (shm) always poll.
-  void set_busy_poll(std::chrono::microseconds us) { busy_poll_ = us; }
   void Start();
   // Graceful: exit once submitted work has drained. Forced: exit now, failing queued ops with KVF_ERR_CLOSED.
   void RequestStop(bool force);
@@ -121,8 +119,8 @@ class Rail {
   fid_av* av_ = nullptr;
   fid_ep* ep_ = nullptr;
   bool cq_can_wait_ = false;
-  int wait_fd_ = -1;  // the CQ's wait descriptor (FI_WAIT_FD), polled by WaitIdle
-  std::chrono::microseconds busy_poll_{0};
+  std::chrono::microseconds busy_poll_;
+  int wait_fd_ = -1;  // the CQ's wait descriptor, when busy polling (WaitIdle polls it instead of fi_cq_sread)
   std::vector<uint8_t> address_;
   size_t tx_depth_ = 0;
   size_t max_msg_size_ = 0;
