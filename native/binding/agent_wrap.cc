@@ -505,13 +505,14 @@ Napi::Value AgentWrap::CloseSync(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// reap() → express ops still in flight. Completes what the express lanes have finished and delivers every
-// pending event now, on this call's stack, rather than on a later turn of the loop.
+// reap() → express ops still in flight. Completes what the express lanes have finished and, when that made
+// events (here or in the post call before), delivers the pending events now, on this call's stack, rather
+// than on a later turn of the loop. Completions from the rail threads alone keep arriving asynchronously.
 Napi::Value AgentWrap::Reap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!agent_ || agent_->closed()) return Napi::Number::New(env, 0);
   const size_t left = agent_->ReapExpress();
-  Deliver(env);
+  if (agent_->TakeUnwokenEvents()) Deliver(env);
   return Napi::Number::New(env, static_cast<double>(left));
 }
 

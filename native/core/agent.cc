@@ -251,8 +251,14 @@ void Agent::PushEvent(Event event) {
     std::lock_guard<std::mutex> lock(events_mu_);
     events_.push_back(std::move(event));
   }
-  if (wake_ && !t_reaping_express) wake_();
+  if (t_reaping_express) {
+    unwoken_events_ = true;
+  } else if (wake_) {
+    wake_();
+  }
 }
+
+bool Agent::TakeUnwokenEvents() { return unwoken_events_.exchange(false); }
 
 size_t Agent::ReapExpress() {
   std::lock_guard<std::mutex> lock(express_mu_);

@@ -123,6 +123,8 @@ class Agent : public RailOwner {
   // what it finds, pushing events without waking the binding (the caller takes them right after).
   // Returns the express ops still in flight.
   size_t ReapExpress();
+  // Whether events were pushed without waking the binding since the last call (express completions).
+  bool TakeUnwokenEvents();
 
   std::vector<Event> TakeEvents();
   size_t transfers_in_flight();
@@ -168,6 +170,7 @@ class Agent : public RailOwner {
   uint64_t express_max_bytes_ = 0;
   std::mutex express_mu_;    // ReapExpress (JS thread) against Shutdown tearing the rails down
   bool express_off_ = false;  // set by Shutdown: no more reaping
+  std::atomic<bool> unwoken_events_{false};
   uint32_t scratch_region_ = 0;  // target of warmup reads
   std::vector<uint8_t> scratch_;
   CmaCopier copier_{[this](Transfer* t, const ErrorInfo* error) { OnCopyDone(t, error); },
