@@ -416,28 +416,25 @@ Rail::IdleEnd Rail::WaitIdle() {
     // fi_trywait says whether sleeping is safe.
     bool woke = true;
     if (fi_trywait(fabric_, reinterpret_cast<fid**>(&cq_), 1) == FI_SUCCESS) woke = PollWaitFd(kIdleWaitMs);
-    ssize_t n = fi_cq_read(cq_, entries, kCqBatch);  // drives the provider's progress
-    if (n > 0) {
-      for (ssize_t i = 0; i < n; ++i) HandleCompletion(entries[i]);
-      return IdleEnd::kCompletion;
-    }
-    if (n == -FI_EAVAIL) {
-      HandleCqError();
-      return IdleEnd::kCompletion;
-    }
+    // fi_cq_read drives the provider's progress.
+    if (HandleRead(fi_cq_read(cq_, entries, kCqBatch), entries)) return IdleEnd::kCompletion;
     return woke ? IdleEnd::kEndpoint : IdleEnd::kNothing;
   }
   // fi_cq_sread drives manual progress internally while it waits, so incoming RMA still lands.
-  ssize_t n = fi_cq_sread(cq_, entries, kCqBatch, nullptr, kIdleWaitMs);
+  return HandleRead(fi_cq_sread(cq_, entries, kCqBatch, nullptr, kIdleWaitMs), entries) ? IdleEnd::kCompletion
+                                                                                          : IdleEnd::kNothing;
+}
+
+bool Rail::HandleRead(ssize_t n, const fi_cq_data_entry* entries) {
   if (n > 0) {
     for (ssize_t i = 0; i < n; ++i) HandleCompletion(entries[i]);
-    return IdleEnd::kCompletion;
+    return true;
   }
   if (n == -FI_EAVAIL) {
     HandleCqError();
-    return IdleEnd::kCompletion;
+    return true;
   }
-  return IdleEnd::kNothing;
+  return false;
 }
 
 bool Rail::PollWaitFd(int timeout_ms) {
@@ -487,14 +484,7 @@ void Rail::RunLoop() {
       }
     }
 
-    ssize_t n = fi_cq_read(cq_, entries, kCqBatch);
-    if (n > 0) {
-      for (ssize_t i = 0; i < n; ++i) HandleCompletion(entries[i]);
-      worked = true;
-    } else if (n == -FI_EAVAIL) {
-      HandleCqError();
-      worked = true;
-    }
+    if (HandleRead(fi_cq_read(cq_, entries, kCqBatch), entries)) worked = true;
 
     auto now = std::chrono::steady_clock::now();
     // Busy polling: a peer's READs and WRITEs leave no completion here, so while busy the endpoint's

@@ -104,6 +104,8 @@ class Rail {
   void PostReceive(size_t slot);
   void HandleCompletion(const fi_cq_data_entry& entry);
   void HandleCqError();
+  // Handles what a CQ read returned (completions or an error entry); true if there was anything.
+  bool HandleRead(ssize_t n, const fi_cq_data_entry* entries);
   // What ended an idle wait: nothing (timeout), the endpoint waking without a completion, or completions.
   enum class IdleEnd { kNothing, kEndpoint, kCompletion };
   IdleEnd WaitIdle();
