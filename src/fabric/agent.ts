@@ -9,7 +9,7 @@ import { KvfError, fromNative } from './errors.js';
 import { defaultLogger, type Logger } from './logger.js';
 import { MemoryRegion, toBytes, type MemoryInput, type RegionOwner } from './memory.js';
 import { decodeMetadata, encodeMetadata } from './metadata.js';
-import { addon, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeEvent } from './native.js';
+import { addon, DONE_CMA, DONE_EXPRESS, DONE_FIELDS, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer } from './peer.js';
 import { PreparedTransfer, type PreparedOwner } from './prepared.js';
@@ -107,6 +107,8 @@ interface Pending {
   descriptors: number;
   notified: boolean;
   timer?: NodeJS.Timeout;
+  /** Holds the addon's ref (the process stays alive for it); not taken when the transfer settled in the post call. */
+  held: boolean;
 }
 
 export interface AgentEvents {
@@ -179,8 +181,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     const wanted = requestedProvider(options.provider);
     // The events callback is bound late: the native agent exists before the Agent that handles its events.
     let target: Agent | undefined;
-    const onEvents = (events: NativeEvent[]) => {
-      if (target) target.#handleEvents(events);
+    const onEvents = (events: NativeEvent[], done: Float64Array) => {
+      if (target) target.#handleEvents(events, done);
     };
     const open = (provider: string): NativeAgent => {
       const native: NativeAgentOptions = { name: options.name, provider };
@@ -358,9 +360,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       const packed = packDescriptors(descriptors, this.#regions);
       const note = options.notification === undefined ? undefined : notificationBytes(options.notification);
       const id = this.#call(() => this.#native.post(op === 'WRITE' ? 0 : 1, p.id, packed, note), { peer: p.name });
-      const done = this.#track(id, op, p.name, descriptors.length, note !== undefined, options.timeoutMs);
-      this.#reapAfterPost();
-      return done;
+      return this.#track(id, op, p.name, descriptors.length, note !== undefined, options.timeoutMs);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -390,9 +390,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       const indices = options.indices === undefined ? undefined : options.indices instanceof Uint32Array ? options.indices : Uint32Array.from(options.indices);
       const note = options.notification === undefined ? undefined : notificationBytes(options.notification);
       const id = this.#call(() => this.#native.postPrepared(op === 'WRITE' ? 0 : 1, prepared.id, indices ?? null, note), { peer: p.name });
-      const done = this.#track(id, op, p.name, indices?.length ?? prepared.count, note !== undefined, options.timeoutMs);
-      this.#reapAfterPost();
-      return done;
+      return this.#track(id, op, p.name, indices?.length ?? prepared.count, note !== undefined, options.timeoutMs);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -408,9 +406,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#assertOpen();
     const p = this.#peer(peer);
     const id = this.#call(() => this.#native.warmup(p.id), { peer: p.name });
-    const done = this.#track(id, 'READ', p.name, this.rails, false, undefined);
-    this.#reapAfterPost();
-    await done;
+    await this.#track(id, 'READ', p.name, this.rails, false, undefined);
   }
 
   // ---- notifications ------------------------------------------------------------------------------
@@ -447,48 +443,68 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
 
   // Called by the addon with one batch per CQ drain. It must not throw: an error from a user's listener
   // is re-thrown on the next tick, where Node reports it like any other uncaught exception.
-  #handleEvents(events: NativeEvent[]): void {
+  // Successful transfers come first, as records: a 'closed' event, always the batch's last, must find them
+  // settled already.
+  #handleEvents(events: NativeEvent[], done: Float64Array): void {
+    for (let i = 0; i < done.length; i += DONE_FIELDS) this.#guard(() => this.#resolve(done, i));
     for (const ev of events) {
-      try {
-        if (ev.type === 'done') this.#complete(ev);
+      this.#guard(() => {
+        if (ev.type === 'failed') this.#reject(ev.id, ev.error);
         else if (ev.type === 'notification') this.#notify({ from: ev.from, data: ev.data });
         else this.#finishClose();
-      } catch (err) {
-        process.nextTick(() => {
-          throw err;
-        });
-      }
+      });
     }
   }
 
-  #complete(ev: Extract<NativeEvent, { type: 'done' }>): void {
-    const p = this.#pending.get(ev.id);
-    if (!p) return;
-    this.#pending.delete(ev.id);
-    if (p.timer) clearTimeout(p.timer);
-    this.#unref();
-    if (ev.error) {
-      p.reject(fromNative(ev.error, { peer: p.peer, provider: this.provider }));
-      return;
+  #guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      process.nextTick(() => {
+        throw err;
+      });
     }
-    const durationMs = ev.durationNs / 1e6;
+  }
+
+  #resolve(r: Float64Array, i: number): void {
+    const p = this.#settle(r[i]!);
+    if (!p) return;
+    const bytes = r[i + 1]!;
+    const durationMs = r[i + 2]! / 1e6;
+    const postNs = r[i + 4]!;
+    const flags = r[i + 7]!;
     p.resolve({
       op: p.op as TransferOp,
       peer: p.peer,
       backend: this.backend,
       provider: this.provider,
-      rails: railsFromMask(ev.railsMask),
+      rails: railsFromMask(r[i + 3]!),
       descriptors: p.descriptors,
-      bytes: ev.bytes,
+      bytes,
       durationMs,
-      gbps: durationMs > 0 ? ev.bytes / (durationMs * 1e6) : 0,
+      gbps: durationMs > 0 ? bytes / (durationMs * 1e6) : 0,
       notified: p.notified,
-      ops: ev.ops,
-      postMs: ev.postNs >= 0 ? ev.postNs / 1e6 : 0,
-      providerPostMs: ev.providerPostNs / 1e6,
-      path: ev.path,
-      express: ev.express,
+      ops: r[i + 6]!,
+      postMs: postNs >= 0 ? postNs / 1e6 : 0,
+      providerPostMs: r[i + 5]! / 1e6,
+      path: flags & DONE_CMA ? 'cma' : 'fabric',
+      express: (flags & DONE_EXPRESS) !== 0,
     });
+  }
+
+  #reject(id: number, error: NativeErrorObject): void {
+    const p = this.#settle(id);
+    p?.reject(fromNative(error, { peer: p.peer, provider: this.provider }));
+  }
+
+  /** Takes the transfer out of the pending set (its timer cleared, its ref dropped); undefined if it timed out. */
+  #settle(id: number): Pending | undefined {
+    const p = this.#pending.get(id);
+    if (!p) return undefined;
+    this.#pending.delete(id);
+    if (p.timer) clearTimeout(p.timer);
+    if (p.held) this.#unref();
+    return p;
   }
 
   #notify(n: Notification): void {
@@ -516,9 +532,11 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#resolveClosed?.();
   }
 
+  // Registers a posted transfer, then (express lane) reaps right away: a transfer that settles here never
+  // needs the ref that keeps the process alive for the completions still to come.
   #track(id: number, op: Pending['op'], peer: string, descriptors: number, notified: boolean, timeoutMs: number | undefined): Promise<TransferReport> {
-    return new Promise<TransferReport>((resolve, reject) => {
-      const p: Pending = { resolve, reject, op, peer, descriptors, notified };
+    const settled = new Promise<TransferReport>((resolve, reject) => {
+      const p: Pending = { resolve, reject, op, peer, descriptors, notified, held: false };
       if (timeoutMs !== undefined) {
         p.timer = setTimeout(() => {
           p.resolve = () => {};
@@ -526,9 +544,15 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
           reject(new KvfError('KVF_ERR_TIMEOUT', `${op} to '${peer}' did not complete within ${timeoutMs} ms`, { peer }));
         }, timeoutMs);
       }
-      this.#ref();
       this.#pending.set(id, p);
     });
+    this.#reapAfterPost();
+    const p = this.#pending.get(id);
+    if (p) {
+      p.held = true;
+      this.#ref();
+    }
+    return settled;
   }
 
   // The express lane's completions are found only by polling: right after a post (the shm provider often

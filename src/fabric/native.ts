@@ -10,8 +10,17 @@ export interface NativeErrorObject {
   providerMessage?: string;
 }
 
+/**
+ * Successful transfers arrive as records of DONE_FIELDS numbers in one Float64Array per batch (cheaper than
+ * an object each): id, bytes, durationNs, railsMask, postNs, providerPostNs, ops, flags (DONE_CMA, DONE_EXPRESS).
+ * Everything else arrives as an event object.
+ */
+export const DONE_FIELDS = 8;
+export const DONE_CMA = 1;
+export const DONE_EXPRESS = 2;
+
 export type NativeEvent =
-  | { type: 'done'; id: number; bytes: number; durationNs: number; railsMask: number; postNs: number; providerPostNs: number; ops: number; path: 'fabric' | 'cma'; express: boolean; error?: NativeErrorObject }
+  | { type: 'failed'; id: number; error: NativeErrorObject }
   | { type: 'notification'; from: string; data: Buffer }
   | { type: 'closed' };
 
@@ -47,7 +56,7 @@ export interface NativeRegion {
 }
 
 export declare class NativeAgent {
-  constructor(options: NativeAgentOptions, onEvents: (events: NativeEvent[]) => void);
+  constructor(options: NativeAgentOptions, onEvents: (events: NativeEvent[], done: Float64Array) => void);
   info(): NativeAgentInfo;
   registerMemory(view: Uint8Array): number;
   deregisterMemory(id: number): void;
