@@ -37,3 +37,11 @@ test('tcp binds loopback unless an address or an interface is configured', () =>
   assert.deepEqual(tcpBinding(undefined, undefined, { KVF_ADDRESS: '10.0.0.5' }), { node: '10.0.0.5' });
   assert.deepEqual(tcpBinding('10.1.1.1', 'eth1', {}), { node: '10.1.1.1', domain: 'eth1' });
 });
+
+test('worker busyPollUs: from --busy-poll-us or KVF_BUSY_POLL_US, checked', async () => {
+  const { workerConfig } = await import('../src/serve/config.js');
+  assert.equal(workerConfig({ flags: { role: 'prefill' }, env: { KVF_BUSY_POLL_US: '500' } }).busyPollUs, 500);
+  assert.equal(workerConfig({ flags: { role: 'decode', busyPollUs: '0' }, env: {} }).busyPollUs, 0);
+  assert.equal(workerConfig({ flags: { role: 'decode' }, env: {} }).busyPollUs, undefined);
+  assert.throws(() => workerConfig({ flags: { role: 'prefill' }, env: { KVF_BUSY_POLL_US: '-1' } }), { code: 'KVF_ERR_BAD_CONFIG' });
+});

@@ -56,6 +56,7 @@ for (const role of ['prefill', 'decode'] as const) {
     .option('--advertise <host:port>', 'address others use to reach this worker (default: the listen address)')
     .option('-p, --provider <name>', 'tcp | shm | efa (default: FI_PROVIDER, else efa, else tcp)')
     .option('-r, --rails <n>', 'fabric rails')
+    .option('--busy-poll-us <us>', 'rail threads keep polling this long after activity (lower small-transfer latency, costs a core; default 0)')
     .option('--fabric-address <ip>', 'tcp provider: address the fabric endpoints bind')
     .option('--blocks <n>', 'KV blocks in the pool')
     .option('--tokens-per-block <n>', 'positions per KV block')

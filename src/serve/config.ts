@@ -32,6 +32,8 @@ export interface WorkerConfig extends Common {
   advertise?: string;
   provider?: string;
   rails?: number;
+  /** Agent busy polling (µs, AgentOptions.busyPollUs): lower small-transfer latency for a core while traffic lasts. */
+  busyPollUs?: number;
   /** tcp provider: the address the fabric endpoints bind. */
   fabricAddress?: string;
   blocks: number;
@@ -85,6 +87,7 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
     advertise: { ...hostPort, nullable: true },
     provider: { type: 'string', minLength: 1, nullable: true },
     rails: { type: 'integer', minimum: 1, maximum: 64, nullable: true },
+    busyPollUs: { type: 'integer', minimum: 0, maximum: 10_000_000, nullable: true },
     fabricAddress: { type: 'string', minLength: 1, nullable: true },
     blocks: { type: 'integer', minimum: 1, maximum: 1 << 20, default: 256 },
     tokensPerBlock: { type: 'integer', minimum: 1, maximum: 4096, default: 32 },

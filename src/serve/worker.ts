@@ -72,6 +72,7 @@ export class Worker {
       logger: log,
       ...(config.provider !== undefined ? { provider: config.provider } : {}),
       ...(config.rails !== undefined ? { rails: config.rails } : {}),
+      ...(config.busyPollUs !== undefined ? { busyPollUs: config.busyPollUs } : {}),
       ...(config.fabricAddress !== undefined ? { address: config.fabricAddress } : {}),
     });
     try {
