@@ -9,6 +9,7 @@ import { KvfError, fromNative } from './errors.js';
 import { defaultLogger, type Logger } from './logger.js';
 import { MemoryRegion, toBytes, type MemoryInput, type RegionOwner } from './memory.js';
 import { decodeMetadata, encodeMetadata } from './metadata.js';
+import { ExpressPoller } from './express.js';
 import { addon, DONE_CMA, DONE_EXPRESS, DONE_FIELDS, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer } from './peer.js';
@@ -136,10 +137,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #closed = false;
   #log: Logger | undefined;
   #fastPath: boolean;
-  #expressOff: boolean;
-  #reapScheduled = false;
-  #expressProgressAt = 0;
-  #heldSince = 0;
+  #express: ExpressPoller | undefined;
 
   private constructor(native: NativeAgent, backend: Backend, options: AgentOptions, log: Logger | undefined) {
     super();
@@ -152,7 +150,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.domains = Object.freeze([...this.info.domains]);
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 10_000;
     this.#fastPath = fastPathEnabled(options.fastPath);
-    this.#expressOff = options.expressMaxBytes === 0;
+    this.#express = options.expressMaxBytes === 0 ? undefined : new ExpressPoller(() => native.reap(), () => this.#pending.size, () => this.#closed);
     this.#log = log;
   }
 
@@ -441,28 +439,25 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     return this.#closing;
   }
 
-  // Called by the addon with one batch per CQ drain. It must not throw: an error from a user's listener
-  // is re-thrown on the next tick, where Node reports it like any other uncaught exception.
-  // Successful transfers come first, as records: a 'closed' event, always the batch's last, must find them
-  // settled already.
+  // Called by the addon with one batch per CQ drain: successful transfers as records first (a 'closed' event,
+  // always the batch's last, must find them settled), then the other events. It must not throw: an error from
+  // a user's listener is re-thrown on the next tick, where Node reports it like any other uncaught exception.
   #handleEvents(events: NativeEvent[], done: Float64Array): void {
-    for (let i = 0; i < done.length; i += DONE_FIELDS) this.#guard(() => this.#resolve(done, i));
+    for (let i = 0; i < done.length; i += DONE_FIELDS) {
+      try {
+        this.#resolve(done, i);
+      } catch (err) {
+        rethrowLater(err);
+      }
+    }
     for (const ev of events) {
-      this.#guard(() => {
+      try {
         if (ev.type === 'failed') this.#reject(ev.id, ev.error);
         else if (ev.type === 'notification') this.#notify({ from: ev.from, data: ev.data });
         else this.#finishClose();
-      });
-    }
-  }
-
-  #guard(fn: () => void): void {
-    try {
-      fn();
-    } catch (err) {
-      process.nextTick(() => {
-        throw err;
-      });
+      } catch (err) {
+        rethrowLater(err);
+      }
     }
   }
 
@@ -546,7 +541,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       }
       this.#pending.set(id, p);
     });
-    this.#reapAfterPost();
+    this.#express?.afterPost();
     const p = this.#pending.get(id);
     if (p) {
       p.held = true;
@@ -554,55 +549,6 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     }
     return settled;
   }
-
-  // The express lane's completions are found only by polling: right after a post (the shm provider often
-  // finishes a small READ inside the post call), then on every turn of the event loop while any is in flight.
-  // setImmediate keeps the loop from sleeping in the poll phase, so a completion is seen within a loop turn;
-  // after EXPRESS_SPIN_MS without one (a slow or dead peer) the loop polls once a millisecond instead of spinning.
-  #reapAfterPost(): void {
-    if (this.#expressOff) return;
-    // Completing on the caller's stack is what makes small transfers fast, but a caller that awaits transfer
-    // after transfer would then never let the event loop turn (each completion resolves in a microtask).
-    // After EXPRESS_HOLD_MS of that, completions wait for the loop's next turn.
-    const now = performance.now();
-    if (this.#heldSince === 0) {
-      this.#heldSince = now;
-      setImmediate(this.#loopTurned);
-    } else if (now - this.#heldSince > EXPRESS_HOLD_MS) {
-      this.#scheduleReap(true);
-      return;
-    }
-    this.#reapExpress();
-  }
-
-  #loopTurned = (): void => {
-    this.#heldSince = 0;
-  };
-
-  #reapExpress(): void {
-    if (this.#closed) return;
-    const before = this.#pending.size;
-    const left = this.#native.reap();
-    if (left === 0) {
-      this.#expressProgressAt = 0;
-      return;
-    }
-    const now = performance.now();
-    if (this.#pending.size < before || this.#expressProgressAt === 0) this.#expressProgressAt = now;
-    this.#scheduleReap(now - this.#expressProgressAt < EXPRESS_SPIN_MS);
-  }
-
-  #scheduleReap(spin: boolean): void {
-    if (this.#reapScheduled) return;
-    this.#reapScheduled = true;
-    if (spin) setImmediate(this.#reapTick);
-    else setTimeout(this.#reapTick, 1).unref(); // the transfer in flight itself keeps the process alive
-  }
-
-  #reapTick = (): void => {
-    this.#reapScheduled = false;
-    this.#reapExpress();
-  };
 
   #peer(peer: RemotePeer | string): RemotePeer {
     const p = typeof peer === 'string' ? this.#peers.get(peer) : peer;
@@ -644,10 +590,12 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
 }
 
 const BUSY_AGENTS = new Set<Agent>();
-// How long the event loop spins for express completions after the last one before it polls once a millisecond.
-const EXPRESS_SPIN_MS = 2;
-// How long synchronous express completions may keep the event loop from turning.
-const EXPRESS_HOLD_MS = 0.5;
+
+function rethrowLater(err: unknown): void {
+  process.nextTick(() => {
+    throw err;
+  });
+}
 
 function notificationBytes(data: Uint8Array | string): Uint8Array {
   if (typeof data === 'string') return Buffer.from(data, 'utf8');
