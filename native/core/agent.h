@@ -35,7 +35,7 @@ struct AgentOptions {
   // Transfers of at most this many bytes (and few ops, no notification) take the express lane: posted and
   // reaped on the calling thread through ReapExpress(). 0: every transfer goes through the rail threads.
   uint64_t express_max_bytes = 64 * 1024;
-  uint32_t busy_poll_us = 0;  // Rail::set_busy_poll
+  uint32_t busy_poll_us = 0;  // see Rail(): keep polling this long after the endpoint wakes; 0: off
 };
 
 // Loading a peer: its advertised regions, and the pid to reach it by cross-memory attach when it runs on

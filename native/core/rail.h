@@ -1,7 +1,8 @@
 // A rail is one FI_EP_RDM endpoint with its own fabric, domain, completion queue and address vector,
 // driven by one progress thread. Only that thread posts operations and reads the CQ, so the data path
 // needs no locks beyond the submission queue; manual-progress providers (tcp;ofi_rxm, shm) get the
-// progress they need, also as a passive target of RMA.
+// progress they need, also as a passive target of RMA. Beside it, the express lane: a second endpoint
+// that only the JS thread posts on and reaps (see PostExpress).
 #pragma once
 
 #include <rdma/fabric.h>
@@ -80,8 +81,8 @@ class Rail {
   void Submit(Op* const* ops, size_t count);
   void Submit(Op* op) { Submit(&op, 1); }
 
-  // The express lane: a second endpoint on this rail's domain and address vector, with its own CQ, that the
-  // JS thread posts on and reaps itself. Small transfers skip both thread hand-offs (JS → progress thread,
+  // The express lane: a second endpoint with its own CQ (and, where no local MRs are needed, its own fabric,
+  // domain and a mirrored address vector) that the JS thread posts on and reaps itself. Small transfers skip both thread hand-offs (JS → progress thread,
   // progress thread → event loop), which is most of their latency; the progress thread never touches it.
   // Opened on first use. PostExpress returns 0 (posted), kExpressQueued (waiting for room; ReapExpress
   // posts it) or a negative code, after which the op must go through Submit instead (closed, no express
@@ -91,7 +92,6 @@ class Rail {
   // Reads the express CQ once (which also drives the provider's progress for it), completes what it
   // finds through the owner and posts what waits in the backlog; returns the express ops still in flight.
   size_t ReapExpress();
-  size_t express_inflight() const { return express_inflight_.load(std::memory_order_relaxed); }
 
  private:
   void Run();
