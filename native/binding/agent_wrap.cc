@@ -260,6 +260,7 @@ Napi::Value AgentWrap::Info(const Napi::CallbackInfo& info) {
   o.Set("txDepth", static_cast<double>(rails[0]->tx_depth()));
   o.Set("maxMessageSize", static_cast<double>(rails[0]->max_msg_size()));
   o.Set("maxNotificationBytes", static_cast<double>(kMaxNotificationBytes));
+  o.Set("expressMaxBytes", static_cast<double>(a.express_max_bytes()));  // 0: no express lane (shm, or turned off)
   return o;
 }
 

@@ -36,6 +36,11 @@ Agent::Agent(const AgentOptions& options, std::function<void()> wake)
     throw Error("KVF_ERR_INVALID_ARGUMENT", "agent name must be 1..255 bytes");
   }
   OpenRails(options);
+  // No express lane on shm: its sends (and its READs when cross-memory attach is refused) take a spinlock in
+  // the peer's shared region, and a peer killed while holding it leaves the caller spinning inside the
+  // provider for ever (measured: a killed peer hung the process). On a rail thread that is survivable (the
+  // rail is orphaned at close); on the JS thread it would freeze the whole process.
+  if (provider_ == "shm") express_max_bytes_ = 0;
   for (auto& rail : rails_) rail->Start();
   RegisterLiveAgent(this);
 }

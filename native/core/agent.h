@@ -86,6 +86,7 @@ class Agent : public RailOwner {
   const std::string& fabric_name() const { return fabric_name_; }
   std::vector<std::string> domain_names() const;
   const std::vector<std::unique_ptr<Rail>>& rails() const { return rails_; }
+  uint64_t express_max_bytes() const { return express_max_bytes_; }
 
   uint32_t RegisterMemory(void* data, size_t length);
   void DeregisterMemory(uint32_t id);

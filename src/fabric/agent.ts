@@ -42,7 +42,8 @@ export interface AgentOptions {
    * Express lane: a transfer of at most this many bytes (≤ 16 fabric operations, no notification) is posted
    * on the calling thread and its completion reaped by the event loop itself, polling while it is in flight,
    * instead of crossing to a rail thread and back. Cuts small-transfer latency; the loop spins for at most
-   * ~2 ms per burst. Default 64 KiB; 0 sends everything through the rail threads.
+   * ~2 ms per burst. Default 64 KiB; 0 sends everything through the rail threads. Not on shm (a peer killed
+   * inside shm's shared-memory lock would freeze the posting thread): `info.expressMaxBytes` says what applies.
    */
   expressMaxBytes?: number;
   /**
@@ -150,7 +151,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.domains = Object.freeze([...this.info.domains]);
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 10_000;
     this.#fastPath = fastPathEnabled(options.fastPath);
-    this.#express = options.expressMaxBytes === 0 ? undefined : new ExpressPoller(() => native.reap(), () => this.#pending.size, () => this.#closed);
+    this.#express = this.info.expressMaxBytes === 0 ? undefined : new ExpressPoller(() => native.reap(), () => this.#pending.size, () => this.#closed);
     this.#log = log;
   }
 

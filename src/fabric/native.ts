@@ -46,6 +46,8 @@ export interface NativeAgentInfo {
   txDepth: number;
   maxMessageSize: number;
   maxNotificationBytes: number;
+  /** The express lane's limit in effect (0: none, e.g. on shm). */
+  expressMaxBytes: number;
 }
 
 export interface NativeRegion {
