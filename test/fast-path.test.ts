@@ -62,6 +62,14 @@ for (const provider of ['tcp', 'shm']) {
       randomFillSync(local.bytes);
       assert.equal((await a.post('WRITE', list, { indices: [2, 0] })).path, 'cma');
       assert.equal(sha(Buffer.concat([2, 0].map((i) => local.bytes.subarray(ranges[i]![0], ranges[i]![0] + ranges[i]![1])))), await child.hash('pool', [ranges[2]!, ranges[0]!]));
+
+      // Small transfers (≤ expressMaxBytes) are copied on the posting thread; large ones by the copier threads.
+      randomFillSync(local.bytes);
+      const small = await a.post('WRITE', list, { indices: [3, 0] });
+      assert.deepEqual([small.path, small.express], ['cma', true]);
+      assert.equal(sha(Buffer.concat([3, 0].map((i) => local.bytes.subarray(ranges[i]![0], ranges[i]![0] + ranges[i]![1])))), await child.hash('pool', [ranges[3]!, ranges[0]!]));
+      assert.equal(w.express, false);
+      list.release();
     });
 
     test('fastPath: false keeps the transfer on the provider', async () => {

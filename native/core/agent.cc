@@ -21,17 +21,19 @@ constexpr std::chrono::milliseconds kRailStopTimeout{2000};
 
 std::atomic<uint32_t> g_agent_counter{0};
 
-// Set while this thread reaps express completions: the events it pushes are taken by the same caller right
-// after, so waking the event loop for them would only cost a syscall and an empty delivery.
-thread_local bool t_reaping_express = false;
-
 }  // namespace
+
+// Set while this thread reaps express completions or copies inline: the events it pushes are taken by the same
+// caller right after (the binding's reap()), so waking the event loop for them would only cost a syscall and
+// an empty delivery.
+thread_local bool t_reaping_express = false;
 
 Agent::Agent(const AgentOptions& options, std::function<void()> wake)
     : name_(options.name),
       wake_(std::move(wake)),
       stripe_threshold_(options.stripe_threshold),
-      express_max_bytes_(options.express_max_bytes) {
+      express_max_bytes_(options.express_max_bytes),
+      copy_inline_max_(options.express_max_bytes) {
   if (name_.empty() || name_.size() > kMaxNameBytes) {
     throw Error("KVF_ERR_INVALID_ARGUMENT", "agent name must be 1..255 bytes");
   }
@@ -232,7 +234,7 @@ void Agent::Finish(Transfer* t) {
   ev.provider_post_ns = t->provider_post_ns;
   ev.ops = t->cma ? t->cma_segments : t->ops.size();
   ev.cma = t->cma;
-  ev.express = std::any_of(t->ops.begin(), t->ops.end(), [](const Op& op) { return op.express; });
+  ev.express = t->copied_inline || std::any_of(t->ops.begin(), t->ops.end(), [](const Op& op) { return op.express; });
   ev.duration_ns = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t->start).count());
   for (Region* r : t->regions) --r->inflight;

@@ -76,6 +76,8 @@ struct DescriptorFields {
 };
 
 
+extern thread_local bool t_reaping_express;  // agent.cc
+
 class Agent : public RailOwner {
  public:
   Agent(const AgentOptions& options, std::function<void()> wake);
@@ -168,7 +170,8 @@ class Agent : public RailOwner {
   std::map<uint32_t, std::unique_ptr<PreparedList>> prepared_;  // JS thread only
   uint32_t next_prepared_ = 1;
   uint64_t stripe_threshold_ = 0;
-  uint64_t express_max_bytes_ = 0;
+  uint64_t express_max_bytes_ = 0;  // the fabric's express lane (0 on shm)
+  uint64_t copy_inline_max_ = 0;    // same-host copies this small run on the calling thread
   std::mutex express_mu_;    // ReapExpress (JS thread) against Shutdown tearing the rails down
   bool express_off_ = false;  // set by Shutdown: no more reaping
   std::atomic<bool> unwoken_events_{false};

@@ -233,6 +233,21 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
   }
   t->cma = true;
   t->cma_segments = job.local.size();
+  if (t->bytes <= copy_inline_max_) {
+    // Small: copy here, on the posting thread. A few microseconds of syscall (which a dead peer fails with
+    // ESRCH, never hangs) instead of a hand-off to a copier thread and back; the binding's reap() right after
+    // the post delivers the completion.
+    t->copied_inline = true;
+    t->remaining = 1;
+    t->posted_ns = 0;
+    Transfer* raw = Track(std::move(t));
+    const uint64_t id = raw->id;
+    ErrorInfo error = CmaCopy(job);
+    t_reaping_express = true;
+    OnCopyDone(raw, error.ok() ? nullptr : &error);  // `raw` may be gone after this
+    t_reaping_express = false;
+    return id;
+  }
   // Parts of at least 1 MiB, copied in parallel by the copier threads.
   std::vector<CmaJob> parts = SplitCmaJob(std::move(job), copier_.threads(), 1 << 20);
   t->remaining = parts.size();

@@ -56,6 +56,7 @@ struct Transfer {
   std::atomic<int64_t> provider_post_ns{0};  // time inside the provider's post calls, summed over data ops
   bool cma = false;                    // carried by the same-host fast path, not the fabric
   size_t cma_segments = 0;
+  bool copied_inline = false;          // the fast path's copy ran on the posting thread (express)
 };
 
 struct Event {

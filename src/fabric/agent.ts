@@ -151,7 +151,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.domains = Object.freeze([...this.info.domains]);
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 10_000;
     this.#fastPath = fastPathEnabled(options.fastPath);
-    this.#express = this.info.expressMaxBytes === 0 ? undefined : new ExpressPoller(() => native.reap(), () => this.#pending.size, () => this.#closed);
+    // The poller also delivers small same-host copies, which run inside the post call (even on shm).
+    this.#express = options.expressMaxBytes === 0 ? undefined : new ExpressPoller(() => native.reap(), () => this.#pending.size, () => this.#closed);
     this.#log = log;
   }
 
