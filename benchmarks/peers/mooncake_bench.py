@@ -12,12 +12,9 @@ Install (its own venv, never part of npm install/test):
 Run:
     /tmp/peers-venv/bin/python benchmarks/peers/mooncake_bench.py --op write --block 1048576
 """
-import argparse
-import ctypes
-import json
-import multiprocessing as mp
 import sys
-import time
+
+from peer_harness import alloc, answer_verify, initiator_fill, parse_args, receive_hello, report, spawn_target, timed_passes, verify
 
 
 def open_engine():
@@ -30,12 +27,6 @@ def open_engine():
     return engine
 
 
-def alloc(size, fill):
-    buf = (ctypes.c_ubyte * size)()
-    ctypes.memset(buf, fill, size)  # touch every page before registering
-    return buf, ctypes.addressof(buf)
-
-
 def target(conn, pool, fill):
     engine = open_engine()
     buf, ptr = alloc(pool, fill)
@@ -43,33 +34,18 @@ def target(conn, pool, fill):
     if rc != 0:
         raise RuntimeError(f"target register_memory returned {rc}")
     conn.send({"port": engine.get_rpc_port(), "ptr": ptr})
-    msg = conn.recv()  # the initiator is done: check what its WRITEs left here
-    ok = True
-    if msg.get("verify") is not None:
-        ok = bytes(buf[: msg["verify"]]) == bytes([0x5A]) * msg["verify"]
-    conn.send({"ok": ok})
+    answer_verify(conn, buf)
     engine.unregister_memory(ptr)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--op", choices=["write", "read"], default="write")
-    ap.add_argument("--block", type=int, default=1 << 20)
-    ap.add_argument("--pool", type=int, default=256 << 20)
-    ap.add_argument("--duration", type=float, default=3.0)
-    args = ap.parse_args()
-
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=target, args=(child, args.pool, 0xA5 if args.op == "read" else 0x00), daemon=True)
+    args = parse_args()
+    parent, proc = spawn_target(target, args)
     proc.start()
-    while not parent.poll(0.2):
-        if not proc.is_alive():
-            raise RuntimeError(f"target process exited with {proc.exitcode} before sending its address")
-    info = parent.recv()
+    info = receive_hello(parent, proc)
 
     engine = open_engine()
-    buf, ptr = alloc(args.pool, 0x00 if args.op == "read" else 0x5A)
+    buf, ptr = alloc(args.pool, initiator_fill(args.op))
     rc = engine.register_memory(ptr, args.pool)
     if rc != 0:
         raise RuntimeError(f"initiator register_memory returned {rc}")
@@ -80,49 +56,16 @@ def main():
     lengths = [args.block] * n
     move = engine.batch_transfer_sync_read if args.op == "read" else engine.batch_transfer_sync_write
 
-    # Warm-up: the first transfer opens the connection.
-    rc = move(session, src[:4], dst[:4], lengths[:4])
-    if rc != 0:
-        raise RuntimeError(f"warm-up {move.__name__} returned {rc}")
-
-    passes = 0
-    t0 = time.perf_counter()
-    while True:
-        rc = move(session, src, dst, lengths)
+    def run(count):
+        rc = move(session, src[:count], dst[:count], lengths[:count])
         if rc != 0:
             raise RuntimeError(f"{move.__name__} returned {rc}")
-        passes += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= args.duration:
-            break
 
-    if args.op == "read":
-        verified = bytes(buf) == bytes([0xA5]) * args.pool
-        parent.send({"verify": None})
-        parent.recv()
-    else:
-        parent.send({"verify": args.pool})
-        verified = parent.recv()["ok"]
-    proc.join(timeout=10)
+    run(4)  # warm-up: the first transfer opens the connection
+    passes, elapsed = timed_passes(lambda: run(n), args.duration)
+    verified = verify(parent, proc, args, buf)
     engine.unregister_memory(ptr)
-
-    total = passes * n * args.block
-    out = {
-        "tool": "mooncake_bench",
-        "transport": "mooncake-te tcp",
-        "op": args.op,
-        "block": args.block,
-        "pool": args.pool,
-        "batch": n,
-        "passes": passes,
-        "bytes": total,
-        "seconds": round(elapsed, 6),
-        "gbps": round(total / elapsed / 1e9, 4),
-        "verified": verified,
-    }
-    print(json.dumps(out), flush=True)
-    print(f"mooncake tcp {args.op.upper()} block={args.block}: {out['gbps']:.3f} GB/s ({passes} passes)", file=sys.stderr)
-    return 0 if verified else 1
+    return report(args, {"tool": "mooncake_bench", "transport": "mooncake-te tcp"}, n, passes, elapsed, verified, "mooncake tcp")
 
 
 if __name__ == "__main__":

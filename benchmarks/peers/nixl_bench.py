@@ -15,13 +15,11 @@ Install (its own venv, never part of npm install/test; pulls torch and CUDA whee
 Run:
     UCX_TLS=tcp UCX_NET_DEVICES=lo /tmp/peers-venv/bin/python benchmarks/peers/nixl_bench.py --op write
 """
-import argparse
-import ctypes
-import json
-import multiprocessing as mp
 import os
 import sys
 import time
+
+from peer_harness import alloc, answer_verify, initiator_fill, parse_args, receive_hello, report, spawn_target, timed_passes, verify
 
 
 def import_nixl():
@@ -40,48 +38,25 @@ def make_agent(name, backend):
     return agent
 
 
-def alloc(size, fill):
-    buf = (ctypes.c_ubyte * size)()
-    ctypes.memset(buf, fill, size)
-    return buf, ctypes.addressof(buf)
-
-
 def target(conn, pool, fill, backend):
     agent = make_agent("target", backend)
     buf, ptr = alloc(pool, fill)
     reg = agent.register_memory([(ptr, pool, 0, "")], "DRAM")
     conn.send({"meta": agent.get_agent_metadata(), "ptr": ptr})
-    init_meta = conn.recv()
-    agent.add_remote_agent(init_meta)
-    msg = conn.recv()
-    ok = True
-    if msg.get("verify") is not None:
-        ok = bytes(buf[: msg["verify"]]) == bytes([0x5A]) * msg["verify"]
-    conn.send({"ok": ok})
+    agent.add_remote_agent(conn.recv())
+    answer_verify(conn, buf)
     agent.deregister_memory(reg)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--op", choices=["write", "read"], default="write")
-    ap.add_argument("--block", type=int, default=1 << 20)
-    ap.add_argument("--pool", type=int, default=256 << 20)
-    ap.add_argument("--duration", type=float, default=3.0)
-    ap.add_argument("--backend", default="UCX")
-    args = ap.parse_args()
-
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=target, args=(child, args.pool, 0xA5 if args.op == "read" else 0x00, args.backend), daemon=True)
+    args = parse_args(lambda ap: ap.add_argument("--backend", default="UCX"))
+    parent, proc = spawn_target(target, args, args.backend)
     # Our own agent first: a backend that cannot load fails here, with its message, before any child runs.
     agent = make_agent("initiator", args.backend)
     proc.start()
-    while not parent.poll(0.2):
-        if not proc.is_alive():
-            raise RuntimeError(f"target process exited with {proc.exitcode} before sending its metadata")
-    info = parent.recv()
+    info = receive_hello(parent, proc)
 
-    buf, ptr = alloc(args.pool, 0x00 if args.op == "read" else 0x5A)
+    buf, ptr = alloc(args.pool, initiator_fill(args.op))
     reg = agent.register_memory([(ptr, args.pool, 0, "")], "DRAM")
     remote = agent.add_remote_agent(info["meta"])
     parent.send(agent.get_agent_metadata())
@@ -113,45 +88,13 @@ def main():
     agent.release_xfer_handle(warm)
 
     handle = agent.initialize_xfer(op, local, far, remote)
-    passes = 0
-    t0 = time.perf_counter()
-    while True:
-        run_once(handle)
-        passes += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= args.duration:
-            break
+    passes, elapsed = timed_passes(lambda: run_once(handle), args.duration)
     agent.release_xfer_handle(handle)
-
-    if args.op == "read":
-        verified = bytes(buf) == bytes([0xA5]) * args.pool
-        parent.send({"verify": None})
-        parent.recv()
-    else:
-        parent.send({"verify": args.pool})
-        verified = parent.recv()["ok"]
-    proc.join(timeout=10)
+    verified = verify(parent, proc, args, buf)
     agent.remove_remote_agent(remote)
     agent.deregister_memory(reg)
-
-    total = passes * n * args.block
-    out = {
-        "tool": "nixl_bench",
-        "backend": args.backend,
-        "ucxTls": os.environ.get("UCX_TLS", "(default)"),
-        "op": args.op,
-        "block": args.block,
-        "pool": args.pool,
-        "batch": n,
-        "passes": passes,
-        "bytes": total,
-        "seconds": round(elapsed, 6),
-        "gbps": round(total / elapsed / 1e9, 4),
-        "verified": verified,
-    }
-    print(json.dumps(out), flush=True)
-    print(f"nixl {args.backend} (UCX_TLS={out['ucxTls']}) {op} block={args.block}: {out['gbps']:.3f} GB/s ({passes} passes)", file=sys.stderr)
-    return 0 if verified else 1
+    fields = {"tool": "nixl_bench", "backend": args.backend, "ucxTls": os.environ.get("UCX_TLS", "(default)")}
+    return report(args, fields, n, passes, elapsed, verified, f"nixl {args.backend} (UCX_TLS={fields['ucxTls']})")
 
 
 if __name__ == "__main__":
