@@ -1,6 +1,7 @@
 #include "binding/agent_wrap.h"
 
 #include <algorithm>
+#include <chrono>
 #include <set>
 #include <string>
 #include <vector>
@@ -48,9 +49,25 @@ View ViewArgument(Napi::Env env, const Napi::Value& v, const char* what) {
   return View{static_cast<uint8_t*>(data), length, Napi::Value(env, buffer)};
 }
 
-// One successful transfer in the records Deliver hands to JS (src/fabric/native.ts: DONE_FIELDS):
+// One successful transfer in the records (src/fabric/native.ts: DONE_FIELDS):
 // id, bytes, durationNs, railsMask, postNs, providerPostNs, ops, flags (1: cma, 2: express).
 constexpr size_t kDoneFields = 8;
+// The records' header (RECORDS_HEADER): [0] transfers that follow, [1] 1 when a post left events that only
+// a delivery can carry (failures, notifications; JS then calls reap() at once).
+constexpr size_t kRecordsHeader = 2;
+
+bool Succeeded(const Event& e) { return e.type == Event::Type::kTransferDone && e.error.ok(); }
+
+void WriteRecord(const Event& e, double* r) {
+  r[0] = static_cast<double>(e.transfer_id);
+  r[1] = static_cast<double>(e.bytes);
+  r[2] = static_cast<double>(e.duration_ns);
+  r[3] = static_cast<double>(e.rails_mask);
+  r[4] = static_cast<double>(e.post_ns);
+  r[5] = static_cast<double>(e.provider_post_ns);
+  r[6] = static_cast<double>(e.ops);
+  r[7] = (e.cma ? 1 : 0) | (e.express ? 2 : 0);
+}
 
 bool IsDetached(const Napi::Value& buffer) {
   return buffer.IsArrayBuffer() && buffer.As<Napi::ArrayBuffer>().IsDetached();
@@ -103,8 +120,16 @@ Napi::Function AgentWrap::Init(Napi::Env env) {
 
 AgentWrap::AgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AgentWrap>(info), env_(info.Env()) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "new NativeAgent(options, onEvents)");
+  if (info.Length() < 3 || !info[0].IsObject() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
+      info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      info[2].As<Napi::Float64Array>().ElementLength() < kRecordsHeader + kDoneFields) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "new NativeAgent(options, onEvents, records: Float64Array)");
+  }
+  {
+    Napi::Float64Array records = info[2].As<Napi::Float64Array>();
+    records_ref_ = Napi::Persistent(info[2]);
+    records_ = records.Data();
+    records_capacity_ = (records.ElementLength() - kRecordsHeader) / kDoneFields;
   }
   Napi::Object o = info[0].As<Napi::Object>();
   AgentOptions options;
@@ -181,6 +206,9 @@ void AgentWrap::ReleaseAll() {
     sink_ = nullptr;
   }
   pinned_.clear();
+  held_.clear();
+  records_ = nullptr;
+  if (!records_ref_.IsEmpty()) records_ref_.Reset();
 }
 
 void AgentWrap::CallJs(Napi::Env env, Napi::Function, Sink* sink, void*) {
@@ -198,39 +226,60 @@ void AgentWrap::CallJs(Napi::Env env, Napi::Function, Sink* sink, void*) {
 
 void AgentWrap::Deliver(Napi::Env env) {
   Napi::HandleScope scope(env);
-  std::vector<Event> events = agent_->TakeEvents();
-  if (events.empty()) return;
-  // Successful transfers, the common case, travel as numbers (kDoneFields per transfer, one typed array for
-  // the batch): building an object with ten named properties per completion cost more than a shm READ.
-  auto succeeded = [](const Event& e) { return e.type == Event::Type::kTransferDone && e.error.ok(); };
-  const size_t ndone = static_cast<size_t>(std::count_if(events.begin(), events.end(), succeeded));
-  Napi::Float64Array done = Napi::Float64Array::New(env, ndone * kDoneFields);
-  Napi::Array batch = Napi::Array::New(env, events.size() - ndone);
+  std::vector<Event> events = std::move(held_);
+  held_.clear();
+  for (Event& e : agent_->TakeEvents()) events.push_back(std::move(e));
+  if (events.empty() || records_ == nullptr) return;
+  // Successful transfers, the common case, travel as numbers in the records buffer JS reuses: building an
+  // object with ten named properties per completion cost more than a shm READ, and a fresh typed array per
+  // batch showed up in profiles too. A batch larger than the buffer gets an array of its own.
+  const size_t ndone = static_cast<size_t>(std::count_if(events.begin(), events.end(), Succeeded));
+  Napi::Value records = records_ref_.Value();
+  double* out = records_;
+  if (ndone > records_capacity_) {
+    Napi::Float64Array big = Napi::Float64Array::New(env, kRecordsHeader + ndone * kDoneFields);
+    records = big;
+    out = big.Data();
+  }
+  out[0] = static_cast<double>(ndone);
+  out[1] = 0;
+  Napi::Value batch = env.Undefined();
+  if (ndone < events.size()) batch = Napi::Array::New(env, events.size() - ndone);
   bool closed = false;
   size_t d = 0;
   uint32_t b = 0;
   for (Event& e : events) {
     closed = closed || e.type == Event::Type::kClosed;
-    if (!succeeded(e)) {
-      batch.Set(b++, EventObject(env, e));
-      continue;
+    if (Succeeded(e)) {
+      WriteRecord(e, out + kRecordsHeader + d++ * kDoneFields);
+    } else {
+      batch.As<Napi::Array>().Set(b++, EventObject(env, e));
     }
-    double* r = done.Data() + d++ * kDoneFields;
-    r[0] = static_cast<double>(e.transfer_id);
-    r[1] = static_cast<double>(e.bytes);
-    r[2] = static_cast<double>(e.duration_ns);
-    r[3] = static_cast<double>(e.rails_mask);
-    r[4] = static_cast<double>(e.post_ns);
-    r[5] = static_cast<double>(e.provider_post_ns);
-    r[6] = static_cast<double>(e.ops);
-    r[7] = (e.cma ? 1 : 0) | (e.express ? 2 : 0);
   }
   if (closed) {
     // The core has joined its threads and closed every endpoint: the pinned memory is free to go.
     pinned_.clear();
   }
   Napi::Value fn = on_events_.Value();
-  if (fn.IsFunction()) fn.As<Napi::Function>().Call({batch, done});
+  if (fn.IsFunction()) fn.As<Napi::Function>().Call({batch, records});
+}
+
+bool AgentWrap::WriteRecords(const std::vector<Event>& events, double* out, size_t capacity) {
+  if (events.size() > capacity || !std::all_of(events.begin(), events.end(), Succeeded)) return false;
+  for (size_t i = 0; i < events.size(); ++i) WriteRecord(events[i], out + kRecordsHeader + i * kDoneFields);
+  out[0] = static_cast<double>(events.size());
+  return true;
+}
+
+void AgentWrap::CollectAfterPost() {
+  if (records_ == nullptr) return;
+  records_[0] = 0;
+  records_[1] = held_.empty() ? 0 : 1;
+  if (!agent_->TakeUnwokenEvents()) return;
+  std::vector<Event> events = agent_->TakeEvents();
+  if (held_.empty() && WriteRecords(events, records_, records_capacity_)) return;
+  for (Event& e : events) held_.push_back(std::move(e));
+  records_[1] = 1;
 }
 
 Agent& AgentWrap::CoreOrThrow(Napi::Env env) {
@@ -407,6 +456,7 @@ Napi::Value AgentWrap::Post(const Napi::CallbackInfo& info) {
   try {
     uint64_t id = a.PostTransfer(kind == 0 ? OpKind::kWrite : OpKind::kRead, peer, descs.Data(), count, note.data,
                                  note.length, has_notification);
+    CollectAfterPost();
     return Napi::Number::New(env, static_cast<double>(id));
   } catch (const Error& e) {
     Rethrow(env, e);
@@ -471,6 +521,7 @@ Napi::Value AgentWrap::PostPrepared(const Napi::CallbackInfo& info) {
     CheckDetached(env, regions);
     uint64_t id = a.PostPrepared(kind == 0 ? OpKind::kWrite : OpKind::kRead, list, indices, count, note.data, note.length,
                                  has_notification);
+    CollectAfterPost();
     return Napi::Number::New(env, static_cast<double>(id));
   } catch (const Error& e) {
     Rethrow(env, e);
@@ -492,7 +543,9 @@ Napi::Value AgentWrap::Warmup(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent& a = CoreOrThrow(env);
   try {
-    return Napi::Number::New(env, static_cast<double>(a.Warmup(IdArgument(info, 0, "peer id"))));
+    const uint64_t id = a.Warmup(IdArgument(info, 0, "peer id"));
+    CollectAfterPost();
+    return Napi::Number::New(env, static_cast<double>(id));
   } catch (const Error& e) {
     Rethrow(env, e);
   }
@@ -505,7 +558,9 @@ Napi::Value AgentWrap::Notify(const Napi::CallbackInfo& info) {
   if (info.Length() < 2) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "notify(peer, data)");
   View v = ViewArgument(env, info[1], "notification");
   try {
-    return Napi::Number::New(env, static_cast<double>(a.PostNotification(peer, v.data, v.length)));
+    const uint64_t id = a.PostNotification(peer, v.data, v.length);
+    CollectAfterPost();
+    return Napi::Number::New(env, static_cast<double>(id));
   } catch (const Error& e) {
     Rethrow(env, e);
   }
@@ -522,14 +577,24 @@ Napi::Value AgentWrap::CloseSync(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// reap() → express ops still in flight. Completes what the express lanes have finished and, when that made
-// events (here or in the post call before), delivers the pending events now, on this call's stack, rather
-// than on a later turn of the loop. Completions from the rail threads alone keep arriving asynchronously.
+// reap(spinUs) → express ops still in flight. Completes what the express lanes
+// have finished, polling for up to spinUs while they have ops in flight and nothing has completed, and when
+// that made events (here or in a post call before) delivers them now, on this call's stack, rather than on a
+// later turn of the loop. Completions from the rail threads alone keep arriving asynchronously.
 Napi::Value AgentWrap::Reap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!agent_ || agent_->closed()) return Napi::Number::New(env, 0);
-  const size_t left = agent_->ReapExpress();
-  if (agent_->TakeUnwokenEvents()) Deliver(env);
+  const double spin_us = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
+  size_t left = agent_->ReapExpress();
+  if (left > 0 && spin_us > 0 && !agent_->has_unwoken_events()) {
+    // Spinning here, not turn by turn of the loop: a completion is seen within a CQ read of its arrival (a
+    // loop turn costs an epoll_wait and more), and the loop still turns at least every spinUs.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(static_cast<int64_t>(std::min(spin_us, 1e4) * 1e3));
+    while (left > 0 && !agent_->has_unwoken_events() && std::chrono::steady_clock::now() < deadline) {
+      left = agent_->ReapExpress();
+    }
+  }
+  if (agent_->TakeUnwokenEvents() || !held_.empty()) Deliver(env);
   return Napi::Number::New(env, static_cast<double>(left));
 }
 

@@ -55,6 +55,11 @@ class AgentWrap : public Napi::ObjectWrap<AgentWrap> {
 
   Agent& CoreOrThrow(Napi::Env env);
   void Deliver(Napi::Env env);
+  // After a post: completions the post call itself produced go into the records (see records_), without a
+  // call into JS, which does not know the new transfer's id yet.
+  void CollectAfterPost();
+  // Writes successful transfers into the records buffer if they all fit; false (nothing written) otherwise.
+  bool WriteRecords(const std::vector<Event>& events, double* out, size_t capacity);
   void ReleaseAll();
   static void CleanupHook(AgentWrap* self);
 
@@ -64,6 +69,14 @@ class AgentWrap : public Napi::ObjectWrap<AgentWrap> {
   bool tsfn_released_ = false;
   Napi::FunctionReference on_events_;  // weak: the TS wrapper owns the function
   std::map<uint32_t, Pinned> pinned_;
+  // The records buffer JS allocated once and reads after every post and delivery (src/fabric/native.ts:
+  // RECORDS_*): a header, then DONE fields per successful transfer. Written only on the JS thread.
+  Napi::Reference<Napi::Value> records_ref_;
+  double* records_ = nullptr;
+  size_t records_capacity_ = 0;  // transfers
+  // Events a post call took but could not put into the records (failures, notifications, too many):
+  // delivered by the next Deliver, which JS asks for at once (records header: events waiting).
+  std::vector<Event> held_;
   napi_env env_ = nullptr;
   bool hook_added_ = false;
 };

@@ -128,6 +128,7 @@ class Agent : public RailOwner {
   size_t ReapExpress();
   // Whether events were pushed without waking the binding since the last call (express completions).
   bool TakeUnwokenEvents();
+  bool has_unwoken_events() const { return unwoken_events_; }
 
   std::vector<Event> TakeEvents();
   size_t transfers_in_flight();

@@ -10,7 +10,7 @@ import { defaultLogger, type Logger } from './logger.js';
 import { MemoryRegion, toBytes, type MemoryInput, type RegionOwner } from './memory.js';
 import { decodeMetadata, encodeMetadata } from './metadata.js';
 import { ExpressPoller } from './express.js';
-import { addon, DONE_CMA, DONE_EXPRESS, DONE_FIELDS, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
+import { addon, DONE_CMA, DONE_EXPRESS, DONE_FIELDS, RECORDS_CAPACITY, RECORDS_HEADER, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer } from './peer.js';
 import { PreparedTransfer, type PreparedOwner } from './prepared.js';
@@ -139,10 +139,13 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #log: Logger | undefined;
   #fastPath: boolean;
   #express: ExpressPoller | undefined;
+  // Shared with the addon, which writes completions into it (native.ts: RECORDS_HEADER).
+  #records: Float64Array;
 
-  private constructor(native: NativeAgent, backend: Backend, options: AgentOptions, log: Logger | undefined) {
+  private constructor(native: NativeAgent, records: Float64Array, backend: Backend, options: AgentOptions, log: Logger | undefined) {
     super();
     this.#native = native;
+    this.#records = records;
     this.backend = backend;
     this.info = Object.freeze(native.info());
     this.name = this.info.name;
@@ -152,7 +155,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 10_000;
     this.#fastPath = fastPathEnabled(options.fastPath);
     // The poller also delivers small same-host copies, which run inside the post call (even on shm).
-    this.#express = options.expressMaxBytes === 0 ? undefined : new ExpressPoller(() => native.reap(), () => this.#pending.size, () => this.#closed);
+    this.#express = options.expressMaxBytes === 0 ? undefined : new ExpressPoller((spinUs) => native.reap(spinUs), () => this.#pending.size, () => this.#closed);
     this.#log = log;
   }
 
@@ -181,9 +184,10 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     const wanted = requestedProvider(options.provider);
     // The events callback is bound late: the native agent exists before the Agent that handles its events.
     let target: Agent | undefined;
-    const onEvents = (events: NativeEvent[], done: Float64Array) => {
-      if (target) target.#handleEvents(events, done);
+    const onEvents = (events: NativeEvent[] | undefined, records: Float64Array) => {
+      if (target) target.#handleEvents(events, records);
     };
+    const records = new Float64Array(RECORDS_HEADER + DONE_FIELDS * RECORDS_CAPACITY);
     const open = (provider: string): NativeAgent => {
       const native: NativeAgentOptions = { name: options.name, provider };
       if (options.rails !== undefined) native.rails = options.rails;
@@ -193,7 +197,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       if (provider.startsWith('tcp')) Object.assign(native, tcpBinding(options.address, options.domain));
       else if (options.domain !== undefined) native.domain = options.domain;
       try {
-        const agent = new addon.NativeAgent(native, onEvents);
+        const agent = new addon.NativeAgent(native, onEvents, records);
         // The addon holds the callback weakly; this property holds it strongly, so Agent, native object and
         // callback form a plain JS cycle that the GC can collect when the user drops an unclosed Agent.
         Object.defineProperty(agent, 'onEvents', { value: onEvents });
@@ -213,7 +217,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
         native = open('tcp;ofi_rxm');
       }
     }
-    target = new Agent(native, backend, options, log);
+    target = new Agent(native, records, backend, options, log);
     log?.info(
       {
         agent: target.name,
@@ -444,14 +448,16 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   // Called by the addon with one batch per CQ drain: successful transfers as records first (a 'closed' event,
   // always the batch's last, must find them settled), then the other events. It must not throw: an error from
   // a user's listener is re-thrown on the next tick, where Node reports it like any other uncaught exception.
-  #handleEvents(events: NativeEvent[], done: Float64Array): void {
-    for (let i = 0; i < done.length; i += DONE_FIELDS) {
+  #handleEvents(events: NativeEvent[] | undefined, records: Float64Array): void {
+    const end = RECORDS_HEADER + records[0]! * DONE_FIELDS;
+    for (let i = RECORDS_HEADER; i < end; i += DONE_FIELDS) {
       try {
-        this.#resolve(done, i);
+        this.#resolve(records, i);
       } catch (err) {
         rethrowLater(err);
       }
     }
+    if (events === undefined) return;
     for (const ev of events) {
       try {
         if (ev.type === 'failed') this.#reject(ev.id, ev.error);
@@ -465,28 +471,31 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
 
   #resolve(r: Float64Array, i: number): void {
     const p = this.#settle(r[i]!);
-    if (!p) return;
+    if (p) p.resolve(this.#report(r, i, p.op, p.peer, p.descriptors, p.notified));
+  }
+
+  #report(r: Float64Array, i: number, op: Pending['op'], peer: string, descriptors: number, notified: boolean): TransferReport {
     const bytes = r[i + 1]!;
     const durationMs = r[i + 2]! / 1e6;
     const postNs = r[i + 4]!;
     const flags = r[i + 7]!;
-    p.resolve({
-      op: p.op as TransferOp,
-      peer: p.peer,
+    return {
+      op: op as TransferOp,
+      peer,
       backend: this.backend,
       provider: this.provider,
       rails: railsFromMask(r[i + 3]!),
-      descriptors: p.descriptors,
+      descriptors,
       bytes,
       durationMs,
       gbps: durationMs > 0 ? bytes / (durationMs * 1e6) : 0,
-      notified: p.notified,
+      notified,
       ops: r[i + 6]!,
       postMs: postNs >= 0 ? postNs / 1e6 : 0,
       providerPostMs: r[i + 5]! / 1e6,
       path: flags & DONE_CMA ? 'cma' : 'fabric',
       express: (flags & DONE_EXPRESS) !== 0,
-    });
+    };
   }
 
   #reject(id: number, error: NativeErrorObject): void {
@@ -529,9 +538,15 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#resolveClosed?.();
   }
 
-  // Registers a posted transfer, then (express lane) reaps right away: a transfer that settles here never
-  // needs the ref that keeps the process alive for the completions still to come.
+  // Registers a posted transfer. What completed inside the post call is in the records already: this
+  // transfer, settled here without ever being pending (it needs no ref, no map entry), and express ops of
+  // earlier ones. Failures and notifications the call produced wait for a reap(), made at once.
   #track(id: number, op: Pending['op'], peer: string, descriptors: number, notified: boolean, timeoutMs: number | undefined): Promise<TransferReport> {
+    const done = this.#takeRecords(id, op, peer, descriptors, notified);
+    if (done !== undefined) {
+      if (this.#express === undefined || this.#express.maySettleNow()) return Promise.resolve(done);
+      return new Promise((resolve) => setImmediate(resolve, done));
+    }
     const settled = new Promise<TransferReport>((resolve, reject) => {
       const p: Pending = { resolve, reject, op, peer, descriptors, notified, held: false };
       if (timeoutMs !== undefined) {
@@ -543,13 +558,26 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       }
       this.#pending.set(id, p);
     });
-    this.#express?.afterPost();
+    if (this.#records[1] !== 0) this.#native.reap();
     const p = this.#pending.get(id);
     if (p) {
       p.held = true;
       this.#ref();
+      this.#express?.afterPost();
     }
     return settled;
+  }
+
+  /** Settles the transfers a post call completed; returns the report of `id` when it is among them. */
+  #takeRecords(id: number, op: Pending['op'], peer: string, descriptors: number, notified: boolean): TransferReport | undefined {
+    const r = this.#records;
+    const end = RECORDS_HEADER + r[0]! * DONE_FIELDS;
+    let own: TransferReport | undefined;
+    for (let i = RECORDS_HEADER; i < end; i += DONE_FIELDS) {
+      if (r[i] === id) own = this.#report(r, i, op, peer, descriptors, notified);
+      else this.#resolve(r, i);
+    }
+    return own;
   }
 
   #peer(peer: RemotePeer | string): RemotePeer {

@@ -1,16 +1,20 @@
 // The JS half of the express lane (native/core/rail.h: PostExpress, ReapExpress): small transfers are posted on
 // the JS thread and their completions are found only by polling the addon, which delivers what it finds on
-// the caller's stack. This class decides when to poll: right after a post (shm often finishes a small READ
-// inside the post call), then on every turn of the event loop while any express op is in flight.
+// the caller's stack. What completes inside the post call itself (a same-host copy, often a shm READ) comes
+// back with the call (the records buffer). This class decides when to poll for the rest: on every turn of the
+// event loop while any transfer is in flight, each poll spinning in the addon for up to REAP_SPIN_US.
 
-// How long the loop spins (setImmediate) for completions after the last one before it polls once a millisecond
+// How long the loop keeps polling on every turn after the last completion before it polls once a millisecond
 // instead (a slow or dead peer).
 const SPIN_MS = 2;
-// How long completions delivered on the caller's stack may keep the event loop from turning.
+// How long one poll may wait in the addon for a completion. Waiting there sees a completion within one CQ read
+// of its arrival, where a loop turn costs an epoll_wait and more; other work on the loop waits at most this long.
+const REAP_SPIN_US = 50;
+// How long completions settled on the caller's stack may keep the event loop from turning.
 const HOLD_MS = 0.5;
 
 export class ExpressPoller {
-  readonly #reap: () => number;
+  readonly #reap: (spinUs: number) => number;
   readonly #pending: () => number;
   readonly #closed: () => boolean;
   #scheduled = false;
@@ -18,26 +22,31 @@ export class ExpressPoller {
   #heldSince = 0;
 
   /** `reap` polls the addon and returns the express ops still in flight; `pending` counts unsettled transfers. */
-  constructor(reap: () => number, pending: () => number, closed: () => boolean) {
+  constructor(reap: (spinUs: number) => number, pending: () => number, closed: () => boolean) {
     this.#reap = reap;
     this.#pending = pending;
     this.#closed = closed;
   }
 
-  /** Called right after every post. */
-  afterPost(): void {
-    // Completing on the caller's stack is what makes small transfers fast, but a caller that awaits transfer
-    // after transfer would then never let the event loop turn (each completion resolves in a microtask).
-    // After HOLD_MS of that, completions wait for the loop's next turn.
+  /**
+   * Whether a transfer that completed inside its post call may settle right away. Settling on the caller's
+   * stack is what makes small transfers fast, but a caller that awaits transfer after transfer would then
+   * never let the event loop turn (each settles in a microtask); after HOLD_MS of that, they wait for the
+   * loop's next turn.
+   */
+  maySettleNow(): boolean {
     const now = performance.now();
     if (this.#heldSince === 0) {
       this.#heldSince = now;
       setImmediate(this.#loopTurned);
-    } else if (now - this.#heldSince > HOLD_MS) {
-      this.#schedule(true);
-      return;
+      return true;
     }
-    this.#poll();
+    return now - this.#heldSince <= HOLD_MS;
+  }
+
+  /** Called after a post whose transfer is still in flight. */
+  afterPost(): void {
+    this.#schedule(true);
   }
 
   #loopTurned = (): void => {
@@ -47,7 +56,7 @@ export class ExpressPoller {
   #poll(): void {
     if (this.#closed()) return;
     const before = this.#pending();
-    const left = this.#reap();
+    const left = this.#reap(REAP_SPIN_US);
     if (left === 0) {
       this.#progressAt = 0;
       return;

@@ -11,13 +11,19 @@ export interface NativeErrorObject {
 }
 
 /**
- * Successful transfers arrive as records of DONE_FIELDS numbers in one Float64Array per batch (cheaper than
- * an object each): id, bytes, durationNs, railsMask, postNs, providerPostNs, ops, flags (DONE_CMA, DONE_EXPRESS).
+ * Successful transfers arrive as records of DONE_FIELDS numbers (cheaper than an object each): id, bytes,
+ * durationNs, railsMask, postNs, providerPostNs, ops, flags (DONE_CMA, DONE_EXPRESS). They are written into one
+ * Float64Array that the agent allocates once and hands to the addon (a batch too large for it gets its own):
+ * a header of RECORDS_HEADER numbers — [0] how many records follow, [1] 1 when a post call left events that
+ * only reap() delivers — then the records. Every post call rewrites it with what completed inside the call.
  * Everything else arrives as an event object.
  */
 export const DONE_FIELDS = 8;
 export const DONE_CMA = 1;
 export const DONE_EXPRESS = 2;
+export const RECORDS_HEADER = 2;
+/** Transfers the shared records buffer holds. */
+export const RECORDS_CAPACITY = 256;
 
 export type NativeEvent =
   | { type: 'failed'; id: number; error: NativeErrorObject }
@@ -58,7 +64,7 @@ export interface NativeRegion {
 }
 
 export declare class NativeAgent {
-  constructor(options: NativeAgentOptions, onEvents: (events: NativeEvent[], done: Float64Array) => void);
+  constructor(options: NativeAgentOptions, onEvents: (events: NativeEvent[] | undefined, records: Float64Array) => void, records: Float64Array);
   info(): NativeAgentInfo;
   registerMemory(view: Uint8Array): number;
   deregisterMemory(id: number): void;
@@ -68,8 +74,11 @@ export declare class NativeAgent {
   removePeer(id: number): void;
   /** kind 0 = WRITE, 1 = READ; descriptors: 5 doubles each (localRegion, localOffset, remoteRegion, remoteOffset, length). */
   post(kind: 0 | 1, peer: number, descriptors: Float64Array, notification?: Uint8Array): number;
-  /** Completes what the express lanes have finished, delivering events synchronously; returns express ops still in flight. */
-  reap(): number;
+  /**
+   * Completes what the express lanes have finished (polling up to spinUs while they have ops in flight and
+   * nothing completed), delivering events synchronously; returns express ops still in flight.
+   */
+  reap(spinUs?: number): number;
   /** Validates descriptors once; returns a list id for postPrepared. */
   prepare(peer: number, descriptors: Float64Array): number;
   /** Posts a prepared list, whole or the descriptors at `indices`. */
