@@ -13,7 +13,7 @@
 #   EXPECT_BACKEND   default LIBFABRIC
 #   EXPECT_PROVIDER  e.g. efa (EKS), tcp, shm; default: any non-empty provider. "tcp" matches "tcp;ofi_rxm".
 #                    When set, the bytes must also have gone over that provider (path "fabric"), not the
-#                    same-host fast path (path "cma"), which bypasses it.
+#                    same-host fast path (path "cma" or "mapped"), which bypasses it.
 #   MAX_TOKENS       default 16; TIMEOUT seconds per request, default 120
 # Needs curl and node (JSON is read with node, so no jq).
 set -euo pipefail

@@ -468,7 +468,7 @@ for (const { name: provider, other } of PROVIDERS) {
       bad.push(['one byte appended', Buffer.concat([blob, Buffer.from([0])])]);
       bad.push(['blob twice', Buffer.concat([blob, blob])]);
       // Well-checksummed but wrong: version, flags, total length.
-      for (const version of [0, 1, 3, 0xffff]) {
+      for (const version of [0, 1, 2, 4, 0xffff]) {
         const b = Buffer.from(blob);
         b.writeUInt16LE(version, 4);
         bad.push([`version ${version}`, withCrc(b)]);
@@ -496,9 +496,9 @@ for (const { name: provider, other } of PROVIDERS) {
         throws(() => ctx.a.loadRemoteMetadata(input as Uint8Array), 'KVF_ERR_BAD_METADATA', label);
       }
       const version = Buffer.from(blob);
-      version.writeUInt16LE(3, 4);
-      const err = throws(() => ctx.a.loadRemoteMetadata(withCrc(version)), 'KVF_ERR_BAD_METADATA', 'version 3');
-      assert.match(err.message, /version 3/);
+      version.writeUInt16LE(4, 4);
+      const err = throws(() => ctx.a.loadRemoteMetadata(withCrc(version)), 'KVF_ERR_BAD_METADATA', 'version 4');
+      assert.match(err.message, /version 4/);
       // None of that disturbed the loaded peer.
       assert.equal(ctx.a.peer('b'), before);
       assert.equal(before.valid, true);

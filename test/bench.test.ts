@@ -45,7 +45,7 @@ function checkPoint(p: Point): void {
   assert.ok(p.latencyMs.p50 > 0 && p.latencyMs.p99 >= p.latencyMs.p50);
   assert.ok(p.postUsPerDesc >= 0 && p.jsUsPerDesc >= 0);
   assert.ok(p.loopDelay.maxMs >= p.loopDelay.p99Ms && p.loopDelay.p99Ms >= p.loopDelay.p50Ms);
-  assert.ok(['fabric', 'cma'].includes(p.path), p.path);
+  assert.ok(['fabric', 'cma', 'mapped'].includes(p.path), p.path);
 }
 
 describe('kvfabric bench', { timeout: 300_000 }, () => {

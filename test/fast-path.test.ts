@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomFillSync } from 'node:crypto';
 import { after, describe, test } from 'node:test';
 
-import { Agent } from '../src/index.js';
+import { Agent, decodeMetadata, encodeMetadata } from '../src/index.js';
 import { fastPathEnabled } from '../src/fabric/host.js';
 import { PeerProcess, closePeers, type Range } from './helpers/peers.js';
 
@@ -25,7 +25,7 @@ for (const provider of ['tcp', 'shm']) {
       const child = await PeerProcess.spawn(label);
       children.push(child);
       await child.create(label, provider);
-      const pool = await child.alloc('pool', 8 << 20, 'random');
+      const pool = await child.alloc('pool', 8 << 20, 'random', false); // private memory: cross-memory attach
       return { child, pool };
     }
 
@@ -102,6 +102,106 @@ for (const provider of ['tcp', 'shm']) {
   });
 }
 
+// Shared memory (allocate({ shared: true }), a memfd): a peer on this host maps it and copies with memcpy
+// instead of cross-memory attach; reports say `path: 'mapped'`.
+describe('fast path through a mapping of the peer\'s shared memory', () => {
+  const children: PeerProcess[] = [];
+  const agents: Agent[] = [];
+  after(async () => {
+    await Promise.all(agents.map((a) => a.close()));
+    await closePeers(children);
+  });
+
+  async function pair(label: string, shared = true) {
+    const child = await PeerProcess.spawn(label);
+    children.push(child);
+    await child.create(label, 'tcp');
+    const pool = await child.alloc('pool', 8 << 20, 'random', shared);
+    const a = await Agent.create({ name: `${label}-init`, provider: 'tcp', fastPath: true, logger: false });
+    agents.push(a);
+    return { child, pool, a, metadata: Buffer.from(await child.metadata(), 'base64') };
+  }
+
+  test('reads and writes copy through the mapping, byte-exact, small ones inline, large ones on the copier threads', async () => {
+    const { child, pool, a, metadata } = await pair('map-1');
+    const peer = a.loadRemoteMetadata(metadata);
+    assert.deepEqual([peer.path, peer.mappedRegions], ['cma', 1]);
+    const local = a.allocate(8 << 20, { shared: false });
+    assert.equal(local.shared, false);
+    const ranges: Range[] = [
+      [3, 4093],
+      [5000, 1 << 20],
+      [(1 << 20) + 9000, 3_000_001],
+      [(6 << 20) + 1, 17],
+    ];
+    const descs = ranges.map(([off, len]) => ({ local, localOffset: off, remote: pool, remoteOffset: off, length: len }));
+    const r = await a.read(peer, descs, { notification: 'mapped' });
+    assert.deepEqual([r.path, r.express], ['mapped', false]);
+    assert.equal(sha(Buffer.concat(ranges.map(([o, l]) => local.bytes.subarray(o, o + l)))), await child.hash('pool', ranges));
+    const { iterated } = await child.takeNotifications(1);
+    assert.equal(Buffer.from(iterated[0]!.dataBase64, 'base64').toString(), 'mapped');
+
+    randomFillSync(local.bytes);
+    assert.equal((await a.write(peer, descs)).path, 'mapped');
+    assert.equal(sha(Buffer.concat(ranges.map(([o, l]) => local.bytes.subarray(o, o + l)))), await child.hash('pool', ranges));
+
+    const list = a.prepare(peer, descs);
+    randomFillSync(local.bytes);
+    const small = await a.post('WRITE', list, { indices: [3, 0] });
+    assert.deepEqual([small.path, small.express], ['mapped', true]);
+    assert.equal(sha(Buffer.concat([3, 0].map((i) => local.bytes.subarray(ranges[i]![0], ranges[i]![0] + ranges[i]![1])))), await child.hash('pool', [ranges[3]!, ranges[0]!]));
+    const back = a.allocate(1 << 16);
+    const read = await a.post('READ', a.prepare(peer, [{ local: back, localOffset: 1, remote: pool, remoteOffset: 3, length: 4093 }]));
+    assert.deepEqual([read.path, read.express], ['mapped', true]);
+    assert.equal(sha(back.bytes.subarray(1, 4094)), await child.hash('pool', [[3, 4093]]));
+    list.release();
+  });
+
+  test('memory that is not shared, or whose share does not check out, is copied by cross-memory attach', async () => {
+    const { pool, a, metadata } = await pair('map-2', false);
+    const plain = a.loadRemoteMetadata(metadata);
+    assert.deepEqual([plain.path, plain.mappedRegions], ['cma', 0]);
+    const local = a.allocate(1 << 16);
+    assert.equal((await a.read(plain, [{ local, localOffset: 0, remote: pool, remoteOffset: 0, length: 4096 }])).path, 'cma');
+
+    const other = await pair('map-3');
+    // Another inode under the same fd number (the owner closed and reused it, or a lie): refused, not mapped.
+    const desc = decodeMetadata(other.metadata);
+    desc.regions[0]!.share = { ...desc.regions[0]!.share!, inode: desc.regions[0]!.share!.inode + 1n };
+    const lied = other.a.loadRemoteMetadata(encodeMetadata(desc));
+    assert.deepEqual([lied.path, lied.mappedRegions], ['cma', 0]);
+    const dst = other.a.allocate(1 << 16);
+    const r = await other.a.read(lied, [{ local: dst, localOffset: 0, remote: other.pool, remoteOffset: 0, length: 1 << 16 }]);
+    assert.equal(r.path, 'cma');
+    assert.equal(sha(dst.bytes), await other.child.hash('pool', [[0, 1 << 16]]));
+  });
+
+  test('a peer that died fails a mapped transfer with KVF_ERR_FAST_PATH, though its memory is still mapped here', async () => {
+    const { child, pool, a, metadata } = await pair('map-4');
+    const peer = a.loadRemoteMetadata(metadata);
+    assert.equal(peer.mappedRegions, 1);
+    const local = a.allocate(1 << 20);
+    assert.equal((await a.read(peer, [{ local, localOffset: 0, remote: pool, remoteOffset: 0, length: 4096 }])).path, 'mapped');
+    child.kill();
+    await child.close();
+    await new Promise((r) => setTimeout(r, 5)); // past the liveness check's 100 µs of trust
+    for (const length of [4096, 1 << 20]) {
+      await assert.rejects(a.read(peer, [{ local, localOffset: 0, remote: pool, remoteOffset: 0, length }]), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'KVF_ERR_FAST_PATH');
+        assert.match(err.message, /gone/);
+        return true;
+      });
+    }
+  });
+
+  test("allocate's shared option is checked", async () => {
+    const a = await Agent.create({ name: 'map-opt', provider: 'tcp', logger: false });
+    agents.push(a);
+    assert.equal(a.allocate(4096, { shared: true }).shared, true);
+    assert.throws(() => a.allocate(4096, { shared: 'yes' as never }), { code: 'KVF_ERR_INVALID_ARGUMENT' });
+  });
+});
+
 describe('fast path selection', () => {
   test('on by default, off with KVF_FAST_PATH=0, the option wins over the environment', () => {
     assert.equal(fastPathEnabled(undefined, {}), true);
@@ -114,7 +214,7 @@ describe('fast path selection', () => {
     const a = await Agent.create({ name: 'fp-self-a', provider: 'tcp', fastPath: true, logger: false });
     const b = await Agent.create({ name: 'fp-self-b', provider: 'tcp', fastPath: true, logger: false });
     try {
-      const src = randomFillSync(b.allocate(1 << 16).bytes);
+      const src = randomFillSync(b.allocate(1 << 16, { shared: false }).bytes);
       const region = b.loadRemoteMetadata(a.getLocalMetadata()); // b knows a (unused) — metadata works both ways
       assert.equal(region.path, 'fabric'); // a has no regions yet: nothing to probe, so the fabric
       const peer = a.loadRemoteMetadata(b.getLocalMetadata());

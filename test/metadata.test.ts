@@ -173,37 +173,52 @@ describe('crc32', () => {
 });
 
 describe('metadata wire format', () => {
-  test('v2 layout is pinned byte for byte', () => {
+  test('v3 layout is pinned byte for byte', () => {
     const blob = encodeMetadata({
       name: 'a',
       provider: 'shm',
       virtAddr: true,
       rails: [new Uint8Array([1, 2, 3, 4])],
-      regions: [{ id: 7, length: 4096, base: 0x1000n, keys: [0xabn] }],
+      regions: [
+        { id: 7, length: 4096, base: 0x1000n, keys: [0xabn] },
+        { id: 8, length: 16, base: 0x2000n, keys: [0xacn], share: { fd: 21, inode: 0x99n, offset: 0x1000 } },
+      ],
       host: { id: 'h', pid: 0x1234 },
     });
     // prettier-ignore
     const body = [
       0x4b, 0x56, 0x46, 0x4d, // "KVFM"
-      0x02, 0x00,             // version 2
+      0x03, 0x00,             // version 3
       0x01, 0x00,             // flags: virtAddr
-      66, 0, 0, 0,            // total length
+      134, 0, 0, 0,           // total length
       1, 0x61,                // name "a"
       3, 0x73, 0x68, 0x6d,    // provider "shm"
       1, 4, 1, 2, 3, 4,       // 1 rail, 4-byte address
-      1, 0, 0, 0,             // 1 region
+      2, 0, 0, 0,             // 2 regions
       7, 0, 0, 0,             // id
       0x00, 0x10, 0, 0, 0, 0, 0, 0, // length 4096
       0x00, 0x10, 0, 0, 0, 0, 0, 0, // base 0x1000
+      0xff, 0xff, 0xff, 0xff,       // not shared
+      0, 0, 0, 0, 0, 0, 0, 0,       // share inode
+      0, 0, 0, 0, 0, 0, 0, 0,       // share offset
       0xab, 0, 0, 0, 0, 0, 0, 0,    // key
+      8, 0, 0, 0,             // id
+      16, 0, 0, 0, 0, 0, 0, 0,      // length 16
+      0x00, 0x20, 0, 0, 0, 0, 0, 0, // base 0x2000
+      21, 0, 0, 0,                  // share fd
+      0x99, 0, 0, 0, 0, 0, 0, 0,    // share inode
+      0x00, 0x10, 0, 0, 0, 0, 0, 0, // share offset
+      0xac, 0, 0, 0, 0, 0, 0, 0,    // key
       1, 0x68,                // host id "h"
       0x34, 0x12, 0, 0,       // pid 0x1234
     ];
     const expected = Buffer.alloc(body.length + 4);
     expected.set(body);
     expected.writeUInt32LE(crc32(expected, 0, body.length), body.length);
-    assert.equal(expected.length, 66);
+    assert.equal(expected.length, 134);
     assert.deepStrictEqual(blob, expected);
+    assert.deepEqual(decodeMetadata(blob).regions[1]!.share, { fd: 21, inode: 0x99n, offset: 0x1000 });
+    assert.equal(decodeMetadata(blob).regions[0]!.share, undefined);
   });
 });
 
@@ -357,13 +372,13 @@ describe('decodeMetadata rejects', () => {
   });
 
   test('wrong version', () => {
-    for (const version of [0, 1, 3, 0xffff]) {
+    for (const version of [0, 1, 2, 4, 0xffff]) {
       const blob = Buffer.from(small);
       blob.writeUInt16LE(version, 4);
-      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 2\\)`));
+      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 3\\)`));
     }
     // A future version is reported as such even if its layout differs entirely.
-    expectBad(new BlobBuilder(3).bytes('whatever v3 holds').finish(), /unsupported metadata version 3 \(this build reads 2\)/);
+    expectBad(new BlobBuilder(4).bytes('whatever v4 holds').finish(), /unsupported metadata version 4 \(this build reads 3\)/);
   });
 
   test('a corrupted CRC', () => {
@@ -377,7 +392,7 @@ describe('decodeMetadata rejects', () => {
     blob.write('KVFM', 0, 'latin1');
     blob.writeUInt16LE(METADATA_VERSION, 4);
     blob.writeUInt32LE(20, 8);
-    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v2 blob \(32 bytes\)/);
+    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v3 blob \(32 bytes\)/);
   });
 
   test('unknown flag bits', () => {
@@ -395,7 +410,7 @@ describe('decodeMetadata rejects', () => {
   test('duplicate region ids (with a correct CRC)', () => {
     const desc = sampleDesc(2, 3); // ids 1, 4, 7
     const blob = encodeMetadata(desc);
-    const regionBytes = 20 + 8 * 2;
+    const regionBytes = 40 + 8 * 2;
     const firstRegion = blob.length - 4 - 5 - 3 * regionBytes; // CRC, empty host section
     blob.writeUInt32LE(1, firstRegion + 2 * regionBytes); // region[2].id := region[0].id
     expectBad(withCrc(blob), new RegExp(`region\\[2\\] at offset ${firstRegion + 2 * regionBytes} repeats id 1 of region\\[0\\]`));
@@ -403,17 +418,17 @@ describe('decodeMetadata rejects', () => {
 
   test('a key count that disagrees with the rail count', () => {
     const region = (keys: number) => {
-      const b = craftPrefix(2).u32(1).u32(5).u64(4096n).u64(0n);
+      const b = craftPrefix(2).u32(1).u32(5).u64(4096n).u64(0n).u32(0xffffffff).u64(0n).u64(0n);
       for (let k = 0; k < keys; k++) b.u64(BigInt(k));
       return b.u8(0).u32(0).finish();
     };
     assert.doesNotThrow(() => decodeMetadata(region(2)));
-    expectBad(region(1), /region table at offset \d+ needs 1 x 36 = 36 bytes \(id, length, base and 2 key\(s\) each\), but only 33 remain/);
+    expectBad(region(1), /region table at offset \d+ needs 1 x 56 = 56 bytes \(id, length, base, share and 2 key\(s\) each\), but only 53 remain/);
     expectBad(region(3), /unexpected trailing byte\(s\)/);
   });
 
   test('a zero-length, oversized or wrapping region', () => {
-    const oneRegion = (length: bigint, base = 0n) => craftPrefix().u32(1).u32(9).u64(length).u64(base).u64(1n).u8(0).u32(0).finish();
+    const oneRegion = (length: bigint, base = 0n) => craftPrefix().u32(1).u32(9).u64(length).u64(base).u32(0xffffffff).u64(0n).u64(0n).u64(1n).u8(0).u32(0).finish();
     assert.doesNotThrow(() => decodeMetadata(oneRegion(1n)));
     expectBad(oneRegion(0n), /region\[0\] \(id 9\) length at offset 32 is 0, expected > 0/);
     expectBad(oneRegion(2n ** 53n), /length at offset 32 is 9007199254740992, expected at most 2\^53-1/);
@@ -424,7 +439,20 @@ describe('decodeMetadata rejects', () => {
   test('a region count beyond the limit, or beyond the bytes present', () => {
     expectBad(craftPrefix().u32(METADATA_LIMITS.maxRegions + 1).finish(), /region count at offset 24 is 1048577, expected at most 1048576/);
     expectBad(craftPrefix().u32(0xffffffff).finish(), /region count .* is 4294967295/);
-    expectBad(craftPrefix().u32(1000).finish(), /region table at offset 28 needs 1000 x 28 = 28000 bytes/);
+    expectBad(craftPrefix().u32(1000).finish(), /region table at offset 28 needs 1000 x 48 = 48000 bytes/);
+  });
+
+  test('a share that is out of range, or share fields on a region that is not shared', () => {
+    const shared = (fd: number, inode: bigint, offset: bigint) =>
+      craftPrefix().u32(1).u32(9).u64(4096n).u64(0n).u32(fd).u64(inode).u64(offset).u64(1n).u8(0).u32(0).finish();
+    assert.deepEqual(decodeMetadata(shared(3, 5n, 4096n)).regions[0]!.share, { fd: 3, inode: 5n, offset: 4096 });
+    expectBad(shared(0x80000000, 5n, 0n), /region\[0\] \(id 9\) share fd at offset 48 is 2147483648/);
+    expectBad(shared(3, 5n, 2n ** 53n), /share offset at offset 60 is 9007199254740992, expected at most 2\^53-1/);
+    expectBad(shared(0xffffffff, 5n, 0n), /region\[0\] \(id 9\) at offset 48 is not shared but carries a share inode or offset/);
+    const desc = sampleDesc(1, 1);
+    expectInvalid({ ...desc, regions: [{ ...desc.regions[0]!, share: { fd: -1, inode: 1n, offset: 0 } }] }, /regions\[0\]\.share\.fd must be an integer/);
+    expectInvalid({ ...desc, regions: [{ ...desc.regions[0]!, share: { fd: 1, inode: 1n, offset: 0.5 } }] }, /regions\[0\]\.share\.offset must be an integer/);
+    expectInvalid({ ...desc, regions: [{ ...desc.regions[0]!, share: { fd: 1, inode: -1n, offset: 0 } }] }, /regions\[0\]\.share\.inode/);
   });
 
   test('bad string and rail fields', () => {

@@ -10,7 +10,7 @@
 namespace kvf {
 namespace {
 
-// allocate(length, hugepages, requireHugepages) -> { buffer: ArrayBuffer, hugepages: boolean }
+// allocate(length, hugepages, requireHugepages, shared) -> { buffer: ArrayBuffer, hugepages: boolean, shared: boolean }
 Napi::Value Allocate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsNumber()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "allocate(length)");
@@ -18,9 +18,10 @@ Napi::Value Allocate(const Napi::CallbackInfo& info) {
   if (!(len >= 0) || len > 9007199254740991.0) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "invalid length");
   bool huge = info.Length() > 1 && info[1].ToBoolean();
   bool require = info.Length() > 2 && info[2].ToBoolean();
+  bool shared = info.Length() > 3 && info[3].ToBoolean();
   HostAllocation a;
   try {
-    a = AllocateHost(static_cast<size_t>(len), huge, require);
+    a = AllocateHost(static_cast<size_t>(len), huge, require, shared);
   } catch (const Error& e) {
     Rethrow(env, e);
   }
@@ -35,8 +36,11 @@ Napi::Value Allocate(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("buffer", buffer);
   out.Set("hugepages", a.hugepages);
+  out.Set("shared", a.fd >= 0);
   return out;
 }
+
+Napi::Value SharedHugepages(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), SharedHugepagesAvailable()); }
 
 Napi::Value LibfabricVersion(const Napi::CallbackInfo& info) {
   uint32_t v = fi_version();
@@ -50,6 +54,7 @@ static Napi::Object InitKvfabric(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeAgent", kvf::AgentWrap::Init(env));
   exports.Set("NativeEngine", kvf::EngineWrap::Init(env));
   exports.Set("allocate", Napi::Function::New(env, kvf::Allocate));
+  exports.Set("sharedHugepages", Napi::Function::New(env, kvf::SharedHugepages));
   exports.Set("libfabricVersion", Napi::Function::New(env, kvf::LibfabricVersion));
   return exports;
 }

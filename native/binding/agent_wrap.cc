@@ -50,7 +50,7 @@ View ViewArgument(Napi::Env env, const Napi::Value& v, const char* what) {
 }
 
 // One successful transfer in the records (src/fabric/native.ts: DONE_FIELDS):
-// id, bytes, durationNs, railsMask, postNs, providerPostNs, ops, flags (1: cma, 2: express).
+// id, bytes, durationNs, railsMask, postNs, providerPostNs, ops, flags (1: cma, 2: express, 4: mapped).
 constexpr size_t kDoneFields = 8;
 // The records' header (RECORDS_HEADER): [0] transfers that follow, [1] 1 when a post left events that only
 // a delivery can carry (failures, notifications; JS then calls reap() at once).
@@ -66,7 +66,7 @@ void WriteRecord(const Event& e, double* r) {
   r[4] = static_cast<double>(e.post_ns);
   r[5] = static_cast<double>(e.provider_post_ns);
   r[6] = static_cast<double>(e.ops);
-  r[7] = (e.cma ? 1 : 0) | (e.express ? 2 : 0);
+  r[7] = (e.cma ? 1 : 0) | (e.express ? 2 : 0) | (e.mapped ? 4 : 0);
 }
 
 bool IsDetached(const Napi::Value& buffer) {
@@ -360,6 +360,13 @@ Napi::Value AgentWrap::Regions(const Napi::CallbackInfo& info) {
     Napi::Array keys = Napi::Array::New(env, r->mrs.size());
     for (size_t k = 0; k < r->mrs.size(); ++k) keys.Set(static_cast<uint32_t>(k), Napi::BigInt::New(env, r->mrs[k].key));
     o.Set("keys", keys);
+    if (r->shared) {
+      Napi::Object share = Napi::Object::New(env);
+      share.Set("fd", r->share.fd);
+      share.Set("inode", Napi::BigInt::New(env, r->share.inode));
+      share.Set("offset", static_cast<double>(r->share.offset));
+      o.Set("share", share);
+    }
     out.Set(static_cast<uint32_t>(i), o);
   }
   return out;
@@ -401,6 +408,16 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
       if (!key.IsBigInt()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region key is not a bigint");
       rr.keys.push_back(key.As<Napi::BigInt>().Uint64Value(&lossless));
     }
+    Napi::Value share = r.Get("share");
+    if (share.IsObject()) {
+      Napi::Object sh = share.As<Napi::Object>();
+      Napi::Value fd = sh.Get("fd"), inode = sh.Get("inode"), offset = sh.Get("offset");
+      if (!fd.IsNumber() || !inode.IsBigInt() || !offset.IsNumber()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region share has malformed fields");
+      rr.shared = true;
+      rr.share.fd = fd.As<Napi::Number>().Int32Value();
+      rr.share.inode = inode.As<Napi::BigInt>().Uint64Value(&lossless);
+      rr.share.offset = static_cast<uint64_t>(offset.As<Napi::Number>().DoubleValue());
+    }
     regions[id.As<Napi::Number>().Uint32Value()] = std::move(rr);
   }
   try {
@@ -410,6 +427,10 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
     out.Set("id", id);
     out.Set("path", peer.cma_pid != 0 ? "cma" : "fabric");
     if (!peer.cma_refused.empty()) out.Set("fastPathRefused", peer.cma_refused);
+    if (!peer.map_refused.empty()) out.Set("mapRefused", peer.map_refused);
+    size_t mapped = 0;
+    for (const auto& [rid, region] : peer.regions) mapped += region.mapping ? 1 : 0;
+    out.Set("mappedRegions", static_cast<double>(mapped));
     return out;
   } catch (const Error& e) {
     Rethrow(env, e);

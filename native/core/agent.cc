@@ -7,8 +7,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <set>
 
 namespace kvf {
@@ -26,6 +28,19 @@ std::atomic<uint32_t> g_agent_counter{0};
 // Set while this thread reaps express completions or copies inline: the events it pushes are taken by the same
 // caller right after (the binding's reap()), so waking the event loop for them would only cost a syscall and
 // an empty delivery.
+namespace {
+// Random per process, fixed for its lifetime.
+const std::string& ProcessNonce() {
+  static const std::string nonce = [] {
+    std::random_device rd;
+    char text[9];
+    std::snprintf(text, sizeof text, "%08x", rd());
+    return std::string(text);
+  }();
+  return nonce;
+}
+}  // namespace
+
 thread_local bool t_reaping_express = false;
 
 Agent::Agent(const AgentOptions& options, std::function<void()> wake)
@@ -93,9 +108,11 @@ void Agent::OpenRails(const AgentOptions& options) {
       if (chosen == nullptr) throw Error("KVF_ERR_ALLOC", "fi_dupinfo failed");
       if (chosen->addr_format == FI_ADDR_STR && provider_ == "shm") {
         // shm names its endpoint after the process id by default, so a second endpoint in one process
-        // would collide; give every rail of every agent its own name.
-        std::string addr = "fi_shm://kvf_" + std::to_string(getpid()) + "_" + std::to_string(agent_number) + "_" +
-                           std::to_string(r);
+        // would collide; give every rail of every agent its own name. The per-process nonce keeps a new
+        // process clear of the regions a killed one left in /dev/shm under the same (reused) pid: fi_enable
+        // failed with EBUSY on them.
+        std::string addr = "fi_shm://kvf_" + std::to_string(getpid()) + "_" + ProcessNonce() + "_" +
+                           std::to_string(agent_number) + "_" + std::to_string(r);
         free(chosen->src_addr);
         chosen->src_addr = strdup(addr.c_str());
         chosen->src_addrlen = addr.size() + 1;
@@ -123,6 +140,7 @@ uint32_t Agent::RegisterMemory(void* data, size_t length) {
   auto region = std::make_unique<Region>();
   region->data = static_cast<uint8_t*>(data);
   region->length = length;
+  region->shared = FindShared(data, length, &region->share);
   std::lock_guard<std::mutex> lock(regions_mu_);
   region->id = next_region_++;
   try {
@@ -176,6 +194,7 @@ uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
     peer.cma_refused = CmaProbe(options.cma_pid, first.base, 1);
     if (peer.cma_refused.empty()) peer.cma_pid = options.cma_pid;
   }
+  if (peer.cma_pid > 0) MapSharedRegions(peer, regions);
   peer.remote_rails = addresses.size();
   peer.regions = std::move(regions);
   for (auto& rail : rails_) {
@@ -186,6 +205,19 @@ uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
   const uint32_t id = next_peer_++;
   peers_.emplace(id, std::move(peer));
   return id;
+}
+
+void Agent::MapSharedRegions(Peer& peer, std::map<uint32_t, RemoteRegion>& regions) {
+  for (auto& [id, region] : regions) {
+    if (!region.shared) continue;
+    if (!peer.watch) {
+      peer.watch = WatchProcess(peer.cma_pid, &peer.map_refused);
+      if (!peer.watch) return;
+    }
+    std::string why;
+    region.mapping = MapPeerRegion(peer.cma_pid, region.share, region.length, &why);
+    if (!region.mapping && peer.map_refused.empty()) peer.map_refused = why;
+  }
 }
 
 void Agent::RemovePeer(uint32_t id) {
@@ -234,6 +266,7 @@ void Agent::Finish(Transfer* t) {
   ev.provider_post_ns = t->provider_post_ns;
   ev.ops = t->cma ? t->cma_segments : t->ops.size();
   ev.cma = t->cma;
+  ev.mapped = t->mapped;
   ev.express = t->copied_inline || std::any_of(t->ops.begin(), t->ops.end(), [](const Op& op) { return op.express; });
   ev.duration_ns = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t->start).count());

@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "core/cma.h"
+#include "core/host_memory.h"
+#include "core/peer_map.h"
 #include "core/notification.h"
 #include "core/rail.h"
 #include "core/transfer.h"
@@ -49,6 +51,8 @@ struct Region {
   uint32_t id = 0;
   uint8_t* data = nullptr;
   size_t length = 0;
+  bool shared = false;  // inside a shared allocation: same-host peers may map it (share says where)
+  SharedLocation share;
   std::vector<RailMr> mrs;  // one per local rail
   std::atomic<uint32_t> inflight{0};
   bool internal = false;  // the agent's own scratch memory: never advertised to peers
@@ -58,6 +62,9 @@ struct RemoteRegion {
   uint64_t base = 0;  // added to offsets on FI_MR_VIRT_ADDR providers
   uint64_t length = 0;
   std::vector<uint64_t> keys;  // per remote rail
+  bool shared = false;         // the peer says it can be mapped (share says where)
+  SharedLocation share;
+  std::shared_ptr<PeerMapping> mapping;  // mapped here (same-host peer): transfers copy with memcpy
 };
 
 struct Peer {
@@ -65,6 +72,8 @@ struct Peer {
   bool virt_addr = false;
   pid_t cma_pid = 0;         // non-zero: same host, transfers go by cross-memory attach
   std::string cma_refused;   // why a same-host peer is reached over the fabric instead
+  std::string map_refused;   // why a shared region of a same-host peer is copied by cma instead of mapped
+  std::shared_ptr<ProcessWatch> watch;  // set when regions are mapped: copies through them check the peer lives
   size_t remote_rails = 0;
   std::vector<std::vector<fi_addr_t>> addrs;  // [local rail][remote rail]
   std::map<uint32_t, RemoteRegion> regions;
@@ -155,6 +164,8 @@ class Agent : public RailOwner {
   void Shutdown();
   void StopRails();
   Peer& PeerOrThrow(uint32_t id);
+  // Same-host peer: maps the regions it shares (memfd memory) so that copies to them are memcpys.
+  void MapSharedRegions(Peer& peer, std::map<uint32_t, RemoteRegion>& regions);
 
   std::string name_;
   std::string provider_;

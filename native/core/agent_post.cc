@@ -226,12 +226,23 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
   CmaJob job;
   job.pid = peer.cma_pid;
   job.write = t->kind == OpKind::kWrite;
-  for (const Run& r : MergeRuns(list, indices, count)) {
+  const std::vector<Run> runs = MergeRuns(list, indices, count);
+  // Through the mappings when every remote region is mapped here, else by cross-memory attach.
+  job.mapped = peer.watch != nullptr && std::all_of(runs.begin(), runs.end(), [](const Run& r) { return r.first->remote->mapping != nullptr; });
+  for (const Run& r : runs) {
     job.local.push_back({r.first->local->data + r.local_offset, r.length});
-    // Metadata carries every region's real base address, whatever the provider's addressing.
-    job.remote.push_back({reinterpret_cast<void*>(static_cast<uintptr_t>(r.first->remote->base + r.remote_offset)), r.length});
+    if (job.mapped) {
+      const auto& mapping = r.first->remote->mapping;
+      job.remote.push_back({mapping->region() + r.remote_offset, r.length});
+      if (job.keep.empty() || job.keep.back() != mapping) job.keep.push_back(mapping);
+    } else {
+      // Metadata carries every region's real base address, whatever the provider's addressing.
+      job.remote.push_back({reinterpret_cast<void*>(static_cast<uintptr_t>(r.first->remote->base + r.remote_offset)), r.length});
+    }
   }
+  if (job.mapped) job.watch = peer.watch;
   t->cma = true;
+  t->mapped = job.mapped;
   t->cma_segments = job.local.size();
   if (t->bytes <= copy_inline_max_) {
     // Small: copy here, on the posting thread. A few microseconds of syscall (which a dead peer fails with

@@ -19,7 +19,28 @@ ErrorInfo CmaError(const CmaJob& job, int err) {
 
 }  // namespace
 
+namespace {
+
+ErrorInfo MappedCopy(const CmaJob& job) {
+  for (size_t i = 0; i < job.local.size(); ++i) {
+    if (job.write) {
+      std::memcpy(job.remote[i].iov_base, job.local[i].iov_base, job.local[i].iov_len);
+    } else {
+      std::memcpy(job.local[i].iov_base, job.remote[i].iov_base, job.local[i].iov_len);
+    }
+  }
+  // The mapping outlives the peer: what a READ copied after its death is only what it left behind.
+  if (job.watch && job.watch->Gone()) {
+    return ErrorInfo{"KVF_ERR_FAST_PATH", "copy through the mapping of pid " + std::to_string(job.pid) +
+                                              "'s memory failed: the peer process is gone", ESRCH, std::strerror(ESRCH)};
+  }
+  return {};
+}
+
+}  // namespace
+
 ErrorInfo CmaCopy(CmaJob& job) {
+  if (job.mapped) return MappedCopy(job);
   const size_t n = job.local.size();
   size_t i = 0;
   while (i < n) {
@@ -86,6 +107,9 @@ std::vector<CmaJob> SplitCmaJob(CmaJob job, size_t parts, size_t min_bytes) {
     j.transfer = job.transfer;
     j.pid = job.pid;
     j.write = job.write;
+    j.mapped = job.mapped;
+    j.keep = job.keep;
+    j.watch = job.watch;
   }
   return out;
 }

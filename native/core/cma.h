@@ -11,12 +11,14 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "core/error.h"
+#include "core/peer_map.h"
 #include "core/transfer.h"
 
 namespace kvf {
@@ -28,6 +30,11 @@ struct CmaJob {
   // Equal-length pairs: local[i] and remote[i] have the same iov_len.
   std::vector<iovec> local;
   std::vector<iovec> remote;
+  // Mapped: `remote` points into mappings of the peer's shared memory here (see peer_map.h), copied with
+  // memcpy; `keep` holds those mappings until the copy is done, `watch` tells whether the peer still lives.
+  bool mapped = false;
+  std::vector<std::shared_ptr<PeerMapping>> keep;
+  std::shared_ptr<ProcessWatch> watch;
 };
 
 // Copies `job` now, on the calling thread; returns an error (KVF_ERR_FAST_PATH) on failure.

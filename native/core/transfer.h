@@ -57,6 +57,7 @@ struct Transfer {
   bool cma = false;                    // carried by the same-host fast path, not the fabric
   size_t cma_segments = 0;
   bool copied_inline = false;          // the fast path's copy ran on the posting thread (express)
+  bool mapped = false;                 // the fast path copied through the peer's memory mapped here (memcpy)
 };
 
 struct Event {
@@ -71,6 +72,7 @@ struct Event {
   int64_t provider_post_ns = 0;
   uint64_t ops = 0;
   bool cma = false;
+  bool mapped = false;        // cma through a mapping of the peer's shared memory
   bool express = false;       // at least one op went by the express lane
   std::string from;           // notification sender
   std::vector<uint8_t> data;  // notification payload

@@ -15,6 +15,7 @@ export function benchOptions(cmd: Command): Command {
     .option('--duration <s>', 'seconds per point (default: 2)')
     .option('--iters <n>', 'transfers per point instead of a duration')
     .option('--fast-path <on|off>', 'the same-host single-copy path (default: the agent\'s: on unless KVF_FAST_PATH=0)')
+    .option('--shared-pool <on|off|auto>', 'both pools as shared memory, which a same-host peer maps and copies with memcpy (default: auto, the agent\'s: shared where the kernel gives shared memory hugepages)')
     .option('--busy-poll <us>', 'rail threads of both agents keep polling this long after activity instead of sleeping (default: 0; 1000 with --latency, as the raw baseline spins)')
     .option('--express <bytes>', 'initiator: transfers up to this size are posted and reaped on the event loop; 0 off (default: the agent\'s, 64K)')
     .option('--prepared', 'post prepared descriptor lists by index (the default)')

@@ -20,6 +20,8 @@ export interface BenchOptions {
   iters: number | undefined;
   /** undefined: the Agent's default (KVF_FAST_PATH, else on). */
   fastPath: boolean | undefined;
+  /** Both pools as shared memory (allocate({ shared })): same-host transfers then copy through a mapping. */
+  sharedPool: boolean | 'auto';
   /** Both agents' busy polling (µs); --latency makes it 1000 unless given, as the raw baseline spins too. */
   busyPollUs: number;
   /** The initiator's express-lane limit (bytes, 0 off); undefined: the agent's default. */
@@ -39,6 +41,7 @@ export interface TargetOptions {
   rails: number | undefined;
   pool: number;
   fastPath: boolean | undefined;
+  sharedPool: boolean | 'auto';
   busyPollUs: number;
   fabricAddress: string | undefined;
   /** undefined: forked by an initiator, metadata over IPC. */
@@ -66,6 +69,7 @@ export interface RawBenchOptions {
   duration?: string;
   iters?: string;
   fastPath?: string;
+  sharedPool?: string;
   busyPoll?: string;
   express?: string;
   prepared?: boolean;
@@ -128,6 +132,14 @@ function fastPath(text: string | undefined): boolean | undefined {
   return bad(`--fast-path must be on or off, not '${text}'`);
 }
 
+function sharedPool(text: string | undefined): boolean | 'auto' {
+  const v = text?.toLowerCase() ?? 'auto';
+  if (v === 'auto') return 'auto';
+  if (['on', 'true', '1', 'yes'].includes(v)) return true;
+  if (['off', 'false', '0', 'no'].includes(v)) return false;
+  return bad(`--shared-pool must be on, off or auto, not '${text}'`);
+}
+
 function busyPoll(text: string | undefined, latency: boolean): number {
   if (text === undefined) return latency ? LATENCY_BUSY_POLL_US : 0;
   const n = Number(text);
@@ -179,6 +191,7 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchOptions {
     duration: 2,
     iters: positiveInt(raw.iters, '--iters'),
     fastPath: fastPath(raw.fastPath),
+    sharedPool: sharedPool(raw.sharedPool),
     busyPollUs: busyPoll(raw.busyPoll, latency),
     expressMaxBytes: raw.express === undefined ? undefined : raw.express.trim() === '0' ? 0 : parseSize(raw.express, '--express'),
     prepared: raw.prepared ?? true,
@@ -212,6 +225,7 @@ export function parseTargetOptions(raw: RawBenchOptions): TargetOptions {
     rails: positiveInt(raw.rails, '--rails'),
     pool: raw.pool === undefined ? DEFAULT_POOL : parseSize(raw.pool, '--pool'),
     fastPath: fastPath(raw.fastPath),
+    sharedPool: sharedPool(raw.sharedPool),
     busyPollUs: busyPoll(raw.busyPoll, false),
     fabricAddress: raw.fabricAddress,
     listen: raw.listen === undefined ? undefined : parseHostPort(raw.listen, '--listen'),

@@ -12,7 +12,7 @@ import { LoopDelayMonitor, percentile, type LoopDelay } from './stats.js';
 
 export interface PointResult {
   op: TransferOp;
-  /** 'fabric' or 'cma' (the same-host fast path); 'fabric+cma' if transfers of the point went both ways. */
+  /** 'fabric', 'cma' or 'mapped' (the same-host fast path); joined with '+' if transfers of the point went several ways. */
   path: string;
   blockBytes: number;
   batch: number;

@@ -46,6 +46,8 @@ export class MemoryRegion {
     readonly remoteAccess: boolean,
     /** True when the memory was allocated by the addon on 2 MiB hugepages. */
     readonly hugepages = false,
+    /** True when the memory is shared (allocate({ shared })): same-host peers map it and copy with memcpy. */
+    readonly shared = false,
   ) {
     this.#owner = owner;
   }

@@ -6,7 +6,7 @@
 // message names the field, its offset, and what was expected versus found. No other exception
 // escapes it.
 //
-// Format v2, all integers little-endian:
+// Format v3, all integers little-endian:
 //
 //   offset  size  field
 //   0       4     magic, ASCII "KVFM"
@@ -18,7 +18,9 @@
 //           1     u8 railCount (1..64)
 //                 per rail: u8 addrLen (1..255), addr bytes (fi_getname output)
 //           4     u32 regionCount (0..1_048_576)
-//                 per region: u32 id, u64 length (1..2^53-1), u64 base, railCount x u64 key
+//                 per region: u32 id, u64 length (1..2^53-1), u64 base,
+//                   u32 share fd (0xffffffff: not shared), u64 share inode, u64 share offset (0 unless shared),
+//                   railCount x u64 key
 //           1+n   u8 hostLen (0..255), host identity bytes (UTF-8; 0 = unknown)
 //           4     u32 pid of the agent's process (0 = unknown)
 //           4     u32 CRC-32 (IEEE / zlib polynomial) of every preceding byte
@@ -26,13 +28,15 @@
 // v2 added the host identity and pid (the same-host fast path: peers with the same identity can copy by
 // cross-memory attach), and `base` is always the region's virtual address, whatever the provider's
 // addressing (virtAddr says whether libfabric RMA uses it).
+// v3 added where a region's shared memory can be found (the same-host mapped path: a peer on this host maps
+// /proc/<pid>/fd/<fd> after checking the inode, and copies with memcpy).
 //
 // A reader accepts only the version it was built for: a layout change must bump METADATA_VERSION,
 // and an older peer then reports "unsupported metadata version N" instead of misreading fields.
 
 import { KvfError } from './errors.js';
 
-export const METADATA_VERSION = 2;
+export const METADATA_VERSION = 3;
 
 export interface RegionDescription {
   /** Region id, unique within one agent (u32). */
@@ -43,6 +47,17 @@ export interface RegionDescription {
   base: bigint;
   /** One memory-registration key per rail, in rail order (u64 each). */
   keys: bigint[];
+  /** Shared memory (a memfd) a same-host peer may map: the owner's fd number, the file's inode, the region's offset in it. */
+  share?: ShareDescription;
+}
+
+export interface ShareDescription {
+  /** 0..0x7fffffff */
+  fd: number;
+  /** u64 */
+  inode: bigint;
+  /** 0..2^53-1 */
+  offset: number;
 }
 
 export interface AgentDescription {
@@ -67,7 +82,7 @@ export interface HostDescription {
   pid: number;
 }
 
-/** Limits of format v2. */
+/** Limits of format v3. */
 export const METADATA_LIMITS = Object.freeze({
   maxStringBytes: 255,
   maxRails: 64,
@@ -80,10 +95,11 @@ const FLAG_VIRT_ADDR = 0x0001;
 /** magic + version + flags + total length */
 const HEADER_BYTES = 12;
 const CRC_BYTES = 4;
-/** Smallest well-formed v2 blob: 1-byte name, 1-byte provider, one 1-byte rail, no regions, no host id. */
+/** Smallest well-formed v3 blob: 1-byte name, 1-byte provider, one 1-byte rail, no regions, no host id. */
 const MIN_BLOB_BYTES = HEADER_BYTES + (1 + 1) + (1 + 1) + 1 + (1 + 1) + 4 + (1 + 4) + CRC_BYTES;
-/** A region's fixed part: u32 id, u64 length, u64 base (the keys follow). */
-const REGION_FIXED_BYTES = 4 + 8 + 8;
+/** A region's fixed part: u32 id, u64 length, u64 base, u32 share fd, u64 share inode, u64 share offset (the keys follow). */
+const REGION_FIXED_BYTES = 4 + 8 + 8 + 4 + 8 + 8;
+const NOT_SHARED = 0xffffffff;
 const U64_LIMIT = 1n << 64n;
 
 // ---------------------------------------------------------------------------------------------
@@ -182,7 +198,7 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
   for (let i = 0; i < regions.length; i++) {
     const reg: unknown = regions[i];
     if (typeof reg !== 'object' || reg === null) throw invalid(`regions[${i}] must be an object`);
-    const { id, length, base, keys } = reg as Partial<RegionDescription>;
+    const { id, length, base, keys, share } = reg as Partial<RegionDescription>;
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0xffffffff) {
       throw invalid(`regions[${i}].id must be an integer in 0..${0xffffffff}, got ${String(id)}`);
     }
@@ -204,6 +220,12 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
     // Array.from visits holes too (map would skip them), so a sparse keys array is rejected here.
     const keyValues = Array.from(keys as unknown[], (key, k) => checkU64(`regions[${i}].keys[${k}]`, key));
     checked[i] = { id, length, base: b, keys: keyValues };
+    if (share !== undefined) {
+      if (typeof share !== 'object' || share === null) throw invalid(`regions[${i}].share must be { fd, inode, offset }`);
+      if (!Number.isInteger(share.fd) || share.fd < 0 || share.fd > 0x7fffffff) throw invalid(`regions[${i}].share.fd must be an integer in 0..${0x7fffffff}, got ${String(share.fd)}`);
+      if (!Number.isSafeInteger(share.offset) || share.offset < 0) throw invalid(`regions[${i}].share.offset must be an integer ≥ 0, got ${String(share.offset)}`);
+      checked[i]!.share = { fd: share.fd, inode: checkU64(`regions[${i}].share.inode`, share.inode), offset: share.offset };
+    }
   }
 
   const regionBytes = REGION_FIXED_BYTES + 8 * addrs.length;
@@ -233,6 +255,9 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
     off = buf.writeUInt32LE(reg.id, off);
     off = buf.writeBigUInt64LE(BigInt(reg.length), off);
     off = buf.writeBigUInt64LE(reg.base, off);
+    off = buf.writeUInt32LE(reg.share?.fd ?? NOT_SHARED, off);
+    off = buf.writeBigUInt64LE(reg.share?.inode ?? 0n, off);
+    off = buf.writeBigUInt64LE(BigInt(reg.share?.offset ?? 0), off);
     for (const key of reg.keys) off = buf.writeBigUInt64LE(key, off);
   }
   off = buf.writeUInt8(hostBytes, off);
@@ -397,7 +422,7 @@ function decodeChecked(input: unknown): AgentDescription {
   if (tableBytes > rd.remaining) {
     throw bad(
       `region table at offset ${rd.offset} needs ${regionCount} x ${regionBytes} = ${tableBytes} bytes ` +
-        `(id, length, base and ${railCount} key(s) each), but only ${rd.remaining} remain before the CRC`,
+        `(id, length, base, share and ${railCount} key(s) each), but only ${rd.remaining} remain before the CRC`,
     );
   }
 
@@ -415,9 +440,21 @@ function decodeChecked(input: unknown): AgentDescription {
     if (base + length > U64_LIMIT) {
       throw bad(`region[${i}] (id ${id}) at offset ${at}: base ${hex(base)} + length ${length} wraps past 2^64`);
     }
+    const fdAt = rd.offset;
+    const fd = rd.u32(`region[${i}].share.fd`);
+    const inode = rd.u64(`region[${i}].share.inode`);
+    const offsetAt = rd.offset;
+    const shareOffset = rd.u64(`region[${i}].share.offset`);
     const keys: bigint[] = new Array(railCount);
     for (let k = 0; k < railCount; k++) keys[k] = rd.u64(`region[${i}].keys[${k}]`);
     regions[i] = { id, length: Number(length), base, keys };
+    if (fd !== NOT_SHARED) {
+      if (fd > 0x7fffffff) throw bad(`region[${i}] (id ${id}) share fd at offset ${fdAt} is ${fd}, expected 0..${0x7fffffff} or ${NOT_SHARED}`);
+      if (shareOffset > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`region[${i}] (id ${id}) share offset at offset ${offsetAt} is ${shareOffset}, expected at most 2^53-1`);
+      regions[i]!.share = { fd, inode, offset: Number(shareOffset) };
+    } else if (inode !== 0n || shareOffset !== 0n) {
+      throw bad(`region[${i}] (id ${id}) at offset ${fdAt} is not shared but carries a share inode or offset`);
+    }
   }
 
   const firstIndex = new Map<number, number>();

@@ -12,7 +12,7 @@ export interface NativeErrorObject {
 
 /**
  * Successful transfers arrive as records of DONE_FIELDS numbers (cheaper than an object each): id, bytes,
- * durationNs, railsMask, postNs, providerPostNs, ops, flags (DONE_CMA, DONE_EXPRESS). They are written into one
+ * durationNs, railsMask, postNs, providerPostNs, ops, flags (DONE_CMA, DONE_EXPRESS, DONE_MAPPED). They are written into one
  * Float64Array that the agent allocates once and hands to the addon (a batch too large for it gets its own):
  * a header of RECORDS_HEADER numbers — [0] how many records follow, [1] 1 when a post call left events that
  * only reap() delivers — then the records. Every post call rewrites it with what completed inside the call.
@@ -21,6 +21,7 @@ export interface NativeErrorObject {
 export const DONE_FIELDS = 8;
 export const DONE_CMA = 1;
 export const DONE_EXPRESS = 2;
+export const DONE_MAPPED = 4;
 export const RECORDS_HEADER = 2;
 /** Transfers the shared records buffer holds. */
 export const RECORDS_CAPACITY = 256;
@@ -61,6 +62,8 @@ export interface NativeRegion {
   length: number;
   base: bigint;
   keys: bigint[];
+  /** Where same-host peers can map the region (shared memory from allocate()). */
+  share?: { fd: number; inode: bigint; offset: number };
 }
 
 export declare class NativeAgent {
@@ -70,7 +73,13 @@ export declare class NativeAgent {
   deregisterMemory(id: number): void;
   regions(): NativeRegion[];
   /** cmaPid > 0: the peer runs on this host as that pid; the addon checks it may attach, else uses the fabric. */
-  addPeer(name: string, virtAddr: boolean, addresses: Uint8Array[], regions: NativeRegion[], cmaPid?: number): { id: number; path: 'fabric' | 'cma'; fastPathRefused?: string };
+  addPeer(
+    name: string,
+    virtAddr: boolean,
+    addresses: Uint8Array[],
+    regions: NativeRegion[],
+    cmaPid?: number,
+  ): { id: number; path: 'fabric' | 'cma'; fastPathRefused?: string; mappedRegions: number; mapRefused?: string };
   removePeer(id: number): void;
   /** kind 0 = WRITE, 1 = READ; descriptors: 5 doubles each (localRegion, localOffset, remoteRegion, remoteOffset, length). */
   post(kind: 0 | 1, peer: number, descriptors: Float64Array, notification?: Uint8Array): number;
@@ -125,7 +134,10 @@ export declare class NativeEngine {
 export interface Addon {
   NativeAgent: typeof NativeAgent;
   NativeEngine: typeof NativeEngine;
-  allocate(length: number, hugepages: boolean, requireHugepages: boolean): { buffer: ArrayBuffer; hugepages: boolean };
+  /** shared: a memfd mapping same-host peers can map too (else private anonymous memory). */
+  allocate(length: number, hugepages: boolean, requireHugepages: boolean, shared: boolean): { buffer: ArrayBuffer; hugepages: boolean; shared: boolean };
+  /** Whether the kernel backs shared memory with transparent hugepages (shmem_enabled not never/deny). */
+  sharedHugepages(): boolean;
   libfabricVersion(): string;
 }
 

@@ -20,6 +20,8 @@ export class RemotePeer {
     readonly path: 'fabric' | 'cma' = 'fabric',
     /** Why a peer on this host is reached over the fabric anyway (the kernel refused cross-memory attach). */
     readonly fastPathRefused?: string,
+    /** Same host: how many of the peer's regions are mapped here (its shared memory), copied by memcpy. */
+    readonly mappedRegions = 0,
   ) {}
 
   get valid(): boolean {

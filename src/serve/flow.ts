@@ -30,7 +30,7 @@ export interface KvProof {
   provider: string;
   rails: number[];
   op: string | null;
-  /** What carried the bytes: 'fabric' (the provider) or 'cma' (same-host fast path); null when none moved. */
+  /** What carried the bytes: 'fabric' (the provider), 'cma' or 'mapped' (same-host fast path); null when none moved. */
   path: string | null;
   bytes: number;
   transfer_ms: number;

@@ -83,7 +83,7 @@ export interface CheckRequest {
 
 export type Request =
   | { cmd: 'create'; name: string; provider: string }
-  | { cmd: 'alloc'; region: string; length: number; fill: 'random' | 'zero' }
+  | { cmd: 'alloc'; region: string; length: number; fill: 'random' | 'zero'; shared?: boolean }
   | { cmd: 'free'; region: string }
   | { cmd: 'fill'; region: string; ranges: Range[] }
   | { cmd: 'hash'; region: string; ranges: Range[] }
@@ -244,8 +244,8 @@ export class PeerProcess {
   }
 
   /** Allocates and registers `length` bytes filled with crypto-random bytes or zeros; returns the region id. */
-  async alloc(region: string, length: number, fill: 'random' | 'zero'): Promise<number> {
-    const r = await this.request({ cmd: 'alloc', region, length, fill });
+  async alloc(region: string, length: number, fill: 'random' | 'zero', shared?: boolean): Promise<number> {
+    const r = await this.request({ cmd: 'alloc', region, length, fill, ...(shared !== undefined ? { shared } : {}) });
     this.regions.set(region, r.id);
     return r.id;
   }
