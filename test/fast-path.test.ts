@@ -11,6 +11,14 @@ import { fastPathEnabled } from '../src/fabric/host.js';
 import { PeerProcess, closePeers, type Range } from './helpers/peers.js';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+// Odd sizes and gaps in an 8 MiB pool, so nothing lines up with pages: small ones and ones large enough for
+// the copier threads.
+const ODD_RANGES: Range[] = [
+  [3, 4093],
+  [5000, 1 << 20],
+  [(1 << 20) + 9000, 3_000_001],
+  [(6 << 20) + 1, 17],
+];
 
 for (const provider of ['tcp', 'shm']) {
   describe(`fast path beside ${provider}`, () => {
@@ -36,13 +44,7 @@ for (const provider of ['tcp', 'shm']) {
       const peer = a.loadRemoteMetadata(Buffer.from(await child.metadata(), 'base64'));
       assert.equal(peer.path, 'cma');
       const local = a.allocate(8 << 20);
-      // Odd sizes and gaps, so nothing lines up with pages.
-      const ranges: Range[] = [
-        [3, 4093],
-        [5000, 1 << 20],
-        [(1 << 20) + 9000, 3_000_001],
-        [(6 << 20) + 1, 17],
-      ];
+      const ranges = ODD_RANGES;
       const descs = ranges.map(([off, len]) => ({ local, localOffset: off, remote: pool, remoteOffset: off, length: len }));
       const r = await a.read(peer, descs, { notification: 'pulled' });
       assert.equal(r.path, 'cma');
@@ -128,12 +130,7 @@ describe('fast path through a mapping of the peer\'s shared memory', () => {
     assert.deepEqual([peer.path, peer.mappedRegions], ['cma', 1]);
     const local = a.allocate(8 << 20, { shared: false });
     assert.equal(local.shared, false);
-    const ranges: Range[] = [
-      [3, 4093],
-      [5000, 1 << 20],
-      [(1 << 20) + 9000, 3_000_001],
-      [(6 << 20) + 1, 17],
-    ];
+    const ranges = ODD_RANGES;
     const descs = ranges.map(([off, len]) => ({ local, localOffset: off, remote: pool, remoteOffset: off, length: len }));
     const r = await a.read(peer, descs, { notification: 'mapped' });
     assert.deepEqual([r.path, r.express], ['mapped', false]);

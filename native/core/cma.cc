@@ -17,10 +17,6 @@ ErrorInfo CmaError(const CmaJob& job, int err) {
   return ErrorInfo{"KVF_ERR_FAST_PATH", what, err, std::strerror(err)};
 }
 
-}  // namespace
-
-namespace {
-
 ErrorInfo MappedCopy(const CmaJob& job) {
   for (size_t i = 0; i < job.local.size(); ++i) {
     if (job.write) {

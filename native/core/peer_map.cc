@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -28,7 +29,8 @@ std::shared_ptr<PeerMapping> MapPeerRegion(pid_t pid, const SharedLocation& wher
     *why = path + " is not the peer's shared region (inode or size differ)";
     return nullptr;
   }
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  // mmap offsets must be page-aligned: 4 KiB for memfd memory, the hugepage size for MFD_HUGETLB (st_blksize).
+  const uint64_t page = std::max<uint64_t>(static_cast<uint64_t>(sysconf(_SC_PAGESIZE)), static_cast<uint64_t>(st.st_blksize));
   const uint64_t start = where.offset / page * page;
   const size_t map_length = static_cast<size_t>(where.offset + length - start);
   void* base = mmap(nullptr, map_length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(start));
@@ -48,7 +50,7 @@ bool ProcessWatch::Gone() {
   if (now - alive_at_ns_.load(std::memory_order_relaxed) < std::chrono::nanoseconds(kFreshFor).count()) return false;
   // A pidfd polls readable once the process has exited.
   pollfd p{pidfd_, POLLIN, 0};
-  if (poll(&p, 1, 0) != 0) return true;
+  if (poll(&p, 1, 0) > 0) return true;
   alive_at_ns_.store(now, std::memory_order_relaxed);
   return false;
 }

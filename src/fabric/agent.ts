@@ -271,9 +271,9 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    * which makes cross-memory attach and registration pin 512× fewer pages.
    *
    * `shared` memory (a memfd) can be mapped by peers on the same host, whose transfers then copy it with one
-   * memcpy (reports say `path: 'mapped'`): a 4 KiB READ costs ~0.3 µs in the addon instead of ~2 µs by
+   * memcpy (reports say `path: 'mapped'`): a 4 KiB READ costs ~0.8 µs in the addon instead of ~2.4 µs by
    * cross-memory attach. 'auto' (default) shares when the kernel gives shared memory transparent hugepages
-   * (shmem_enabled); where it does not, shared memory is 4 KiB pages and large copies run ~20% slower, so
+   * (shmem_enabled); where it does not, shared memory is 4 KiB pages and large copies run ~12% slower, so
    * true is then a choice for small transfers.
    */
   allocate(length: number, options: { hugepages?: boolean | 'require'; remoteAccess?: boolean; shared?: boolean | 'auto' } = {}): MemoryRegion {
