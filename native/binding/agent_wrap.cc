@@ -360,7 +360,7 @@ Napi::Value AgentWrap::Regions(const Napi::CallbackInfo& info) {
     Napi::Array keys = Napi::Array::New(env, r->mrs.size());
     for (size_t k = 0; k < r->mrs.size(); ++k) keys.Set(static_cast<uint32_t>(k), Napi::BigInt::New(env, r->mrs[k].key));
     o.Set("keys", keys);
-    if (r->shared) {
+    if (r->share.valid()) {
       Napi::Object share = Napi::Object::New(env);
       share.Set("fd", r->share.fd);
       share.Set("inode", Napi::BigInt::New(env, r->share.inode));
@@ -413,7 +413,6 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
       Napi::Object sh = share.As<Napi::Object>();
       Napi::Value fd = sh.Get("fd"), inode = sh.Get("inode"), offset = sh.Get("offset");
       if (!fd.IsNumber() || !inode.IsBigInt() || !offset.IsNumber()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region share has malformed fields");
-      rr.shared = true;
       rr.share.fd = fd.As<Napi::Number>().Int32Value();
       rr.share.inode = inode.As<Napi::BigInt>().Uint64Value(&lossless);
       rr.share.offset = static_cast<uint64_t>(offset.As<Napi::Number>().DoubleValue());

@@ -140,7 +140,7 @@ uint32_t Agent::RegisterMemory(void* data, size_t length) {
   auto region = std::make_unique<Region>();
   region->data = static_cast<uint8_t*>(data);
   region->length = length;
-  region->shared = FindShared(data, length, &region->share);
+  FindShared(data, length, &region->share);
   std::lock_guard<std::mutex> lock(regions_mu_);
   region->id = next_region_++;
   try {
@@ -209,7 +209,7 @@ uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
 
 void Agent::MapSharedRegions(Peer& peer, std::map<uint32_t, RemoteRegion>& regions) {
   for (auto& [id, region] : regions) {
-    if (!region.shared) continue;
+    if (!region.share.valid()) continue;
     if (!peer.watch) {
       peer.watch = WatchProcess(peer.cma_pid, &peer.map_refused);
       if (!peer.watch) return;

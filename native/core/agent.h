@@ -51,8 +51,7 @@ struct Region {
   uint32_t id = 0;
   uint8_t* data = nullptr;
   size_t length = 0;
-  bool shared = false;  // inside a shared allocation: same-host peers may map it (share says where)
-  SharedLocation share;
+  SharedLocation share;  // valid: inside a shared allocation, which same-host peers may map
   std::vector<RailMr> mrs;  // one per local rail
   std::atomic<uint32_t> inflight{0};
   bool internal = false;  // the agent's own scratch memory: never advertised to peers
@@ -62,8 +61,7 @@ struct RemoteRegion {
   uint64_t base = 0;  // added to offsets on FI_MR_VIRT_ADDR providers
   uint64_t length = 0;
   std::vector<uint64_t> keys;  // per remote rail
-  bool shared = false;         // the peer says it can be mapped (share says where)
-  SharedLocation share;
+  SharedLocation share;        // valid: the peer says it can be mapped, and where
   std::shared_ptr<PeerMapping> mapping;  // mapped here (same-host peer): transfers copy with memcpy
 };
 

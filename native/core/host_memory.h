@@ -25,9 +25,10 @@ void FreeHost(const HostAllocation& a);
 // Where a same-host peer finds shared memory: /proc/<our pid>/fd/<fd>, checked against the inode (an fd
 // number can be reused), at `offset` into the file.
 struct SharedLocation {
-  int fd = -1;
+  int fd = -1;  // -1: not shared
   uint64_t inode = 0;
   uint64_t offset = 0;
+  bool valid() const { return fd >= 0; }
 };
 
 // The shared allocation that holds [data, data + length) whole, if any.
