@@ -131,6 +131,40 @@ test('shm: no express lane; small transfers go through the rail threads, byte-ex
   assert.ok(same(src, 5, dst, 9, 4096));
 });
 
+test('shm: a lone small transfer is polled for on the JS thread; awaited one by one, in bursts and with busy rails, none is lost', async () => {
+  // The poll spins for a lone rail-thread transfer and the rail thread then pushes without waking the loop:
+  // a completion lost between the two would hang here. Busy-polling rails also yield while the JS thread spins.
+  for (const busyPollUs of [0, 1000]) {
+    const { a, b, src, dst, peer } = await pair('shm', { busyPollUs }, { busyPollUs });
+    let timerRan = false;
+    setTimeout(() => {
+      timerRan = true;
+    }, 0);
+    for (let i = 0; i < 2000; i++) {
+      const off = (i % 500) * 8192 + (i % 7);
+      const r = await a.read(peer, [{ local: src, localOffset: off, remote: dst.id, remoteOffset: off + 4096, length: 4096 }]);
+      assert.equal(r.bytes, 4096);
+      if (i % 97 === 0) assert.ok(same(src, off, dst, off + 4096, 4096), `read ${i}`);
+    }
+    assert.ok(timerRan, 'a timer fired while the caller kept awaiting transfers');
+    for (let round = 0; round < 100; round++) {
+      await a.write(peer, [{ local: src, localOffset: round * 64, remote: dst.id, remoteOffset: round * 64, length: 64 }]);
+      const burst = Array.from({ length: 1 + (round % 9) }, (_, k) => {
+        const off = (1 << 20) + k * 4096;
+        return a.write(peer, [{ local: src, localOffset: off, remote: dst.id, remoteOffset: off, length: 4096 }]);
+      });
+      assert.equal((await Promise.all(burst)).length, 1 + (round % 9));
+    }
+    assert.ok(same(src, 0, dst, 0, 6400) && same(src, 1 << 20, dst, 1 << 20, 9 * 4096));
+    // A small notified write: its notification follows on the rail thread while the poll spins for it.
+    const incoming = b.notifications();
+    const got = incoming.next();
+    await a.write(peer, [{ local: src, localOffset: 0, remote: dst.id, remoteOffset: 0, length: 4096 }], { notification: 'done' });
+    assert.equal(Buffer.from((await got).value!.data).toString(), 'done');
+    await incoming.return?.();
+  }
+});
+
 test('expressMaxBytes and busyPollUs are checked', async () => {
   for (const bad of [{ expressMaxBytes: -1 }, { expressMaxBytes: 1.5 }, { busyPollUs: -1 }, { busyPollUs: 20_000_000 }, { busyPollUs: 0.5 }]) {
     await assert.rejects(Agent.create({ name: 'express-bad', provider: 'tcp', logger: false, ...bad }), { code: 'KVF_ERR_INVALID_ARGUMENT' });

@@ -256,6 +256,7 @@ void Agent::DataDone(Transfer* t, bool failed) {
 }
 
 void Agent::Finish(Transfer* t) {
+  const bool awaited = t->awaited;  // `t` is gone once it leaves transfers_
   Event ev;
   ev.type = Event::Type::kTransferDone;
   ev.transfer_id = t->id;
@@ -277,6 +278,7 @@ void Agent::Finish(Transfer* t) {
   }
   transfers_cv_.notify_all();
   PushEvent(std::move(ev));
+  if (awaited) --awaited_in_flight_;  // after the push, so a spinning reader sees the event before the count drops
 }
 
 void Agent::OnMessage(const uint8_t* data, size_t length) {
@@ -287,15 +289,19 @@ void Agent::OnMessage(const uint8_t* data, size_t length) {
 }
 
 void Agent::PushEvent(Event event) {
+  bool wake;
   {
     std::lock_guard<std::mutex> lock(events_mu_);
     events_.push_back(std::move(event));
+    wake = !t_reaping_express && !js_polling_;
+    if (!wake) unwoken_events_ = true;
   }
-  if (t_reaping_express) {
-    unwoken_events_ = true;
-  } else if (wake_) {
-    wake_();
-  }
+  if (wake && wake_) wake_();
+}
+
+void Agent::SetJsPolling(bool polling) {
+  std::lock_guard<std::mutex> lock(events_mu_);
+  js_polling_ = polling;
 }
 
 bool Agent::TakeUnwokenEvents() { return unwoken_events_.exchange(false); }
@@ -418,6 +424,7 @@ void Agent::Shutdown() {
     ev.error = t->error.ok() ? ErrorInfo{"KVF_ERR_CLOSED", "agent closed with the transfer in flight", 0, {}} : t->error;
     ev.bytes = t->bytes;
     PushEvent(std::move(ev));
+    if (t->awaited) --awaited_in_flight_;
   }
   peers_.clear();
   Event closed;

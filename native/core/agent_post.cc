@@ -13,6 +13,8 @@ namespace {
 constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 // More ops than this are bandwidth work, better left to the rail threads.
 constexpr size_t kExpressMaxOps = 16;
+// Transfers on the rail threads up to this size are small enough for the JS thread to spin for.
+constexpr uint64_t kAwaitedMaxBytes = 64 * 1024;
 
 uint64_t ExactIndex(double v, size_t descriptor, const char* field) {
   if (!(v >= 0) || v >= kMaxExactInteger || std::floor(v) != v) {
@@ -175,6 +177,9 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
   next_rail_ = plan.next_rail;
   if (!t->notify_op && t->bytes <= express_max_bytes_ && t->ops.size() <= kExpressMaxOps) {
     for (Op& op : t->ops) op.express = true;
+  } else if (t->bytes <= kAwaitedMaxBytes && t->ops.size() <= kExpressMaxOps) {
+    t->awaited = true;
+    ++awaited_in_flight_;  // before any op is posted: Finish (on a rail thread) counts it down
   }
   return Launch(std::move(t));
 }

@@ -34,6 +34,8 @@ class RailOwner {
   // Called on the rail's thread when the provider has accepted an op, with the time its post call took
   // (posting-cost telemetry).
   virtual void OnOpPosted(Op* op, int64_t call_ns) = 0;
+  // Whether the thread that posts is spinning for completions right now (read on the rail's thread, relaxed).
+  virtual bool caller_polling() const = 0;
 };
 
 struct RailMr {
@@ -135,6 +137,7 @@ class Rail {
 
   std::mutex queue_mu_;
   std::deque<Op*> queue_;
+  std::atomic<bool> sleeping_{false};  // in WaitIdle (or about to be): Submit must signal the CQ
   std::atomic<bool> stop_{false};
   std::atomic<bool> force_{false};
   std::atomic<bool> orphaned_{false};

@@ -58,6 +58,7 @@ struct Transfer {
   size_t cma_segments = 0;
   bool copied_inline = false;          // the fast path's copy ran on the posting thread (express)
   bool mapped = false;                 // the fast path copied through the peer's memory mapped here (memcpy)
+  bool awaited = false;                // small, on the rail threads: the JS thread may spin for it (Agent::awaited_in_flight)
 };
 
 struct Event {

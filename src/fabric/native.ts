@@ -84,8 +84,9 @@ export declare class NativeAgent {
   /** kind 0 = WRITE, 1 = READ; descriptors: 5 doubles each (localRegion, localOffset, remoteRegion, remoteOffset, length). */
   post(kind: 0 | 1, peer: number, descriptors: Float64Array, notification?: Uint8Array): number;
   /**
-   * Completes what the express lanes have finished (polling up to spinUs while they have ops in flight and
-   * nothing completed), delivering events synchronously; returns express ops still in flight.
+   * Completes what the express lanes have finished (polling up to spinUs while they have ops in flight, or a
+   * single small transfer is in flight on a rail thread, and nothing completed), delivering events
+   * synchronously; returns how many of those are still in flight.
    */
   reap(spinUs?: number): number;
   /** Validates descriptors once; returns a list id for postPrepared. */
