@@ -27,6 +27,9 @@ constexpr auto kSpinWindow = std::chrono::microseconds(2000);
 // rarely waits).
 constexpr auto kInflightSpin = std::chrono::microseconds(200);
 constexpr int kIdleWaitMs = 100;
+// While busy polling, how often the endpoint's descriptor is checked for a peer's activity (which extends the
+// busy period; busy periods are ~1 ms).
+constexpr auto kBusyFdCheck = std::chrono::microseconds(50);
 
 void CloseFid(fid_t f) {
   if (f != nullptr) fi_close(f);
@@ -462,6 +465,7 @@ void Rail::RunLoop() {
   fi_cq_data_entry entries[kCqBatch];
   auto last_work = std::chrono::steady_clock::now();
   auto busy_until = last_work;
+  auto next_fd_check = last_work;
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(queue_mu_);
@@ -498,7 +502,11 @@ void Rail::RunLoop() {
     // Busy polling: a peer's READs and WRITEs leave no completion here, so while busy the endpoint's
     // descriptor is checked for activity, which extends the busy period.
     const bool busy = now < busy_until;
-    if (busy && PollWaitFd(0)) busy_until = now + busy_poll_;
+    if (busy && now >= next_fd_check) {
+      // Not every round: a poll() is a system call, several times the cost of the CQ read a round is for.
+      next_fd_check = now + kBusyFdCheck;
+      if (PollWaitFd(0)) busy_until = now + busy_poll_;
+    }
     if (worked) {
       last_work = now;
     } else if (busy) {
