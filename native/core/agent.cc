@@ -2,15 +2,14 @@
 
 #include "core/live_agents.h"
 #include "core/notification.h"
+#include "core/shm_regions.h"
 
 #include <rdma/fi_domain.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 #include <set>
 
 namespace kvf {
@@ -28,19 +27,6 @@ std::atomic<uint32_t> g_agent_counter{0};
 // Set while this thread reaps express completions or copies inline: the events it pushes are taken by the same
 // caller right after (the binding's reap()), so waking the event loop for them would only cost a syscall and
 // an empty delivery.
-namespace {
-// Random per process, fixed for its lifetime.
-const std::string& ProcessNonce() {
-  static const std::string nonce = [] {
-    std::random_device rd;
-    char text[9];
-    std::snprintf(text, sizeof text, "%08x", rd());
-    return std::string(text);
-  }();
-  return nonce;
-}
-}  // namespace
-
 thread_local bool t_reaping_express = false;
 
 Agent::Agent(const AgentOptions& options, std::function<void()> wake)
@@ -108,11 +94,9 @@ void Agent::OpenRails(const AgentOptions& options) {
       if (chosen == nullptr) throw Error("KVF_ERR_ALLOC", "fi_dupinfo failed");
       if (chosen->addr_format == FI_ADDR_STR && provider_ == "shm") {
         // shm names its endpoint after the process id by default, so a second endpoint in one process
-        // would collide; give every rail of every agent its own name. The per-process nonce keeps a new
-        // process clear of the regions a killed one left in /dev/shm under the same (reused) pid: fi_enable
-        // failed with EBUSY on them.
-        std::string addr = "fi_shm://kvf_" + std::to_string(getpid()) + "_" + ProcessNonce() + "_" +
-                           std::to_string(agent_number) + "_" + std::to_string(r);
+        // would collide; give every rail of every agent its own name (core/shm_regions.h).
+        if (r == 0) ReclaimStaleShmRegions();
+        std::string addr = "fi_shm://" + ShmEndpointName(agent_number, r);
         free(chosen->src_addr);
         chosen->src_addr = strdup(addr.c_str());
         chosen->src_addrlen = addr.size() + 1;

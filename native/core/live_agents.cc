@@ -2,16 +2,12 @@
 // cannot be closed while another agent of this process still runs.
 #include "core/live_agents.h"
 
-#include <dirent.h>
-#include <unistd.h>
-
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <set>
-#include <string>
 
 #include "core/agent.h"
+#include "core/shm_regions.h"
 
 namespace kvf {
 
@@ -57,17 +53,8 @@ void HaltLiveAgentsAtExit() {
     live.assign(g_live.begin(), g_live.end());
   }
   for (Agent* a : live) a->HaltRails();
-  // Without fi_close the shm provider leaves its regions (/dev/shm/kvf_<pid>_...) behind; ours are named
-  // after our pid, so remove them. The mappings stay valid until the process is gone.
-  const std::string prefix = "kvf_" + std::to_string(getpid()) + "_";
-  if (DIR* dir = opendir("/dev/shm")) {
-    while (dirent* entry = readdir(dir)) {
-      if (std::strncmp(entry->d_name, prefix.c_str(), prefix.size()) == 0) {
-        unlink((std::string("/dev/shm/") + entry->d_name).c_str());
-      }
-    }
-    closedir(dir);
-  }
+  // Without fi_close the shm provider leaves its regions in /dev/shm behind.
+  UnlinkOwnShmRegions();
 }
 
 }  // namespace
