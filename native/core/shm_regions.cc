@@ -18,15 +18,16 @@ namespace {
 constexpr char kPrefix[] = "kvf_";
 constexpr char kMarkerSuffix[] = ".live";
 
-// "kvf_<pid>_<nonce>": random per process, fixed for its lifetime.
+// "kvf_<pid>_<nonce>": random per process, fixed for its lifetime. Never destroyed: the exit handler that
+// unlinks our files (UnlinkOwnShmRegions) runs after the destructors of statics created later than it.
 const std::string& ProcessStem() {
-  static const std::string stem = [] {
+  static const std::string* const stem = [] {
     std::random_device rd;
     char text[9];
     std::snprintf(text, sizeof text, "%08x", rd());
-    return kPrefix + std::to_string(getpid()) + "_" + text;
+    return new std::string(kPrefix + std::to_string(getpid()) + "_" + text);
   }();
-  return stem;
+  return *stem;
 }
 
 // Creates the marker and locks it for the life of the process (the descriptor is never closed; exec drops it).
