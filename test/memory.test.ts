@@ -75,15 +75,23 @@ test('remoteAccess: false keeps a region out of the metadata', () => {
   shown.deregister();
 });
 
-test('allocate: hugepages when reserved, a clear KVF_ERR_ALLOC when required and missing', () => {
-  const reserved = Number(readFileSync('/proc/sys/vm/nr_hugepages', 'utf8'));
+test('allocate: hugepages when reserved, a clear KVF_ERR_ALLOC when required and missing; shared by default only on hugepages', () => {
+  const free = Number(/HugePages_Free:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
+  // shared: 'auto' (the default) shares where shared memory is hugepages too: reserved ones, or transparent
+  // ones where the kernel gives them to shared memory.
+  const shmemHuge = !/\[(never|deny)\]/.test(readFileSync('/sys/kernel/mm/transparent_hugepage/shmem_enabled', 'utf8'));
   const maybe = a.allocate(4 << 20, { hugepages: true });
   assert.equal(maybe.length, 4 << 20);
   maybe.bytes.fill(1); // the memory is really there
-  if (reserved >= 2) {
+  if (free >= 4) {
     assert.equal(maybe.hugepages, true);
+    assert.equal(maybe.shared, true, 'reserved hugepages are shared by default');
+    const own = a.allocate(4 << 20, { hugepages: true, shared: false });
+    assert.deepEqual([own.hugepages, own.shared], [true, false]);
+    own.deregister();
   } else {
     assert.equal(maybe.hugepages, false);
+    assert.equal(maybe.shared, shmemHuge);
     assert.throws(
       () => a.allocate(4 << 20, { hugepages: 'require' }),
       (err: KvfError) => err instanceof KvfError && err.code === 'KVF_ERR_ALLOC' && /hugepages/.test(err.message),
@@ -92,6 +100,7 @@ test('allocate: hugepages when reserved, a clear KVF_ERR_ALLOC when required and
   maybe.deregister();
   const plain = a.allocate(12345);
   assert.equal(plain.hugepages, false);
+  assert.equal(plain.shared, shmemHuge);
   assert.equal(plain.length, 12345);
   plain.deregister();
 });

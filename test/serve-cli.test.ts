@@ -52,7 +52,7 @@ describe('kvfabric serve with the same-host fast path (its default)', () => {
         body: JSON.stringify({ model: 'tiny-llama', prompt: 'hello there', max_tokens: 5, temperature: 0 }),
       });
       const body = (await res.json()) as { kvfabric: { path: string; op: string; bytes: number; rails: number[] } };
-      // 'mapped' where the kernel gives shared memory hugepages (the pool is then shared: allocate's 'auto').
+      // 'mapped' where the pool is shared: allocate's 'auto' shares hugepage memory (reserved or transparent).
       assert.ok(['cma', 'mapped'].includes(body.kvfabric.path), body.kvfabric.path);
       assert.deepEqual([body.kvfabric.op, body.kvfabric.rails], ['READ', []]);
       assert.ok(body.kvfabric.bytes > 0);

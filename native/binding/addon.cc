@@ -18,10 +18,15 @@ Napi::Value Allocate(const Napi::CallbackInfo& info) {
   if (!(len >= 0) || len > 9007199254740991.0) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "invalid length");
   bool huge = info.Length() > 1 && info[1].ToBoolean();
   bool require = info.Length() > 2 && info[2].ToBoolean();
-  bool shared = info.Length() > 3 && info[3].ToBoolean();
+  Share share = Share::kNo;
+  if (info.Length() > 3 && info[3].IsString() && info[3].As<Napi::String>().Utf8Value() == "auto") {
+    share = Share::kAuto;
+  } else if (info.Length() > 3 && info[3].ToBoolean()) {
+    share = Share::kYes;
+  }
   HostAllocation a;
   try {
-    a = AllocateHost(static_cast<size_t>(len), huge, require, shared);
+    a = AllocateHost(static_cast<size_t>(len), huge, require, share);
   } catch (const Error& e) {
     Rethrow(env, e);
   }
@@ -40,7 +45,6 @@ Napi::Value Allocate(const Napi::CallbackInfo& info) {
   return out;
 }
 
-Napi::Value SharedHugepages(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), SharedHugepagesAvailable()); }
 
 Napi::Value LibfabricVersion(const Napi::CallbackInfo& info) {
   uint32_t v = fi_version();
@@ -54,7 +58,6 @@ static Napi::Object InitKvfabric(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeAgent", kvf::AgentWrap::Init(env));
   exports.Set("NativeEngine", kvf::EngineWrap::Init(env));
   exports.Set("allocate", Napi::Function::New(env, kvf::Allocate));
-  exports.Set("sharedHugepages", Napi::Function::New(env, kvf::SharedHugepages));
   exports.Set("libfabricVersion", Napi::Function::New(env, kvf::LibfabricVersion));
   return exports;
 }

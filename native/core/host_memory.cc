@@ -62,14 +62,14 @@ void* MapAligned(size_t mapped, bool large, int fd) {
 }
 }  // namespace
 
-HostAllocation AllocateHost(size_t length, bool hugepages, bool require_hugepages, bool shared) {
+HostAllocation AllocateHost(size_t length, bool hugepages, bool require_hugepages, Share share) {
   if (length == 0) throw Error("KVF_ERR_ZERO_LENGTH", "cannot allocate 0 bytes");
   HostAllocation a;
   a.length = length;
   if (hugepages) {
     a.mapped = RoundUp(length, kHugePage);
     void* p = MAP_FAILED;
-    if (shared) {
+    if (share != Share::kNo) {
       const int fd = memfd_create("kvfabric-region", MFD_CLOEXEC | MFD_HUGETLB);
       if (fd >= 0 && ftruncate(fd, static_cast<off_t>(a.mapped)) == 0) {
         p = mmap(nullptr, a.mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -95,6 +95,7 @@ HostAllocation AllocateHost(size_t length, bool hugepages, bool require_hugepage
   if (a.data == nullptr) {
     const bool large = length >= kHugePage;
     a.mapped = RoundUp(length, large ? kHugePage : kPage);
+    const bool shared = share == Share::kYes || (share == Share::kAuto && SharedHugepagesAvailable());
     if (shared) {
       a.fd = memfd_create("kvfabric-region", MFD_CLOEXEC);
       if (a.fd < 0) AllocFailed("create a memfd for", a.mapped);

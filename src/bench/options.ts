@@ -22,6 +22,8 @@ export interface BenchOptions {
   fastPath: boolean | undefined;
   /** Both pools as shared memory (allocate({ shared })): same-host transfers then copy through a mapping. */
   sharedPool: boolean | 'auto';
+  /** Both pools on reserved 2 MiB hugepages where there are enough (allocate({ hugepages: true })). */
+  hugepages: boolean;
   /** Both agents' busy polling (µs); --latency makes it 1000 unless given, as the raw baseline spins too. */
   busyPollUs: number;
   /** The initiator's express-lane limit (bytes, 0 off); undefined: the agent's default. */
@@ -42,6 +44,7 @@ export interface TargetOptions {
   pool: number;
   fastPath: boolean | undefined;
   sharedPool: boolean | 'auto';
+  hugepages: boolean;
   busyPollUs: number;
   fabricAddress: string | undefined;
   /** undefined: forked by an initiator, metadata over IPC. */
@@ -70,6 +73,7 @@ export interface RawBenchOptions {
   iters?: string;
   fastPath?: string;
   sharedPool?: string;
+  hugepages?: boolean;
   busyPoll?: string;
   express?: string;
   prepared?: boolean;
@@ -192,6 +196,7 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchOptions {
     iters: positiveInt(raw.iters, '--iters'),
     fastPath: fastPath(raw.fastPath),
     sharedPool: sharedPool(raw.sharedPool),
+    hugepages: raw.hugepages ?? false,
     busyPollUs: busyPoll(raw.busyPoll, latency),
     expressMaxBytes: raw.express === undefined ? undefined : raw.express.trim() === '0' ? 0 : parseSize(raw.express, '--express'),
     prepared: raw.prepared ?? true,
@@ -226,6 +231,7 @@ export function parseTargetOptions(raw: RawBenchOptions): TargetOptions {
     pool: raw.pool === undefined ? DEFAULT_POOL : parseSize(raw.pool, '--pool'),
     fastPath: fastPath(raw.fastPath),
     sharedPool: sharedPool(raw.sharedPool),
+    hugepages: raw.hugepages ?? false,
     busyPollUs: busyPoll(raw.busyPoll, false),
     fabricAddress: raw.fabricAddress,
     listen: raw.listen === undefined ? undefined : parseHostPort(raw.listen, '--listen'),

@@ -27,6 +27,7 @@ function forkTarget(options: BenchOptions): Promise<TargetHandle> {
   if (options.rails !== undefined) args.push('--rails', String(options.rails));
   if (options.fastPath !== undefined) args.push('--fast-path', options.fastPath ? 'on' : 'off');
   args.push('--shared-pool', options.sharedPool === 'auto' ? 'auto' : options.sharedPool ? 'on' : 'off');
+  if (options.hugepages) args.push('--hugepages');
   args.push('--busy-poll', String(options.busyPollUs));
   if (options.fabricAddress !== undefined) args.push('--fabric-address', options.fabricAddress);
   // process.argv[1] is this CLI (dist/cli/main.js, or src/cli/main.ts under tsx: execArgv carries the loader).

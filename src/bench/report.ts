@@ -38,7 +38,7 @@ export function renderTable(result: BenchResult): string {
   const lines = [
     `kvfabric bench: provider ${result.provider}, ${result.rails} rail(s), target ${result.target === 'fork' ? 'child process (same host)' : result.target}, ` +
       `pool ${formatSize(o.pool)}, ${o.iters !== undefined ? `${o.iters} transfers` : `${o.duration} s`} per point, ` +
-      `${o.prepared ? 'prepared lists' : 'descriptors validated per transfer'}, fast path ${o.fastPath === undefined ? 'default' : o.fastPath ? 'on' : 'off'}, shared pool ${o.sharedPool === 'auto' ? 'auto' : o.sharedPool ? 'on' : 'off'}, ` +
+      `${o.prepared ? 'prepared lists' : 'descriptors validated per transfer'}, fast path ${o.fastPath === undefined ? 'default' : o.fastPath ? 'on' : 'off'}, shared pool ${o.sharedPool === 'auto' ? 'auto' : o.sharedPool ? 'on' : 'off'}, ${o.hugepages ? 'hugepages, ' : ''}` +
       `busy poll ${o.busyPollUs} µs, express lane ${o.expressMaxBytes === undefined ? 'default' : o.expressMaxBytes === 0 ? 'off' : `≤ ${formatSize(o.expressMaxBytes)}`}`,
     `idle event-loop delay: p50 ${ms(result.idleLoopDelay.p50Ms)} ms, p99 ${ms(result.idleLoopDelay.p99Ms)} ms, max ${ms(result.idleLoopDelay.maxMs)} ms`,
     '',

@@ -48,7 +48,7 @@ async function measure(agent: Agent, options: BenchOptions, hello: Awaited<Retur
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `bench: the target's pool (${formatSize(hello.poolBytes)}) is smaller than one batch of ${b} × ${formatSize(block)} blocks`);
     }
   }
-  const local = agent.allocate(options.pool, { shared: options.sharedPool });
+  const local = agent.allocate(options.pool, { shared: options.sharedPool, hugepages: options.hugepages });
   local.bytes.fill(1); // fault every page in before anything is timed
   const peer = agent.loadRemoteMetadata(Buffer.from(hello.metadata, 'base64'));
   await agent.warmup(peer);

@@ -10,7 +10,7 @@ import { readFrames, writeFrame, type TargetHello } from './wire.js';
 
 export async function runTarget(options: TargetOptions): Promise<void> {
   const agent = await openAgent('target', options);
-  const pool = agent.allocate(options.pool, { shared: options.sharedPool });
+  const pool = agent.allocate(options.pool, { shared: options.sharedPool, hugepages: options.hugepages });
   // Touch every page now, so the first timed transfers do not pay the page faults.
   pool.bytes.fill(7);
   const hello: TargetHello = {

@@ -272,9 +272,10 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    *
    * `shared` memory (a memfd) can be mapped by peers on the same host, whose transfers then copy it with one
    * memcpy (reports say `path: 'mapped'`): a 4 KiB READ costs ~0.8 µs in the addon instead of ~2.4 µs by
-   * cross-memory attach. 'auto' (default) shares when the kernel gives shared memory transparent hugepages
-   * (shmem_enabled); where it does not, shared memory is 4 KiB pages and large copies run ~12% slower, so
-   * true is then a choice for small transfers.
+   * cross-memory attach. 'auto' (default) shares where the shared memory is hugepages too: reserved ones when
+   * `hugepages` is asked and available, or transparent ones where the kernel gives them to shared memory
+   * (shmem_enabled). Elsewhere shared memory is 4 KiB pages and large copies run ~12% slower, so true is then
+   * a choice for small transfers.
    */
   allocate(length: number, options: { hugepages?: boolean | 'require'; remoteAccess?: boolean; shared?: boolean | 'auto' } = {}): MemoryRegion {
     this.#assertOpen();
@@ -286,8 +287,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     if (wantShared !== true && wantShared !== false && wantShared !== 'auto') {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', "options.shared must be true, false or 'auto'");
     }
-    const share = wantShared === 'auto' ? sharedHugepages() : wantShared;
-    const { buffer, hugepages, shared } = this.#call(() => addon.allocate(length, huge !== false, huge === 'require', share));
+    const { buffer, hugepages, shared } = this.#call(() => addon.allocate(length, huge !== false, huge === 'require', wantShared));
     const bytes = new Uint8Array(buffer);
     const id = this.#call(() => this.#native.registerMemory(bytes));
     const region = new MemoryRegion(this, id, bytes, options.remoteAccess ?? true, hugepages, shared);
@@ -646,12 +646,6 @@ function notificationBytes(data: Uint8Array | string): Uint8Array {
   if (typeof data === 'string') return Buffer.from(data, 'utf8');
   if (data instanceof Uint8Array) return data;
   throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'a notification must be a string or Uint8Array');
-}
-
-let sharedHugepagesCache: boolean | undefined;
-function sharedHugepages(): boolean {
-  sharedHugepagesCache ??= addon.sharedHugepages();
-  return sharedHugepagesCache;
 }
 
 function railsFromMask(mask: number): number[] {

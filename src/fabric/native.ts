@@ -135,10 +135,8 @@ export declare class NativeEngine {
 export interface Addon {
   NativeAgent: typeof NativeAgent;
   NativeEngine: typeof NativeEngine;
-  /** shared: a memfd mapping same-host peers can map too (else private anonymous memory). */
-  allocate(length: number, hugepages: boolean, requireHugepages: boolean, shared: boolean): { buffer: ArrayBuffer; hugepages: boolean; shared: boolean };
-  /** Whether the kernel backs shared memory with transparent hugepages (shmem_enabled not never/deny). */
-  sharedHugepages(): boolean;
+  /** shared: a memfd mapping same-host peers can map too (else private anonymous memory); 'auto': where it is hugepages (core/host_memory.h). */
+  allocate(length: number, hugepages: boolean, requireHugepages: boolean, shared: boolean | 'auto'): { buffer: ArrayBuffer; hugepages: boolean; shared: boolean };
   libfabricVersion(): string;
 }
 
