@@ -9,7 +9,7 @@ import { KvfError, fromNative } from './errors.js';
 import { defaultLogger, type Logger } from './logger.js';
 import { MemoryRegion, toBytes, type MemoryInput, type RegionOwner } from './memory.js';
 import { decodeMetadata, encodeMetadata } from './metadata.js';
-import { ExpressPoller } from './express.js';
+import { CompletionPoller } from './completion-poller.js';
 import { addon, DONE_CMA, DONE_EXPRESS, DONE_FIELDS, DONE_MAPPED, RECORDS_CAPACITY, RECORDS_HEADER, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer } from './peer.js';
@@ -42,8 +42,10 @@ export interface AgentOptions {
    * Express lane: a transfer of at most this many bytes (≤ 16 fabric operations, no notification) is posted
    * on the calling thread and its completion reaped by the event loop itself, polling while it is in flight,
    * instead of crossing to a rail thread and back. Cuts small-transfer latency; the loop spins for at most
-   * ~2 ms per burst. Default 64 KiB; 0 sends everything through the rail threads. Not on shm (a peer killed
-   * inside shm's shared-memory lock would freeze the posting thread): `info.expressMaxBytes` says what applies.
+   * ~2 ms per burst. Default 64 KiB; 0 sends everything through the rail threads and keeps the loop from polling
+   * for them. Not on shm (a peer killed inside shm's shared-memory lock would freeze the posting thread), where
+   * the loop polls instead for a lone small transfer the rail thread carries: `info.expressMaxBytes` says what
+   * applies.
    */
   expressMaxBytes?: number;
   /**
@@ -141,7 +143,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #closed = false;
   #log: Logger | undefined;
   #fastPath: boolean;
-  #express: ExpressPoller | undefined;
+  #poller: CompletionPoller | undefined;
   // Shared with the addon, which writes completions into it (native.ts: RECORDS_HEADER).
   #records: Float64Array;
 
@@ -158,7 +160,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 10_000;
     this.#fastPath = fastPathEnabled(options.fastPath);
     // The poller also delivers small same-host copies, which run inside the post call (even on shm).
-    this.#express = options.expressMaxBytes === 0 ? undefined : new ExpressPoller((spinUs) => native.reap(spinUs), () => this.#pending.size, () => this.#closed);
+    this.#poller = options.expressMaxBytes === 0 ? undefined : new CompletionPoller((spinUs) => native.reap(spinUs), () => this.#pending.size, () => this.#closed);
     this.#log = log;
   }
 
@@ -559,7 +561,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #track(id: number, op: Pending['op'], peer: string, descriptors: number, notified: boolean, timeoutMs: number | undefined): Promise<TransferReport> {
     const done = this.#takeRecords(id, op, peer, descriptors, notified);
     if (done !== undefined) {
-      if (this.#express === undefined || this.#express.maySettleNow()) return Promise.resolve(done);
+      if (this.#poller === undefined || this.#poller.maySettleNow()) return Promise.resolve(done);
       return new Promise((resolve) => setImmediate(resolve, done));
     }
     const settled = new Promise<TransferReport>((resolve, reject) => {
@@ -578,7 +580,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     if (p) {
       p.held = true;
       this.#ref();
-      this.#express?.afterPost();
+      this.#poller?.afterPost();
     }
     return settled;
   }

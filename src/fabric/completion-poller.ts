@@ -1,10 +1,10 @@
-// The JS half of the express lane (native/core/rail.h: PostExpress, ReapExpress): small transfers are posted on
-// the JS thread and their completions are found only by polling the addon, which delivers what it finds on
-// the caller's stack. What completes inside the post call itself (a same-host copy, often a shm READ) comes
-// back with the call (the records buffer). This class decides when to poll for the rest: on every turn of the
-// event loop while any transfer is in flight, each poll spinning in the addon for up to REAP_SPIN_US. The same
-// polls catch a lone small transfer that a rail thread carries (every transfer on shm, which has no express
-// lane): spinning for it beats the rail thread's wake-up of the loop (~14 µs on a 2-core VM).
+// When the event loop polls the addon for completions. The express lane (native/core/rail.h: PostExpress,
+// ReapExpress) posts small transfers on the JS thread, and their completions are found only by polling the
+// addon, which delivers what it finds on the caller's stack. What completes inside the post call itself (a
+// same-host copy) comes back with the call (the records buffer). This class decides when to poll for the rest:
+// on every turn of the event loop while any transfer is in flight, each poll spinning in the addon for up to
+// REAP_SPIN_US. The same polls catch a lone small transfer that a rail thread carries (every transfer on shm,
+// which has no express lane): spinning for it beats the rail thread's wake-up of the loop (~14 µs on 2 cores).
 
 // How long the loop keeps polling on every turn after the last completion before it polls once a millisecond
 // instead (a slow or dead peer).
@@ -15,7 +15,7 @@ const REAP_SPIN_US = 50;
 // How long completions settled on the caller's stack may keep the event loop from turning.
 const HOLD_MS = 0.5;
 
-export class ExpressPoller {
+export class CompletionPoller {
   readonly #reap: (spinUs: number) => number;
   readonly #pending: () => number;
   readonly #closed: () => boolean;
