@@ -45,7 +45,6 @@ Napi::Value Allocate(const Napi::CallbackInfo& info) {
   return out;
 }
 
-
 Napi::Value LibfabricVersion(const Napi::CallbackInfo& info) {
   uint32_t v = fi_version();
   return Napi::String::New(info.Env(), std::to_string(FI_MAJOR(v)) + "." + std::to_string(FI_MINOR(v)));
