@@ -34,7 +34,7 @@ Agent::Agent(const AgentOptions& options, std::function<void()> wake)
       wake_(std::move(wake)),
       stripe_threshold_(options.stripe_threshold),
       express_max_bytes_(options.express_max_bytes),
-      copy_inline_max_(options.express_max_bytes) {
+      small_max_bytes_(options.express_max_bytes) {
   if (name_.empty() || name_.size() > kMaxNameBytes) {
     throw Error("KVF_ERR_INVALID_ARGUMENT", "agent name must be 1..255 bytes");
   }

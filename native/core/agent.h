@@ -190,7 +190,9 @@ class Agent : public RailOwner {
   uint32_t next_prepared_ = 1;
   uint64_t stripe_threshold_ = 0;
   uint64_t express_max_bytes_ = 0;  // the fabric's express lane (0 on shm)
-  uint64_t copy_inline_max_ = 0;    // same-host copies this small run on the calling thread
+  // Transfers this small are latency work (expressMaxBytes as asked, also on shm): same-host copies run on the
+  // calling thread, and the JS thread may spin for one a rail thread carries (awaited_in_flight).
+  uint64_t small_max_bytes_ = 0;
   std::mutex express_mu_;    // ReapExpress (JS thread) against Shutdown tearing the rails down
   bool express_off_ = false;  // set by Shutdown: no more reaping
   std::atomic<bool> unwoken_events_{false};

@@ -15,8 +15,6 @@ constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 constexpr size_t kExpressMaxOps = 16;
 // Selections of up to this many indices are checked for repeats pairwise, larger ones with a bitmap.
 constexpr size_t kFewIndices = 32;
-// Transfers on the rail threads up to this size are small enough for the JS thread to spin for.
-constexpr uint64_t kAwaitedMaxBytes = 64 * 1024;
 
 uint64_t ExactIndex(double v, size_t descriptor, const char* field) {
   if (!(v >= 0) || v >= kMaxExactInteger || std::floor(v) != v) {
@@ -129,16 +127,17 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
   } else {
     // A selection of a list without overlaps overlaps only if it repeats an index. A few indices are compared
     // with each other: a bitmap of the whole list cost ~0.3 µs per post of one index into 64 Ki descriptors.
-    std::vector<bool> seen(count > kFewIndices ? list.items.size() : 0);
+    const bool bitmap = count > kFewIndices;
+    std::vector<bool> seen(bitmap ? list.items.size() : 0);
     for (size_t k = 0; k < count; ++k) {
       const uint32_t i = indices[k];
       if (i >= list.items.size()) {
         throw Error("KVF_ERR_OUT_OF_RANGE", "index " + std::to_string(i) + " is outside the prepared list of " +
                                                 std::to_string(list.items.size()) + " descriptors");
       }
-      const bool repeated = count > kFewIndices ? seen[i] : std::find(indices, indices + k, i) != indices + k;
+      const bool repeated = bitmap ? seen[i] : std::find(indices, indices + k, i) != indices + k;
       if (repeated) throw Error("KVF_ERR_OVERLAP", "descriptor " + std::to_string(i) + " is selected twice");
-      if (count > kFewIndices) seen[i] = true;
+      if (bitmap) seen[i] = true;
       t->bytes += list.items[i].length;
     }
     const std::string& overlap = kind == OpKind::kWrite ? list.write_overlap : list.read_overlap;
@@ -181,7 +180,7 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
   next_rail_ = plan.next_rail;
   if (!t->notify_op && t->bytes <= express_max_bytes_ && t->ops.size() <= kExpressMaxOps) {
     for (Op& op : t->ops) op.express = true;
-  } else if (t->bytes <= kAwaitedMaxBytes && t->ops.size() <= kExpressMaxOps) {
+  } else if (t->bytes <= small_max_bytes_ && t->ops.size() <= kExpressMaxOps) {
     t->awaited = true;
     ++awaited_in_flight_;  // before any op is posted: Finish (on a rail thread) counts it down
   }
@@ -253,7 +252,7 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
   t->cma = true;
   t->mapped = job.mapped;
   t->cma_segments = job.local.size();
-  if (t->bytes <= copy_inline_max_) {
+  if (t->bytes <= small_max_bytes_) {
     // Small: copy here, on the posting thread. A few microseconds of syscall (which a dead peer fails with
     // ESRCH, never hangs) instead of a hand-off to a copier thread and back; the binding's reap() right after
     // the post delivers the completion.
