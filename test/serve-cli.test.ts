@@ -7,7 +7,7 @@ import { describe, test } from 'node:test';
 
 import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { CLI, curl, quietLog, startCli, startWorker, stop, tinyModel, waitFor } from './helpers/serve.js';
+import { CLI, CLUSTER, curl, quietLog, startCli, startWorker, stop, tinyModel, waitFor } from './helpers/serve.js';
 
 const run = promisify(execFile);
 const model = tinyModel();
@@ -65,7 +65,7 @@ describe('kvfabric serve with the same-host fast path (its default)', () => {
 
 describe('worker registry', () => {
   test('workers started with --register join the frontend, serve, and leave it on SIGTERM', async () => {
-    const frontend = await Frontend.start(frontendConfig({ flags: { model, listen: '127.0.0.1:0', registryListen: '127.0.0.1:0', healthIntervalMs: 200 }, env: {} }), quietLog);
+    const frontend = await Frontend.start(frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', registryListen: '127.0.0.1:0', healthIntervalMs: 200 }, env: {} }), quietLog);
     try {
       const extra = ['--register', frontend.registryAddress!];
       const [prefill, decode] = await Promise.all([

@@ -27,7 +27,7 @@ import { Etcd3 } from 'etcd3';
 import { frontendConfig } from '../src/serve/config.js';
 import type { KvProof } from '../src/serve/flow.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { quietLog, startWorker, stop, tinyModel, waitFor, type Proc } from './helpers/serve.js';
+import { CLUSTER, quietLog, startWorker, stop, tinyModel, waitFor, type Proc } from './helpers/serve.js';
 
 const TEST_TIMEOUT = 60_000;
 /** Lease TTL of the workers, seconds: short, so a killed worker's entry goes quickly. */
@@ -193,7 +193,7 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
         return p;
       },
       async frontend(etcdUrl = etcd.url): Promise<Frontend> {
-        const f = await Frontend.start(frontendConfig({ flags: { model, listen: '127.0.0.1:0', etcd: [etcdUrl], etcdPrefix: prefix, healthIntervalMs: 200 }, env: {} }), quietLog);
+        const f = await Frontend.start(frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', etcd: [etcdUrl], etcdPrefix: prefix, healthIntervalMs: 200 }, env: {} }), quietLog);
         frontends.push(f);
         return f;
       },
@@ -339,7 +339,7 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
   test('a frontend whose etcd is unreachable fails to start instead of waiting', { timeout: TEST_TIMEOUT }, async () => {
     const nowhere = `http://127.0.0.1:${await freePort()}`;
     await assert.rejects(
-      Frontend.start(frontendConfig({ flags: { model, listen: '127.0.0.1:0', etcd: [nowhere], healthIntervalMs: 200 }, env: {} }), quietLog),
+      Frontend.start(frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', etcd: [nowhere], healthIntervalMs: 200 }, env: {} }), quietLog),
       /UNAVAILABLE|ECONNREFUSED/,
     );
   });

@@ -9,7 +9,7 @@ import { afterEach, describe, test } from 'node:test';
 import OpenAI from 'openai';
 
 import type { KvProof } from '../src/serve/flow.js';
-import { poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
+import { AUTH, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
 
 const model = tinyModel();
 const PROMPT = 'the quick brown fox jumps over the lazy dog near the old stone bridge';
@@ -150,7 +150,7 @@ describe('faults', () => {
   test('blocks that no decode worker ever pulls are freed when their lease expires', async () => {
     stack = await startStack(model, 'tcp');
     const { workerClient, unary } = await import('../src/serve/rpc.js');
-    const client = workerClient(stack.prefill.ready.address);
+    const client = workerClient(stack.prefill.ready.address, AUTH);
     const res = await unary(client, client.prefill, { requestId: 'orphan', tokens: [5, 6, 7, 8, 9], leaseMs: 300 }, 5000);
     assert.equal(res.kv!.blocks.length, 1);
     await poolAtBaseline(stack.prefill.ready.address);

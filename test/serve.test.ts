@@ -14,7 +14,7 @@ import { kvBytesFor } from '../src/kv/plan.js';
 import type { KvProof } from '../src/serve/flow.js';
 import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { HAVE_SMOLLM2, SMOLLM2, curl, poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
+import { CLUSTER, HAVE_SMOLLM2, SMOLLM2, curl, poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
 
 const tiny = tinyModel();
 let model = tiny;
@@ -205,7 +205,7 @@ describe('serving over tcp, pull mode', () => {
 
   test('aggregated mode (decode prefills locally) gives the same output and says no KV moved', async () => {
     const aggregatedFrontend = await Frontend.start(
-      frontendConfig({ flags: { model, listen: '127.0.0.1:0', decode: [stack.decode.ready.address], mode: 'aggregated', healthIntervalMs: 200 }, env: {} }),
+      frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', decode: [stack.decode.ready.address], mode: 'aggregated', healthIntervalMs: 200 }, env: {} }),
       quietLog,
     );
     try {
@@ -253,7 +253,7 @@ describe('serving over shm, push mode', () => {
 
   test('pull mode over shm too', async () => {
     const pull = await Frontend.start(
-      frontendConfig({ flags: { model, listen: '127.0.0.1:0', prefill: [stack.prefill.ready.address], decode: [stack.decode.ready.address], healthIntervalMs: 200 }, env: {} }),
+      frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', prefill: [stack.prefill.ready.address], decode: [stack.decode.ready.address], healthIntervalMs: 200 }, env: {} }),
       quietLog,
     );
     try {

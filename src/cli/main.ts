@@ -48,7 +48,13 @@ const commonOptions = (cmd: Command): Command =>
     .option('--model-name <id>', 'model id served in the API (default: the file name)')
     .option('--listen <host:port>', 'listen address')
     .option('--etcd <urls>', 'etcd endpoints, comma-separated (discovery)')
-    .option('--etcd-prefix <prefix>', 'etcd key prefix of worker entries');
+    .option('--etcd-prefix <prefix>', 'etcd key prefix of worker entries')
+    .option('--cluster-token-file <file>', 'file holding the cluster token every gRPC call proves (or KVF_CLUSTER_TOKEN)')
+    .option('--tls-cert <file>', 'TLS certificate chain (PEM) of this process: turns TLS on for the control plane')
+    .option('--tls-key <file>', 'TLS private key (PEM)')
+    .option('--tls-ca <file>', 'CA (PEM) that signs the peers\' certificates')
+    .option('--tls-client-auth', 'mutual TLS: servers require client certificates signed by --tls-ca, clients present theirs')
+    .option('--tls-server-name <name>', 'the name clients expect in workers\' certificates (default: the host dialled)');
 
 for (const role of ['prefill', 'decode'] as const) {
   commonOptions(program.command(role).description(`run a ${role} worker (gRPC control plane, KV over libfabric)`))
@@ -64,6 +70,8 @@ for (const role of ['prefill', 'decode'] as const) {
     .option('--threads <n>', 'engine threads')
     .option('--hugepages', 'put the KV pool on 2 MiB hugepages')
     .option('--lease-ms <ms>', 'free blocks not pulled within this')
+    .option('--max-lease-ms <ms>', 'the longest lease granted, whatever a caller asks for')
+    .option('--handle-key-file <file>', 'file holding the key that signs KV handles, the same on every worker (or KVF_HANDLE_KEY)')
     .option('--transfer-timeout-ms <ms>', 'fail a KV transfer after this')
     .option('--register <host:port>', 'register with this frontend registry')
     .option('--etcd-ttl <s>', 'etcd lease TTL, seconds')

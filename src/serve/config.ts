@@ -9,12 +9,25 @@ import { Ajv, type ErrorObject, type JSONSchemaType } from 'ajv';
 
 import { KvfError } from '../fabric/errors.js';
 import { resolveBackend } from '../fabric/config.js';
+import { MAX_LEASE_MS } from '../kv/leases.js';
 import { defaultModelPath } from './default-model.js';
 
 export type Role = 'prefill' | 'decode';
 export type ServeMode = 'pull' | 'push' | 'aggregated';
 
-interface Common {
+/** The control plane's credentials: the cluster token (every process) and TLS material, all from files or env. */
+interface Security {
+  /** Bearer secret every gRPC caller proves it holds (KVF_CLUSTER_TOKEN); or clusterTokenFile. */
+  clusterToken?: string;
+  clusterTokenFile?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  tlsClientAuth: boolean;
+  tlsServerName?: string;
+}
+
+interface Common extends Security {
   model: string;
   /** Id served in the API (default: the file name without .gguf). */
   modelName?: string;
@@ -42,6 +55,11 @@ export interface WorkerConfig extends Common {
   threads?: number;
   hugepages: boolean;
   leaseMs: number;
+  /** The longest lease this worker grants, whatever a caller asks for. */
+  maxLeaseMs: number;
+  /** Signs and checks KV handles (KVF_HANDLE_KEY); workers only, the frontend never holds it. Or handleKeyFile. */
+  handleKey?: string;
+  handleKeyFile?: string;
   transferTimeoutMs: number;
   /** Frontend registry (host:port) to register with. */
   register?: string;
@@ -71,6 +89,13 @@ const common = {
   backend: { type: 'string', enum: ['LIBFABRIC'] },
   etcd: { type: 'array', items: { type: 'string', pattern: '^https?://' }, nullable: true },
   etcdPrefix: { type: 'string', default: '/kvfabric/workers/' },
+  clusterToken: { type: 'string', nullable: true },
+  clusterTokenFile: { type: 'string', minLength: 1, nullable: true },
+  tlsCert: { type: 'string', minLength: 1, nullable: true },
+  tlsKey: { type: 'string', minLength: 1, nullable: true },
+  tlsCa: { type: 'string', minLength: 1, nullable: true },
+  tlsClientAuth: { type: 'boolean', default: false },
+  tlsServerName: { type: 'string', minLength: 1, nullable: true },
 } as const;
 
 const hostPort = { type: 'string', pattern: '^[^\\s:]*(:\\d{1,5})$' } as const;
@@ -78,7 +103,7 @@ const hostPort = { type: 'string', pattern: '^[^\\s:]*(:\\d{1,5})$' } as const;
 const workerSchema: JSONSchemaType<WorkerConfig> = {
   type: 'object',
   additionalProperties: false,
-  required: ['model', 'role', 'id', 'listen', 'backend', 'blocks', 'tokensPerBlock', 'kvDtype', 'hugepages', 'leaseMs', 'transferTimeoutMs', 'etcdPrefix', 'etcdTtl'],
+  required: ['model', 'role', 'id', 'listen', 'backend', 'blocks', 'tokensPerBlock', 'kvDtype', 'hugepages', 'leaseMs', 'maxLeaseMs', 'transferTimeoutMs', 'etcdPrefix', 'etcdTtl', 'tlsClientAuth'],
   properties: {
     ...common,
     role: { type: 'string', enum: ['prefill', 'decode'] },
@@ -94,7 +119,10 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
     kvDtype: { type: 'string', enum: ['f16', 'f32'], default: 'f16' },
     threads: { type: 'integer', minimum: 1, maximum: 1024, nullable: true },
     hugepages: { type: 'boolean', default: false },
-    leaseMs: { type: 'integer', minimum: 1, default: 30_000 },
+    leaseMs: { type: 'integer', minimum: 1, maximum: MAX_LEASE_MS, default: 30_000 },
+    maxLeaseMs: { type: 'integer', minimum: 1, maximum: MAX_LEASE_MS, default: 120_000 },
+    handleKey: { type: 'string', nullable: true },
+    handleKeyFile: { type: 'string', minLength: 1, nullable: true },
     transferTimeoutMs: { type: 'integer', minimum: 1, default: 10_000 },
     register: { ...hostPort, nullable: true },
     etcdTtl: { type: 'integer', minimum: 1, maximum: 3600, default: 5 },
@@ -104,17 +132,17 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
 const frontendSchema: JSONSchemaType<FrontendConfig> = {
   type: 'object',
   additionalProperties: false,
-  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'etcdPrefix'],
+  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'etcdPrefix', 'tlsClientAuth'],
   properties: {
     ...common,
-    listen: { ...hostPort, default: '0.0.0.0:8000' },
+    listen: { ...hostPort, default: '127.0.0.1:8000' },
     registryListen: { ...hostPort, nullable: true },
     prefill: { type: 'array', items: hostPort, default: [] },
     decode: { type: 'array', items: hostPort, default: [] },
     mode: { type: 'string', enum: ['pull', 'push', 'aggregated'], default: 'pull' },
     requestTimeoutMs: { type: 'integer', minimum: 1, default: 120_000 },
     prefillTimeoutMs: { type: 'integer', minimum: 1, default: 30_000 },
-    leaseMs: { type: 'integer', minimum: 1, default: 30_000 },
+    leaseMs: { type: 'integer', minimum: 1, maximum: MAX_LEASE_MS, default: 30_000 },
     healthIntervalMs: { type: 'integer', minimum: 10, default: 1000 },
     bodyLimit: { type: 'integer', minimum: 1024, default: 4 << 20 },
   },

@@ -8,7 +8,9 @@ import { Etcd3, type Lease, type Watcher } from 'etcd3';
 import type { Logger } from '../fabric/logger.js';
 import type { Role } from './config.js';
 import type { Router } from './router.js';
+import { toServiceError } from './grpc-errors.js';
 import { bindServer, grpc, registryClient, RegistryService, unary, type WorkerStatus } from './rpc.js';
+import { guardService, type ClusterAuth } from './security/auth.js';
 
 interface Announcement {
   workerId: string;
@@ -159,10 +161,10 @@ export async function watchEtcd(endpoints: string[], prefix: string, router: Rou
   };
 }
 
-/** The frontend's Registry service: Register adds or renews a worker for ttlMs, Deregister removes it. */
-export async function serveRegistry(listen: string, router: Router): Promise<{ address: string; close(): Promise<void> }> {
+/** The frontend's Registry service: Register adds or renews a worker for ttlMs, Deregister removes it; callers prove the cluster token. */
+export async function serveRegistry(listen: string, router: Router, auth: ClusterAuth): Promise<{ address: string; close(): Promise<void> }> {
   const server = new grpc.Server();
-  server.addService(RegistryService, {
+  server.addService(RegistryService, guardService(auth, RegistryService, {
     Register(call: grpc.ServerUnaryCall<WorkerStatus, unknown>, cb: grpc.sendUnaryData<{ ok: boolean }>) {
       const s = call.request;
       if (!s.address || (s.role !== 'prefill' && s.role !== 'decode')) {
@@ -177,14 +179,14 @@ export async function serveRegistry(listen: string, router: Router): Promise<{ a
       if (entry) router.remove(entry.address, 'deregistered');
       cb(null, { ok: entry !== undefined });
     },
-  });
-  const address = await bindServer(server, listen);
+  }, toServiceError));
+  const address = await bindServer(server, listen, auth);
   return { address, close: () => new Promise((resolve) => server.tryShutdown(() => resolve())) };
 }
 
 /** A worker's registration with a frontend registry, renewed every ttl/3. */
-export function publishToRegistry(registry: string, ttlMs: number, status: () => WorkerStatus, log: Logger): Publication {
-  const client = registryClient(registry);
+export function publishToRegistry(registry: string, ttlMs: number, status: () => WorkerStatus, auth: ClusterAuth, log: Logger): Publication {
+  const client = registryClient(registry, auth);
   let warned = false;
   const renew = (): void => {
     unary(client, client.register, { ...status(), ttlMs }, ttlMs).then(

@@ -11,6 +11,9 @@ const STATUS: Partial<Record<ErrorCode, grpc.status>> = {
   KVF_ERR_TIMEOUT: grpc.status.DEADLINE_EXCEEDED,
   KVF_ERR_CLOSED: grpc.status.UNAVAILABLE,
   KVF_ERR_LAYOUT_MISMATCH: grpc.status.FAILED_PRECONDITION,
+  KVF_ERR_UNAUTHENTICATED: grpc.status.UNAUTHENTICATED,
+  KVF_ERR_WRONG_ROLE: grpc.status.PERMISSION_DENIED,
+  KVF_ERR_BAD_HANDLE: grpc.status.PERMISSION_DENIED,
 };
 
 export function toServiceError(err: unknown): Partial<grpc.ServiceError> {

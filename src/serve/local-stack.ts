@@ -1,8 +1,10 @@
 // `kvfabric serve`: the whole disaggregated stack on one machine — a prefill worker and a decode worker as
 // child processes of this one, which runs the frontend. KV crosses between the two workers over the chosen
 // libfabric provider exactly as it would between pods. If a worker dies the stack stops (a local tool
-// should fail loudly, not limp on with fallbacks).
+// should fail loudly, not limp on with fallbacks). The stack's cluster token and handle key are made here,
+// fresh for each run, unless the environment gives them: only these three processes hold them.
 import { fork, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 
 import { defaultLogger, type Logger } from '../fabric/logger.js';
 import { frontendConfig, type ServeMode } from './config.js';
@@ -31,11 +33,15 @@ export async function runLocalStack(options: LocalStackOptions, log: Logger = de
     ...(options.kvDtype ? ['--kv-dtype', options.kvDtype] : []),
     ...(options.threads ? ['--threads', options.threads] : []),
   ];
+  const secrets = {
+    KVF_CLUSTER_TOKEN: process.env.KVF_CLUSTER_TOKEN || randomBytes(32).toString('hex'),
+    KVF_HANDLE_KEY: process.env.KVF_HANDLE_KEY || randomBytes(32).toString('hex'),
+  };
   const children: ChildProcess[] = [];
   let stopping = false;
   const start = (role: 'prefill' | 'decode'): Promise<Ready> =>
     new Promise((resolve, reject) => {
-      const child = fork(cli, [role, '--id', `${role}-0`, '--listen', '127.0.0.1:0', ...shared], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+      const child = fork(cli, [role, '--id', `${role}-0`, '--listen', '127.0.0.1:0', ...shared], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'], env: { ...process.env, ...secrets } });
       children.push(child);
       child.once('message', (m) => resolve(m as Ready));
       child.once('exit', (code, signal) => {
@@ -64,7 +70,9 @@ export async function runLocalStack(options: LocalStackOptions, log: Logger = de
   };
   try {
     const [prefill, decode] = await Promise.all([start('prefill'), start('decode')]);
-    const config = frontendConfig({ flags: { model: options.model, listen: options.listen, prefill: [prefill.address], decode: [decode.address], mode: options.mode } });
+    const config = frontendConfig({
+      flags: { model: options.model, listen: options.listen, prefill: [prefill.address], decode: [decode.address], mode: options.mode, clusterToken: secrets.KVF_CLUSTER_TOKEN },
+    });
     frontend = await Frontend.start(config, log);
     await frontend.workersReady(options.mode === 'aggregated' ? ['decode'] : ['prefill', 'decode']);
     log.info({ url: frontend.url, prefill: prefill.address, decode: decode.address, provider: options.provider, mode: options.mode, model: config.model }, 'local stack ready');

@@ -7,6 +7,7 @@ import { defaultLogger, type Logger } from '../fabric/logger.js';
 import type { FrontendConfig, WorkerConfig } from './config.js';
 import { publishToEtcd, publishToRegistry, type Publication } from './discovery.js';
 import { Frontend, splitHostPort } from './frontend/frontend.js';
+import { ClusterAuth } from './security/auth.js';
 import { Worker } from './worker.js';
 
 export interface Ready {
@@ -24,7 +25,7 @@ export async function runWorker(config: WorkerConfig, log: Logger = defaultLogge
   const publications: Publication[] = [];
   try {
     if (config.etcd?.length) publications.push(await publishToEtcd(config.etcd, config.etcdPrefix, config.etcdTtl, announcement, log));
-    if (config.register) publications.push(publishToRegistry(config.register, config.etcdTtl * 1000, () => ({ ...worker.status(), address }), log));
+    if (config.register) publications.push(publishToRegistry(config.register, config.etcdTtl * 1000, () => ({ ...worker.status(), address }), ClusterAuth.fromConfig(config), log));
   } catch (err) {
     // A worker nobody can find must not linger: undo what started, then fail.
     for (const p of publications) await p.close();

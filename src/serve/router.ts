@@ -6,6 +6,7 @@ import { KvfError } from '../fabric/errors.js';
 import type { Logger } from '../fabric/logger.js';
 import type { Role } from './config.js';
 import { unary, workerClient, type WorkerClient, type WorkerStatus } from './rpc.js';
+import type { ClusterAuth } from './security/auth.js';
 
 export type WorkerSource = 'static' | 'etcd' | 'registry';
 
@@ -25,6 +26,8 @@ export interface WorkerEntry {
 
 export interface RouterOptions {
   healthIntervalMs: number;
+  /** Credentials of every call to the workers. */
+  auth: ClusterAuth;
   log: Logger;
   onChange?: () => void;
 }
@@ -60,7 +63,7 @@ export class Router {
     let entry = this.#entries.get(address);
     if (!entry || entry.role !== role) {
       entry?.client.close();
-      entry = { address, role, source, client: workerClient(address), healthy: false, status: undefined, active: 0, lastError: undefined, expiresAt: undefined };
+      entry = { address, role, source, client: workerClient(address, this.#options.auth), healthy: false, status: undefined, active: 0, lastError: undefined, expiresAt: undefined };
       this.#entries.set(address, entry);
       this.#options.log.info({ address, role, source }, 'worker added');
       void this.#check(entry);

@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
+import type { ClusterAuth } from './security/auth.js';
+
 const PROTO = fileURLToPath(new URL('../../proto/kvfabric/v1/worker.proto', import.meta.url));
 
 const definition = protoLoader.loadSync(PROTO, { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
@@ -40,6 +42,9 @@ export interface KvHandle {
   layout: KvLayoutMsg | null;
   tokens: number;
   leaseExpiresUnixMs: number;
+  access: string;
+  mac: Uint8Array | null;
+  grant: Uint8Array | null;
 }
 
 export interface TransferReportMsg {
@@ -69,6 +74,7 @@ export interface PrefillResponse {
   push: TransferReportMsg | null;
   workerId: string;
   prefillMs: number;
+  mac: Uint8Array | null;
 }
 
 export interface DecodeRequest {
@@ -136,12 +142,15 @@ export interface RegistryClient extends grpc.Client {
   deregister: Unary<{ workerId: string }, { ok: boolean }>;
 }
 
-export function workerClient(address: string): WorkerClient {
-  return new pkg.Worker!(address, grpc.credentials.createInsecure()) as unknown as WorkerClient;
+/** A Worker client whose every call carries the cluster token's proof (and runs over TLS when configured). */
+export function workerClient(address: string, auth: ClusterAuth): WorkerClient {
+  const { credentials, options } = auth.clientOptions();
+  return new pkg.Worker!(address, credentials, options) as unknown as WorkerClient;
 }
 
-export function registryClient(address: string): RegistryClient {
-  return new pkg.Registry!(address, grpc.credentials.createInsecure()) as unknown as RegistryClient;
+export function registryClient(address: string, auth: ClusterAuth): RegistryClient {
+  const { credentials, options } = auth.clientOptions();
+  return new pkg.Registry!(address, credentials, options) as unknown as RegistryClient;
 }
 
 /** Calls a unary method as a promise, with a deadline. */
@@ -151,11 +160,11 @@ export function unary<Req, Res>(client: grpc.Client, method: Unary<Req, Res>, re
   });
 }
 
-/** Binds a gRPC server to host:port (port 0 picks one) and returns the address it listens on. */
-export function bindServer(server: grpc.Server, listen: string): Promise<string> {
+/** Binds a gRPC server to host:port (port 0 picks one), with TLS when configured, and returns the address it listens on. */
+export function bindServer(server: grpc.Server, listen: string, auth: ClusterAuth): Promise<string> {
   const host = listen.slice(0, listen.lastIndexOf(':'));
   return new Promise((resolve, reject) => {
-    server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(`${host}:${port}`)));
+    server.bindAsync(listen, auth.serverCredentials(), (err, port) => (err ? reject(err) : resolve(`${host}:${port}`)));
   });
 }
 

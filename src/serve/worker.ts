@@ -1,6 +1,9 @@
 // A prefill or decode worker: one fabric agent, one KV pool registered with it, one reference engine over
-// that pool, and the Worker gRPC service. Both roles implement every RPC — the role says what the router
-// sends here — so a decode worker can prefill locally (aggregated mode, or fallback when prefill fails).
+// that pool, and the Worker gRPC service. Every call must prove the cluster token, and a worker serves only
+// its role's RPCs (ROLE_METHODS); a decode worker still prefills locally inside Decode (aggregated mode, or
+// fallback when prefill fails). KV handles are signed by the worker that holds the blocks and checked by the
+// one that uses them (security/handles.ts); blocks are cleared when freed, so a reused block never shows
+// another request's K/V.
 import { randomUUID } from 'node:crypto';
 import { basename } from 'node:path';
 
@@ -14,6 +17,8 @@ import { Sampler, type SamplingOptions } from '../engine/sampling.js';
 import { BlockLeases } from '../kv/leases.js';
 import { blocksFor, kvBytesFor, planKvCopy, sameGeometry } from '../kv/plan.js';
 import { toServiceError } from './grpc-errors.js';
+import { ClusterAuth, guardService, secretFrom } from './security/auth.js';
+import { HandleSigner, type HandleAccess } from './security/handles.js';
 import {
   bindServer,
   grpc,
@@ -28,7 +33,13 @@ import {
   type TransferReportMsg,
   type WorkerStatus,
 } from './rpc.js';
-import type { WorkerConfig } from './config.js';
+import type { Role, WorkerConfig } from './config.js';
+
+/** The RPCs each role serves; any other is refused with KVF_ERR_WRONG_ROLE before it runs. */
+const ROLE_METHODS: Record<Role, ReadonlySet<string>> = {
+  prefill: new Set(['Prefill', 'Release', 'Health']),
+  decode: new Set(['Decode', 'Reserve', 'Release', 'Health']),
+};
 
 export class Worker {
   readonly id: string;
@@ -42,6 +53,9 @@ export class Worker {
   readonly #engine: ReferenceEngine;
   readonly #server = new grpc.Server();
   readonly #leases: BlockLeases;
+  readonly #signer: HandleSigner;
+  // Pull handles this worker has used, until they expire: a replayed Decode finds its handle here.
+  readonly #consumed = new Map<string, number>();
   // Peers' metadata blobs as last loaded, so a blob is parsed once per agent incarnation.
   readonly #peerBlobs = new Map<string, Buffer>();
   // This agent's own blob, sent with every KV handle: its regions never change after start, so encode it once.
@@ -49,7 +63,7 @@ export class Worker {
   #inflight = 0;
   #closing: Promise<void> | undefined;
 
-  private constructor(config: WorkerConfig, log: Logger, agent: Agent, region: MemoryRegion, engine: ReferenceEngine) {
+  private constructor(config: WorkerConfig, log: Logger, agent: Agent, region: MemoryRegion, engine: ReferenceEngine, signer: HandleSigner) {
     this.id = config.id;
     this.role = config.role;
     this.modelName = config.modelName ?? basename(config.model).replace(/\.gguf$/i, '');
@@ -58,8 +72,9 @@ export class Worker {
     this.#agent = agent;
     this.#region = region;
     this.#engine = engine;
+    this.#signer = signer;
     this.#leases = new BlockLeases(
-      (blocks) => engine.freeBlocks(blocks),
+      (blocks) => this.#free(blocks),
       (requestId, blocks) => log.warn({ requestId, blocks: blocks.length }, 'lease expired: blocks were never pulled; freed'),
     );
     this.#metadata = agent.getLocalMetadata();
@@ -67,6 +82,9 @@ export class Worker {
   }
 
   static async start(config: WorkerConfig, log: Logger): Promise<Worker> {
+    // Credentials first: a worker without them must not open a fabric agent or a port.
+    const auth = ClusterAuth.fromConfig(config);
+    const signer = new HandleSigner(secretFrom('handle key', config.handleKey, config.handleKeyFile, 'KVF_HANDLE_KEY', '--handle-key-file'));
     const agent = await Agent.create({
       name: `${config.id}-${randomUUID().slice(0, 8)}`,
       logger: log,
@@ -90,9 +108,11 @@ export class Worker {
         log.info("NIXL Connect: Using backend(s): ['LIBFABRIC']");
         log.info('Backend LIBFABRIC was instantiated');
       }
-      const worker = new Worker(config, log, agent, region, engine);
-      worker.#server.addService(WorkerService, worker.#handlers());
-      worker.address = await bindServer(worker.#server, config.listen);
+      const worker = new Worker(config, log, agent, region, engine, signer);
+      const allowed = (method: string): KvfError | undefined =>
+        ROLE_METHODS[worker.role].has(method) ? undefined : new KvfError('KVF_ERR_WRONG_ROLE', `${method} is not served by a ${worker.role} worker`);
+      worker.#server.addService(WorkerService, guardService(auth, WorkerService, worker.#handlers(), toServiceError, allowed));
+      worker.address = await bindServer(worker.#server, config.listen, auth);
       log.info(
         { workerId: worker.id, role: worker.role, address: worker.address, provider: agent.provider, rails: agent.rails, blocks: engine.layout.numBlocks, blockBytes },
         'worker ready',
@@ -172,7 +192,8 @@ export class Worker {
             () => call.end(),
             (err: unknown) => {
               if (!call.cancelled) this.#log.warn({ workerId: this.id, requestId: call.request.requestId, err }, 'decode failed');
-              call.destroy(toServiceError(err) as Error);
+              // 'error' ends the stream with this status; destroy() would drop the call without one.
+              call.emit('error', toServiceError(err));
             },
           )
           .finally(() => this.#inflight--);
@@ -182,6 +203,8 @@ export class Worker {
 
   async #prefill(req: PrefillRequest, call: grpc.ServerUnaryCall<PrefillRequest, PrefillResponse>): Promise<PrefillResponse> {
     const started = performance.now();
+    // A push target is checked before any work: only a handle its decode worker issued for this request.
+    const pushTo = req.pushTo ? this.#signer.verify(req.pushTo, { access: 'write', requestId: req.requestId }) : null;
     const sampler = new Sampler(samplingOptions(req.sampling));
     const blocks = this.#engine.allocateBlocks(blocksFor(this.layout, req.tokens.length));
     let held = false;
@@ -189,17 +212,15 @@ export class Worker {
       const logits = await this.#engine.prefill(req.tokens, blocks, 0);
       const firstToken = sampler.sample(logits);
       const base = { firstToken, samplerState: sampler.state, workerId: this.id, kv: null, push: null };
-      if (call.cancelled) return { ...base, prefillMs: performance.now() - started };
-      if (req.pushTo) {
-        const push = await this.#push(req.requestId, req.pushTo, blocks, req.tokens.length);
-        return { ...base, push, prefillMs: performance.now() - started };
-      }
-      const leaseMs = req.leaseMs || this.#config.leaseMs;
-      const { expiresAt } = this.#leases.hold(req.requestId, blocks, leaseMs);
+      const sign = (res: Omit<PrefillResponse, 'mac' | 'prefillMs'>): PrefillResponse =>
+        this.#signer.signResponse({ ...res, prefillMs: performance.now() - started }, req.requestId);
+      if (call.cancelled) return sign(base);
+      if (pushTo) return sign({ ...base, push: await this.#push(req.requestId, pushTo, blocks, req.tokens.length) });
+      const { expiresAt } = this.#leases.hold(req.requestId, blocks, this.#leaseMs(req.leaseMs));
       held = true;
-      return { ...base, kv: this.#handle(req.requestId, blocks, req.tokens.length, expiresAt), prefillMs: performance.now() - started };
+      return sign({ ...base, kv: this.#handle(req.requestId, 'read', blocks, req.tokens.length, expiresAt) });
     } finally {
-      if (!held) this.#engine.freeBlocks(blocks);
+      if (!held) this.#free(blocks);
     }
   }
 
@@ -207,12 +228,24 @@ export class Worker {
     const total = Math.min(req.tokens + Math.max(1, req.maxTokens), this.#engine.model.contextLength);
     const blocks = this.#engine.allocateBlocks(blocksFor(this.layout, total));
     try {
-      const { expiresAt } = this.#leases.hold(req.requestId, blocks, req.leaseMs || this.#config.leaseMs);
-      return this.#handle(req.requestId, blocks, 0, expiresAt);
+      const { expiresAt } = this.#leases.hold(req.requestId, blocks, this.#leaseMs(req.leaseMs));
+      return this.#handle(req.requestId, 'write', blocks, 0, expiresAt);
     } catch (err) {
-      this.#engine.freeBlocks(blocks);
+      this.#free(blocks);
       throw err;
     }
+  }
+
+  /** The caller's lease (or the configured one), never above this worker's maximum. */
+  #leaseMs(asked: number): number {
+    return Math.min(asked || this.#config.leaseMs, this.#config.maxLeaseMs);
+  }
+
+  /** Returns blocks to the pool, cleared: whatever the next request leaves unwritten reads as zeros, not as this one's K/V. */
+  #free(blocks: number[]): void {
+    const size = this.layout.blockBytes;
+    for (const b of blocks) this.#region.bytes.fill(0, b * size, (b + 1) * size);
+    this.#engine.freeBlocks(blocks);
   }
 
   async #decode(call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>): Promise<void> {
@@ -221,23 +254,23 @@ export class Worker {
     if (req.prompt.length === 0 || req.prompt.length >= this.#engine.model.contextLength) {
       throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has ${req.prompt.length} tokens; the context holds ${this.#engine.model.contextLength}`);
     }
+    const handOff = this.#checkHandOff(req);
     let blocks = req.reserved ? this.#leases.take(req.requestId) : undefined;
-    if (req.reserved && !blocks) throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `no blocks are reserved here for request '${req.requestId}' (lease expired?)`);
     blocks ??= this.#engine.allocateBlocks(blocksFor(this.layout, total));
     try {
       let transfer: TransferReportMsg | null = null;
       let fallbackReason = req.fallbackReason;
       let sampler: Sampler | undefined;
       let token = 0;
-      if (req.prefill?.kv && !req.reserved) {
+      if (handOff === 'pull') {
         try {
-          transfer = await this.#pull(req.requestId, req.prefill.kv, blocks);
+          transfer = await this.#pull(req.requestId, req.prefill!.kv!, blocks);
         } catch (err) {
-          fallbackReason = `pulling KV from ${req.prefill.workerId} failed: ${(err as Error).message}`;
+          fallbackReason = `pulling KV from ${req.prefill!.workerId} failed: ${(err as Error).message}`;
           this.#log.warn({ workerId: this.id, requestId: req.requestId, err }, 'KV pull failed; prefilling locally');
         }
-      } else if (req.reserved && req.prefill?.push) {
-        transfer = req.prefill.push;
+      } else if (handOff === 'push') {
+        transfer = req.prefill!.push;
       }
       const localPrefill = transfer === null;
       if (localPrefill) {
@@ -269,8 +302,40 @@ export class Worker {
       }
       if (!call.cancelled) call.write({ event: 'done', done: { finishReason, completionTokens: count } });
     } finally {
-      this.#engine.freeBlocks(blocks);
+      this.#free(blocks);
     }
+  }
+
+  /**
+   * What a Decode call brings from prefill, checked before anything is used: 'pull' (a read handle of the
+   * prefill worker named in a signed prefill result, unexpired and not used before), 'push' (this worker's own
+   * reservation, taken over once, with a signed report of the WRITE that filled it) or 'local'.
+   */
+  #checkHandOff(req: DecodeRequest): 'pull' | 'push' | 'local' {
+    if (req.prefill) this.#signer.verifyResponse(req.prefill, req.requestId);
+    if (req.reserved) {
+      const mine = this.#signer.verify(req.reserved, { access: 'write', requestId: req.requestId });
+      if (mine.workerId !== this.id || mine.agentName !== this.#agent.name || !this.#leases.matches(req.requestId, mine.mac)) {
+        throw new KvfError('KVF_ERR_BAD_HANDLE', `no reservation here matches the handle for request '${req.requestId}' (not issued by this worker, already used, or its lease expired)`);
+      }
+      return req.prefill?.push ? 'push' : 'local';
+    }
+    const kv = req.prefill?.kv;
+    if (!kv) return 'local';
+    this.#signer.verify(kv, { access: 'read', requestId: req.requestId });
+    if (kv.workerId !== req.prefill!.workerId) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle was issued by ${kv.workerId}, not by the prefill worker ${req.prefill!.workerId}`);
+    if (kv.tokens !== req.prompt.length) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle holds ${kv.tokens} positions; the prompt has ${req.prompt.length}`);
+    this.#consume(kv.mac!, kv.leaseExpiresUnixMs);
+    return 'pull';
+  }
+
+  /** Marks a pull handle used (until it expires anyway); KVF_ERR_BAD_HANDLE when it was used before. */
+  #consume(mac: Uint8Array, expiresAt: number): void {
+    const now = Date.now();
+    for (const [key, until] of this.#consumed) if (until <= now) this.#consumed.delete(key);
+    const key = Buffer.from(mac).toString('hex');
+    if (this.#consumed.has(key)) throw new KvfError('KVF_ERR_BAD_HANDLE', 'the KV handle was used before (a replayed Decode)');
+    this.#consumed.set(key, expiresAt);
   }
 
   /** Pull mode: RDMA READ of the prompt's K/V from the prefill worker's blocks into ours; the notification tells it to free them. */
@@ -281,7 +346,7 @@ export class Worker {
     const report = await this.#agent.read(
       peer,
       ranges.map((r) => ({ local: this.#region, localOffset: r.dstOffset, remote: kv.regionId, remoteOffset: r.srcOffset, length: r.length })),
-      { notification: JSON.stringify({ release: requestId }), timeoutMs: this.#config.transferTimeoutMs },
+      { notification: JSON.stringify({ release: requestId, mac: Buffer.from(kv.mac!).toString('hex') }), timeoutMs: this.#config.transferTimeoutMs },
     );
     return this.#report(requestId, report, kv.workerId, kv.tokens);
   }
@@ -331,9 +396,10 @@ export class Worker {
     return peer;
   }
 
-  #handle(requestId: string, blocks: number[], tokens: number, expiresAt: number): KvHandle {
+  /** A signed handle to blocks this worker holds for a request; the hold remembers its MAC. */
+  #handle(requestId: string, access: HandleAccess, blocks: number[], tokens: number, expiresAt: number): KvHandle {
     const l = this.layout;
-    return {
+    const handle = this.#signer.sign({
       requestId,
       workerId: this.id,
       agentName: this.#agent.name,
@@ -343,17 +409,24 @@ export class Worker {
       layout: { numLayers: l.numLayers, kvHeads: l.kvHeads, headDim: l.headDim, tokensPerBlock: l.tokensPerBlock, dtype: l.dtype, blockBytes: l.blockBytes },
       tokens,
       leaseExpiresUnixMs: expiresAt,
-    };
+      access,
+      grant: null,
+    });
+    this.#leases.bind(requestId, handle.mac!);
+    return handle;
   }
 
+  /** A puller's "done, free them": honoured only with the MAC of the handle the blocks were issued under. */
   #onNotification(from: string, data: Uint8Array): void {
-    let requestId: unknown;
+    let msg: { release?: unknown; mac?: unknown } = {};
     try {
-      requestId = (JSON.parse(Buffer.from(data).toString('utf8')) as { release?: unknown }).release;
+      msg = JSON.parse(Buffer.from(data).toString('utf8')) as typeof msg;
     } catch {
       // Not ours to understand; notifications come from the network.
     }
-    if (typeof requestId === 'string' && this.#leases.release(requestId)) {
+    const { release: requestId, mac } = msg;
+    if (typeof requestId !== 'string' || typeof mac !== 'string' || !/^[0-9a-f]{64}$/.test(mac)) return;
+    if (this.#leases.matches(requestId, Buffer.from(mac, 'hex')) && this.#leases.release(requestId)) {
       this.#log.debug({ workerId: this.id, requestId, from }, 'blocks pulled; freed');
     }
   }

@@ -2,6 +2,7 @@
 // scripts/run-tests.mjs), a frontend in the test process or as `kvfabric serve`, and small readers for the
 // workers' Health RPC. Every child is tracked and killed at exit, so a failing test never leaves one behind.
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +15,7 @@ import { frontendConfig } from '../../src/serve/config.js';
 import { Frontend } from '../../src/serve/frontend/frontend.js';
 import type { Ready } from '../../src/serve/processes.js';
 import { unary, workerClient, type WorkerStatus } from '../../src/serve/rpc.js';
+import { ClusterAuth } from '../../src/serve/security/auth.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -26,6 +28,13 @@ export function tinyModel(): string {
   execFileSync(process.execPath, [join(ROOT, 'scripts', 'make-tiny-model.mjs'), path]);
   return path;
 }
+
+/** This test process's cluster: every worker it starts gets these; frontends get the token alone. */
+export const SECRETS = { KVF_CLUSTER_TOKEN: randomBytes(24).toString('hex'), KVF_HANDLE_KEY: randomBytes(24).toString('hex') };
+/** Frontend config flags for this cluster's token. */
+export const CLUSTER = { clusterToken: SECRETS.KVF_CLUSTER_TOKEN };
+/** Credentials of this cluster, for tests that call workers themselves. */
+export const AUTH = ClusterAuth.fromConfig(CLUSTER);
 
 /** Logs of in-process frontends: warnings and errors only, to stderr. */
 export const quietLog = pino({ level: process.env.KVF_TEST_LOG ?? 'warn' }, pino.destination(2));
@@ -61,7 +70,7 @@ export interface Proc {
 
 /** Runs `kvfabric <args>` and resolves when it prints its ready line. */
 export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Proc> {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, KVF_LOG_LEVEL: 'info', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, KVF_LOG_LEVEL: 'info', ...SECRETS, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   const logs: string[] = [];
   createInterface({ input: child.stderr! }).on('line', (l) => logs.push(l));
@@ -114,7 +123,7 @@ export async function startStack(model: string, provider: string, frontendFlags:
   ]);
   const frontend = await Frontend.start(
     frontendConfig({
-      flags: { model, listen: '127.0.0.1:0', prefill: [prefill.ready.address], decode: [decode.ready.address], healthIntervalMs: 200, ...frontendFlags },
+      flags: { ...CLUSTER, model, listen: '127.0.0.1:0', prefill: [prefill.ready.address], decode: [decode.ready.address], healthIntervalMs: 200, ...frontendFlags },
       env: {},
     }),
     quietLog,
@@ -140,7 +149,7 @@ export async function stop(p: Proc): Promise<{ code: number | null; signal: Node
 }
 
 export function health(address: string): Promise<WorkerStatus> {
-  const client = workerClient(address);
+  const client = workerClient(address, AUTH);
   return unary(client, client.health, {}, 5000).finally(() => client.close());
 }
 

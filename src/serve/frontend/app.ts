@@ -53,6 +53,10 @@ const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   KVF_ERR_POOL_EXHAUSTED: 503,
   KVF_ERR_WORKER_FAILED: 502,
   KVF_ERR_TIMEOUT: 504,
+  // The cluster refused the frontend's own call: a deployment fault, not the client's.
+  KVF_ERR_UNAUTHENTICATED: 502,
+  KVF_ERR_WRONG_ROLE: 502,
+  KVF_ERR_BAD_HANDLE: 502,
 };
 
 export function buildApp(options: AppOptions): FastifyInstance {
@@ -94,10 +98,10 @@ export function buildApp(options: AppOptions): FastifyInstance {
 
   app.get('/live', () => ({ status: 'ok' }));
   app.get('/health', (_req, reply) => {
+    // No addresses: /health is unauthenticated, and where workers listen is nobody else's business.
     const workers = options.flow.router.workers().map((w) => ({
       id: w.status?.workerId ?? null,
       role: w.role,
-      address: w.address,
       source: w.source,
       healthy: w.healthy,
       provider: w.status?.provider ?? null,
@@ -105,7 +109,7 @@ export function buildApp(options: AppOptions): FastifyInstance {
       total_blocks: w.status?.totalBlocks ?? null,
       free_blocks: w.status?.freeBlocks ?? null,
       inflight: w.status?.inflight ?? null,
-      last_error: w.lastError ?? null,
+      last_error: w.lastError === undefined ? null : w.lastError.replaceAll(w.address, '<worker>'),
     }));
     const ready = workers.some((w) => w.role === 'decode' && w.healthy);
     void reply.code(ready ? 200 : 503);

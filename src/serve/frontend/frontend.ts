@@ -12,6 +12,7 @@ import type { FrontendConfig } from '../config.js';
 import { serveRegistry, watchEtcd, type Publication } from '../discovery.js';
 import { ServeMetrics } from '../metrics.js';
 import { Router } from '../router.js';
+import { ClusterAuth } from '../security/auth.js';
 import { buildApp } from './app.js';
 
 export class Frontend {
@@ -38,7 +39,8 @@ export class Frontend {
     const contextLength = meta.getInt(`${meta.getString('general.architecture')}.context_length`);
     const modelName = config.modelName ?? basename(config.model).replace(/\.gguf$/i, '');
 
-    const router = new Router({ healthIntervalMs: config.healthIntervalMs, log });
+    const auth = ClusterAuth.fromConfig(config);
+    const router = new Router({ healthIntervalMs: config.healthIntervalMs, auth, log });
     for (const address of config.prefill) router.upsert(address, 'prefill', 'static');
     for (const address of config.decode) router.upsert(address, 'decode', 'static');
     const closers: (() => Promise<void>)[] = [];
@@ -50,7 +52,7 @@ export class Frontend {
         closers.push(() => etcd!.close());
       }
       if (config.registryListen) {
-        registry = await serveRegistry(config.registryListen, router);
+        registry = await serveRegistry(config.registryListen, router, auth);
         closers.push(() => registry!.close());
         log.info({ address: registry.address }, 'worker registry listening');
       }
