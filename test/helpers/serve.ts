@@ -116,10 +116,10 @@ export interface Stack {
 }
 
 /** Prefill and decode worker processes plus a frontend in this process, wired by static addresses. */
-export async function startStack(model: string, provider: string, frontendFlags: Record<string, unknown> = {}): Promise<Stack> {
+export async function startStack(model: string, provider: string, frontendFlags: Record<string, unknown> = {}, workers: Pick<WorkerOptions, 'extra' | 'env'> = {}): Promise<Stack> {
   const [prefill, decode] = await Promise.all([
-    startWorker('prefill', { model, provider, id: `prefill-${provider}` }),
-    startWorker('decode', { model, provider, id: `decode-${provider}` }),
+    startWorker('prefill', { model, provider, id: `prefill-${provider}`, ...workers }),
+    startWorker('decode', { model, provider, id: `decode-${provider}`, ...workers }),
   ]);
   const frontend = await Frontend.start(
     frontendConfig({

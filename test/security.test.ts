@@ -1,0 +1,257 @@
+// The trust boundary, tried as an attacker would: real worker processes (the same-host fast path on, as
+// `kvfabric serve` runs them), a real victim process whose memory is checked from inside, and gRPC calls
+// without the cluster token, with forged, altered, replayed and expired KV handles, with other requests'
+// handles, with RPCs of the other role and with huge leases.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+
+import * as grpc from '@grpc/grpc-js';
+
+import { Frontend } from '../src/serve/frontend/frontend.js';
+import { frontendConfig } from '../src/serve/config.js';
+import { RegistryService, WorkerService, unary, workerClient, registryClient, type DecodeEvent, type DecodeRequest, type KvHandle, type PrefillResponse, type WorkerClient } from '../src/serve/rpc.js';
+import { AUTH_HEADER, ClusterAuth } from '../src/serve/security/auth.js';
+import { HandleSigner } from '../src/serve/security/handles.js';
+import { PeerProcess, zeroHash } from './helpers/peers.js';
+import { AUTH, CLUSTER, SECRETS, health, poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
+
+const MAX_LEASE_MS = 1500;
+const PROMPT = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22];
+
+/** Resolves with the refusal's gRPC status and kvfabric code; fails the test if the call succeeds. */
+async function refused(call: Promise<unknown>): Promise<{ status: grpc.status; code: string }> {
+  const err = (await call.then(
+    () => assert.fail('the call was accepted'),
+    (e: unknown) => e,
+  )) as grpc.ServiceError;
+  return { status: err.code, code: String(err.metadata?.get('kvf-code')[0]) };
+}
+
+/** All events of a Decode stream (rejects with the stream's error status). */
+function decodeAll(client: WorkerClient, req: Partial<DecodeRequest>): Promise<DecodeEvent[]> {
+  return new Promise((resolve, reject) => {
+    const events: DecodeEvent[] = [];
+    const stream = client.decode(req, { deadline: Date.now() + 10_000 });
+    stream.on('data', (e: DecodeEvent) => events.push(e));
+    stream.on('error', reject);
+    stream.on('end', () => resolve(events));
+  });
+}
+
+/** A client that sends no proof, or the proofs of another cluster's token. */
+function rawWorkerClient(address: string): WorkerClient {
+  const Ctor = grpc.makeGenericClientConstructor(WorkerService, 'Worker');
+  return new Ctor(address, grpc.credentials.createInsecure()) as unknown as WorkerClient;
+}
+
+describe('trust boundary', () => {
+  let stack: Stack;
+  let prefill: WorkerClient;
+  let decode: WorkerClient;
+  let victim: PeerProcess;
+  let victimMetadata: Buffer;
+  let victimRegion: number;
+  const victimBytes = 4 << 20;
+  const victimHash = (): Promise<string> => victim.request({ cmd: 'hash', region: 'secret', ranges: [[0, victimBytes]] });
+
+  before(async () => {
+    // KVF_FAST_PATH=1: the path the original attack took (cross-memory attach into the victim).
+    stack = await startStack(tinyModel(), 'tcp', {}, { extra: ['--max-lease-ms', String(MAX_LEASE_MS)], env: { KVF_FAST_PATH: '1' } });
+    prefill = workerClient(stack.prefill.ready.address, AUTH);
+    decode = workerClient(stack.decode.ready.address, AUTH);
+    victim = await PeerProcess.spawn('victim');
+    await victim.create('victim', 'tcp');
+    victimRegion = await victim.alloc('secret', victimBytes, 'random');
+    victimMetadata = Buffer.from(await victim.request({ cmd: 'metadata' }), 'base64');
+  });
+
+  after(async () => {
+    prefill?.close();
+    decode?.close();
+    await victim?.request({ cmd: 'close' }).catch(() => undefined);
+    await stack?.close();
+  });
+
+  /** A real write handle of the decode worker (its layout and blocks are what a forger would copy). */
+  const reserve = (requestId: string): Promise<KvHandle> => unary(decode, decode.reserve, { requestId, tokens: PROMPT.length, maxTokens: 4 }, 5000);
+  /** That handle re-aimed at the victim process: its agent, its region. */
+  const aimAtVictim = (h: KvHandle, mac: Uint8Array | null): KvHandle => ({ ...h, agentName: 'victim', agentMetadata: victimMetadata, regionId: victimRegion, mac });
+
+  test('calls without the cluster token are refused before any work, as are wrong, replayed and misdirected proofs', async () => {
+    const before = await victimHash();
+    const path = '/kvfabric.v1.Worker/Health';
+    const raw = rawWorkerClient(stack.prefill.ready.address);
+    const other = workerClient(stack.prefill.ready.address, ClusterAuth.fromConfig({ clusterToken: randomBytes(24).toString('hex') }));
+    try {
+      for (const client of [raw, other]) {
+        assert.deepEqual(await refused(unary(client, client.health, {}, 5000)), { status: grpc.status.UNAUTHENTICATED, code: 'KVF_ERR_UNAUTHENTICATED' });
+        const forged = aimAtVictim(await reserve(`unauth-${client === raw ? 'raw' : 'other'}`), randomBytes(32));
+        const r = await refused(unary(client, client.prefill, { requestId: 'x', tokens: PROMPT, pushTo: forged }, 5000));
+        assert.equal(r.code, 'KVF_ERR_UNAUTHENTICATED');
+      }
+      // A captured proof works once, for its own method only.
+      const proof = AUTH.prove(path);
+      const withProof = (p: string): grpc.Metadata => {
+        const m = new grpc.Metadata();
+        m.set(AUTH_HEADER, p);
+        return m;
+      };
+      const call = (method: 'health' | 'release', p: string) =>
+        new Promise((resolve, reject) =>
+          (raw[method] as unknown as (r: object, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: unknown, v: unknown) => void) => void).call(raw, { requestId: 'x' }, withProof(p), { deadline: Date.now() + 5000 }, (e, v) =>
+            e ? reject(e) : resolve(v),
+          ),
+        );
+      assert.equal(((await call('health', proof)) as { role: string }).role, 'prefill');
+      assert.equal((await refused(call('health', proof))).code, 'KVF_ERR_UNAUTHENTICATED');
+      assert.equal((await refused(call('release', AUTH.prove(path)))).code, 'KVF_ERR_UNAUTHENTICATED');
+      assert.equal((await refused(call('health', AUTH.prove(path, Date.now() - 120_000)))).code, 'KVF_ERR_UNAUTHENTICATED');
+    } finally {
+      raw.close();
+      other.close();
+    }
+    assert.equal(await victimHash(), before);
+    await poolAtBaseline(stack.prefill.ready.address);
+  });
+
+  test('the frontend registry refuses registrations without the token', async () => {
+    const frontend = await Frontend.start(frontendConfig({ flags: { ...CLUSTER, model: tinyModel(), listen: '127.0.0.1:0', registryListen: '127.0.0.1:0' }, env: {} }), quietLog);
+    try {
+      const Ctor = grpc.makeGenericClientConstructor(RegistryService, 'Registry');
+      const raw = new Ctor(frontend.registryAddress!, grpc.credentials.createInsecure()) as unknown as ReturnType<typeof registryClient>;
+      const rogue = { workerId: 'rogue', role: 'decode', address: '127.0.0.1:9', ttlMs: 60_000 };
+      assert.equal((await refused(unary(raw, raw.register, rogue, 5000))).code, 'KVF_ERR_UNAUTHENTICATED');
+      assert.equal(frontend.router.workers().length, 0);
+      const member = registryClient(frontend.registryAddress!, AUTH);
+      assert.equal((await unary(member, member.register, rogue, 5000)).ok, true);
+      assert.equal(frontend.router.workers().length, 1);
+      raw.close();
+      member.close();
+    } finally {
+      await frontend.close();
+    }
+  });
+
+  test('each worker serves only the RPCs of its role', async () => {
+    const forged = aimAtVictim(await reserve('role-1'), randomBytes(32));
+    const wrongRole = { status: grpc.status.PERMISSION_DENIED, code: 'KVF_ERR_WRONG_ROLE' };
+    assert.deepEqual(await refused(unary(decode, decode.prefill, { requestId: 'role-2', tokens: PROMPT, pushTo: forged }, 5000)), wrongRole);
+    assert.deepEqual(await refused(unary(prefill, prefill.reserve, { requestId: 'role-3', tokens: 4, maxTokens: 4 }, 5000)), wrongRole);
+    assert.deepEqual(await refused(decodeAll(prefill, { requestId: 'role-4', prompt: PROMPT, maxTokens: 2 })), wrongRole);
+    await unary(decode, decode.release, { requestId: 'role-1' }, 5000);
+    await poolAtBaseline(stack.prefill.ready.address);
+    await poolAtBaseline(stack.decode.ready.address);
+  });
+
+  test('a forged push_to handle is refused and no byte reaches the victim process; the check sees writes when they happen', async () => {
+    const before = await victimHash();
+    const real = await reserve('push-1');
+    const badHandle = { status: grpc.status.PERMISSION_DENIED, code: 'KVF_ERR_BAD_HANDLE' };
+    const outsider = new HandleSigner(randomBytes(32));
+    for (const pushTo of [aimAtVictim(real, randomBytes(32)), aimAtVictim(real, null), outsider.sign(aimAtVictim(real, null))]) {
+      assert.deepEqual(await refused(unary(prefill, prefill.prefill, { requestId: 'push-1', tokens: PROMPT, pushTo }, 5000)), badHandle);
+    }
+    // Another request's handle, and a handle for reading where writing is asked.
+    assert.deepEqual(await refused(unary(prefill, prefill.prefill, { requestId: 'push-2', tokens: PROMPT, pushTo: real }, 5000)), badHandle);
+    assert.equal(await victimHash(), before, 'the victim process memory changed');
+    // Control: a holder of the cluster's handle key is inside the trust boundary, and such a write does land,
+    // so the hash above would have seen one.
+    const insider = new HandleSigner(Buffer.from(SECRETS.KVF_HANDLE_KEY));
+    const res = await unary(prefill, prefill.prefill, { requestId: 'push-1', tokens: PROMPT, pushTo: insider.sign(aimAtVictim(real, null)) }, 5000);
+    assert.ok(res.push!.bytes > 0);
+    assert.notEqual(await victimHash(), before);
+    await unary(decode, decode.release, { requestId: 'push-1' }, 5000);
+    await poolAtBaseline(stack.prefill.ready.address);
+  });
+
+  test('Decode refuses forged, altered, foreign, replayed and expired handles; the genuine one works once', async () => {
+    const badHandle = { status: grpc.status.PERMISSION_DENIED, code: 'KVF_ERR_BAD_HANDLE' };
+    const prefillA: PrefillResponse = await unary(prefill, prefill.prefill, { requestId: 'req-a', tokens: PROMPT }, 5000);
+    const kv = prefillA.kv!;
+    assert.equal(kv.access, 'read');
+    const attempt = (requestId: string, p: PrefillResponse) => refused(decodeAll(decode, { requestId, prompt: PROMPT, maxTokens: 3, prefill: p }));
+    // Pointed at the victim process; blocks changed; positions changed; the response altered.
+    assert.deepEqual(await attempt('req-a', { ...prefillA, kv: aimAtVictim(kv, kv.mac) }), badHandle);
+    assert.deepEqual(await attempt('req-a', { ...prefillA, kv: { ...kv, blocks: [kv.blocks[0]! + 1, ...kv.blocks.slice(1)] } }), badHandle);
+    assert.deepEqual(await attempt('req-a', { ...prefillA, kv: { ...kv, tokens: kv.tokens + 16 } }), badHandle);
+    assert.deepEqual(await attempt('req-a', { ...prefillA, firstToken: prefillA.firstToken + 1 }), badHandle);
+    // Request B naming request A's blocks (A's whole, genuine prefill result).
+    assert.deepEqual(await attempt('req-b', prefillA), badHandle);
+    // The genuine hand-off works, once.
+    const events = await decodeAll(decode, { requestId: 'req-a', prompt: PROMPT, maxTokens: 3, prefill: prefillA });
+    const started = events.find((e) => e.event === 'started');
+    assert.equal(started?.event === 'started' && started.started.transfer?.op, 'READ');
+    assert.deepEqual(await attempt('req-a', prefillA), badHandle);
+    // Expired: the lease (here the worker's maximum) ran out before Decode came.
+    const prefillC: PrefillResponse = await unary(prefill, prefill.prefill, { requestId: 'req-c', tokens: PROMPT, leaseMs: 100 }, 5000);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(await attempt('req-c', prefillC), badHandle);
+    await poolAtBaseline(stack.prefill.ready.address);
+    await poolAtBaseline(stack.decode.ready.address);
+  });
+
+  test('a push reservation is taken over once, by its own handle', async () => {
+    const reserved = await reserve('res-1');
+    const badHandle = { status: grpc.status.PERMISSION_DENIED, code: 'KVF_ERR_BAD_HANDLE' };
+    const push: PrefillResponse = await unary(prefill, prefill.prefill, { requestId: 'res-1', tokens: PROMPT, pushTo: reserved }, 5000);
+    const decodeIt = () => decodeAll(decode, { requestId: 'res-1', prompt: PROMPT, maxTokens: 3, prefill: push, reserved });
+    assert.deepEqual(await refused(decodeAll(decode, { requestId: 'res-1', prompt: PROMPT, maxTokens: 3, prefill: push, reserved: { ...reserved, blocks: [0] } })), badHandle);
+    assert.ok((await decodeIt()).some((e) => e.event === 'done'));
+    assert.deepEqual(await refused(decodeIt()), badHandle);
+    await poolAtBaseline(stack.decode.ready.address);
+  });
+
+  test('leases are capped by the worker, never by the caller', async () => {
+    for (const leaseMs of [4_294_967_295, 2 ** 31, 86_400_000]) {
+      const t0 = Date.now();
+      const h = await unary(decode, decode.reserve, { requestId: `lease-${leaseMs}`, tokens: 4, maxTokens: 4, leaseMs }, 5000);
+      assert.ok(h.leaseExpiresUnixMs <= Date.now() + MAX_LEASE_MS, `lease of ${h.leaseExpiresUnixMs - t0} ms`);
+      assert.ok(h.leaseExpiresUnixMs >= t0 + MAX_LEASE_MS - 50, 'an overflowing lease must not shrink to 1 ms either');
+      const p: PrefillResponse = await unary(prefill, prefill.prefill, { requestId: `lease-${leaseMs}`, tokens: PROMPT, leaseMs }, 5000);
+      assert.ok(p.kv!.leaseExpiresUnixMs <= Date.now() + MAX_LEASE_MS);
+    }
+    assert.ok((await health(stack.decode.ready.address)).heldRequests >= 3);
+    // Nobody takes them: both pools are whole again once the capped leases end.
+    await poolAtBaseline(stack.decode.ready.address, MAX_LEASE_MS + 3000);
+    await poolAtBaseline(stack.prefill.ready.address, MAX_LEASE_MS + 3000);
+  });
+
+  test("freed blocks are cleared: the prefill pool holds no finished request's K/V", async () => {
+    const p: PrefillResponse = await unary(prefill, prefill.prefill, { requestId: 'clear-1', tokens: PROMPT }, 5000);
+    const kv = p.kv!;
+    const ranges = kv.blocks.map((b) => [b * kv.layout!.blockBytes, kv.layout!.blockBytes] as const);
+    // A fabric peer that has the prefill agent's metadata reads the blocks: K/V while held ...
+    const reader = await PeerProcess.spawn('reader');
+    try {
+      await reader.create('reader', 'tcp');
+      await reader.alloc('sink', kv.blocks.length * kv.layout!.blockBytes, 'zero');
+      const peer = await reader.request({ cmd: 'load', metadata: Buffer.from(kv.agentMetadata).toString('base64') });
+      const read = () =>
+        reader.request({
+          cmd: 'transfer',
+          spec: { op: 'READ', peer: peer.name, descs: ranges.map(([offset, length], i) => ({ local: 'sink', localOffset: i * length, remote: kv.regionId, remoteOffset: offset, length })), timeoutMs: 5000 },
+        });
+      const zero = zeroHash(kv.blocks.length * kv.layout!.blockBytes);
+      const sink = () => reader.request({ cmd: 'hash', region: 'sink', ranges: [[0, kv.blocks.length * kv.layout!.blockBytes]] });
+      await read();
+      assert.notEqual(await sink(), zero, 'the held blocks hold K/V');
+      // ... and after the release, zeros (or nothing at all, where remote access ended with the request).
+      await unary(prefill, prefill.release, { requestId: 'clear-1' }, 5000);
+      await reader.request({ cmd: 'fill', region: 'sink', ranges: [[0, kv.blocks.length * kv.layout!.blockBytes]] });
+      const after = await read().then(
+        () => 'read',
+        (e: Error & { code?: string }) => e.code ?? 'failed',
+      );
+      if (after === 'read') assert.equal(await sink(), zero, 'freed blocks still hold K/V');
+    } finally {
+      await reader.request({ cmd: 'close' }).catch(() => undefined);
+    }
+  });
+
+  test('/health does not publish worker addresses', async () => {
+    const text = await (await fetch(`${stack.url}/health`)).text();
+    for (const w of [stack.prefill, stack.decode]) assert.ok(!text.includes(w.ready.address.split(':').pop()!), `${w.ready.address} in /health`);
+    assert.equal((JSON.parse(text) as { workers: unknown[] }).workers.length, 2);
+  });
+});
