@@ -1,5 +1,7 @@
 #include "core/rail.h"
 
+#include "core/random_key.h"
+
 #include <rdma/fi_cm.h>
 #include <rdma/fi_rma.h>
 
@@ -80,7 +82,7 @@ Rail::Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffe
 
     if (receive_size_ > 0) {
       receive_buffer_.resize(receive_size_ * kReceiveSlots);
-      if (needs_local_mr()) receive_mr_ = RegisterMemory(receive_buffer_.data(), receive_buffer_.size(), 0xffff0000u + index_);
+      if (needs_local_mr()) receive_mr_ = RegisterMemory(receive_buffer_.data(), receive_buffer_.size(), false);
       receive_ops_.resize(kReceiveSlots);
       for (size_t i = 0; i < kReceiveSlots; ++i) PostReceive(i);
     }
@@ -284,10 +286,17 @@ void Rail::Wake() {
   if (cq_can_wait_ && cq_ != nullptr) fi_cq_signal(cq_);
 }
 
-RailMr Rail::RegisterMemory(void* data, size_t length, uint64_t requested_key) {
+RailMr Rail::RegisterMemory(void* data, size_t length, bool remote_access) {
   RailMr out;
-  const uint64_t access = FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
-  CheckFi(fi_mr_reg(domain_, data, length, access, 0, requested_key, 0, &out.mr, nullptr), "fi_mr_reg");
+  uint64_t access = FI_READ | FI_WRITE | FI_SEND | FI_RECV;
+  if (remote_access) access |= FI_REMOTE_READ | FI_REMOTE_WRITE;
+  // With provider keys the requested key is ignored; otherwise a random one, retried on the (2^-64-unlikely)
+  // clash with a key this domain already holds (the provider answers -FI_ENOKEY).
+  int rc = -FI_ENOKEY;
+  for (int attempt = 0; attempt < 4 && rc == -FI_ENOKEY; ++attempt) {
+    rc = fi_mr_reg(domain_, data, length, access, 0, provider_keys() ? 0 : RandomKey(), 0, &out.mr, nullptr);
+  }
+  CheckFi(rc, "fi_mr_reg");
   if (info_->domain_attr->mr_mode & FI_MR_ENDPOINT) {
     int rc = fi_mr_bind(out.mr, &ep_->fid, 0);
     if (rc == 0) rc = fi_mr_enable(out.mr);
