@@ -78,6 +78,8 @@ Rail::Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffe
     address_.resize(addrlen);
 
     tx_depth_ = info_->tx_attr->size > 0 ? info_->tx_attr->size : 128;
+    const char* prov = info_->fabric_attr->prov_name;
+    retry_dropped_ = prov != nullptr && std::strstr(prov, "tcp") != nullptr;
     max_msg_size_ = info_->ep_attr->max_msg_size > 0 ? info_->ep_attr->max_msg_size : (1ull << 30);
 
     if (receive_size_ > 0) {
@@ -259,6 +261,15 @@ size_t Rail::ReapExpress() {
     fi_cq_err_entry err{};
     if (fi_cq_readerr(express_cq_, &err, 0) > 0 && err.op_context != nullptr) {
       --express_inflight_;
+      Op* op = reinterpret_cast<Op*>(err.op_context);
+      if (retry_dropped_ && !express_closed_ && (err.err == FI_ENOTCONN || err.err == FI_ECANCELED || err.err == FI_ECONNRESET ||
+                                                  err.err == FI_ECONNABORTED || err.err == FI_EIO)) {
+        // The express connection dropped (a refused op among them): the rail thread retries them one by one.
+        op->express = false;
+        op->suspect = true;
+        Submit(op);
+        return express_inflight_;
+      }
       ErrorInfo info = ProviderError("rail " + std::to_string(index_) + " operation failed", -err.err);
       const char* prov = fi_cq_strerror(express_cq_, err.prov_errno, err.err_data, nullptr, 0);
       if (prov != nullptr && *prov != '\0') info.provider_message = prov;
@@ -403,6 +414,11 @@ void Rail::HandleCompletion(const fi_cq_data_entry& entry) {
     return;
   }
   --inflight_;
+  if (op == probing_) {
+    ProbeSucceeded(op);
+    return;
+  }
+  if (Recovering()) recovered_any_ = true;
   owner_->OnOpComplete(op, nullptr);
 }
 
@@ -421,6 +437,11 @@ void Rail::HandleCqError() {
   const char* prov = fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0);
   ErrorInfo info = ProviderError("rail " + std::to_string(index_) + " operation failed", -err.err);
   if (prov != nullptr && *prov != '\0') info.provider_message = prov;
+  if (op == probing_) {
+    ProbeFailed(op, info);
+    return;
+  }
+  if (Suspect(op, err.err)) return;
   owner_->OnOpComplete(op, &info);
 }
 
@@ -478,16 +499,22 @@ void Rail::RunLoop() {
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(queue_mu_);
-      if (!queue_.empty()) {
-        pending.insert(pending.end(), queue_.begin(), queue_.end());
-        queue_.clear();
+      for (Op* op : queue_) {
+        if (op->suspect) {
+          Suspect(op, FI_ECANCELED);  // handed over by the express lane, whose connection dropped
+        } else {
+          pending.push_back(op);
+        }
       }
+      queue_.clear();
     }
     if (force_) break;
-    if (stop_ && pending.empty() && inflight_ == 0) break;
+    if (stop_ && pending.empty() && inflight_ == 0 && !Recovering()) break;
 
     bool worked = false;
-    while (!pending.empty() && inflight_ < tx_depth_) {
+    // While recovering from a dropped connection new work waits: retries go alone (rail_recovery.cc).
+    if (Recovering()) DriveRecovery();
+    while (!Recovering() && !pending.empty() && inflight_ < tx_depth_) {
       Op* op = pending.front();
       const auto posting = std::chrono::steady_clock::now();
       int rc = Post(ep_, op);
@@ -499,7 +526,7 @@ void Rail::RunLoop() {
       if (rc == 0) {
         ++inflight_;
         owner_->OnOpPosted(op, std::chrono::duration_cast<std::chrono::nanoseconds>(posted - posting).count());
-      } else {
+      } else if (!Suspect(op, rc)) {
         ErrorInfo info = ProviderError("posting on rail " + std::to_string(index_), rc);
         owner_->OnOpComplete(op, &info);
       }
@@ -525,7 +552,7 @@ void Rail::RunLoop() {
       // its time slice while the other waits; yielding makes a shared core alternate (alternating runs of
       // JS-to-JS shm READ p50: 6.3-17.7 µs without, 6.4-9.0 µs with).
       if (owner_->caller_polling()) sched_yield();
-    } else if (!pending.empty() || now - last_work < (inflight_ > 0 ? kInflightSpin : kSpinWindow) ||
+    } else if (!pending.empty() || Recovering() || now - last_work < (inflight_ > 0 ? kInflightSpin : kSpinWindow) ||
                (inflight_ > 0 && !cq_can_wait_)) {
       sched_yield();
     } else {
@@ -549,6 +576,7 @@ void Rail::RunLoop() {
   // after the endpoint is closed.
   ErrorInfo closed{"KVF_ERR_CLOSED", "agent closed before the operation was posted", 0, {}};
   for (Op* op : pending) owner_->OnOpComplete(op, &closed);
+  FailSuspects(closed);
   std::lock_guard<std::mutex> lock(queue_mu_);
   for (Op* op : queue_) owner_->OnOpComplete(op, &closed);
   queue_.clear();

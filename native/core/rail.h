@@ -118,6 +118,17 @@ class Rail {
   bool PollWaitFd(int timeout_ms);
   void Wake();
 
+  // Recovery from a dropped connection (rail_recovery.cc). tcp;ofi_rxm drops the whole connection when the
+  // target refuses one operation (a bad key, a region no longer registered), failing every other operation
+  // in flight on it. Those are retried here, one at a time, once the rail's ops have drained: the ones that
+  // succeed alone complete as if nothing happened, the one that keeps failing alone fails by itself.
+  bool Suspect(Op* op, int err);  // true: `op` failed with its connection and will be retried
+  bool Recovering() const { return probing_ != nullptr || !suspects_.empty(); }
+  void DriveRecovery();
+  void ProbeFailed(Op* op, const ErrorInfo& error);
+  void ProbeSucceeded(Op* op);
+  void FailSuspects(const ErrorInfo& error);
+
   uint32_t index_;
   fi_info* info_;
   RailOwner* owner_;
@@ -159,6 +170,15 @@ class Rail {
   fid_cq* express_cq_ = nullptr;
   std::vector<std::vector<uint8_t>> inserted_;  // every address put in av_, in order
   bool express_closed_ = false;
+  // Recovery (progress thread only, see Suspect()).
+  bool retry_dropped_ = false;        // the provider drops connections on a refused op (tcp)
+  std::deque<Op*> suspects_;          // failed with their connection, waiting to be retried alone
+  Op* probing_ = nullptr;             // the suspect being retried (alone on the rail)
+  bool probe_posted_ = false;
+  int probe_attempts_ = 0;
+  int failed_alone_ = 0;              // suspects that failed alone since the last success
+  bool recovered_any_ = false;        // an op succeeded since recovery began: the peer is reachable
+  std::chrono::steady_clock::time_point next_probe_{};
   std::deque<Op*> express_backlog_;           // refused with -FI_EAGAIN, posted by ReapExpress in order
   std::atomic<size_t> express_inflight_{0};     // posted or in the backlog
 };
