@@ -176,6 +176,38 @@ for (const provider of ['tcp', 'shm'] as const) {
       }
     }
 
+    test('a blob with a bad endpoint address fails alone; a good peer loads and reads afterwards', async () => {
+      const src = await owner.alloc('av-src', LEN, 'random');
+      const blob = await owner.metadata();
+      const addr = decodeMetadata(Buffer.from(blob, 'base64')).rails[0]!;
+      const bad = [
+        new Uint8Array(addr.length).fill(0xff), // unknown address family (shm: no NUL terminator)
+        Uint8Array.from(addr, (b, i) => (i < 2 ? 0x0a : b)),
+        Uint8Array.from(addr, (b, i) => (i === 2 || i === 3 ? 0 : b)), // tcp: port 0
+      ];
+      for (const [i, rail] of bad.entries()) {
+        const forged = forge(blob, (d) => {
+          d.name = `bad-${i}`;
+          d.rails = [rail];
+        });
+        const err = await reader.load(forged).then(
+          () => undefined,
+          (e: Error & { remote?: { code?: string } }) => e,
+        );
+        // shm's address vector takes any NUL-terminated name (it fails on first use); tcp's must refuse.
+        if (provider === 'tcp' || i === 0) {
+          assert.ok(err, `bad address ${i} was accepted`);
+          assert.match(err.remote?.code ?? '', /^KVF_ERR_(BAD_METADATA|PROVIDER)$/, `bad address ${i}: ${err.message}`);
+        }
+      }
+      const loaded = await reader.load(otherHost(blob));
+      assert.equal(loaded.path, 'fabric');
+      const sink = await freshSink(reader);
+      await reader.transfer(read(owner.name, sink, src));
+      assert.equal(await reader.hash(sink, [[0, LEN]]), await owner.hash('av-src', [[0, LEN]]));
+      await owner.free('av-src');
+    });
+
     test('a forged pid or nonce never leads to the fast path; the provider carries the bytes instead', async () => {
       const pub = await owner.alloc('pub2', LEN, 'random');
       const blob = await owner.metadata();

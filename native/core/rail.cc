@@ -337,6 +337,14 @@ fi_addr_t Rail::InsertAddress(const uint8_t* address, size_t length) {
     throw Error("KVF_ERR_PROVIDER_MISMATCH", "peer endpoint address is " + std::to_string(length) +
                                                  " bytes, this provider's are " + std::to_string(address_.size()));
   }
+  const bool sockaddr = info_->addr_format == FI_SOCKADDR || info_->addr_format == FI_SOCKADDR_IN ||
+                        info_->addr_format == FI_SOCKADDR_IN6;
+  if (sockaddr && std::memcmp(address, address_.data(), sizeof(sa_family_t)) != 0) {
+    // libfabric 1.17's IP address vectors take an address's length from its family, and set the AV's length
+    // to it before checking anything else: one address of an unknown family shrank it, and every later
+    // insert failed as "too large" (one bad blob poisoned the agent). So the family must be ours.
+    throw Error("KVF_ERR_BAD_METADATA", "peer endpoint address is not of this endpoint's address family");
+  }
   fi_addr_t out = FI_ADDR_NOTAVAIL;
   int rc = fi_av_insert(av_, address, 1, &out, 0, nullptr);
   if (rc != 1) CheckFi(rc < 0 ? rc : -FI_EINVAL, "fi_av_insert");
