@@ -91,6 +91,10 @@ class BlobBuilder {
     this.parts.push(Buffer.from(v));
     return this;
   }
+  /** The v4 host section's tail when the agent publishes no region table: fd 0xffffffff, inode 0, zero nonce. */
+  noTable(): this {
+    return this.u32(0xffffffff).u64(0n).bytes(new Uint8Array(16));
+  }
   /** u8 length + bytes */
   str(v: Uint8Array | string): this {
     return this.u8(Buffer.from(v).length).bytes(v);
@@ -188,9 +192,9 @@ describe('metadata wire format', () => {
     // prettier-ignore
     const body = [
       0x4b, 0x56, 0x46, 0x4d, // "KVFM"
-      0x03, 0x00,             // version 3
+      0x04, 0x00,             // version 4
       0x01, 0x00,             // flags: virtAddr
-      134, 0, 0, 0,           // total length
+      162, 0, 0, 0,           // total length
       1, 0x61,                // name "a"
       3, 0x73, 0x68, 0x6d,    // provider "shm"
       1, 4, 1, 2, 3, 4,       // 1 rail, 4-byte address
@@ -211,11 +215,14 @@ describe('metadata wire format', () => {
       0xac, 0, 0, 0, 0, 0, 0, 0,    // key
       1, 0x68,                // host id "h"
       0x34, 0x12, 0, 0,       // pid 0x1234
+      0xff, 0xff, 0xff, 0xff, // no region table
+      0, 0, 0, 0, 0, 0, 0, 0, // table inode
+      ...new Array<number>(16).fill(0), // table nonce
     ];
     const expected = Buffer.alloc(body.length + 4);
     expected.set(body);
     expected.writeUInt32LE(crc32(expected, 0, body.length), body.length);
-    assert.equal(expected.length, 134);
+    assert.equal(expected.length, 162);
     assert.deepStrictEqual(blob, expected);
     assert.deepEqual(decodeMetadata(blob).regions[1]!.share, { fd: 21, inode: 0x99n, offset: 0x1000 });
     assert.equal(decodeMetadata(blob).regions[0]!.share, undefined);
@@ -372,13 +379,13 @@ describe('decodeMetadata rejects', () => {
   });
 
   test('wrong version', () => {
-    for (const version of [0, 1, 2, 4, 0xffff]) {
+    for (const version of [0, 1, 2, 3, 5, 0xffff]) {
       const blob = Buffer.from(small);
       blob.writeUInt16LE(version, 4);
-      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 3\\)`));
+      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 4\\)`));
     }
     // A future version is reported as such even if its layout differs entirely.
-    expectBad(new BlobBuilder(4).bytes('whatever v4 holds').finish(), /unsupported metadata version 4 \(this build reads 3\)/);
+    expectBad(new BlobBuilder(5).bytes('whatever v5 holds').finish(), /unsupported metadata version 5 \(this build reads 4\)/);
   });
 
   test('a corrupted CRC', () => {
@@ -392,7 +399,7 @@ describe('decodeMetadata rejects', () => {
     blob.write('KVFM', 0, 'latin1');
     blob.writeUInt16LE(METADATA_VERSION, 4);
     blob.writeUInt32LE(20, 8);
-    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v3 blob \(32 bytes\)/);
+    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v4 blob \(60 bytes\)/);
   });
 
   test('unknown flag bits', () => {
@@ -403,32 +410,37 @@ describe('decodeMetadata rejects', () => {
 
   test('bytes appended after the CRC, or trailing bytes before it', () => {
     expectBad(Buffer.concat([small, Buffer.from([0])]), /says \d+ bytes, but the blob is \d+ bytes/);
-    const trailing = craftPrefix().u32(0).u8(0).u32(0).bytes(new Uint8Array([0, 0, 0])).finish();
-    expectBad(trailing, /3 unexpected trailing byte\(s\) at offset 33/);
+    const trailing = craftPrefix().u32(0).u8(0).u32(0).noTable().bytes(new Uint8Array([0, 0, 0])).finish();
+    expectBad(trailing, /3 unexpected trailing byte\(s\) at offset 61/);
   });
 
   test('duplicate region ids (with a correct CRC)', () => {
     const desc = sampleDesc(2, 3); // ids 1, 4, 7
     const blob = encodeMetadata(desc);
     const regionBytes = 40 + 8 * 2;
-    const firstRegion = blob.length - 4 - 5 - 3 * regionBytes; // CRC, empty host section
+    const firstRegion = blob.length - 4 - 33 - 3 * regionBytes; // CRC, empty host section (id, pid, no table)
     blob.writeUInt32LE(1, firstRegion + 2 * regionBytes); // region[2].id := region[0].id
     expectBad(withCrc(blob), new RegExp(`region\\[2\\] at offset ${firstRegion + 2 * regionBytes} repeats id 1 of region\\[0\\]`));
   });
 
   test('a key count that disagrees with the rail count', () => {
+    // Five regions, so that the missing keys (8 bytes each) outweigh the 33-byte host section after them.
     const region = (keys: number) => {
-      const b = craftPrefix(2).u32(1).u32(5).u64(4096n).u64(0n).u32(0xffffffff).u64(0n).u64(0n);
-      for (let k = 0; k < keys; k++) b.u64(BigInt(k));
-      return b.u8(0).u32(0).finish();
+      const b = craftPrefix(2).u32(5);
+      for (let i = 0; i < 5; i++) {
+        b.u32(5 + i).u64(4096n).u64(0n).u32(0xffffffff).u64(0n).u64(0n);
+        for (let k = 0; k < keys; k++) b.u64(BigInt(k));
+      }
+      return b.u8(0).u32(0).noTable().finish();
     };
     assert.doesNotThrow(() => decodeMetadata(region(2)));
-    expectBad(region(1), /region table at offset \d+ needs 1 x 56 = 56 bytes \(id, length, base, share and 2 key\(s\) each\), but only 53 remain/);
-    expectBad(region(3), /unexpected trailing byte\(s\)/);
+    expectBad(region(1), /region table at offset \d+ needs 5 x 56 = 280 bytes \(id, length, base, share and 2 key\(s\) each\), but only 273 remain/);
+    const threeKeys = craftPrefix(2).u32(1).u32(5).u64(4096n).u64(0n).u32(0xffffffff).u64(0n).u64(0n).u64(0n).u64(1n).u64(2n);
+    expectBad(threeKeys.u8(0).u32(0).noTable().finish(), /unexpected trailing byte\(s\)/);
   });
 
   test('a zero-length, oversized or wrapping region', () => {
-    const oneRegion = (length: bigint, base = 0n) => craftPrefix().u32(1).u32(9).u64(length).u64(base).u32(0xffffffff).u64(0n).u64(0n).u64(1n).u8(0).u32(0).finish();
+    const oneRegion = (length: bigint, base = 0n) => craftPrefix().u32(1).u32(9).u64(length).u64(base).u32(0xffffffff).u64(0n).u64(0n).u64(1n).u8(0).u32(0).noTable().finish();
     assert.doesNotThrow(() => decodeMetadata(oneRegion(1n)));
     expectBad(oneRegion(0n), /region\[0\] \(id 9\) length at offset 32 is 0, expected > 0/);
     expectBad(oneRegion(2n ** 53n), /length at offset 32 is 9007199254740992, expected at most 2\^53-1/);
@@ -437,14 +449,14 @@ describe('decodeMetadata rejects', () => {
   });
 
   test('a region count beyond the limit, or beyond the bytes present', () => {
-    expectBad(craftPrefix().u32(METADATA_LIMITS.maxRegions + 1).finish(), /region count at offset 24 is 1048577, expected at most 1048576/);
-    expectBad(craftPrefix().u32(0xffffffff).finish(), /region count .* is 4294967295/);
-    expectBad(craftPrefix().u32(1000).finish(), /region table at offset 28 needs 1000 x 48 = 48000 bytes/);
+    expectBad(craftPrefix().u32(METADATA_LIMITS.maxRegions + 1).u8(0).u32(0).noTable().finish(), /region count at offset 24 is 1048577, expected at most 1048576/);
+    expectBad(craftPrefix().u32(0xffffffff).u8(0).u32(0).noTable().finish(), /region count .* is 4294967295/);
+    expectBad(craftPrefix().u32(1000).u8(0).u32(0).noTable().finish(), /region table at offset 28 needs 1000 x 48 = 48000 bytes/);
   });
 
   test('a share that is out of range, or share fields on a region that is not shared', () => {
     const shared = (fd: number, inode: bigint, offset: bigint) =>
-      craftPrefix().u32(1).u32(9).u64(4096n).u64(0n).u32(fd).u64(inode).u64(offset).u64(1n).u8(0).u32(0).finish();
+      craftPrefix().u32(1).u32(9).u64(4096n).u64(0n).u32(fd).u64(inode).u64(offset).u64(1n).u8(0).u32(0).noTable().finish();
     assert.deepEqual(decodeMetadata(shared(3, 5n, 4096n)).regions[0]!.share, { fd: 3, inode: 5n, offset: 4096 });
     expectBad(shared(0x80000000, 5n, 0n), /region\[0\] \(id 9\) share fd at offset 48 is 2147483648/);
     expectBad(shared(3, 5n, 2n ** 53n), /share offset at offset 60 is 9007199254740992, expected at most 2\^53-1/);
@@ -457,18 +469,29 @@ describe('decodeMetadata rejects', () => {
 
   test('bad string and rail fields', () => {
     const b = () => new BlobBuilder();
-    expectBad(b().u8(0).str('shm').u8(1).str('xxxx').u32(0).u8(0).u32(0).finish(), /name length at offset 12 is 0 \(expected 1..255\)/);
-    expectBad(b().str('a').u8(0).u8(1).str('xxxx').u32(0).u8(0).u32(0).finish(), /provider length at offset 14 is 0/);
-    expectBad(b().str('a').str('shm').u8(0).u32(0).u8(0).u32(0).finish(), /rail count at offset 18 is 0, expected 1..64/);
-    expectBad(b().str('a').str('shm').u8(65).str('x').u32(0).u8(0).u32(0).finish(), /rail count at offset 18 is 65, expected 1..64/);
-    expectBad(b().str('a').str('shm').u8(1).u8(0).u32(0).u8(0).u32(0).finish(), /rail\[0\] address length at offset 19 is 0/);
-    expectBad(b().str('a').str('shm').u8(2).str('x').bytes(new Uint8Array([200, 1, 2])).u8(0).u32(0).finish(), /rail\[1\] address needs 200 byte\(s\) at offset 22/);
-    expectBad(b().str(new Uint8Array([0x61, 0xff])).str('shm').u8(1).str('xxxx').u32(0).u8(0).u32(0).finish(), /name at offset 13 \(2 bytes\) is not valid UTF-8/);
-    expectBad(b().str('a').str(new Uint8Array([0xed, 0xa0, 0x80])).u8(1).str('xxxx').u32(0).u8(0).u32(0).finish(), /provider at offset 15 .* not valid UTF-8/); // encoded surrogate
+    expectBad(b().u8(0).str('shm').u8(1).str('xxxx').u32(0).u8(0).u32(0).noTable().finish(), /name length at offset 12 is 0 \(expected 1..255\)/);
+    expectBad(b().str('a').u8(0).u8(1).str('xxxx').u32(0).u8(0).u32(0).noTable().finish(), /provider length at offset 14 is 0/);
+    expectBad(b().str('a').str('shm').u8(0).u32(0).u8(0).u32(0).noTable().finish(), /rail count at offset 18 is 0, expected 1..64/);
+    expectBad(b().str('a').str('shm').u8(65).str('x').u32(0).u8(0).u32(0).noTable().finish(), /rail count at offset 18 is 65, expected 1..64/);
+    expectBad(b().str('a').str('shm').u8(1).u8(0).u32(0).u8(0).u32(0).noTable().finish(), /rail\[0\] address length at offset 19 is 0/);
+    expectBad(b().str('a').str('shm').u8(2).str('x').bytes(new Uint8Array([200, 1, 2])).u8(0).u32(0).noTable().finish(), /rail\[1\] address needs 200 byte\(s\) at offset 22/);
+    expectBad(b().str(new Uint8Array([0x61, 0xff])).str('shm').u8(1).str('xxxx').u32(0).u8(0).u32(0).noTable().finish(), /name at offset 13 \(2 bytes\) is not valid UTF-8/);
+    expectBad(b().str('a').str(new Uint8Array([0xed, 0xa0, 0x80])).u8(1).str('xxxx').u32(0).u8(0).u32(0).noTable().finish(), /provider at offset 15 .* not valid UTF-8/); // encoded surrogate
   });
 });
 
 describe('host section (v2)', () => {
+  test('the region table location round-trips; absent is the default; a half-absent one is refused', () => {
+    const table = { fd: 42, inode: 0xdead_beef_cafen, nonce: Uint8Array.from({ length: 16 }, (_, i) => i + 1) };
+    const desc = { ...sampleDesc(1, 1), host: { id: 'h', pid: 7, table } };
+    assert.deepEqual(decodeMetadata(encodeMetadata(desc)).host, { id: 'h', pid: 7, table });
+    assert.equal(decodeMetadata(encodeMetadata(sampleDesc(1, 0))).host?.table, undefined);
+    expectBad(craftPrefix().u32(0).u8(0).u32(0).u32(0xffffffff).u64(5n).bytes(new Uint8Array(16)).finish(), /region table at offset \d+ is absent but carries an inode or nonce/);
+    expectBad(craftPrefix().u32(0).u8(0).u32(0).u32(0x80000000).u64(5n).bytes(new Uint8Array(16)).finish(), /region table fd at offset \d+ is 2147483648/);
+    expectInvalid({ ...desc, host: { id: 'h', pid: 7, table: { ...table, nonce: new Uint8Array(15) } } }, /host.table.nonce must be 16 bytes/);
+    expectInvalid({ ...desc, host: { id: 'h', pid: 7, table: { ...table, fd: -1 } } }, /host.table.fd must be an integer/);
+  });
+
   test('host identity and pid round-trip; unknown is the default', () => {
     const desc = { ...sampleDesc(2, 2), host: { id: 'b5c7e9f0-boot:pid:[4026531836]', pid: 4_000_000_000 } };
     assert.deepEqual(decodeMetadata(encodeMetadata(desc)).host, desc.host);
@@ -478,8 +501,8 @@ describe('host section (v2)', () => {
   test('bad host fields are refused on both sides', () => {
     expectInvalid({ ...sampleDesc(1, 0), host: { id: 'x', pid: -1 } }, /host.pid must be a u32/);
     expectInvalid({ ...sampleDesc(1, 0), host: { id: 'x'.repeat(256), pid: 1 } }, /host.id must be 1..255 UTF-8 bytes/);
-    expectBad(craftPrefix().u32(0).u8(2).bytes(new Uint8Array([0xc3, 0x28])).u32(0).finish(), /host id at offset 29 \(2 bytes\) is not valid UTF-8/);
-    expectBad(craftPrefix().u32(0).u8(9).bytes('abc').finish(), /host id needs 9 byte\(s\)/);
+    expectBad(craftPrefix().u32(0).u8(2).bytes(new Uint8Array([0xc3, 0x28])).u32(0).noTable().finish(), /host id at offset 29 \(2 bytes\) is not valid UTF-8/);
+    expectBad(craftPrefix().u32(0).u8(40).bytes('abc').noTable().finish(), /host id needs 40 byte\(s\)/);
   });
 });
 

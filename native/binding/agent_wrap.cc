@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <set>
 #include <string>
 #include <vector>
@@ -308,6 +309,14 @@ Napi::Value AgentWrap::Info(const Napi::CallbackInfo& info) {
   o.Set("addresses", addresses);
   o.Set("virtAddr", rails[0]->virt_addr());
   o.Set("mrMode", static_cast<double>(rails[0]->info()->domain_attr->mr_mode));
+  const TableLocation table = a.table_location();
+  if (table.fd >= 0) {
+    Napi::Object t = Napi::Object::New(env);
+    t.Set("fd", table.fd);
+    t.Set("inode", Napi::BigInt::New(env, table.inode));
+    t.Set("nonce", Napi::Buffer<uint8_t>::Copy(env, table.nonce.data(), table.nonce.size()));
+    o.Set("regionTable", t);
+  }
   o.Set("txDepth", static_cast<double>(rails[0]->tx_depth()));
   o.Set("maxMessageSize", static_cast<double>(rails[0]->max_msg_size()));
   o.Set("maxNotificationBytes", static_cast<double>(kMaxNotificationBytes));
@@ -324,7 +333,8 @@ Napi::Value AgentWrap::RegisterMemory(const Napi::CallbackInfo& info) {
   if (view.length == 0) ThrowCoded(env, "KVF_ERR_ZERO_LENGTH", "cannot register an empty buffer");
   uint32_t id;
   try {
-    id = a.RegisterMemory(view.data, view.length);
+    const bool remote_access = info.Length() < 2 || !info[1].IsBoolean() || info[1].As<Napi::Boolean>().Value();
+    id = a.RegisterMemory(view.data, view.length, remote_access);
   } catch (const Error& e) {
     Rethrow(env, e);
   }
@@ -383,7 +393,25 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
   }
   PeerOptions options;
   options.virt_addr = info[1].As<Napi::Boolean>();
-  if (info.Length() > 4 && info[4].IsNumber()) options.cma_pid = static_cast<pid_t>(info[4].As<Napi::Number>().Int32Value());
+  if (info.Length() > 4 && info[4].IsObject()) {
+    // { pid, fastPath, table?: { fd, inode: bigint, nonce: Uint8Array(16) } }: the peer says it is on this host.
+    Napi::Object host = info[4].As<Napi::Object>();
+    Napi::Value pid = host.Get("pid"), fast = host.Get("fastPath"), table = host.Get("table");
+    if (!pid.IsNumber() || !fast.IsBoolean()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "addPeer host needs { pid, fastPath }");
+    options.host_pid = static_cast<pid_t>(pid.As<Napi::Number>().Int32Value());
+    options.fast_path = fast.As<Napi::Boolean>().Value();
+    if (table.IsObject()) {
+      Napi::Object t = table.As<Napi::Object>();
+      Napi::Value fd = t.Get("fd"), inode = t.Get("inode");
+      if (!fd.IsNumber() || !inode.IsBigInt()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region table location has malformed fields");
+      View nonce = ViewArgument(env, t.Get("nonce"), "table nonce");
+      if (nonce.length != options.table.nonce.size()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region table nonce must be 16 bytes");
+      bool lossless = true;
+      options.table.fd = fd.As<Napi::Number>().Int32Value();
+      options.table.inode = inode.As<Napi::BigInt>().Uint64Value(&lossless);
+      std::memcpy(options.table.nonce.data(), nonce.data, nonce.length);
+    }
+  }
   std::vector<std::vector<uint8_t>> addresses;
   Napi::Array addrs = info[2].As<Napi::Array>();
   for (uint32_t i = 0; i < addrs.Length(); ++i) {
@@ -429,6 +457,7 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
     out.Set("path", peer.cma_pid != 0 ? "cma" : "fabric");
     if (!peer.cma_refused.empty()) out.Set("fastPathRefused", peer.cma_refused);
     if (!peer.map_refused.empty()) out.Set("mapRefused", peer.map_refused);
+    if (options.host_pid > 0 && !peer.table) out.Set("tableRefused", peer.table_refused);
     size_t mapped = 0;
     for (const auto& [rid, region] : peer.regions) mapped += region.mapping ? 1 : 0;
     out.Set("mappedRegions", static_cast<double>(mapped));

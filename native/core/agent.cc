@@ -38,6 +38,13 @@ Agent::Agent(const AgentOptions& options, std::function<void()> wake)
   if (name_.empty() || name_.size() > kMaxNameBytes) {
     throw Error("KVF_ERR_INVALID_ARGUMENT", "agent name must be 1..255 bytes");
   }
+  // Without a table same-host peers cannot confirm what is advertised and keep to the provider; the agent
+  // still works.
+  try {
+    table_ = std::make_unique<RegionTable>();
+  } catch (const Error&) {
+    table_.reset();
+  }
   OpenRails(options);
   // No express lane on shm: its sends (and its READs when cross-memory attach is refused) take a spinlock in
   // the peer's shared region, and a peer killed while holding it leaves the caller spinning inside the
@@ -118,22 +125,31 @@ std::vector<std::string> Agent::domain_names() const {
   return out;
 }
 
-uint32_t Agent::RegisterMemory(void* data, size_t length) {
+uint32_t Agent::RegisterMemory(void* data, size_t length, bool remote_access) {
   if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
   if (length == 0) throw Error("KVF_ERR_ZERO_LENGTH", "cannot register an empty buffer");
   auto region = std::make_unique<Region>();
   region->data = static_cast<uint8_t*>(data);
   region->length = length;
+  region->remote_access = remote_access;
   FindShared(data, length, &region->share);
   std::lock_guard<std::mutex> lock(regions_mu_);
   region->id = next_region_++;
+  if (remote_access && table_) {
+    // An advertised region's id picks its slot in the table: skip ids whose slot a live region holds.
+    for (uint32_t tries = 0; !table_->SlotFree(region->id); ++tries) {
+      if (tries >= RegionTable::kCapacity) throw Error("KVF_ERR_TOO_LARGE", "too many remotely accessible regions");
+      region->id = next_region_++;
+    }
+  }
   try {
-    for (auto& rail : rails_) region->mrs.push_back(rail->RegisterMemory(data, length, region->id));
+    for (auto& rail : rails_) region->mrs.push_back(rail->RegisterMemory(data, length, remote_access));
   } catch (...) {
     for (auto& mr : region->mrs) Rail::CloseMr(mr);
     throw;
   }
   const uint32_t id = region->id;
+  if (remote_access && table_) table_->Publish(id, reinterpret_cast<uintptr_t>(data), length);
   regions_.emplace(id, std::move(region));
   return id;
 }
@@ -146,6 +162,8 @@ void Agent::DeregisterMemory(uint32_t id) {
     throw Error("KVF_ERR_BUSY", "region " + std::to_string(id) + " has " + std::to_string(it->second->inflight) +
                                     " transfers in flight");
   }
+  // Same-host readers stop first (they check the table before every copy), then the provider's keys go.
+  if (table_) table_->Withdraw(id);
   for (auto& mr : it->second->mrs) Rail::CloseMr(mr);
   regions_.erase(it);
 }
@@ -154,7 +172,7 @@ std::vector<const Region*> Agent::ListRegions() const {
   std::lock_guard<std::mutex> lock(regions_mu_);
   std::vector<const Region*> out;
   for (const auto& [id, r] : regions_) {
-    if (!r->internal) out.push_back(r.get());
+    if (!r->internal && r->remote_access) out.push_back(r.get());
   }
   return out;
 }
@@ -172,11 +190,25 @@ uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
   Peer peer;
   peer.name = name;
   peer.virt_addr = options.virt_addr;
-  if (options.cma_pid > 0 && !regions.empty()) {
-    // Same host by the peer's word: check the kernel lets us in before every transfer relies on it.
-    const RemoteRegion& first = regions.begin()->second;
-    peer.cma_refused = CmaProbe(options.cma_pid, first.base, 1);
-    if (peer.cma_refused.empty()) peer.cma_pid = options.cma_pid;
+  if (options.host_pid > 0) {
+    // Same host by the peer's word. Nothing of that pid is touched until its table is confirmed: a forged
+    // pid leads nowhere.
+    peer.table = PeerRegionTable::Open(options.host_pid, options.table, &peer.table_refused);
+  }
+  if (options.fast_path && options.host_pid > 0 && !regions.empty()) {
+    // Probe on a region the table says is advertised, and check the kernel lets us in before every
+    // transfer relies on it.
+    auto live = std::find_if(regions.begin(), regions.end(), [&](const auto& r) {
+      return peer.table && peer.table->Live(r.first, r.second.base, r.second.length);
+    });
+    if (!peer.table) {
+      peer.cma_refused = "region table not confirmed: " + peer.table_refused;
+    } else if (live == regions.end()) {
+      peer.cma_refused = "the peer's table advertises none of the regions in its metadata";
+    } else {
+      peer.cma_refused = CmaProbe(options.host_pid, live->second.base, 1);
+      if (peer.cma_refused.empty()) peer.cma_pid = options.host_pid;
+    }
   }
   if (peer.cma_pid > 0) MapSharedRegions(peer, regions);
   peer.remote_rails = addresses.size();
@@ -193,7 +225,7 @@ uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
 
 void Agent::MapSharedRegions(Peer& peer, std::map<uint32_t, RemoteRegion>& regions) {
   for (auto& [id, region] : regions) {
-    if (!region.share.valid()) continue;
+    if (!region.share.valid() || !peer.table->Live(id, region.base, region.length)) continue;
     if (!peer.watch) {
       peer.watch = WatchProcess(peer.cma_pid, &peer.map_refused);
       if (!peer.watch) return;
@@ -373,6 +405,7 @@ void Agent::Shutdown() {
     std::lock_guard<std::mutex> lock(express_mu_);
     express_off_ = true;
   }
+  if (table_) table_->WithdrawAll();
   StopRails();
   std::vector<RailMr> mrs;
   {

@@ -22,6 +22,7 @@
 #include "core/peer_map.h"
 #include "core/notification.h"
 #include "core/rail.h"
+#include "core/region_table.h"
 #include "core/transfer.h"
 #include "core/transfer_plan.h"
 
@@ -40,11 +41,15 @@ struct AgentOptions {
   uint32_t busy_poll_us = 0;  // see Rail(): keep polling this long after the endpoint wakes; 0: off
 };
 
-// Loading a peer: its advertised regions, and the pid to reach it by cross-memory attach when it runs on
-// this host (0: use the fabric).
+// Loading a peer: its advertised regions and, when its metadata says it runs on this host (same kernel and
+// pid namespace), its pid and region table. The table must be confirmed before anything of the peer's
+// process is touched; then transfers are checked against it, and the fast path (`fast_path`) may copy
+// directly. host_pid 0: another host, the fabric alone.
 struct PeerOptions {
   bool virt_addr = false;
-  pid_t cma_pid = 0;
+  pid_t host_pid = 0;
+  TableLocation table;
+  bool fast_path = false;
 };
 
 struct Region {
@@ -55,6 +60,7 @@ struct Region {
   std::vector<RailMr> mrs;  // one per local rail
   std::atomic<uint32_t> inflight{0};
   bool internal = false;  // the agent's own scratch memory: never advertised to peers
+  bool remote_access = true;  // registered with FI_REMOTE_READ/WRITE and advertised (else local use only)
 };
 
 struct RemoteRegion {
@@ -71,6 +77,10 @@ struct Peer {
   pid_t cma_pid = 0;         // non-zero: same host, transfers go by cross-memory attach
   std::string cma_refused;   // why a same-host peer is reached over the fabric instead
   std::string map_refused;   // why a shared region of a same-host peer is copied by cma instead of mapped
+  // A same-host peer's region table, confirmed: every transfer to it first checks that its regions are still
+  // advertised (the shm provider and the fast path check no keys). Null when not on this host or not confirmed.
+  std::shared_ptr<PeerRegionTable> table;
+  std::string table_refused;  // why a peer on this host has no confirmed table
   std::shared_ptr<ProcessWatch> watch;  // set when regions are mapped: copies through them check the peer lives
   size_t remote_rails = 0;
   std::vector<std::vector<fi_addr_t>> addrs;  // [local rail][remote rail]
@@ -97,9 +107,12 @@ class Agent : public RailOwner {
   const std::vector<std::unique_ptr<Rail>>& rails() const { return rails_; }
   uint64_t express_max_bytes() const { return express_max_bytes_; }
 
-  uint32_t RegisterMemory(void* data, size_t length);
+  // `remote_access` false: registered without FI_REMOTE_READ/WRITE and never advertised (local use only).
+  uint32_t RegisterMemory(void* data, size_t length, bool remote_access = true);
   void DeregisterMemory(uint32_t id);
   std::vector<const Region*> ListRegions() const;
+  // Where same-host peers find this agent's region table (fd -1: none could be created).
+  TableLocation table_location() const { return table_ ? table_->location() : TableLocation{}; }
 
   uint32_t AddPeer(const std::string& name, const PeerOptions& options, const std::vector<std::vector<uint8_t>>& addresses,
                    std::map<uint32_t, RemoteRegion> regions);
@@ -180,6 +193,10 @@ class Agent : public RailOwner {
   std::function<void()> wake_;
   std::vector<std::unique_ptr<Rail>> rails_;
 
+  // Checks that the selected remote regions are still advertised in a same-host peer's table.
+  void CheckAdvertised(const Peer& peer, const PreparedList& list, const uint32_t* indices, size_t count) const;
+
+  std::unique_ptr<RegionTable> table_;  // written under regions_mu_
   mutable std::mutex regions_mu_;
   std::map<uint32_t, std::unique_ptr<Region>> regions_;
   uint32_t next_region_ = 1;

@@ -74,6 +74,9 @@ PreparedList Agent::Resolve(uint32_t peer_id, const double* d, size_t count) {
                                               "' (" + std::to_string(rit->second.length) + " bytes)");
     }
     list.items[i] = {local, loff, static_cast<uint32_t>(rregion), &rit->second, roff, len};
+    if (std::none_of(list.remote_regions.begin(), list.remote_regions.end(), [&](const auto& r) { return r.second == &rit->second; })) {
+      list.remote_regions.emplace_back(static_cast<uint32_t>(rregion), &rit->second);
+    }
     list.bytes += len;
   }
   // Two descriptors landing on the same bytes would make the result depend on completion order.
@@ -159,6 +162,7 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
       ++region->inflight;
     }
   }
+  CheckAdvertised(peer, list, indices, count);
   if (has_notification) t->notify_message = EncodeNotification(name_, notification, notification_length);
   if (has_notification) {
     t->notify_op = std::make_unique<Op>();
@@ -185,6 +189,26 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
     ++awaited_in_flight_;  // before any op is posted: Finish (on a rail thread) counts it down
   }
   return Launch(std::move(t));
+}
+
+void Agent::CheckAdvertised(const Peer& peer, const PreparedList& list, const uint32_t* indices, size_t count) const {
+  if (!peer.table) return;
+  auto check = [&](uint32_t id, const RemoteRegion& r) {
+    if (!peer.table->Live(id, r.base, r.length)) {
+      throw Error("KVF_ERR_REMOTE_ACCESS", "peer '" + peer.name + "' does not advertise region " + std::to_string(id) +
+                                               " (deregistered since its metadata was loaded, or never advertised)");
+    }
+  };
+  if (indices == nullptr) {
+    for (const auto& [id, r] : list.remote_regions) check(id, *r);
+    return;
+  }
+  const RemoteRegion* last = nullptr;
+  for (size_t k = 0; k < count; ++k) {
+    const PreparedItem& item = list.items[indices[k]];
+    if (item.remote != last) check(item.remote_id, *item.remote);
+    last = item.remote;
+  }
 }
 
 // Starts the clock, gives the transfer its id and registers it as in flight; returns it (now owned by transfers_).
@@ -249,6 +273,13 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
     }
   }
   if (job.mapped) job.watch = peer.watch;
+  // Checked again right before the copy (on a copier thread that may be much later than this post).
+  job.table = peer.table;
+  for (const Run& r : runs) {
+    if (job.checks.empty() || job.checks.back().id != r.first->remote_id) {
+      job.checks.push_back({r.first->remote_id, r.first->remote->base, r.first->remote->length});
+    }
+  }
   t->cma = true;
   t->mapped = job.mapped;
   t->cma_segments = job.local.size();
@@ -302,7 +333,7 @@ uint64_t Agent::Warmup(uint32_t peer_id) {
   }
   if (scratch_region_ == 0) {
     scratch_.resize(64 * rails_.size());
-    scratch_region_ = RegisterMemory(scratch_.data(), scratch_.size());
+    scratch_region_ = RegisterMemory(scratch_.data(), scratch_.size(), false);
     std::lock_guard<std::mutex> lock(regions_mu_);
     regions_.at(scratch_region_)->internal = true;
   }
@@ -312,7 +343,16 @@ uint64_t Agent::Warmup(uint32_t peer_id) {
     scratch = regions_.at(scratch_region_).get();
     ++scratch->inflight;
   }
-  const auto& [remote_id, remote] = *peer.regions.begin();
+  // A region the peer still advertises (where its table says so).
+  auto chosen = std::find_if(peer.regions.begin(), peer.regions.end(), [&](const auto& r) {
+    return !peer.table || peer.table->Live(r.first, r.second.base, r.second.length);
+  });
+  if (chosen == peer.regions.end()) {
+    std::lock_guard<std::mutex> lock(regions_mu_);
+    --scratch->inflight;
+    throw Error("KVF_ERR_REMOTE_ACCESS", "peer '" + peer.name + "' advertises none of its regions any more");
+  }
+  const auto& remote = chosen->second;
   auto t = std::make_unique<Transfer>();
   t->kind = OpKind::kRead;
   t->regions.push_back(scratch);

@@ -36,6 +36,12 @@ ErrorInfo MappedCopy(const CmaJob& job) {
 }  // namespace
 
 ErrorInfo CmaCopy(CmaJob& job) {
+  for (const CmaJob::RegionCheck& c : job.checks) {
+    if (!job.table || !job.table->Live(c.id, c.base, c.length)) {
+      return ErrorInfo{"KVF_ERR_REMOTE_ACCESS", "pid " + std::to_string(job.pid) + " no longer advertises region " +
+                                                    std::to_string(c.id) + ": nothing copied", 0, {}};
+    }
+  }
   if (job.mapped) return MappedCopy(job);
   const size_t n = job.local.size();
   size_t i = 0;
@@ -106,6 +112,8 @@ std::vector<CmaJob> SplitCmaJob(CmaJob job, size_t parts, size_t min_bytes) {
     j.mapped = job.mapped;
     j.keep = job.keep;
     j.watch = job.watch;
+    j.table = job.table;
+    j.checks = job.checks;
   }
   return out;
 }

@@ -19,6 +19,7 @@
 
 #include "core/error.h"
 #include "core/peer_map.h"
+#include "core/region_table.h"
 #include "core/transfer.h"
 
 namespace kvf {
@@ -35,6 +36,14 @@ struct CmaJob {
   bool mapped = false;
   std::vector<std::shared_ptr<PeerMapping>> keep;
   std::shared_ptr<ProcessWatch> watch;
+  // The peer's region table and the regions the job touches: each must still be advertised when the copy
+  // starts (KVF_ERR_REMOTE_ACCESS otherwise). A same-host job always has a table (see Agent::AddPeer).
+  struct RegionCheck {
+    uint32_t id;
+    uint64_t base, length;
+  };
+  std::shared_ptr<PeerRegionTable> table;
+  std::vector<RegionCheck> checks;
 };
 
 // Copies `job` now, on the calling thread; returns an error (KVF_ERR_FAST_PATH) on failure.

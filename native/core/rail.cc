@@ -1,5 +1,7 @@
 #include "core/rail.h"
 
+#include "core/random_key.h"
+
 #include <rdma/fi_cm.h>
 #include <rdma/fi_rma.h>
 
@@ -76,11 +78,13 @@ Rail::Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffe
     address_.resize(addrlen);
 
     tx_depth_ = info_->tx_attr->size > 0 ? info_->tx_attr->size : 128;
+    const char* prov = info_->fabric_attr->prov_name;
+    retry_dropped_ = prov != nullptr && std::strstr(prov, "tcp") != nullptr;
     max_msg_size_ = info_->ep_attr->max_msg_size > 0 ? info_->ep_attr->max_msg_size : (1ull << 30);
 
     if (receive_size_ > 0) {
       receive_buffer_.resize(receive_size_ * kReceiveSlots);
-      if (needs_local_mr()) receive_mr_ = RegisterMemory(receive_buffer_.data(), receive_buffer_.size(), 0xffff0000u + index_);
+      if (needs_local_mr()) receive_mr_ = RegisterMemory(receive_buffer_.data(), receive_buffer_.size(), false);
       receive_ops_.resize(kReceiveSlots);
       for (size_t i = 0; i < kReceiveSlots; ++i) PostReceive(i);
     }
@@ -257,6 +261,15 @@ size_t Rail::ReapExpress() {
     fi_cq_err_entry err{};
     if (fi_cq_readerr(express_cq_, &err, 0) > 0 && err.op_context != nullptr) {
       --express_inflight_;
+      Op* op = reinterpret_cast<Op*>(err.op_context);
+      if (retry_dropped_ && !express_closed_ && (err.err == FI_ENOTCONN || err.err == FI_ECANCELED || err.err == FI_ECONNRESET ||
+                                                  err.err == FI_ECONNABORTED || err.err == FI_EIO)) {
+        // The express connection dropped (a refused op among them): the rail thread retries them one by one.
+        op->express = false;
+        op->suspect = true;
+        Submit(op);
+        return express_inflight_;
+      }
       ErrorInfo info = ProviderError("rail " + std::to_string(index_) + " operation failed", -err.err);
       const char* prov = fi_cq_strerror(express_cq_, err.prov_errno, err.err_data, nullptr, 0);
       if (prov != nullptr && *prov != '\0') info.provider_message = prov;
@@ -284,10 +297,17 @@ void Rail::Wake() {
   if (cq_can_wait_ && cq_ != nullptr) fi_cq_signal(cq_);
 }
 
-RailMr Rail::RegisterMemory(void* data, size_t length, uint64_t requested_key) {
+RailMr Rail::RegisterMemory(void* data, size_t length, bool remote_access) {
   RailMr out;
-  const uint64_t access = FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
-  CheckFi(fi_mr_reg(domain_, data, length, access, 0, requested_key, 0, &out.mr, nullptr), "fi_mr_reg");
+  uint64_t access = FI_READ | FI_WRITE | FI_SEND | FI_RECV;
+  if (remote_access) access |= FI_REMOTE_READ | FI_REMOTE_WRITE;
+  // With provider keys the requested key is ignored; otherwise a random one, retried on the (2^-64-unlikely)
+  // clash with a key this domain already holds (the provider answers -FI_ENOKEY).
+  int rc = -FI_ENOKEY;
+  for (int attempt = 0; attempt < 4 && rc == -FI_ENOKEY; ++attempt) {
+    rc = fi_mr_reg(domain_, data, length, access, 0, provider_keys() ? 0 : RandomKey(), 0, &out.mr, nullptr);
+  }
+  CheckFi(rc, "fi_mr_reg");
   if (info_->domain_attr->mr_mode & FI_MR_ENDPOINT) {
     int rc = fi_mr_bind(out.mr, &ep_->fid, 0);
     if (rc == 0) rc = fi_mr_enable(out.mr);
@@ -316,6 +336,14 @@ fi_addr_t Rail::InsertAddress(const uint8_t* address, size_t length) {
   } else if (length != address_.size()) {
     throw Error("KVF_ERR_PROVIDER_MISMATCH", "peer endpoint address is " + std::to_string(length) +
                                                  " bytes, this provider's are " + std::to_string(address_.size()));
+  }
+  const bool sockaddr = info_->addr_format == FI_SOCKADDR || info_->addr_format == FI_SOCKADDR_IN ||
+                        info_->addr_format == FI_SOCKADDR_IN6;
+  if (sockaddr && std::memcmp(address, address_.data(), sizeof(sa_family_t)) != 0) {
+    // libfabric 1.17's IP address vectors take an address's length from its family, and set the AV's length
+    // to it before checking anything else: one address of an unknown family shrank it, and every later
+    // insert failed as "too large" (one bad blob poisoned the agent). So the family must be ours.
+    throw Error("KVF_ERR_BAD_METADATA", "peer endpoint address is not of this endpoint's address family");
   }
   fi_addr_t out = FI_ADDR_NOTAVAIL;
   int rc = fi_av_insert(av_, address, 1, &out, 0, nullptr);
@@ -394,6 +422,11 @@ void Rail::HandleCompletion(const fi_cq_data_entry& entry) {
     return;
   }
   --inflight_;
+  if (op == probing_) {
+    ProbeSucceeded(op);
+    return;
+  }
+  if (Recovering()) recovered_any_ = true;
   owner_->OnOpComplete(op, nullptr);
 }
 
@@ -412,6 +445,11 @@ void Rail::HandleCqError() {
   const char* prov = fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0);
   ErrorInfo info = ProviderError("rail " + std::to_string(index_) + " operation failed", -err.err);
   if (prov != nullptr && *prov != '\0') info.provider_message = prov;
+  if (op == probing_) {
+    ProbeFailed(op, info);
+    return;
+  }
+  if (Suspect(op, err.err)) return;
   owner_->OnOpComplete(op, &info);
 }
 
@@ -469,16 +507,22 @@ void Rail::RunLoop() {
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(queue_mu_);
-      if (!queue_.empty()) {
-        pending.insert(pending.end(), queue_.begin(), queue_.end());
-        queue_.clear();
+      for (Op* op : queue_) {
+        if (op->suspect) {
+          Suspect(op, FI_ECANCELED);  // handed over by the express lane, whose connection dropped
+        } else {
+          pending.push_back(op);
+        }
       }
+      queue_.clear();
     }
     if (force_) break;
-    if (stop_ && pending.empty() && inflight_ == 0) break;
+    if (stop_ && pending.empty() && inflight_ == 0 && !Recovering()) break;
 
     bool worked = false;
-    while (!pending.empty() && inflight_ < tx_depth_) {
+    // While recovering from a dropped connection new work waits: retries go alone (rail_recovery.cc).
+    if (Recovering()) DriveRecovery();
+    while (!Recovering() && !pending.empty() && inflight_ < tx_depth_) {
       Op* op = pending.front();
       const auto posting = std::chrono::steady_clock::now();
       int rc = Post(ep_, op);
@@ -490,7 +534,7 @@ void Rail::RunLoop() {
       if (rc == 0) {
         ++inflight_;
         owner_->OnOpPosted(op, std::chrono::duration_cast<std::chrono::nanoseconds>(posted - posting).count());
-      } else {
+      } else if (!Suspect(op, rc)) {
         ErrorInfo info = ProviderError("posting on rail " + std::to_string(index_), rc);
         owner_->OnOpComplete(op, &info);
       }
@@ -516,7 +560,7 @@ void Rail::RunLoop() {
       // its time slice while the other waits; yielding makes a shared core alternate (alternating runs of
       // JS-to-JS shm READ p50: 6.3-17.7 µs without, 6.4-9.0 µs with).
       if (owner_->caller_polling()) sched_yield();
-    } else if (!pending.empty() || now - last_work < (inflight_ > 0 ? kInflightSpin : kSpinWindow) ||
+    } else if (!pending.empty() || Recovering() || now - last_work < (inflight_ > 0 ? kInflightSpin : kSpinWindow) ||
                (inflight_ > 0 && !cq_can_wait_)) {
       sched_yield();
     } else {
@@ -540,6 +584,7 @@ void Rail::RunLoop() {
   // after the endpoint is closed.
   ErrorInfo closed{"KVF_ERR_CLOSED", "agent closed before the operation was posted", 0, {}};
   for (Op* op : pending) owner_->OnOpComplete(op, &closed);
+  FailSuspects(closed);
   std::lock_guard<std::mutex> lock(queue_mu_);
   for (Op* op : queue_) owner_->OnOpComplete(op, &closed);
   queue_.clear();

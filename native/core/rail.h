@@ -75,7 +75,11 @@ class Rail {
   bool needs_local_mr() const { return (info_->domain_attr->mr_mode & FI_MR_LOCAL) != 0; }
   bool virt_addr() const { return (info_->domain_attr->mr_mode & FI_MR_VIRT_ADDR) != 0; }
 
-  RailMr RegisterMemory(void* data, size_t length, uint64_t requested_key);
+  // `remote_access` false registers for local use only (no FI_REMOTE_READ/WRITE): the provider itself refuses
+  // a peer's access, whatever key it presents. Where the provider lets the user pick keys (no FI_MR_PROV_KEY,
+  // tcp and shm), the key requested is random (RandomKey), so that it cannot be guessed from the region id.
+  RailMr RegisterMemory(void* data, size_t length, bool remote_access);
+  bool provider_keys() const { return (info_->domain_attr->mr_mode & FI_MR_PROV_KEY) != 0; }
   static void CloseMr(RailMr& mr);
   fi_addr_t InsertAddress(const uint8_t* address, size_t length);
 
@@ -113,6 +117,17 @@ class Rail {
   IdleEnd WaitIdle();
   bool PollWaitFd(int timeout_ms);
   void Wake();
+
+  // Recovery from a dropped connection (rail_recovery.cc). tcp;ofi_rxm drops the whole connection when the
+  // target refuses one operation (a bad key, a region no longer registered), failing every other operation
+  // in flight on it. Those are retried here, one at a time, once the rail's ops have drained: the ones that
+  // succeed alone complete as if nothing happened, the one that keeps failing alone fails by itself.
+  bool Suspect(Op* op, int err);  // true: `op` failed with its connection and will be retried
+  bool Recovering() const { return probing_ != nullptr || !suspects_.empty(); }
+  void DriveRecovery();
+  void ProbeFailed(Op* op, const ErrorInfo& error);
+  void ProbeSucceeded(Op* op);
+  void FailSuspects(const ErrorInfo& error);
 
   uint32_t index_;
   fi_info* info_;
@@ -155,6 +170,15 @@ class Rail {
   fid_cq* express_cq_ = nullptr;
   std::vector<std::vector<uint8_t>> inserted_;  // every address put in av_, in order
   bool express_closed_ = false;
+  // Recovery (progress thread only, see Suspect()).
+  bool retry_dropped_ = false;        // the provider drops connections on a refused op (tcp)
+  std::deque<Op*> suspects_;          // failed with their connection, waiting to be retried alone
+  Op* probing_ = nullptr;             // the suspect being retried (alone on the rail)
+  bool probe_posted_ = false;
+  int probe_attempts_ = 0;
+  int failed_alone_ = 0;              // suspects that failed alone since the last success
+  bool recovered_any_ = false;        // an op succeeded since recovery began: the peer is reachable
+  std::chrono::steady_clock::time_point next_probe_{};
   std::deque<Op*> express_backlog_;           // refused with -FI_EAGAIN, posted by ReapExpress in order
   std::atomic<size_t> express_inflight_{0};     // posted or in the backlog
 };

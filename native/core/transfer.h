@@ -35,6 +35,8 @@ struct Op {
   uint32_t rail = 0;
   bool delivery_complete = false;  // data must be visible at the target before the completion
   bool express = false;            // posted and reaped on the JS thread (Rail::PostExpress)
+  bool suspect = false;            // failed with its connection: to be retried alone (rail_recovery.cc)
+  bool deferred = false;           // failed alone before anything else was retried successfully
 };
 
 struct Transfer {

@@ -31,6 +31,8 @@ struct PreparedList {
   // Distinct local regions, re-checked at every post: a region deregistered since is an error, not a use
   // after free.
   std::vector<std::pair<uint32_t, Region*>> regions;
+  // Distinct remote regions: a same-host peer's are checked against its region table at every post.
+  std::vector<std::pair<uint32_t, const RemoteRegion*>> remote_regions;
   std::vector<PreparedItem> items;
   uint64_t bytes = 0;
   // Non-empty when destinations overlap for that direction: the error to report when posting it whole.

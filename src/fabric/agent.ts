@@ -261,8 +261,9 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   registerMemory(memory: MemoryInput, options: { remoteAccess?: boolean } = {}): MemoryRegion {
     this.#assertOpen();
     const bytes = toBytes(memory);
-    const id = this.#call(() => this.#native.registerMemory(bytes));
-    const region = new MemoryRegion(this, id, bytes, options.remoteAccess ?? true);
+    const remoteAccess = options.remoteAccess ?? true;
+    const id = this.#call(() => this.#native.registerMemory(bytes, remoteAccess));
+    const region = new MemoryRegion(this, id, bytes, remoteAccess);
     this.#regions.set(id, region);
     return region;
   }
@@ -291,8 +292,9 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     }
     const { buffer, hugepages, shared } = this.#call(() => addon.allocate(length, huge !== false, huge === 'require', wantShared));
     const bytes = new Uint8Array(buffer);
-    const id = this.#call(() => this.#native.registerMemory(bytes));
-    const region = new MemoryRegion(this, id, bytes, options.remoteAccess ?? true, hugepages, shared);
+    const remoteAccess = options.remoteAccess ?? true;
+    const id = this.#call(() => this.#native.registerMemory(bytes, remoteAccess));
+    const region = new MemoryRegion(this, id, bytes, remoteAccess, hugepages, shared);
     this.#regions.set(id, region);
     return region;
   }
@@ -319,7 +321,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       virtAddr: this.info.virtAddr,
       rails: this.info.addresses,
       regions,
-      host: { id: hostIdentity(), pid: process.pid },
+      host: { id: hostIdentity(), pid: process.pid, ...(this.info.regionTable ? { table: this.info.regionTable } : {}) },
     });
   }
 
@@ -335,9 +337,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       );
     }
     // Add the new peer first: if the blob is refused, the peer loaded before stays usable.
-    const sameHost = this.#fastPath && desc.host !== undefined && desc.host.id !== '' && desc.host.id === hostIdentity() && desc.host.pid > 0;
-    const added = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, desc.regions, sameHost ? desc.host!.pid : 0), { peer: desc.name });
+    // Same host by the peer's word: the addon confirms the peer's region table (inode and nonce) before it
+    // touches anything of that pid, then checks every transfer against it; the fast path only if enabled.
+    const host = desc.host;
+    const sameHost = host !== undefined && host.id !== '' && host.id === hostIdentity() && host.pid > 0;
+    const hostArg = sameHost ? { pid: host.pid, fastPath: this.#fastPath, ...(host.table ? { table: host.table } : {}) } : undefined;
+    const added = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, desc.regions, hostArg), { peer: desc.name });
     const id = added.id;
+    if (added.tableRefused) this.#log?.warn({ agent: this.name, peer: desc.name, reason: added.tableRefused }, "peer on this host: its region table is not confirmed, so the same-host paths are not used and transfers are not checked against it");
     if (added.fastPathRefused) this.#log?.info({ agent: this.name, peer: desc.name, reason: added.fastPathRefused }, 'peer on this host reached over the fabric: fast path refused');
     if (added.mapRefused) this.#log?.info({ agent: this.name, peer: desc.name, reason: added.mapRefused }, "peer's shared memory not mapped: copies go by cross-memory attach");
     const previous = this.#peers.get(desc.name);

@@ -19,6 +19,7 @@ export const ERROR_CODES = {
   KVF_ERR_PROVIDER_UNAVAILABLE: 'No libfabric provider matches the requested provider, endpoint type and capabilities.',
   KVF_ERR_PROVIDER: 'libfabric returned an error; errno and providerMessage (fi_strerror) carry its details.',
   KVF_ERR_ALLOC: 'Memory could not be allocated (hugepages missing, memlock limit, out of memory).',
+  KVF_ERR_REMOTE_ACCESS: 'The peer does not grant this access: the region is not advertised (deregistered, revoked, never advertised) or the key is wrong.',
   KVF_ERR_FAST_PATH: 'The same-host fast path (cross-memory attach) failed: the peer process is gone or the kernel refused access.',
   KVF_ERR_BAD_MODEL: 'A model file (GGUF) is truncated, corrupt, of an unsupported version, or inconsistent.',
   KVF_ERR_UNSUPPORTED_TENSOR_TYPE: 'A model tensor uses a type the reference engine cannot compute with.',

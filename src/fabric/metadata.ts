@@ -6,7 +6,7 @@
 // message names the field, its offset, and what was expected versus found. No other exception
 // escapes it.
 //
-// Format v3, all integers little-endian:
+// Format v4, all integers little-endian:
 //
 //   offset  size  field
 //   0       4     magic, ASCII "KVFM"
@@ -23,6 +23,9 @@
 //                   railCount x u64 key
 //           1+n   u8 hostLen (0..255), host identity bytes (UTF-8; 0 = unknown)
 //           4     u32 pid of the agent's process (0 = unknown)
+//           4     u32 region table fd (0xffffffff: no table)
+//           8     u64 region table inode (0 unless a table)
+//           16    region table nonce (zeros unless a table)
 //           4     u32 CRC-32 (IEEE / zlib polynomial) of every preceding byte
 //
 // v2 added the host identity and pid (the same-host fast path: peers with the same identity can copy by
@@ -30,13 +33,16 @@
 // addressing (virtAddr says whether libfabric RMA uses it).
 // v3 added where a region's shared memory can be found (the same-host mapped path: a peer on this host maps
 // /proc/<pid>/fd/<fd> after checking the inode, and copies with memcpy).
+// v4 added the region table (native/core/region_table.h): where a same-host peer finds the memfd that says
+// which regions are advertised right now, checked by inode and a random nonce before anything of the pid is
+// touched; the same-host paths and the shm provider are used only once it is confirmed.
 //
 // A reader accepts only the version it was built for: a layout change must bump METADATA_VERSION,
 // and an older peer then reports "unsupported metadata version N" instead of misreading fields.
 
 import { KvfError } from './errors.js';
 
-export const METADATA_VERSION = 3;
+export const METADATA_VERSION = 4;
 
 export interface RegionDescription {
   /** Region id, unique within one agent (u32). */
@@ -80,9 +86,22 @@ export interface HostDescription {
   id: string;
   /** u32; 0 = unknown. */
   pid: number;
+  /** The agent's region table, for same-host peers; absent = none. */
+  table?: TableDescription;
 }
 
-/** Limits of format v3. */
+export interface TableDescription {
+  /** 0..0x7fffffff */
+  fd: number;
+  /** u64 */
+  inode: bigint;
+  /** 16 bytes */
+  nonce: Uint8Array;
+}
+
+const TABLE_NONCE_BYTES = 16;
+
+/** Limits of format v4. */
 export const METADATA_LIMITS = Object.freeze({
   maxStringBytes: 255,
   maxRails: 64,
@@ -95,8 +114,10 @@ const FLAG_VIRT_ADDR = 0x0001;
 /** magic + version + flags + total length */
 const HEADER_BYTES = 12;
 const CRC_BYTES = 4;
-/** Smallest well-formed v3 blob: 1-byte name, 1-byte provider, one 1-byte rail, no regions, no host id. */
-const MIN_BLOB_BYTES = HEADER_BYTES + (1 + 1) + (1 + 1) + 1 + (1 + 1) + 4 + (1 + 4) + CRC_BYTES;
+/** The host section's fixed part after the host id: u32 pid, u32 table fd, u64 table inode, the nonce. */
+const HOST_FIXED_BYTES = 4 + 4 + 8 + TABLE_NONCE_BYTES;
+/** Smallest well-formed v4 blob: 1-byte name, 1-byte provider, one 1-byte rail, no regions, no host id. */
+const MIN_BLOB_BYTES = HEADER_BYTES + (1 + 1) + (1 + 1) + 1 + (1 + 1) + 4 + 1 + HOST_FIXED_BYTES + CRC_BYTES;
 /** A region's fixed part: u32 id, u64 length, u64 base, u32 share fd, u64 share inode, u64 share offset (the keys follow). */
 const REGION_FIXED_BYTES = 4 + 8 + 8 + 4 + 8 + 8;
 const NOT_SHARED = 0xffffffff;
@@ -168,6 +189,13 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
   if (typeof host !== 'object' || host === null || typeof host.id !== 'string') throw invalid('host must be { id: string, pid: number }');
   const hostBytes = host.id === '' ? 0 : checkedStringBytes('host.id', host.id);
   if (!Number.isInteger(host.pid) || host.pid < 0 || host.pid > 0xffffffff) throw invalid(`host.pid must be a u32, got ${String(host.pid)}`);
+  const table = host.table;
+  if (table !== undefined) {
+    if (typeof table !== 'object' || table === null) throw invalid('host.table must be { fd, inode, nonce }');
+    if (!Number.isInteger(table.fd) || table.fd < 0 || table.fd > 0x7fffffff) throw invalid(`host.table.fd must be an integer in 0..${0x7fffffff}, got ${String(table.fd)}`);
+    checkU64('host.table.inode', table.inode);
+    if (!(table.nonce instanceof Uint8Array) || table.nonce.length !== TABLE_NONCE_BYTES) throw invalid(`host.table.nonce must be ${TABLE_NONCE_BYTES} bytes`);
+  }
   const nameBytes = checkedStringBytes('name', name);
   const providerBytes = checkedStringBytes('provider', provider);
   if (typeof virtAddr !== 'boolean') throw invalid(`virtAddr must be a boolean, got ${typeof virtAddr}`);
@@ -230,7 +258,7 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
 
   const regionBytes = REGION_FIXED_BYTES + 8 * addrs.length;
   const total =
-    HEADER_BYTES + 1 + nameBytes + 1 + providerBytes + 1 + railBytes + 4 + checked.length * regionBytes + 1 + hostBytes + 4 + CRC_BYTES;
+    HEADER_BYTES + 1 + nameBytes + 1 + providerBytes + 1 + railBytes + 4 + checked.length * regionBytes + 1 + hostBytes + HOST_FIXED_BYTES + CRC_BYTES;
   // Cannot happen within the limits above (the largest blob is ~560 MB), but the field is a u32.
   if (total > 0xffffffff) throw invalid(`metadata would be ${total} bytes, more than a u32 length can describe`);
 
@@ -263,6 +291,10 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
   off = buf.writeUInt8(hostBytes, off);
   off += buf.write(host.id, off, 'utf8');
   off = buf.writeUInt32LE(host.pid, off);
+  off = buf.writeUInt32LE(table?.fd ?? NOT_SHARED, off);
+  off = buf.writeBigUInt64LE(table?.inode ?? 0n, off);
+  if (table) buf.set(table.nonce, off);
+  off += TABLE_NONCE_BYTES;
   off = buf.writeUInt32LE(crc32(buf, 0, off), off);
   if (off !== total) throw new Error(`encodeMetadata internal error: wrote ${off} of ${total} bytes`);
   return buf;
@@ -471,6 +503,17 @@ function decodeChecked(input: unknown): AgentDescription {
   const hostLength = rd.u8('host id length');
   const hostId = decodeUtf8('host id', hostAt + 1, rd.take('host id', hostLength));
   const pid = rd.u32('pid');
+  const tableAt = rd.offset;
+  const tableFd = rd.u32('region table fd');
+  const tableInode = rd.u64('region table inode');
+  const nonce = rd.take('region table nonce', TABLE_NONCE_BYTES);
+  let table: TableDescription | undefined;
+  if (tableFd !== NOT_SHARED) {
+    if (tableFd > 0x7fffffff) throw bad(`region table fd at offset ${tableAt} is ${tableFd}, expected 0..${0x7fffffff} or ${NOT_SHARED}`);
+    table = { fd: tableFd, inode: tableInode, nonce };
+  } else if (tableInode !== 0n || nonce.some((b) => b !== 0)) {
+    throw bad(`region table at offset ${tableAt} is absent but carries an inode or nonce`);
+  }
 
   if (rd.remaining !== 0) {
     throw bad(`${rd.remaining} unexpected trailing byte(s) at offset ${rd.offset}, after the host section and before the CRC`);
@@ -482,6 +525,6 @@ function decodeChecked(input: unknown): AgentDescription {
     virtAddr: (flags & FLAG_VIRT_ADDR) !== 0,
     rails,
     regions,
-    host: { id: hostId, pid },
+    host: table ? { id: hostId, pid, table } : { id: hostId, pid },
   };
 }

@@ -55,6 +55,16 @@ export interface NativeAgentInfo {
   maxNotificationBytes: number;
   /** The express lane's limit in effect (0: none, e.g. on shm). */
   expressMaxBytes: number;
+  /** Where same-host peers find the region table (absent: none could be created). */
+  regionTable?: RegionTableLocation;
+}
+
+/** An agent's region table (native/core/region_table.h): a memfd of its advertised regions, for same-host peers. */
+export interface RegionTableLocation {
+  fd: number;
+  inode: bigint;
+  /** 16 random bytes in the table's header. */
+  nonce: Uint8Array;
 }
 
 export interface NativeRegion {
@@ -69,17 +79,22 @@ export interface NativeRegion {
 export declare class NativeAgent {
   constructor(options: NativeAgentOptions, onEvents: (events: NativeEvent[] | undefined, records: Float64Array) => void, records: Float64Array);
   info(): NativeAgentInfo;
-  registerMemory(view: Uint8Array): number;
+  /** remoteAccess false: registered without FI_REMOTE_READ/WRITE and left out of regions(). Default true. */
+  registerMemory(view: Uint8Array, remoteAccess?: boolean): number;
   deregisterMemory(id: number): void;
   regions(): NativeRegion[];
-  /** cmaPid > 0: the peer runs on this host as that pid; the addon checks it may attach, else uses the fabric. */
+  /**
+   * `host`: the peer says it runs on this host as `pid`. The addon confirms its region table before touching
+   * anything of that pid; then checks transfers against the table, and with `fastPath` copies directly when the
+   * kernel allows it. Otherwise (and without `host`) the provider carries the bytes.
+   */
   addPeer(
     name: string,
     virtAddr: boolean,
     addresses: Uint8Array[],
     regions: NativeRegion[],
-    cmaPid?: number,
-  ): { id: number; path: 'fabric' | 'cma'; fastPathRefused?: string; mappedRegions: number; mapRefused?: string };
+    host?: { pid: number; fastPath: boolean; table?: RegionTableLocation },
+  ): { id: number; path: 'fabric' | 'cma'; fastPathRefused?: string; mappedRegions: number; mapRefused?: string; tableRefused?: string };
   removePeer(id: number): void;
   /** kind 0 = WRITE, 1 = READ; descriptors: 5 doubles each (localRegion, localOffset, remoteRegion, remoteOffset, length). */
   post(kind: 0 | 1, peer: number, descriptors: Float64Array, notification?: Uint8Array): number;

@@ -49,7 +49,13 @@ export interface LoadedPeer {
   provider: string;
   rails: number;
   regions: { id: number; length: number }[];
+  /** What carries transfers to it: the provider ('fabric') or the same-host fast path ('cma'). */
+  path?: string;
+  fastPathRefused?: string;
 }
+
+/** One transfer's outcome, failures included (transferSettled). */
+export type Settled = { ok: true; report: TransferReport } | { ok: false; code?: string; message: string };
 
 /** Outcome of one data check made by the target inside its 'notification' listener. */
 export interface CheckResult {
@@ -82,8 +88,8 @@ export interface CheckRequest {
 }
 
 export type Request =
-  | { cmd: 'create'; name: string; provider: string }
-  | { cmd: 'alloc'; region: string; length: number; fill: 'random' | 'zero'; shared?: boolean }
+  | { cmd: 'create'; name: string; provider: string; fastPath?: boolean }
+  | { cmd: 'alloc'; region: string; length: number; fill: 'random' | 'zero'; shared?: boolean; remoteAccess?: boolean }
   | { cmd: 'free'; region: string }
   | { cmd: 'fill'; region: string; ranges: Range[] }
   | { cmd: 'hash'; region: string; ranges: Range[] }
@@ -92,6 +98,7 @@ export type Request =
   | { cmd: 'load'; metadata: string }
   | { cmd: 'transfer'; spec: TransferSpec }
   | { cmd: 'transferMany'; specs: TransferSpec[] }
+  | { cmd: 'transferSettled'; specs: TransferSpec[] }
   | { cmd: 'notify'; peer: string; dataBase64: string }
   | { cmd: 'takeNotifications'; count: number; timeoutMs: number }
   | { cmd: 'close' };
@@ -107,6 +114,7 @@ export interface Replies {
   load: LoadedPeer;
   transfer: TransferReport;
   transferMany: TransferReport[];
+  transferSettled: Settled[];
   notify: null;
   /** `events`: what the 'notification' listener saw; `iterated`: what agent.notifications() yielded. */
   takeNotifications: { events: ReceivedNotification[]; iterated: { from: string; dataBase64: string }[] };
@@ -238,14 +246,21 @@ export class PeerProcess {
 
   // ---- conveniences -------------------------------------------------------------------------------
 
-  async create(name: string, provider: string): Promise<CreatedAgent> {
-    this.agent = await this.request({ cmd: 'create', name, provider });
+  async create(name: string, provider: string, options: { fastPath?: boolean } = {}): Promise<CreatedAgent> {
+    this.agent = await this.request({ cmd: 'create', name, provider, ...options });
     return this.agent;
   }
 
   /** Allocates and registers `length` bytes filled with crypto-random bytes or zeros; returns the region id. */
-  async alloc(region: string, length: number, fill: 'random' | 'zero', shared?: boolean): Promise<number> {
-    const r = await this.request({ cmd: 'alloc', region, length, fill, ...(shared !== undefined ? { shared } : {}) });
+  async alloc(region: string, length: number, fill: 'random' | 'zero', shared?: boolean, remoteAccess?: boolean): Promise<number> {
+    const r = await this.request({
+      cmd: 'alloc',
+      region,
+      length,
+      fill,
+      ...(shared !== undefined ? { shared } : {}),
+      ...(remoteAccess !== undefined ? { remoteAccess } : {}),
+    });
     this.regions.set(region, r.id);
     return r.id;
   }
@@ -285,6 +300,11 @@ export class PeerProcess {
 
   transfer(spec: TransferSpec, timeoutMs?: number): Promise<TransferReport> {
     return this.request({ cmd: 'transfer', spec }, timeoutMs);
+  }
+
+  /** Posts every transfer in the same tick in the child and reports each one's outcome, failures included. */
+  transferSettled(specs: TransferSpec[], timeoutMs?: number): Promise<Settled[]> {
+    return this.request({ cmd: 'transferSettled', specs }, timeoutMs);
   }
 
   /** Posts every transfer in the same tick in the child and awaits them together. */
