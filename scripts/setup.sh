@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libfabric-dev libfabric-bin libgtest-dev pkg-config cmake make g++ etcd-server curl)
+packages=(libfabric-dev libfabric-bin libgtest-dev pkg-config cmake make g++ etcd-server curl openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,7 +3,11 @@
 // without the cluster token, with forged, altered, replayed and expired KV handles, with other requests'
 // handles, with RPCs of the other role and with huge leases.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import * as grpc from '@grpc/grpc-js';
@@ -14,7 +18,7 @@ import { RegistryService, WorkerService, unary, workerClient, registryClient, ty
 import { AUTH_HEADER, ClusterAuth } from '../src/serve/security/auth.js';
 import { HandleSigner } from '../src/serve/security/handles.js';
 import { PeerProcess, zeroHash } from './helpers/peers.js';
-import { AUTH, CLUSTER, SECRETS, health, poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
+import { AUTH, CLUSTER, ROOT, SECRETS, health, poolAtBaseline, quietLog, startStack, tinyModel, toolEnv, type Stack } from './helpers/serve.js';
 
 const MAX_LEASE_MS = 1500;
 const PROMPT = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22];
@@ -253,5 +257,62 @@ describe('trust boundary', () => {
     const text = await (await fetch(`${stack.url}/health`)).text();
     for (const w of [stack.prefill, stack.decode]) assert.ok(!text.includes(w.ready.address.split(':').pop()!), `${w.ready.address} in /health`);
     assert.equal((JSON.parse(text) as { workers: unknown[] }).workers.length, 2);
+  });
+});
+
+describe('mutual TLS on the control plane', () => {
+  let stack: Stack;
+  let creds: string;
+  const tls = (dir: string) => ({ tlsCert: join(dir, 'tls.crt'), tlsKey: join(dir, 'tls.key'), tlsCa: join(dir, 'ca.crt'), tlsClientAuth: true, tlsServerName: 'kvfabric' });
+  const makeCreds = (): string => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'kvf-tls-')), 'secrets');
+    execFileSync('bash', [join(ROOT, 'scripts', 'make-cluster-secrets.sh'), dir], { env: toolEnv(), stdio: 'ignore' });
+    return dir;
+  };
+
+  before(async () => {
+    creds = makeCreds();
+    const t = tls(creds);
+    const env = { KVF_TLS_CERT: t.tlsCert, KVF_TLS_KEY: t.tlsKey, KVF_TLS_CA: t.tlsCa, KVF_TLS_CLIENT_AUTH: 'true', KVF_TLS_SERVER_NAME: 'kvfabric' };
+    stack = await startStack(tinyModel(), 'tcp', t, { env });
+  });
+
+  after(async () => {
+    await stack?.close();
+  });
+
+  test('a request goes through workers that speak only mutual TLS', async () => {
+    const res = await fetch(`${stack.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: stack.modelName, prompt: 'hello there', max_tokens: 4, temperature: 0 }),
+    });
+    const body = (await res.json()) as { kvfabric: { op: string; bytes: number } };
+    assert.equal(res.status, 200);
+    assert.equal(body.kvfabric.op, 'READ');
+    assert.ok(body.kvfabric.bytes > 0);
+  });
+
+  test('plaintext clients, clients without a certificate and clients of another CA are refused, token or not', async () => {
+    const address = stack.prefill.ready.address;
+    const health = (client: WorkerClient) => unary(client, client.health, {}, 5000);
+    const noCert = (() => {
+      const Ctor = grpc.makeGenericClientConstructor(WorkerService, 'Worker');
+      const c = AUTH.clientOptions();
+      return new Ctor(address, grpc.credentials.createSsl(readFileSync(join(creds, 'ca.crt'))), { ...c.options, 'grpc.ssl_target_name_override': 'kvfabric' }) as unknown as WorkerClient;
+    })();
+    const clients = [workerClient(address, AUTH), noCert, workerClient(address, ClusterAuth.fromConfig({ ...CLUSTER, ...tls(makeCreds()) }))];
+    for (const client of clients) {
+      const err = (await health(client).then(
+        () => assert.fail('accepted'),
+        (e: grpc.ServiceError) => e,
+      )) as grpc.ServiceError;
+      assert.equal(err.code, grpc.status.UNAVAILABLE, err.message);
+      client.close();
+    }
+    // The control: the cluster's own certificate and token.
+    const member = workerClient(address, ClusterAuth.fromConfig({ ...CLUSTER, ...tls(creds) }));
+    assert.equal((await health(member)).role, 'prefill');
+    member.close();
   });
 });
