@@ -12,6 +12,7 @@ import { describe, test } from 'node:test';
 import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
 import { Service } from 'kubernetes-models/v1/Service';
 import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
+import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy';
 import { parseAllDocuments } from 'yaml';
 
 import { isKnownEnv, MISTAKEN_ENV, runDoctor } from '../src/doctor/index.js';
@@ -32,6 +33,7 @@ const MODELS: Record<string, [string, new (o: Obj) => { validate(): void }]> = {
   ConfigMap: ['v1', ConfigMap as never],
   Service: ['v1', Service as never],
   Deployment: ['apps/v1', Deployment as never],
+  NetworkPolicy: ['networking.k8s.io/v1', NetworkPolicy as never],
 };
 
 function yamlFiles(dir: string): string[] {
@@ -76,7 +78,7 @@ describe('kubernetes manifests', () => {
   test('every YAML document validates against its Kubernetes schema', () => {
     assert.ok(docs.length >= 8, `found ${docs.length} documents`);
     for (const d of docs) validate(d);
-    assert.deepEqual([...new Set(docs.map((d) => d.obj.kind))].sort(), ['ConfigMap', 'Deployment', 'Kustomization', 'Service']);
+    assert.deepEqual([...new Set(docs.map((d) => d.obj.kind))].sort(), ['ConfigMap', 'Deployment', 'Kustomization', 'NetworkPolicy', 'Service']);
   });
 
   test('the validator is live: unknown kinds and schema violations fail', () => {
@@ -183,5 +185,34 @@ describe('kubernetes manifests', () => {
     // And through `kvfabric doctor`: its FI_* checks find nothing wrong with these settings.
     const report = await runDoctor({ env: data, root: mkdtempSync(join(tmpdir(), 'kvf-k8s-')), openAgent: false });
     assert.deepEqual(report.checks.filter((c) => c.group === 'fi-env' && c.status !== 'ok'), []);
+  });
+
+  test('security: the frontend holds the token only, workers the token and the handle key; TLS from the mounted Secret; NetworkPolicies admit only the frontend and the peer role', () => {
+    const secretEnv = (c: Obj) => Object.fromEntries(((c.env ?? []) as Obj[]).filter((e) => e.valueFrom?.secretKeyRef).map((e) => [e.name, `${e.valueFrom.secretKeyRef.name}/${e.valueFrom.secretKeyRef.key}`]));
+    assert.deepEqual(secretEnv(container('kvfabric-frontend')), { KVF_CLUSTER_TOKEN: 'kvfabric-cluster/token' });
+    for (const name of ['kvfabric-prefill', 'kvfabric-decode']) {
+      assert.deepEqual(secretEnv(container(name)), { KVF_CLUSTER_TOKEN: 'kvfabric-cluster/token', KVF_HANDLE_KEY: 'kvfabric-cluster/handle-key' });
+    }
+    const data = ofKind('ConfigMap')[0]!.data as Record<string, string>;
+    assert.equal(data.KVF_TLS_CLIENT_AUTH, 'true');
+    for (const name of ['kvfabric-frontend', 'kvfabric-prefill', 'kvfabric-decode']) {
+      const pod = byName(name).spec.template.spec as Obj;
+      const vol = (pod.volumes as Obj[]).find((v) => v.secret?.secretName === 'kvfabric-tls');
+      const mount = (pod.containers[0].volumeMounts as Obj[]).find((m) => m.name === vol?.name);
+      for (const key of ['KVF_TLS_CERT', 'KVF_TLS_KEY', 'KVF_TLS_CA']) assert.equal(data[key]!.replace(/\/[^/]+$/, ''), mount?.mountPath, `${name}: ${key} under the kvfabric-tls mount`);
+    }
+    // Policies: one per component; each selects that Deployment's pods; workers' gRPC ports admit the frontend only.
+    const policies = ofKind('NetworkPolicy');
+    const component = (labels: Obj | undefined) => labels?.['app.kubernetes.io/component'] as string | undefined;
+    const selects = (p: Obj) => deployments.filter((d) => Object.entries(p.spec.podSelector.matchLabels as Obj).every(([k, v]) => d.spec.template.metadata.labels[k] === v));
+    for (const d of deployments) assert.equal(policies.filter((p) => selects(p).includes(d)).length, 1, `${d.metadata.name}: one NetworkPolicy`);
+    for (const [role, peer] of [['prefill', 'decode'], ['decode', 'prefill']] as const) {
+      const policy = policies.find((p) => component(p.spec.podSelector.matchLabels) === role)!;
+      const port = listenPort(container(`kvfabric-${role}`));
+      const rules = policy.spec.ingress as Obj[];
+      assert.ok(rules.every((r) => Array.isArray(r.from) && r.from.length > 0), `${role}: every rule names its sources`);
+      const sources = rules.map((r) => [(r.from as Obj[]).map((f) => component(f.podSelector?.matchLabels)).join(','), ((r.ports ?? []) as Obj[]).map((p) => p.port).join(',')]);
+      assert.deepEqual(sources, [['frontend', String(port)], [peer, '']], `${role}: the frontend on gRPC, the peer role on the fabric`);
+    }
   });
 });
