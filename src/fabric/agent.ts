@@ -12,7 +12,8 @@ import { decodeMetadata, encodeMetadata } from './metadata.js';
 import { CompletionPoller } from './completion-poller.js';
 import { addon, DONE_CMA, DONE_EXPRESS, DONE_FIELDS, DONE_MAPPED, RECORDS_CAPACITY, RECORDS_HEADER, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
-import { RemotePeer } from './peer.js';
+import { RemotePeer, type GrantReader } from './peer.js';
+import { Grant, decodeGrant, encodeGrant, type GrantAccess } from './grants.js';
 import { PreparedTransfer, type PreparedOwner } from './prepared.js';
 import { fastPathEnabled, hostIdentity } from './host.js';
 
@@ -122,7 +123,7 @@ export interface AgentEvents {
   notification: [Notification];
 }
 
-export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, PreparedOwner {
+export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, PreparedOwner, GrantReader {
   readonly name: string;
   readonly backend: Backend;
   readonly provider: string;
@@ -133,6 +134,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #native: NativeAgent;
   #pending = new Map<number, Pending>();
   #regions = new Map<number, MemoryRegion>();
+  #grants = new Map<number, Grant>();
   #peers = new Map<string, RemotePeer>();
   #notifications = new NotificationQueue(() => this.#ref(), () => this.#unref());
   // ref()/unref() on the addon's thread-safe function are a switch, not a count; count here.
@@ -307,6 +309,68 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     }
     this.#call(() => this.#native.deregisterMemory(region.id));
     this.#regions.delete(region.id);
+    // The addon ended the region's grants with it.
+    for (const g of this.#grants.values()) {
+      if (g.regionId === region.id) {
+        g.markEnded();
+        this.#grants.delete(g.id);
+      }
+    }
+  }
+
+  // ---- grants -------------------------------------------------------------------------------------
+
+  /**
+   * Lets one peer READ (or WRITE) exactly [offset, offset + length) of `region` until revoke(): the range is
+   * registered again on every rail with fresh random keys and only that remote flag, and published in the
+   * region table for same-host readers. The region may be registered with `remoteAccess: false`. Hand
+   * `grant.bytes` to the peer (remotePeer.addGrant). Live grants share the table with remotely accessible
+   * regions (2^18 in all; KVF_ERR_TOO_LARGE beyond). A grant ends with its region or the agent.
+   */
+  grant(region: MemoryRegion, options: { offset: number; length: number; access: GrantAccess }): Grant {
+    this.#assertOpen();
+    if (!(region instanceof MemoryRegion) || this.#regions.get(region.id) !== region) {
+      throw new KvfError('KVF_ERR_UNKNOWN_REGION', `grant() needs a region registered with agent ${this.name}`);
+    }
+    const { offset, length, access } = options ?? ({} as typeof options);
+    if (access !== 'read' && access !== 'write') throw new KvfError('KVF_ERR_INVALID_ARGUMENT', "options.access must be 'read' or 'write'");
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.offset and options.length must be integers ≥ 0');
+    }
+    const g = this.#call(() => this.#native.grant(region.id, offset, length, access === 'write'));
+    const digest = this.info.regionTable?.nonce ?? new Uint8Array(16);
+    const bytes = encodeGrant({ id: g.id, access, base: g.base, length, owner: this.name, digest, keys: g.keys, ...(g.share ? { share: g.share } : {}) });
+    const grant = new Grant(g.id, region.id, offset, length, access, bytes, (x) => {
+      this.#grants.delete(x.id);
+      if (!this.#closed) this.#native.revoke(x.id);
+    });
+    this.#grants.set(g.id, grant);
+    return grant;
+  }
+
+  /** Grants live now. */
+  get liveGrants(): number {
+    return this.#grants.size;
+  }
+
+  /** @internal RemotePeer.addGrant(). */
+  addPeerGrant(peer: RemotePeer, bytes: Uint8Array): number {
+    this.#assertOpen();
+    const p = this.#peer(peer);
+    const g = decodeGrant(bytes);
+    if (g.owner !== p.name || !Buffer.from(g.digest).equals(p.digest)) {
+      throw new KvfError('KVF_ERR_BAD_METADATA', `bad grant: it belongs to agent '${g.owner}' (or another instance of it), not to peer '${p.name}'`, { peer: p.name });
+    }
+    const access = g.access === 'read' ? 1 : 2;
+    this.#call(() => this.#native.addGrant(p.id, { id: g.id, base: g.base, length: g.length, access, keys: g.keys, ...(g.share ? { share: g.share } : {}) }), { peer: p.name });
+    return g.id;
+  }
+
+  /** @internal RemotePeer.removeGrant(). */
+  removePeerGrant(peer: RemotePeer, id: number): void {
+    this.#assertOpen();
+    const p = this.#peer(peer);
+    this.#call(() => this.#native.removeGrant(p.id, id), { peer: p.name });
   }
 
   // ---- metadata -----------------------------------------------------------------------------------
@@ -350,7 +414,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     const previous = this.#peers.get(desc.name);
     if (previous) this.invalidateRemoteMetadata(previous);
     const regions = desc.regions.map((r) => ({ id: r.id, length: r.length }));
-    const peer = new RemotePeer(this, id, desc.name, desc.provider, desc.rails.length, regions, added.path, added.fastPathRefused, added.mappedRegions);
+    const digest = desc.host?.table?.nonce ?? new Uint8Array(16);
+    const peer = new RemotePeer(this, id, desc.name, desc.provider, desc.rails.length, regions, added.path, added.fastPathRefused, added.mappedRegions, digest);
     this.#peers.set(desc.name, peer);
     return peer;
   }
@@ -546,6 +611,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#closed = true;
     for (const region of this.#regions.values()) region.markDeregistered();
     this.#regions.clear();
+    for (const grant of this.#grants.values()) grant.markEnded();
+    this.#grants.clear();
     for (const peer of this.#peers.values()) peer.markInvalid();
     this.#peers.clear();
     // The addon fails every transfer it abandoned before this event; anything left never reached it.
