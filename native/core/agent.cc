@@ -212,6 +212,8 @@ uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
       peer.cma_refused = CmaProbe(options.host_pid, live->second.base, 1);
       if (peer.cma_refused.empty()) peer.cma_pid = options.host_pid;
     }
+  } else if (options.fast_path && options.host_pid > 0 && peer.table) {
+    peer.probe_pid = options.host_pid;  // it advertises nothing to probe on: its first grant is probed (AddGrant)
   }
   if (peer.cma_pid > 0) MapSharedRegions(peer, regions);
   peer.remote_rails = addresses.size();

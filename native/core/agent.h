@@ -78,6 +78,7 @@ struct Peer {
   std::string name;
   bool virt_addr = false;
   pid_t cma_pid = 0;         // non-zero: same host, transfers go by cross-memory attach
+  pid_t probe_pid = 0;       // same host, fast path asked, nothing advertised yet to probe on (see AddGrant)
   std::string cma_refused;   // why a same-host peer is reached over the fabric instead
   std::string map_refused;   // why a shared region of a same-host peer is copied by cma instead of mapped
   // A same-host peer's region table, confirmed: every transfer to it first checks that its regions are still

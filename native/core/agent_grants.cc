@@ -47,7 +47,7 @@ GrantInfo Agent::Grant(uint32_t region_id, uint64_t offset, uint64_t length, uin
   g.access = access;
   const uint64_t flags = access == kAccessRead ? FI_REMOTE_READ : FI_REMOTE_WRITE;
   try {
-    for (auto& rail : rails_) g.mrs.push_back(rail->RegisterMemory(g.data, length, flags));
+    for (auto& rail : rails_) g.mrs.push_back(rail->RegisterMemory(g.data, length, flags, false));
   } catch (...) {
     for (auto& mr : g.mrs) Rail::CloseMr(mr);
     throw;
@@ -101,6 +101,12 @@ void Agent::AddGrant(uint32_t peer_id, uint32_t grant, RemoteRegion region) {
   // grant's bytes are refused here already (on another host, the provider refuses its keys at first use).
   if (peer.table && !peer.table->Live(grant, region.base, region.length, region.access)) {
     throw Error("KVF_ERR_REMOTE_ACCESS", what + " is not live in its owner's region table (revoked, or forged)");
+  }
+  if (peer.probe_pid > 0) {
+    // A peer that advertised no region (a pool kept to grants) gets the fast path probed on its first grant.
+    peer.cma_refused = CmaProbe(peer.probe_pid, region.base, 1);
+    if (peer.cma_refused.empty()) peer.cma_pid = peer.probe_pid;
+    peer.probe_pid = 0;
   }
   if (peer.cma_pid > 0 && region.share.valid()) {
     std::string why;

@@ -297,9 +297,9 @@ void Rail::Wake() {
   if (cq_can_wait_ && cq_ != nullptr) fi_cq_signal(cq_);
 }
 
-RailMr Rail::RegisterMemory(void* data, size_t length, uint64_t remote_flags) {
+RailMr Rail::RegisterMemory(void* data, size_t length, uint64_t remote_flags, bool local) {
   RailMr out;
-  const uint64_t access = FI_READ | FI_WRITE | FI_SEND | FI_RECV | (remote_flags & (FI_REMOTE_READ | FI_REMOTE_WRITE));
+  const uint64_t access = (local ? FI_READ | FI_WRITE | FI_SEND | FI_RECV : 0) | (remote_flags & (FI_REMOTE_READ | FI_REMOTE_WRITE));
   // With provider keys the requested key is ignored; otherwise a random one, retried on the (2^-64-unlikely)
   // clash with a key this domain already holds (the provider answers -FI_ENOKEY).
   int rc = -FI_ENOKEY;
