@@ -224,3 +224,39 @@ for (const provider of ['tcp', 'shm'] as const) {
     });
   });
 }
+
+describe('grant bookkeeping (one process)', { timeout: TIMEOUT }, () => {
+  test('thousands of live grants, each with its own keys; the table bounds them with a code; all end with their region', async () => {
+    const { Agent, Grant } = await import('../src/index.js');
+    const agent = await Agent.create({ name: 'grant-count', provider: 'tcp', logger: false });
+    try {
+      const pool = agent.allocate(1024 * KiB, { remoteAccess: false });
+      const grants = Array.from({ length: 4096 }, (_, i) => agent.grant(pool, { offset: i * 256, length: 256, access: i % 2 ? 'write' : 'read' }));
+      assert.ok(grants.every((g) => g instanceof Grant && g.live));
+      assert.equal(agent.liveGrants, 4096);
+      const keys = new Set(grants.map((g) => decodeGrant(g.bytes).keys[0]));
+      assert.equal(keys.size, 4096, 'every grant has a fresh key');
+      grants.slice(0, 2048).forEach((g) => g.revoke());
+      assert.equal(agent.liveGrants, 2048);
+      // Fill the region table (2^18 slots for regions and grants together): the next grant fails with a code.
+      const more: InstanceType<typeof Grant>[] = [];
+      let err: unknown;
+      try {
+        for (;;) more.push(agent.grant(pool, { offset: 0, length: 64, access: 'read' }));
+      } catch (e) {
+        err = e;
+      }
+      assert.equal((err as { code?: string }).code, 'KVF_ERR_TOO_LARGE', String(err));
+      assert.equal(agent.liveGrants, 2 ** 18, 'the table holds 2^18 live grants (the pool, not advertised, takes no slot)');
+      more.pop()!.revoke();
+      agent.grant(pool, { offset: 0, length: 64, access: 'read' }); // a freed slot is usable again
+      // Deregistering the region ends every grant over it.
+      pool.deregister();
+      assert.equal(agent.liveGrants, 0);
+      assert.ok(grants.every((g) => !g.live) && more.every((g) => !g.live));
+      assert.throws(() => agent.grant(pool, { offset: 0, length: 1, access: 'read' }), { code: 'KVF_ERR_UNKNOWN_REGION' });
+    } finally {
+      await agent.close();
+    }
+  });
+});
