@@ -13,7 +13,8 @@ import { CompletionPoller } from './completion-poller.js';
 import { addon, DONE_CMA, DONE_EXPRESS, DONE_FIELDS, DONE_MAPPED, RECORDS_CAPACITY, RECORDS_HEADER, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer, type GrantReader } from './peer.js';
-import { Grant, decodeGrant, encodeGrant, type GrantAccess } from './grants.js';
+import type { Grant } from './grants.js';
+import { GrantBook, type GrantOptions } from './grant-book.js';
 import { PreparedTransfer, type PreparedOwner } from './prepared.js';
 import { fastPathEnabled, hostIdentity } from './host.js';
 
@@ -134,7 +135,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #native: NativeAgent;
   #pending = new Map<number, Pending>();
   #regions = new Map<number, MemoryRegion>();
-  #grants = new Map<number, Grant>();
+  #grants: GrantBook;
   #peers = new Map<string, RemotePeer>();
   #notifications = new NotificationQueue(() => this.#ref(), () => this.#unref());
   // ref()/unref() on the addon's thread-safe function are a switch, not a count; count here.
@@ -164,6 +165,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     // The poller also delivers small same-host copies, which run inside the post call (even on shm).
     this.#poller = options.expressMaxBytes === 0 ? undefined : new CompletionPoller((spinUs) => native.reap(spinUs), () => this.#pending.size, () => this.#closed);
     this.#log = log;
+    this.#grants = new GrantBook(native, this.name, this.info.regionTable?.nonce ?? new Uint8Array(16), () => !this.#closed);
   }
 
   static async create(options: AgentOptions): Promise<Agent> {
@@ -309,13 +311,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     }
     this.#call(() => this.#native.deregisterMemory(region.id));
     this.#regions.delete(region.id);
-    // The addon ended the region's grants with it.
-    for (const g of this.#grants.values()) {
-      if (g.regionId === region.id) {
-        g.markEnded();
-        this.#grants.delete(g.id);
-      }
-    }
+    this.#grants.endRegion(region.id); // the addon ended them with the region
   }
 
   // ---- grants -------------------------------------------------------------------------------------
@@ -327,25 +323,12 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    * `grant.bytes` to the peer (remotePeer.addGrant). Live grants share the table with remotely accessible
    * regions (2^18 in all; KVF_ERR_TOO_LARGE beyond). A grant ends with its region or the agent.
    */
-  grant(region: MemoryRegion, options: { offset: number; length: number; access: GrantAccess }): Grant {
+  grant(region: MemoryRegion, options: GrantOptions): Grant {
     this.#assertOpen();
     if (!(region instanceof MemoryRegion) || this.#regions.get(region.id) !== region) {
       throw new KvfError('KVF_ERR_UNKNOWN_REGION', `grant() needs a region registered with agent ${this.name}`);
     }
-    const { offset, length, access } = options ?? ({} as typeof options);
-    if (access !== 'read' && access !== 'write') throw new KvfError('KVF_ERR_INVALID_ARGUMENT', "options.access must be 'read' or 'write'");
-    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.offset and options.length must be integers ≥ 0');
-    }
-    const g = this.#call(() => this.#native.grant(region.id, offset, length, access === 'write'));
-    const digest = this.info.regionTable?.nonce ?? new Uint8Array(16);
-    const bytes = encodeGrant({ id: g.id, access, base: g.base, length, owner: this.name, digest, keys: g.keys, ...(g.share ? { share: g.share } : {}) });
-    const grant = new Grant(g.id, region.id, offset, length, access, bytes, (x) => {
-      this.#grants.delete(x.id);
-      if (!this.#closed) this.#native.revoke(x.id);
-    });
-    this.#grants.set(g.id, grant);
-    return grant;
+    return this.#call(() => this.#grants.create(region.id, options));
   }
 
   /** Grants live now. */
@@ -357,13 +340,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   addPeerGrant(peer: RemotePeer, bytes: Uint8Array): number {
     this.#assertOpen();
     const p = this.#peer(peer);
-    const g = decodeGrant(bytes);
-    if (g.owner !== p.name || !Buffer.from(g.digest).equals(p.digest)) {
-      throw new KvfError('KVF_ERR_BAD_METADATA', `bad grant: it belongs to agent '${g.owner}' (or another instance of it), not to peer '${p.name}'`, { peer: p.name });
-    }
-    const access = g.access === 'read' ? 1 : 2;
-    this.#call(() => this.#native.addGrant(p.id, { id: g.id, base: g.base, length: g.length, access, keys: g.keys, ...(g.share ? { share: g.share } : {}) }), { peer: p.name });
-    return g.id;
+    return this.#call(() => this.#grants.addToPeer(p, bytes), { peer: p.name });
   }
 
   /** @internal RemotePeer.removeGrant(). */
@@ -611,8 +588,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#closed = true;
     for (const region of this.#regions.values()) region.markDeregistered();
     this.#regions.clear();
-    for (const grant of this.#grants.values()) grant.markEnded();
-    this.#grants.clear();
+    this.#grants.endAll();
     for (const peer of this.#peers.values()) peer.markInvalid();
     this.#peers.clear();
     // The addon fails every transfer it abandoned before this event; anything left never reached it.

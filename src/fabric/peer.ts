@@ -36,7 +36,8 @@ export class RemotePeer {
    * Adds grant bytes the peer handed out (remote `agent.grant()`), parsed strictly: they must be this peer's
    * (its name and region-table nonce). Returns the region id to use as `remote` in descriptors; `remoteOffset`
    * counts from the grant's first byte. KVF_ERR_BAD_METADATA for malformed or foreign bytes; on this host
-   * KVF_ERR_REMOTE_ACCESS when the owner's table says the grant is not live (revoked).
+   * KVF_ERR_REMOTE_ACCESS when the owner's table says the grant is not live (revoked). Grants belong to this
+   * RemotePeer: loading the owner's metadata again makes a new one, without them.
    */
   addGrant(bytes: Uint8Array): number {
     return this.agent.addPeerGrant(this, bytes);
