@@ -2,6 +2,8 @@ export { Agent, type AgentOptions, type PostOptions, type TransferOptions, type 
 export { PreparedTransfer } from './fabric/prepared.js';
 export { MemoryRegion, type MemoryInput } from './fabric/memory.js';
 export { RemotePeer, type RemoteRegionInfo } from './fabric/peer.js';
+export { Grant, GRANT_VERSION, decodeGrant, encodeGrant, type GrantAccess, type GrantDescription } from './fabric/grants.js';
+export type { GrantOptions } from './fabric/grant-book.js';
 export type { TransferDescriptor } from './fabric/descriptors.js';
 export type { Notification } from './fabric/notifications.js';
 export { KvfError, ERROR_CODES, type ErrorCode } from './fabric/errors.js';

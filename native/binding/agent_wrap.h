@@ -44,6 +44,12 @@ class AgentWrap : public Napi::ObjectWrap<AgentWrap> {
   Napi::Value PostPrepared(const Napi::CallbackInfo& info);
   Napi::Value ReleasePrepared(const Napi::CallbackInfo& info);
   Napi::Value Warmup(const Napi::CallbackInfo& info);
+  // grant_wrap.cc
+  Napi::Value Grant(const Napi::CallbackInfo& info);
+  Napi::Value Revoke(const Napi::CallbackInfo& info);
+  Napi::Value LiveGrants(const Napi::CallbackInfo& info);
+  Napi::Value AddGrant(const Napi::CallbackInfo& info);
+  Napi::Value RemoveGrant(const Napi::CallbackInfo& info);
   // Throws KVF_ERR_DETACHED when a registered ArrayBuffer among `regions` was detached since.
   void CheckDetached(Napi::Env env, const std::vector<uint32_t>& regions);
   Napi::Value Notify(const Napi::CallbackInfo& info);

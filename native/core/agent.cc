@@ -134,16 +134,10 @@ uint32_t Agent::RegisterMemory(void* data, size_t length, bool remote_access) {
   region->remote_access = remote_access;
   FindShared(data, length, &region->share);
   std::lock_guard<std::mutex> lock(regions_mu_);
-  region->id = next_region_++;
-  if (remote_access && table_) {
-    // An advertised region's id picks its slot in the table: skip ids whose slot a live region holds.
-    for (uint32_t tries = 0; !table_->SlotFree(region->id); ++tries) {
-      if (tries >= RegionTable::kCapacity) throw Error("KVF_ERR_TOO_LARGE", "too many remotely accessible regions");
-      region->id = next_region_++;
-    }
-  }
+  region->id = remote_access ? NextTableIdLocked() : next_region_++;
   try {
-    for (auto& rail : rails_) region->mrs.push_back(rail->RegisterMemory(data, length, remote_access));
+    const uint64_t flags = remote_access ? FI_REMOTE_READ | FI_REMOTE_WRITE : 0;
+    for (auto& rail : rails_) region->mrs.push_back(rail->RegisterMemory(data, length, flags));
   } catch (...) {
     for (auto& mr : region->mrs) Rail::CloseMr(mr);
     throw;
@@ -162,7 +156,16 @@ void Agent::DeregisterMemory(uint32_t id) {
     throw Error("KVF_ERR_BUSY", "region " + std::to_string(id) + " has " + std::to_string(it->second->inflight) +
                                     " transfers in flight");
   }
-  // Same-host readers stop first (they check the table before every copy), then the provider's keys go.
+  // Grants end with their region. Same-host readers stop first (they check the table before every copy), then
+  // the provider's keys go.
+  for (auto g = grants_.begin(); g != grants_.end();) {
+    if (g->second.region != id) {
+      ++g;
+      continue;
+    }
+    RevokeLocked(g);
+    g = grants_.erase(g);
+  }
   if (table_) table_->Withdraw(id);
   for (auto& mr : it->second->mrs) Rail::CloseMr(mr);
   regions_.erase(it);
@@ -209,6 +212,8 @@ uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
       peer.cma_refused = CmaProbe(options.host_pid, live->second.base, 1);
       if (peer.cma_refused.empty()) peer.cma_pid = options.host_pid;
     }
+  } else if (options.fast_path && options.host_pid > 0 && peer.table) {
+    peer.probe_pid = options.host_pid;  // it advertises nothing to probe on: its first grant is probed (AddGrant)
   }
   if (peer.cma_pid > 0) MapSharedRegions(peer, regions);
   peer.remote_rails = addresses.size();
@@ -416,6 +421,12 @@ void Agent::Shutdown() {
       }
     }
     regions_.clear();
+    for (auto& [id, grant] : grants_) {
+      for (size_t r = 0; r < grant.mrs.size(); ++r) {
+        if (leaked_rails_.count(static_cast<uint32_t>(r)) == 0) mrs.push_back(grant.mrs[r]);
+      }
+    }
+    grants_.clear();
   }
   const bool shm = provider_ == "shm";
   if (shm && OtherShmAgentRunning(this)) {

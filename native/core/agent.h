@@ -66,6 +66,9 @@ struct Region {
 struct RemoteRegion {
   uint64_t base = 0;  // added to offsets on FI_MR_VIRT_ADDR providers
   uint64_t length = 0;
+  // What this side believes it may do (kAccessRead/kAccessWrite): both for advertised regions, one for a grant.
+  // Checked before posting; the owner's provider (its MR flags) and table are what enforce it.
+  uint64_t access = kAccessRead | kAccessWrite;
   std::vector<uint64_t> keys;  // per remote rail
   SharedLocation share;        // valid: the peer says it can be mapped, and where
   std::shared_ptr<PeerMapping> mapping;  // mapped here (same-host peer): transfers copy with memcpy
@@ -75,6 +78,7 @@ struct Peer {
   std::string name;
   bool virt_addr = false;
   pid_t cma_pid = 0;         // non-zero: same host, transfers go by cross-memory attach
+  pid_t probe_pid = 0;       // same host, fast path asked, nothing advertised yet to probe on (see AddGrant)
   std::string cma_refused;   // why a same-host peer is reached over the fabric instead
   std::string map_refused;   // why a shared region of a same-host peer is copied by cma instead of mapped
   // A same-host peer's region table, confirmed: every transfer to it first checks that its regions are still
@@ -85,6 +89,26 @@ struct Peer {
   size_t remote_rails = 0;
   std::vector<std::vector<fi_addr_t>> addrs;  // [local rail][remote rail]
   std::map<uint32_t, RemoteRegion> regions;
+};
+
+// A grant on the owner's side: a sub-range of a region registered again, on every rail, with fresh keys and
+// exactly one remote flag, and published in the region table under its own id (agent_grants.cc).
+struct GrantRecord {
+  uint32_t id = 0;
+  uint32_t region = 0;  // the region it is carved from
+  uint8_t* data = nullptr;
+  uint64_t length = 0;
+  uint64_t access = 0;  // kAccessRead or kAccessWrite
+  std::vector<RailMr> mrs;
+};
+
+// What the owner hands out for a new grant (serialised in TypeScript, src/fabric/grants.ts).
+struct GrantInfo {
+  uint32_t id = 0;
+  uint32_t slot = 0;  // its entry in the region table
+  uint64_t base = 0;  // real address of its first byte
+  std::vector<uint64_t> keys;  // per rail
+  SharedLocation share;  // valid: inside shared memory, which same-host peers may map
 };
 
 // Descriptor layout passed from JS: five doubles each (exact integers up to 2^53).
@@ -111,6 +135,14 @@ class Agent : public RailOwner {
   uint32_t RegisterMemory(void* data, size_t length, bool remote_access = true);
   void DeregisterMemory(uint32_t id);
   std::vector<const Region*> ListRegions() const;
+  // Grants (agent_grants.cc): scoped, revocable remote access to [offset, offset + length) of a region, read or
+  // write only. Revoke clears the table entry, then closes the MRs; false when already revoked (or unknown).
+  GrantInfo Grant(uint32_t region, uint64_t offset, uint64_t length, uint64_t access);
+  bool Revoke(uint32_t grant);
+  size_t live_grants() const;
+  // A peer's grant, as a remote region of that peer under the grant's id (same-host: checked in its table).
+  void AddGrant(uint32_t peer, uint32_t grant, RemoteRegion region);
+  void RemoveGrant(uint32_t peer, uint32_t grant);
   // Where same-host peers find this agent's region table (fd -1: none could be created).
   TableLocation table_location() const { return table_ ? table_->location() : TableLocation{}; }
 
@@ -193,12 +225,17 @@ class Agent : public RailOwner {
   std::function<void()> wake_;
   std::vector<std::unique_ptr<Rail>> rails_;
 
-  // Checks that the selected remote regions are still advertised in a same-host peer's table.
-  void CheckAdvertised(const Peer& peer, const PreparedList& list, const uint32_t* indices, size_t count) const;
+  // Checks that the selected remote regions allow `kind` and are still advertised in a same-host peer's table.
+  void CheckAdvertised(const Peer& peer, OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count) const;
+  // A fresh region or grant id whose table slot is free (regions_mu_ held); KVF_ERR_TOO_LARGE when the table is full.
+  uint32_t NextTableIdLocked();
+  // Clears the grant's table entry, then closes its MRs (regions_mu_ held).
+  void RevokeLocked(std::map<uint32_t, GrantRecord>::iterator it);
 
   std::unique_ptr<RegionTable> table_;  // written under regions_mu_
   mutable std::mutex regions_mu_;
   std::map<uint32_t, std::unique_ptr<Region>> regions_;
+  std::map<uint32_t, GrantRecord> grants_;  // under regions_mu_; ids share the regions' id space (table slots)
   uint32_t next_region_ = 1;
 
   std::map<uint32_t, Peer> peers_;  // JS thread only

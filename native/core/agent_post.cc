@@ -162,7 +162,7 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
       ++region->inflight;
     }
   }
-  CheckAdvertised(peer, list, indices, count);
+  CheckAdvertised(peer, kind, list, indices, count);
   if (has_notification) t->notify_message = EncodeNotification(name_, notification, notification_length);
   if (has_notification) {
     t->notify_op = std::make_unique<Op>();
@@ -191,12 +191,23 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
   return Launch(std::move(t));
 }
 
-void Agent::CheckAdvertised(const Peer& peer, const PreparedList& list, const uint32_t* indices, size_t count) const {
-  if (!peer.table) return;
+void Agent::CheckAdvertised(const Peer& peer, OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count) const {
+  // A removed grant leaves prepared lists pointing at nothing: each remote region must still be the one resolved.
+  for (const auto& [id, r] : list.remote_regions) {
+    auto it = peer.regions.find(id);
+    if (it == peer.regions.end() || &it->second != r) {
+      throw Error("KVF_ERR_UNKNOWN_REGION", "region or grant " + std::to_string(id) + " of peer '" + peer.name + "' was removed");
+    }
+  }
+  const uint64_t need = kind == OpKind::kWrite ? kAccessWrite : kAccessRead;
   auto check = [&](uint32_t id, const RemoteRegion& r) {
-    if (!peer.table->Live(id, r.base, r.length)) {
+    if ((r.access & need) != need) {
+      throw Error("KVF_ERR_REMOTE_ACCESS", "grant " + std::to_string(id) + " of peer '" + peer.name + "' is for " +
+                                               (need == kAccessWrite ? "read" : "write") + " only");
+    }
+    if (peer.table && !peer.table->Live(id, r.base, r.length, need)) {
       throw Error("KVF_ERR_REMOTE_ACCESS", "peer '" + peer.name + "' does not advertise region " + std::to_string(id) +
-                                               " (deregistered since its metadata was loaded, or never advertised)");
+                                               " for this access (deregistered or revoked since it was loaded, or never advertised)");
     }
   };
   if (indices == nullptr) {
@@ -345,7 +356,7 @@ uint64_t Agent::Warmup(uint32_t peer_id) {
   }
   // A region the peer still advertises (where its table says so).
   auto chosen = std::find_if(peer.regions.begin(), peer.regions.end(), [&](const auto& r) {
-    return !peer.table || peer.table->Live(r.first, r.second.base, r.second.length);
+    return (r.second.access & kAccessRead) != 0 && (!peer.table || peer.table->Live(r.first, r.second.base, r.second.length, kAccessRead));
   });
   if (chosen == peer.regions.end()) {
     std::lock_guard<std::mutex> lock(regions_mu_);

@@ -36,8 +36,9 @@ ErrorInfo MappedCopy(const CmaJob& job) {
 }  // namespace
 
 ErrorInfo CmaCopy(CmaJob& job) {
+  const uint64_t need = job.write ? kAccessWrite : kAccessRead;  // a grant allows one of them
   for (const CmaJob::RegionCheck& c : job.checks) {
-    if (!job.table || !job.table->Live(c.id, c.base, c.length)) {
+    if (!job.table || !job.table->Live(c.id, c.base, c.length, need)) {
       return ErrorInfo{"KVF_ERR_REMOTE_ACCESS", "pid " + std::to_string(job.pid) + " no longer advertises region " +
                                                     std::to_string(c.id) + ": nothing copied", 0, {}};
     }

@@ -84,7 +84,7 @@ Rail::Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffe
 
     if (receive_size_ > 0) {
       receive_buffer_.resize(receive_size_ * kReceiveSlots);
-      if (needs_local_mr()) receive_mr_ = RegisterMemory(receive_buffer_.data(), receive_buffer_.size(), false);
+      if (needs_local_mr()) receive_mr_ = RegisterMemory(receive_buffer_.data(), receive_buffer_.size(), 0);
       receive_ops_.resize(kReceiveSlots);
       for (size_t i = 0; i < kReceiveSlots; ++i) PostReceive(i);
     }
@@ -297,10 +297,9 @@ void Rail::Wake() {
   if (cq_can_wait_ && cq_ != nullptr) fi_cq_signal(cq_);
 }
 
-RailMr Rail::RegisterMemory(void* data, size_t length, bool remote_access) {
+RailMr Rail::RegisterMemory(void* data, size_t length, uint64_t remote_flags, bool local) {
   RailMr out;
-  uint64_t access = FI_READ | FI_WRITE | FI_SEND | FI_RECV;
-  if (remote_access) access |= FI_REMOTE_READ | FI_REMOTE_WRITE;
+  const uint64_t access = (local ? FI_READ | FI_WRITE | FI_SEND | FI_RECV : 0) | (remote_flags & (FI_REMOTE_READ | FI_REMOTE_WRITE));
   // With provider keys the requested key is ignored; otherwise a random one, retried on the (2^-64-unlikely)
   // clash with a key this domain already holds (the provider answers -FI_ENOKEY).
   int rc = -FI_ENOKEY;

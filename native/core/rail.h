@@ -75,10 +75,13 @@ class Rail {
   bool needs_local_mr() const { return (info_->domain_attr->mr_mode & FI_MR_LOCAL) != 0; }
   bool virt_addr() const { return (info_->domain_attr->mr_mode & FI_MR_VIRT_ADDR) != 0; }
 
-  // `remote_access` false registers for local use only (no FI_REMOTE_READ/WRITE): the provider itself refuses
-  // a peer's access, whatever key it presents. Where the provider lets the user pick keys (no FI_MR_PROV_KEY,
-  // tcp and shm), the key requested is random (RandomKey), so that it cannot be guessed from the region id.
-  RailMr RegisterMemory(void* data, size_t length, bool remote_access);
+  // `remote_flags`: the FI_REMOTE_READ / FI_REMOTE_WRITE bits a peer gets; 0 registers for local use only, and
+  // the provider itself refuses a peer's access, whatever key it presents (a grant passes exactly one flag).
+  // Where the provider lets the user pick keys (no FI_MR_PROV_KEY, tcp and shm), the key requested is random
+  // (RandomKey), so that it cannot be guessed from the region id.
+  // `local` false: never a local buffer of our own ops (a grant), so no FI_READ/WRITE/SEND/RECV either: rxm adds
+  // FI_REMOTE_READ to registrations that may be sent from (its rendezvous protocol reads them).
+  RailMr RegisterMemory(void* data, size_t length, uint64_t remote_flags, bool local = true);
   bool provider_keys() const { return (info_->domain_attr->mr_mode & FI_MR_PROV_KEY) != 0; }
   static void CloseMr(RailMr& mr);
   fi_addr_t InsertAddress(const uint8_t* address, size_t length);

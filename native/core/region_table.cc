@@ -16,7 +16,7 @@ namespace kvf {
 namespace {
 
 constexpr uint64_t kMagic = 0x3142415446564b;  // "KVFTAB1"
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: entries carry access bits (grants)
 
 struct Header {
   uint64_t magic;
@@ -71,10 +71,11 @@ RegionTable::~RegionTable() {
 
 bool RegionTable::SlotFree(uint32_t id) const { return entries_[id % kCapacity].tag.load(std::memory_order_relaxed) == 0; }
 
-void RegionTable::Publish(uint32_t id, uint64_t base, uint64_t length) {
+void RegionTable::Publish(uint32_t id, uint64_t base, uint64_t length, uint64_t access) {
   RegionTableEntry& e = entries_[id % kCapacity];
   e.base = base;
   e.length = length;
+  e.access = access;
   e.tag.store(Tag(id), std::memory_order_release);  // base and length are visible before the tag
 }
 
@@ -132,10 +133,10 @@ PeerRegionTable::PeerRegionTable(const void* map, size_t length)
 
 PeerRegionTable::~PeerRegionTable() { munmap(const_cast<void*>(map_), map_length_); }
 
-bool PeerRegionTable::Live(uint32_t id, uint64_t base, uint64_t length) const {
+bool PeerRegionTable::Live(uint32_t id, uint64_t base, uint64_t length, uint64_t need) const {
   const RegionTableEntry& e = entries_[id % RegionTable::kCapacity];
   if (e.tag.load(std::memory_order_acquire) != Tag(id)) return false;
-  return e.base == base && length <= e.length;
+  return e.base == base && length <= e.length && (e.access & need) == need;
 }
 
 }  // namespace kvf

@@ -30,18 +30,23 @@ struct TableLocation {
   TableNonce nonce{};
 };
 
-// One slot per region id modulo the capacity; the owner picks ids whose slot is free.
+// What an entry lets a peer do. Regions allow both; a grant (Agent::Grant) exactly one.
+constexpr uint64_t kAccessRead = 1;
+constexpr uint64_t kAccessWrite = 2;
+
+// One slot per region (or grant) id modulo the capacity; the owner picks ids whose slot is free.
 struct RegionTableEntry {
   std::atomic<uint64_t> tag;  // (id << 32) | 1 while advertised, 0 otherwise; written last, cleared first
   uint64_t base;
   uint64_t length;
-  uint64_t reserved;
+  uint64_t access;  // kAccessRead | kAccessWrite bits
 };
 
 // The owner's side: created with the agent, written on registration and deregistration.
 class RegionTable {
  public:
-  static constexpr uint32_t kCapacity = 1u << 18;  // 8 MiB of sparse memfd; only touched pages cost memory
+  // Live regions and grants together: 8 MiB of sparse memfd; only touched pages cost memory.
+  static constexpr uint32_t kCapacity = 1u << 18;
   // Throws kvf::Error KVF_ERR_ALLOC when the memfd cannot be created or mapped.
   RegionTable();
   ~RegionTable();
@@ -50,7 +55,7 @@ class RegionTable {
 
   const TableLocation& location() const { return location_; }
   bool SlotFree(uint32_t id) const;
-  void Publish(uint32_t id, uint64_t base, uint64_t length);
+  void Publish(uint32_t id, uint64_t base, uint64_t length, uint64_t access = kAccessRead | kAccessWrite);
   void Withdraw(uint32_t id);
   void WithdrawAll();
 
@@ -71,8 +76,9 @@ class PeerRegionTable {
   PeerRegionTable(const PeerRegionTable&) = delete;
   PeerRegionTable& operator=(const PeerRegionTable&) = delete;
 
-  // Whether region `id` is advertised now, with exactly this base and at least this length.
-  bool Live(uint32_t id, uint64_t base, uint64_t length) const;
+  // Whether region (or grant) `id` is advertised now, with exactly this base, at least this length, and every
+  // access bit of `need` (0: any access).
+  bool Live(uint32_t id, uint64_t base, uint64_t length, uint64_t need = 0) const;
 
  private:
   const void* map_;

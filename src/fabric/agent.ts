@@ -12,7 +12,9 @@ import { decodeMetadata, encodeMetadata } from './metadata.js';
 import { CompletionPoller } from './completion-poller.js';
 import { addon, DONE_CMA, DONE_EXPRESS, DONE_FIELDS, DONE_MAPPED, RECORDS_CAPACITY, RECORDS_HEADER, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
-import { RemotePeer } from './peer.js';
+import { RemotePeer, type GrantReader } from './peer.js';
+import type { Grant } from './grants.js';
+import { GrantBook, type GrantOptions } from './grant-book.js';
 import { PreparedTransfer, type PreparedOwner } from './prepared.js';
 import { fastPathEnabled, hostIdentity } from './host.js';
 
@@ -122,7 +124,7 @@ export interface AgentEvents {
   notification: [Notification];
 }
 
-export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, PreparedOwner {
+export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, PreparedOwner, GrantReader {
   readonly name: string;
   readonly backend: Backend;
   readonly provider: string;
@@ -133,6 +135,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #native: NativeAgent;
   #pending = new Map<number, Pending>();
   #regions = new Map<number, MemoryRegion>();
+  #grants: GrantBook;
   #peers = new Map<string, RemotePeer>();
   #notifications = new NotificationQueue(() => this.#ref(), () => this.#unref());
   // ref()/unref() on the addon's thread-safe function are a switch, not a count; count here.
@@ -162,6 +165,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     // The poller also delivers small same-host copies, which run inside the post call (even on shm).
     this.#poller = options.expressMaxBytes === 0 ? undefined : new CompletionPoller((spinUs) => native.reap(spinUs), () => this.#pending.size, () => this.#closed);
     this.#log = log;
+    this.#grants = new GrantBook(native, this.name, this.info.regionTable?.nonce ?? new Uint8Array(16), () => !this.#closed);
   }
 
   static async create(options: AgentOptions): Promise<Agent> {
@@ -307,6 +311,43 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     }
     this.#call(() => this.#native.deregisterMemory(region.id));
     this.#regions.delete(region.id);
+    this.#grants.endRegion(region.id); // the addon ended them with the region
+  }
+
+  // ---- grants -------------------------------------------------------------------------------------
+
+  /**
+   * Lets one peer READ (or WRITE) exactly [offset, offset + length) of `region` until revoke(): the range is
+   * registered again on every rail with fresh random keys and only that remote flag, and published in the
+   * region table for same-host readers. The region may be registered with `remoteAccess: false`. Hand
+   * `grant.bytes` to the peer (remotePeer.addGrant). Live grants share the table with remotely accessible
+   * regions (2^18 in all; KVF_ERR_TOO_LARGE beyond). A grant ends with its region or the agent.
+   */
+  grant(region: MemoryRegion, options: GrantOptions): Grant {
+    this.#assertOpen();
+    if (!(region instanceof MemoryRegion) || this.#regions.get(region.id) !== region) {
+      throw new KvfError('KVF_ERR_UNKNOWN_REGION', `grant() needs a region registered with agent ${this.name}`);
+    }
+    return this.#call(() => this.#grants.create(region.id, options));
+  }
+
+  /** Grants live now. */
+  get liveGrants(): number {
+    return this.#grants.size;
+  }
+
+  /** @internal RemotePeer.addGrant(). */
+  addPeerGrant(peer: RemotePeer, bytes: Uint8Array): number {
+    this.#assertOpen();
+    const p = this.#peer(peer);
+    return this.#call(() => this.#grants.addToPeer(p, bytes), { peer: p.name });
+  }
+
+  /** @internal RemotePeer.removeGrant(). */
+  removePeerGrant(peer: RemotePeer, id: number): void {
+    this.#assertOpen();
+    const p = this.#peer(peer);
+    this.#call(() => this.#native.removeGrant(p.id, id), { peer: p.name });
   }
 
   // ---- metadata -----------------------------------------------------------------------------------
@@ -350,7 +391,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     const previous = this.#peers.get(desc.name);
     if (previous) this.invalidateRemoteMetadata(previous);
     const regions = desc.regions.map((r) => ({ id: r.id, length: r.length }));
-    const peer = new RemotePeer(this, id, desc.name, desc.provider, desc.rails.length, regions, added.path, added.fastPathRefused, added.mappedRegions);
+    const digest = desc.host?.table?.nonce ?? new Uint8Array(16);
+    const peer = new RemotePeer(this, id, desc.name, desc.provider, desc.rails.length, regions, added.path, added.fastPathRefused, added.mappedRegions, digest);
     this.#peers.set(desc.name, peer);
     return peer;
   }
@@ -546,6 +588,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#closed = true;
     for (const region of this.#regions.values()) region.markDeregistered();
     this.#regions.clear();
+    this.#grants.endAll();
     for (const peer of this.#peers.values()) peer.markInvalid();
     this.#peers.clear();
     // The addon fails every transfer it abandoned before this event; anything left never reached it.

@@ -76,6 +76,28 @@ export interface NativeRegion {
   share?: { fd: number; inode: bigint; offset: number };
 }
 
+/** A new grant as the addon returns it (serialised by src/fabric/grants.ts). */
+export interface NativeGrant {
+  id: number;
+  /** Its entry in the region table: id mod 2^18. */
+  slot: number;
+  /** Virtual address of the range's first byte. */
+  base: bigint;
+  /** Per rail: the fresh key of the grant's own registration. */
+  keys: bigint[];
+  share?: { fd: number; inode: bigint; offset: number };
+}
+
+/** A peer's grant as the reader hands it to the addon; access 1 = read, 2 = write. */
+export interface NativeRemoteGrant {
+  id: number;
+  base: bigint;
+  length: number;
+  access: 1 | 2;
+  keys: bigint[];
+  share?: { fd: number; inode: bigint; offset: number };
+}
+
 export declare class NativeAgent {
   constructor(options: NativeAgentOptions, onEvents: (events: NativeEvent[] | undefined, records: Float64Array) => void, records: Float64Array);
   info(): NativeAgentInfo;
@@ -96,6 +118,14 @@ export declare class NativeAgent {
     host?: { pid: number; fastPath: boolean; table?: RegionTableLocation },
   ): { id: number; path: 'fabric' | 'cma'; fastPathRefused?: string; mappedRegions: number; mapRefused?: string; tableRefused?: string };
   removePeer(id: number): void;
+  /** Registers [offset, offset + length) of a region again, with fresh keys and FI_REMOTE_WRITE (write) or FI_REMOTE_READ only. */
+  grant(region: number, offset: number, length: number, write: boolean): NativeGrant;
+  /** Clears the grant's table entry, then closes its registrations; false when it was not live. */
+  revoke(grant: number): boolean;
+  liveGrants(): number;
+  /** Adds a peer's grant as a remote region of that peer (id = the grant's id). */
+  addGrant(peer: number, grant: NativeRemoteGrant): void;
+  removeGrant(peer: number, grant: number): void;
   /** kind 0 = WRITE, 1 = READ; descriptors: 5 doubles each (localRegion, localOffset, remoteRegion, remoteOffset, length). */
   post(kind: 0 | 1, peer: number, descriptors: Float64Array, notification?: Uint8Array): number;
   /**

@@ -101,6 +101,10 @@ export type Request =
   | { cmd: 'transferSettled'; specs: TransferSpec[] }
   | { cmd: 'notify'; peer: string; dataBase64: string }
   | { cmd: 'takeNotifications'; count: number; timeoutMs: number }
+  | { cmd: 'grant'; region: string; offset: number; length: number; access: 'read' | 'write' }
+  | { cmd: 'revoke'; grant: number }
+  | { cmd: 'addGrant'; peer: string; bytes: string }
+  | { cmd: 'removeGrant'; peer: string; grant: number }
   | { cmd: 'close' };
 
 export interface Replies {
@@ -118,6 +122,12 @@ export interface Replies {
   notify: null;
   /** `events`: what the 'notification' listener saw; `iterated`: what agent.notifications() yielded. */
   takeNotifications: { events: ReceivedNotification[]; iterated: { from: string; dataBase64: string }[] };
+  /** `bytes`: the grant's bytes, base64. */
+  grant: { id: number; bytes: string };
+  revoke: null;
+  /** The region id to use as `remote`. */
+  addGrant: number;
+  removeGrant: null;
   close: null;
 }
 
@@ -310,6 +320,24 @@ export class PeerProcess {
   /** Posts every transfer in the same tick in the child and awaits them together. */
   transferMany(specs: TransferSpec[], timeoutMs?: number): Promise<TransferReport[]> {
     return this.request({ cmd: 'transferMany', specs }, timeoutMs);
+  }
+
+  /** Grants `peer`-agnostic access to a range of one of this child's regions; returns its id and bytes (base64). */
+  grant(region: string, offset: number, length: number, access: 'read' | 'write'): Promise<{ id: number; bytes: string }> {
+    return this.request({ cmd: 'grant', region, offset, length, access });
+  }
+
+  async revoke(grant: number): Promise<void> {
+    await this.request({ cmd: 'revoke', grant });
+  }
+
+  /** Adds grant bytes (base64) of the loaded peer `peer`; returns the region id to use as `remote`. */
+  addGrant(peer: string, bytes: string): Promise<number> {
+    return this.request({ cmd: 'addGrant', peer, bytes });
+  }
+
+  async removeGrant(peer: string, grant: number): Promise<void> {
+    await this.request({ cmd: 'removeGrant', peer, grant });
   }
 
   async notify(peer: string, data: Uint8Array | string): Promise<void> {
