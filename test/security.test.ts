@@ -17,7 +17,9 @@ import { frontendConfig } from '../src/serve/config.js';
 import { RegistryService, WorkerService, unary, workerClient, registryClient, type DecodeEvent, type DecodeRequest, type KvHandle, type PrefillResponse, type WorkerClient } from '../src/serve/rpc.js';
 import { AUTH_HEADER, ClusterAuth } from '../src/serve/security/auth.js';
 import { HandleSigner } from '../src/serve/security/handles.js';
-import { PeerProcess, zeroHash } from './helpers/peers.js';
+import { blockRuns } from '../src/kv/plan.js';
+import { decodeGrant } from '../src/fabric/grants.js';
+import { PeerProcess, readProcessMemory, zeroHash, type PeerError } from './helpers/peers.js';
 import { AUTH, CLUSTER, ROOT, SECRETS, health, poolAtBaseline, quietLog, startStack, tinyModel, toolEnv, type Stack } from './helpers/serve.js';
 
 const MAX_LEASE_MS = 1500;
@@ -73,7 +75,7 @@ describe('trust boundary', () => {
   after(async () => {
     prefill?.close();
     decode?.close();
-    await victim?.request({ cmd: 'close' }).catch(() => undefined);
+    await victim?.close().catch(() => victim.kill());
     await stack?.close();
   });
 
@@ -158,13 +160,19 @@ describe('trust boundary', () => {
     }
     // Another request's handle, and a handle for reading where writing is asked.
     assert.deepEqual(await refused(unary(prefill, prefill.prefill, { requestId: 'push-2', tokens: PROMPT, pushTo: real }, 5000)), badHandle);
-    assert.equal(await victimHash(), before, 'the victim process memory changed');
-    // Control: a holder of the cluster's handle key is inside the trust boundary, and such a write does land,
-    // so the hash above would have seen one.
+    // Even a holder of the cluster's handle key cannot aim a worker at a process that granted it nothing: the
+    // decode worker's grants name their owner, and the victim's pool is reached only through the victim's own.
     const insider = new HandleSigner(Buffer.from(SECRETS.KVF_HANDLE_KEY));
-    const res = await unary(prefill, prefill.prefill, { requestId: 'push-1', tokens: PROMPT, pushTo: insider.sign(aimAtVictim(real, null)) }, 5000);
+    const r = await refused(unary(prefill, prefill.prefill, { requestId: 'push-1', tokens: PROMPT, pushTo: insider.sign(aimAtVictim(real, null)) }, 5000));
+    assert.equal(r.code, 'KVF_ERR_BAD_METADATA');
+    assert.equal(await victimHash(), before, 'the victim process memory changed');
+    // Control: with a window the victim granted, the same push lands, so the hash above would have seen a write.
+    const granted = await victim.grant('secret', 0, real.blocks.length * real.layout!.blockBytes, 'write');
+    const window = { ...aimAtVictim(real, null), blocks: real.blocks.map((_, i) => i), grants: [Buffer.from(granted.bytes, 'base64')] };
+    const res = await unary(prefill, prefill.prefill, { requestId: 'push-1', tokens: PROMPT, pushTo: insider.sign(window) }, 5000);
     assert.ok(res.push!.bytes > 0);
     assert.notEqual(await victimHash(), before);
+    await victim.revoke(granted.id);
     await unary(decode, decode.release, { requestId: 'push-1' }, 5000);
     await poolAtBaseline(stack.prefill.ready.address);
   });
@@ -221,35 +229,41 @@ describe('trust boundary', () => {
     await poolAtBaseline(stack.prefill.ready.address, MAX_LEASE_MS + 3000);
   });
 
-  test("freed blocks are cleared: the prefill pool holds no finished request's K/V", async () => {
+  test("remote access ends with the request, and freed blocks are cleared: the prefill pool holds no finished request's K/V", async () => {
     const p: PrefillResponse = await unary(prefill, prefill.prefill, { requestId: 'clear-1', tokens: PROMPT }, 5000);
     const kv = p.kv!;
-    const ranges = kv.blocks.map((b) => [b * kv.layout!.blockBytes, kv.layout!.blockBytes] as const);
-    // A fabric peer that has the prefill agent's metadata reads the blocks: K/V while held ...
+    const size = kv.layout!.blockBytes;
+    const bytes = kv.blocks.length * size;
+    // A fabric peer with the prefill agent's metadata and the request's grants reads the blocks while held ...
     const reader = await PeerProcess.spawn('reader');
     try {
       await reader.create('reader', 'tcp');
-      await reader.alloc('sink', kv.blocks.length * kv.layout!.blockBytes, 'zero');
+      await reader.alloc('sink', bytes, 'zero');
       const peer = await reader.request({ cmd: 'load', metadata: Buffer.from(kv.agentMetadata).toString('base64') });
-      const read = () =>
-        reader.request({
-          cmd: 'transfer',
-          spec: { op: 'READ', peer: peer.name, descs: ranges.map(([offset, length], i) => ({ local: 'sink', localOffset: i * length, remote: kv.regionId, remoteOffset: offset, length })), timeoutMs: 5000 },
-        });
-      const zero = zeroHash(kv.blocks.length * kv.layout!.blockBytes);
-      const sink = () => reader.request({ cmd: 'hash', region: 'sink', ranges: [[0, kv.blocks.length * kv.layout!.blockBytes]] });
+      assert.deepEqual(peer.regions, [], 'the pool itself is not advertised');
+      const runs = blockRuns(kv.blocks);
+      const ids = await Promise.all(kv.grants.map((g) => reader.addGrant(peer.name, Buffer.from(g).toString('base64'))));
+      const descs = runs.map((run, i) => ({ local: 'sink', localOffset: runs.slice(0, i).reduce((n, r) => n + r.count * size, 0), remote: ids[i]!, remoteOffset: 0, length: run.count * size }));
+      const read = () => reader.request({ cmd: 'transfer', spec: { op: 'READ', peer: peer.name, descs, timeoutMs: 5000 } });
       await read();
-      assert.notEqual(await sink(), zero, 'the held blocks hold K/V');
-      // ... and after the release, zeros (or nothing at all, where remote access ended with the request).
+      const zero = zeroHash(bytes);
+      assert.notEqual(await reader.request({ cmd: 'hash', region: 'sink', ranges: [[0, bytes]] }), zero, 'the held blocks hold K/V');
+      // ... and not after the release: the grant is revoked before the blocks go back to the pool.
       await unary(prefill, prefill.release, { requestId: 'clear-1' }, 5000);
-      await reader.request({ cmd: 'fill', region: 'sink', ranges: [[0, kv.blocks.length * kv.layout!.blockBytes]] });
-      const after = await read().then(
-        () => 'read',
-        (e: Error & { code?: string }) => e.code ?? 'failed',
-      );
-      if (after === 'read') assert.equal(await sink(), zero, 'freed blocks still hold K/V');
+      await reader.request({ cmd: 'fill', region: 'sink', ranges: [[0, bytes]] });
+      const refusedRead = (await read().then(
+        () => assert.fail('a revoked grant still reads'),
+        (e: PeerError) => e,
+      )) as PeerError;
+      assert.match(String(refusedRead.remote?.code), /^KVF_ERR_/);
     } finally {
-      await reader.request({ cmd: 'close' }).catch(() => undefined);
+      await reader.close().catch(() => reader.kill());
+    }
+    // The worker's own memory (read from outside through /proc): zeros once the blocks are back in the pool.
+    await poolAtBaseline(stack.prefill.ready.address);
+    for (const g of kv.grants) {
+      const { base, length } = decodeGrant(g);
+      assert.ok(readProcessMemory(stack.prefill.child.pid!, base, length).every((b) => b === 0), 'freed blocks still hold K/V');
     }
   });
 

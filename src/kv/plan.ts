@@ -77,3 +77,51 @@ export function planKvCopy(layout: KvGeometry, srcBlocks: readonly number[], dst
   }
   return ranges;
 }
+
+/** A run of consecutive block ids: one contiguous byte range of the pool, the unit a worker grants access to. */
+export interface BlockRun {
+  start: number;
+  count: number;
+}
+
+/** The maximal runs of consecutive ids among `blocks`, in ascending order (whatever order the table lists them in). */
+export function blockRuns(blocks: readonly number[]): BlockRun[] {
+  const sorted = [...new Set(blocks)].sort((a, b) => a - b);
+  const runs: BlockRun[] = [];
+  for (const b of sorted) {
+    const last = runs[runs.length - 1];
+    if (last && last.start + last.count === b) last.count++;
+    else runs.push({ start: b, count: 1 });
+  }
+  return runs;
+}
+
+/** A range re-addressed to the run (grant) that holds its `side`: offsets from that run's first byte. */
+export interface RunRange {
+  run: number;
+  runOffset: number;
+  /** The other side's offset, from its pool's start. */
+  otherOffset: number;
+  length: number;
+}
+
+/** Re-addresses one side of `ranges` to `runs` (split where a range crosses from one run into the next). */
+export function rangesInRuns(ranges: readonly KvRange[], side: 'src' | 'dst', runs: readonly BlockRun[], blockBytes: number): RunRange[] {
+  const out: RunRange[] = [];
+  for (const r of ranges) {
+    let at = side === 'src' ? r.srcOffset : r.dstOffset;
+    let other = side === 'src' ? r.dstOffset : r.srcOffset;
+    let left = r.length;
+    while (left > 0) {
+      const run = runs.findIndex((u) => at >= u.start * blockBytes && at < (u.start + u.count) * blockBytes);
+      if (run < 0) throw new KvfError('KVF_ERR_OUT_OF_RANGE', `pool offset ${at} lies in no granted block run`);
+      const u = runs[run]!;
+      const length = Math.min(left, (u.start + u.count) * blockBytes - at);
+      out.push({ run, runOffset: at - u.start * blockBytes, otherOffset: other, length });
+      at += length;
+      other += length;
+      left -= length;
+    }
+  }
+  return out;
+}

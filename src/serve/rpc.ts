@@ -44,7 +44,7 @@ export interface KvHandle {
   leaseExpiresUnixMs: number;
   access: string;
   mac: Uint8Array | null;
-  grant: Uint8Array | null;
+  grants: Uint8Array[];
 }
 
 export interface TransferReportMsg {

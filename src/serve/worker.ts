@@ -7,15 +7,17 @@
 import { randomUUID } from 'node:crypto';
 import { basename } from 'node:path';
 
-import { Agent } from '../fabric/agent.js';
+import { Agent, type TransferReport } from '../fabric/agent.js';
 import { KvfError } from '../fabric/errors.js';
 import type { Logger } from '../fabric/logger.js';
 import type { MemoryRegion } from '../fabric/memory.js';
 import type { RemotePeer } from '../fabric/peer.js';
+import type { Grant } from '../fabric/grants.js';
+import type { TransferDescriptor } from '../fabric/descriptors.js';
 import { ReferenceEngine, type KvLayout } from '../engine/engine.js';
 import { Sampler, type SamplingOptions } from '../engine/sampling.js';
 import { BlockLeases } from '../kv/leases.js';
-import { blocksFor, kvBytesFor, planKvCopy, sameGeometry } from '../kv/plan.js';
+import { blockRuns, blocksFor, kvBytesFor, planKvCopy, rangesInRuns, sameGeometry, type KvRange } from '../kv/plan.js';
 import { toServiceError } from './grpc-errors.js';
 import { ClusterAuth, guardService, secretFrom } from './security/auth.js';
 import { HandleSigner, type HandleAccess } from './security/handles.js';
@@ -34,6 +36,13 @@ import {
   type WorkerStatus,
 } from './rpc.js';
 import type { Role, WorkerConfig } from './config.js';
+
+/**
+ * How long blocks whose remote access was revoked without word from the peer (lease expired, Release call)
+ * wait before reuse: a READ or WRITE the provider accepted before the revocation may still complete, and it
+ * must not meet the next request's K/V. Far above any in-flight operation's remaining time (docs/security.md).
+ */
+const QUARANTINE_MS = 1000;
 
 /** The RPCs each role serves; any other is refused with KVF_ERR_WRONG_ROLE before it runs. */
 const ROLE_METHODS: Record<Role, ReadonlySet<string>> = {
@@ -73,10 +82,11 @@ export class Worker {
     this.#region = region;
     this.#engine = engine;
     this.#signer = signer;
-    this.#leases = new BlockLeases(
-      (blocks) => this.#free(blocks),
-      (requestId, blocks) => log.warn({ requestId, blocks: blocks.length }, 'lease expired: blocks were never pulled; freed'),
-    );
+    this.#leases = new BlockLeases({
+      free: (blocks) => this.#free(blocks),
+      onExpire: (requestId, blocks) => log.warn({ requestId, blocks: blocks.length }, 'lease expired: blocks were never pulled; freed'),
+      quarantineMs: QUARANTINE_MS,
+    });
     this.#metadata = agent.getLocalMetadata();
     agent.on('notification', (n) => this.#onNotification(n.from, n.data));
   }
@@ -96,7 +106,8 @@ export class Worker {
     try {
       const layoutOptions = { tokensPerBlock: config.tokensPerBlock, dtype: config.kvDtype };
       const blockBytes = ReferenceEngine.blockBytes(config.model, layoutOptions);
-      const region = agent.allocate(config.blocks * blockBytes, { hugepages: config.hugepages });
+      // Not remotely accessible as a whole: peers reach only the blocks of a request, through its grants.
+      const region = agent.allocate(config.blocks * blockBytes, { hugepages: config.hugepages, remoteAccess: false });
       const engine = new ReferenceEngine({
         modelPath: config.model,
         pool: region.bytes,
@@ -216,9 +227,9 @@ export class Worker {
         this.#signer.signResponse({ ...res, prefillMs: performance.now() - started }, req.requestId);
       if (call.cancelled) return sign(base);
       if (pushTo) return sign({ ...base, push: await this.#push(req.requestId, pushTo, blocks, req.tokens.length) });
-      const { expiresAt } = this.#leases.hold(req.requestId, blocks, this.#leaseMs(req.leaseMs));
+      const kv = this.#holdFor(req.requestId, 'read', blocks, req.tokens.length, req.leaseMs);
       held = true;
-      return sign({ ...base, kv: this.#handle(req.requestId, 'read', blocks, req.tokens.length, expiresAt) });
+      return sign({ ...base, kv });
     } finally {
       if (!held) this.#free(blocks);
     }
@@ -228,17 +239,33 @@ export class Worker {
     const total = Math.min(req.tokens + Math.max(1, req.maxTokens), this.#engine.model.contextLength);
     const blocks = this.#engine.allocateBlocks(blocksFor(this.layout, total));
     try {
-      const { expiresAt } = this.#leases.hold(req.requestId, blocks, this.#leaseMs(req.leaseMs));
-      return this.#handle(req.requestId, 'write', blocks, 0, expiresAt);
+      return this.#holdFor(req.requestId, 'write', blocks, 0, req.leaseMs);
     } catch (err) {
       this.#free(blocks);
       throw err;
     }
   }
 
-  /** The caller's lease (or the configured one), never above this worker's maximum. */
-  #leaseMs(asked: number): number {
-    return Math.min(asked || this.#config.leaseMs, this.#config.maxLeaseMs);
+  /**
+   * Holds blocks for a request under a lease (the caller's, or the configured one, never above this worker's
+   * maximum), grants remote `access` to exactly them (one grant per run of consecutive blocks) and returns the
+   * signed handle. However the hold ends, the grants are revoked first. On failure nothing stays held.
+   */
+  #holdFor(requestId: string, access: HandleAccess, blocks: number[], tokens: number, askedLeaseMs: number): KvHandle {
+    const { expiresAt } = this.#leases.hold(requestId, blocks, Math.min(askedLeaseMs || this.#config.leaseMs, this.#config.maxLeaseMs));
+    const grants: Grant[] = [];
+    const revoke = (): void => grants.forEach((g) => g.revoke());
+    try {
+      const size = this.layout.blockBytes;
+      for (const run of blockRuns(blocks)) grants.push(this.#agent.grant(this.#region, { offset: run.start * size, length: run.count * size, access }));
+      const handle = this.#handle(requestId, access, blocks, tokens, expiresAt, grants);
+      this.#leases.bind(requestId, handle.mac!, revoke);
+      return handle;
+    } catch (err) {
+      revoke();
+      this.#leases.take(requestId);
+      throw err;
+    }
   }
 
   /** Returns blocks to the pool, cleared: whatever the next request leaves unwritten reads as zeros, not as this one's K/V. */
@@ -340,31 +367,51 @@ export class Worker {
 
   /** Pull mode: RDMA READ of the prompt's K/V from the prefill worker's blocks into ours; the notification tells it to free them. */
   async #pull(requestId: string, kv: KvHandle, blocks: number[]): Promise<TransferReportMsg> {
-    this.#checkLayout(kv);
-    const peer = this.#peer(kv);
     const ranges = planKvCopy(this.layout, kv.blocks, blocks, kv.tokens);
-    const report = await this.#agent.read(
-      peer,
-      ranges.map((r) => ({ local: this.#region, localOffset: r.dstOffset, remote: kv.regionId, remoteOffset: r.srcOffset, length: r.length })),
-      { notification: JSON.stringify({ release: requestId, mac: Buffer.from(kv.mac!).toString('hex') }), timeoutMs: this.#config.transferTimeoutMs },
-    );
+    const notification = JSON.stringify({ release: requestId, mac: Buffer.from(kv.mac!).toString('hex') });
+    const report = await this.#throughGrants(kv, ranges, 'src', (peer, descs) => this.#agent.read(peer, descs, { notification, timeoutMs: this.#config.transferTimeoutMs }));
     return this.#report(requestId, report, kv.workerId, kv.tokens);
   }
 
   /** Push mode: RDMA WRITE of the prompt's K/V into blocks the decode worker reserved. */
   async #push(requestId: string, target: KvHandle, blocks: number[], tokens: number): Promise<TransferReportMsg> {
-    this.#checkLayout(target);
-    const peer = this.#peer(target);
     const ranges = planKvCopy(this.layout, blocks, target.blocks, tokens);
-    const report = await this.#agent.write(
-      peer,
-      ranges.map((r) => ({ local: this.#region, localOffset: r.srcOffset, remote: target.regionId, remoteOffset: r.dstOffset, length: r.length })),
-      { timeoutMs: this.#config.transferTimeoutMs },
-    );
+    const report = await this.#throughGrants(target, ranges, 'dst', (peer, descs) => this.#agent.write(peer, descs, { timeoutMs: this.#config.transferTimeoutMs }));
     return this.#report(requestId, report, target.workerId, tokens);
   }
 
-  #report(requestId: string, report: Awaited<ReturnType<Agent['read']>>, peerWorker: string, tokens: number): TransferReportMsg {
+  /**
+   * Runs a transfer to the blocks a peer's handle names, through the grants it carries (its pool itself is not
+   * remotely accessible): the grants are added to the peer for this transfer only. `side` says which side of
+   * `ranges` is the peer's.
+   */
+  async #throughGrants(
+    kv: KvHandle,
+    ranges: KvRange[],
+    side: 'src' | 'dst',
+    run: (peer: RemotePeer, descs: TransferDescriptor[]) => Promise<TransferReport>,
+  ): Promise<TransferReport> {
+    this.#checkLayout(kv);
+    const runs = blockRuns(kv.blocks);
+    if (kv.grants.length !== runs.length) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle carries ${kv.grants.length} grants for ${runs.length} runs of blocks`);
+    const peer = this.#peer(kv);
+    const ids: number[] = [];
+    try {
+      for (const g of kv.grants) ids.push(peer.addGrant(g));
+      const descs = rangesInRuns(ranges, side, runs, kv.layout!.blockBytes).map((r) => ({
+        local: this.#region,
+        localOffset: r.otherOffset,
+        remote: ids[r.run]!,
+        remoteOffset: r.runOffset,
+        length: r.length,
+      }));
+      return await run(peer, descs);
+    } finally {
+      for (const id of ids) peer.removeGrant(id);
+    }
+  }
+
+  #report(requestId: string, report: TransferReport, peerWorker: string, tokens: number): TransferReportMsg {
     const msg = {
       op: report.op,
       backend: report.backend,
@@ -396,10 +443,10 @@ export class Worker {
     return peer;
   }
 
-  /** A signed handle to blocks this worker holds for a request; the hold remembers its MAC. */
-  #handle(requestId: string, access: HandleAccess, blocks: number[], tokens: number, expiresAt: number): KvHandle {
+  /** A signed handle to blocks this worker holds for a request, with the grants that reach them. */
+  #handle(requestId: string, access: HandleAccess, blocks: number[], tokens: number, expiresAt: number, grants: Grant[]): KvHandle {
     const l = this.layout;
-    const handle = this.#signer.sign({
+    return this.#signer.sign({
       requestId,
       workerId: this.id,
       agentName: this.#agent.name,
@@ -410,10 +457,8 @@ export class Worker {
       tokens,
       leaseExpiresUnixMs: expiresAt,
       access,
-      grant: null,
+      grants: grants.map((g) => g.bytes),
     });
-    this.#leases.bind(requestId, handle.mac!);
-    return handle;
   }
 
   /** A puller's "done, free them": honoured only with the MAC of the handle the blocks were issued under. */
@@ -426,7 +471,7 @@ export class Worker {
     }
     const { release: requestId, mac } = msg;
     if (typeof requestId !== 'string' || typeof mac !== 'string' || !/^[0-9a-f]{64}$/.test(mac)) return;
-    if (this.#leases.matches(requestId, Buffer.from(mac, 'hex')) && this.#leases.release(requestId)) {
+    if (this.#leases.matches(requestId, Buffer.from(mac, 'hex')) && this.#leases.release(requestId, true)) {
       this.#log.debug({ workerId: this.id, requestId, from }, 'blocks pulled; freed');
     }
   }

@@ -77,7 +77,7 @@ function canonicalHandle(h: Omit<KvHandle, 'mac'>): string {
     l ? [l.numLayers, l.kvHeads, l.headDim, l.tokensPerBlock, l.dtype, l.blockBytes] : null,
     h.tokens,
     h.leaseExpiresUnixMs,
-    h.grant?.length ? sha256(h.grant) : null,
+    (h.grants ?? []).map((g) => sha256(g)),
   ]);
 }
 
