@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
 import { BlockLeases } from '../src/kv/leases.js';
-import { blockBytesOf, kvBytesFor, planKvCopy, type KvGeometry } from '../src/kv/plan.js';
+import { blockBytesOf, blockRuns, kvBytesFor, planKvCopy, rangesInRuns, type KvGeometry } from '../src/kv/plan.js';
 import { prng } from './helpers/random.js';
 
 const layout: KvGeometry = { numLayers: 3, kvHeads: 2, headDim: 4, tokensPerBlock: 5, dtype: 'f16' };
@@ -61,7 +61,7 @@ describe('BlockLeases', () => {
   test('hold, take, release and expiry each return blocks exactly once', async () => {
     const freed: number[][] = [];
     const expired: string[] = [];
-    const leases = new BlockLeases((b) => freed.push(b), (id) => expired.push(id));
+    const leases = new BlockLeases({ free: (b) => freed.push(b), onExpire: (id) => expired.push(id) });
     leases.hold('a', [1, 2], 60_000);
     leases.hold('b', [3], 60_000);
     leases.hold('c', [4], 20);
@@ -74,5 +74,68 @@ describe('BlockLeases', () => {
     assert.deepEqual(freed, [[1, 2], [4]]);
     assert.deepEqual(expired, ['c']);
     assert.equal(leases.size, 0);
+  });
+
+  test('access ends before the blocks go back, however the hold ends; without word from the peer they wait out the quarantine', async () => {
+    const events: string[] = [];
+    const leases = new BlockLeases({ free: (b) => events.push(`free ${b.join(',')}`), quarantineMs: 50 });
+    const hold = (id: string, blocks: number[], ms = 60_000) => {
+      leases.hold(id, blocks, ms);
+      leases.bind(id, new Uint8Array([blocks[0]!]), () => events.push(`revoke ${id}`));
+    };
+    hold('done', [1]);
+    hold('released', [2]);
+    hold('expired', [3], 10);
+    hold('taken', [4]);
+    assert.equal(leases.matches('done', new Uint8Array([1])), true);
+    assert.equal(leases.matches('done', new Uint8Array([2])), false);
+    assert.equal(leases.release('done', true), true);
+    assert.equal(leases.release('released'), true);
+    assert.deepEqual(leases.take('taken'), [4]);
+    assert.deepEqual(events, ['revoke done', 'free 1', 'revoke released', 'revoke taken']);
+    assert.equal(leases.size, 2, 'one held, one in quarantine');
+    await new Promise((r) => setTimeout(r, 40));
+    assert.deepEqual(events.slice(4), ['revoke expired']);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(events.slice(5).sort(), ['free 2', 'free 3']);
+    assert.equal(leases.size, 0);
+  });
+
+  test('leases are clamped below the timer limit: a huge one does not fire at once', async () => {
+    const freed: number[][] = [];
+    const leases = new BlockLeases({ free: (b) => freed.push(b) });
+    const { expiresAt } = leases.hold('huge', [1], 2 ** 40);
+    assert.ok(expiresAt - Date.now() > 2 ** 30);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(freed, []);
+    leases.releaseAll();
+    assert.deepEqual(freed, [[1]]);
+  });
+});
+
+describe('block runs and grants', () => {
+  test('runs are maximal ascending runs of ids, whatever the table order', () => {
+    assert.deepEqual(blockRuns([2, 1, 0]), [{ start: 0, count: 3 }]);
+    assert.deepEqual(blockRuns([7, 3, 4, 9, 8]), [{ start: 3, count: 2 }, { start: 7, count: 3 }]);
+    assert.deepEqual(blockRuns([]), []);
+  });
+
+  test('ranges re-addressed to runs cover the same bytes, split where a range crosses runs', () => {
+    const blockBytes = blockBytesOf(layout);
+    for (const [src, dst, tokens] of [[[2, 1, 0], [5, 6, 7], 14], [[7, 3, 4, 9, 8], [0, 1, 2, 3, 4], 23], [[0, 1, 2], [3, 4, 5], 15]] as const) {
+      const ranges = planKvCopy(layout, src, dst, tokens);
+      for (const side of ['src', 'dst'] as const) {
+        const runs = blockRuns(side === 'src' ? src : dst);
+        const moved = rangesInRuns(ranges, side, runs, blockBytes);
+        assert.equal(moved.reduce((n, r) => n + r.length, 0), kvBytesFor(layout, tokens));
+        for (const r of moved) assert.ok(r.runOffset + r.length <= runs[r.run]!.count * blockBytes, 'inside its run');
+        // Back to pool offsets: the same byte pairs as the plan.
+        const pairs = (list: { a: number; b: number; length: number }[]) => list.flatMap((x) => Array.from({ length: x.length }, (_, i) => `${x.a + i}>${x.b + i}`)).sort();
+        const plan = ranges.map((r) => (side === 'src' ? { a: r.srcOffset, b: r.dstOffset, length: r.length } : { a: r.dstOffset, b: r.srcOffset, length: r.length }));
+        const back = moved.map((r) => ({ a: runs[r.run]!.start * blockBytes + r.runOffset, b: r.otherOffset, length: r.length }));
+        assert.deepEqual(pairs(back), pairs(plan));
+      }
+    }
+    assert.throws(() => rangesInRuns([{ srcOffset: 0, dstOffset: 0, length: 1 }], 'src', [{ start: 1, count: 1 }], blockBytes), { code: 'KVF_ERR_OUT_OF_RANGE' });
   });
 });
