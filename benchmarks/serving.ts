@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { frontendConfig, type ServeMode } from '../src/serve/config.js';
 import { defaultModelPath } from '../src/serve/default-model.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { quietLog, startWorker, stop, type Proc } from '../test/helpers/serve.js';
+import { CLUSTER, quietLog, startWorker, stop, type Proc } from '../test/helpers/serve.js';
 import { describeMachine } from './lib/machine.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -135,7 +135,7 @@ async function runMode(mode: ServeMode) {
     }
     const byRole = (role: string) => workers.filter((w) => w.ready.role === role).map((w) => w.ready.address);
     const frontend = await Frontend.start(
-      frontendConfig({ flags: { model, listen: '127.0.0.1:0', prefill: byRole('prefill'), decode: byRole('decode'), mode, healthIntervalMs: 500 }, env: {} }),
+      frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', prefill: byRole('prefill'), decode: byRole('decode'), mode, healthIntervalMs: 500 }, env: {} }),
       quietLog,
     );
     try {
