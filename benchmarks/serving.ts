@@ -14,6 +14,7 @@ import { frontendConfig, type ServeMode } from '../src/serve/config.js';
 import { defaultModelPath } from '../src/serve/default-model.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
 import { CLUSTER, quietLog, startWorker, stop, type Proc } from '../test/helpers/serve.js';
+import { loadLevel, streamOne } from './lib/load.js';
 import { describeMachine } from './lib/machine.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -34,95 +35,6 @@ const maxTokens = Number(values['max-tokens']);
 const minRequests = Number(values['min-requests']);
 const modelName = model.split('/').pop()!.replace(/\.gguf$/, '');
 
-const QUESTIONS = [
-  'What is the capital of France?',
-  'Describe the color of the sky on a clear day.',
-  'Name three fruits that are red.',
-  'Why do cats purr? Answer briefly.',
-  'Write one sentence about the ocean.',
-  'What is two plus two?',
-  'Give me a short tip for learning to cook, with an example of a simple dish to start with.',
-  'Explain in a few words what a computer does.',
-];
-
-interface Sample {
-  ttftMs: number;
-  /** Mean gap between tokens after the first. */
-  itlMs: number | undefined;
-  tokens: number;
-  kvBytes: number;
-}
-
-async function streamOne(url: string, question: string): Promise<Sample> {
-  const started = performance.now();
-  const res = await fetch(`${url}/v1/chat/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: modelName, messages: [{ role: 'user', content: question }], max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } }),
-  });
-  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
-  let first: number | undefined;
-  let last = started;
-  let tokens = 0;
-  let kvBytes = 0;
-  let buffered = '';
-  const decoder = new TextDecoder();
-  for await (const bytes of res.body) {
-    buffered += decoder.decode(bytes as Uint8Array, { stream: true });
-    let end: number;
-    while ((end = buffered.indexOf('\n\n')) >= 0) {
-      const event = buffered.slice(0, end).replace(/^data: /, '');
-      buffered = buffered.slice(end + 2);
-      if (event === '[DONE]') continue;
-      const chunk = JSON.parse(event) as { error?: { message: string }; choices: { delta?: { content?: string } }[]; usage?: { completion_tokens: number }; kvfabric?: { bytes: number } };
-      if (chunk.error) throw new Error(chunk.error.message);
-      if (chunk.choices[0]?.delta?.content) {
-        const now = performance.now();
-        first ??= now;
-        last = now;
-      }
-      if (chunk.usage) tokens = chunk.usage.completion_tokens;
-      if (chunk.kvfabric) kvBytes = chunk.kvfabric.bytes;
-    }
-  }
-  const ttftMs = (first ?? last) - started;
-  return { ttftMs, itlMs: tokens > 1 && first !== undefined ? (last - first) / (tokens - 1) : undefined, tokens, kvBytes };
-}
-
-async function level(url: string, concurrency: number) {
-  const total = Math.max(minRequests, 2 * concurrency);
-  let next = 0;
-  const samples: Sample[] = [];
-  const started = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (next < total) {
-        const i = next++;
-        samples.push(await streamOne(url, QUESTIONS[i % QUESTIONS.length]!));
-      }
-    }),
-  );
-  const seconds = (performance.now() - started) / 1000;
-  const ttft = samples.map((s) => s.ttftMs).sort((a, b) => a - b);
-  const itl = samples.flatMap((s) => (s.itlMs === undefined ? [] : [s.itlMs])).sort((a, b) => a - b);
-  const tokens = samples.reduce((n, s) => n + s.tokens, 0);
-  return {
-    concurrency,
-    requests: total,
-    ttftP50Ms: pct(ttft, 0.5),
-    ttftP99Ms: pct(ttft, 0.99),
-    itlP50Ms: pct(itl, 0.5),
-    itlP99Ms: pct(itl, 0.99),
-    outputTokensPerS: tokens / seconds,
-    requestsPerS: total / seconds,
-    kvBytesPerRequest: samples.reduce((n, s) => n + s.kvBytes, 0) / total,
-  };
-}
-
-function pct(sorted: number[], p: number): number {
-  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]! : NaN;
-}
-
 async function runMode(mode: ServeMode) {
   const workers: Proc[] = [];
   const extra = ['--blocks', '512'];
@@ -140,10 +52,11 @@ async function runMode(mode: ServeMode) {
     );
     try {
       await frontend.workersReady(mode === 'aggregated' ? ['decode'] : ['prefill', 'decode']);
-      await streamOne(frontend.url, QUESTIONS[0]!); // warm-up
+      const load = { url: frontend.url, modelName, maxTokens };
+      await streamOne(load, 0); // warm-up
       const rows = [];
       for (const c of levels) {
-        rows.push({ mode, ...(await level(frontend.url, c)) });
+        rows.push({ mode, ...(await loadLevel(load, c, Math.max(minRequests, 2 * c))) });
         process.stderr.write(`${mode} c=${c} done\n`);
       }
       return rows;
