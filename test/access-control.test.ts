@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { decodeMetadata, encodeMetadata, type RegionDescription } from '../src/index.js';
-import { PeerProcess, closePeers, spawnPeers, zeroHash, type TransferSpec } from './helpers/peers.js';
+import { PeerProcess, closePeers, spawnOwnerAndReaders, zeroHash, type TransferSpec } from './helpers/peers.js';
 
 const KiB = 1024;
 const LEN = 256 * KiB;
@@ -58,17 +58,7 @@ for (const provider of ['tcp', 'shm'] as const) {
     };
 
     before(async () => {
-      [owner] = await spawnPeers([`own-${provider}`], provider, procs);
-      const [r, f] = await Promise.all(
-        [`rd-${provider}`, `fp-${provider}`].map(async (name, i) => {
-          const p = await PeerProcess.spawn(name);
-          procs.push(p);
-          await p.create(name, provider, { fastPath: i === 1 });
-          return p;
-        }),
-      );
-      reader = r!;
-      fast = f!;
+      ({ owner, reader, fast } = await spawnOwnerAndReaders('', provider, procs));
     });
     after(() => closePeers(procs));
 

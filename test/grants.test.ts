@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { decodeGrant, decodeMetadata, encodeGrant, encodeMetadata, type GrantDescription } from '../src/index.js';
-import { PeerError, PeerProcess, closePeers, spawnPeers, zeroHash, type TransferSpec } from './helpers/peers.js';
+import { PeerError, PeerProcess, closePeers, spawnOwnerAndReaders, zeroHash, type TransferSpec } from './helpers/peers.js';
 
 const KiB = 1024;
 const POOL = 1024 * KiB;
@@ -61,17 +61,7 @@ for (const provider of ['tcp', 'shm'] as const) {
     };
 
     before(async () => {
-      [owner] = await spawnPeers([`gown-${provider}`], provider, procs);
-      const [r, f] = await Promise.all(
-        [`grd-${provider}`, `gfp-${provider}`].map(async (name, i) => {
-          const p = await PeerProcess.spawn(name);
-          procs.push(p);
-          await p.create(name, provider, { fastPath: i === 1 });
-          return p;
-        }),
-      );
-      reader = r!;
-      fast = f!;
+      ({ owner, reader, fast } = await spawnOwnerAndReaders('g', provider, procs));
     });
     after(() => closePeers(procs));
 

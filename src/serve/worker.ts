@@ -20,6 +20,7 @@ import { BlockLeases } from '../kv/leases.js';
 import { blockRuns, blocksFor, kvBytesFor, planKvCopy, rangesInRuns, sameGeometry, type KvRange } from '../kv/plan.js';
 import { toServiceError } from './grpc-errors.js';
 import { ClusterAuth, guardService, secretFrom } from './security/auth.js';
+import { HandOffGate } from './security/hand-off.js';
 import { HandleSigner, type HandleAccess } from './security/handles.js';
 import {
   bindServer,
@@ -63,8 +64,7 @@ export class Worker {
   readonly #server = new grpc.Server();
   readonly #leases: BlockLeases;
   readonly #signer: HandleSigner;
-  // Pull handles this worker has used, until they expire: a replayed Decode finds its handle here.
-  readonly #consumed = new Map<string, number>();
+  readonly #handOffs: HandOffGate;
   // Peers' metadata blobs as last loaded, so a blob is parsed once per agent incarnation.
   readonly #peerBlobs = new Map<string, Buffer>();
   // This agent's own blob, sent with every KV handle: its regions never change after start, so encode it once.
@@ -87,6 +87,7 @@ export class Worker {
       onExpire: (requestId, blocks) => log.warn({ requestId, blocks: blocks.length }, 'lease expired: blocks were never pulled; freed'),
       quarantineMs: QUARANTINE_MS,
     });
+    this.#handOffs = new HandOffGate(signer, { workerId: config.id, agentName: agent.name }, this.#leases);
     this.#metadata = agent.getLocalMetadata();
     agent.on('notification', (n) => this.#onNotification(n.from, n.data));
   }
@@ -281,7 +282,7 @@ export class Worker {
     if (req.prompt.length === 0 || req.prompt.length >= this.#engine.model.contextLength) {
       throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has ${req.prompt.length} tokens; the context holds ${this.#engine.model.contextLength}`);
     }
-    const handOff = this.#checkHandOff(req);
+    const handOff = this.#handOffs.check(req);
     let blocks = req.reserved ? this.#leases.take(req.requestId) : undefined;
     blocks ??= this.#engine.allocateBlocks(blocksFor(this.layout, total));
     try {
@@ -331,38 +332,6 @@ export class Worker {
     } finally {
       this.#free(blocks);
     }
-  }
-
-  /**
-   * What a Decode call brings from prefill, checked before anything is used: 'pull' (a read handle of the
-   * prefill worker named in a signed prefill result, unexpired and not used before), 'push' (this worker's own
-   * reservation, taken over once, with a signed report of the WRITE that filled it) or 'local'.
-   */
-  #checkHandOff(req: DecodeRequest): 'pull' | 'push' | 'local' {
-    if (req.prefill) this.#signer.verifyResponse(req.prefill, req.requestId);
-    if (req.reserved) {
-      const mine = this.#signer.verify(req.reserved, { access: 'write', requestId: req.requestId });
-      if (mine.workerId !== this.id || mine.agentName !== this.#agent.name || !this.#leases.matches(req.requestId, mine.mac)) {
-        throw new KvfError('KVF_ERR_BAD_HANDLE', `no reservation here matches the handle for request '${req.requestId}' (not issued by this worker, already used, or its lease expired)`);
-      }
-      return req.prefill?.push ? 'push' : 'local';
-    }
-    const kv = req.prefill?.kv;
-    if (!kv) return 'local';
-    this.#signer.verify(kv, { access: 'read', requestId: req.requestId });
-    if (kv.workerId !== req.prefill!.workerId) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle was issued by ${kv.workerId}, not by the prefill worker ${req.prefill!.workerId}`);
-    if (kv.tokens !== req.prompt.length) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle holds ${kv.tokens} positions; the prompt has ${req.prompt.length}`);
-    this.#consume(kv.mac!, kv.leaseExpiresUnixMs);
-    return 'pull';
-  }
-
-  /** Marks a pull handle used (until it expires anyway); KVF_ERR_BAD_HANDLE when it was used before. */
-  #consume(mac: Uint8Array, expiresAt: number): void {
-    const now = Date.now();
-    for (const [key, until] of this.#consumed) if (until <= now) this.#consumed.delete(key);
-    const key = Buffer.from(mac).toString('hex');
-    if (this.#consumed.has(key)) throw new KvfError('KVF_ERR_BAD_HANDLE', 'the KV handle was used before (a replayed Decode)');
-    this.#consumed.set(key, expiresAt);
   }
 
   /** Pull mode: RDMA READ of the prompt's K/V from the prefill worker's blocks into ours; the notification tells it to free them. */

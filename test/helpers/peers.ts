@@ -404,6 +404,24 @@ export async function spawnPeers(names: string[], provider: string, into: PeerPr
 }
 
 /** Every peer loads every other peer's current metadata (call again after allocating new regions). */
+/**
+ * An owner and two readers of it, created with `provider`: one with the fast path off (the provider carries the
+ * bytes, with the owner's table checked on this host), one with it on (cma or mapped). Names: `<tag>own-`,
+ * `<tag>rd-`, `<tag>fp-` followed by the provider.
+ */
+export async function spawnOwnerAndReaders(tag: string, provider: string, into: PeerProcess[]): Promise<{ owner: PeerProcess; reader: PeerProcess; fast: PeerProcess }> {
+  const [owner] = await spawnPeers([`${tag}own-${provider}`], provider, into);
+  const [reader, fast] = await Promise.all(
+    [`${tag}rd-${provider}`, `${tag}fp-${provider}`].map(async (name, i) => {
+      const p = await PeerProcess.spawn(name);
+      into.push(p);
+      await p.create(name, provider, { fastPath: i === 1 });
+      return p;
+    }),
+  );
+  return { owner: owner!, reader: reader!, fast: fast! };
+}
+
 export async function connectAll(peers: PeerProcess[]): Promise<Map<string, Map<string, LoadedPeer>>> {
   const blobs = await Promise.all(peers.map((p) => p.metadata()));
   const out = new Map<string, Map<string, LoadedPeer>>();
