@@ -170,6 +170,13 @@ describe('doctor: FI_* variables', () => {
     assert.deepEqual([await status(), await status('0'), await status('1'), await status('maybe')], ['warn', 'warn', 'ok', 'fail']);
   });
 
+  test('FI_MR_CACHE_MAX_COUNT with efa: anything but 0 warns (a cached registration outlives a revoked grant); not checked without efa', async () => {
+    const status = async (v?: string, provider = 'efa') =>
+      row(await group('fi-env', { FI_PROVIDER: provider, ...(v === undefined ? {} : { FI_MR_CACHE_MAX_COUNT: v }) }), 'FI_MR_CACHE_MAX_COUNT')?.status;
+    assert.deepEqual([await status(), await status('1024'), await status('0')], ['warn', 'warn', 'ok']);
+    assert.equal((await group('fi-env', { FI_PROVIDER: 'tcp' })).find((r) => r.name === 'FI_MR_CACHE_MAX_COUNT'), undefined);
+  });
+
   test('typos, bad numbers and bad monitors; names the loaded libfabric reports (fi_info -e) are known', async () => {
     const rows = await group('fi-env', { FI_EFA_TXSIZE: '8192', FI_EFA_TX_SIZE: 'lots', FI_MR_CACHE_MONITOR: 'off', KVF_BLOKS: '64' });
     assert.deepEqual(rows.map((r) => [r.name, r.status]).sort(), [['FI_EFA_TXSIZE', 'warn'], ['FI_EFA_TX_SIZE', 'fail'], ['FI_MR_CACHE_MONITOR', 'fail'], ['KVF_BLOKS', 'warn']]);

@@ -60,6 +60,10 @@ export async function checkFiEnv(ctx: Context): Promise<CheckResult[]> {
     if (rdma === true) out.push({ group, name: 'FI_EFA_USE_DEVICE_RDMA', status: 'ok', detail: '=1: RDMA read/write in the NIC' });
     else if (rdma === false) out.push({ group, name: 'FI_EFA_USE_DEVICE_RDMA', status: 'warn', detail: '=0: KV pulls (RDMA READ) are emulated with messages, at a fraction of the bandwidth', fix: 'set FI_EFA_USE_DEVICE_RDMA=1 (p4d, p5 and later support device RDMA)' });
     else if (env.FI_EFA_USE_DEVICE_RDMA === undefined) out.push({ group, name: 'FI_EFA_USE_DEVICE_RDMA', status: 'warn', detail: 'unset: older libfabric releases leave device RDMA off', fix: 'set FI_EFA_USE_DEVICE_RDMA=1 (kubernetes/common/configmap.yaml does)' });
+    // Serving workers revoke each request's grant before its blocks are reused; with the MR cache on, efa may keep
+    // a closed registration (and its key) alive in the NIC, so a revoked grant could still be read (docs/security.md).
+    if (env.FI_MR_CACHE_MAX_COUNT?.trim() === '0') out.push({ group, name: 'FI_MR_CACHE_MAX_COUNT', status: 'ok', detail: '=0: a revoked grant ends in the NIC at once' });
+    else out.push({ group, name: 'FI_MR_CACHE_MAX_COUNT', status: 'warn', detail: `${env.FI_MR_CACHE_MAX_COUNT === undefined ? 'unset' : `=${env.FI_MR_CACHE_MAX_COUNT}`}: efa's MR cache may keep a revoked grant's registration (and key) alive`, fix: 'set FI_MR_CACHE_MAX_COUNT=0 (kubernetes/common/configmap.yaml does)' });
     const shm = parseBool(env.FI_EFA_ENABLE_SHM_TRANSFER);
     if (shm === false) out.push({ group, name: 'FI_EFA_ENABLE_SHM_TRANSFER', status: 'ok', detail: '=0: efa carries intra-node traffic too (the seed\'s intent)' });
   }
