@@ -2,8 +2,9 @@
 // that pool, and the Worker gRPC service. Every call must prove the cluster token, and a worker serves only
 // its role's RPCs (ROLE_METHODS); a decode worker still prefills locally inside Decode (aggregated mode, or
 // fallback when prefill fails). KV handles are signed by the worker that holds the blocks and checked by the
-// one that uses them (security/handles.ts); blocks are cleared when freed, so a reused block never shows
-// another request's K/V.
+// one that uses them (security/handles.ts, security/hand-off.ts). The pool is not remotely accessible: a peer
+// reaches a request's blocks only through the grants in its handle, which are revoked before the blocks are
+// cleared and freed, so a reused block never shows another request's K/V (docs/security.md).
 import { randomUUID } from 'node:crypto';
 import { basename } from 'node:path';
 
