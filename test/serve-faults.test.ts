@@ -1,7 +1,8 @@
 // Faults in the disaggregated stack, with real processes: a prefill worker killed mid-request (the decode
 // worker prefills locally and the response says so), a decode worker killed mid-stream (the client gets an
 // error event, the prefill pool returns to its baseline), clients that disconnect (blocks freed on both
-// sides), workers that stop answering (no request outlives its timeout). SIGSTOP holds a worker inside a
+// sides), workers that stop answering (no request outlives its timeout), a decode worker's own error (it
+// reaches the client as its status at once). SIGSTOP holds a worker inside a
 // request deterministically; SIGKILL then kills it there.
 import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
@@ -134,6 +135,25 @@ describe('faults', () => {
       await poolAtBaseline(stack.prefill.ready.address);
       await poolAtBaseline(stack.decode.ready.address);
     }
+  });
+
+  test("an error on the decode worker reaches the client as that error's HTTP status, not as the request timeout", async () => {
+    // Two blocks of 16 positions per pool: the decode worker cannot hold prompt + 40 tokens. Before, its error
+    // never left the gRPC stream and the client waited for the request timeout (here a minute), then got 504.
+    stack = await startStack(model, 'tcp', { requestTimeoutMs: 60_000 }, { extra: ['--blocks', '2'] });
+    const res = await post(stack, { max_tokens: 40 });
+    assert.equal(res.status, 503);
+    assert.equal(((await res.json()) as Completion).error!.code, 'KVF_ERR_POOL_EXHAUSTED');
+    // A chat stream has sent its first chunk already: the error arrives as an SSE error event.
+    const chat = await fetch(`${stack.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: stack.modelName, messages: [{ role: 'user', content: PROMPT }], max_tokens: 40, stream: true }),
+    });
+    const events = (await chat.text()).split('\n\n').filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6)) as Completion);
+    assert.equal(events.at(-1)?.error?.code, 'KVF_ERR_POOL_EXHAUSTED');
+    await poolAtBaseline(stack.prefill.ready.address);
+    await poolAtBaseline(stack.decode.ready.address);
   });
 
   test('a decode worker that stops answering: the request fails at its timeout, nothing leaks after', async () => {
