@@ -156,6 +156,29 @@ describe('faults', () => {
     await poolAtBaseline(stack.decode.ready.address);
   });
 
+  test('a request without max_tokens holds blocks as it generates, not the whole context: a concurrent one is served', async () => {
+    // 16 blocks of 16 positions: exactly the tiny model's context. Reserving prompt + max_tokens up front, a chat
+    // request without max_tokens took the whole pool, and every concurrent request failed for want of a block.
+    stack = await startStack(model, 'tcp', {}, { extra: ['--blocks', '16'] });
+    const abort = new AbortController();
+    const long = await fetch(`${stack.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: stack.modelName, messages: [{ role: 'user', content: PROMPT }], temperature: 0, stream: true }),
+      signal: abort.signal,
+    });
+    const reader = long.body!.getReader();
+    await reader.read(); // the stream has started: its blocks are taken
+    const res = await post(stack, { max_tokens: 4 });
+    const body = (await res.json()) as Completion;
+    assert.equal(res.status, 200, JSON.stringify(body.error));
+    assert.ok(body.choices[0]!.text.length > 0);
+    abort.abort();
+    await reader.cancel().catch(() => undefined);
+    await poolAtBaseline(stack.prefill.ready.address);
+    await poolAtBaseline(stack.decode.ready.address);
+  });
+
   test('a decode worker that stops answering: the request fails at its timeout, nothing leaks after', async () => {
     stack = await startStack(model, 'tcp', { requestTimeoutMs: 1500 });
     stack.decode.child.kill('SIGSTOP');

@@ -237,8 +237,9 @@ export class Worker {
     }
   }
 
+  /** Push mode: blocks for the prompt's K/V and the first generated position; Decode grows them as it generates. */
   #reserve(req: ReserveRequest): KvHandle {
-    const total = Math.min(req.tokens + Math.max(1, req.maxTokens), this.#engine.model.contextLength);
+    const total = Math.min(req.tokens + 1, this.#engine.model.contextLength);
     const blocks = this.#engine.allocateBlocks(blocksFor(this.layout, total));
     try {
       return this.#holdFor(req.requestId, 'write', blocks, 0, req.leaseMs);
@@ -270,6 +271,14 @@ export class Worker {
     }
   }
 
+  /**
+   * Adds a block to a sequence's table when position `pos` lies past its end. A pool without a free block
+   * fails the request here with KVF_ERR_POOL_EXHAUSTED, which reaches its client at once.
+   */
+  #growFor(blocks: number[], pos: number): void {
+    if (pos >= blocks.length * this.layout.tokensPerBlock) blocks.push(...this.#engine.allocateBlocks(1));
+  }
+
   /** Returns blocks to the pool, cleared: whatever the next request leaves unwritten reads as zeros, not as this one's K/V. */
   #free(blocks: number[]): void {
     const size = this.layout.blockBytes;
@@ -285,7 +294,9 @@ export class Worker {
     }
     const handOff = this.#handOffs.check(req);
     let blocks = req.reserved ? this.#leases.take(req.requestId) : undefined;
-    blocks ??= this.#engine.allocateBlocks(blocksFor(this.layout, total));
+    // The prompt and the first generated position; the rest grows with generation (#growFor), so a request
+    // that may generate up to the context does not hold the whole context's blocks from its start.
+    blocks ??= this.#engine.allocateBlocks(blocksFor(this.layout, req.prompt.length + 1));
     try {
       let transfer: TransferReportMsg | null = null;
       let fallbackReason = req.fallbackReason;
@@ -320,6 +331,7 @@ export class Worker {
         count = 1;
         if (localPrefill) call.write({ event: 'token', token });
         for (let pos = req.prompt.length; count < req.maxTokens && pos + 1 < total && !call.cancelled; pos++) {
+          this.#growFor(blocks, pos);
           token = sampler.sample(await this.#engine.decode(token, blocks, pos));
           if (ends.has(token)) {
             finishReason = 'stop';
