@@ -91,6 +91,8 @@ commonOptions(program.command('frontend').description('run the OpenAI-compatible
   .option('--prefill-timeout-ms <ms>', 'fall back to local prefill after this')
   .option('--lease-ms <ms>', 'how long prefilled blocks wait for their decode worker')
   .option('--health-interval-ms <ms>', 'worker health check period')
+  .option('--body-timeout-ms <ms>', "a request's headers and body must arrive within this (else 408)")
+  .option('--max-connections <n>', 'open HTTP connections at most')
   .action(async (opts: Record<string, unknown>) => {
     const { config, ...flags } = opts;
     const [{ runFrontend }, { frontendConfig }] = await Promise.all([import('../serve/processes.js'), import('../serve/config.js')]);

@@ -201,6 +201,7 @@ export class Tokenizer {
   private readonly specialUser: RegExp | null;
   private readonly pieceCache = new Map<string, number[]>();
   private readonly bytesCache: (Uint8Array | undefined)[];
+  #maxTokenBytes: number | undefined;
 
   private constructor(meta: GgufMetadata) {
     const src = meta.source;
@@ -391,6 +392,19 @@ export class Tokenizer {
       }
     }
     return ids;
+  }
+
+  /**
+   * The most UTF-8 bytes any one token stands for. A text of n UTF-16 code units has at least n UTF-8 bytes, so
+   * it needs at least n / maxTokenBytes tokens: a bound on a prompt's length that costs nothing to check.
+   */
+  get maxTokenBytes(): number {
+    if (this.#maxTokenBytes === undefined) {
+      let most = 1;
+      for (let id = 0; id < this.vocabSize; id++) most = Math.max(most, this.tokenBytes(id).length);
+      this.#maxTokenBytes = most;
+    }
+    return this.#maxTokenBytes;
   }
 
   /** The bytes token `id` stands for ('' for control tokens when skipSpecial). */

@@ -81,6 +81,10 @@ export interface FrontendConfig extends Common {
   healthIntervalMs: number;
   /** Body size limit, bytes. */
   bodyLimit: number;
+  /** A request's headers and body must arrive within this (slow senders get 408 and lose the connection). */
+  bodyTimeoutMs: number;
+  /** Open HTTP connections at most; more are closed on arrival (file descriptors are finite). */
+  maxConnections: number;
 }
 
 const common = {
@@ -132,7 +136,7 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
 const frontendSchema: JSONSchemaType<FrontendConfig> = {
   type: 'object',
   additionalProperties: false,
-  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'etcdPrefix', 'tlsClientAuth'],
+  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'bodyTimeoutMs', 'maxConnections', 'etcdPrefix', 'tlsClientAuth'],
   properties: {
     ...common,
     listen: { ...hostPort, default: '127.0.0.1:8000' },
@@ -145,6 +149,8 @@ const frontendSchema: JSONSchemaType<FrontendConfig> = {
     leaseMs: { type: 'integer', minimum: 1, maximum: MAX_LEASE_MS, default: 30_000 },
     healthIntervalMs: { type: 'integer', minimum: 10, default: 1000 },
     bodyLimit: { type: 'integer', minimum: 1024, default: 4 << 20 },
+    bodyTimeoutMs: { type: 'integer', minimum: 1, default: 30_000 },
+    maxConnections: { type: 'integer', minimum: 1, default: 4096 },
   },
 };
 

@@ -2,6 +2,7 @@
 // chunk format) and not, models, health, liveness and Prometheus metrics. Requests are validated by JSON
 // schema; every error is an OpenAI-style error object whose `code` is a stable kvfabric code.
 import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
 
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 
@@ -23,6 +24,8 @@ export interface AppOptions {
   metrics: ServeMetrics;
   requestTimeoutMs: number;
   bodyLimit: number;
+  bodyTimeoutMs: number;
+  maxConnections: number;
   log: Logger;
 }
 
@@ -66,10 +69,30 @@ export function buildApp(options: AppOptions): FastifyInstance {
     // One 'request served' line with the transport proof per request instead of fastify's two per request.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: options.bodyLimit,
+    // Node checks request deadlines every connectionsCheckingInterval (30 s by default): too coarse for a body
+    // timeout of seconds, so the server is made here with a check interval to match.
+    serverFactory: (handler) =>
+      createServer(
+        {
+          requestTimeout: options.bodyTimeoutMs,
+          headersTimeout: Math.min(60_000, options.bodyTimeoutMs),
+          connectionsCheckingInterval: Math.min(1000, options.bodyTimeoutMs),
+        },
+        handler,
+      ),
     // Refuse, do not strip or coerce: a field the API does not know must not be silently dropped.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   });
+  app.server.maxConnections = options.maxConnections;
   const endTokens = [tokenizer.eosId, tokenizer.eotId].filter((t): t is number => t !== undefined);
+  // Text longer than this cannot fit the context whatever it says: refused before tokenizing it, which would hold
+  // the event loop (seconds for megabytes) while /live and every other request wait.
+  const maxPromptChars = options.contextLength * tokenizer.maxTokenBytes;
+  const checkLength = (chars: number): void => {
+    if (chars > maxPromptChars) {
+      throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has ${chars} characters, so at least ${Math.ceil(chars / tokenizer.maxTokenBytes)} tokens; the context holds ${options.contextLength}`);
+    }
+  };
 
   app.setErrorHandler((err: FastifyError, _req, reply) => {
     if (err.validation) {
@@ -131,6 +154,7 @@ export function buildApp(options: AppOptions): FastifyInstance {
     let prompt: number[];
     if (typeof body.prompt === 'string' || typeof body.prompt[0] === 'string') {
       const text = typeof body.prompt === 'string' ? body.prompt : (body.prompt[0] as string);
+      checkLength(text.length);
       prompt = tokenizer.encode(text);
     } else {
       prompt = body.prompt as number[];
@@ -147,6 +171,7 @@ export function buildApp(options: AppOptions): FastifyInstance {
       role: m.role === 'developer' ? 'system' : m.role,
       content: typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),
     }));
+    checkLength(messages.reduce((n, m) => n + m.content.length, 0));
     const prompt = options.template.encode(tokenizer, messages);
     return serve(reply, prepare('chat', body, prompt, body.max_completion_tokens ?? body.max_tokens ?? undefined));
   });

@@ -67,6 +67,8 @@ export class Frontend {
         metrics,
         requestTimeoutMs: config.requestTimeoutMs,
         bodyLimit: config.bodyLimit,
+        bodyTimeoutMs: config.bodyTimeoutMs,
+        maxConnections: config.maxConnections,
         log,
       });
       const [host, port] = splitHostPort(config.listen);
