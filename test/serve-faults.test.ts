@@ -179,6 +179,23 @@ describe('faults', () => {
     await poolAtBaseline(stack.decode.ready.address);
   });
 
+  test('beyond --max-inflight a request is refused at once with 429 and Retry-After; admitted ones complete', async () => {
+    stack = await startStack(model, 'tcp', { maxInflight: 1 });
+    stack.decode.child.kill('SIGSTOP'); // holds the admitted request in flight
+    const admitted = post(stack, { max_tokens: 8 });
+    await inflight(stack);
+    const refused = await post(stack, { max_tokens: 8 });
+    assert.equal(refused.status, 429);
+    assert.equal(refused.headers.get('retry-after'), '1');
+    assert.equal(((await refused.json()) as Completion).error!.code, 'KVF_ERR_OVERLOADED');
+    const health = (await (await fetch(`${stack.url}/health`)).json()) as { inflight: number; max_inflight: number };
+    assert.deepEqual([health.inflight, health.max_inflight], [1, 1]);
+    stack.decode.child.kill('SIGCONT');
+    assert.equal((await admitted).status, 200);
+    assert.equal((await post(stack, { max_tokens: 8 })).status, 200);
+    assert.match(await (await fetch(`${stack.url}/metrics`)).text(), /^kvfabric_requests_refused_total 1$/m);
+  });
+
   test('a decode worker that stops answering: the request fails at its timeout, nothing leaks after', async () => {
     stack = await startStack(model, 'tcp', { requestTimeoutMs: 1500 });
     stack.decode.child.kill('SIGSTOP');

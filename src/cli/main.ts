@@ -93,6 +93,7 @@ commonOptions(program.command('frontend').description('run the OpenAI-compatible
   .option('--health-interval-ms <ms>', 'worker health check period')
   .option('--body-timeout-ms <ms>', "a request's headers and body must arrive within this (else 408)")
   .option('--max-connections <n>', 'open HTTP connections at most')
+  .option('--max-inflight <n>', 'requests in flight at most; more get 429 at once')
   .action(async (opts: Record<string, unknown>) => {
     const { config, ...flags } = opts;
     const [{ runFrontend }, { frontendConfig }] = await Promise.all([import('../serve/processes.js'), import('../serve/config.js')]);

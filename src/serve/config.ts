@@ -85,6 +85,8 @@ export interface FrontendConfig extends Common {
   bodyTimeoutMs: number;
   /** Open HTTP connections at most; more are closed on arrival (file descriptors are finite). */
   maxConnections: number;
+  /** Requests in flight at most; more get 429 at once. */
+  maxInflight: number;
 }
 
 const common = {
@@ -136,7 +138,7 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
 const frontendSchema: JSONSchemaType<FrontendConfig> = {
   type: 'object',
   additionalProperties: false,
-  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'bodyTimeoutMs', 'maxConnections', 'etcdPrefix', 'tlsClientAuth'],
+  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'bodyTimeoutMs', 'maxConnections', 'maxInflight', 'etcdPrefix', 'tlsClientAuth'],
   properties: {
     ...common,
     listen: { ...hostPort, default: '127.0.0.1:8000' },
@@ -151,6 +153,7 @@ const frontendSchema: JSONSchemaType<FrontendConfig> = {
     bodyLimit: { type: 'integer', minimum: 1024, default: 4 << 20 },
     bodyTimeoutMs: { type: 'integer', minimum: 1, default: 30_000 },
     maxConnections: { type: 'integer', minimum: 1, default: 4096 },
+    maxInflight: { type: 'integer', minimum: 1, default: 32 },
   },
 };
 

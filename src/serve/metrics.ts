@@ -16,6 +16,7 @@ export class ServeMetrics {
   readonly outputTokens = new Counter({ name: 'kvfabric_output_tokens_total', help: 'Generated tokens', registers: [this.registry] });
   readonly kvBytes = new Counter({ name: 'kvfabric_kv_bytes_moved_total', help: 'KV cache bytes moved between workers', labelNames: ['backend', 'provider', 'op'], registers: [this.registry] });
   readonly kvTransfer = new Histogram({ name: 'kvfabric_kv_transfer_seconds', help: 'Duration of KV transfers between workers', labelNames: ['provider', 'op'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [this.registry] });
+  readonly refused = new Counter({ name: 'kvfabric_requests_refused_total', help: 'Requests refused at admission (429)', registers: [this.registry] });
   readonly fallbacks = new Counter({ name: 'kvfabric_prefill_fallbacks_total', help: 'Requests prefilled on the decode worker because remote prefill failed', registers: [this.registry] });
 
   constructor(router: Router) {

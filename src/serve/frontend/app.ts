@@ -13,6 +13,7 @@ import { TextStream } from '../../engine/text-stream.js';
 import type { Tokenizer } from '../../engine/tokenizer.js';
 import { runFlow, type FlowContext, type KvProof } from '../flow.js';
 import type { ServeMetrics } from '../metrics.js';
+import { Admission } from './admission.js';
 import { chatBody, completionBody, type ChatBody, type CompletionBody, type SamplingBody } from './schemas.js';
 
 export interface AppOptions {
@@ -26,6 +27,7 @@ export interface AppOptions {
   bodyLimit: number;
   bodyTimeoutMs: number;
   maxConnections: number;
+  maxInflight: number;
   log: Logger;
 }
 
@@ -56,6 +58,7 @@ const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   KVF_ERR_POOL_EXHAUSTED: 503,
   KVF_ERR_WORKER_FAILED: 502,
   KVF_ERR_TIMEOUT: 504,
+  KVF_ERR_OVERLOADED: 429,
   // The cluster refused the frontend's own call: a deployment fault, not the client's.
   KVF_ERR_UNAUTHENTICATED: 502,
   KVF_ERR_WRONG_ROLE: 502,
@@ -84,6 +87,7 @@ export function buildApp(options: AppOptions): FastifyInstance {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   });
   app.server.maxConnections = options.maxConnections;
+  const admission = new Admission(options.maxInflight);
   const endTokens = [tokenizer.eosId, tokenizer.eotId].filter((t): t is number => t !== undefined);
   // Text longer than this cannot fit the context whatever it says: refused before tokenizing it, which would hold
   // the event loop (seconds for megabytes) while /live and every other request wait.
@@ -136,7 +140,7 @@ export function buildApp(options: AppOptions): FastifyInstance {
     }));
     const ready = workers.some((w) => w.role === 'decode' && w.healthy);
     void reply.code(ready ? 200 : 503);
-    return { status: ready ? 'ok' : 'unavailable', model: options.modelName, mode: options.flow.mode, workers };
+    return { status: ready ? 'ok' : 'unavailable', model: options.modelName, mode: options.flow.mode, inflight: admission.inflight, max_inflight: admission.max, workers };
   });
   app.get('/metrics', async (_req, reply) => {
     void reply.header('content-type', metrics.registry.contentType);
@@ -241,7 +245,23 @@ export function buildApp(options: AppOptions): FastifyInstance {
     log.info({ requestId, ...proof }, 'request served');
   }
 
+  /** Admits the request (or refuses it at once: 429), then answers it. */
   async function serve(reply: FastifyReply, p: Prepared): Promise<unknown> {
+    let leave: () => void;
+    try {
+      leave = admission.enter();
+    } catch (err) {
+      metrics.refused.inc();
+      throw err;
+    }
+    try {
+      return await respond(reply, p);
+    } finally {
+      leave();
+    }
+  }
+
+  async function respond(reply: FastifyReply, p: Prepared): Promise<unknown> {
     const created = Math.floor(Date.now() / 1000);
     const object = p.kind === 'chat' ? 'chat.completion' : 'text_completion';
     const usage = (r: Result) => ({ prompt_tokens: p.prompt.length, completion_tokens: r.completionTokens, total_tokens: p.prompt.length + r.completionTokens });
@@ -305,11 +325,12 @@ function asKvf(err: unknown): KvfError {
 
 function errorObject(err: KvfError, param: string | null) {
   const status = HTTP_STATUS[err.code] ?? 500;
-  const type = status === 400 || status === 404 ? 'invalid_request_error' : status === 503 ? 'service_unavailable' : 'server_error';
+  const type = status === 400 || status === 404 ? 'invalid_request_error' : status === 429 ? 'rate_limit_error' : status === 503 ? 'service_unavailable' : 'server_error';
   return { message: err.message, type, param, code: err.code };
 }
 
 function sendError(reply: FastifyReply, err: Error, param: string | null = null, status?: number): FastifyReply {
   const e = asKvf(err);
+  if (e.code === 'KVF_ERR_OVERLOADED') void reply.header('retry-after', '1');
   return reply.code(status ?? HTTP_STATUS[e.code] ?? 500).send({ error: errorObject(e, param) });
 }

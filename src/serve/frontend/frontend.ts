@@ -69,6 +69,7 @@ export class Frontend {
         bodyLimit: config.bodyLimit,
         bodyTimeoutMs: config.bodyTimeoutMs,
         maxConnections: config.maxConnections,
+        maxInflight: config.maxInflight,
         log,
       });
       const [host, port] = splitHostPort(config.listen);
