@@ -1,13 +1,15 @@
 // `kvfabric serve` as the README runs it: three processes, a request through curl, and SIGTERM draining a
-// stream in flight before everything exits 0. Also the standalone process commands' configuration errors.
+// stream in flight before everything exits 0; workers killed under it are routed around and restarted, and
+// one that cannot come back stops the stack. Also the standalone process commands' configuration errors.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { unlinkSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { describe, test } from 'node:test';
 
 import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { CLI, CLUSTER, curl, quietLog, startCli, startWorker, stop, tinyModel, waitFor } from './helpers/serve.js';
+import { CLI, CLUSTER, curl, quietLog, startCli, startWorker, stop, tinyModel, waitFor, type Proc } from './helpers/serve.js';
 
 const run = promisify(execFile);
 const model = tinyModel();
@@ -59,6 +61,128 @@ describe('kvfabric serve with the same-host fast path (its default)', () => {
     } finally {
       serve.child.kill('SIGTERM');
       await serve.exited;
+    }
+  });
+});
+
+describe('kvfabric serve supervises its workers', () => {
+  interface Up {
+    role: string;
+    pid: number;
+    address: string;
+  }
+  /** The stack's log lines with this message. */
+  const lines = (serve: Proc, msg: string): Record<string, unknown>[] =>
+    serve.logs.flatMap((l) => {
+      try {
+        const o = JSON.parse(l) as Record<string, unknown>;
+        return o.msg === msg ? [o] : [];
+      } catch {
+        return [];
+      }
+    });
+  const ups = (serve: Proc, role: string): Up[] => lines(serve, 'worker up').filter((l) => l.role === role) as unknown as Up[];
+  /** The first prefill and decode workers' log lines (stderr may be read after the ready line on stdout). */
+  const firstWorkers = async (serve: Proc): Promise<[Up, Up]> => {
+    await waitFor(() => ups(serve, 'prefill').length > 0 && ups(serve, 'decode').length > 0, "the workers' up lines");
+    return [ups(serve, 'prefill')[0]!, ups(serve, 'decode')[0]!];
+  };
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const complete = async (url: string) => {
+    const res = await fetch(`${url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'tiny-llama', prompt: 'hello', max_tokens: 4, temperature: 0 }),
+    });
+    return { status: res.status, body: (await res.json()) as { kvfabric?: { mode: string; prefill_worker: string | null; decode_worker: string; fallback_reason: string | null }; error?: { code: string } } };
+  };
+  const healthy = async (url: string, role: string): Promise<boolean> => {
+    const h = (await (await fetch(`${url}/health`)).json()) as { workers: { role: string; healthy: boolean }[] };
+    return h.workers.some((w) => w.role === role && w.healthy);
+  };
+  /** The stack's exit, or a failure after `ms` (a stack that never stops must not hang the suite). */
+  const exitWithin = (serve: Proc, ms = 30_000) =>
+    Promise.race([serve.exited, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`kvfabric serve still runs after ${ms} ms`)), ms).unref())]);
+  /** No process of this run is left: every worker pid it ever logged, and nothing else running its (unique) model file. */
+  const noneLeft = async (serve: Proc, modelPath: string): Promise<void> => {
+    for (const up of [...ups(serve, 'prefill'), ...ups(serve, 'decode')]) assert.equal(alive(up.pid), false, `worker ${up.role} pid ${up.pid} still runs`);
+    const found = await run('pgrep', ['-f', modelPath]).then(
+      (r) => r.stdout.trim(),
+      () => '', // pgrep exits 1 when nothing matches
+    );
+    assert.equal(found, '', `processes of this stack still run: ${found}`);
+  };
+
+  test('kill -9 prefill: requests fall back to local prefill, then go to the restarted worker; kill -9 decode: fast 503 until it is back; SIGTERM during a backoff exits 0', async () => {
+    const own = tinyModel();
+    // A first restart delay long enough that requests reliably land while the worker is down.
+    const serve = await startCli(['serve', '--model', own, '--provider', 'tcp', '--listen', '127.0.0.1:0', '--threads', '1'], { KVF_RESTART_DELAY_MS: '3000' });
+    const url = serve.ready.address;
+    try {
+      assert.equal((await complete(url)).body.kvfabric?.mode, 'pull');
+      const [prefill, decode] = await firstWorkers(serve);
+      assert.ok(alive(prefill.pid) && alive(decode.pid));
+
+      process.kill(prefill.pid, 'SIGKILL');
+      await waitFor(() => lines(serve, 'worker exited').some((l) => l.pid === prefill.pid), 'the stack saw the prefill worker die');
+      const during = await complete(url);
+      assert.equal(during.status, 200, JSON.stringify(during.body));
+      assert.equal(during.body.kvfabric?.mode, 'fallback');
+      assert.equal(during.body.kvfabric?.prefill_worker, null);
+      assert.match(during.body.kvfabric?.fallback_reason ?? '', /no prefill worker/);
+      // The response really came while the worker was down, not from a restart racing it.
+      assert.equal(ups(serve, 'prefill').length, 1);
+
+      await waitFor(() => ups(serve, 'prefill').length === 2, 'the prefill worker restarted');
+      const restarted = ups(serve, 'prefill')[1]!;
+      assert.notEqual(restarted.pid, prefill.pid);
+      assert.notEqual(restarted.address, prefill.address);
+      await waitFor(() => healthy(url, 'prefill'), 'the restarted prefill worker healthy in the router');
+      const after = await complete(url);
+      assert.deepEqual([after.status, after.body.kvfabric?.mode, after.body.kvfabric?.prefill_worker], [200, 'pull', 'prefill-0']);
+
+      process.kill(decode.pid, 'SIGKILL');
+      await waitFor(() => lines(serve, 'worker exited').some((l) => l.pid === decode.pid), 'the stack saw the decode worker die');
+      const down = await complete(url);
+      assert.deepEqual([down.status, down.body.error?.code], [503, 'KVF_ERR_NO_WORKER']);
+      assert.equal(ups(serve, 'decode').length, 1);
+      await waitFor(() => ups(serve, 'decode').length === 2, 'the decode worker restarted');
+      await waitFor(() => healthy(url, 'decode'), 'the restarted decode worker healthy in the router');
+      const back = await complete(url);
+      assert.deepEqual([back.status, back.body.kvfabric?.mode, back.body.kvfabric?.decode_worker], [200, 'pull', 'decode-0']);
+
+      // SIGTERM while a restart waits out its backoff: nothing is started any more, everything exits.
+      process.kill(restarted.pid, 'SIGKILL');
+      await waitFor(() => lines(serve, 'worker exited').some((l) => l.pid === restarted.pid), 'the stack saw the restarted prefill worker die');
+      serve.child.kill('SIGTERM');
+      assert.deepEqual(await exitWithin(serve), { code: 0, signal: null });
+      assert.equal(ups(serve, 'prefill').length, 2, 'no prefill worker was started during the shutdown');
+      await noneLeft(serve, own);
+    } finally {
+      await stop(serve); // a failed test still stops the stack, which stops its workers
+    }
+  });
+
+  test('a worker that cannot start again stops the stack with exit 1 after 5 failures in a row, leaving no process', async () => {
+    const own = tinyModel();
+    const serve = await startCli(['serve', '--model', own, '--provider', 'tcp', '--listen', '127.0.0.1:0', '--threads', '1'], { KVF_RESTART_DELAY_MS: '20' });
+    try {
+      const [prefill] = await firstWorkers(serve);
+      unlinkSync(own); // the frontend has read it; a new worker cannot load it
+      process.kill(prefill.pid, 'SIGKILL');
+      assert.deepEqual(await exitWithin(serve), { code: 1, signal: null });
+      assert.equal(lines(serve, 'worker restart failed').length, 4); // the death, then four starts that failed
+      assert.equal(lines(serve, 'worker keeps failing; giving up').length, 1);
+      await noneLeft(serve, own);
+    } finally {
+      await stop(serve); // a failed test still stops the stack, which stops its workers
     }
   });
 });
