@@ -1,5 +1,5 @@
 // The frontend's own limits against clients that would hold it: prompts too long for the context refused before
-// they are tokenized, slow bodies cut off, and a cap on open connections. A frontend with no workers is enough:
+// they are tokenized, slow bodies cut off, and a cap on open connections; and a /metrics page scrapers accept. A frontend with no workers is enough:
 // all of this happens before a request reaches the router.
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
@@ -10,7 +10,7 @@ import { Frontend } from '../src/serve/frontend/frontend.js';
 import { CLUSTER, quietLog, tinyModel, waitFor } from './helpers/serve.js';
 
 const BODY_TIMEOUT_MS = 300;
-const MAX_CONNECTIONS = 4;
+const MAX_CONNECTIONS = 8;
 
 /** A raw connection to the frontend, resolved once connected; `closed` resolves when the server drops it. */
 function open(url: string): Promise<{ socket: Socket; closed: Promise<string> }> {
@@ -67,6 +67,17 @@ describe('frontend limits', () => {
     assert.match(await within(closed, 10_000, 'the slow body cut off'), /^HTTP\/1\.1 408/);
   });
 
+  test('/metrics never exports NaN, even for scrapes that come together', async () => {
+    for (let i = 0; i < 3; i++) {
+      const pages = await Promise.all([0, 1].map(async () => (await fetch(`${frontend.url}/metrics`)).text()));
+      for (const page of pages) {
+        const samples = page.split('\n').filter((l) => l && !l.startsWith('#'));
+        assert.ok(samples.length > 10);
+        for (const line of samples) assert.ok(Number.isFinite(Number(line.split(' ').pop())) || /\s[+-]Inf$/.test(line), line);
+      }
+    }
+  });
+
   test('connections beyond maxConnections are closed on arrival; the frontend serves again once they go', async () => {
     const held = await Promise.all(Array.from({ length: MAX_CONNECTIONS }, () => open(frontend.url)));
     const extra = await open(frontend.url);
@@ -75,4 +86,5 @@ describe('frontend limits', () => {
     for (const h of held) h.socket.destroy();
     await waitFor(async () => (await fetch(`${frontend.url}/live`).catch(() => undefined))?.status === 200, '/live after the connections closed');
   });
+
 });

@@ -19,6 +19,18 @@ export class ServeMetrics {
   readonly refused = new Counter({ name: 'kvfabric_requests_refused_total', help: 'Requests refused at admission (429)', registers: [this.registry] });
   readonly fallbacks = new Counter({ name: 'kvfabric_prefill_fallbacks_total', help: 'Requests prefilled on the decode worker because remote prefill failed', registers: [this.registry] });
 
+  /**
+   * The exposition text without NaN samples: prom-client writes 'Nan' (not Prometheus's 'NaN') for the event-loop
+   * lag's mean and deviation when two scrapes come within its sampling interval, and scrapers reject the page.
+   */
+  async text(): Promise<string> {
+    const text = await this.registry.metrics();
+    return text
+      .split('\n')
+      .filter((line) => line.startsWith('#') || !/\sNaN$/i.test(line))
+      .join('\n');
+  }
+
   constructor(router: Router) {
     collectDefaultMetrics({ register: this.registry, prefix: 'kvfabric_frontend_' });
     const poolGauge = (name: string, help: string, pick: (s: { totalBlocks: number; freeBlocks: number }) => number) =>

@@ -144,7 +144,7 @@ export function buildApp(options: AppOptions): FastifyInstance {
   });
   app.get('/metrics', async (_req, reply) => {
     void reply.header('content-type', metrics.registry.contentType);
-    return metrics.registry.metrics();
+    return metrics.text();
   });
   const model = { id: options.modelName, object: 'model', created: Math.floor(Date.now() / 1000), owned_by: 'kvfabric' };
   app.get('/v1/models', () => ({ object: 'list', data: [model] }));
