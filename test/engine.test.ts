@@ -11,6 +11,8 @@ import { after, before, test } from 'node:test';
 import { Agent, KvfError, type MemoryRegion } from '../src/index.js';
 import { ReferenceEngine } from '../src/engine/engine.js';
 import { argmax } from '../src/engine/sampling.js';
+import { addon } from '../src/fabric/native.js';
+import { HAVE_SMOLLM2, SMOLLM2 } from './helpers/serve.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kvf-engine-'));
 const modelPath = join(dir, 'tiny-llama.gguf');
@@ -118,4 +120,55 @@ test('bad models and exhausted pools are coded errors', async () => {
   await assert.rejects(engine.prefill(tooLong, blocks), (e: KvfError) => e instanceof KvfError && e.code === 'KVF_ERR_CONTEXT_OVERFLOW');
   await engine.close();
   await assert.rejects(engine.decode(1, blocks, 0), (e: KvfError) => e instanceof KvfError && e.code === 'KVF_ERR_CLOSED');
+});
+
+test("an aborted signal drops its request's queued passes; the pass ahead and the passes after are untouched", async () => {
+  const { engine, region } = engineOn(a);
+  try {
+    const blocks = engine.allocateBlocks(Math.ceil(prompt.length / TPB));
+    const reference = await engine.prefill(prompt, blocks);
+    // A pass queued behind another, its request gone before its turn: dropped; the one ahead is untouched.
+    const ahead = engine.prefill(prompt, blocks);
+    const gone = new AbortController();
+    const queued = engine.prefill(prompt, blocks, 0, gone.signal);
+    gone.abort();
+    await assert.rejects(queued, (e: KvfError) => e.code === 'KVF_ERR_CANCELLED' && /before it ran/.test(e.message));
+    assert.equal(maxAbsDiff(await ahead, reference), 0);
+    await assert.rejects(engine.decode(1, blocks, prompt.length, AbortSignal.abort()), { code: 'KVF_ERR_CANCELLED' });
+    assert.equal(maxAbsDiff(await engine.prefill(prompt, blocks), reference), 0, 'the engine works after cancellations');
+  } finally {
+    await engine.close();
+    region.deregister();
+  }
+});
+
+test('the native pass checks its cancel word between layers: raised, the pass stops with KVF_ERR_CANCELLED', async () => {
+  const blockBytes = ReferenceEngine.blockBytes(modelPath, { tokensPerBlock: TPB });
+  const pool = new Uint8Array(BLOCKS * blockBytes);
+  const native = new addon.NativeEngine(modelPath, pool, { tokensPerBlock: TPB, f32: false, threads: 1 });
+  try {
+    const table = Int32Array.from(native.allocate(Math.ceil(prompt.length / TPB)));
+    const tokens = Int32Array.from(prompt);
+    await assert.rejects(native.forward(tokens, table, 0, Int32Array.of(1)), (e: { code?: string; message: string }) => e.code === 'KVF_ERR_CANCELLED' && /layer 0/.test(e.message));
+    const lowered = await native.forward(tokens, table, 0, Int32Array.of(0));
+    assert.deepEqual(lowered, await native.forward(tokens, table, 0));
+    assert.throws(() => native.forward(tokens, table, 0, new Int32Array(0)), { code: 'KVF_ERR_INVALID_ARGUMENT' });
+  } finally {
+    native.close();
+  }
+});
+
+test('SmolLM2: a long prefill whose request ends stops mid-pass instead of running to the end', { skip: !HAVE_SMOLLM2 && 'needs npm run fetch-model' }, async () => {
+  const blockBytes = ReferenceEngine.blockBytes(SMOLLM2, { tokensPerBlock: 32 });
+  const tokens = Array.from({ length: 1536 }, (_, i) => 100 + ((i * 37) % 5000));
+  const engine = new ReferenceEngine({ modelPath: SMOLLM2, pool: new Uint8Array((tokens.length / 32) * blockBytes), tokensPerBlock: 32, threads: 2 });
+  try {
+    const blocks = engine.allocateBlocks(tokens.length / 32);
+    const gone = new AbortController();
+    const pass = engine.prefill(tokens, blocks, 0, gone.signal);
+    setTimeout(() => gone.abort(), 50); // the whole pass takes seconds on two cores
+    await assert.rejects(pass, (e: KvfError) => e.code === 'KVF_ERR_CANCELLED' && /at layer \d+/.test(e.message));
+  } finally {
+    await engine.close();
+  }
 });

@@ -10,7 +10,7 @@ import { afterEach, describe, test } from 'node:test';
 import OpenAI from 'openai';
 
 import type { KvProof } from '../src/serve/flow.js';
-import { AUTH, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
+import { AUTH, HAVE_SMOLLM2, SMOLLM2, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
 
 const model = tinyModel();
 const PROMPT = 'the quick brown fox jumps over the lazy dog near the old stone bridge';
@@ -194,6 +194,19 @@ describe('faults', () => {
     assert.equal((await admitted).status, 200);
     assert.equal((await post(stack, { max_tokens: 8 })).status, 200);
     assert.match(await (await fetch(`${stack.url}/metrics`)).text(), /^kvfabric_requests_refused_total 1$/m);
+  });
+
+  test('SmolLM2: a prefill past its deadline stops at the next layer on the prefill worker while decode prefills locally', { skip: !HAVE_SMOLLM2 && 'needs npm run fetch-model' }, async () => {
+    stack = await startStack(SMOLLM2, 'tcp', { prefillTimeoutMs: 300 }, { extra: ['--blocks', '128', '--threads', '1'], env: { KVF_LOG_LEVEL: 'debug' } });
+    const res = await fetch(`${stack.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: stack.modelName, prompt: 'word '.repeat(1500), max_tokens: 1, temperature: 0 }),
+    });
+    assert.equal(((await res.json()) as Completion).kvfabric.mode, 'fallback');
+    // Before, the prefill worker ran the whole prompt to the end, for nobody, beside the decode worker's copy.
+    await waitFor(() => stack.prefill.logs.some((l) => /forward pass cancelled at layer/.test(l)), 'the prefill pass cancelled');
+    await poolAtBaseline(stack.prefill.ready.address);
   });
 
   test('a decode worker that stops answering: the request fails at its timeout, nothing leaks after', async () => {

@@ -27,7 +27,7 @@ Napi::Int32Array ToInt32Array(Napi::Env env, const std::vector<int32_t>& v) {
 class ForwardWorker : public Napi::AsyncWorker {
  public:
   ForwardWorker(Napi::Env env, engine::Session& session, bool* busy, std::vector<int32_t> tokens,
-                std::vector<int32_t> table, int64_t start, Napi::Object keep_alive)
+                std::vector<int32_t> table, int64_t start, Napi::Object keep_alive, Napi::Value cancel)
       : Napi::AsyncWorker(env),
         deferred_(Napi::Promise::Deferred::New(env)),
         session_(session),
@@ -35,14 +35,21 @@ class ForwardWorker : public Napi::AsyncWorker {
         tokens_(std::move(tokens)),
         table_(std::move(table)),
         start_(start),
-        keep_alive_(Napi::Persistent(keep_alive)) {}
+        keep_alive_(Napi::Persistent(keep_alive)) {
+    // The cancel word lives in a JS Int32Array; the reference keeps its memory for the life of the pass.
+    if (cancel.IsTypedArray()) {
+      Napi::Int32Array word = cancel.As<Napi::Int32Array>();
+      cancel_ = engine::CancelFlag(word.Data());
+      cancel_ref_ = Napi::Persistent(word.As<Napi::Object>());
+    }
+  }
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
   void Execute() override {
     try {
-      logits_ = tokens_.size() == 1 ? session_.Decode(tokens_[0], table_, start_)
-                                    : session_.Prefill(tokens_, table_, start_);
+      logits_ = tokens_.size() == 1 ? session_.Decode(tokens_[0], table_, start_, cancel_)
+                                    : session_.Prefill(tokens_, table_, start_, cancel_);
     } catch (const Error& e) {
       error_ = e.info();
     } catch (const std::exception& e) {
@@ -70,6 +77,8 @@ class ForwardWorker : public Napi::AsyncWorker {
   std::vector<int32_t> table_;
   int64_t start_;
   Napi::ObjectReference keep_alive_;  // the engine object, so it is not collected mid-computation
+  engine::CancelFlag cancel_;
+  Napi::ObjectReference cancel_ref_;
   std::vector<float> logits_;
   ErrorInfo error_;
 };
@@ -191,7 +200,8 @@ Napi::Value EngineWrap::Claim(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// forward(tokens: Int32Array, table: Int32Array, startPos) -> Promise<Float32Array> (logits of the last token)
+// forward(tokens: Int32Array, table: Int32Array, startPos, cancel?: Int32Array) -> Promise<Float32Array> (logits
+// of the last token); cancel[0] != 0 stops the pass at its next layer with KVF_ERR_CANCELLED.
 Napi::Value EngineWrap::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   engine::Session& session = SessionOrThrow(env);
@@ -200,8 +210,13 @@ Napi::Value EngineWrap::Forward(const Napi::CallbackInfo& info) {
   std::vector<int32_t> tokens = Int32Vector(env, info[0], "tokens");
   if (tokens.empty()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward needs at least one token");
   std::vector<int32_t> table = Int32Vector(env, info[1], "block table");
+  Napi::Value cancel = info.Length() > 3 ? info[3] : env.Undefined();
+  if (!cancel.IsUndefined() && (!cancel.IsTypedArray() || cancel.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+                                cancel.As<Napi::TypedArray>().ElementLength() < 1)) {
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward's cancel word must be an Int32Array of at least one element");
+  }
   auto* worker = new ForwardWorker(env, session, &busy_, std::move(tokens), std::move(table),
-                                   info[2].As<Napi::Number>().Int64Value(), info.This().As<Napi::Object>());
+                                   info[2].As<Napi::Number>().Int64Value(), info.This().As<Napi::Object>(), cancel);
   busy_ = true;
   worker->Queue();
   return worker->Promise();

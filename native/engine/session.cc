@@ -143,7 +143,8 @@ Session::Session(const Model& model, KvPool& pool, const SessionOptions& options
   unpacked_.resize(static_cast<size_t>(pool_threads_.size()));
 }
 
-std::vector<float> Session::Prefill(const std::vector<int32_t>& tokens, const BlockTable& table, int64_t start_pos) {
+std::vector<float> Session::Prefill(const std::vector<int32_t>& tokens, const BlockTable& table, int64_t start_pos,
+                                   CancelFlag cancel) {
   if (tokens.empty()) Invalid("prefill needs at least one token");
   const LlamaHparams& hp = model_.hparams();
   const int64_t n = static_cast<int64_t>(tokens.size());
@@ -163,14 +164,14 @@ std::vector<float> Session::Prefill(const std::vector<int32_t>& tokens, const Bl
   std::vector<float> logits(static_cast<size_t>(hp.n_vocab));
   for (int64_t done = 0; done < n;) {
     const int64_t b = std::min<int64_t>(options_.max_batch, n - done);
-    Forward(tokens.data() + done, b, table, start_pos + done, done + b == n ? logits.data() : nullptr);
+    Forward(tokens.data() + done, b, table, start_pos + done, done + b == n ? logits.data() : nullptr, cancel);
     done += b;
   }
   return logits;
 }
 
-std::vector<float> Session::Decode(int32_t token, const BlockTable& table, int64_t pos) {
-  return Prefill(std::vector<int32_t>{token}, table, pos);
+std::vector<float> Session::Decode(int32_t token, const BlockTable& table, int64_t pos, CancelFlag cancel) {
+  return Prefill(std::vector<int32_t>{token}, table, pos, cancel);
 }
 
 void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens) {
@@ -279,7 +280,8 @@ void Session::Attention(int layer, const BlockTable& table, int64_t start, int64
   });
 }
 
-void Session::Forward(const int32_t* tokens, int64_t n, const BlockTable& table, int64_t start, float* logits) {
+void Session::Forward(const int32_t* tokens, int64_t n, const BlockTable& table, int64_t start, float* logits,
+                      CancelFlag cancel) {
   const LlamaHparams& hp = model_.hparams();
   const int64_t E = hp.n_embd, F = hp.n_ff, hd = hp.head_dim;
   const int64_t q_dim = static_cast<int64_t>(hp.n_head) * hd, kv_dim = static_cast<int64_t>(hp.n_head_kv) * hd;
@@ -303,6 +305,9 @@ void Session::Forward(const int32_t* tokens, int64_t n, const BlockTable& table,
   }
 
   for (int layer = 0; layer < hp.n_layer; ++layer) {
+    if (cancel.raised())
+      throw Error("KVF_ERR_CANCELLED", "forward pass cancelled at layer " + std::to_string(layer) + " of positions " +
+                                           std::to_string(start) + ".." + std::to_string(start + n - 1));
     const LlamaLayer& L = model_.layers()[static_cast<size_t>(layer)];
     for (int64_t t = 0; t < n; ++t) RmsNorm(x_.data() + t * E, L.attn_norm.data(), E, hp.rms_eps, xn_.data() + t * E);
     const MatJob qkv[3] = {{L.wq, q_.data()}, {L.wk, k_.data()}, {L.wv, v_.data()}};

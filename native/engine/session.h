@@ -40,6 +40,18 @@ struct SessionOptions {
   int max_batch = 512;
 };
 
+// A word another thread sets to non-zero to stop a forward pass at its next layer: the request it serves has
+// ended (client gone, timed out, cancelled), and finishing the pass would only take the cores from others.
+class CancelFlag {
+ public:
+  CancelFlag() = default;
+  explicit CancelFlag(const int32_t* word) : word_(word) {}
+  bool raised() const { return word_ != nullptr && __atomic_load_n(word_, __ATOMIC_RELAXED) != 0; }
+
+ private:
+  const int32_t* word_ = nullptr;
+};
+
 // Not thread-safe: one forward pass at a time per Session. Several Sessions may share a Model, and a
 // pool when their block tables do not overlap.
 class Session {
@@ -48,10 +60,12 @@ class Session {
 
   // Runs tokens at positions start_pos, start_pos + 1, ... writing their K/V into the pool through
   // `table` (which must already hold blocks for positions [0, start_pos + tokens.size()); positions
-  // before start_pos must have been written earlier). Returns the logits of the last token.
-  std::vector<float> Prefill(const std::vector<int32_t>& tokens, const BlockTable& table, int64_t start_pos);
+  // before start_pos must have been written earlier). Returns the logits of the last token. A raised `cancel`
+  // ends the pass at the next layer with KVF_ERR_CANCELLED (the K/V it wrote is then incomplete).
+  std::vector<float> Prefill(const std::vector<int32_t>& tokens, const BlockTable& table, int64_t start_pos,
+                             CancelFlag cancel = {});
   // Prefill of one token.
-  std::vector<float> Decode(int32_t token, const BlockTable& table, int64_t pos);
+  std::vector<float> Decode(int32_t token, const BlockTable& table, int64_t pos, CancelFlag cancel = {});
 
   int threads() const { return pool_threads_.size(); }
   const Model& model() const { return model_; }
@@ -61,7 +75,8 @@ class Session {
     const GgufTensor* w;
     float* y;  // [n_tokens][rows]
   };
-  void Forward(const int32_t* tokens, int64_t n, const BlockTable& table, int64_t start, float* logits);
+  void Forward(const int32_t* tokens, int64_t n, const BlockTable& table, int64_t start, float* logits,
+               CancelFlag cancel);
   void MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens);
   void Attention(int layer, const BlockTable& table, int64_t start, int64_t n);
   void StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n);

@@ -25,10 +25,13 @@ export interface Engine {
   claimBlocks(blocks: readonly number[]): void;
   freeBlocks(blocks: readonly number[]): void;
   readonly freeBlockCount: number;
-  /** Runs the prompt from `startPos`, writing its K/V through `blocks`; resolves with the last token's logits. */
-  prefill(tokens: readonly number[], blocks: readonly number[], startPos?: number): Promise<Float32Array>;
-  /** One token at `pos`; resolves with its logits. */
-  decode(token: number, blocks: readonly number[], pos: number): Promise<Float32Array>;
+  /**
+   * Runs the prompt from `startPos`, writing its K/V through `blocks`; resolves with the last token's logits.
+   * An aborted `signal` drops the pass if it is still queued, or stops it at its next layer (KVF_ERR_CANCELLED).
+   */
+  prefill(tokens: readonly number[], blocks: readonly number[], startPos?: number, signal?: AbortSignal): Promise<Float32Array>;
+  /** One token at `pos`; resolves with its logits. `signal` as for prefill. */
+  decode(token: number, blocks: readonly number[], pos: number, signal?: AbortSignal): Promise<Float32Array>;
   close(): Promise<void>;
 }
 
@@ -100,12 +103,12 @@ export class ReferenceEngine implements Engine {
     call(() => this.#engine().free(Int32Array.from(blocks)));
   }
 
-  prefill(tokens: readonly number[], blocks: readonly number[], startPos = 0): Promise<Float32Array> {
-    return this.#forward(Int32Array.from(tokens), blocks, startPos);
+  prefill(tokens: readonly number[], blocks: readonly number[], startPos = 0, signal?: AbortSignal): Promise<Float32Array> {
+    return this.#forward(Int32Array.from(tokens), blocks, startPos, signal);
   }
 
-  decode(token: number, blocks: readonly number[], pos: number): Promise<Float32Array> {
-    return this.#forward(Int32Array.of(token), blocks, pos);
+  decode(token: number, blocks: readonly number[], pos: number, signal?: AbortSignal): Promise<Float32Array> {
+    return this.#forward(Int32Array.of(token), blocks, pos, signal);
   }
 
   async close(): Promise<void> {
@@ -114,16 +117,24 @@ export class ReferenceEngine implements Engine {
     this.#native = undefined;
   }
 
-  #forward(tokens: Int32Array, blocks: readonly number[], pos: number): Promise<Float32Array> {
+  #forward(tokens: Int32Array, blocks: readonly number[], pos: number, signal?: AbortSignal): Promise<Float32Array> {
     if (!this.#native) return Promise.reject(new KvfError('KVF_ERR_CLOSED', 'engine is closed'));
     const engine = this.#native;
     const table = Int32Array.from(blocks);
+    // The word the pass checks between layers; an abort raises it whether the pass has started or not.
+    const cancel = new Int32Array(1);
+    const onAbort = (): void => void (cancel[0] = 1);
+    signal?.addEventListener('abort', onAbort, { once: true });
     const run = this.#queue
       .catch(() => {})
-      .then(() => engine.forward(tokens, table, pos))
+      .then(() => {
+        if (signal?.aborted) throw new KvfError('KVF_ERR_CANCELLED', 'forward pass dropped before it ran: its request ended');
+        return engine.forward(tokens, table, pos, cancel);
+      })
       .catch((e: unknown) => {
         throw fromNative(e);
-      });
+      })
+      .finally(() => signal?.removeEventListener('abort', onAbort));
     this.#queue = run;
     return run;
   }

@@ -173,7 +173,8 @@ export declare class NativeEngine {
   free(blocks: Int32Array): void;
   claim(blocks: Int32Array): void;
   /** Logits of the last token; one token decodes, several prefill. */
-  forward(tokens: Int32Array, table: Int32Array, startPos: number): Promise<Float32Array>;
+  /** cancel[0] set non-zero stops the pass at its next layer (KVF_ERR_CANCELLED). */
+  forward(tokens: Int32Array, table: Int32Array, startPos: number, cancel?: Int32Array): Promise<Float32Array>;
   close(): void;
 }
 

@@ -187,7 +187,8 @@ export class Worker {
           .then(
             (res) => cb(null, res),
             (err: unknown) => {
-              this.#log.warn({ workerId: this.id, err }, 'call failed');
+              const cancelled = (err as KvfError).code === 'KVF_ERR_CANCELLED';
+              this.#log[cancelled ? 'debug' : 'warn']({ workerId: this.id, err }, 'call failed');
               cb(toServiceError(err));
             },
           )
@@ -222,7 +223,7 @@ export class Worker {
     const blocks = this.#engine.allocateBlocks(blocksFor(this.layout, req.tokens.length));
     let held = false;
     try {
-      const logits = await this.#engine.prefill(req.tokens, blocks, 0);
+      const logits = await this.#engine.prefill(req.tokens, blocks, 0, whileCalled(call));
       const firstToken = sampler.sample(logits);
       const base = { firstToken, samplerState: sampler.state, workerId: this.id, kv: null, push: null };
       const sign = (res: Omit<PrefillResponse, 'mac' | 'prefillMs'>): PrefillResponse =>
@@ -288,6 +289,7 @@ export class Worker {
 
   async #decode(call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>): Promise<void> {
     const req = call.request;
+    const live = whileCalled(call);
     const total = Math.min(req.prompt.length + req.maxTokens, this.#engine.model.contextLength);
     if (req.prompt.length === 0 || req.prompt.length >= this.#engine.model.contextLength) {
       throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has ${req.prompt.length} tokens; the context holds ${this.#engine.model.contextLength}`);
@@ -315,7 +317,7 @@ export class Worker {
       const localPrefill = transfer === null;
       if (localPrefill) {
         sampler = new Sampler(samplingOptions(req.sampling));
-        token = sampler.sample(await this.#engine.prefill(req.prompt, blocks, 0));
+        token = sampler.sample(await this.#engine.prefill(req.prompt, blocks, 0, live));
       } else {
         sampler = new Sampler({ ...samplingOptions(req.sampling), state: req.prefill!.samplerState });
         token = req.prefill!.firstToken;
@@ -332,7 +334,7 @@ export class Worker {
         if (localPrefill) call.write({ event: 'token', token });
         for (let pos = req.prompt.length; count < req.maxTokens && pos + 1 < total && !call.cancelled; pos++) {
           this.#growFor(blocks, pos);
-          token = sampler.sample(await this.#engine.decode(token, blocks, pos));
+          token = sampler.sample(await this.#engine.decode(token, blocks, pos, live));
           if (ends.has(token)) {
             finishReason = 'stop';
             break;
@@ -457,6 +459,17 @@ export class Worker {
       this.#log.debug({ workerId: this.id, requestId, from }, 'blocks pulled; freed');
     }
   }
+}
+
+/**
+ * Aborted when the call is cancelled (the caller's deadline passed, or it went away): the engine then drops the
+ * call's queued forward passes and stops a running one at its next layer, so no work outlives its request.
+ */
+function whileCalled(call: { cancelled: boolean; once(event: 'cancelled', listener: () => void): unknown }): AbortSignal {
+  const ac = new AbortController();
+  if (call.cancelled) ac.abort();
+  else call.once('cancelled', () => ac.abort());
+  return ac.signal;
 }
 
 function samplingOptions(s: Sampling | null): SamplingOptions {
