@@ -10,7 +10,7 @@ import { afterEach, describe, test } from 'node:test';
 import OpenAI from 'openai';
 
 import type { KvProof } from '../src/serve/flow.js';
-import { AUTH, HAVE_SMOLLM2, SMOLLM2, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
+import { AUTH, HAVE_SMOLLM2, SMOLLM2, health, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
 
 const model = tinyModel();
 const PROMPT = 'the quick brown fox jumps over the lazy dog near the old stone bridge';
@@ -207,6 +207,19 @@ describe('faults', () => {
     // Before, the prefill worker ran the whole prompt to the end, for nobody, beside the decode worker's copy.
     await waitFor(() => stack.prefill.logs.some((l) => /forward pass cancelled at layer/.test(l)), 'the prefill pass cancelled');
     await poolAtBaseline(stack.prefill.ready.address);
+  });
+
+  test('fabric peers unused for --peer-idle-ms are dropped from the agent; the next request loads its peer again', async () => {
+    stack = await startStack(model, 'tcp', {}, { extra: ['--peer-idle-ms', '1000'] });
+    const pulled = async () => {
+      const res = await post(stack, { max_tokens: 2 });
+      assert.equal(((await res.json()) as Completion).kvfabric.op, 'READ');
+    };
+    await pulled();
+    assert.equal((await health(stack.decode.ready.address)).peers, 1);
+    await waitFor(async () => (await health(stack.decode.ready.address)).peers === 0, 'the idle peer dropped');
+    await pulled();
+    assert.equal((await health(stack.decode.ready.address)).peers, 1);
   });
 
   test('a decode worker that stops answering: the request fails at its timeout, nothing leaks after', async () => {

@@ -71,6 +71,7 @@ for (const role of ['prefill', 'decode'] as const) {
     .option('--hugepages', 'put the KV pool on 2 MiB hugepages')
     .option('--lease-ms <ms>', 'free blocks not pulled within this')
     .option('--max-lease-ms <ms>', 'the longest lease granted, whatever a caller asks for')
+    .option('--peer-idle-ms <ms>', 'drop a fabric peer unused this long (default 300000)')
     .option('--handle-key-file <file>', 'file holding the key that signs KV handles, the same on every worker (or KVF_HANDLE_KEY)')
     .option('--transfer-timeout-ms <ms>', 'fail a KV transfer after this')
     .option('--register <host:port>', 'register with this frontend registry')

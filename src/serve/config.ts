@@ -57,6 +57,8 @@ export interface WorkerConfig extends Common {
   leaseMs: number;
   /** The longest lease this worker grants, whatever a caller asks for. */
   maxLeaseMs: number;
+  /** A fabric peer unused this long is dropped from the agent's table. */
+  peerIdleMs: number;
   /** Signs and checks KV handles (KVF_HANDLE_KEY); workers only, the frontend never holds it. Or handleKeyFile. */
   handleKey?: string;
   handleKeyFile?: string;
@@ -109,7 +111,7 @@ const hostPort = { type: 'string', pattern: '^[^\\s:]*(:\\d{1,5})$' } as const;
 const workerSchema: JSONSchemaType<WorkerConfig> = {
   type: 'object',
   additionalProperties: false,
-  required: ['model', 'role', 'id', 'listen', 'backend', 'blocks', 'tokensPerBlock', 'kvDtype', 'hugepages', 'leaseMs', 'maxLeaseMs', 'transferTimeoutMs', 'etcdPrefix', 'etcdTtl', 'tlsClientAuth'],
+  required: ['model', 'role', 'id', 'listen', 'backend', 'blocks', 'tokensPerBlock', 'kvDtype', 'hugepages', 'leaseMs', 'maxLeaseMs', 'peerIdleMs', 'transferTimeoutMs', 'etcdPrefix', 'etcdTtl', 'tlsClientAuth'],
   properties: {
     ...common,
     role: { type: 'string', enum: ['prefill', 'decode'] },
@@ -127,6 +129,7 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
     hugepages: { type: 'boolean', default: false },
     leaseMs: { type: 'integer', minimum: 1, maximum: MAX_LEASE_MS, default: 30_000 },
     maxLeaseMs: { type: 'integer', minimum: 1, maximum: MAX_LEASE_MS, default: 120_000 },
+    peerIdleMs: { type: 'integer', minimum: 100, maximum: MAX_LEASE_MS, default: 300_000 },
     handleKey: { type: 'string', nullable: true },
     handleKeyFile: { type: 'string', minLength: 1, nullable: true },
     transferTimeoutMs: { type: 'integer', minimum: 1, default: 10_000 },

@@ -124,6 +124,8 @@ export interface WorkerStatus {
   freeBlocks: number;
   inflight: number;
   heldRequests: number;
+  /** Fabric peers loaded now (dropped after --peer-idle-ms unused). */
+  peers: number;
   ttlMs: number;
 }
 

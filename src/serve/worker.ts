@@ -21,6 +21,7 @@ import { BlockLeases } from '../kv/leases.js';
 import { blockRuns, blocksFor, kvBytesFor, planKvCopy, rangesInRuns, sameGeometry, type KvRange } from '../kv/plan.js';
 import { toServiceError } from './grpc-errors.js';
 import { ClusterAuth, guardService, secretFrom } from './security/auth.js';
+import { PeerCache } from './peer-cache.js';
 import { HandOffGate } from './security/hand-off.js';
 import { HandleSigner, type HandleAccess } from './security/handles.js';
 import {
@@ -66,8 +67,7 @@ export class Worker {
   readonly #leases: BlockLeases;
   readonly #signer: HandleSigner;
   readonly #handOffs: HandOffGate;
-  // Peers' metadata blobs as last loaded, so a blob is parsed once per agent incarnation.
-  readonly #peerBlobs = new Map<string, Buffer>();
+  readonly #peers: PeerCache;
   // This agent's own blob, sent with every KV handle: its regions never change after start, so encode it once.
   readonly #metadata: Buffer;
   #inflight = 0;
@@ -88,6 +88,7 @@ export class Worker {
       onExpire: (requestId, blocks) => log.warn({ requestId, blocks: blocks.length }, 'lease expired: blocks were never pulled; freed'),
       quarantineMs: QUARANTINE_MS,
     });
+    this.#peers = new PeerCache(agent, config.peerIdleMs);
     this.#handOffs = new HandOffGate(signer, { workerId: config.id, agentName: agent.name }, this.#leases);
     this.#metadata = agent.getLocalMetadata();
     agent.on('notification', (n) => this.#onNotification(n.from, n.data));
@@ -154,6 +155,7 @@ export class Worker {
       freeBlocks: this.#closing ? 0 : this.#engine.freeBlockCount,
       inflight: this.#inflight,
       heldRequests: this.#leases.size,
+      peers: this.#peers.size,
       ttlMs: 0,
     };
   }
@@ -170,6 +172,7 @@ export class Worker {
         });
       });
       this.#leases.releaseAll();
+      this.#peers.close();
       await this.#engine.close();
       await this.#agent.close();
       this.#log.info({ workerId: this.id }, 'worker closed');
@@ -378,7 +381,7 @@ export class Worker {
     this.#checkLayout(kv);
     const runs = blockRuns(kv.blocks);
     if (kv.grants.length !== runs.length) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle carries ${kv.grants.length} grants for ${runs.length} runs of blocks`);
-    const peer = this.#peer(kv);
+    const peer = this.#peers.use(kv.agentName, kv.agentMetadata);
     const ids: number[] = [];
     try {
       for (const g of kv.grants) ids.push(peer.addGrant(g));
@@ -417,14 +420,6 @@ export class Worker {
     if (!theirs || !sameGeometry(theirs, this.layout)) {
       throw new KvfError('KVF_ERR_LAYOUT_MISMATCH', `worker ${kv.workerId} holds K/V as ${JSON.stringify(theirs)}; this worker as ${JSON.stringify(this.layout)}`);
     }
-  }
-
-  #peer(kv: KvHandle): RemotePeer {
-    const known = this.#agent.peer(kv.agentName);
-    if (known && this.#peerBlobs.get(kv.agentName)?.equals(kv.agentMetadata)) return known;
-    const peer = this.#agent.loadRemoteMetadata(kv.agentMetadata);
-    this.#peerBlobs.set(peer.name, Buffer.from(kv.agentMetadata));
-    return peer;
   }
 
   /** A signed handle to blocks this worker holds for a request, with the grants that reach them. */
