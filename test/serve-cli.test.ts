@@ -9,7 +9,7 @@ import { describe, test } from 'node:test';
 
 import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { CLI, CLUSTER, curl, quietLog, startCli, startWorker, stop, tinyModel, waitFor, type Proc } from './helpers/serve.js';
+import { CLI, CLUSTER, curl, quietLog, startCli, startWorker, stop, tinyModel, toolEnv, waitFor, type Proc } from './helpers/serve.js';
 
 const run = promisify(execFile);
 const model = tinyModel();
@@ -113,7 +113,8 @@ describe('kvfabric serve supervises its workers', () => {
   /** No process of this run is left: every worker pid it ever logged, and nothing else running its (unique) model file. */
   const noneLeft = async (serve: Proc, modelPath: string): Promise<void> => {
     for (const up of [...ups(serve, 'prefill'), ...ups(serve, 'decode')]) assert.equal(alive(up.pid), false, `worker ${up.role} pid ${up.pid} still runs`);
-    const found = await run('pgrep', ['-f', modelPath]).then(
+    // toolEnv: pgrep hangs with the sanitizer run's LD_PRELOAD of libasan, as curl does.
+    const found = await run('pgrep', ['-f', modelPath], { env: toolEnv() }).then(
       (r) => r.stdout.trim(),
       () => '', // pgrep exits 1 when nothing matches
     );
