@@ -10,7 +10,7 @@ import { afterEach, describe, test } from 'node:test';
 import OpenAI from 'openai';
 
 import type { KvProof } from '../src/serve/flow.js';
-import { AUTH, HAVE_SMOLLM2, SMOLLM2, health, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
+import { AUTH, SMOLLM2, SMOLLM2_SKIP, health, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
 
 const model = tinyModel();
 const PROMPT = 'the quick brown fox jumps over the lazy dog near the old stone bridge';
@@ -196,7 +196,7 @@ describe('faults', () => {
     assert.match(await (await fetch(`${stack.url}/metrics`)).text(), /^kvfabric_requests_refused_total 1$/m);
   });
 
-  test('SmolLM2: a prefill past its deadline stops at the next layer on the prefill worker while decode prefills locally', { skip: !HAVE_SMOLLM2 && 'needs npm run fetch-model' }, async () => {
+  test('SmolLM2: a prefill past its deadline stops at the next layer on the prefill worker while decode prefills locally', { skip: SMOLLM2_SKIP }, async () => {
     stack = await startStack(SMOLLM2, 'tcp', { prefillTimeoutMs: 300 }, { extra: ['--blocks', '128', '--threads', '1'], env: { KVF_LOG_LEVEL: 'debug' } });
     const res = await fetch(`${stack.url}/v1/completions`, {
       method: 'POST',

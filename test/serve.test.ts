@@ -14,7 +14,7 @@ import { kvBytesFor } from '../src/kv/plan.js';
 import type { KvProof } from '../src/serve/flow.js';
 import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { CLUSTER, HAVE_SMOLLM2, SMOLLM2, curl, poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
+import { CLUSTER, SMOLLM2, SMOLLM2_SKIP, curl, poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
 
 const tiny = tinyModel();
 let model = tiny;
@@ -270,7 +270,7 @@ describe('serving over shm, push mode', () => {
   });
 });
 
-describe('SmolLM2-135M-Instruct, disaggregated over shm', { skip: !HAVE_SMOLLM2 ? 'model not fetched (npm run fetch-model)' : process.env.KVF_SANITIZE_ENGINE === '1' ? 'too slow unoptimised' : false }, () => {
+describe('SmolLM2-135M-Instruct, disaggregated over shm', { skip: SMOLLM2_SKIP }, () => {
   let stack: Stack;
   before(async () => {
     model = SMOLLM2;

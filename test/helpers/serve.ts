@@ -21,6 +21,8 @@ export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 export const SMOLLM2 = join(process.env.KVF_MODEL_CACHE ?? join(homedir(), '.cache', 'kvfabric', 'models'), 'SmolLM2-135M-Instruct.Q4_1.gguf');
 export const HAVE_SMOLLM2 = existsSync(SMOLLM2);
+/** Why a test on SmolLM2 cannot run here (not fetched, or the sanitizer build's unoptimised engine), else false. */
+export const SMOLLM2_SKIP: string | false = !HAVE_SMOLLM2 ? 'model not fetched (npm run fetch-model)' : process.env.KVF_SANITIZE_ENGINE === '1' ? 'too slow unoptimised' : false;
 
 /** A fresh copy of the tiny model in a temp dir (tests never depend on models/ being generated). */
 export function tinyModel(): string {
