@@ -708,6 +708,29 @@ for (const { name: provider, other } of PROVIDERS) {
       await roundTrip(ctx);
     });
 
+    test('a transfer refused at posting leaves its regions free: they deregister at once', { timeout: TEST_TIMEOUT }, async () => {
+      const mine = ctx.a.allocate(64 * KiB);
+      const pool = ctx.b.allocate(64 * KiB, { remoteAccess: false });
+      const grant = ctx.b.grant(pool, { offset: 0, length: 64 * KiB, access: 'read' });
+      const peer = ctx.a.loadRemoteMetadata(ctx.b.getLocalMetadata());
+      const id = peer.addGrant(grant.bytes);
+      const one = { local: mine, localOffset: 0, remote: id, remoteOffset: 0, length: 4 * KiB };
+      try {
+        await rejects(() => ctx.a.write(peer, [one], XFER), 'KVF_ERR_REMOTE_ACCESS', 'WRITE through a read grant');
+        const note = new Uint8Array(ctx.a.info.maxNotificationBytes + 1);
+        await rejects(() => ctx.a.read(peer, [one], { ...XFER, notification: note }), 'KVF_ERR_TOO_LARGE', 'READ with too large a notification');
+        mine.deregister(); // KVF_ERR_BUSY here if a refused transfer had counted itself in flight
+        assert.equal(mine.registered, false);
+      } finally {
+        peer.removeGrant(id);
+        grant.revoke();
+        pool.deregister();
+        if (mine.registered) mine.deregister();
+      }
+      ctx.a.loadRemoteMetadata(ctx.b.getLocalMetadata());
+      await roundTrip(ctx);
+    });
+
     test('deregistering a region with a transfer in flight: KVF_ERR_BUSY', { timeout: TEST_TIMEOUT }, async () => {
       // 64 MiB in one descriptor: the deregister call below runs microseconds after the post, long before
       // the copy can finish.

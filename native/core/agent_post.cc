@@ -149,6 +149,10 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
       if (!subset.empty()) throw Error("KVF_ERR_OVERLAP", subset);
     }
   }
+  // Everything that can refuse the transfer runs before it is counted in flight on its regions: a refusal
+  // after that would leave them busy for good (no completion ever counts them down).
+  CheckAdvertised(peer, kind, list, indices, count);
+  if (has_notification) t->notify_message = EncodeNotification(name_, notification, notification_length);
   {
     std::lock_guard<std::mutex> lock(regions_mu_);
     for (const auto& [id, region] : list.regions) {
@@ -162,8 +166,6 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
       ++region->inflight;
     }
   }
-  CheckAdvertised(peer, kind, list, indices, count);
-  if (has_notification) t->notify_message = EncodeNotification(name_, notification, notification_length);
   if (has_notification) {
     t->notify_op = std::make_unique<Op>();
     Op& op = *t->notify_op;
