@@ -385,7 +385,7 @@ export class Worker {
     const ids: number[] = [];
     try {
       for (const g of kv.grants) ids.push(peer.addGrant(g));
-      const descs = rangesInRuns(ranges, side, runs, kv.layout!.blockBytes).map((r) => ({
+      const descs = rangesInRuns(ranges, side, runs, this.layout.blockBytes).map((r) => ({
         local: this.#region,
         localOffset: r.otherOffset,
         remote: ids[r.run]!,
