@@ -6,25 +6,38 @@
 // The weights are random: the model's output is gibberish, but the same bytes on every run and machine
 // (only integer arithmetic, exact float operations and Math.sqrt, which IEEE 754 rounds exactly).
 //
-// Usage: node scripts/make-tiny-model.mjs [output path]   (default: models/tiny-llama.gguf)
+// Usage: node scripts/make-tiny-model.mjs [output path] [--layers N] [--dim N] [--ffn N] [--context N]
+//        (default: models/tiny-llama.gguf, 2 layers, dim 64, FFN 128, context 256). A larger shape gives
+//        tests a model whose generation takes long enough to interrupt mid-stream.
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const outPath = resolve(process.argv[2] ?? join(root, 'models', 'tiny-llama.gguf'));
+const { values: shape, positionals } = parseArgs({
+  allowPositionals: true,
+  options: { layers: { type: 'string', default: '2' }, dim: { type: 'string', default: '64' }, ffn: { type: 'string', default: '128' }, context: { type: 'string', default: '256' } },
+});
+const outPath = resolve(positionals[0] ?? join(root, 'models', 'tiny-llama.gguf'));
 
 // ----------------------------------------------------------------------------------------------------
 // Hyperparameters
 
-const N_LAYER = 2;
-const DIM = 64;
+/** A positive integer option that is a multiple of `of` (quantized rows are 32 wide). */
+function dimension(name, of) {
+  const v = Number(shape[name]);
+  if (!Number.isInteger(v) || v <= 0 || v % of !== 0) throw new Error(`--${name} must be a positive multiple of ${of}, got ${shape[name]}`);
+  return v;
+}
+const N_LAYER = dimension('layers', 1);
+const DIM = dimension('dim', 64);
 const N_HEAD = 4;
 const N_HEAD_KV = 2;
 const HEAD_DIM = DIM / N_HEAD;
-const FFN = 128;
+const FFN = dimension('ffn', 32);
 const VOCAB = 300;
-const CONTEXT = 256;
+const CONTEXT = dimension('context', 1);
 const ALIGNMENT = 64; // not GGUF's default 32, so that readers honour general.alignment
 const SEED = 0x6b7666; // "kvf"
 
@@ -313,7 +326,7 @@ const layerTypes = [
 
 addTensor('token_embd.weight', [DIM, VOCAB], 'F16', uniform(DIM * VOCAB, 1));
 for (let l = 0; l < N_LAYER; l++) {
-  const t = layerTypes[l];
+  const t = layerTypes[l % layerTypes.length];
   addNorm(`blk.${l}.attn_norm.weight`);
   addMatrix(`blk.${l}.attn_q.weight`, DIM, DIM, t.attn);
   addMatrix(`blk.${l}.attn_k.weight`, DIM, KV_DIM, t.attn);

@@ -95,6 +95,7 @@ commonOptions(program.command('frontend').description('run the OpenAI-compatible
   .option('--body-timeout-ms <ms>', "a request's headers and body must arrive within this (else 408)")
   .option('--max-connections <n>', 'open HTTP connections at most')
   .option('--max-inflight <n>', 'requests in flight at most; more get 429 at once')
+  .option('--max-migrations <n>', 'decode workers a request may move to when the one streaming it fails (default 2)')
   .action(async (opts: Record<string, unknown>) => {
     const { config, ...flags } = opts;
     const [{ runFrontend }, { frontendConfig }] = await Promise.all([import('../serve/processes.js'), import('../serve/config.js')]);

@@ -89,6 +89,8 @@ export interface FrontendConfig extends Common {
   maxConnections: number;
   /** Requests in flight at most; more get 429 at once. */
   maxInflight: number;
+  /** Decode workers a request may move to when the one streaming it fails (0: the client gets the error). */
+  maxMigrations: number;
 }
 
 const common = {
@@ -141,7 +143,7 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
 const frontendSchema: JSONSchemaType<FrontendConfig> = {
   type: 'object',
   additionalProperties: false,
-  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'bodyTimeoutMs', 'maxConnections', 'maxInflight', 'etcdPrefix', 'tlsClientAuth'],
+  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'bodyTimeoutMs', 'maxConnections', 'maxInflight', 'maxMigrations', 'etcdPrefix', 'tlsClientAuth'],
   properties: {
     ...common,
     listen: { ...hostPort, default: '127.0.0.1:8000' },
@@ -157,6 +159,7 @@ const frontendSchema: JSONSchemaType<FrontendConfig> = {
     bodyTimeoutMs: { type: 'integer', minimum: 1, default: 30_000 },
     maxConnections: { type: 'integer', minimum: 1, default: 4096 },
     maxInflight: { type: 'integer', minimum: 1, default: 32 },
+    maxMigrations: { type: 'integer', minimum: 0, default: 2 },
   },
 };
 

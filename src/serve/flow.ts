@@ -3,7 +3,11 @@
 //                   pulls the blocks with RDMA READ and notifies the prefill worker, which frees them.
 //   push:           Reserve on the decode worker; Prefill WRITEs the K/V into those blocks; Decode.
 //   aggregated:     Decode alone; the decode worker prefills locally.
-// A prefill that fails or times out turns into local prefill on the decode worker, and the proof says so.
+// A prefill worker that fails is replaced by another replica once; when none is left, or the prefill timed out
+// (running it again elsewhere would double the wait), the decode worker prefills locally and the proof says so.
+// A decode worker that fails mid-stream is replaced too (request migration): another one rebuilds the K/V of
+// the prompt and the tokens the client already has, continues with the sampler's state, and the client's
+// stream goes on.
 // Blocks never leak: whatever ends the request (done, error, client gone, timeout), blocks held for it on
 // either side are released here, and leases catch what a dead frontend leaves.
 import { KvfError } from '../fabric/errors.js';
@@ -11,7 +15,7 @@ import type { Logger } from '../fabric/logger.js';
 import type { ServeMode } from './config.js';
 import { fromServiceError } from './grpc-errors.js';
 import type { Router, WorkerEntry } from './router.js';
-import { grpc, type DecodeEvent, type DecodeStarted, type KvHandle, type PrefillResponse, type Sampling, type WorkerClient } from './rpc.js';
+import { grpc, type DecodeDone, type DecodeEvent, type DecodeRequest, type DecodeStarted, type KvHandle, type PrefillResponse, type Sampling, type WorkerClient } from './rpc.js';
 
 export interface FlowRequest {
   requestId: string;
@@ -21,6 +25,14 @@ export interface FlowRequest {
   endTokens: number[];
   /** Aborted by the client going away or the request timeout. */
   signal: AbortSignal;
+}
+
+/** A decode worker that failed mid-stream, and how far it had got. */
+export interface Migration {
+  from: string;
+  /** Tokens the client had when the request moved. */
+  after_tokens: number;
+  reason: string;
 }
 
 /** What carried the request's KV: the `kvfabric` object of every response. */
@@ -38,6 +50,8 @@ export interface KvProof {
   decode_worker: string;
   prefill_ms: number | null;
   fallback_reason: string | null;
+  /** Decode workers the request left (their K/V was rebuilt by the next one, not carried). */
+  migrations: Migration[];
 }
 
 export interface FlowOutcome {
@@ -51,128 +65,207 @@ export interface FlowContext {
   mode: ServeMode;
   prefillTimeoutMs: number;
   leaseMs: number;
+  /** Decode workers a request may move to after the one it started on fails. */
+  maxMigrations: number;
   log: Logger;
 }
+
+/** Failures that say the worker, not the request, is at fault: another worker may well succeed. */
+const WORKER_FAULTS = new Set(['KVF_ERR_WORKER_FAILED', 'KVF_ERR_CLOSED']);
 
 /**
  * Runs a request; `onToken` gets each generated token in order and returns false to end generation there
  * (a stop sequence matched), which cancels the decode stream and finishes with reason 'stop'.
  */
-export async function runFlow(ctx: FlowContext, req: FlowRequest, onToken: (token: number) => boolean): Promise<FlowOutcome> {
-  const decode = ctx.router.pick('decode');
-  let prefillEntry: WorkerEntry | undefined;
-  let prefill: PrefillResponse | null = null;
-  let reserved: KvHandle | null = null;
-  let fallbackReason = '';
-  let pulled = false;
-  let prefillReleased = false;
-  decode.active++;
-  try {
-    if (ctx.mode !== 'aggregated') {
-      try {
-        prefillEntry = ctx.router.pick('prefill');
-      } catch (err) {
-        fallbackReason = (err as Error).message;
+export function runFlow(ctx: FlowContext, req: FlowRequest, onToken: (token: number) => boolean): Promise<FlowOutcome> {
+  return new RequestFlow(ctx, req, onToken).run();
+}
+
+class RequestFlow {
+  #decode: WorkerEntry;
+  #prefillEntry: WorkerEntry | undefined;
+  #prefill: PrefillResponse | null = null;
+  /** Push mode: the decode worker's reservation until its Decode takes it over. */
+  #reserved: KvHandle | null = null;
+  #fallbackReason = '';
+  #prefillReleased = false;
+  /** The tokens the client has, and the sampler's state after the last of them. */
+  readonly #generated: number[] = [];
+  #samplerState = 0;
+  #started: DecodeStarted | null = null;
+  #firstStarted: DecodeStarted | null = null;
+  readonly #migrations: Migration[] = [];
+
+  constructor(
+    readonly ctx: FlowContext,
+    readonly req: FlowRequest,
+    readonly onToken: (token: number) => boolean,
+  ) {
+    this.#decode = ctx.router.pick('decode');
+  }
+
+  async run(): Promise<FlowOutcome> {
+    const { req } = this;
+    let decode = this.#decode;
+    decode.active++;
+    try {
+      if (this.ctx.mode !== 'aggregated') await this.#runPrefill();
+      const prefill = this.#prefill;
+      if (prefill) {
+        if (req.endTokens.includes(prefill.firstToken)) return this.#finish('stop');
+        if (!this.#deliver(prefill.firstToken, prefill.samplerState)) return this.#finish('stop');
+        if (req.maxTokens <= 1) return this.#finish('length');
       }
+      for (;;) {
+        // A worker that failed after the last token but before its end: nothing is left to generate.
+        if (this.#generated.length >= req.maxTokens) return this.#finish('length');
+        try {
+          const done = await this.#stream(decode, this.#decodeRequest());
+          return this.#finish(done?.finishReason ?? 'stop');
+        } catch (err) {
+          const next = this.#migrationTarget(decode, err);
+          if (!next) throw err;
+          decode.active--;
+          decode = this.#decode = next;
+          decode.active++;
+        }
+      }
+    } finally {
+      decode.active--;
+      // Blocks nobody will take any more: the prefill worker's when no decode pulled them, the decode
+      // worker's reservation when its Decode never ran.
+      this.#releasePrefill();
+      if (this.#reserved) void release(decode.client, req.requestId);
     }
-    if (prefillEntry) {
-      const entry = prefillEntry;
+  }
+
+  /** Prefill on a prefill worker (another replica once if the first fails); on failure, records why local prefill follows. */
+  async #runPrefill(): Promise<void> {
+    const { ctx, req } = this;
+    let failed: string | undefined;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      let entry: WorkerEntry;
+      try {
+        entry = ctx.router.pick('prefill', failed);
+      } catch (err) {
+        this.#fallbackReason ||= (err as Error).message;
+        return;
+      }
+      this.#prefillEntry = entry;
       entry.active++;
       try {
-        if (ctx.mode === 'push') {
-          reserved = await call(decode.client, 'reserve', { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs }, ctx.prefillTimeoutMs, req.signal);
+        if (ctx.mode === 'push' && !this.#reserved) {
+          this.#reserved = await call(this.#decode.client, 'reserve', { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs }, ctx.prefillTimeoutMs, req.signal);
         }
-        prefill = await call(
-          entry.client,
-          'prefill',
-          { requestId: req.requestId, tokens: req.prompt, sampling: req.sampling, leaseMs: ctx.leaseMs, pushTo: reserved },
-          ctx.prefillTimeoutMs,
-          req.signal,
-        );
+        this.#prefill = await call(entry.client, 'prefill', { requestId: req.requestId, tokens: req.prompt, sampling: req.sampling, leaseMs: ctx.leaseMs, pushTo: this.#reserved }, ctx.prefillTimeoutMs, req.signal);
+        this.#fallbackReason = '';
+        return;
       } catch (err) {
         if (req.signal.aborted) throw abortError(req.signal);
         const e = fromServiceError(err, `prefill worker ${entry.status?.workerId ?? entry.address}`);
-        if (e.code === 'KVF_ERR_WORKER_FAILED' || e.code === 'KVF_ERR_TIMEOUT') ctx.router.markFailed(entry, e.message);
-        fallbackReason = e.message;
-        ctx.log.warn({ requestId: req.requestId, err: e.message }, 'prefill failed; the decode worker prefills locally');
+        const workerFault = WORKER_FAULTS.has(e.code);
+        if (workerFault || e.code === 'KVF_ERR_TIMEOUT') ctx.router.markFailed(entry, e.message);
+        this.#fallbackReason = e.message;
+        ctx.log.warn({ requestId: req.requestId, err: e.message, retry: workerFault && attempt === 0 }, 'prefill failed');
+        if (!workerFault) return;
+        failed = entry.address;
       } finally {
         entry.active--;
       }
     }
+  }
 
-    let completionTokens = 0;
-    if (prefill) {
-      if (req.endTokens.includes(prefill.firstToken)) return finish('stop', 0, null);
-      completionTokens = 1;
-      if (!onToken(prefill.firstToken)) return finish('stop', 1, null);
-      if (req.maxTokens <= 1) return finish('length', 1, null);
+  /** The Decode call for where the request stands: first on its decode worker, or resumed on another one. */
+  #decodeRequest(): Partial<DecodeRequest> {
+    const { req } = this;
+    const base = { requestId: req.requestId, prompt: req.prompt, sampling: req.sampling, endTokens: req.endTokens, fallbackReason: this.#fallbackReason };
+    if (this.#migrations.length === 0) {
+      return { ...base, maxTokens: req.maxTokens, prefill: this.#prefill, reserved: this.#prefill ? this.#reserved : null };
     }
+    return { ...base, maxTokens: req.maxTokens - this.#generated.length, generated: this.#generated, samplerState: this.#samplerState };
+  }
 
-    let started: DecodeStarted | null = null;
-    let stopped = false;
-    let done: Extract<DecodeEvent, { event: 'done' }>['done'] | undefined;
-    const stream = decode.client.decode({
-      requestId: req.requestId,
-      prompt: req.prompt,
-      sampling: req.sampling,
-      maxTokens: req.maxTokens,
-      endTokens: req.endTokens,
-      prefill,
-      reserved: prefill ? reserved : null,
-      fallbackReason,
-    });
+  /** Streams one Decode call's tokens to the client; resolves with its end, or null when the client's stop matched. */
+  async #stream(decode: WorkerEntry, request: Partial<DecodeRequest>): Promise<DecodeDone | null> {
+    const { req } = this;
+    const stream = decode.client.decode(request);
     const cancel = (): void => stream.cancel();
     req.signal.addEventListener('abort', cancel);
+    let done: DecodeDone | undefined;
     try {
       for await (const ev of stream as AsyncIterable<DecodeEvent>) {
         if (ev.event === 'started') {
-          started = ev.started;
-          pulled = started.transfer?.op === 'READ';
-          if (prefill?.kv && !pulled) releasePrefill();
-          reserved = null; // the decode worker took its reservation over
-
+          this.#started = ev.started;
+          this.#firstStarted ??= ev.started;
+          // Pulled: the prefill worker frees its blocks on the READ's notification. Otherwise nobody will.
+          if (ev.started.transfer?.op !== 'READ') this.#releasePrefill();
+          else this.#prefillReleased = true;
+          this.#reserved = null; // the decode worker took its reservation over
         } else if (ev.event === 'token') {
-          completionTokens++;
-          if (!onToken(ev.token)) {
-            stopped = true;
+          if (!this.#deliver(ev.token, ev.samplerState)) {
             stream.cancel();
-            break;
+            return null;
           }
         } else if (ev.event === 'done') done = ev.done;
       }
     } catch (err) {
       if (req.signal.aborted) throw abortError(req.signal);
-      const e = fromServiceError(err, `decode worker ${decode.status?.workerId ?? decode.address}`);
-      if (e.code === 'KVF_ERR_WORKER_FAILED') ctx.router.markFailed(decode, e.message);
-      throw e;
+      throw fromServiceError(err, `decode worker ${decode.status?.workerId ?? decode.address}`);
     } finally {
       req.signal.removeEventListener('abort', cancel);
     }
     if (req.signal.aborted) throw abortError(req.signal);
-    if (stopped) return finish('stop', completionTokens, started);
-    if (!started || !done) throw new KvfError('KVF_ERR_WORKER_FAILED', `decode worker ${decode.address} ended the stream without finishing`);
-    return finish(done.finishReason, done.completionTokens, started);
-  } finally {
-    decode.active--;
-    // Blocks nobody will take any more: the prefill worker's when no decode pulled them, the decode
-    // worker's reservation when its Decode never ran.
-    if (prefill?.kv && !pulled) releasePrefill();
-    if (reserved) void release(decode.client, req.requestId);
+    if (!done) throw new KvfError('KVF_ERR_WORKER_FAILED', `decode worker ${decode.status?.workerId ?? decode.address} ended the stream without finishing`);
+    return done;
   }
 
-  function releasePrefill(): void {
-    if (prefillReleased) return;
-    prefillReleased = true;
-    void release(prefillEntry!.client, req.requestId);
+  /** Another decode worker to continue on after `failed` failed with `err`, or undefined when the error stands. */
+  #migrationTarget(failed: WorkerEntry, err: unknown): WorkerEntry | undefined {
+    const e = err as KvfError;
+    if (!WORKER_FAULTS.has(e.code) || this.req.signal.aborted) return undefined;
+    this.ctx.router.markFailed(failed, e.message);
+    if (this.#migrations.length >= this.ctx.maxMigrations) return undefined;
+    let next: WorkerEntry;
+    try {
+      next = this.ctx.router.pick('decode', failed.address);
+    } catch {
+      return undefined;
+    }
+    const from = this.#started?.workerId ?? failed.status?.workerId ?? failed.address;
+    this.#migrations.push({ from, after_tokens: this.#generated.length, reason: e.message });
+    this.ctx.log.warn({ requestId: this.req.requestId, from, to: next.address, afterTokens: this.#generated.length, err: e.message }, 'decode worker failed; request moved');
+    this.#started = null;
+    // A reservation the failed worker made is of no use elsewhere (its lease frees it if the worker is gone).
+    if (this.#reserved) void release(failed.client, this.req.requestId);
+    this.#reserved = null;
+    return next;
   }
 
-  function finish(finishReason: 'stop' | 'length', completionTokens: number, started: DecodeStarted | null): FlowOutcome {
-    const t = started?.transfer ?? prefill?.push ?? null;
-    const local = started?.localPrefill ?? false;
-    const reason = started?.fallbackReason || fallbackReason;
+  /** Hands a token to the client; false when the client's stop sequence ended the request. */
+  #deliver(token: number, samplerState: number): boolean {
+    this.#generated.push(token);
+    this.#samplerState = samplerState;
+    return this.onToken(token);
+  }
+
+  #releasePrefill(): void {
+    if (this.#prefillReleased || !this.#prefill?.kv) return;
+    this.#prefillReleased = true;
+    void release(this.#prefillEntry!.client, this.req.requestId);
+  }
+
+  #finish(finishReason: 'stop' | 'length'): FlowOutcome {
+    const { ctx } = this;
+    const decode = this.#decode;
+    const prefill = this.#prefill;
+    // The transfer that carried the prompt's K/V to the first decode worker (later ones rebuilt it).
+    const first = this.#firstStarted;
+    const t = first?.transfer ?? prefill?.push ?? null;
+    const local = first?.localPrefill ?? false;
+    const reason = first?.fallbackReason || this.#fallbackReason;
     return {
       finishReason,
-      completionTokens,
+      completionTokens: this.#generated.length,
       proof: {
         mode: local && ctx.mode !== 'aggregated' ? 'fallback' : ctx.mode,
         backend: t?.backend ?? decode.status?.backend ?? 'LIBFABRIC',
@@ -183,14 +276,14 @@ export async function runFlow(ctx: FlowContext, req: FlowRequest, onToken: (toke
         bytes: t?.bytes ?? 0,
         transfer_ms: t?.durationMs ?? 0,
         prefill_worker: local ? null : (prefill?.workerId ?? null),
-        decode_worker: started?.workerId ?? decode.status?.workerId ?? decode.address,
+        decode_worker: this.#started?.workerId ?? decode.status?.workerId ?? decode.address,
         prefill_ms: local ? null : (prefill?.prefillMs ?? null),
         fallback_reason: reason || null,
+        migrations: this.#migrations,
       },
     };
   }
 }
-
 type UnaryName = 'prefill' | 'reserve' | 'release';
 type Req<M extends UnaryName> = Parameters<WorkerClient[M]>[0];
 type Res<M extends UnaryName> = NonNullable<Parameters<Parameters<WorkerClient[M]>[2]>[1]>;

@@ -86,6 +86,9 @@ export interface DecodeRequest {
   prefill: PrefillResponse | null;
   reserved: KvHandle | null;
   fallbackReason: string;
+  /** Migration: tokens the client already has, and the sampler's state after them. */
+  generated: number[];
+  samplerState: number;
 }
 
 export interface DecodeStarted {
@@ -102,7 +105,7 @@ export interface DecodeDone {
 
 export type DecodeEvent =
   | { event: 'started'; started: DecodeStarted }
-  | { event: 'token'; token: number }
+  | { event: 'token'; token: number; samplerState: number }
   | { event: 'done'; done: DecodeDone };
 
 export interface ReserveRequest {

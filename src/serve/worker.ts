@@ -22,7 +22,7 @@ import { blockRuns, blocksFor, kvBytesFor, planKvCopy, rangesInRuns, sameGeometr
 import { toServiceError } from './grpc-errors.js';
 import { ClusterAuth, guardService, secretFrom } from './security/auth.js';
 import { PeerCache } from './peer-cache.js';
-import { HandOffGate } from './security/hand-off.js';
+import { HandOffGate, type HandOff } from './security/hand-off.js';
 import { HandleSigner, type HandleAccess } from './security/handles.js';
 import {
   bindServer,
@@ -293,56 +293,41 @@ export class Worker {
   async #decode(call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>): Promise<void> {
     const req = call.request;
     const live = whileCalled(call);
-    const total = Math.min(req.prompt.length + req.maxTokens, this.#engine.model.contextLength);
-    if (req.prompt.length === 0 || req.prompt.length >= this.#engine.model.contextLength) {
-      throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has ${req.prompt.length} tokens; the context holds ${this.#engine.model.contextLength}`);
+    const ctx = this.#engine.model.contextLength;
+    const resumed = req.generated.length;
+    if (req.prompt.length === 0 || req.prompt.length + resumed > ctx || (resumed === 0 && req.prompt.length >= ctx)) {
+      throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has ${req.prompt.length} tokens (and ${resumed} generated); the context holds ${ctx}`);
     }
+    if (resumed > 0 && (req.prefill || req.reserved)) throw new KvfError('KVF_ERR_BAD_REQUEST', 'a resumed Decode carries no prefill result or reservation: this worker rebuilds the K/V itself');
     const handOff = this.#handOffs.check(req);
     let blocks = req.reserved ? this.#leases.take(req.requestId) : undefined;
-    // The prompt and the first generated position; the rest grows with generation (#growFor), so a request
-    // that may generate up to the context does not hold the whole context's blocks from its start.
-    blocks ??= this.#engine.allocateBlocks(blocksFor(this.layout, req.prompt.length + 1));
+    // The sequence so far and the next position; the rest grows with generation (#growFor), so a request that
+    // may generate up to the context does not hold the whole context's blocks from its start.
+    const start = req.prompt.length + resumed;
+    blocks ??= this.#engine.allocateBlocks(blocksFor(this.layout, Math.min(start + 1, ctx)));
     try {
-      let transfer: TransferReportMsg | null = null;
-      let fallbackReason = req.fallbackReason;
-      let sampler: Sampler | undefined;
-      let token = 0;
-      if (handOff === 'pull') {
-        try {
-          transfer = await this.#pull(req.requestId, req.prefill!.kv!, blocks);
-        } catch (err) {
-          fallbackReason = `pulling KV from ${req.prefill!.workerId} failed: ${(err as Error).message}`;
-          this.#log.warn({ workerId: this.id, requestId: req.requestId, err }, 'KV pull failed; prefilling locally');
-        }
-      } else if (handOff === 'push') {
-        transfer = req.prefill!.push;
-      }
-      const localPrefill = transfer === null;
-      if (localPrefill) {
-        sampler = new Sampler(samplingOptions(req.sampling));
-        token = sampler.sample(await this.#engine.prefill(req.prompt, blocks, 0, live));
-      } else {
-        sampler = new Sampler({ ...samplingOptions(req.sampling), state: req.prefill!.samplerState });
-        token = req.prefill!.firstToken;
-      }
+      const first = await this.#begin(req, handOff, blocks, live);
       if (call.cancelled) return;
-      call.write({ event: 'started', started: { workerId: this.id, transfer, localPrefill, fallbackReason } });
+      const { sampler } = first;
+      let token = first.token;
+      call.write({ event: 'started', started: { workerId: this.id, transfer: first.transfer, localPrefill: first.transfer === null, fallbackReason: first.fallbackReason } });
       const ends = new Set(req.endTokens);
+      const total = Math.min(start + req.maxTokens, ctx);
       let count = 0;
       let finishReason: 'stop' | 'length' = 'length';
       // The first token: the client has it already when a prefill worker sampled it.
       if (ends.has(token)) finishReason = 'stop';
-      else {
+      else if (token >= 0) {
         count = 1;
-        if (localPrefill) call.write({ event: 'token', token });
-        for (let pos = req.prompt.length; count < req.maxTokens && pos + 1 < total && !call.cancelled; pos++) {
+        if (first.transfer === null) call.write({ event: 'token', token, samplerState: sampler.state });
+        for (let pos = start; count < req.maxTokens && pos + 1 < total && !call.cancelled; pos++) {
           this.#growFor(blocks, pos);
           token = sampler.sample(await this.#engine.decode(token, blocks, pos, live));
           if (ends.has(token)) {
             finishReason = 'stop';
             break;
           }
-          call.write({ event: 'token', token });
+          call.write({ event: 'token', token, samplerState: sampler.state });
           count++;
         }
       }
@@ -350,6 +335,38 @@ export class Worker {
     } finally {
       this.#free(blocks);
     }
+  }
+
+  /**
+   * The K/V of the sequence so far in `blocks` and the token after it: pulled or pushed from a prefill worker
+   * (whose first token it is), else computed here — the prompt, then (resuming a migrated request) one pass per
+   * token the client already has, as the worker before computed them. `token` is -1 when a resumed sequence
+   * already fills the context.
+   */
+  async #begin(req: DecodeRequest, handOff: HandOff, blocks: number[], live: AbortSignal): Promise<{ token: number; sampler: Sampler; transfer: TransferReportMsg | null; fallbackReason: string }> {
+    let transfer: TransferReportMsg | null = null;
+    let fallbackReason = req.fallbackReason;
+    if (handOff === 'pull') {
+      try {
+        transfer = await this.#pull(req.requestId, req.prefill!.kv!, blocks);
+      } catch (err) {
+        fallbackReason = `pulling KV from ${req.prefill!.workerId} failed: ${(err as Error).message}`;
+        this.#log.warn({ workerId: this.id, requestId: req.requestId, err }, 'KV pull failed; prefilling locally');
+      }
+    } else if (handOff === 'push') {
+      transfer = req.prefill!.push;
+    }
+    if (transfer) return { token: req.prefill!.firstToken, sampler: new Sampler({ ...samplingOptions(req.sampling), state: req.prefill!.samplerState }), transfer, fallbackReason };
+    const resumed = req.generated;
+    const sampler = new Sampler({ ...samplingOptions(req.sampling), ...(resumed.length > 0 ? { state: req.samplerState } : {}) });
+    let logits = await this.#engine.prefill(req.prompt, blocks, 0, live);
+    for (let i = 0; i < resumed.length; i++) {
+      const pos = req.prompt.length + i;
+      if (pos + 1 >= this.#engine.model.contextLength) return { token: -1, sampler, transfer, fallbackReason };
+      this.#growFor(blocks, pos);
+      logits = await this.#engine.decode(resumed[i]!, blocks, pos, live);
+    }
+    return { token: sampler.sample(logits), sampler, transfer, fallbackReason };
   }
 
   /** Pull mode: RDMA READ of the prompt's K/V from the prefill worker's blocks into ours; the notification tells it to free them. */

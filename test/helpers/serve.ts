@@ -24,12 +24,15 @@ export const HAVE_SMOLLM2 = existsSync(SMOLLM2);
 /** Why a test on SmolLM2 cannot run here (not fetched, or the sanitizer build's unoptimised engine), else false. */
 export const SMOLLM2_SKIP: string | false = !HAVE_SMOLLM2 ? 'model not fetched (npm run fetch-model)' : process.env.KVF_SANITIZE_ENGINE === '1' ? 'too slow unoptimised' : false;
 
-/** A fresh copy of the tiny model in a temp dir (tests never depend on models/ being generated). */
-export function tinyModel(): string {
+/** A fresh copy of the tiny model in a temp dir (tests never depend on models/ being generated); `shape`: make-tiny-model's flags. */
+export function tinyModel(shape: string[] = []): string {
   const path = join(mkdtempSync(join(tmpdir(), 'kvf-serve-')), 'tiny-llama.gguf');
-  execFileSync(process.execPath, [join(ROOT, 'scripts', 'make-tiny-model.mjs'), path]);
+  execFileSync(process.execPath, [join(ROOT, 'scripts', 'make-tiny-model.mjs'), path, ...shape]);
   return path;
 }
+
+/** A synthetic model large enough that a long generation takes seconds on a CPU: time to interrupt it mid-stream. */
+export const SLOW_MODEL_SHAPE = ['--layers', '8', '--dim', '256', '--ffn', '1024', '--context', '2048'];
 
 /** This test process's cluster: every worker it starts gets these; frontends get the token alone. */
 export const SECRETS = { KVF_CLUSTER_TOKEN: randomBytes(24).toString('hex'), KVF_HANDLE_KEY: randomBytes(24).toString('hex') };

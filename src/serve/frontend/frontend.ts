@@ -63,7 +63,7 @@ export class Frontend {
         contextLength,
         tokenizer,
         template,
-        flow: { router, mode: config.mode, prefillTimeoutMs: config.prefillTimeoutMs, leaseMs: config.leaseMs, log },
+        flow: { router, mode: config.mode, prefillTimeoutMs: config.prefillTimeoutMs, leaseMs: config.leaseMs, maxMigrations: config.maxMigrations, log },
         metrics,
         requestTimeoutMs: config.requestTimeoutMs,
         bodyLimit: config.bodyLimit,
