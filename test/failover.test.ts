@@ -102,6 +102,24 @@ describe('failover', () => {
     await poolAtBaseline(c.prefill[0]!.ready.address);
   });
 
+  test('a decode worker that freezes mid-stream misses its keepalive pings; the other one continues', async () => {
+    cluster = await startCluster(tinyModel(SLOW_MODEL_SHAPE), 1, 2, { keepaliveMs: 1000 });
+    const c = cluster;
+    const undisturbed = await streamText(c, 1500);
+    let victim: Proc | undefined;
+    const disturbed = await streamText(c, 1500, async (n) => {
+      if (n !== 40 || victim) return;
+      const busy = await Promise.all(c.decode.map(async (p) => ((await health(p.ready.address)).inflight > 0 ? p : undefined)));
+      victim = busy.find((p) => p !== undefined)!;
+      victim.child.kill('SIGSTOP');
+    });
+    assert.equal(disturbed.text, undisturbed.text);
+    assert.equal(disturbed.proof.migrations[0]?.from, victim!.ready.workerId);
+    victim!.child.kill('SIGCONT');
+    // Woken, it finds its stream gone and frees what the request held.
+    await poolAtBaseline(victim!.ready.address);
+  });
+
   test('with no decode worker left to move to, the client gets a coded error instead', async () => {
     cluster = await startCluster(tinyModel(SLOW_MODEL_SHAPE), 1, 2, { maxMigrations: 0 });
     const c = cluster;

@@ -72,6 +72,8 @@ for (const role of ['prefill', 'decode'] as const) {
     .option('--lease-ms <ms>', 'free blocks not pulled within this')
     .option('--max-lease-ms <ms>', 'the longest lease granted, whatever a caller asks for')
     .option('--peer-idle-ms <ms>', 'drop a fabric peer unused this long (default 300000)')
+    .option('--max-streams <n>', 'decode streams at most; more get KVF_ERR_OVERLOADED (default 64)')
+    .option('--max-queue-ms <ms>', 'refuse a prompt that would wait longer than this for the engine at its measured rate (default 30000)')
     .option('--handle-key-file <file>', 'file holding the key that signs KV handles, the same on every worker (or KVF_HANDLE_KEY)')
     .option('--transfer-timeout-ms <ms>', 'fail a KV transfer after this')
     .option('--register <host:port>', 'register with this frontend registry')
@@ -96,6 +98,7 @@ commonOptions(program.command('frontend').description('run the OpenAI-compatible
   .option('--max-connections <n>', 'open HTTP connections at most')
   .option('--max-inflight <n>', 'requests in flight at most; more get 429 at once')
   .option('--max-migrations <n>', 'decode workers a request may move to when the one streaming it fails (default 2)')
+  .option('--keepalive-ms <ms>', 'a worker that leaves a ping of an open call unanswered this long is taken for dead (default 10000)')
   .action(async (opts: Record<string, unknown>) => {
     const { config, ...flags } = opts;
     const [{ runFrontend }, { frontendConfig }] = await Promise.all([import('../serve/processes.js'), import('../serve/config.js')]);

@@ -59,6 +59,10 @@ export interface WorkerConfig extends Common {
   maxLeaseMs: number;
   /** A fabric peer unused this long is dropped from the agent's table. */
   peerIdleMs: number;
+  /** Decode streams at most; more are refused with KVF_ERR_OVERLOADED. */
+  maxStreams: number;
+  /** A prompt that would wait longer than this for the engine (at its measured rate) is refused, when its caller set no earlier deadline. */
+  maxQueueMs: number;
   /** Signs and checks KV handles (KVF_HANDLE_KEY); workers only, the frontend never holds it. Or handleKeyFile. */
   handleKey?: string;
   handleKeyFile?: string;
@@ -91,6 +95,8 @@ export interface FrontendConfig extends Common {
   maxInflight: number;
   /** Decode workers a request may move to when the one streaming it fails (0: the client gets the error). */
   maxMigrations: number;
+  /** A worker that leaves a keepalive ping of an open call unanswered this long is taken for dead (frozen, or cut off). */
+  keepaliveMs: number;
 }
 
 const common = {
@@ -113,7 +119,7 @@ const hostPort = { type: 'string', pattern: '^[^\\s:]*(:\\d{1,5})$' } as const;
 const workerSchema: JSONSchemaType<WorkerConfig> = {
   type: 'object',
   additionalProperties: false,
-  required: ['model', 'role', 'id', 'listen', 'backend', 'blocks', 'tokensPerBlock', 'kvDtype', 'hugepages', 'leaseMs', 'maxLeaseMs', 'peerIdleMs', 'transferTimeoutMs', 'etcdPrefix', 'etcdTtl', 'tlsClientAuth'],
+  required: ['model', 'role', 'id', 'listen', 'backend', 'blocks', 'tokensPerBlock', 'kvDtype', 'hugepages', 'leaseMs', 'maxLeaseMs', 'peerIdleMs', 'maxStreams', 'maxQueueMs', 'transferTimeoutMs', 'etcdPrefix', 'etcdTtl', 'tlsClientAuth'],
   properties: {
     ...common,
     role: { type: 'string', enum: ['prefill', 'decode'] },
@@ -132,6 +138,8 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
     leaseMs: { type: 'integer', minimum: 1, maximum: MAX_LEASE_MS, default: 30_000 },
     maxLeaseMs: { type: 'integer', minimum: 1, maximum: MAX_LEASE_MS, default: 120_000 },
     peerIdleMs: { type: 'integer', minimum: 100, maximum: MAX_LEASE_MS, default: 300_000 },
+    maxStreams: { type: 'integer', minimum: 1, default: 64 },
+    maxQueueMs: { type: 'integer', minimum: 1, default: 30_000 },
     handleKey: { type: 'string', nullable: true },
     handleKeyFile: { type: 'string', minLength: 1, nullable: true },
     transferTimeoutMs: { type: 'integer', minimum: 1, default: 10_000 },
@@ -143,7 +151,7 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
 const frontendSchema: JSONSchemaType<FrontendConfig> = {
   type: 'object',
   additionalProperties: false,
-  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'bodyTimeoutMs', 'maxConnections', 'maxInflight', 'maxMigrations', 'etcdPrefix', 'tlsClientAuth'],
+  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'bodyTimeoutMs', 'maxConnections', 'maxInflight', 'maxMigrations', 'keepaliveMs', 'etcdPrefix', 'tlsClientAuth'],
   properties: {
     ...common,
     listen: { ...hostPort, default: '127.0.0.1:8000' },
@@ -160,6 +168,7 @@ const frontendSchema: JSONSchemaType<FrontendConfig> = {
     maxConnections: { type: 'integer', minimum: 1, default: 4096 },
     maxInflight: { type: 'integer', minimum: 1, default: 32 },
     maxMigrations: { type: 'integer', minimum: 0, default: 2 },
+    keepaliveMs: { type: 'integer', minimum: 100, default: 10_000 },
   },
 };
 

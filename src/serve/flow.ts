@@ -139,15 +139,21 @@ class RequestFlow {
     }
   }
 
-  /** Prefill on a prefill worker (another replica once if the first fails); on failure, records why local prefill follows. */
+  /**
+   * Prefill on a prefill worker, on another replica once if the first fails or is overloaded; when that fails
+   * too, records why local prefill follows. Overloaded everywhere: KVF_ERR_OVERLOADED for the client, since
+   * prefilling on the decode worker would only move the overload there.
+   */
   async #runPrefill(): Promise<void> {
     const { ctx, req } = this;
     let failed: string | undefined;
+    let overloaded: KvfError | undefined;
     for (let attempt = 0; attempt < 2; attempt++) {
       let entry: WorkerEntry;
       try {
         entry = ctx.router.pick('prefill', failed);
       } catch (err) {
+        if (overloaded) throw overloaded;
         this.#fallbackReason ||= (err as Error).message;
         return;
       }
@@ -165,9 +171,14 @@ class RequestFlow {
         const e = fromServiceError(err, `prefill worker ${entry.status?.workerId ?? entry.address}`);
         const workerFault = WORKER_FAULTS.has(e.code);
         if (workerFault || e.code === 'KVF_ERR_TIMEOUT') ctx.router.markFailed(entry, e.message);
-        this.#fallbackReason = e.message;
-        ctx.log.warn({ requestId: req.requestId, err: e.message, retry: workerFault && attempt === 0 }, 'prefill failed');
-        if (!workerFault) return;
+        ctx.log.warn({ requestId: req.requestId, err: e.message, retry: (workerFault || e.code === 'KVF_ERR_OVERLOADED') && attempt === 0 }, 'prefill failed');
+        if (e.code === 'KVF_ERR_OVERLOADED') {
+          if (attempt > 0) throw e;
+          overloaded = e;
+        } else {
+          this.#fallbackReason = e.message;
+          if (!workerFault) return;
+        }
         failed = entry.address;
       } finally {
         entry.active--;

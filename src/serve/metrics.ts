@@ -3,6 +3,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 import type { Router } from './router.js';
+import type { WorkerStatus } from './rpc.js';
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -33,7 +34,7 @@ export class ServeMetrics {
 
   constructor(router: Router) {
     collectDefaultMetrics({ register: this.registry, prefix: 'kvfabric_frontend_' });
-    const poolGauge = (name: string, help: string, pick: (s: { totalBlocks: number; freeBlocks: number }) => number) =>
+    const poolGauge = (name: string, help: string, pick: (s: WorkerStatus) => number) =>
       new Gauge({
         name,
         help,
@@ -46,6 +47,9 @@ export class ServeMetrics {
       });
     poolGauge('kvfabric_kv_blocks_used', 'KV blocks in use per worker (last health check)', (s) => s.totalBlocks - s.freeBlocks);
     poolGauge('kvfabric_kv_blocks_total', 'KV blocks in each worker pool', (s) => s.totalBlocks);
+    poolGauge('kvfabric_worker_queued_prompt_tokens', 'Prompt tokens admitted and not yet prefilled per worker (last health check)', (s) => s.queuedTokens);
+    poolGauge('kvfabric_worker_decode_streams', 'Decode streams running per worker (last health check)', (s) => s.streams);
+    poolGauge('kvfabric_worker_prefill_tokens_per_second', 'Measured prefill rate per worker, which its admission sizes the queue by', (s) => s.prefillTokensPerS);
     new Gauge({
       name: 'kvfabric_workers_healthy',
       help: 'Healthy workers per role',

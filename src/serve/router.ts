@@ -26,6 +26,8 @@ export interface WorkerEntry {
 
 export interface RouterOptions {
   healthIntervalMs: number;
+  /** Keepalive of the calls to workers (see workerClient). */
+  keepaliveMs: number;
   /** Credentials of every call to the workers. */
   auth: ClusterAuth;
   log: Logger;
@@ -63,7 +65,7 @@ export class Router {
     let entry = this.#entries.get(address);
     if (!entry || entry.role !== role) {
       entry?.client.close();
-      entry = { address, role, source, client: workerClient(address, this.#options.auth), healthy: false, status: undefined, active: 0, lastError: undefined, expiresAt: undefined };
+      entry = { address, role, source, client: workerClient(address, this.#options.auth, this.#options.keepaliveMs), healthy: false, status: undefined, active: 0, lastError: undefined, expiresAt: undefined };
       this.#entries.set(address, entry);
       this.#options.log.info({ address, role, source }, 'worker added');
       void this.#check(entry);

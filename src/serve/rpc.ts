@@ -129,6 +129,10 @@ export interface WorkerStatus {
   heldRequests: number;
   /** Fabric peers loaded now (dropped after --peer-idle-ms unused). */
   peers: number;
+  /** Admission (src/serve/work-queue.ts): prompt tokens queued, decode streams, measured prefill rate. */
+  queuedTokens: number;
+  streams: number;
+  prefillTokensPerS: number;
   ttlMs: number;
 }
 
@@ -147,9 +151,14 @@ export interface RegistryClient extends grpc.Client {
   deregister: Unary<{ workerId: string }, { ok: boolean }>;
 }
 
-/** A Worker client whose every call carries the cluster token's proof (and runs over TLS when configured). */
-export function workerClient(address: string, auth: ClusterAuth): WorkerClient {
+/**
+ * A Worker client whose every call carries the cluster token's proof (and runs over TLS when configured).
+ * `keepaliveMs`: while calls are open, ping the worker this often and fail them (UNAVAILABLE) when a ping goes
+ * unanswered as long: a frozen worker or a cut link then ends a stream, instead of the request timeout.
+ */
+export function workerClient(address: string, auth: ClusterAuth, keepaliveMs?: number): WorkerClient {
   const { credentials, options } = auth.clientOptions();
+  if (keepaliveMs) Object.assign(options, { 'grpc.keepalive_time_ms': keepaliveMs, 'grpc.keepalive_timeout_ms': keepaliveMs });
   return new pkg.Worker!(address, credentials, options) as unknown as WorkerClient;
 }
 

@@ -22,6 +22,7 @@ import { blockRuns, blocksFor, kvBytesFor, planKvCopy, rangesInRuns, sameGeometr
 import { toServiceError } from './grpc-errors.js';
 import { ClusterAuth, guardService, secretFrom } from './security/auth.js';
 import { PeerCache } from './peer-cache.js';
+import { WorkQueue } from './work-queue.js';
 import { HandOffGate, type HandOff } from './security/hand-off.js';
 import { HandleSigner, type HandleAccess } from './security/handles.js';
 import {
@@ -68,6 +69,7 @@ export class Worker {
   readonly #signer: HandleSigner;
   readonly #handOffs: HandOffGate;
   readonly #peers: PeerCache;
+  readonly #work: WorkQueue;
   // This agent's own blob, sent with every KV handle: its regions never change after start, so encode it once.
   readonly #metadata: Buffer;
   #inflight = 0;
@@ -89,6 +91,7 @@ export class Worker {
       quarantineMs: QUARANTINE_MS,
     });
     this.#peers = new PeerCache(agent, config.peerIdleMs);
+    this.#work = new WorkQueue({ maxStreams: config.maxStreams, maxQueueMs: config.maxQueueMs });
     this.#handOffs = new HandOffGate(signer, { workerId: config.id, agentName: agent.name }, this.#leases);
     this.#metadata = agent.getLocalMetadata();
     agent.on('notification', (n) => this.#onNotification(n.from, n.data));
@@ -156,6 +159,9 @@ export class Worker {
       inflight: this.#inflight,
       heldRequests: this.#leases.size,
       peers: this.#peers.size,
+      queuedTokens: this.#work.queuedTokens,
+      streams: this.#work.streams,
+      prefillTokensPerS: this.#work.prefillTokensPerSecond,
       ttlMs: 0,
     };
   }
@@ -223,10 +229,13 @@ export class Worker {
     // A push target is checked before any work: only a handle its decode worker issued for this request.
     const pushTo = req.pushTo ? this.#signer.verify(req.pushTo, { access: 'write', requestId: req.requestId }) : null;
     const sampler = new Sampler(samplingOptions(req.sampling));
-    const blocks = this.#engine.allocateBlocks(blocksFor(this.layout, req.tokens.length));
+    const done = this.#work.admitPrefill(req.tokens.length, deadlineOf(call));
+    let blocks: number[] = [];
     let held = false;
     try {
+      blocks = this.#engine.allocateBlocks(blocksFor(this.layout, req.tokens.length));
       const logits = await this.#engine.prefill(req.tokens, blocks, 0, whileCalled(call));
+      done(true);
       const firstToken = sampler.sample(logits);
       const base = { firstToken, samplerState: sampler.state, workerId: this.id, kv: null, push: null };
       const sign = (res: Omit<PrefillResponse, 'mac' | 'prefillMs'>): PrefillResponse =>
@@ -237,6 +246,7 @@ export class Worker {
       held = true;
       return sign({ ...base, kv });
     } finally {
+      done(false);
       if (!held) this.#free(blocks);
     }
   }
@@ -300,6 +310,7 @@ export class Worker {
     }
     if (resumed > 0 && (req.prefill || req.reserved)) throw new KvfError('KVF_ERR_BAD_REQUEST', 'a resumed Decode carries no prefill result or reservation: this worker rebuilds the K/V itself');
     const handOff = this.#handOffs.check(req);
+    const streamEnded = this.#work.admitStream();
     let blocks = req.reserved ? this.#leases.take(req.requestId) : undefined;
     // The sequence so far and the next position; the rest grows with generation (#growFor), so a request that
     // may generate up to the context does not hold the whole context's blocks from its start.
@@ -333,6 +344,7 @@ export class Worker {
       }
       if (!call.cancelled) call.write({ event: 'done', done: { finishReason, completionTokens: count } });
     } finally {
+      streamEnded();
       this.#free(blocks);
     }
   }
@@ -359,14 +371,20 @@ export class Worker {
     if (transfer) return { token: req.prefill!.firstToken, sampler: new Sampler({ ...samplingOptions(req.sampling), state: req.prefill!.samplerState }), transfer, fallbackReason };
     const resumed = req.generated;
     const sampler = new Sampler({ ...samplingOptions(req.sampling), ...(resumed.length > 0 ? { state: req.samplerState } : {}) });
-    let logits = await this.#engine.prefill(req.prompt, blocks, 0, live);
-    for (let i = 0; i < resumed.length; i++) {
-      const pos = req.prompt.length + i;
-      if (pos + 1 >= this.#engine.model.contextLength) return { token: -1, sampler, transfer, fallbackReason };
-      this.#growFor(blocks, pos);
-      logits = await this.#engine.decode(resumed[i]!, blocks, pos, live);
+    const done = this.#work.admitPrefill(req.prompt.length, Infinity);
+    try {
+      let logits = await this.#engine.prefill(req.prompt, blocks, 0, live);
+      done(true);
+      for (let i = 0; i < resumed.length; i++) {
+        const pos = req.prompt.length + i;
+        if (pos + 1 >= this.#engine.model.contextLength) return { token: -1, sampler, transfer, fallbackReason };
+        this.#growFor(blocks, pos);
+        logits = await this.#engine.decode(resumed[i]!, blocks, pos, live);
+      }
+      return { token: sampler.sample(logits), sampler, transfer, fallbackReason };
+    } finally {
+      done(false);
     }
-    return { token: sampler.sample(logits), sampler, transfer, fallbackReason };
   }
 
   /** Pull mode: RDMA READ of the prompt's K/V from the prefill worker's blocks into ours; the notification tells it to free them. */
@@ -482,6 +500,12 @@ function whileCalled(call: { cancelled: boolean; once(event: 'cancelled', listen
   if (call.cancelled) ac.abort();
   else call.once('cancelled', () => ac.abort());
   return ac.signal;
+}
+
+/** A call's deadline in ms since the epoch (Infinity when the caller set none). */
+function deadlineOf(call: { getDeadline(): grpc.Deadline }): number {
+  const d = call.getDeadline();
+  return d instanceof Date ? d.getTime() : d;
 }
 
 function samplingOptions(s: Sampling | null): SamplingOptions {

@@ -136,6 +136,9 @@ export function buildApp(options: AppOptions): FastifyInstance {
       total_blocks: w.status?.totalBlocks ?? null,
       free_blocks: w.status?.freeBlocks ?? null,
       inflight: w.status?.inflight ?? null,
+      queued_tokens: w.status?.queuedTokens ?? null,
+      streams: w.status?.streams ?? null,
+      prefill_tokens_per_s: w.status ? Math.round(w.status.prefillTokensPerS) : null,
       last_error: w.lastError === undefined ? null : w.lastError.replaceAll(w.address, '<worker>'),
     }));
     const ready = workers.some((w) => w.role === 'decode' && w.healthy);

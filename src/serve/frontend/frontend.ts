@@ -40,7 +40,7 @@ export class Frontend {
     const modelName = config.modelName ?? basename(config.model).replace(/\.gguf$/i, '');
 
     const auth = ClusterAuth.fromConfig(config);
-    const router = new Router({ healthIntervalMs: config.healthIntervalMs, auth, log });
+    const router = new Router({ healthIntervalMs: config.healthIntervalMs, keepaliveMs: config.keepaliveMs, auth, log });
     for (const address of config.prefill) router.upsert(address, 'prefill', 'static');
     for (const address of config.decode) router.upsert(address, 'decode', 'static');
     const closers: (() => Promise<void>)[] = [];

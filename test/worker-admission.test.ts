@@ -1,0 +1,108 @@
+// Workers' own admission (src/serve/work-queue.ts), with real processes and a model slow enough to queue behind:
+// a prompt that cannot be prefilled before its deadline at the worker's measured rate is refused at once, and a
+// decode worker takes at most --max-streams streams; the client gets 429 with Retry-After while the admitted
+// requests complete, and /health and /metrics show the queues.
+import assert from 'node:assert/strict';
+import { afterEach, describe, test } from 'node:test';
+
+import { ReferenceEngine } from '../src/engine/engine.js';
+import { Tokenizer } from '../src/engine/tokenizer.js';
+import { SLOW_MODEL_SHAPE, health, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
+
+const model = tinyModel(SLOW_MODEL_SHAPE);
+// About 1,400 tokens of the tiny model's vocabulary: on the order of a second of prefill.
+const LONG_PROMPT = 'the quick brown fox jumps over the lazy dog; '.repeat(45);
+
+interface Body {
+  choices?: { text: string }[];
+  error?: { code: string; message: string };
+}
+
+async function complete(stack: Stack, prompt: string, maxTokens: number): Promise<{ status: number; retryAfter: string | null; body: Body }> {
+  const res = await fetch(`${stack.url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: stack.modelName, prompt, max_tokens: maxTokens, temperature: 0 }),
+  });
+  return { status: res.status, retryAfter: res.headers.get('retry-after'), body: (await res.json()) as Body };
+}
+
+/** How long this machine's engine takes to prefill `prompt`, as a worker would (one thread). */
+async function prefillMs(prompt: string): Promise<number> {
+  const tokens = (await Tokenizer.fromFile(model)).encode(prompt);
+  const tokensPerBlock = 16;
+  const blocks = Math.ceil(tokens.length / tokensPerBlock);
+  const engine = new ReferenceEngine({ modelPath: model, pool: new Uint8Array(ReferenceEngine.blockBytes(model, { tokensPerBlock }) * blocks), tokensPerBlock, threads: 1 });
+  try {
+    const table = engine.allocateBlocks(blocks);
+    await engine.prefill(tokens, table, 0); // warm
+    const t0 = performance.now();
+    await engine.prefill(tokens, table, 0);
+    return performance.now() - t0;
+  } finally {
+    await engine.close();
+  }
+}
+
+describe('worker admission', () => {
+  let stack: Stack | undefined;
+  afterEach(async () => {
+    await stack?.close();
+    stack = undefined;
+  });
+
+  test('a prompt that would miss its prefill deadline behind the queue is refused at once: 429, the admitted ones complete', async () => {
+    // The deadline is 2.5 prompts' time on this machine, so whatever its speed, the third of five concurrent
+    // prompts and those after it cannot make it.
+    const onePromptMs = await prefillMs(LONG_PROMPT);
+    stack = await startStack(model, 'tcp', { prefillTimeoutMs: Math.round(2.5 * onePromptMs) }, { extra: ['--blocks', '600'] });
+    // The first prefill measures the worker's rate.
+    assert.equal((await complete(stack, LONG_PROMPT, 1)).status, 200);
+    const rate = (await health(stack.prefill.ready.address)).prefillTokensPerS;
+    assert.ok(rate > 0, 'the prefill rate is measured');
+
+    const settled: string[] = [];
+    const results = await Promise.all(
+      [0, 1, 2, 3, 4].map(async (i) => {
+        const r = await complete(stack!, `${i} ${LONG_PROMPT}`, 1);
+        settled.push(r.status === 200 ? 'done' : 'refused');
+        return r;
+      }),
+    );
+    const refused = results.filter((r) => r.status === 429);
+    assert.ok(results.some((r) => r.status === 200), JSON.stringify(results.map((r) => r.body.error ?? r.status)));
+    assert.ok(refused.length >= 1, 'at least one prompt could not make its deadline behind the others');
+    for (const r of refused) {
+      assert.equal(r.body.error?.code, 'KVF_ERR_OVERLOADED');
+      assert.match(r.body.error!.message, /prompt tokens are queued ahead/);
+      assert.equal(r.retryAfter, '1');
+    }
+    // Refused before the admitted prompt was done, not after waiting for it.
+    assert.equal(settled[0], 'refused');
+    assert.ok(results.every((r) => r.status === 200 || r.status === 429), 'no other failure');
+    await poolAtBaseline(stack.prefill.ready.address);
+    assert.equal((await health(stack.prefill.ready.address)).queuedTokens, 0);
+  });
+
+  test('a decode worker beyond --max-streams refuses the next stream: 429 while the running one completes; /health shows it', async () => {
+    stack = await startStack(model, 'tcp', {}, { extra: ['--blocks', '160', '--max-streams', '1'] });
+    const long = complete(stack, 'the quick brown fox', 1500);
+    await waitFor(async () => (await health(stack!.decode.ready.address)).streams === 1, 'the stream running');
+    await waitFor(async () => {
+      const h = (await (await fetch(`${stack!.url}/health`)).json()) as { workers: { role: string; streams: number | null }[] };
+      return h.workers.find((w) => w.role === 'decode')?.streams === 1;
+    }, '/health reporting the stream');
+    const second = await complete(stack, 'the lazy dog', 8);
+    assert.equal(second.status, 429);
+    assert.equal(second.body.error?.code, 'KVF_ERR_OVERLOADED');
+    assert.match(second.body.error!.message, /--max-streams/);
+    assert.equal(second.retryAfter, '1');
+    const first = await long;
+    assert.equal(first.status, 200);
+    const metrics = await (await fetch(`${stack.url}/metrics`)).text();
+    assert.match(metrics, /^kvfabric_worker_decode_streams\{worker="decode-tcp",role="decode"\} \d+$/m);
+    assert.match(metrics, /^kvfabric_worker_queued_prompt_tokens\{worker="prefill-tcp",role="prefill"\} \d+$/m);
+    await poolAtBaseline(stack.decode.ready.address);
+    await poolAtBaseline(stack.prefill.ready.address);
+  });
+});
