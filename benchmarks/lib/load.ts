@@ -2,7 +2,7 @@
 // server that adds the `kvfabric` report), timed per request (time to first token, inter-token latency), and
 // a closed loop of N concurrent clients over a fixed number of requests.
 
-const QUESTIONS = [
+export const QUESTIONS = [
   'What is the capital of France?',
   'Describe the color of the sky on a clear day.',
   'Name three fruits that are red.',
