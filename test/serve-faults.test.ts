@@ -5,12 +5,13 @@
 // reaches the client as its status at once). SIGSTOP holds a worker inside a
 // request deterministically; SIGKILL then kills it there.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, test } from 'node:test';
 
 import OpenAI from 'openai';
 
 import type { KvProof } from '../src/serve/flow.js';
-import { AUTH, SMOLLM2, SMOLLM2_SKIP, health, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
+import { AUTH, SLOW_MODEL_SHAPE, SMOLLM2, SMOLLM2_SKIP, health, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
 
 const model = tinyModel();
 const PROMPT = 'the quick brown fox jumps over the lazy dog near the old stone bridge';
@@ -28,6 +29,13 @@ function post(stack: Stack, body: object, signal?: AbortSignal): Promise<Respons
     body: JSON.stringify({ model: stack.modelName, prompt: PROMPT, temperature: 0, ...body }),
     ...(signal ? { signal } : {}),
   });
+}
+
+/** CPU time a process has used (user + system), from /proc. */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command; clock ticks are 100 per second on Linux.
+  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 /** Resolves once `n` requests are in flight at the frontend (so a frozen worker is holding them). */
@@ -207,6 +215,26 @@ describe('faults', () => {
     // Before, the prefill worker ran the whole prompt to the end, for nobody, beside the decode worker's copy.
     await waitFor(() => stack.prefill.logs.some((l) => /forward pass cancelled at layer/.test(l)), 'the prefill pass cancelled');
     await poolAtBaseline(stack.prefill.ready.address);
+  });
+
+  test("a request whose client goes away stops its forward passes: the workers' CPU is idle within a second", async () => {
+    stack = await startStack(tinyModel(SLOW_MODEL_SHAPE), 'tcp', {}, { extra: ['--blocks', '160'] });
+    const s = stack;
+    // A prompt of about 1,800 tokens (seconds of prefill), then a long generation.
+    for (const [worker, body] of [[s.prefill, { prompt: 'the quick brown fox jumps over the lazy dog; '.repeat(60), max_tokens: 1 }], [s.decode, { max_tokens: 1500, stream: true }]] as const) {
+      const abort = new AbortController();
+      const idle = cpuSeconds(worker.ready.pid);
+      const pending = post(s, body, abort.signal).then((r) => r.body?.getReader().read());
+      await waitFor(() => cpuSeconds(worker.ready.pid) > idle + 0.3, `the ${worker.ready.role} worker computing`);
+      abort.abort();
+      await pending.catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 1000));
+      const from = cpuSeconds(worker.ready.pid);
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.ok(cpuSeconds(worker.ready.pid) - from < 0.25, `${worker.ready.role} worker still computing a second after its request went away`);
+    }
+    await poolAtBaseline(s.prefill.ready.address);
+    await poolAtBaseline(s.decode.ready.address);
   });
 
   test('fabric peers unused for --peer-idle-ms are dropped from the agent; the next request loads its peer again', async () => {
