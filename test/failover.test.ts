@@ -46,9 +46,14 @@ async function startCluster(model: string, prefills: number, decodes: number, fr
   return { prefill, decode, frontend, client, modelName: model.split('/').pop()!.replace(/\.gguf$/, '') };
 }
 
-/** Streams a greedy completion; `onChunk` sees the number of chunks so far. Returns the text and the last chunk's proof. */
-async function streamText(c: Cluster, maxTokens: number, onChunk: (n: number) => void | Promise<void> = () => {}): Promise<{ text: string; proof: KvProof; finish: string | null }> {
-  const stream = await c.client.completions.create({ model: c.modelName, prompt: PROMPT, max_tokens: maxTokens, temperature: 0, stream: true });
+/** Streams a completion (greedy unless `sampling` says otherwise); `onChunk` sees the number of chunks so far. Returns the text and the last chunk's proof. */
+async function streamText(
+  c: Cluster,
+  maxTokens: number,
+  onChunk: (n: number) => void | Promise<void> = () => {},
+  sampling: { temperature: number; seed?: number } = { temperature: 0 },
+): Promise<{ text: string; proof: KvProof; finish: string | null }> {
+  const stream = await c.client.completions.create({ model: c.modelName, prompt: PROMPT, max_tokens: maxTokens, stream: true, ...sampling });
   let text = '';
   let proof: KvProof | undefined;
   let finish: string | null = null;
@@ -102,17 +107,24 @@ describe('failover', () => {
     await poolAtBaseline(c.prefill[0]!.ready.address);
   });
 
-  test('a decode worker that freezes mid-stream misses its keepalive pings; the other one continues', async () => {
+  test('a decode worker that freezes mid-stream misses its keepalive pings; the other one continues a seeded sampled stream identically', async () => {
     cluster = await startCluster(tinyModel(SLOW_MODEL_SHAPE), 1, 2, { keepaliveMs: 1000 });
     const c = cluster;
-    const undisturbed = await streamText(c, 1500);
+    // Sampled, not greedy: the sampler's state travels with the request, so the seeded sequence goes on unchanged.
+    const sampling = { temperature: 0.9, seed: 42 };
+    const undisturbed = await streamText(c, 1500, undefined, sampling);
     let victim: Proc | undefined;
-    const disturbed = await streamText(c, 1500, async (n) => {
-      if (n !== 40 || victim) return;
-      const busy = await Promise.all(c.decode.map(async (p) => ((await health(p.ready.address)).inflight > 0 ? p : undefined)));
-      victim = busy.find((p) => p !== undefined)!;
-      victim.child.kill('SIGSTOP');
-    });
+    const disturbed = await streamText(
+      c,
+      1500,
+      async (n) => {
+        if (n !== 40 || victim) return;
+        const busy = await Promise.all(c.decode.map(async (p) => ((await health(p.ready.address)).inflight > 0 ? p : undefined)));
+        victim = busy.find((p) => p !== undefined)!;
+        victim.child.kill('SIGSTOP');
+      },
+      sampling,
+    );
     assert.equal(disturbed.text, undisturbed.text);
     assert.equal(disturbed.proof.migrations[0]?.from, victim!.ready.workerId);
     victim!.child.kill('SIGCONT');
