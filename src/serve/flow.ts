@@ -221,6 +221,8 @@ class RequestFlow {
       }
     } catch (err) {
       if (req.signal.aborted) throw abortError(req.signal);
+      // The call's own failure says something about the worker; anything else (the client's side) does not.
+      if (typeof (err as Partial<grpc.ServiceError>).code !== 'number') throw err;
       throw fromServiceError(err, `decode worker ${decode.status?.workerId ?? decode.address}`);
     } finally {
       req.signal.removeEventListener('abort', cancel);
