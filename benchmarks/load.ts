@@ -63,7 +63,7 @@ const prefill = await startWorker('prefill', { model, provider: values.provider!
 const decode = await startWorker('decode', { model, provider: values.provider!, id: 'decode-0', extra });
 const frontend = await startCli(['frontend', '--model', model, '--listen', '127.0.0.1:0', '--prefill', prefill.ready.address, '--decode', decode.ready.address, '--max-inflight', String(concurrency), '--health-interval-ms', '500']);
 const procs = [frontend, prefill, decode];
-let failed = false;
+let failed: boolean;
 try {
   const target = { url: frontend.ready.address, modelName, maxTokens };
   for (let i = 0; i < 3; i++) await attempt(target, i); // warm-up

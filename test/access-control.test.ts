@@ -8,7 +8,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { decodeMetadata, encodeMetadata, type RegionDescription } from '../src/index.js';
+import { decodeMetadata, encodeMetadata } from '../src/index.js';
+import type { RegionDescription } from '../src/fabric/metadata.js';
 import { PeerProcess, closePeers, spawnOwnerAndReaders, zeroHash, type TransferSpec } from './helpers/peers.js';
 
 const KiB = 1024;

@@ -22,6 +22,7 @@ import { ROOT } from './helpers/serve.js';
 const K8S = join(ROOT, 'kubernetes');
 
 // YAML documents are untyped trees; the schemas above are what types them.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Obj = Record<string, any>;
 interface Doc {
   file: string;

@@ -205,16 +205,16 @@ describe('faults', () => {
   });
 
   test('SmolLM2: a prefill past its deadline stops at the next layer on the prefill worker while decode prefills locally', { skip: SMOLLM2_SKIP }, async () => {
-    stack = await startStack(SMOLLM2, 'tcp', { prefillTimeoutMs: 300 }, { extra: ['--blocks', '128', '--threads', '1'], env: { KVF_LOG_LEVEL: 'debug' } });
-    const res = await fetch(`${stack.url}/v1/completions`, {
+    const s = (stack = await startStack(SMOLLM2, 'tcp', { prefillTimeoutMs: 300 }, { extra: ['--blocks', '128', '--threads', '1'], env: { KVF_LOG_LEVEL: 'debug' } }));
+    const res = await fetch(`${s.url}/v1/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: stack.modelName, prompt: 'word '.repeat(1500), max_tokens: 1, temperature: 0 }),
+      body: JSON.stringify({ model: s.modelName, prompt: 'word '.repeat(1500), max_tokens: 1, temperature: 0 }),
     });
     assert.equal(((await res.json()) as Completion).kvfabric.mode, 'fallback');
     // Before, the prefill worker ran the whole prompt to the end, for nobody, beside the decode worker's copy.
-    await waitFor(() => stack.prefill.logs.some((l) => /forward pass cancelled at layer/.test(l)), 'the prefill pass cancelled');
-    await poolAtBaseline(stack.prefill.ready.address);
+    await waitFor(() => s.prefill.logs.some((l) => /forward pass cancelled at layer/.test(l)), 'the prefill pass cancelled');
+    await poolAtBaseline(s.prefill.ready.address);
   });
 
   test("a request whose client goes away stops its forward passes: the workers' CPU is idle within a second", async () => {
@@ -238,16 +238,16 @@ describe('faults', () => {
   });
 
   test('fabric peers unused for --peer-idle-ms are dropped from the agent; the next request loads its peer again', async () => {
-    stack = await startStack(model, 'tcp', {}, { extra: ['--peer-idle-ms', '1000'] });
+    const s = (stack = await startStack(model, 'tcp', {}, { extra: ['--peer-idle-ms', '1000'] }));
     const pulled = async () => {
-      const res = await post(stack, { max_tokens: 2 });
+      const res = await post(s, { max_tokens: 2 });
       assert.equal(((await res.json()) as Completion).kvfabric.op, 'READ');
     };
     await pulled();
-    assert.equal((await health(stack.decode.ready.address)).peers, 1);
-    await waitFor(async () => (await health(stack.decode.ready.address)).peers === 0, 'the idle peer dropped');
+    assert.equal((await health(s.decode.ready.address)).peers, 1);
+    await waitFor(async () => (await health(s.decode.ready.address)).peers === 0, 'the idle peer dropped');
     await pulled();
-    assert.equal((await health(stack.decode.ready.address)).peers, 1);
+    assert.equal((await health(s.decode.ready.address)).peers, 1);
   });
 
   test('a decode worker that stops answering: the request fails at its timeout, nothing leaks after', async () => {

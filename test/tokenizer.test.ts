@@ -407,7 +407,7 @@ describe('tokenizer', () => {
       const t0 = performance.now();
       const ids = real.encode(text);
       const ms = performance.now() - t0;
-      assert.equal(real.decode(ids), text.replace(/[\u001d]/g, ''));
+      assert.equal(real.decode(ids), text.replaceAll('\u001d', ''));
       assert.ok(ms < 2000, `${ms} ms`);
     });
   });

@@ -43,6 +43,7 @@ export async function loadChartWriter(file: string): Promise<ChartWriter> {
     throw new Error(
       `bench: --chart needs the optional dependencies ${names.join(', ')} (${(err as Error).message.split('\n')[0]}); ` +
         `install them with: npm install ${names.join(' ')}`,
+      { cause: err },
     );
   }
   return async (result) => {

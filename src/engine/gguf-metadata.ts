@@ -370,7 +370,7 @@ export function parseGgufMetadata(bytes: Uint8Array, source = 'GGUF buffer'): Gg
   try {
     return parse(bytes, bytes.length, source);
   } catch (err) {
-    if (err instanceof NeedMore) throw new Error('unreachable: NeedMore on a complete buffer');
+    if (err instanceof NeedMore) throw new Error('unreachable: NeedMore on a complete buffer', { cause: err });
     throw err;
   }
 }
