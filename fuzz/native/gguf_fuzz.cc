@@ -1,5 +1,5 @@
-// libFuzzer target: the C++ GGUF reader and model loader (native/engine/gguf.cc, model.cc), which the engine
-// runs on a model file before any weight is used. Any input must end in a parsed model or a kvf::Error with
+// libFuzzer target: the C++ GGUF reader and model loader (native/engine/gguf.cc, model.cc) and the KV layout
+// derived from it (session.cc KvLayoutFor), which the engine runs on a model file before any weight is used. Any input must end in a parsed model or a kvf::Error with
 // KVF_ERR_BAD_MODEL / KVF_ERR_UNSUPPORTED_TENSOR_TYPE; a crash, sanitizer report, other exception, hang or
 // allocation past libFuzzer's malloc limit is a finding.
 #include <cstdint>
@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
+#include "engine/session.h"
 
 namespace {
 
@@ -38,7 +39,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     volatile unsigned sink = Touch(*file);
     (void)sink;
     auto model = kvf::engine::Model::FromGguf(std::move(file));
-    (void)model;
+    // What NativeEngine.blockBytes() and a worker's KV pool derive from the model's hyperparameters.
+    (void)kvf::engine::KvLayoutFor(*model, 16, kvf::engine::KvDtype::F16).block_bytes();
   } catch (const kvf::Error& e) {
     if (e.code() != "KVF_ERR_BAD_MODEL" && e.code() != "KVF_ERR_UNSUPPORTED_TENSOR_TYPE") {
       std::fprintf(stderr, "unexpected error code %s: %s\n", e.code().c_str(), e.what());

@@ -59,7 +59,8 @@ export function relaxVersions(path) {
 }
 
 function loads(fuzzDir, preload) {
-  const env = { ...process.env };
+  // LD_BIND_NOW: resolve every symbol at load; lazily bound ones would only fail once the fuzzer calls them.
+  const env = { ...process.env, LD_BIND_NOW: '1' };
   if (preload) env.LD_PRELOAD = preload;
   const r = spawnSync(process.execPath, ['-e', "require('@jazzer.js/fuzzer')"], { cwd: fuzzDir, env, encoding: 'utf8' });
   return { ok: r.status === 0, stderr: r.stderr };
