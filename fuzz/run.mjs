@@ -87,6 +87,9 @@ function fuzzOnce(cmd, args, env) {
   });
 }
 
+// The targets run under tsx, which does not type-check: check them (and the replay test) first.
+run(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(FUZZ, 'tsconfig.json')]);
+
 const seconds = Math.round(minutes * 60);
 const results = [];
 let preload;

@@ -38,7 +38,7 @@ function makeApp(): FastifyInstance {
     contextLength: meta.getInt('llama.context_length'),
     tokenizer: Tokenizer.fromGguf(meta),
     template: ChatTemplate.fromGguf(meta),
-    flow: { router, mode: 'disaggregated', prefillTimeoutMs: 1000, leaseMs: 1000, log },
+    flow: { router, mode: 'pull', prefillTimeoutMs: 1000, leaseMs: 1000, log },
     metrics: new ServeMetrics(router),
     requestTimeoutMs: 1000,
     bodyLimit: 1 << 20,
