@@ -62,8 +62,8 @@ describe('fuzz corpus replay', () => {
 
   // The notification decoder has no way in from JS but the fabric; its corpus runs through the libFuzzer
   // binary when `npm run fuzz` has built it (it needs clang).
-  const notificationFuzzer = join(FUZZ, 'build', 'notification_fuzz');
-  test('notification-native: the libFuzzer binary replays its corpus', { skip: existsSync(notificationFuzzer) ? false : 'fuzz/build/notification_fuzz not built (npm run fuzz builds it)' }, () => {
+  const notificationFuzzer = join(FUZZ, 'build', 'notification-native');
+  test('notification-native: the libFuzzer binary replays its corpus', { skip: existsSync(notificationFuzzer) ? false : 'fuzz/build/notification-native not built (npm run fuzz builds it)' }, () => {
     const r = spawnSync(notificationFuzzer, inputs('notification-native'), { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr.slice(-4000));
   });

@@ -1,7 +1,7 @@
 // libFuzzer target: the C++ GGUF reader and model loader (native/engine/gguf.cc, model.cc) and the KV layout
-// derived from it (session.cc KvLayoutFor), which the engine runs on a model file before any weight is used. Any input must end in a parsed model or a kvf::Error with
-// KVF_ERR_BAD_MODEL / KVF_ERR_UNSUPPORTED_TENSOR_TYPE; a crash, sanitizer report, other exception, hang or
-// allocation past libFuzzer's malloc limit is a finding.
+// derived from it (session.cc KvLayoutFor), which the engine runs on a model file before any weight is used.
+// Any input must end in a parsed model or a kvf::Error with KVF_ERR_BAD_MODEL / KVF_ERR_UNSUPPORTED_TENSOR_TYPE;
+// a crash, sanitizer report, other exception, hang or allocation past libFuzzer's malloc limit is a finding.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
