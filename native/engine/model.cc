@@ -90,10 +90,11 @@ std::unique_ptr<Model> Model::FromGguf(std::unique_ptr<GgufFile> file) {
   m->token_embd_ = &Tensor(f, "token_embd.weight", E, V);
   m->output_ = f.FindTensor("output.weight") ? &Tensor(f, "output.weight", E, V) : m->token_embd_;
   m->output_norm_ = Vector(f, "output_norm.weight", E);
-  m->layers_.resize(static_cast<size_t>(hp.n_layer));
+  // Layers are added as their tensors are found, not sized by block_count up front: a file claiming 2^31 layers
+  // made resize() ask for tens of GB, and the std::bad_alloc ended the process (the fuzzer's find).
   for (int l = 0; l < hp.n_layer; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
-    LlamaLayer& L = m->layers_[static_cast<size_t>(l)];
+    LlamaLayer& L = m->layers_.emplace_back();
     L.attn_norm = Vector(f, p + "attn_norm.weight", E);
     L.wq = &Tensor(f, p + "attn_q.weight", E, Q);
     L.wk = &Tensor(f, p + "attn_k.weight", E, KV);
