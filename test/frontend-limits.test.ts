@@ -45,7 +45,10 @@ describe('frontend limits', () => {
 
   test('a prompt too long for the context is refused by its length, before tokenizing; chat too', async () => {
     const huge = 'a'.repeat(4_000_000);
-    const res = await complete({ prompt: huge, max_tokens: 1 });
+    const pending = complete({ prompt: huge, max_tokens: 1 });
+    // Meanwhile the liveness probe answers within its deadline (the manifests' is 1 s; tokenizing this took 3 s).
+    for (let i = 0; i < 10; i++) assert.equal((await fetch(`${frontend.url}/live`, { signal: AbortSignal.timeout(1000) })).status, 200);
+    const res = await pending;
     assert.equal(res.status, 400);
     const { error } = (await res.json()) as { error: { code: string; message: string } };
     assert.equal(error.code, 'KVF_ERR_CONTEXT_OVERFLOW');

@@ -34,7 +34,7 @@ export const ERROR_CODES = {
   KVF_ERR_UNAUTHENTICATED: "A control-plane call did not prove the cluster token (missing, wrong, stale or replayed proof).",
   KVF_ERR_WRONG_ROLE: "A worker was asked for an RPC its role does not serve (e.g. Prefill on a decode worker).",
   KVF_ERR_CANCELLED: 'The work was cancelled because its request ended (client gone, timed out, or cancelled).',
-  KVF_ERR_OVERLOADED: 'The frontend already has as many requests in flight as it admits; retry after the Retry-After delay.',
+  KVF_ERR_OVERLOADED: 'The frontend or a worker already has as much work as it admits; retry after the Retry-After delay.',
   KVF_ERR_BAD_HANDLE: 'A KV handle or prefill result was forged, altered, expired, used before, or names blocks the worker does not hold for that request.',
 } as const;
 
