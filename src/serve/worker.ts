@@ -22,6 +22,8 @@ import { blockRuns, blocksFor, kvBytesFor, planKvCopy, rangesInRuns, sameGeometr
 import { toServiceError } from './grpc-errors.js';
 import { ClusterAuth, guardService, secretFrom } from './security/auth.js';
 import { PeerCache } from './peer-cache.js';
+import { workerFabricAddress } from './fabric-address.js';
+import { endpointsOf } from '../fabric/address.js';
 import { HandOffGate } from './security/hand-off.js';
 import { HandleSigner, type HandleAccess } from './security/handles.js';
 import {
@@ -98,13 +100,14 @@ export class Worker {
     // Credentials first: a worker without them must not open a fabric agent or a port.
     const auth = ClusterAuth.fromConfig(config);
     const signer = new HandleSigner(secretFrom('handle key', config.handleKey, config.handleKeyFile, 'KVF_HANDLE_KEY', '--handle-key-file'));
+    const fabric = workerFabricAddress(config);
     const agent = await Agent.create({
       name: `${config.id}-${randomUUID().slice(0, 8)}`,
       logger: log,
       ...(config.provider !== undefined ? { provider: config.provider } : {}),
       ...(config.rails !== undefined ? { rails: config.rails } : {}),
       ...(config.busyPollUs !== undefined ? { busyPollUs: config.busyPollUs } : {}),
-      ...(config.fabricAddress !== undefined ? { address: config.fabricAddress } : {}),
+      ...(fabric.address !== undefined ? { address: fabric.address } : {}),
     });
     try {
       const layoutOptions = { tokensPerBlock: config.tokensPerBlock, dtype: config.kvDtype };
@@ -128,7 +131,17 @@ export class Worker {
       worker.#server.addService(WorkerService, guardService(auth, WorkerService, worker.#handlers(), toServiceError, allowed));
       worker.address = await bindServer(worker.#server, config.listen, auth);
       log.info(
-        { workerId: worker.id, role: worker.role, address: worker.address, provider: agent.provider, rails: agent.rails, blocks: engine.layout.numBlocks, blockBytes },
+        {
+          workerId: worker.id,
+          role: worker.role,
+          address: worker.address,
+          provider: agent.provider,
+          rails: agent.rails,
+          fabricAddresses: endpointsOf(agent.provider, agent.info.addresses),
+          fabricAddressFrom: fabric.source,
+          blocks: engine.layout.numBlocks,
+          blockBytes,
+        },
         'worker ready',
       );
       return worker;
