@@ -324,7 +324,9 @@ export class Worker {
         try {
           transfer = await this.#pull(req.requestId, req.prefill!.kv!, blocks);
         } catch (err) {
-          fallbackReason = `pulling KV from ${req.prefill!.workerId} failed: ${(err as Error).message}`;
+          // The code leads, so that a client (and a test) can tell a partition (KVF_ERR_TIMEOUT) from a misconfigured peer.
+          const code = (err as KvfError).code;
+          fallbackReason = `pulling KV from ${req.prefill!.workerId} failed: ${code ? `${code}: ` : ''}${(err as Error).message}`;
           this.#log.warn({ workerId: this.id, requestId: req.requestId, err }, 'KV pull failed; prefilling locally');
         }
       } else if (handOff === 'push') {

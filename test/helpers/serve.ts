@@ -70,9 +70,13 @@ export interface Proc {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** Runs `kvfabric <args>` and resolves when it prints its ready line. */
-export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Proc> {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, KVF_LOG_LEVEL: 'info', ...SECRETS, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Runs `kvfabric <args>` and resolves when it prints its ready line. `prefix` runs it through another program
+ * (a simulated host's `ip netns exec …`, test/helpers/hosts.ts); killing the child kills what that runs.
+ */
+export function startCli(args: string[], env: NodeJS.ProcessEnv = {}, prefix: string[] = []): Promise<Proc> {
+  const [file, ...pre] = [...prefix, process.execPath];
+  const child = spawn(file!, [...pre, CLI, ...args], { env: { ...process.env, KVF_LOG_LEVEL: 'info', ...SECRETS, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   const logs: string[] = [];
   createInterface({ input: child.stderr! }).on('line', (l) => logs.push(l));
@@ -102,10 +106,15 @@ export interface WorkerOptions {
   id: string;
   extra?: string[];
   env?: NodeJS.ProcessEnv;
+  /** gRPC listen address (default 127.0.0.1:0). */
+  listen?: string;
+  /** See startCli. */
+  prefix?: string[];
 }
 
 export function startWorker(role: 'prefill' | 'decode', o: WorkerOptions): Promise<Proc> {
-  return startCli([role, '--model', o.model, '--provider', o.provider, '--id', o.id, '--listen', '127.0.0.1:0', '--blocks', '64', '--tokens-per-block', '16', '--threads', '1', ...(o.extra ?? [])], o.env);
+  const args = [role, '--model', o.model, '--provider', o.provider, '--id', o.id, '--listen', o.listen ?? '127.0.0.1:0', '--blocks', '64', '--tokens-per-block', '16', '--threads', '1'];
+  return startCli([...args, ...(o.extra ?? [])], o.env, o.prefix);
 }
 
 export interface Stack {
