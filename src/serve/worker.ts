@@ -333,12 +333,17 @@ export class Worker {
         transfer = req.prefill!.push;
       }
       const localPrefill = transfer === null;
-      if (localPrefill) {
-        sampler = new Sampler(samplingOptions(req.sampling));
-        token = sampler.sample(await this.#engine.prefill(req.prompt, blocks, 0, live));
-      } else {
+      // A prefill worker's result (verified above) means the client has its first token already, also when its
+      // KV could not be pulled: local prefill then only rebuilds the K/V, and generation continues from that
+      // token and sampler state instead of sampling (and sending) a first token again.
+      const sampled = Boolean(req.prefill);
+      const logits = localPrefill ? await this.#engine.prefill(req.prompt, blocks, 0, live) : undefined;
+      if (sampled) {
         sampler = new Sampler({ ...samplingOptions(req.sampling), state: req.prefill!.samplerState });
         token = req.prefill!.firstToken;
+      } else {
+        sampler = new Sampler(samplingOptions(req.sampling));
+        token = sampler.sample(logits!);
       }
       if (call.cancelled) return;
       call.write({ event: 'started', started: { workerId: this.id, transfer, localPrefill, fallbackReason } });
@@ -349,7 +354,7 @@ export class Worker {
       if (ends.has(token)) finishReason = 'stop';
       else {
         count = 1;
-        if (localPrefill) call.write({ event: 'token', token });
+        if (!sampled) call.write({ event: 'token', token });
         for (let pos = req.prompt.length; count < req.maxTokens && pos + 1 < total && !call.cancelled; pos++) {
           this.#growFor(blocks, pos);
           token = sampler.sample(await this.#engine.decode(token, blocks, pos, live));

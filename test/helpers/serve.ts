@@ -16,6 +16,7 @@ import { Frontend } from '../../src/serve/frontend/frontend.js';
 import type { Ready } from '../../src/serve/processes.js';
 import { unary, workerClient, type WorkerStatus } from '../../src/serve/rpc.js';
 import { ClusterAuth } from '../../src/serve/security/auth.js';
+import { innerPid } from './hosts.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -68,6 +69,8 @@ export interface Proc {
   /** stderr lines (pino JSON logs) so far. */
   logs: string[];
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Started through a prefix (startCli): signals go to the program it runs, not to the prefix's process. */
+  prefixed?: boolean;
 }
 
 /**
@@ -91,7 +94,7 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv = {}, prefix: st
     lines.on('line', (line) => {
       try {
         const ready = JSON.parse(line) as Ready;
-        if (ready.event === 'ready') resolve({ child, ready, logs, exited });
+        if (ready.event === 'ready') resolve({ child, ready, logs, exited, prefixed: prefix.length > 0 });
       } catch {
         // not the ready line
       }
@@ -155,7 +158,12 @@ export async function startStack(model: string, provider: string, frontendFlags:
 
 /** SIGTERM and wait for the exit. */
 export async function stop(p: Proc): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGTERM');
+  if (p.child.exitCode === null && p.child.signalCode === null) {
+    // unshare --fork ignores SIGTERM while it waits: the worker inside gets it (the prefix exits with it).
+    const inner = p.prefixed ? innerPid(p.child.pid!) : undefined;
+    if (inner !== undefined) process.kill(inner, 'SIGTERM');
+    else p.child.kill(p.prefixed ? 'SIGKILL' : 'SIGTERM');
+  }
   return p.exited;
 }
 
