@@ -138,7 +138,7 @@ describe('kubernetes manifests', () => {
     }
   });
 
-  test('frontend: readiness on /health, liveness on /live; workers: EFA, hugepages, /dev/infiniband, IPC_LOCK, pod IP', () => {
+  test('frontend: readiness on /health, liveness on /live; workers: EFA, hugepages, /dev/infiniband, IPC_LOCK, pod IP (gRPC and fabric)', () => {
     const f = container('kvfabric-frontend');
     assert.equal(f.readinessProbe.httpGet.path, '/health');
     assert.equal(f.livenessProbe.httpGet.path, '/live');
@@ -160,6 +160,8 @@ describe('kubernetes manifests', () => {
       assert.ok(c.securityContext.capabilities.add.includes('IPC_LOCK'));
       const podIp = (c.env as Obj[]).find((e) => e.name === 'POD_IP');
       assert.equal(podIp?.valueFrom.fieldRef.fieldPath, 'status.podIP');
+      // On tcp (no EFA) peers dial this for KV; loopback there made every pull time out (issue 19).
+      assert.equal((c.env as Obj[]).find((e) => e.name === 'KVF_FABRIC_ADDRESS')?.value, '$(POD_IP)', `${name}: KVF_FABRIC_ADDRESS`);
       assert.ok(c.resources.requests.cpu && c.resources.requests.memory, `${name}: cpu and memory requests`);
     }
   });

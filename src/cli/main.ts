@@ -14,13 +14,33 @@ const program = new Command('kvfabric').description('KV-cache transfer over libf
 
 program
   .command('info')
-  .description('open an agent and print the backend, provider, fabric, domains and rails it chose')
+  .description('open an agent as a worker would and print the backend, provider, fabric, domains, rails and the address peers dial')
   .option('-p, --provider <name>', 'tcp | shm | efa | a libfabric provider name (default: FI_PROVIDER, else efa, else tcp)')
   .option('-r, --rails <n>', 'number of rails', (v) => Number.parseInt(v, 10))
-  .action(async (opts: { provider?: string; rails?: number }) => {
-    const [{ Agent }, { addon }] = await Promise.all([import('../fabric/agent.js'), import('../fabric/native.js')]);
-    const agent = await Agent.create({ name: `kvfabric-info-${process.pid}`, logger: false, ...opts });
+  .option('--listen <host:port>', "the worker's gRPC listen address (default: KVF_LISTEN, else 127.0.0.1:0)")
+  .option('--advertise <host:port>', "the worker's advertised gRPC address (default: KVF_ADVERTISE)")
+  .option('--fabric-address <ip>', 'tcp provider: the address the fabric endpoints bind (default: KVF_FABRIC_ADDRESS, else derived as a worker does)')
+  .action(async (opts: { provider?: string; rails?: number; listen?: string; advertise?: string; fabricAddress?: string }) => {
+    const [{ Agent }, { addon }, { endpointsOf }, { workerFabricAddress, loopbackWarning }] = await Promise.all([
+      import('../fabric/agent.js'),
+      import('../fabric/native.js'),
+      import('../fabric/address.js'),
+      import('../serve/fabric-address.js'),
+    ]);
+    const env = process.env;
+    const listen = opts.listen ?? env.KVF_LISTEN ?? '127.0.0.1:0';
+    const advertise = opts.advertise ?? (env.KVF_ADVERTISE || undefined);
+    const fabric = workerFabricAddress({ fabricAddress: opts.fabricAddress ?? (env.KVF_FABRIC_ADDRESS || undefined), listen, advertise });
+    const agent = await Agent.create({
+      name: `kvfabric-info-${process.pid}`,
+      logger: false,
+      ...(opts.provider !== undefined ? { provider: opts.provider } : {}),
+      ...(opts.rails !== undefined ? { rails: opts.rails } : {}),
+      ...(fabric.address !== undefined ? { address: fabric.address } : {}),
+    });
     const { info } = agent;
+    const fabricAddresses = endpointsOf(agent.provider, info.addresses);
+    const warning = loopbackWarning(fabricAddresses, advertise ?? listen);
     console.log(
       JSON.stringify(
         {
@@ -33,11 +53,17 @@ program
           virtAddr: info.virtAddr,
           mrMode: info.mrMode,
           txDepth: info.txDepth,
+          // What peers dial for KV (tcp); the gRPC address is what the frontend dials.
+          fabricAddresses,
+          fabricAddressFrom: fabric.source,
+          grpcAddress: advertise ?? listen,
+          warnings: warning ? [warning] : [],
         },
         null,
         2,
       ),
     );
+    if (warning) console.error(`kvfabric info: warning: ${warning}`);
     await agent.close();
   });
 

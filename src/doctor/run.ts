@@ -1,6 +1,7 @@
-// `kvfabric doctor`: every check group in the order one debugs a node — devices, libfabric, variables,
-// limits, memory, NIXL, GPUs. A check that throws becomes a failed row, so one broken probe never hides
-// the others.
+// `kvfabric doctor`: every check group in the order one debugs a node — devices, libfabric, variables, the
+// fabric address peers dial, limits, memory, NIXL, GPUs. A check that throws becomes a failed row, so one
+// broken probe never hides the others.
+import { checkAddress } from './address.js';
 import { makeContext, type Context } from './context.js';
 import { checkEfa } from './efa.js';
 import { checkFiEnv } from './fi-env.js';
@@ -15,6 +16,7 @@ export const CHECKS: ReadonlyArray<[group: string, run: (ctx: Context) => CheckR
   ['efa', checkEfa],
   ['providers', checkProviders],
   ['fi-env', checkFiEnv],
+  ['address', checkAddress],
   ['memlock', checkMemlock],
   ['hugepages', checkHugepages],
   ['nixl', checkNixl],

@@ -4,7 +4,7 @@
 export type Status = 'ok' | 'warn' | 'fail' | 'skip';
 
 export interface CheckResult {
-  /** Check group: efa, providers, fi-env, memlock, hugepages, nixl, gpu. */
+  /** Check group: efa, providers, fi-env, address, memlock, hugepages, nixl, gpu. */
   group: string;
   /** What was checked, e.g. "/dev/infiniband" or "FI_HMEM_DISABLE_P2P". */
   name: string;

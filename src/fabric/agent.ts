@@ -3,6 +3,7 @@
 // shapes the API, keeps promises, and turns completion batches into resolved transfers and notifications.
 import { EventEmitter } from 'node:events';
 
+import { checkReachable, endpointsOf, isIpProvider } from './address.js';
 import { resolveBackend, requestedProvider, tcpBinding, type Backend } from './config.js';
 import { packDescriptors, type TransferDescriptor } from './descriptors.js';
 import { KvfError, fromNative } from './errors.js';
@@ -25,7 +26,10 @@ export interface AgentOptions {
   provider?: string;
   /** Number of rails (endpoints). Default: one per device (all EFA NICs), one on tcp and shm. */
   rails?: number;
-  /** tcp: address to bind (default KVF_ADDRESS, else 127.0.0.1 unless an interface is set). */
+  /**
+   * tcp: address to bind. Default KVF_ADDRESS, else (unless an interface is set) the host's routable address
+   * (the default route's interface), else 127.0.0.1. Peers dial the address in this agent's metadata.
+   */
   address?: string;
   /** Restrict to one libfabric domain: an interface name on tcp (also FI_TCP_IFACE), a device on efa. */
   domain?: string;
@@ -137,6 +141,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #regions = new Map<number, MemoryRegion>();
   #grants: GrantBook;
   #peers = new Map<string, RemotePeer>();
+  // Where each loaded peer's rails listen ('10.0.0.5:39181'), for messages: a timeout names the address it waited on.
+  #endpoints = new Map<string, string>();
   #notifications = new NotificationQueue(() => this.#ref(), () => this.#unref());
   // ref()/unref() on the addon's thread-safe function are a switch, not a count; count here.
   #refs = 0;
@@ -377,6 +383,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
         { peer: desc.name, provider: this.provider },
       );
     }
+    // An address this agent cannot reach is refused now, with the address, not after the first transfer's timeout.
+    if (isIpProvider(this.provider)) checkReachable({ own: this.info.addresses, peer: desc.rails, peerName: desc.name, ownHost: hostIdentity(), peerHost: desc.host?.id ?? '' });
     // Add the new peer first: if the blob is refused, the peer loaded before stays usable.
     // Same host by the peer's word: the addon confirms the peer's region table (inode and nonce) before it
     // touches anything of that pid, then checks every transfer against it; the fast path only if enabled.
@@ -394,6 +402,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     const digest = desc.host?.table?.nonce ?? new Uint8Array(16);
     const peer = new RemotePeer(this, id, desc.name, desc.provider, desc.rails.length, regions, added.path, added.fastPathRefused, added.mappedRegions, digest);
     this.#peers.set(desc.name, peer);
+    const endpoints = endpointsOf(this.provider, desc.rails);
+    if (endpoints.length > 0) this.#endpoints.set(desc.name, endpoints.join(', '));
     return peer;
   }
 
@@ -403,6 +413,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     const p = this.#peer(peer);
     this.#call(() => this.#native.removePeer(p.id));
     this.#peers.delete(p.name);
+    this.#endpoints.delete(p.name);
     p.markInvalid();
   }
 
@@ -591,6 +602,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#grants.endAll();
     for (const peer of this.#peers.values()) peer.markInvalid();
     this.#peers.clear();
+    this.#endpoints.clear();
     // The addon fails every transfer it abandoned before this event; anything left never reached it.
     for (const [id, p] of this.#pending) {
       this.#pending.delete(id);
@@ -620,7 +632,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
         p.timer = setTimeout(() => {
           p.resolve = () => {};
           p.reject = () => {};
-          reject(new KvfError('KVF_ERR_TIMEOUT', `${op} to '${peer}' did not complete within ${timeoutMs} ms`, { peer }));
+          const at = this.#endpoints.get(peer);
+          reject(new KvfError('KVF_ERR_TIMEOUT', `${op} to '${peer}'${at ? ` at ${at}` : ''} did not complete within ${timeoutMs} ms`, { peer }));
         }, timeoutMs);
       }
       this.#pending.set(id, p);

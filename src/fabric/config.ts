@@ -1,5 +1,6 @@
 // Which backend and libfabric provider an agent uses, from options first and the environment second
 // (the seed deployment's NIXL_BACKEND and FI_* variables).
+import { routableAddress } from './address.js';
 import { KvfError } from './errors.js';
 
 export const SUPPORTED_BACKENDS = ['LIBFABRIC'] as const;
@@ -55,13 +56,20 @@ export interface BindChoice {
 }
 
 /**
- * Where a tcp endpoint listens. Without FI_SOURCE on an explicit address the two sides of a loopback
- * test may pick different interfaces (eth0 vs lo) and fail with "Transport endpoint is not connected",
- * so tcp binds 127.0.0.1 unless an address (KVF_ADDRESS) or an interface (FI_TCP_IFACE) is configured.
+ * Where a tcp endpoint listens: the configured address (KVF_ADDRESS) or interface (FI_TCP_IFACE), else the
+ * host's routable address (the default route's interface), so that a peer on another host can dial it; only a
+ * host without one binds 127.0.0.1. The address is always explicit (FI_SOURCE): without one the two sides of a
+ * same-host pair may pick different interfaces (eth0 vs lo) and fail with "Transport endpoint is not connected".
+ * Serving workers pass the address they derive from their own --listen/--advertise (loopback stays loopback).
  */
-export function tcpBinding(address: string | undefined, domain: string | undefined, env: NodeJS.ProcessEnv = process.env): BindChoice {
+export function tcpBinding(
+  address: string | undefined,
+  domain: string | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+  routable: () => string | undefined = routableAddress,
+): BindChoice {
   const iface = domain ?? env.FI_TCP_IFACE;
-  const node = address ?? env.KVF_ADDRESS ?? (iface ? undefined : '127.0.0.1');
+  const node = address ?? env.KVF_ADDRESS ?? (iface ? undefined : (routable() ?? '127.0.0.1'));
   const out: BindChoice = {};
   if (node !== undefined) out.node = node;
   if (iface !== undefined) out.domain = iface;

@@ -15,6 +15,7 @@ export const ERROR_CODES = {
   KVF_ERR_PROVIDER_MISMATCH: "The peer uses another libfabric provider or address format than this agent.",
   KVF_ERR_TOO_LARGE: 'A notification or allocation exceeds its limit, or the region table is full (live regions and grants).',
   KVF_ERR_TIMEOUT: 'The operation did not finish within its timeout.',
+  KVF_ERR_PEER_UNREACHABLE: "The peer's fabric address cannot be reached from this agent (a loopback address of a peer on another host or in another container).",
   KVF_ERR_BACKEND_UNSUPPORTED: 'NIXL_BACKEND (or the backend option) names a backend kvfabric does not implement.',
   KVF_ERR_PROVIDER_UNAVAILABLE: 'No libfabric provider matches the requested provider, endpoint type and capabilities.',
   KVF_ERR_PROVIDER: 'libfabric returned an error; errno and providerMessage (fi_strerror) carry its details.',

@@ -23,6 +23,8 @@ import { toServiceError } from './grpc-errors.js';
 import { ClusterAuth, guardService, secretFrom } from './security/auth.js';
 import { PeerCache } from './peer-cache.js';
 import { WorkQueue } from './work-queue.js';
+import { workerFabricAddress } from './fabric-address.js';
+import { endpointsOf } from '../fabric/address.js';
 import { HandOffGate, type HandOff } from './security/hand-off.js';
 import { HandleSigner, type HandleAccess } from './security/handles.js';
 import {
@@ -101,13 +103,14 @@ export class Worker {
     // Credentials first: a worker without them must not open a fabric agent or a port.
     const auth = ClusterAuth.fromConfig(config);
     const signer = new HandleSigner(secretFrom('handle key', config.handleKey, config.handleKeyFile, 'KVF_HANDLE_KEY', '--handle-key-file'));
+    const fabric = workerFabricAddress(config);
     const agent = await Agent.create({
       name: `${config.id}-${randomUUID().slice(0, 8)}`,
       logger: log,
       ...(config.provider !== undefined ? { provider: config.provider } : {}),
       ...(config.rails !== undefined ? { rails: config.rails } : {}),
       ...(config.busyPollUs !== undefined ? { busyPollUs: config.busyPollUs } : {}),
-      ...(config.fabricAddress !== undefined ? { address: config.fabricAddress } : {}),
+      ...(fabric.address !== undefined ? { address: fabric.address } : {}),
     });
     try {
       const layoutOptions = { tokensPerBlock: config.tokensPerBlock, dtype: config.kvDtype };
@@ -131,7 +134,17 @@ export class Worker {
       worker.#server.addService(WorkerService, guardService(auth, WorkerService, worker.#handlers(), toServiceError, allowed));
       worker.address = await bindServer(worker.#server, config.listen, auth);
       log.info(
-        { workerId: worker.id, role: worker.role, address: worker.address, provider: agent.provider, rails: agent.rails, blocks: engine.layout.numBlocks, blockBytes },
+        {
+          workerId: worker.id,
+          role: worker.role,
+          address: worker.address,
+          provider: agent.provider,
+          rails: agent.rails,
+          fabricAddresses: endpointsOf(agent.provider, agent.info.addresses),
+          fabricAddressFrom: fabric.source,
+          blocks: engine.layout.numBlocks,
+          blockBytes,
+        },
         'worker ready',
       );
       return worker;
@@ -330,7 +343,7 @@ export class Worker {
       if (ends.has(token)) finishReason = 'stop';
       else if (token >= 0) {
         count = 1;
-        if (first.transfer === null) call.write({ event: 'token', token, samplerState: sampler.state });
+        if (!first.delivered) call.write({ event: 'token', token, samplerState: sampler.state });
         for (let pos = start; count < req.maxTokens && pos + 1 < total && !call.cancelled; pos++) {
           this.#growFor(blocks, pos);
           token = sampler.sample(await this.#engine.decode(token, blocks, pos, live));
@@ -352,36 +365,41 @@ export class Worker {
   /**
    * The K/V of the sequence so far in `blocks` and the token after it: pulled or pushed from a prefill worker
    * (whose first token it is), else computed here — the prompt, then (resuming a migrated request) one pass per
-   * token the client already has, as the worker before computed them. `token` is -1 when a resumed sequence
-   * already fills the context.
+   * token the client already has, as the worker before computed them. `delivered`: the client has that token
+   * already (a prefill worker sampled it, also when its K/V could not be pulled and is rebuilt here). `token` is
+   * -1 when a resumed sequence already fills the context.
    */
-  async #begin(req: DecodeRequest, handOff: HandOff, blocks: number[], live: AbortSignal): Promise<{ token: number; sampler: Sampler; transfer: TransferReportMsg | null; fallbackReason: string }> {
+  async #begin(req: DecodeRequest, handOff: HandOff, blocks: number[], live: AbortSignal): Promise<{ token: number; delivered: boolean; sampler: Sampler; transfer: TransferReportMsg | null; fallbackReason: string }> {
     let transfer: TransferReportMsg | null = null;
     let fallbackReason = req.fallbackReason;
     if (handOff === 'pull') {
       try {
         transfer = await this.#pull(req.requestId, req.prefill!.kv!, blocks);
       } catch (err) {
-        fallbackReason = `pulling KV from ${req.prefill!.workerId} failed: ${(err as Error).message}`;
+        // The code leads, so that a client (and a test) can tell a partition (KVF_ERR_TIMEOUT) from a misconfigured peer.
+        const code = (err as KvfError).code;
+        fallbackReason = `pulling KV from ${req.prefill!.workerId} failed: ${code ? `${code}: ` : ''}${(err as Error).message}`;
         this.#log.warn({ workerId: this.id, requestId: req.requestId, err }, 'KV pull failed; prefilling locally');
       }
     } else if (handOff === 'push') {
       transfer = req.prefill!.push;
     }
-    if (transfer) return { token: req.prefill!.firstToken, sampler: new Sampler({ ...samplingOptions(req.sampling), state: req.prefill!.samplerState }), transfer, fallbackReason };
+    const prefilled = req.prefill ? { token: req.prefill.firstToken, delivered: true, sampler: new Sampler({ ...samplingOptions(req.sampling), state: req.prefill.samplerState }) } : undefined;
+    if (prefilled && transfer) return { ...prefilled, transfer, fallbackReason };
     const resumed = req.generated;
     const sampler = new Sampler({ ...samplingOptions(req.sampling), ...(resumed.length > 0 ? { state: req.samplerState } : {}) });
     const done = this.#work.admitPrefill(req.prompt.length, Infinity);
     try {
       let logits = await this.#engine.prefill(req.prompt, blocks, 0, live);
       done(true);
+      if (prefilled) return { ...prefilled, transfer, fallbackReason };
       for (let i = 0; i < resumed.length; i++) {
         const pos = req.prompt.length + i;
-        if (pos + 1 >= this.#engine.model.contextLength) return { token: -1, sampler, transfer, fallbackReason };
+        if (pos + 1 >= this.#engine.model.contextLength) return { token: -1, delivered: true, sampler, transfer, fallbackReason };
         this.#growFor(blocks, pos);
         logits = await this.#engine.decode(resumed[i]!, blocks, pos, live);
       }
-      return { token: sampler.sample(logits), sampler, transfer, fallbackReason };
+      return { token: sampler.sample(logits), delivered: false, sampler, transfer, fallbackReason };
     } finally {
       done(false);
     }

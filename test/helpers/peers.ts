@@ -88,7 +88,7 @@ export interface CheckRequest {
 }
 
 export type Request =
-  | { cmd: 'create'; name: string; provider: string; fastPath?: boolean }
+  | { cmd: 'create'; name: string; provider: string; fastPath?: boolean; address?: string }
   | { cmd: 'alloc'; region: string; length: number; fill: 'random' | 'zero'; shared?: boolean; remoteAccess?: boolean }
   | { cmd: 'free'; region: string }
   | { cmd: 'fill'; region: string; ranges: Range[] }
@@ -172,10 +172,14 @@ export class PeerProcess {
   #exitInfo?: string;
   #ready: Promise<void>;
 
-  private constructor(label: string) {
+  private constructor(label: string, prefix: string[]) {
     this.label = label;
+    // A prefix (a simulated host's `ip netns exec …`, helpers/hosts.ts) runs node through it; the IPC channel's
+    // descriptor is inherited through the exec chain.
+    const [execPath, ...pre] = [...prefix, process.execPath];
     this.#child = fork(FIXTURE, [label], {
-      execArgv: ['--import', 'tsx'],
+      execPath: execPath!,
+      execArgv: [...pre, '--import', 'tsx'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       env: { ...process.env, KVF_LOG_LEVEL: process.env.KVF_LOG_LEVEL ?? 'warn' },
     });
@@ -212,9 +216,9 @@ export class PeerProcess {
     });
   }
 
-  /** Forks the fixture and waits until it listens for commands. */
-  static async spawn(label: string): Promise<PeerProcess> {
-    const p = new PeerProcess(label);
+  /** Forks the fixture (through `prefix`, if given) and waits until it listens for commands. */
+  static async spawn(label: string, prefix: string[] = []): Promise<PeerProcess> {
+    const p = new PeerProcess(label, prefix);
     await p.#ready;
     return p;
   }
@@ -256,7 +260,7 @@ export class PeerProcess {
 
   // ---- conveniences -------------------------------------------------------------------------------
 
-  async create(name: string, provider: string, options: { fastPath?: boolean } = {}): Promise<CreatedAgent> {
+  async create(name: string, provider: string, options: { fastPath?: boolean; address?: string } = {}): Promise<CreatedAgent> {
     this.agent = await this.request({ cmd: 'create', name, provider, ...options });
     return this.agent;
   }

@@ -16,6 +16,7 @@ import { Frontend } from '../../src/serve/frontend/frontend.js';
 import type { Ready } from '../../src/serve/processes.js';
 import { unary, workerClient, type WorkerStatus } from '../../src/serve/rpc.js';
 import { ClusterAuth } from '../../src/serve/security/auth.js';
+import { innerPid } from './hosts.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -71,11 +72,17 @@ export interface Proc {
   /** stderr lines (pino JSON logs) so far. */
   logs: string[];
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Started through a prefix (startCli): signals go to the program it runs, not to the prefix's process. */
+  prefixed?: boolean;
 }
 
-/** Runs `kvfabric <args>` and resolves when it prints its ready line. */
-export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Proc> {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, KVF_LOG_LEVEL: 'info', ...SECRETS, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Runs `kvfabric <args>` and resolves when it prints its ready line. `prefix` runs it through another program
+ * (a simulated host's `ip netns exec …`, test/helpers/hosts.ts); killing the child kills what that runs.
+ */
+export function startCli(args: string[], env: NodeJS.ProcessEnv = {}, prefix: string[] = []): Promise<Proc> {
+  const [file, ...pre] = [...prefix, process.execPath];
+  const child = spawn(file!, [...pre, CLI, ...args], { env: { ...process.env, KVF_LOG_LEVEL: 'info', ...SECRETS, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   const logs: string[] = [];
   createInterface({ input: child.stderr! }).on('line', (l) => logs.push(l));
@@ -90,7 +97,7 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<P
     lines.on('line', (line) => {
       try {
         const ready = JSON.parse(line) as Ready;
-        if (ready.event === 'ready') resolve({ child, ready, logs, exited });
+        if (ready.event === 'ready') resolve({ child, ready, logs, exited, prefixed: prefix.length > 0 });
       } catch {
         // not the ready line
       }
@@ -105,10 +112,15 @@ export interface WorkerOptions {
   id: string;
   extra?: string[];
   env?: NodeJS.ProcessEnv;
+  /** gRPC listen address (default 127.0.0.1:0). */
+  listen?: string;
+  /** See startCli. */
+  prefix?: string[];
 }
 
 export function startWorker(role: 'prefill' | 'decode', o: WorkerOptions): Promise<Proc> {
-  return startCli([role, '--model', o.model, '--provider', o.provider, '--id', o.id, '--listen', '127.0.0.1:0', '--blocks', '64', '--tokens-per-block', '16', '--threads', '1', ...(o.extra ?? [])], o.env);
+  const args = [role, '--model', o.model, '--provider', o.provider, '--id', o.id, '--listen', o.listen ?? '127.0.0.1:0', '--blocks', '64', '--tokens-per-block', '16', '--threads', '1'];
+  return startCli([...args, ...(o.extra ?? [])], o.env, o.prefix);
 }
 
 export interface Stack {
@@ -149,7 +161,12 @@ export async function startStack(model: string, provider: string, frontendFlags:
 
 /** SIGTERM and wait for the exit. */
 export async function stop(p: Proc): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGTERM');
+  if (p.child.exitCode === null && p.child.signalCode === null) {
+    // unshare --fork ignores SIGTERM while it waits: the worker inside gets it (the prefix exits with it).
+    const inner = p.prefixed ? innerPid(p.child.pid!) : undefined;
+    if (inner !== undefined) process.kill(inner, 'SIGTERM');
+    else p.child.kill(p.prefixed ? 'SIGKILL' : 'SIGTERM');
+  }
   return p.exited;
 }
 
