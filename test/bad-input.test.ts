@@ -731,6 +731,28 @@ for (const { name: provider, other } of PROVIDERS) {
       await roundTrip(ctx);
     });
 
+    test("a READ that times out is abandoned, not undone: its error's `settled` says when its memory is free again", { timeout: TEST_TIMEOUT }, async () => {
+      // 64 MiB cannot arrive within 1 ms: the promise rejects while the READ is still writing into `big`.
+      const big = ctx.a.allocate(64 * MiB);
+      const bigB = ctx.b.allocate(64 * MiB);
+      const peer = ctx.a.loadRemoteMetadata(ctx.b.getLocalMetadata());
+      try {
+        const err = await ctx.a.read(peer, [{ local: big, localOffset: 0, remote: bigB.id, remoteOffset: 0, length: 64 * MiB }], { timeoutMs: 1 }).then(
+          () => assert.fail('64 MiB within 1 ms'),
+          (e: KvfError) => e,
+        );
+        assert.equal(err.code, 'KVF_ERR_TIMEOUT');
+        assert.ok(err.settled instanceof Promise, 'a timed-out transfer says when it has ended');
+        throws(() => big.deregister(), 'KVF_ERR_BUSY', 'the abandoned READ still targets the region');
+        await Promise.race([err.settled, delay(30_000).then(() => assert.fail('the abandoned READ never ended'))]);
+        big.deregister(); // nothing in flight any more
+      } finally {
+        if (big.registered) big.deregister();
+        bigB.deregister();
+      }
+      await roundTrip(ctx);
+    });
+
     test('deregistering a region with a transfer in flight: KVF_ERR_BUSY', { timeout: TEST_TIMEOUT }, async () => {
       // 64 MiB in one descriptor: the deregister call below runs microseconds after the post, long before
       // the copy can finish.

@@ -630,10 +630,13 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       const p: Pending = { resolve, reject, op, peer, descriptors, notified, held: false };
       if (timeoutMs !== undefined) {
         p.timer = setTimeout(() => {
-          p.resolve = () => {};
-          p.reject = () => {};
+          // The caller hears of the timeout now, and of the abandoned operations' end through `settled`.
+          let ended!: () => void;
+          const settled = new Promise<void>((r) => (ended = r));
+          p.resolve = () => ended();
+          p.reject = () => ended();
           const at = this.#endpoints.get(peer);
-          reject(new KvfError('KVF_ERR_TIMEOUT', `${op} to '${peer}'${at ? ` at ${at}` : ''} did not complete within ${timeoutMs} ms`, { peer }));
+          reject(new KvfError('KVF_ERR_TIMEOUT', `${op} to '${peer}'${at ? ` at ${at}` : ''} did not complete within ${timeoutMs} ms`, { peer, settled }));
         }, timeoutMs);
       }
       this.#pending.set(id, p);

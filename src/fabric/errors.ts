@@ -50,6 +50,12 @@ export interface KvfErrorDetails {
   region?: number;
   provider?: string;
   cause?: unknown;
+  /**
+   * A transfer that timed out (KVF_ERR_TIMEOUT) is abandoned, not undone: its operations may still read or write
+   * the local memory it named. This resolves once they have all finished or failed in the provider (or the agent
+   * closed); only then may that memory be reused.
+   */
+  settled?: Promise<void>;
 }
 
 export class KvfError extends Error {
@@ -59,6 +65,7 @@ export class KvfError extends Error {
   readonly peer?: string;
   readonly region?: number;
   readonly provider?: string;
+  readonly settled?: Promise<void>;
 
   constructor(code: ErrorCode, message: string, details: KvfErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
@@ -69,6 +76,7 @@ export class KvfError extends Error {
     if (details.peer !== undefined) this.peer = details.peer;
     if (details.region !== undefined) this.region = details.region;
     if (details.provider !== undefined) this.provider = details.provider;
+    if (details.settled !== undefined) this.settled = details.settled;
   }
 }
 

@@ -254,7 +254,20 @@ export class Worker {
       const sign = (res: Omit<PrefillResponse, 'mac' | 'prefillMs'>): PrefillResponse =>
         this.#signer.signResponse({ ...res, prefillMs: performance.now() - started }, req.requestId);
       if (call.cancelled) return sign(base);
-      if (pushTo) return sign({ ...base, push: await this.#push(req.requestId, pushTo, blocks, req.tokens.length) });
+      if (pushTo) {
+        try {
+          return sign({ ...base, push: await this.#push(req.requestId, pushTo, blocks, req.tokens.length) });
+        } catch (err) {
+          // WRITEs that timed out may still read these blocks: they go back to the pool when those have ended.
+          const settled = (err as KvfError).settled;
+          if (settled) {
+            const abandoned = blocks;
+            blocks = [];
+            void settled.then(() => this.#free(abandoned));
+          }
+          throw err;
+        }
+      }
       const kv = this.#holdFor(req.requestId, 'read', blocks, req.tokens.length, req.leaseMs);
       held = true;
       return sign({ ...base, kv });
@@ -304,6 +317,17 @@ export class Worker {
    */
   #growFor(blocks: number[], pos: number): void {
     if (pos >= blocks.length * this.layout.tokensPerBlock) blocks.push(...this.#engine.allocateBlocks(1));
+  }
+
+  /**
+   * After a transfer that timed out, its READs may still land in `blocks`: the sequence moves to fresh blocks (the
+   * array is updated in place) and the old ones return to the pool only once the abandoned transfer has ended.
+   */
+  #replaceAbandoned(blocks: number[], err: unknown): void {
+    const settled = (err as KvfError).settled;
+    if (!settled) return;
+    const abandoned = blocks.splice(0, blocks.length, ...this.#engine.allocateBlocks(blocks.length));
+    void settled.then(() => this.#free(abandoned));
   }
 
   /** Returns blocks to the pool, cleared: whatever the next request leaves unwritten reads as zeros, not as this one's K/V. */
@@ -380,6 +404,7 @@ export class Worker {
         const code = (err as KvfError).code;
         fallbackReason = `pulling KV from ${req.prefill!.workerId} failed: ${code ? `${code}: ` : ''}${(err as Error).message}`;
         this.#log.warn({ workerId: this.id, requestId: req.requestId, err }, 'KV pull failed; prefilling locally');
+        this.#replaceAbandoned(blocks, err);
       }
     } else if (handOff === 'push') {
       transfer = req.prefill!.push;
