@@ -4,11 +4,34 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'build*/**', 'node_modules/**', 'prebuilds/**', 'fuzz/node_modules/**', 'benchmarks/out/**', 'benchmarks/crosscheck/**', 'models/**'] },
+  {
+    ignores: ['dist/**', 'build*/**', 'node_modules/**', 'prebuilds/**', 'fuzz/node_modules/**', 'benchmarks/out/**', 'benchmarks/crosscheck/**', 'models/**'],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
-    languageOptions: { globals: { process: 'readonly', console: 'readonly', Buffer: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', setInterval: 'readonly', clearInterval: 'readonly', performance: 'readonly', fetch: 'readonly', URL: 'readonly', TextDecoder: 'readonly', TextEncoder: 'readonly', AbortController: 'readonly', AbortSignal: 'readonly', queueMicrotask: 'readonly', setImmediate: 'readonly', structuredClone: 'readonly', Response: 'readonly' } },
+    languageOptions: {
+      globals: {
+        process: 'readonly',
+        console: 'readonly',
+        Buffer: 'readonly',
+        setTimeout: 'readonly',
+        clearTimeout: 'readonly',
+        setInterval: 'readonly',
+        clearInterval: 'readonly',
+        performance: 'readonly',
+        fetch: 'readonly',
+        URL: 'readonly',
+        TextDecoder: 'readonly',
+        TextEncoder: 'readonly',
+        AbortController: 'readonly',
+        AbortSignal: 'readonly',
+        queueMicrotask: 'readonly',
+        setImmediate: 'readonly',
+        structuredClone: 'readonly',
+        Response: 'readonly',
+      },
+    },
     rules: {
       // A callback that reads a variable assigned once, later (agent.ts binds its events handler before the Agent exists).
       'prefer-const': ['error', { ignoreReadBeforeAssign: true }],

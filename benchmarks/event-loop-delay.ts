@@ -80,8 +80,7 @@ if (!local.bytes.every((b) => b === 1)) throw new Error('read-back does not matc
 child.send({ cmd: 'exit' });
 await agent.close();
 
-const best = (phase: string, op: string, key: keyof Row) =>
-  Math.min(...rows.filter((r) => r.phase === phase && r.op === op).map((r) => r[key] as number));
+const best = (phase: string, op: string, key: keyof Row) => Math.min(...rows.filter((r) => r.phase === phase && r.op === op).map((r) => r[key] as number));
 const summary = (['WRITE', 'READ'] as const).map((op) => ({
   op,
   gbps: Math.max(...rows.filter((r) => r.phase === 'transfer' && r.op === op).map((r) => r.gbps)),
@@ -92,8 +91,29 @@ const summary = (['WRITE', 'READ'] as const).map((op) => ({
 }));
 
 console.log(`event-loop delay during a ${size >> 20} MiB transfer (${block >> 10} KiB blocks, provider ${provider}, ${repeat} runs)`);
-console.table(rows.map((r) => ({ ...r, ms: +r.ms.toFixed(1), gbps: +r.gbps.toFixed(3), delayP50Ms: +r.delayP50Ms.toFixed(3), delayP99Ms: +r.delayP99Ms.toFixed(3), delayMaxMs: +r.delayMaxMs.toFixed(3) })));
-console.table(summary.map((s) => ({ ...s, gbps: +s.gbps.toFixed(3), transferP99Ms: +s.transferP99Ms.toFixed(3), idleP99Ms: +s.idleP99Ms.toFixed(3), ratioP99: +s.ratioP99.toFixed(2), transferMaxMs: +s.transferMaxMs.toFixed(3) })));
+console.table(
+  rows.map((r) => ({
+    ...r,
+    ms: +r.ms.toFixed(1),
+    gbps: +r.gbps.toFixed(3),
+    delayP50Ms: +r.delayP50Ms.toFixed(3),
+    delayP99Ms: +r.delayP99Ms.toFixed(3),
+    delayMaxMs: +r.delayMaxMs.toFixed(3),
+  })),
+);
+console.table(
+  summary.map((s) => ({
+    ...s,
+    gbps: +s.gbps.toFixed(3),
+    transferP99Ms: +s.transferP99Ms.toFixed(3),
+    idleP99Ms: +s.idleP99Ms.toFixed(3),
+    ratioP99: +s.ratioP99.toFixed(2),
+    transferMaxMs: +s.transferMaxMs.toFixed(3),
+  })),
+);
 mkdirSync(dirname(values.out!), { recursive: true });
-writeFileSync(values.out!, JSON.stringify({ benchmark: 'event-loop-delay', provider, sizeBytes: size, blockBytes: block, machine: describeMachine(), rows, summary }, null, 2));
+writeFileSync(
+  values.out!,
+  JSON.stringify({ benchmark: 'event-loop-delay', provider, sizeBytes: size, blockBytes: block, machine: describeMachine(), rows, summary }, null, 2),
+);
 console.log(`wrote ${values.out}`);

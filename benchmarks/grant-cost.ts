@@ -45,7 +45,15 @@ function percentile(sorted: number[], p: number): number {
 function row(provider: string, what: string, n: number, samples: number[]): Row {
   const s = [...samples].sort((a, b) => a - b);
   const mean = s.reduce((a, b) => a + b, 0) / s.length;
-  return { provider, what, grantsPerRequest: n, p50Us: percentile(s, 50), p99Us: percentile(s, 99), meanUs: mean, p50UsPerGrant: n > 0 ? percentile(s, 50) / n : 0 };
+  return {
+    provider,
+    what,
+    grantsPerRequest: n,
+    p50Us: percentile(s, 50),
+    p99Us: percentile(s, 99),
+    meanUs: mean,
+    p50UsPerGrant: n > 0 ? percentile(s, 50) / n : 0,
+  };
 }
 
 /** µs per call of `fn`, `iters` samples after `iters / 10` warm-up calls. */
@@ -113,8 +121,26 @@ console.log(`grant cost: ${iters} requests per row, 1 MiB per grant, libfabric $
 console.log('| provider | what | grants/request | p50 µs | p99 µs | mean µs | p50 µs per grant |');
 console.log('|---|---|---|---|---|---|---|');
 for (const r of all) {
-  console.log(`| ${r.provider} | ${r.what} | ${r.grantsPerRequest || '-'} | ${f(r.p50Us)} | ${f(r.p99Us)} | ${f(r.meanUs)} | ${r.grantsPerRequest ? f(r.p50UsPerGrant) : '-'} |`);
+  console.log(
+    `| ${r.provider} | ${r.what} | ${r.grantsPerRequest || '-'} | ${f(r.p50Us)} | ${f(r.p99Us)} | ${f(r.meanUs)} | ${r.grantsPerRequest ? f(r.p50UsPerGrant) : '-'} |`,
+  );
 }
 mkdirSync(dirname(values.out!), { recursive: true });
-writeFileSync(values.out!, JSON.stringify({ benchmark: 'grant-cost', version: 1, date: new Date().toISOString(), iters, grantBytes: MiB, machine: describeMachine(), libfabric: addon.libfabricVersion(), rows: all }, null, 2));
+writeFileSync(
+  values.out!,
+  JSON.stringify(
+    {
+      benchmark: 'grant-cost',
+      version: 1,
+      date: new Date().toISOString(),
+      iters,
+      grantBytes: MiB,
+      machine: describeMachine(),
+      libfabric: addon.libfabricVersion(),
+      rows: all,
+    },
+    null,
+    2,
+  ),
+);
 console.log(`wrote ${values.out}`);

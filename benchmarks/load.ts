@@ -37,7 +37,10 @@ const factor = Number(values.factor);
 const durationMs = Number(values.duration) * 1000;
 const soakMs = Number(values.soak) * 1000;
 const maxTokens = Number(values['max-tokens']);
-const modelName = model.split('/').pop()!.replace(/\.gguf$/, '');
+const modelName = model
+  .split('/')
+  .pop()!
+  .replace(/\.gguf$/, '');
 
 function rssBytes(pid: number): number {
   const kb = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
@@ -54,21 +57,43 @@ async function soak(target: Parameters<typeof runPhase>[0], procs: Proc[]) {
   sample();
   const warm = samples.find((s) => s.t >= samples[0]!.t + soakMs / 5) ?? samples[0]!;
   const last = samples.at(-1)!;
-  const growth = procs.map((p, i) => ({ process: p.ready.role, warmMiB: warm.rss[i]! / 2 ** 20, endMiB: last.rss[i]! / 2 ** 20, growthPct: (100 * (last.rss[i]! - warm.rss[i]!)) / warm.rss[i]! }));
+  const growth = procs.map((p, i) => ({
+    process: p.ready.role,
+    warmMiB: warm.rss[i]! / 2 ** 20,
+    endMiB: last.rss[i]! / 2 ** 20,
+    growthPct: (100 * (last.rss[i]! - warm.rss[i]!)) / warm.rss[i]!,
+  }));
   return { result, rss: growth };
 }
 
 const extra = ['--blocks', '512'];
 const prefill = await startWorker('prefill', { model, provider: values.provider!, id: 'prefill-0', extra });
 const decode = await startWorker('decode', { model, provider: values.provider!, id: 'decode-0', extra });
-const frontend = await startCli(['frontend', '--model', model, '--listen', '127.0.0.1:0', '--prefill', prefill.ready.address, '--decode', decode.ready.address, '--max-inflight', String(concurrency), '--health-interval-ms', '500']);
+const frontend = await startCli([
+  'frontend',
+  '--model',
+  model,
+  '--listen',
+  '127.0.0.1:0',
+  '--prefill',
+  prefill.ready.address,
+  '--decode',
+  decode.ready.address,
+  '--max-inflight',
+  String(concurrency),
+  '--health-interval-ms',
+  '500',
+]);
 const procs = [frontend, prefill, decode];
 let failed: boolean;
 try {
   const target = { url: frontend.ready.address, modelName, maxTokens };
   for (let i = 0; i < 3; i++) await attempt(target, i); // warm-up
   const phases: { name: string; result: PhaseResult }[] = [];
-  for (const [name, c] of [['sized', concurrency], ['overload', factor * concurrency]] as const) {
+  for (const [name, c] of [
+    ['sized', concurrency],
+    ['overload', factor * concurrency],
+  ] as const) {
     phases.push({ name, result: (await runPhase({ ...target, concurrency: c, durationMs })).result });
     process.stderr.write(`${name} (${c} clients) done\n`);
   }
@@ -91,17 +116,44 @@ try {
   failed = Object.values(checks).includes(false);
 
   const f = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : '-');
-  console.log(`\nOverload: ${modelName}, ${values.provider}, max_tokens ${maxTokens}, frontend --max-inflight ${concurrency}, ${durationMs / 1000} s per phase`);
-  console.log('| phase | clients | sent | completed | refused (429) | 5xx / errors | 429 p50 / p99 ms | completed p50 / p99 ms | goodput tok/s | completed/s |');
+  console.log(
+    `\nOverload: ${modelName}, ${values.provider}, max_tokens ${maxTokens}, frontend --max-inflight ${concurrency}, ${durationMs / 1000} s per phase`,
+  );
+  console.log(
+    '| phase | clients | sent | completed | refused (429) | 5xx / errors | 429 p50 / p99 ms | completed p50 / p99 ms | goodput tok/s | completed/s |',
+  );
   console.log('|---|---|---|---|---|---|---|---|---|---|');
   for (const { name, result: r } of phases) {
-    console.log(`| ${name} | ${r.concurrency} | ${r.sent} | ${r.completed} | ${r.refused} | ${r.serverErrors} / ${r.streamErrors + r.clientErrors} | ${f(r.refusedP50Ms, 1)} / ${f(r.refusedP99Ms, 1)} | ${f(r.completedP50Ms)} / ${f(r.completedP99Ms)} | ${f(r.goodTokensPerS, 1)} | ${f(r.completedPerS, 2)} |`);
+    console.log(
+      `| ${name} | ${r.concurrency} | ${r.sent} | ${r.completed} | ${r.refused} | ${r.serverErrors} / ${r.streamErrors + r.clientErrors} | ${f(r.refusedP50Ms, 1)} / ${f(r.refusedP99Ms, 1)} | ${f(r.completedP50Ms)} / ${f(r.completedP99Ms)} | ${f(r.goodTokensPerS, 1)} | ${f(r.completedPerS, 2)} |`,
+    );
   }
   console.log(`\ngoodput ratio (overload / sized): ${goodputRatio.toFixed(3)}`);
-  if (soaked) for (const r of soaked.rss) console.log(`soak RSS ${r.process}: ${r.warmMiB.toFixed(1)} MiB warm → ${r.endMiB.toFixed(1)} MiB (${r.growthPct.toFixed(1)}%)`);
+  if (soaked)
+    for (const r of soaked.rss)
+      console.log(`soak RSS ${r.process}: ${r.warmMiB.toFixed(1)} MiB warm → ${r.endMiB.toFixed(1)} MiB (${r.growthPct.toFixed(1)}%)`);
   for (const [check, ok] of Object.entries(checks)) console.log(`${ok ? 'ok  ' : 'FAIL'} ${check}`);
   mkdirSync(dirname(values.out!), { recursive: true });
-  writeFileSync(values.out!, JSON.stringify({ machine: describeMachine(), model: modelName, provider: values.provider, maxTokens, concurrency, factor, durationS: durationMs / 1000, phases, goodputRatio, soakRss: soaked?.rss ?? null, checks }, null, 2));
+  writeFileSync(
+    values.out!,
+    JSON.stringify(
+      {
+        machine: describeMachine(),
+        model: modelName,
+        provider: values.provider,
+        maxTokens,
+        concurrency,
+        factor,
+        durationS: durationMs / 1000,
+        phases,
+        goodputRatio,
+        soakRss: soaked?.rss ?? null,
+        checks,
+      },
+      null,
+      2,
+    ),
+  );
   console.log(`\nJSON: ${values.out}`);
 } finally {
   await Promise.all(procs.map(stop));

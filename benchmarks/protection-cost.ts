@@ -55,7 +55,15 @@ interface ReadRow {
 
 /** Runs `kvfabric serve` of a build until it is ready; resolves with its URL and a stop function. */
 function serve(build: Build): Promise<{ url: string; stop: () => Promise<void> }> {
-  const args = [join(builds[build], 'dist', 'cli', 'main.js'), 'serve', '--listen', '127.0.0.1:0', '--mode', values.mode!, ...(values.model ? ['--model', values.model] : [])];
+  const args = [
+    join(builds[build], 'dist', 'cli', 'main.js'),
+    'serve',
+    '--listen',
+    '127.0.0.1:0',
+    '--mode',
+    values.mode!,
+    ...(values.model ? ['--model', values.model] : []),
+  ];
   const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   return new Promise((resolveReady, reject) => {
@@ -91,7 +99,22 @@ async function servingRound(build: Build, round: number): Promise<ServingRow[]> 
 
 function readRound(build: Build, round: number): Promise<ReadRow> {
   const json = join(mkdtempSync(join(tmpdir(), 'kvf-pc-')), 'read.json');
-  const args = [join(builds[build], 'dist', 'cli', 'main.js'), 'bench', '--provider', 'tcp', '--op', 'READ', '--block-sizes', '1M', '--duration', '3', '--fast-path', 'off', '--json', json];
+  const args = [
+    join(builds[build], 'dist', 'cli', 'main.js'),
+    'bench',
+    '--provider',
+    'tcp',
+    '--op',
+    'READ',
+    '--block-sizes',
+    '1M',
+    '--duration',
+    '3',
+    '--fast-path',
+    'off',
+    '--json',
+    json,
+  ];
   return new Promise((resolveRow, reject) =>
     execFile(process.execPath, args, { env }, (err) => {
       if (err) return reject(err);
@@ -119,8 +142,12 @@ const median = (xs: number[]): number => {
 };
 const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
 const path = values['fast-path'] === 'on' ? 'same-host fast path' : 'tcp provider';
-console.log(`\nServing (kvfabric serve --mode ${values.mode}, KV over the ${path}, max_tokens ${maxTokens}, greedy, streamed): median of ${rounds} alternating rounds`);
-console.log('| concurrency | TTFT p50 ms before | TTFT p50 ms protected | ratio | ITL p50 ms before | ITL p50 ms protected | ratio | per-round TTFT p50 (before / protected) |');
+console.log(
+  `\nServing (kvfabric serve --mode ${values.mode}, KV over the ${path}, max_tokens ${maxTokens}, greedy, streamed): median of ${rounds} alternating rounds`,
+);
+console.log(
+  '| concurrency | TTFT p50 ms before | TTFT p50 ms protected | ratio | ITL p50 ms before | ITL p50 ms protected | ratio | per-round TTFT p50 (before / protected) |',
+);
 console.log('|---|---|---|---|---|---|---|---|');
 const summary = levels.map((c) => {
   const of = (build: Build, key: 'ttftP50Ms' | 'itlP50Ms') => serving.filter((r) => r.build === build && r.concurrency === c).map((r) => r[key]);
@@ -131,15 +158,23 @@ const summary = levels.map((c) => {
     itlBefore: median(of('before', 'itlP50Ms')),
     itlProtected: median(of('protected', 'itlP50Ms')),
   };
-  const rounds = of('before', 'ttftP50Ms').map((b, i) => `${f(b)} / ${f(of('protected', 'ttftP50Ms')[i]!)}`).join(', ');
-  console.log(`| ${c} | ${f(row.ttftBefore)} | ${f(row.ttftProtected)} | ${f(row.ttftProtected / row.ttftBefore, 2)} | ${f(row.itlBefore)} | ${f(row.itlProtected)} | ${f(row.itlProtected / row.itlBefore, 2)} | ${rounds} |`);
+  const rounds = of('before', 'ttftP50Ms')
+    .map((b, i) => `${f(b)} / ${f(of('protected', 'ttftP50Ms')[i]!)}`)
+    .join(', ');
+  console.log(
+    `| ${c} | ${f(row.ttftBefore)} | ${f(row.ttftProtected)} | ${f(row.ttftProtected / row.ttftBefore, 2)} | ${f(row.itlBefore)} | ${f(row.itlProtected)} | ${f(row.itlProtected / row.itlBefore, 2)} | ${rounds} |`,
+  );
   return row;
 });
 const gb = (build: Build) => reads.filter((r) => r.build === build).map((r) => r.gbps);
 console.log(`\nkvfabric bench: 1 MiB READ over tcp between two processes, median of ${rounds} alternating rounds`);
 console.log('| GB/s before | GB/s protected | ratio | per round (before / protected) |');
 console.log('|---|---|---|---|');
-console.log(`| ${f(median(gb('before')), 2)} | ${f(median(gb('protected')), 2)} | ${f(median(gb('protected')) / median(gb('before')), 2)} | ${gb('before').map((b, i) => `${f(b, 2)} / ${f(gb('protected')[i]!, 2)}`).join(', ')} |`);
+console.log(
+  `| ${f(median(gb('before')), 2)} | ${f(median(gb('protected')), 2)} | ${f(median(gb('protected')) / median(gb('before')), 2)} | ${gb('before')
+    .map((b, i) => `${f(b, 2)} / ${f(gb('protected')[i]!, 2)}`)
+    .join(', ')} |`,
+);
 mkdirSync(dirname(values.out!), { recursive: true });
 writeFileSync(values.out!, JSON.stringify({ machine: describeMachine(), builds, fastPath: values['fast-path'], maxTokens, summary, serving, reads }, null, 2));
 console.log(`\nwrote ${values.out}`);

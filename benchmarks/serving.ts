@@ -33,7 +33,10 @@ const provider = values.provider!;
 const levels = values.concurrency!.split(',').map(Number);
 const maxTokens = Number(values['max-tokens']);
 const minRequests = Number(values['min-requests']);
-const modelName = model.split('/').pop()!.replace(/\.gguf$/, '');
+const modelName = model
+  .split('/')
+  .pop()!
+  .replace(/\.gguf$/, '');
 
 async function runMode(mode: ServeMode) {
   const workers: Proc[] = [];
@@ -47,7 +50,10 @@ async function runMode(mode: ServeMode) {
     }
     const byRole = (role: string) => workers.filter((w) => w.ready.role === role).map((w) => w.ready.address);
     const frontend = await Frontend.start(
-      frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', prefill: byRole('prefill'), decode: byRole('decode'), mode, healthIntervalMs: 500 }, env: {} }),
+      frontendConfig({
+        flags: { ...CLUSTER, model, listen: '127.0.0.1:0', prefill: byRole('prefill'), decode: byRole('decode'), mode, healthIntervalMs: 500 },
+        env: {},
+      }),
       quietLog,
     );
     try {
@@ -75,13 +81,17 @@ console.log(`\nServing: ${modelName}, provider ${provider}, max_tokens ${maxToke
 console.log('| mode | concurrency | requests | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | output tok/s | req/s | KV bytes/req |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const r of [...disaggregated, ...aggregated]) {
-  console.log(`| ${r.mode === 'pull' ? 'disaggregated (1P+1D, pull)' : 'aggregated (2 workers)'} | ${r.concurrency} | ${r.requests} | ${f(r.ttftP50Ms)} | ${f(r.ttftP99Ms)} | ${f(r.itlP50Ms)} | ${f(r.itlP99Ms)} | ${f(r.outputTokensPerS)} | ${f(r.requestsPerS, 2)} | ${f(r.kvBytesPerRequest, 0)} |`);
+  console.log(
+    `| ${r.mode === 'pull' ? 'disaggregated (1P+1D, pull)' : 'aggregated (2 workers)'} | ${r.concurrency} | ${r.requests} | ${f(r.ttftP50Ms)} | ${f(r.ttftP99Ms)} | ${f(r.itlP50Ms)} | ${f(r.itlP99Ms)} | ${f(r.outputTokensPerS)} | ${f(r.requestsPerS, 2)} | ${f(r.kvBytesPerRequest, 0)} |`,
+  );
 }
 console.log('\n| concurrency | TTFT p50 ratio (disagg/agg) | ITL p50 ratio | throughput ratio |');
 console.log('|---|---|---|---|');
 for (const d of disaggregated) {
   const a = aggregated.find((r) => r.concurrency === d.concurrency)!;
-  console.log(`| ${d.concurrency} | ${f(d.ttftP50Ms / a.ttftP50Ms, 2)} | ${f(d.itlP50Ms / a.itlP50Ms, 2)} | ${f(d.outputTokensPerS / a.outputTokensPerS, 2)} |`);
+  console.log(
+    `| ${d.concurrency} | ${f(d.ttftP50Ms / a.ttftP50Ms, 2)} | ${f(d.itlP50Ms / a.itlP50Ms, 2)} | ${f(d.outputTokensPerS / a.outputTokensPerS, 2)} |`,
+  );
 }
 mkdirSync(dirname(values.out!), { recursive: true });
 writeFileSync(values.out!, JSON.stringify({ machine: describeMachine(), model, provider, maxTokens, disaggregated, aggregated }, null, 2));

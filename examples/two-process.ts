@@ -25,8 +25,13 @@ function blockPattern(block: number, bytes: Uint8Array): void {
   // Deterministic, block-specific contents, so a block landing in the wrong place is caught.
   let x = (block + 1) * 2654435761;
   for (let i = 0; i < bytes.length; i += 4) {
-    x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
-    bytes[i] = x & 255; bytes[i + 1] = (x >>> 8) & 255; bytes[i + 2] = (x >>> 16) & 255; bytes[i + 3] = (x >>> 24) & 255;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    bytes[i] = x & 255;
+    bytes[i + 1] = (x >>> 8) & 255;
+    bytes[i + 2] = (x >>> 16) & 255;
+    bytes[i + 3] = (x >>> 24) & 255;
   }
 }
 
@@ -42,7 +47,13 @@ async function prefill(provider: string): Promise<void> {
     if (msg.freed) console.log(`[prefill] ${n.from} pulled ${msg.freed.length} blocks: freeing them`);
     if (msg.pushTo) {
       const peer = agent.loadRemoteMetadata(Buffer.from(msg.pushTo.metadata, 'base64'));
-      const descs = blocks.map((b, i) => ({ local: pool, localOffset: b * BLOCK_BYTES, remote: msg.pushTo!.region, remoteOffset: msg.pushTo!.blocks[i]! * BLOCK_BYTES, length: BLOCK_BYTES }));
+      const descs = blocks.map((b, i) => ({
+        local: pool,
+        localOffset: b * BLOCK_BYTES,
+        remote: msg.pushTo!.region,
+        remoteOffset: msg.pushTo!.blocks[i]! * BLOCK_BYTES,
+        length: BLOCK_BYTES,
+      }));
       const report = await agent.write(peer, descs, { notification: JSON.stringify({ pushed: blocks.length }) });
       console.log(`[prefill] pushed ${report.bytes} bytes in ${report.durationMs.toFixed(2)} ms`);
       break;
@@ -74,7 +85,13 @@ async function decode(provider: string): Promise<TransferReport[]> {
 
   // Pull: decode's free blocks 20.. receive prefill's blocks 10..
   const mine = hello.blocks.map((_, i) => 20 + i);
-  const pull: TransferDescriptor[] = hello.blocks.map((b, i) => ({ local: pool, localOffset: mine[i]! * BLOCK_BYTES, remote: hello.region, remoteOffset: b * BLOCK_BYTES, length: BLOCK_BYTES }));
+  const pull: TransferDescriptor[] = hello.blocks.map((b, i) => ({
+    local: pool,
+    localOffset: mine[i]! * BLOCK_BYTES,
+    remote: hello.region,
+    remoteOffset: b * BLOCK_BYTES,
+    length: BLOCK_BYTES,
+  }));
   const read = await agent.read(peer, pull, { notification: JSON.stringify({ freed: hello.blocks }) });
   if (!verify(pool.bytes, mine)) throw new Error('pulled KV blocks differ from what prefill wrote');
 

@@ -28,7 +28,14 @@ const NATIVE_TARGETS = {
   'gguf-native': {
     main: 'gguf_fuzz.cc',
     sources: ['native/engine/gguf.cc', 'native/engine/model.cc', 'native/engine/kv_cache.cc'],
-    plain: ['native/engine/dequant.cc', 'native/engine/session.cc', 'native/engine/thread_pool.cc', 'native/engine/qdot.cc', 'native/engine/qdot_avx2.cc', 'native/engine/qdot_avx512vnni.cc'],
+    plain: [
+      'native/engine/dequant.cc',
+      'native/engine/session.cc',
+      'native/engine/thread_pool.cc',
+      'native/engine/qdot.cc',
+      'native/engine/qdot_avx2.cc',
+      'native/engine/qdot_avx512vnni.cc',
+    ],
   },
   'notification-native': { main: 'notification_fuzz.cc', sources: ['native/core/notification.cc'], plain: [] },
 };
@@ -64,7 +71,17 @@ function buildNative(name, spec, clang) {
   const sources = [join(FUZZ, 'native', spec.main), ...spec.sources.map((s) => join(ROOT, s))];
   if (newer(out, [...sources, ...objects])) {
     console.log(`building ${name} with ${clang}`);
-    const flags = ['-O1', '-g', '-fsanitize=fuzzer,address,undefined', '-fno-sanitize-recover=undefined', '-Wall', '-Wextra', '-Wpedantic', '-Wno-unused-parameter', '-Werror'];
+    const flags = [
+      '-O1',
+      '-g',
+      '-fsanitize=fuzzer,address,undefined',
+      '-fno-sanitize-recover=undefined',
+      '-Wall',
+      '-Wextra',
+      '-Wpedantic',
+      '-Wno-unused-parameter',
+      '-Werror',
+    ];
     run(clang, [...common, ...flags, ...sources, ...objects, '-lpthread', '-o', out]);
   }
   return out;
@@ -124,13 +141,23 @@ for (const target of selected) {
     outcome = await fuzzOnce(binary, [work, seeds, ...libFuzzerArgs], process.env);
   }
   const findings = readdirSync(seeds).filter((f) => !before.has(f));
-  results.push({ target, engine: target in JS_TARGETS ? 'jazzer.js' : 'libFuzzer', seconds: Math.round((Date.now() - started) / 1000), execs: outcome.execs, exit: outcome.code, findings });
+  results.push({
+    target,
+    engine: target in JS_TARGETS ? 'jazzer.js' : 'libFuzzer',
+    seconds: Math.round((Date.now() - started) / 1000),
+    execs: outcome.execs,
+    exit: outcome.code,
+    findings,
+  });
 }
 
 console.log('\ntarget               engine      seconds        execs  findings');
 for (const r of results) {
   if (r.skipped) console.log(`${r.target.padEnd(20)} ${r.engine.padEnd(10)}  skipped: ${r.skipped}`);
-  else console.log(`${r.target.padEnd(20)} ${r.engine.padEnd(10)} ${String(r.seconds).padStart(8)} ${String(r.execs).padStart(12)}  ${r.findings.length ? r.findings.join(' ') : (r.exit === 0 ? 'none' : `exit ${r.exit}`)}`);
+  else
+    console.log(
+      `${r.target.padEnd(20)} ${r.engine.padEnd(10)} ${String(r.seconds).padStart(8)} ${String(r.execs).padStart(12)}  ${r.findings.length ? r.findings.join(' ') : r.exit === 0 ? 'none' : `exit ${r.exit}`}`,
+    );
 }
 writeFileSync(join(BUILD, 'results.json'), JSON.stringify({ date: new Date().toISOString(), minutes, results }, null, 2) + '\n');
 process.exit(results.some((r) => r.findings?.length || (r.exit !== undefined && r.exit !== 0)) ? 1 : 0);

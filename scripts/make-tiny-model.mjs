@@ -17,7 +17,12 @@ import { parseArgs } from 'node:util';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const { values: shape, positionals } = parseArgs({
   allowPositionals: true,
-  options: { layers: { type: 'string', default: '2' }, dim: { type: 'string', default: '64' }, ffn: { type: 'string', default: '128' }, context: { type: 'string', default: '256' } },
+  options: {
+    layers: { type: 'string', default: '2' },
+    dim: { type: 'string', default: '64' },
+    ffn: { type: 'string', default: '128' },
+    context: { type: 'string', default: '256' },
+  },
 });
 const outPath = resolve(positionals[0] ?? join(root, 'models', 'tiny-llama.gguf'));
 
@@ -184,7 +189,9 @@ const encoders = {
   F16: { id: 1, block: 1, bytes: 2, encode: (v, buf) => buf.writeUInt16LE(toHalf(v[0]), 0) },
   // block_q4_0 { half d; uint8 qs[16] }: d = max / -8 (max: the value of largest magnitude), q in 0..15.
   Q4_0: {
-    id: 2, block: 32, bytes: 18,
+    id: 2,
+    block: 32,
+    bytes: 18,
     encode(v, buf) {
       let max = 0;
       for (const x of v) if (Math.abs(x) > Math.abs(max)) max = x;
@@ -197,7 +204,9 @@ const encoders = {
   },
   // block_q4_1 { half d; half m; uint8 qs[16] }: x = q * d + m, q in 0..15.
   Q4_1: {
-    id: 3, block: 32, bytes: 20,
+    id: 3,
+    block: 32,
+    bytes: 20,
     encode(v, buf) {
       const min = Math.min(...v);
       const max = Math.max(...v);
@@ -211,7 +220,9 @@ const encoders = {
   },
   // block_q8_0 { half d; int8 qs[32] }: d = amax / 127.
   Q8_0: {
-    id: 8, block: 32, bytes: 34,
+    id: 8,
+    block: 32,
+    bytes: 34,
     encode(v, buf) {
       const amax = Math.max(...v.map(Math.abs));
       const d = amax / 127;
@@ -246,23 +257,54 @@ class ByteWriter {
     this.chunks.push(buf);
     this.length += buf.length;
   }
-  u32(v) { const b = Buffer.alloc(4); b.writeUInt32LE(v); this.push(b); }
-  i32(v) { const b = Buffer.alloc(4); b.writeInt32LE(v); this.push(b); }
-  u64(v) { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); this.push(b); }
-  f32(v) { const b = Buffer.alloc(4); b.writeFloatLE(v); this.push(b); }
-  u8(v) { this.push(Buffer.from([v])); }
-  str(s) { const b = Buffer.from(s, 'utf8'); this.u64(b.length); this.push(b); }
-  pad(alignment) { const n = (alignment - (this.length % alignment)) % alignment; if (n) this.push(Buffer.alloc(n)); }
+  u32(v) {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(v);
+    this.push(b);
+  }
+  i32(v) {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(v);
+    this.push(b);
+  }
+  u64(v) {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(v));
+    this.push(b);
+  }
+  f32(v) {
+    const b = Buffer.alloc(4);
+    b.writeFloatLE(v);
+    this.push(b);
+  }
+  u8(v) {
+    this.push(Buffer.from([v]));
+  }
+  str(s) {
+    const b = Buffer.from(s, 'utf8');
+    this.u64(b.length);
+    this.push(b);
+  }
+  pad(alignment) {
+    const n = (alignment - (this.length % alignment)) % alignment;
+    if (n) this.push(Buffer.alloc(n));
+  }
 }
 
 function writeValue(w, type, v) {
   switch (type) {
-    case GGUF.UINT32: return w.u32(v);
-    case GGUF.INT32: return w.i32(v);
-    case GGUF.FLOAT32: return w.f32(v);
-    case GGUF.BOOL: return w.u8(v ? 1 : 0);
-    case GGUF.STRING: return w.str(v);
-    default: throw new Error(`unsupported metadata type ${type}`);
+    case GGUF.UINT32:
+      return w.u32(v);
+    case GGUF.INT32:
+      return w.i32(v);
+    case GGUF.FLOAT32:
+      return w.f32(v);
+    case GGUF.BOOL:
+      return w.u8(v ? 1 : 0);
+    case GGUF.STRING:
+      return w.str(v);
+    default:
+      throw new Error(`unsupported metadata type ${type}`);
   }
 }
 
@@ -315,7 +357,12 @@ function addMatrix(name, nIn, nOut, type) {
   addTensor(name, [nIn, nOut], type, uniform(nIn * nOut, Math.sqrt(3 / nIn)));
 }
 function addNorm(name) {
-  addTensor(name, [DIM], 'F32', uniform(DIM, 0.1).map((x) => Math.fround(1 + x)));
+  addTensor(
+    name,
+    [DIM],
+    'F32',
+    uniform(DIM, 0.1).map((x) => Math.fround(1 + x)),
+  );
 }
 
 const KV_DIM = N_HEAD_KV * HEAD_DIM;

@@ -27,14 +27,24 @@ if (!process.env.KVF_ADDON) {
 run('npx', ['tsc', '-p', 'tsconfig.json']);
 
 // Tests that exercise only TypeScript (no addon) are skipped under the sanitizer build.
-const PURE_TS = new Set(['metadata.test.ts', 'errors-registry.test.ts', 'config.test.ts', 'sampling.test.ts', 'tokenizer.test.ts', 'kv-plan.test.ts', 'manifests.test.ts', 'dockerfile.test.ts']);
-const selected = files.length > 0
-  ? files
-  : readdirSync(join(root, 'test'))
-      .filter((f) => f.endsWith('.test.ts'))
-      .filter((f) => !nativeOnly || !PURE_TS.has(f))
-      .sort()
-      .map((f) => join('test', f));
+const PURE_TS = new Set([
+  'metadata.test.ts',
+  'errors-registry.test.ts',
+  'config.test.ts',
+  'sampling.test.ts',
+  'tokenizer.test.ts',
+  'kv-plan.test.ts',
+  'manifests.test.ts',
+  'dockerfile.test.ts',
+]);
+const selected =
+  files.length > 0
+    ? files
+    : readdirSync(join(root, 'test'))
+        .filter((f) => f.endsWith('.test.ts'))
+        .filter((f) => !nativeOnly || !PURE_TS.has(f))
+        .sort()
+        .map((f) => join('test', f));
 
 const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...selected], {
   cwd: root,

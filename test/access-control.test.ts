@@ -154,10 +154,17 @@ for (const provider of ['tcp', 'shm'] as const) {
             descs: [{ local: sink, localOffset: i * size, remote: src, remoteOffset: i * size, length: size }],
             timeoutMs: 10_000,
           }));
-          specs.splice(5, 0, { ...read(owner.name, sink, secret, size), descs: [{ local: sink, localOffset: 16 * size, remote: secret, remoteOffset: 0, length: size }] });
+          specs.splice(5, 0, {
+            ...read(owner.name, sink, secret, size),
+            descs: [{ local: sink, localOffset: 16 * size, remote: secret, remoteOffset: 0, length: size }],
+          });
           const out = await reader.transferSettled(specs);
           const failed = out.flatMap((o, i) => (o.ok ? [] : [`${i}: ${o.code} ${o.message}`]));
-          assert.deepEqual(failed.map((f) => f.split(':')[0]), ['5'], `only the refused READ fails; failed: ${failed.join('; ')}`);
+          assert.deepEqual(
+            failed.map((f) => f.split(':')[0]),
+            ['5'],
+            `only the refused READ fails; failed: ${failed.join('; ')}`,
+          );
           assert.equal((out[5] as { code?: string }).code, 'KVF_ERR_REMOTE_ACCESS');
           assert.equal(await reader.hash(sink, [[0, 16 * size]]), await owner.hash(`src${size}`, [[0, 16 * size]]), 'the 16 READs landed');
           assert.equal(await reader.hash(sink, [[16 * size, size]]), zeroHash(size), 'nothing of the refused region arrived');

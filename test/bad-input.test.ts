@@ -257,7 +257,11 @@ for (const { name: provider, other } of PROVIDERS) {
         await rejects(() => ctx.a.transfer(op as never, peer, [desc(ctx)], XFER), 'KVF_ERR_INVALID_ARGUMENT', `op ${String(op)}`);
       }
       for (const note of [42, {}, [1, 2]]) {
-        await rejects(() => ctx.a.write(peer, [desc(ctx)], { notification: note as never }), 'KVF_ERR_INVALID_ARGUMENT', `notification ${JSON.stringify(note)}`);
+        await rejects(
+          () => ctx.a.write(peer, [desc(ctx)], { notification: note as never }),
+          'KVF_ERR_INVALID_ARGUMENT',
+          `notification ${JSON.stringify(note)}`,
+        );
         await rejects(() => ctx.a.sendNotification(peer, note as never), 'KVF_ERR_INVALID_ARGUMENT', `sendNotification ${JSON.stringify(note)}`);
       }
       await roundTrip(ctx);
@@ -279,14 +283,21 @@ for (const { name: provider, other } of PROVIDERS) {
         assert.match(err.message, /descriptor 3\b/, 'the message names the bad descriptor');
       }
       const err = await rejects(
-        () => ctx.a.write(peer, [...good, desc(ctx, { localOffset: 3 * KiB, remoteOffset: 3 * KiB, length: KiB })], { ...XFER, notification: new Uint8Array(ctx.a.info.maxNotificationBytes + 1) }),
+        () =>
+          ctx.a.write(peer, [...good, desc(ctx, { localOffset: 3 * KiB, remoteOffset: 3 * KiB, length: KiB })], {
+            ...XFER,
+            notification: new Uint8Array(ctx.a.info.maxNotificationBytes + 1),
+          }),
         'KVF_ERR_TOO_LARGE',
         'WRITE with a too-large notification',
       );
       assert.match(err.message, /16384|limit/);
       await roundTrip(ctx); // anything wrongly posted above would have landed by now
       await delay(20);
-      assert.ok(ctx.tgtB.bytes.subarray(0, 4 * KiB).every((v) => v === 0xab), "B's memory was not touched by the refused transfers");
+      assert.ok(
+        ctx.tgtB.bytes.subarray(0, 4 * KiB).every((v) => v === 0xab),
+        "B's memory was not touched by the refused transfers",
+      );
     });
 
     test('unknown local region id: KVF_ERR_UNKNOWN_REGION', { timeout: TEST_TIMEOUT }, async () => {
@@ -296,7 +307,7 @@ for (const { name: provider, other } of PROVIDERS) {
       await roundTrip(ctx);
     });
 
-    test("a MemoryRegion of another agent is not a local region: KVF_ERR_UNKNOWN_REGION", { timeout: TEST_TIMEOUT }, async () => {
+    test('a MemoryRegion of another agent is not a local region: KVF_ERR_UNKNOWN_REGION', { timeout: TEST_TIMEOUT }, async () => {
       // C's first region has the same id as A's srcA; using C's handle must not silently move A's bytes.
       const foreign = ctx.c.registerMemory(new Uint8Array(REGION));
       try {
@@ -689,7 +700,11 @@ for (const { name: provider, other } of PROVIDERS) {
       for (const [label, note] of tooBig) {
         await rejects(() => ctx.a.sendNotification(peer, note), 'KVF_ERR_TOO_LARGE', `sendNotification ${label}`);
         await rejects(() => ctx.a.write(peer, [desc(ctx)], { ...XFER, notification: note }), 'KVF_ERR_TOO_LARGE', `WRITE + notification ${label}`);
-        await rejects(() => ctx.a.read(peer, [desc(ctx, { local: ctx.dstA })], { ...XFER, notification: note }), 'KVF_ERR_TOO_LARGE', `READ + notification ${label}`);
+        await rejects(
+          () => ctx.a.read(peer, [desc(ctx, { local: ctx.dstA })], { ...XFER, notification: note }),
+          'KVF_ERR_TOO_LARGE',
+          `READ + notification ${label}`,
+        );
       }
       // Exactly the limit goes through, and arrives intact.
       const exact = random(max);
@@ -784,35 +799,31 @@ for (const { name: provider, other } of PROVIDERS) {
       await roundTrip(ctx);
     });
 
-    test(
-      'a region the peer deregistered (stale metadata) fails the transfer and leaves the connection usable',
-      { timeout: TEST_TIMEOUT },
-      async () => {
-        // Own agents: if this breaks the connection it must not break the shared ones.
-        const x = await create('x-stale', provider, { closeTimeoutMs: 500 });
-        const y = await create('y-stale', provider, { closeTimeoutMs: 500 });
-        try {
-          const src = x.registerMemory(random(4 * KiB));
-          const keep = y.registerMemory(new Uint8Array(4 * KiB));
-          const gone = y.registerMemory(new Uint8Array(4 * KiB));
-          const peer = x.loadRemoteMetadata(y.getLocalMetadata());
-          const d = (remote: number) => [{ local: src, localOffset: 0, remote, remoteOffset: 0, length: 4 * KiB }];
-          await x.write(peer, d(keep.id), { timeoutMs: 2_000 });
-          gone.deregister();
-          await assert.rejects(x.write(peer, d(gone.id), { timeoutMs: 2_000 }), (err: unknown) => {
-            assert.ok(err instanceof KvfError, show(err));
-            assert.notEqual(err.code, 'KVF_ERR_TIMEOUT', 'the provider reports the bad key instead of never completing');
-            return true;
-          });
-          keep.bytes.fill(0);
-          await x.write(peer, d(keep.id), { timeoutMs: 2_000 });
-          sameBytes(keep.bytes, src.bytes, 'a WRITE to a live region after the failed one');
-        } finally {
-          await Promise.all([x.close(), y.close()]);
-        }
-        await roundTrip(ctx);
-      },
-    );
+    test('a region the peer deregistered (stale metadata) fails the transfer and leaves the connection usable', { timeout: TEST_TIMEOUT }, async () => {
+      // Own agents: if this breaks the connection it must not break the shared ones.
+      const x = await create('x-stale', provider, { closeTimeoutMs: 500 });
+      const y = await create('y-stale', provider, { closeTimeoutMs: 500 });
+      try {
+        const src = x.registerMemory(random(4 * KiB));
+        const keep = y.registerMemory(new Uint8Array(4 * KiB));
+        const gone = y.registerMemory(new Uint8Array(4 * KiB));
+        const peer = x.loadRemoteMetadata(y.getLocalMetadata());
+        const d = (remote: number) => [{ local: src, localOffset: 0, remote, remoteOffset: 0, length: 4 * KiB }];
+        await x.write(peer, d(keep.id), { timeoutMs: 2_000 });
+        gone.deregister();
+        await assert.rejects(x.write(peer, d(gone.id), { timeoutMs: 2_000 }), (err: unknown) => {
+          assert.ok(err instanceof KvfError, show(err));
+          assert.notEqual(err.code, 'KVF_ERR_TIMEOUT', 'the provider reports the bad key instead of never completing');
+          return true;
+        });
+        keep.bytes.fill(0);
+        await x.write(peer, d(keep.id), { timeoutMs: 2_000 });
+        sameBytes(keep.bytes, src.bytes, 'a WRITE to a live region after the failed one');
+      } finally {
+        await Promise.all([x.close(), y.close()]);
+      }
+      await roundTrip(ctx);
+    });
   });
 }
 
@@ -851,7 +862,11 @@ test('shm addresses of different lengths are not a provider mismatch', { timeout
 describe('Agent.create with bad options', { timeout: 60_000 }, () => {
   test('backend UCX (option or NIXL_BACKEND): KVF_ERR_BACKEND_UNSUPPORTED naming LIBFABRIC', { timeout: TEST_TIMEOUT }, async () => {
     for (const backend of ['UCX', 'ucx', 'GDS', ' UCX ']) {
-      const err = await rejects(() => Agent.create({ name: 'u', provider: 'tcp', backend, logger: false }), 'KVF_ERR_BACKEND_UNSUPPORTED', `backend ${backend}`);
+      const err = await rejects(
+        () => Agent.create({ name: 'u', provider: 'tcp', backend, logger: false }),
+        'KVF_ERR_BACKEND_UNSUPPORTED',
+        `backend ${backend}`,
+      );
       assert.match(err.message, /LIBFABRIC/);
       assert.match(err.message, new RegExp(backend.trim()));
     }

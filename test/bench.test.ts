@@ -52,7 +52,21 @@ describe('kvfabric bench', { timeout: 300_000 }, () => {
   test('shm, forked target: a point per size and op, the table, the JSON and an SVG chart', async () => {
     const json = join(dir, 'shm.json');
     const svg = join(dir, 'shm.svg');
-    const r = await bench(['--provider', 'shm', '--block-sizes', '4K,1M', '--duration', '0.2', '--pool', '8M', '--json', json, '--chart', svg, '--no-progress']);
+    const r = await bench([
+      '--provider',
+      'shm',
+      '--block-sizes',
+      '4K,1M',
+      '--duration',
+      '0.2',
+      '--pool',
+      '8M',
+      '--json',
+      json,
+      '--chart',
+      svg,
+      '--no-progress',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const result = readJson(json);
     assert.equal(result.benchmark, 'kvfabric-bench');
@@ -84,13 +98,34 @@ describe('kvfabric bench', { timeout: 300_000 }, () => {
 
   test('tcp, 2 rails, READ only, fast path off: large blocks striped over both rails', async () => {
     const json = join(dir, 'tcp.json');
-    const r = await bench(['--provider', 'tcp', '--rails', '2', '--op', 'READ', '--block-sizes', '64K,1M', '--duration', '0.2', '--pool', '8M', '--fast-path', 'off', '--json', json, '--no-progress']);
+    const r = await bench([
+      '--provider',
+      'tcp',
+      '--rails',
+      '2',
+      '--op',
+      'READ',
+      '--block-sizes',
+      '64K,1M',
+      '--duration',
+      '0.2',
+      '--pool',
+      '8M',
+      '--fast-path',
+      'off',
+      '--json',
+      json,
+      '--no-progress',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const result = readJson(json);
     assert.equal(result.provider, 'tcp;ofi_rxm');
     assert.equal(result.rails, 2);
     assert.equal(result.options.fastPath, false);
-    assert.deepEqual(result.points.map((p) => `${p.op} ${p.blockBytes}`), ['READ 65536', 'READ 1048576']);
+    assert.deepEqual(
+      result.points.map((p) => `${p.op} ${p.blockBytes}`),
+      ['READ 65536', 'READ 1048576'],
+    );
     for (const p of result.points) {
       checkPoint(p);
       assert.equal(p.path, 'fabric');
@@ -101,7 +136,21 @@ describe('kvfabric bench', { timeout: 300_000 }, () => {
   test('--latency: one 4K READ at a time for --iters transfers; --no-prepared; PNG chart', async () => {
     const json = join(dir, 'lat.json');
     const png = join(dir, 'lat.png');
-    const r = await bench(['--provider', 'shm', '--latency', '--iters', '50', '--pool', '1M', '--no-prepared', '--json', json, '--chart', png, '--no-progress']);
+    const r = await bench([
+      '--provider',
+      'shm',
+      '--latency',
+      '--iters',
+      '50',
+      '--pool',
+      '1M',
+      '--no-prepared',
+      '--json',
+      json,
+      '--chart',
+      png,
+      '--no-progress',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const [p, ...rest] = readJson(json).points;
     assert.equal(rest.length, 0);
@@ -128,7 +177,23 @@ describe('kvfabric bench', { timeout: 300_000 }, () => {
         target.once('exit', (code) => reject(new Error(`target exited (${code}) before listening: ${err}`)));
       });
       const json = join(dir, 'connect.json');
-      const r = await bench(['--connect', `127.0.0.1:${port}`, '--provider', 'tcp', '--pool', '4M', '--block-sizes', '64K', '--op', 'WRITE', '--iters', '20', '--json', json, '--no-progress']);
+      const r = await bench([
+        '--connect',
+        `127.0.0.1:${port}`,
+        '--provider',
+        'tcp',
+        '--pool',
+        '4M',
+        '--block-sizes',
+        '64K',
+        '--op',
+        'WRITE',
+        '--iters',
+        '20',
+        '--json',
+        json,
+        '--no-progress',
+      ]);
       assert.equal(r.code, 0, r.stderr);
       const result = readJson(json);
       assert.equal(result.target, `127.0.0.1:${port}`);
@@ -164,7 +229,10 @@ describe('kvfabric bench', { timeout: 300_000 }, () => {
 // The rest of the validation, in-process (each CLI start costs a second on a small machine).
 describe('bench option parsing', () => {
   const invalid = (raw: RawBenchOptions, message: RegExp) =>
-    assert.throws(() => parseBenchOptions(raw), (err: KvfError) => err.code === 'KVF_ERR_INVALID_ARGUMENT' && message.test(err.message));
+    assert.throws(
+      () => parseBenchOptions(raw),
+      (err: KvfError) => err.code === 'KVF_ERR_INVALID_ARGUMENT' && message.test(err.message),
+    );
 
   test('sizes, lists and defaults', () => {
     assert.equal(parseSize('4K', 'x'), 4096);

@@ -36,26 +36,42 @@ test('provider: option, then FI_PROVIDER (first of a list; exclusions mean no pr
 test('tcp binds the configured address or interface, else the routable one, else loopback', () => {
   const none = (): undefined => undefined;
   assert.deepEqual(tcpBinding(undefined, undefined, {}, none), { node: '127.0.0.1' });
-  assert.deepEqual(tcpBinding(undefined, undefined, {}, () => '10.77.0.2'), { node: '10.77.0.2' });
+  assert.deepEqual(
+    tcpBinding(undefined, undefined, {}, () => '10.77.0.2'),
+    { node: '10.77.0.2' },
+  );
   assert.deepEqual(tcpBinding(undefined, undefined, { FI_TCP_IFACE: 'eth0' }), { domain: 'eth0' });
   assert.deepEqual(tcpBinding(undefined, undefined, { KVF_ADDRESS: '10.0.0.5' }), { node: '10.0.0.5' });
   assert.deepEqual(tcpBinding('10.1.1.1', 'eth1', {}), { node: '10.1.1.1', domain: 'eth1' });
 });
 
-test('the routable address is the default route\'s interface, else the first non-loopback IPv4', () => {
-  const table = 'Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n' +
+test("the routable address is the default route's interface, else the first non-loopback IPv4", () => {
+  const table =
+    'Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n' +
     'eth1\t00000000\t0101A8C0\t0003\t0\t0\t200\t00000000\n' +
     'eth0\t00000000\t01004D0A\t0003\t0\t0\t100\t00000000\n' +
     'eth0\t00004D0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\n';
   assert.equal(defaultRouteInterface(table), 'eth0');
   const nic = (address: string, internal = false) => ({ address, family: 'IPv4', internal }) as never;
   const ifaces = () => ({ lo: [nic('127.0.0.1', true)], eth1: [nic('192.168.1.5')], eth0: [nic('10.77.0.2')] });
-  assert.equal(routableAddress(() => table, ifaces), '10.77.0.2');
-  assert.equal(routableAddress(() => '', ifaces), '192.168.1.5');
-  assert.equal(routableAddress(() => '', () => ({ lo: [nic('127.0.0.1', true)] })), undefined);
+  assert.equal(
+    routableAddress(() => table, ifaces),
+    '10.77.0.2',
+  );
+  assert.equal(
+    routableAddress(() => '', ifaces),
+    '192.168.1.5',
+  );
+  assert.equal(
+    routableAddress(
+      () => '',
+      () => ({ lo: [nic('127.0.0.1', true)] }),
+    ),
+    undefined,
+  );
 });
 
-test('a worker\'s fabric address follows its listen / advertise address unless configured', () => {
+test("a worker's fabric address follows its listen / advertise address unless configured", () => {
   assert.deepEqual(workerFabricAddress({ listen: '127.0.0.1:0' }, {}).address, '127.0.0.1');
   assert.deepEqual(workerFabricAddress({ listen: 'localhost:0' }, {}).address, '127.0.0.1');
   assert.deepEqual(workerFabricAddress({ listen: '10.77.0.3:0', advertise: '10.9.9.9:1' }, {}).address, '10.77.0.3');
@@ -86,7 +102,10 @@ test('sockaddrs in metadata decode; a loopback peer elsewhere is refused at load
   const check = (own: string, peer: string, ownHost: string, peerHost: string) => () =>
     checkReachable({ own: [sin(own, 1)], peer: [sin(peer, 2)], peerName: 'p', ownHost, peerHost });
   // Another pid namespace on this kernel, this agent routable: the peer's 127.0.0.1 is not ours.
-  assert.throws(check('10.77.0.3', '127.0.0.1', 'boot/pid:[1]', 'boot/pid:[2]'), (e: KvfError) => e.code === 'KVF_ERR_PEER_UNREACHABLE' && /127\.0\.0\.1:2/.test(e.message));
+  assert.throws(
+    check('10.77.0.3', '127.0.0.1', 'boot/pid:[1]', 'boot/pid:[2]'),
+    (e: KvfError) => e.code === 'KVF_ERR_PEER_UNREACHABLE' && /127\.0\.0\.1:2/.test(e.message),
+  );
   // Another kernel: loopback cannot reach it whatever this agent binds.
   assert.throws(check('127.0.0.1', '127.0.0.1', 'bootA/pid:[1]', 'bootB/pid:[1]'), /another host/);
   // Same host, or both on loopback of one kernel (containers of one pod), or a routable peer: allowed.

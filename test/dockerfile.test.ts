@@ -19,10 +19,16 @@ function stageInstalls(stage: string): string[][] {
   return [...body.matchAll(/apt-get install -y --no-install-recommends ([^&\n]+)/g)].map((m) => m[1]!.trim().split(/\s+/));
 }
 
-test('the build stage installs exactly scripts/setup.sh\'s and .ci/run\'s packages, then runs setup.sh', () => {
-  const setup = read('scripts/setup.sh').match(/^packages=\(([^)]*)\)/m)?.[1]?.trim().split(/\s+/);
+test("the build stage installs exactly scripts/setup.sh's and .ci/run's packages, then runs setup.sh", () => {
+  const setup = read('scripts/setup.sh')
+    .match(/^packages=\(([^)]*)\)/m)?.[1]
+    ?.trim()
+    .split(/\s+/);
   assert.ok(setup && setup.length > 5);
-  const ci = read('.ci/run').match(/apt-get install -y --no-install-recommends ([^\n]+)/)?.[1]?.trim().split(/\s+/);
+  const ci = read('.ci/run')
+    .match(/apt-get install -y --no-install-recommends ([^\n]+)/)?.[1]
+    ?.trim()
+    .split(/\s+/);
   const [build, ...more] = stageInstalls('build');
   assert.deepEqual(more, [], 'one apt line in the build stage');
   assert.deepEqual(build, setup, 'Dockerfile build stage vs scripts/setup.sh packages=(...)');

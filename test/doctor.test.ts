@@ -76,14 +76,25 @@ function cli(pre: string, env: NodeJS.ProcessEnv, args: string[], dropIpcLock = 
 
 describe('doctor: efa devices', () => {
   test('an EFA node: sysfs device and /dev/infiniband/uverbs0', async () => {
-    const rows = (await runDoctor({ env: { PATH: noPath, FI_PROVIDER: 'efa' }, root: tree(EFA_NODE), openAgent: false })).checks.filter((c) => c.group === 'efa');
-    assert.deepEqual(rows.map((r) => [r.name, r.status]), [['EFA devices', 'ok'], ['/dev/infiniband', 'ok']]);
+    const rows = (await runDoctor({ env: { PATH: noPath, FI_PROVIDER: 'efa' }, root: tree(EFA_NODE), openAgent: false })).checks.filter(
+      (c) => c.group === 'efa',
+    );
+    assert.deepEqual(
+      rows.map((r) => [r.name, r.status]),
+      [
+        ['EFA devices', 'ok'],
+        ['/dev/infiniband', 'ok'],
+      ],
+    );
     assert.match(row(rows, 'EFA devices').detail, /rdmap16s27/);
   });
 
   test('efa asked for on a node without EFA: both fail, with the pod settings as the fix', async () => {
     const rows = await group('efa', { FI_PROVIDER: 'efa' });
-    assert.deepEqual(rows.map((r) => r.status), ['fail', 'fail']);
+    assert.deepEqual(
+      rows.map((r) => r.status),
+      ['fail', 'fail'],
+    );
     assert.match(row(rows, '/dev/infiniband').fix!, /vpc\.amazonaws\.com\/efa/);
   });
 
@@ -95,13 +106,17 @@ describe('doctor: efa devices', () => {
 
   test('the driver symlink decides for devices not named rdmap*; tcp needs no device', async () => {
     const root = tree({
-      'sys/bus/pci/drivers/efa/': '', 'sys/bus/pci/drivers/mlx5_core/': '',
+      'sys/bus/pci/drivers/efa/': '',
+      'sys/bus/pci/drivers/mlx5_core/': '',
       'sys/class/infiniband/efa_0/device/driver': '->../../../../bus/pci/drivers/efa',
       'sys/class/infiniband/mlx5_0/device/driver': '->../../../../bus/pci/drivers/mlx5_core',
     });
     const rows = (await runDoctor({ env: { PATH: noPath, FI_PROVIDER: 'efa' }, root, openAgent: false })).checks.filter((c) => c.group === 'efa');
     assert.equal(row(rows, 'EFA devices').detail, '1: efa_0');
-    assert.deepEqual((await group('efa', { FI_PROVIDER: 'tcp' })).map((r) => r.status), ['skip', 'skip']);
+    assert.deepEqual(
+      (await group('efa', { FI_PROVIDER: 'tcp' })).map((r) => r.status),
+      ['skip', 'skip'],
+    );
   });
 });
 
@@ -131,7 +146,10 @@ describe('doctor: providers (real libfabric)', { concurrency: true }, () => {
 
   test('EFA devices present but the automatic choice falls back to tcp: the silent fallback is a failure', async () => {
     const { report } = await cli('true', {}, ['--json', '--root', tree(EFA_NODE)]);
-    const r = row(report.checks.filter((c) => c.group === 'providers'), 'selected provider');
+    const r = row(
+      report.checks.filter((c) => c.group === 'providers'),
+      'selected provider',
+    );
     assert.equal(r.status, 'fail');
     assert.match(r.detail, /fell back to tcp;ofi_rxm/);
   });
@@ -159,14 +177,21 @@ describe('doctor: FI_* variables', () => {
   test('FI_HMEM_DISABLE_P2P=1 fails on a GPU node (GPUDirect off) and warns elsewhere', async () => {
     const gpuRoot = tree({ 'dev/nvidia0': '', 'dev/nvidiactl': '' });
     const onGpu = (await runDoctor({ env: { PATH: noPath, FI_HMEM_DISABLE_P2P: '1' }, root: gpuRoot, openAgent: false })).checks;
-    assert.equal(row(onGpu.filter((c) => c.group === 'fi-env'), 'FI_HMEM_DISABLE_P2P').status, 'fail');
+    assert.equal(
+      row(
+        onGpu.filter((c) => c.group === 'fi-env'),
+        'FI_HMEM_DISABLE_P2P',
+      ).status,
+      'fail',
+    );
     assert.match(row(onGpu, 'FI_HMEM_DISABLE_P2P').detail, /GPUDirect/);
     assert.equal(row(await group('fi-env', { FI_HMEM_DISABLE_P2P: 'yes' }), 'FI_HMEM_DISABLE_P2P').status, 'warn');
     assert.equal(row(await group('fi-env', { FI_HMEM_DISABLE_P2P: '0' }), 'FI_HMEM_DISABLE_P2P').status, 'ok');
   });
 
   test('FI_EFA_USE_DEVICE_RDMA with efa: unset or 0 warns, 1 is ok, garbage fails', async () => {
-    const status = async (v?: string) => row(await group('fi-env', { FI_PROVIDER: 'efa', ...(v === undefined ? {} : { FI_EFA_USE_DEVICE_RDMA: v }) }), 'FI_EFA_USE_DEVICE_RDMA').status;
+    const status = async (v?: string) =>
+      row(await group('fi-env', { FI_PROVIDER: 'efa', ...(v === undefined ? {} : { FI_EFA_USE_DEVICE_RDMA: v }) }), 'FI_EFA_USE_DEVICE_RDMA').status;
     assert.deepEqual([await status(), await status('0'), await status('1'), await status('maybe')], ['warn', 'warn', 'ok', 'fail']);
   });
 
@@ -174,16 +199,27 @@ describe('doctor: FI_* variables', () => {
     const status = async (v?: string, provider = 'efa') =>
       row(await group('fi-env', { FI_PROVIDER: provider, ...(v === undefined ? {} : { FI_MR_CACHE_MAX_COUNT: v }) }), 'FI_MR_CACHE_MAX_COUNT')?.status;
     assert.deepEqual([await status(), await status('1024'), await status('0')], ['warn', 'warn', 'ok']);
-    assert.equal((await group('fi-env', { FI_PROVIDER: 'tcp' })).find((r) => r.name === 'FI_MR_CACHE_MAX_COUNT'), undefined);
+    assert.equal(
+      (await group('fi-env', { FI_PROVIDER: 'tcp' })).find((r) => r.name === 'FI_MR_CACHE_MAX_COUNT'),
+      undefined,
+    );
   });
 
   test('typos, bad numbers and bad monitors; names the loaded libfabric reports (fi_info -e) are known', async () => {
     const rows = await group('fi-env', { FI_EFA_TXSIZE: '8192', FI_EFA_TX_SIZE: 'lots', FI_MR_CACHE_MONITOR: 'off', KVF_BLOKS: '64' });
-    assert.deepEqual(rows.map((r) => [r.name, r.status]).sort(), [['FI_EFA_TXSIZE', 'warn'], ['FI_EFA_TX_SIZE', 'fail'], ['FI_MR_CACHE_MONITOR', 'fail'], ['KVF_BLOKS', 'warn']]);
+    assert.deepEqual(rows.map((r) => [r.name, r.status]).sort(), [
+      ['FI_EFA_TXSIZE', 'warn'],
+      ['FI_EFA_TX_SIZE', 'fail'],
+      ['FI_MR_CACHE_MONITOR', 'fail'],
+      ['KVF_BLOKS', 'warn'],
+    ]);
     // FI_FORK_UNSAFE is on no static list: only libfabric itself (fi_info -e, on the real PATH) knows it.
     assert.equal((await group('fi-env', { FI_FORK_UNSAFE: '1' })).find((r) => r.name === 'FI_FORK_UNSAFE')?.status, 'warn');
     const withLib = await group('fi-env', { FI_FORK_UNSAFE: '1', PATH: process.env.PATH });
-    assert.deepEqual(withLib.map((r) => r.status), ['ok']);
+    assert.deepEqual(
+      withLib.map((r) => r.status),
+      ['ok'],
+    );
   });
 });
 
@@ -202,7 +238,7 @@ describe('doctor: memlock (ulimit -l in the shell that starts the CLI)', { concu
     assert.equal(row(report.checks, 'locked memory').status, 'warn');
   });
 
-  test('CAP_IPC_LOCK lifts the limit (the seed\'s securityContext), and unlimited is fine', { skip: !HAVE_IPC_LOCK && 'needs CAP_IPC_LOCK' }, async () => {
+  test("CAP_IPC_LOCK lifts the limit (the seed's securityContext), and unlimited is fine", { skip: !HAVE_IPC_LOCK && 'needs CAP_IPC_LOCK' }, async () => {
     const { report } = await cli('ulimit -l 64', { FI_PROVIDER: 'efa' }, ['--json', '--no-agent']);
     const r = row(report.checks, 'locked memory');
     assert.equal(r.status, 'ok');
@@ -214,11 +250,13 @@ describe('doctor: memlock (ulimit -l in the shell that starts the CLI)', { concu
   });
 
   test('limits and capabilities read from a /proc stand-in', async () => {
-    const proc = (limit: string, cap: string) => tree({
-      'proc/self/limits': `Limit                     Soft Limit           Hard Limit           Units\nMax locked memory         ${limit}            ${limit}            bytes\n`,
-      'proc/self/status': `Name:\tnode\nCapEff:\t${cap}\n`,
-    });
-    const memlock = async (root: string) => row((await runDoctor({ env: { PATH: noPath, FI_PROVIDER: 'efa' }, root, openAgent: false })).checks, 'locked memory');
+    const proc = (limit: string, cap: string) =>
+      tree({
+        'proc/self/limits': `Limit                     Soft Limit           Hard Limit           Units\nMax locked memory         ${limit}            ${limit}            bytes\n`,
+        'proc/self/status': `Name:\tnode\nCapEff:\t${cap}\n`,
+      });
+    const memlock = async (root: string) =>
+      row((await runDoctor({ env: { PATH: noPath, FI_PROVIDER: 'efa' }, root, openAgent: false })).checks, 'locked memory');
     assert.equal((await memlock(proc('unlimited', '0000000000000000'))).status, 'ok');
     assert.equal((await memlock(proc('8388608', '0000000000004000'))).status, 'ok'); // bit 14: CAP_IPC_LOCK
     assert.equal((await memlock(proc('8388608', '000001ffffffbfff'))).status, 'fail'); // everything but IPC_LOCK
@@ -227,8 +265,10 @@ describe('doctor: memlock (ulimit -l in the shell that starts the CLI)', { concu
 });
 
 describe('doctor: hugepages (sysfs and /proc/meminfo stand-ins)', () => {
-  const pool = (total: number, free: number) => tree({ 'sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages': `${total}\n`, 'sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages': `${free}\n` });
-  const hp = async (root: string, env: NodeJS.ProcessEnv = {}) => row((await runDoctor({ env: { PATH: noPath, ...env }, root, openAgent: false })).checks, 'hugepages-2Mi');
+  const pool = (total: number, free: number) =>
+    tree({ 'sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages': `${total}\n`, 'sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages': `${free}\n` });
+  const hp = async (root: string, env: NodeJS.ProcessEnv = {}) =>
+    row((await runDoctor({ env: { PATH: noPath, ...env }, root, openAgent: false })).checks, 'hugepages-2Mi');
 
   test("the seed's 5120Mi reserved: ok", async () => {
     const r = await hp(pool(2560, 2560), { KVF_HUGEPAGES: 'true', FI_PROVIDER: 'efa' });
@@ -249,7 +289,7 @@ describe('doctor: hugepages (sysfs and /proc/meminfo stand-ins)', () => {
 });
 
 describe('doctor: NIXL', () => {
-  test('NIXL_BACKEND: LIBFABRIC or unset is ok, UCX fails with the fabric\'s own message', async () => {
+  test("NIXL_BACKEND: LIBFABRIC or unset is ok, UCX fails with the fabric's own message", async () => {
     assert.equal(row(await group('nixl', { NIXL_BACKEND: 'LIBFABRIC' }), 'NIXL_BACKEND').status, 'ok');
     const ucx = row(await group('nixl', { NIXL_BACKEND: 'UCX' }), 'NIXL_BACKEND');
     assert.equal(ucx.status, 'fail');
@@ -258,7 +298,8 @@ describe('doctor: NIXL', () => {
 
   test("the seed's plugin path: present ok, NIXL without it warns, a wrong NIXL_PLUGIN_DIR fails, no NIXL skips", async () => {
     const plugins = 'opt/nvidia/nvda_nixl/lib/x86_64-linux-gnu/plugins';
-    const status = async (root: string, env: NodeJS.ProcessEnv = {}) => row((await runDoctor({ env: { PATH: noPath, ...env }, root, openAgent: false })).checks, 'libplugin_LIBFABRIC.so').status;
+    const status = async (root: string, env: NodeJS.ProcessEnv = {}) =>
+      row((await runDoctor({ env: { PATH: noPath, ...env }, root, openAgent: false })).checks, 'libplugin_LIBFABRIC.so').status;
     assert.equal(await status(tree({ [`${plugins}/libplugin_LIBFABRIC.so`]: '' })), 'ok');
     assert.equal(await status(tree({ [`${plugins}/libplugin_UCX.so`]: '' })), 'warn');
     assert.equal(await status(tree(), { NIXL_PLUGIN_DIR: tree() }), 'fail');
@@ -269,11 +310,18 @@ describe('doctor: NIXL', () => {
 
 describe('doctor: GPUs (/dev stand-in)', () => {
   test('device nodes are counted; none: skip; with efa, GPUDirect needs nvidia_peermem', async () => {
-    const gpus = async (spec: Record<string, string>, env: NodeJS.ProcessEnv = {}) => (await runDoctor({ env: { PATH: noPath, ...env }, root: tree(spec), openAgent: false })).checks.filter((c) => c.group === 'gpu');
+    const gpus = async (spec: Record<string, string>, env: NodeJS.ProcessEnv = {}) =>
+      (await runDoctor({ env: { PATH: noPath, ...env }, root: tree(spec), openAgent: false })).checks.filter((c) => c.group === 'gpu');
     const two = await gpus({ 'dev/nvidia0': '', 'dev/nvidia1': '', 'dev/nvidiactl': '', 'dev/nvidia-uvm': '' });
-    assert.deepEqual(two.map((r) => [r.name, r.status]), [['GPUs', 'ok']]);
+    assert.deepEqual(
+      two.map((r) => [r.name, r.status]),
+      [['GPUs', 'ok']],
+    );
     assert.match(row(two, 'GPUs').detail, /^2: nvidia0, nvidia1/);
-    assert.deepEqual((await gpus({})).map((r) => r.status), ['skip']);
+    assert.deepEqual(
+      (await gpus({})).map((r) => r.status),
+      ['skip'],
+    );
     assert.equal(row(await gpus({ 'dev/nvidia0': '' }, { FI_PROVIDER: 'efa' }), 'GPUDirect RDMA').status, 'warn');
     assert.equal(row(await gpus({ 'dev/nvidia0': '', 'sys/module/nvidia_peermem/': '' }, { FI_PROVIDER: 'efa' }), 'GPUDirect RDMA').status, 'ok');
   });

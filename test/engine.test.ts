@@ -108,13 +108,19 @@ test('KV blocks READ over the fabric into other block ids continue generation id
 test('bad models and exhausted pools are coded errors', async () => {
   const truncated = join(dir, 'truncated.gguf');
   writeFileSync(truncated, readFileSync(modelPath).subarray(0, 1000));
-  assert.throws(() => ReferenceEngine.blockBytes(truncated), (e: KvfError) => e instanceof KvfError && e.code === 'KVF_ERR_BAD_MODEL');
+  assert.throws(
+    () => ReferenceEngine.blockBytes(truncated),
+    (e: KvfError) => e instanceof KvfError && e.code === 'KVF_ERR_BAD_MODEL',
+  );
   assert.throws(
     () => new ReferenceEngine({ modelPath: truncated, pool: new Uint8Array(1 << 20) }),
     (e: KvfError) => e instanceof KvfError && e.code === 'KVF_ERR_BAD_MODEL',
   );
   const { engine } = engineOn(a);
-  assert.throws(() => engine.allocateBlocks(BLOCKS + 1), (e: KvfError) => e instanceof KvfError && e.code === 'KVF_ERR_POOL_EXHAUSTED');
+  assert.throws(
+    () => engine.allocateBlocks(BLOCKS + 1),
+    (e: KvfError) => e instanceof KvfError && e.code === 'KVF_ERR_POOL_EXHAUSTED',
+  );
   const blocks = engine.allocateBlocks(BLOCKS);
   const tooLong = Array.from({ length: engine.model.contextLength + 1 }, (_, i) => (i % 200) + 1);
   await assert.rejects(engine.prefill(tooLong, blocks), (e: KvfError) => e instanceof KvfError && e.code === 'KVF_ERR_CONTEXT_OVERFLOW');
@@ -149,7 +155,10 @@ test('the native pass checks its cancel word between layers: raised, the pass st
   try {
     const table = Int32Array.from(native.allocate(Math.ceil(prompt.length / TPB)));
     const tokens = Int32Array.from(prompt);
-    await assert.rejects(native.forward(tokens, table, 0, Int32Array.of(1)), (e: { code?: string; message: string }) => e.code === 'KVF_ERR_CANCELLED' && /layer 0/.test(e.message));
+    await assert.rejects(
+      native.forward(tokens, table, 0, Int32Array.of(1)),
+      (e: { code?: string; message: string }) => e.code === 'KVF_ERR_CANCELLED' && /layer 0/.test(e.message),
+    );
     const lowered = await native.forward(tokens, table, 0, Int32Array.of(0));
     assert.deepEqual(lowered, await native.forward(tokens, table, 0));
     assert.throws(() => native.forward(tokens, table, 0, new Int32Array(0)), { code: 'KVF_ERR_INVALID_ARGUMENT' });
@@ -158,17 +167,21 @@ test('the native pass checks its cancel word between layers: raised, the pass st
   }
 });
 
-test('SmolLM2: a long prefill whose request ends stops mid-pass instead of running to the end', { skip: !HAVE_SMOLLM2 && 'needs npm run fetch-model' }, async () => {
-  const blockBytes = ReferenceEngine.blockBytes(SMOLLM2, { tokensPerBlock: 32 });
-  const tokens = Array.from({ length: 1536 }, (_, i) => 100 + ((i * 37) % 5000));
-  const engine = new ReferenceEngine({ modelPath: SMOLLM2, pool: new Uint8Array((tokens.length / 32) * blockBytes), tokensPerBlock: 32, threads: 2 });
-  try {
-    const blocks = engine.allocateBlocks(tokens.length / 32);
-    const gone = new AbortController();
-    const pass = engine.prefill(tokens, blocks, 0, gone.signal);
-    setTimeout(() => gone.abort(), 50); // the whole pass takes seconds on two cores
-    await assert.rejects(pass, (e: KvfError) => e.code === 'KVF_ERR_CANCELLED' && /at layer \d+/.test(e.message));
-  } finally {
-    await engine.close();
-  }
-});
+test(
+  'SmolLM2: a long prefill whose request ends stops mid-pass instead of running to the end',
+  { skip: !HAVE_SMOLLM2 && 'needs npm run fetch-model' },
+  async () => {
+    const blockBytes = ReferenceEngine.blockBytes(SMOLLM2, { tokensPerBlock: 32 });
+    const tokens = Array.from({ length: 1536 }, (_, i) => 100 + ((i * 37) % 5000));
+    const engine = new ReferenceEngine({ modelPath: SMOLLM2, pool: new Uint8Array((tokens.length / 32) * blockBytes), tokensPerBlock: 32, threads: 2 });
+    try {
+      const blocks = engine.allocateBlocks(tokens.length / 32);
+      const gone = new AbortController();
+      const pass = engine.prefill(tokens, blocks, 0, gone.signal);
+      setTimeout(() => gone.abort(), 50); // the whole pass takes seconds on two cores
+      await assert.rejects(pass, (e: KvfError) => e.code === 'KVF_ERR_CANCELLED' && /at layer \d+/.test(e.message));
+    } finally {
+      await engine.close();
+    }
+  },
+);

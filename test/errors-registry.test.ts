@@ -80,10 +80,7 @@ describe('error registry', () => {
   });
 
   test('every KVF_ERR_ string literal in native/ and src/ is registered', () => {
-    const files = [
-      ...sourceFiles(join(root, 'native'), ['.cc', '.h', '.cpp', '.hpp']),
-      ...sourceFiles(join(root, 'src'), ['.ts']),
-    ];
+    const files = [...sourceFiles(join(root, 'native'), ['.cc', '.h', '.cpp', '.hpp']), ...sourceFiles(join(root, 'src'), ['.ts'])];
     assert.ok(files.length > 0, 'found no source files to scan');
     const unknown: string[] = [];
     for (const file of files) {

@@ -43,7 +43,10 @@ for (const provider of ['tcp']) {
       assert.equal(w.express, true);
       for (const d of descs) assert.ok(same(src, d.localOffset, dst, d.remoteOffset, d.length));
       const back = a.allocate(1 << 20);
-      const r = await a.read(peer, descs.map((d) => ({ ...d, local: back })));
+      const r = await a.read(
+        peer,
+        descs.map((d) => ({ ...d, local: back })),
+      );
       assert.equal(r.express, true);
       assert.equal(r.bytes, w.bytes);
       for (const d of descs) assert.ok(same(back, d.localOffset, dst, d.remoteOffset, d.length));
@@ -71,7 +74,9 @@ for (const provider of ['tcp']) {
       const block = 4096;
       const n = 512;
       const reports = await Promise.all(
-        Array.from({ length: n }, (_, i) => a.write(peer, [{ local: src, localOffset: i * block, remote: dst.id, remoteOffset: (n - 1 - i) * block, length: block }])),
+        Array.from({ length: n }, (_, i) =>
+          a.write(peer, [{ local: src, localOffset: i * block, remote: dst.id, remoteOffset: (n - 1 - i) * block, length: block }]),
+        ),
       );
       assert.ok(reports.every((r) => r.express));
       for (let i = 0; i < n; i++) assert.ok(same(src, i * block, dst, (n - 1 - i) * block, block), `block ${i}`);

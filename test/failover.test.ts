@@ -36,14 +36,31 @@ async function startCluster(model: string, prefills: number, decodes: number, fr
   ]);
   const frontend = await Frontend.start(
     frontendConfig({
-      flags: { ...CLUSTER, model, listen: '127.0.0.1:0', prefill: prefill.map((p) => p.ready.address), decode: decode.map((p) => p.ready.address), healthIntervalMs: 200, ...frontendFlags },
+      flags: {
+        ...CLUSTER,
+        model,
+        listen: '127.0.0.1:0',
+        prefill: prefill.map((p) => p.ready.address),
+        decode: decode.map((p) => p.ready.address),
+        healthIntervalMs: 200,
+        ...frontendFlags,
+      },
       env: {},
     }),
     quietLog,
   );
   await waitFor(() => frontend.router.workers().every((w) => w.healthy), 'workers healthy');
   const client = new OpenAI({ baseURL: `${frontend.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-  return { prefill, decode, frontend, client, modelName: model.split('/').pop()!.replace(/\.gguf$/, '') };
+  return {
+    prefill,
+    decode,
+    frontend,
+    client,
+    modelName: model
+      .split('/')
+      .pop()!
+      .replace(/\.gguf$/, ''),
+  };
 }
 
 /** Streams a completion (greedy unless `sampling` says otherwise); `onChunk` sees the number of chunks so far. Returns the text and the last chunk's proof. */

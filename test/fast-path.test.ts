@@ -49,7 +49,10 @@ for (const provider of ['tcp', 'shm']) {
       const r = await a.read(peer, descs, { notification: 'pulled' });
       assert.equal(r.path, 'cma');
       assert.deepEqual(r.rails, []);
-      assert.equal(r.bytes, ranges.reduce((s, [, l]) => s + l, 0));
+      assert.equal(
+        r.bytes,
+        ranges.reduce((s, [, l]) => s + l, 0),
+      );
       assert.equal(sha(Buffer.concat(ranges.map(([o, l]) => local.bytes.subarray(o, o + l)))), await child.hash('pool', ranges));
       const { iterated } = await child.takeNotifications(1);
       assert.equal(Buffer.from(iterated[0]!.dataBase64, 'base64').toString(), 'pulled');
@@ -63,13 +66,19 @@ for (const provider of ['tcp', 'shm']) {
       const list = a.prepare(peer, descs);
       randomFillSync(local.bytes);
       assert.equal((await a.post('WRITE', list, { indices: [2, 0] })).path, 'cma');
-      assert.equal(sha(Buffer.concat([2, 0].map((i) => local.bytes.subarray(ranges[i]![0], ranges[i]![0] + ranges[i]![1])))), await child.hash('pool', [ranges[2]!, ranges[0]!]));
+      assert.equal(
+        sha(Buffer.concat([2, 0].map((i) => local.bytes.subarray(ranges[i]![0], ranges[i]![0] + ranges[i]![1])))),
+        await child.hash('pool', [ranges[2]!, ranges[0]!]),
+      );
 
       // Small transfers (≤ expressMaxBytes) are copied on the posting thread; large ones by the copier threads.
       randomFillSync(local.bytes);
       const small = await a.post('WRITE', list, { indices: [3, 0] });
       assert.deepEqual([small.path, small.express], ['cma', true]);
-      assert.equal(sha(Buffer.concat([3, 0].map((i) => local.bytes.subarray(ranges[i]![0], ranges[i]![0] + ranges[i]![1])))), await child.hash('pool', [ranges[3]!, ranges[0]!]));
+      assert.equal(
+        sha(Buffer.concat([3, 0].map((i) => local.bytes.subarray(ranges[i]![0], ranges[i]![0] + ranges[i]![1])))),
+        await child.hash('pool', [ranges[3]!, ranges[0]!]),
+      );
       assert.equal(w.express, false);
       list.release();
     });
@@ -106,7 +115,7 @@ for (const provider of ['tcp', 'shm']) {
 
 // Shared memory (allocate({ shared: true }), a memfd): a peer on this host maps it and copies with memcpy
 // instead of cross-memory attach; reports say `path: 'mapped'`.
-describe('fast path through a mapping of the peer\'s shared memory', () => {
+describe("fast path through a mapping of the peer's shared memory", () => {
   const children: PeerProcess[] = [];
   const agents: Agent[] = [];
   after(async () => {
@@ -146,7 +155,10 @@ describe('fast path through a mapping of the peer\'s shared memory', () => {
     randomFillSync(local.bytes);
     const small = await a.post('WRITE', list, { indices: [3, 0] });
     assert.deepEqual([small.path, small.express], ['mapped', true]);
-    assert.equal(sha(Buffer.concat([3, 0].map((i) => local.bytes.subarray(ranges[i]![0], ranges[i]![0] + ranges[i]![1])))), await child.hash('pool', [ranges[3]!, ranges[0]!]));
+    assert.equal(
+      sha(Buffer.concat([3, 0].map((i) => local.bytes.subarray(ranges[i]![0], ranges[i]![0] + ranges[i]![1])))),
+      await child.hash('pool', [ranges[3]!, ranges[0]!]),
+    );
     const back = a.allocate(1 << 16);
     const read = await a.post('READ', a.prepare(peer, [{ local: back, localOffset: 1, remote: pool, remoteOffset: 3, length: 4093 }]));
     assert.deepEqual([read.path, read.express], ['mapped', true]);

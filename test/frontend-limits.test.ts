@@ -41,7 +41,11 @@ describe('frontend limits', () => {
   after(() => frontend?.close());
 
   const complete = (body: object) =>
-    fetch(`${frontend.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'tiny-llama', ...body }) });
+    fetch(`${frontend.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'tiny-llama', ...body }),
+    });
 
   test('a prompt too long for the context is refused by its length, before tokenizing; chat too', async () => {
     const huge = 'a'.repeat(4_000_000);
@@ -89,5 +93,4 @@ describe('frontend limits', () => {
     for (const h of held) h.socket.destroy();
     await waitFor(async () => (await fetch(`${frontend.url}/live`).catch(() => undefined))?.status === 200, '/live after the connections closed');
   });
-
 });

@@ -19,7 +19,11 @@ import { addon } from '../src/fabric/native.js';
 const FUZZ = fileURLToPath(new URL('../fuzz', import.meta.url));
 const inputs = (target: string): string[] => {
   const dir = join(FUZZ, 'corpus', target);
-  return existsSync(dir) ? readdirSync(dir).sort().map((f) => join(dir, f)) : [];
+  return existsSync(dir)
+    ? readdirSync(dir)
+        .sort()
+        .map((f) => join(dir, f))
+    : [];
 };
 const name = (path: string): string => path.slice(FUZZ.length + '/corpus/'.length);
 
@@ -63,8 +67,12 @@ describe('fuzz corpus replay', () => {
   // The notification decoder has no way in from JS but the fabric; its corpus runs through the libFuzzer
   // binary when `npm run fuzz` has built it (it needs clang).
   const notificationFuzzer = join(FUZZ, 'build', 'notification-native');
-  test('notification-native: the libFuzzer binary replays its corpus', { skip: existsSync(notificationFuzzer) ? false : 'fuzz/build/notification-native not built (npm run fuzz builds it)' }, () => {
-    const r = spawnSync(notificationFuzzer, inputs('notification-native'), { encoding: 'utf8' });
-    assert.equal(r.status, 0, r.stderr.slice(-4000));
-  });
+  test(
+    'notification-native: the libFuzzer binary replays its corpus',
+    { skip: existsSync(notificationFuzzer) ? false : 'fuzz/build/notification-native not built (npm run fuzz builds it)' },
+    () => {
+      const r = spawnSync(notificationFuzzer, inputs('notification-native'), { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr.slice(-4000));
+    },
+  );
 });

@@ -83,7 +83,8 @@ for (const provider of ['tcp', 'shm'] as const) {
         assert.ok(out.code !== undefined && codes.includes(out.code), `${where}: ${label}: expected ${codes.join(' or ')}, got ${out.code}: ${out.message}`);
         const d = s.descs[0]!;
         if (s.op === 'READ') assert.equal(await r.hash(d.local, [[0, d.length]]), zeroHash(d.length), `${where}: ${label}: bytes arrived`);
-        if (ownerRange) assert.equal(await owner.hash(ownerRange[0], [[ownerRange[1], ownerRange[2]]]), before, `${where}: ${label}: the owner's bytes changed`);
+        if (ownerRange)
+          assert.equal(await owner.hash(ownerRange[0], [[ownerRange[1], ownerRange[2]]]), before, `${where}: ${label}: the owner's bytes changed`);
       };
 
       test(`read and write grants over a remoteAccess:false pool, then revoke: ${where}`, async () => {
@@ -104,7 +105,10 @@ for (const provider of ['tcp', 'shm'] as const) {
         assert.deepEqual([id1, id2, idw], [g1.id, g2.id, gw.id]);
 
         // READ: the whole grant, and a small piece (copied on the posting thread on the same-host paths).
-        for (const [off, len] of [[0, G1[1]], [4 * KiB, 4 * KiB]] as const) {
+        for (const [off, len] of [
+          [0, G1[1]],
+          [4 * KiB, 4 * KiB],
+        ] as const) {
           const sink = await fresh(r, len);
           const report = await r.transfer(spec('READ', owner.name, sink, id1, off, len));
           assert.equal(report.path, path, 'the path under test carried the READ');

@@ -37,17 +37,38 @@ describe('serving on three simulated hosts (tcp over veths)', { skip: SKIP }, ()
   let aggregated: Frontend;
 
   const worker = async (role: 'prefill' | 'decode', host: Host, id: string, extra: string[] = []): Promise<Proc> => {
-    const p = await startWorker(role, { model, provider: 'tcp', id, listen: `${host.ip}:0`, prefix: net.prefix(host), extra: ['--transfer-timeout-ms', String(TRANSFER_MS), ...extra] });
+    const p = await startWorker(role, {
+      model,
+      provider: 'tcp',
+      id,
+      listen: `${host.ip}:0`,
+      prefix: net.prefix(host),
+      extra: ['--transfer-timeout-ms', String(TRANSFER_MS), ...extra],
+    });
     procs.push(p);
     return p;
   };
   const startFrontend = (flags: Record<string, unknown>): Promise<Frontend> =>
-    Frontend.start(frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', healthIntervalMs: 200, leaseMs: 3_000, requestTimeoutMs: REQUEST_MS, ...flags }, env: {} }), quietLog);
+    Frontend.start(
+      frontendConfig({
+        flags: { ...CLUSTER, model, listen: '127.0.0.1:0', healthIntervalMs: 200, leaseMs: 3_000, requestTimeoutMs: REQUEST_MS, ...flags },
+        env: {},
+      }),
+      quietLog,
+    );
   const complete = async (f: Frontend, prompt: string, maxTokens = 12): Promise<Completion> => {
     const res = await fetch(`${f.url}/v1/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: model.split('/').pop()!.replace(/\.gguf$/, ''), prompt, max_tokens: maxTokens, temperature: 0 }),
+      body: JSON.stringify({
+        model: model
+          .split('/')
+          .pop()!
+          .replace(/\.gguf$/, ''),
+        prompt,
+        max_tokens: maxTokens,
+        temperature: 0,
+      }),
       signal: AbortSignal.timeout(30_000),
     });
     assert.equal(res.status, 200, await res.clone().text());
@@ -81,7 +102,11 @@ describe('serving on three simulated hosts (tcp over veths)', { skip: SKIP }, ()
 
   before(async () => {
     net = Hosts.create(3);
-    [prefill, ...decodes] = await Promise.all([worker('prefill', net.hosts[0]!, 'prefill-h0'), worker('decode', net.hosts[1]!, 'decode-h1'), worker('decode', net.hosts[2]!, 'decode-h2')]);
+    [prefill, ...decodes] = await Promise.all([
+      worker('prefill', net.hosts[0]!, 'prefill-h0'),
+      worker('decode', net.hosts[1]!, 'decode-h1'),
+      worker('decode', net.hosts[2]!, 'decode-h2'),
+    ]);
     const decode = decodes.map((d) => d.ready.address);
     [frontend, aggregated] = await Promise.all([startFrontend({ prefill: [prefill.ready.address], decode }), startFrontend({ decode, mode: 'aggregated' })]);
     await Promise.all([allHealthy(frontend), allHealthy(aggregated)]);
@@ -95,11 +120,18 @@ describe('serving on three simulated hosts (tcp over veths)', { skip: SKIP }, ()
   });
 
   test('workers listen on their hosts; disaggregated output equals aggregated, KV pulled over the fabric by both decode workers', async () => {
-    for (const [p, h] of [[prefill, net.hosts[0]!], [decodes[0]!, net.hosts[1]!], [decodes[1]!, net.hosts[2]!]] as const) {
+    for (const [p, h] of [
+      [prefill, net.hosts[0]!],
+      [decodes[0]!, net.hosts[1]!],
+      [decodes[1]!, net.hosts[2]!],
+    ] as const) {
       assert.ok(p.ready.address.startsWith(`${h.ip}:`), p.ready.address);
       // The worker's fabric follows its listen address (issue 19): peers dial the host's IP, not 127.0.0.1.
       const ready = p.logs.map((l) => JSON.parse(l) as { msg?: string; fabricAddresses?: string[] }).find((l) => l.msg === 'worker ready');
-      assert.deepEqual(ready?.fabricAddresses?.map((a) => a.split(':')[0]), [h.ip]);
+      assert.deepEqual(
+        ready?.fabricAddresses?.map((a) => a.split(':')[0]),
+        [h.ip],
+      );
     }
     const decodedBy = new Set<string>();
     for (const prompt of [...PROMPTS, ...PROMPTS]) {
@@ -146,7 +178,10 @@ describe('serving on three simulated hosts (tcp over veths)', { skip: SKIP }, ()
       await signal(decodes, 'SIGCONT');
       const body = await pending; // status 200: it finished within the request deadline
       assert.equal(body.kvfabric.mode, 'fallback');
-      assert.match(body.kvfabric.fallback_reason!, new RegExp(`KVF_ERR_TIMEOUT: READ .* at ${link.ip.replace(/\./g, '\\.')}:\\d+ did not complete within ${TRANSFER_MS} ms`));
+      assert.match(
+        body.kvfabric.fallback_reason!,
+        new RegExp(`KVF_ERR_TIMEOUT: READ .* at ${link.ip.replace(/\./g, '\\.')}:\\d+ did not complete within ${TRANSFER_MS} ms`),
+      );
       assert.equal(body.choices[0]!.text, expected);
     } finally {
       await signal(decodes, 'SIGCONT').catch(() => {});
@@ -165,7 +200,16 @@ describe('serving on three simulated hosts (tcp over veths)', { skip: SKIP }, ()
     try {
       await signal(decodes, 'SIGSTOP');
       const started = Date.now();
-      const stream = await client.completions.create({ model: model.split('/').pop()!.replace(/\.gguf$/, ''), prompt, max_tokens: 12, temperature: 0, stream: true });
+      const stream = await client.completions.create({
+        model: model
+          .split('/')
+          .pop()!
+          .replace(/\.gguf$/, ''),
+        prompt,
+        max_tokens: 12,
+        temperature: 0,
+        stream: true,
+      });
       const chunks: string[] = [];
       await assert.rejects(
         (async () => {

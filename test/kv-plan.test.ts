@@ -27,7 +27,10 @@ describe('planKvCopy', () => {
       const to = new Uint8Array(10 * blockBytes);
       const ranges = planKvCopy(layout, src, dst, tokens);
       for (const r of ranges) to.set(from.subarray(r.srcOffset, r.srcOffset + r.length), r.dstOffset);
-      assert.equal(ranges.reduce((s, r) => s + r.length, 0), kvBytesFor(layout, tokens));
+      assert.equal(
+        ranges.reduce((s, r) => s + r.length, 0),
+        kvBytesFor(layout, tokens),
+      );
       const expected = new Uint8Array(to.length);
       for (let p = 0; p < tokens; p++) {
         const b = Math.floor(p / layout.tokensPerBlock);
@@ -116,26 +119,41 @@ describe('BlockLeases', () => {
 describe('block runs and grants', () => {
   test('runs are maximal ascending runs of ids, whatever the table order', () => {
     assert.deepEqual(blockRuns([2, 1, 0]), [{ start: 0, count: 3 }]);
-    assert.deepEqual(blockRuns([7, 3, 4, 9, 8]), [{ start: 3, count: 2 }, { start: 7, count: 3 }]);
+    assert.deepEqual(blockRuns([7, 3, 4, 9, 8]), [
+      { start: 3, count: 2 },
+      { start: 7, count: 3 },
+    ]);
     assert.deepEqual(blockRuns([]), []);
   });
 
   test('ranges re-addressed to runs cover the same bytes, split where a range crosses runs', () => {
     const blockBytes = blockBytesOf(layout);
-    for (const [src, dst, tokens] of [[[2, 1, 0], [5, 6, 7], 14], [[7, 3, 4, 9, 8], [0, 1, 2, 3, 4], 23], [[0, 1, 2], [3, 4, 5], 15]] as const) {
+    for (const [src, dst, tokens] of [
+      [[2, 1, 0], [5, 6, 7], 14],
+      [[7, 3, 4, 9, 8], [0, 1, 2, 3, 4], 23],
+      [[0, 1, 2], [3, 4, 5], 15],
+    ] as const) {
       const ranges = planKvCopy(layout, src, dst, tokens);
       for (const side of ['src', 'dst'] as const) {
         const runs = blockRuns(side === 'src' ? src : dst);
         const moved = rangesInRuns(ranges, side, runs, blockBytes);
-        assert.equal(moved.reduce((n, r) => n + r.length, 0), kvBytesFor(layout, tokens));
+        assert.equal(
+          moved.reduce((n, r) => n + r.length, 0),
+          kvBytesFor(layout, tokens),
+        );
         for (const r of moved) assert.ok(r.runOffset + r.length <= runs[r.run]!.count * blockBytes, 'inside its run');
         // Back to pool offsets: the same byte pairs as the plan.
-        const pairs = (list: { a: number; b: number; length: number }[]) => list.flatMap((x) => Array.from({ length: x.length }, (_, i) => `${x.a + i}>${x.b + i}`)).sort();
-        const plan = ranges.map((r) => (side === 'src' ? { a: r.srcOffset, b: r.dstOffset, length: r.length } : { a: r.dstOffset, b: r.srcOffset, length: r.length }));
+        const pairs = (list: { a: number; b: number; length: number }[]) =>
+          list.flatMap((x) => Array.from({ length: x.length }, (_, i) => `${x.a + i}>${x.b + i}`)).sort();
+        const plan = ranges.map((r) =>
+          side === 'src' ? { a: r.srcOffset, b: r.dstOffset, length: r.length } : { a: r.dstOffset, b: r.srcOffset, length: r.length },
+        );
         const back = moved.map((r) => ({ a: runs[r.run]!.start * blockBytes + r.runOffset, b: r.otherOffset, length: r.length }));
         assert.deepEqual(pairs(back), pairs(plan));
       }
     }
-    assert.throws(() => rangesInRuns([{ srcOffset: 0, dstOffset: 0, length: 1 }], 'src', [{ start: 1, count: 1 }], blockBytes), { code: 'KVF_ERR_OUT_OF_RANGE' });
+    assert.throws(() => rangesInRuns([{ srcOffset: 0, dstOffset: 0, length: 1 }], 'src', [{ start: 1, count: 1 }], blockBytes), {
+      code: 'KVF_ERR_OUT_OF_RANGE',
+    });
   });
 });

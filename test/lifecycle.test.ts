@@ -99,22 +99,30 @@ function fields(text: string): Record<string, number> {
 function settled(r: Run, total: number, allowed: readonly string[]): Record<string, number> {
   const counts = JSON.parse(needMarker(r, 'SETTLED')) as Record<string, number>;
   for (const key of Object.keys(counts)) assert.ok(allowed.includes(key), `a transfer settled as ${key}${describeRun(r)}`);
-  assert.equal(Object.values(counts).reduce((a, b) => a + b, 0), total, `not every transfer settled${describeRun(r)}`);
+  assert.equal(
+    Object.values(counts).reduce((a, b) => a + b, 0),
+    total,
+    `not every transfer settled${describeRun(r)}`,
+  );
   return counts;
 }
 
 describe('a. close() with transfers in flight', { concurrency: 2 }, () => {
   for (const provider of PROVIDERS) {
-    test(`${provider}: 32 x 8 MiB WRITEs, close() right after posting: all resolve, close resolves, the process exits by itself`, { timeout: 60_000 }, async () => {
-      const r = await runFixture('close-inflight.ts', [provider, '10000', '32', '8', 'write']);
-      assertExit(r, 0);
-      assert.equal(fields(needMarker(r, 'POSTED')).inFlight, 32);
-      const counts = settled(r, 32, ['resolved', 'KVF_ERR_CLOSED']);
-      assert.equal(counts.resolved, 32, `with a 10 s close timeout every transfer finishes${describeRun(r)}`);
-      assert.ok(fields(needMarker(r, 'CLOSED')).ms < 10_000, describeRun(r));
-      needMarker(r, 'DONE');
-      assert.equal(needMarker(r, 'EXIT'), '0');
-    });
+    test(
+      `${provider}: 32 x 8 MiB WRITEs, close() right after posting: all resolve, close resolves, the process exits by itself`,
+      { timeout: 60_000 },
+      async () => {
+        const r = await runFixture('close-inflight.ts', [provider, '10000', '32', '8', 'write']);
+        assertExit(r, 0);
+        assert.equal(fields(needMarker(r, 'POSTED')).inFlight, 32);
+        const counts = settled(r, 32, ['resolved', 'KVF_ERR_CLOSED']);
+        assert.equal(counts.resolved, 32, `with a 10 s close timeout every transfer finishes${describeRun(r)}`);
+        assert.ok(fields(needMarker(r, 'CLOSED')).ms < 10_000, describeRun(r));
+        needMarker(r, 'DONE');
+        assert.equal(needMarker(r, 'EXIT'), '0');
+      },
+    );
 
     test(`${provider}: 32 x 8 MiB READs and WRITEs, closeTimeoutMs 0: each resolves or rejects with KVF_ERR_CLOSED`, { timeout: 60_000 }, async () => {
       const r = await runFixture('close-inflight.ts', [provider, '0', '32', '8', 'mixed']);
@@ -124,7 +132,12 @@ describe('a. close() with transfers in flight', { concurrency: 2 }, () => {
     });
 
     // 8 MiB transfers go through the rail threads, 16 KiB ones through the express lane (the JS thread) on tcp.
-    for (const [order, mib] of [['kill-then-close', '8'], ['dead-then-post', '8'], ['kill-then-close', '0.015625'], ['dead-then-post', '0.015625']] as const) {
+    for (const [order, mib] of [
+      ['kill-then-close', '8'],
+      ['dead-then-post', '8'],
+      ['kill-then-close', '0.015625'],
+      ['dead-then-post', '0.015625'],
+    ] as const) {
       const what = order === 'kill-then-close' ? 'peer process killed (SIGKILL) mid-transfer' : 'peer process killed before the transfers were posted';
       const size = mib === '8' ? '8 MiB' : provider === 'tcp' ? '16 KiB (express lane)' : '16 KiB';
       test(`${provider}: ${size}: ${what}: close() resolves within closeTimeoutMs, every transfer settles`, { timeout: 60_000 }, async () => {
@@ -201,12 +214,16 @@ describe('d. process exit with open agents', { concurrency: 2 }, () => {
     ['timer', 0],
     ['timer', 7],
   ] as const) {
-    test(`process.exit(${code}) ${when === 'sync' ? 'right after posting' : `on the next ${when}`}, tcp and shm transfers in flight`, { timeout: 60_000 }, async () => {
-      const r = await runFixture('exit-midflight.ts', [when, String(code)]);
-      assertExit(r, code);
-      assert.ok(fields(needMarker(r, 'EXITING')).inFlight! > 0, `nothing was in flight at exit${describeRun(r)}`);
-      assert.equal(needMarker(r, 'EXIT'), String(code));
-    });
+    test(
+      `process.exit(${code}) ${when === 'sync' ? 'right after posting' : `on the next ${when}`}, tcp and shm transfers in flight`,
+      { timeout: 60_000 },
+      async () => {
+        const r = await runFixture('exit-midflight.ts', [when, String(code)]);
+        assertExit(r, code);
+        assert.ok(fields(needMarker(r, 'EXITING')).inFlight! > 0, `nothing was in flight at exit${describeRun(r)}`);
+        assert.equal(needMarker(r, 'EXIT'), String(code));
+      },
+    );
   }
 
   for (const [variant, what] of [

@@ -13,10 +13,35 @@ import { ROOT, tinyModel } from './helpers/serve.js';
 
 test('bench:load, 2 × 12 s: under 4× the admitted concurrency, refusals are 429s and every accepted request completes', { timeout: 180_000 }, async () => {
   const out = join(mkdtempSync(join(tmpdir(), 'kvf-load-')), 'load.json');
-  const args = ['--import', 'tsx', join(ROOT, 'benchmarks', 'load.ts'), '--model', tinyModel(), '--duration', '12', '--concurrency', '4', '--factor', '4', '--out', out];
+  const args = [
+    '--import',
+    'tsx',
+    join(ROOT, 'benchmarks', 'load.ts'),
+    '--model',
+    tinyModel(),
+    '--duration',
+    '12',
+    '--concurrency',
+    '4',
+    '--factor',
+    '4',
+    '--out',
+    out,
+  ];
   const stdout = await new Promise<string>((resolve) => execFile(process.execPath, args, { cwd: ROOT, maxBuffer: 16 << 20 }, (_err, so) => resolve(so)));
   const report = JSON.parse(readFileSync(out, 'utf8')) as {
-    phases: { name: string; result: { sent: number; completed: number; refused: number; serverErrors: number; streamErrors: number; clientErrors: number; errorCodes: Record<string, number> } }[];
+    phases: {
+      name: string;
+      result: {
+        sent: number;
+        completed: number;
+        refused: number;
+        serverErrors: number;
+        streamErrors: number;
+        clientErrors: number;
+        errorCodes: Record<string, number>;
+      };
+    }[];
     checks: Record<string, boolean>;
   };
   const [sized, overload] = report.phases;

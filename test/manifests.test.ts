@@ -45,12 +45,14 @@ function yamlFiles(dir: string): string[] {
 }
 
 function loadDocs(): Doc[] {
-  return yamlFiles(K8S).flatMap((file) =>
-    parseAllDocuments(readFileSync(file, 'utf8')).map((d) => {
-      assert.deepEqual(d.errors, [], `${relative(ROOT, file)}: YAML errors`);
-      return { file: relative(K8S, file), obj: d.toJS() as Obj };
-    }),
-  ).filter((d) => d.obj !== null);
+  return yamlFiles(K8S)
+    .flatMap((file) =>
+      parseAllDocuments(readFileSync(file, 'utf8')).map((d) => {
+        assert.deepEqual(d.errors, [], `${relative(ROOT, file)}: YAML errors`);
+        return { file: relative(K8S, file), obj: d.toJS() as Obj };
+      }),
+    )
+    .filter((d) => d.obj !== null);
 }
 
 /** Validates one object with its Kubernetes model; throws on unknown kinds and schema violations. */
@@ -102,10 +104,12 @@ describe('kubernetes manifests', () => {
 
   test('labels: every object carries app.kubernetes.io/*; selectors match their pod templates', () => {
     for (const { file, obj } of docs.filter((d) => d.obj.kind !== 'Kustomization')) {
-      for (const key of ['name', 'instance', 'component', 'part-of']) assert.ok(obj.metadata.labels?.[`app.kubernetes.io/${key}`], `${file} ${obj.metadata.name}: label app.kubernetes.io/${key}`);
+      for (const key of ['name', 'instance', 'component', 'part-of'])
+        assert.ok(obj.metadata.labels?.[`app.kubernetes.io/${key}`], `${file} ${obj.metadata.name}: label app.kubernetes.io/${key}`);
     }
     for (const d of deployments) {
-      for (const [k, v] of Object.entries(d.spec.selector.matchLabels as Obj)) assert.equal(d.spec.template.metadata.labels[k], v, `${d.metadata.name} selector ${k}`);
+      for (const [k, v] of Object.entries(d.spec.selector.matchLabels as Obj))
+        assert.equal(d.spec.template.metadata.labels[k], v, `${d.metadata.name} selector ${k}`);
     }
   });
 
@@ -115,7 +119,8 @@ describe('kubernetes manifests', () => {
       const matches = deployments.filter((d) => sel.every(([k, v]) => d.spec.template.metadata.labels[k] === v));
       assert.equal(matches.length, 1, `Service ${svc.metadata.name} selects ${matches.length} deployments`);
       const c = matches[0]!.spec.template.spec.containers[0] as Obj;
-      for (const p of svc.spec.ports as Obj[]) assert.ok(portOf(c, p.targetPort ?? p.port), `Service ${svc.metadata.name} port ${p.name} reaches a container port`);
+      for (const p of svc.spec.ports as Obj[])
+        assert.ok(portOf(c, p.targetPort ?? p.port), `Service ${svc.metadata.name} port ${p.name} reaches a container port`);
     }
     const frontendSvc = ofKind('Service').find((s) => s.metadata.name === 'kvfabric-libfabric')!;
     assert.equal(frontendSvc.spec.ports[0].port, listenPort(container('kvfabric-frontend')), 'test-inference.sh port-forwards svc/kvfabric-libfabric 8000');
@@ -125,14 +130,19 @@ describe('kubernetes manifests', () => {
     const maps = new Set(ofKind('ConfigMap').map((m) => m.metadata.name));
     for (const d of deployments) {
       const c = d.spec.template.spec.containers[0] as Obj;
-      for (const ref of (c.envFrom ?? []) as Obj[]) if (ref.configMapRef) assert.ok(maps.has(ref.configMapRef.name), `${d.metadata.name}: ConfigMap ${ref.configMapRef.name} exists`);
+      for (const ref of (c.envFrom ?? []) as Obj[])
+        if (ref.configMapRef) assert.ok(maps.has(ref.configMapRef.name), `${d.metadata.name}: ConfigMap ${ref.configMapRef.name} exists`);
       for (const probe of [c.readinessProbe, c.livenessProbe]) {
         const port = probe?.httpGet?.port ?? probe?.tcpSocket?.port ?? probe?.grpc?.port;
         assert.ok(probe && portOf(c, port), `${d.metadata.name}: probes on a declared port`);
       }
       const listen = listenPort(c);
       if (listen === undefined) continue; // etcd
-      assert.deepEqual((c.ports as Obj[]).map((p) => p.containerPort), [listen], `${d.metadata.name}: containerPort = --listen port`);
+      assert.deepEqual(
+        (c.ports as Obj[]).map((p) => p.containerPort),
+        [listen],
+        `${d.metadata.name}: containerPort = --listen port`,
+      );
       const advertise = (c.env as Obj[] | undefined)?.find((e) => e.name === 'KVF_ADVERTISE');
       if (advertise) assert.equal(advertise.value, `$(POD_IP):${listen}`, `${d.metadata.name}: KVF_ADVERTISE`);
     }
@@ -173,25 +183,47 @@ describe('kubernetes manifests', () => {
     for (const name of Object.keys(MISTAKEN_ENV)) assert.equal(data[name], undefined, `${name} is not a real variable`);
     assert.notEqual(data.FI_HMEM_DISABLE_P2P, '1', 'FI_HMEM_DISABLE_P2P=1 disables GPUDirect');
     assert.deepEqual([data.NIXL_BACKEND, data.FI_PROVIDER, data.FI_EFA_USE_DEVICE_RDMA, data.FI_EFA_ENABLE_SHM_TRANSFER], ['LIBFABRIC', 'efa', '1', '0']);
-    for (const v of ['FI_MR_CACHE_MAX_COUNT', 'FI_MR_CACHE_MONITOR', 'FI_EFA_FORK_SAFE', 'RDMAV_FORK_SAFE', 'FI_EFA_TX_SIZE', 'FI_EFA_RX_SIZE', 'FI_EFA_CQ_SIZE', 'KVF_LIBFABRIC']) assert.ok(data[v], `${v} set`);
+    for (const v of [
+      'FI_MR_CACHE_MAX_COUNT',
+      'FI_MR_CACHE_MONITOR',
+      'FI_EFA_FORK_SAFE',
+      'RDMAV_FORK_SAFE',
+      'FI_EFA_TX_SIZE',
+      'FI_EFA_RX_SIZE',
+      'FI_EFA_CQ_SIZE',
+      'KVF_LIBFABRIC',
+    ])
+      assert.ok(data[v], `${v} set`);
     // Every container env too (beyond the downward-API helper POD_IP).
     for (const d of deployments) {
-      for (const e of (d.spec.template.spec.containers[0].env ?? []) as Obj[]) if (e.name !== 'POD_IP') assert.ok(isKnownEnv(e.name), `${d.metadata.name}: ${e.name}`);
+      for (const e of (d.spec.template.spec.containers[0].env ?? []) as Obj[])
+        if (e.name !== 'POD_IP') assert.ok(isKnownEnv(e.name), `${d.metadata.name}: ${e.name}`);
     }
     // The same environment as the pods get it, through kvfabric's own config schema.
     const model = '/models/none.gguf';
     const worker = container('kvfabric-decode');
-    const workerEnv = { ...data, ...Object.fromEntries((worker.env as Obj[]).filter((e) => e.value).map((e) => [e.name, String(e.value).replace('$(POD_IP)', '10.0.0.7')])) };
+    const workerEnv = {
+      ...data,
+      ...Object.fromEntries((worker.env as Obj[]).filter((e) => e.value).map((e) => [e.name, String(e.value).replace('$(POD_IP)', '10.0.0.7')])),
+    };
     const w = workerConfig({ flags: { role: 'decode', model, listen: `0.0.0.0:${listenPort(worker)}` }, env: workerEnv });
     assert.deepEqual([w.provider, w.etcd, w.advertise, w.hugepages, w.backend], ['efa', ['http://kvfabric-etcd:2379'], '10.0.0.7:50052', true, 'LIBFABRIC']);
     assert.deepEqual(frontendConfig({ flags: { model, listen: '0.0.0.0:8000' }, env: data }).etcd, ['http://kvfabric-etcd:2379']);
     // And through `kvfabric doctor`: its FI_* checks find nothing wrong with these settings.
     const report = await runDoctor({ env: data, root: mkdtempSync(join(tmpdir(), 'kvf-k8s-')), openAgent: false });
-    assert.deepEqual(report.checks.filter((c) => c.group === 'fi-env' && c.status !== 'ok'), []);
+    assert.deepEqual(
+      report.checks.filter((c) => c.group === 'fi-env' && c.status !== 'ok'),
+      [],
+    );
   });
 
   test('security: the frontend holds the token only, workers the token and the handle key; TLS from the mounted Secret; NetworkPolicies admit only the frontend and the peer role', () => {
-    const secretEnv = (c: Obj) => Object.fromEntries(((c.env ?? []) as Obj[]).filter((e) => e.valueFrom?.secretKeyRef).map((e) => [e.name, `${e.valueFrom.secretKeyRef.name}/${e.valueFrom.secretKeyRef.key}`]));
+    const secretEnv = (c: Obj) =>
+      Object.fromEntries(
+        ((c.env ?? []) as Obj[])
+          .filter((e) => e.valueFrom?.secretKeyRef)
+          .map((e) => [e.name, `${e.valueFrom.secretKeyRef.name}/${e.valueFrom.secretKeyRef.key}`]),
+      );
     assert.deepEqual(secretEnv(container('kvfabric-frontend')), { KVF_CLUSTER_TOKEN: 'kvfabric-cluster/token' });
     for (const name of ['kvfabric-prefill', 'kvfabric-decode']) {
       assert.deepEqual(secretEnv(container(name)), { KVF_CLUSTER_TOKEN: 'kvfabric-cluster/token', KVF_HANDLE_KEY: 'kvfabric-cluster/handle-key' });
@@ -202,20 +234,38 @@ describe('kubernetes manifests', () => {
       const pod = byName(name).spec.template.spec as Obj;
       const vol = (pod.volumes as Obj[]).find((v) => v.secret?.secretName === 'kvfabric-tls');
       const mount = (pod.containers[0].volumeMounts as Obj[]).find((m) => m.name === vol?.name);
-      for (const key of ['KVF_TLS_CERT', 'KVF_TLS_KEY', 'KVF_TLS_CA']) assert.equal(data[key]!.replace(/\/[^/]+$/, ''), mount?.mountPath, `${name}: ${key} under the kvfabric-tls mount`);
+      for (const key of ['KVF_TLS_CERT', 'KVF_TLS_KEY', 'KVF_TLS_CA'])
+        assert.equal(data[key]!.replace(/\/[^/]+$/, ''), mount?.mountPath, `${name}: ${key} under the kvfabric-tls mount`);
     }
     // Policies: one per component; each selects that Deployment's pods; workers' gRPC ports admit the frontend only.
     const policies = ofKind('NetworkPolicy');
     const component = (labels: Obj | undefined) => labels?.['app.kubernetes.io/component'] as string | undefined;
-    const selects = (p: Obj) => deployments.filter((d) => Object.entries(p.spec.podSelector.matchLabels as Obj).every(([k, v]) => d.spec.template.metadata.labels[k] === v));
+    const selects = (p: Obj) =>
+      deployments.filter((d) => Object.entries(p.spec.podSelector.matchLabels as Obj).every(([k, v]) => d.spec.template.metadata.labels[k] === v));
     for (const d of deployments) assert.equal(policies.filter((p) => selects(p).includes(d)).length, 1, `${d.metadata.name}: one NetworkPolicy`);
-    for (const [role, peer] of [['prefill', 'decode'], ['decode', 'prefill']] as const) {
+    for (const [role, peer] of [
+      ['prefill', 'decode'],
+      ['decode', 'prefill'],
+    ] as const) {
       const policy = policies.find((p) => component(p.spec.podSelector.matchLabels) === role)!;
       const port = listenPort(container(`kvfabric-${role}`));
       const rules = policy.spec.ingress as Obj[];
-      assert.ok(rules.every((r) => Array.isArray(r.from) && r.from.length > 0), `${role}: every rule names its sources`);
-      const sources = rules.map((r) => [(r.from as Obj[]).map((f) => component(f.podSelector?.matchLabels)).join(','), ((r.ports ?? []) as Obj[]).map((p) => p.port).join(',')]);
-      assert.deepEqual(sources, [['frontend', String(port)], [peer, '']], `${role}: the frontend on gRPC, the peer role on the fabric`);
+      assert.ok(
+        rules.every((r) => Array.isArray(r.from) && r.from.length > 0),
+        `${role}: every rule names its sources`,
+      );
+      const sources = rules.map((r) => [
+        (r.from as Obj[]).map((f) => component(f.podSelector?.matchLabels)).join(','),
+        ((r.ports ?? []) as Obj[]).map((p) => p.port).join(','),
+      ]);
+      assert.deepEqual(
+        sources,
+        [
+          ['frontend', String(port)],
+          [peer, ''],
+        ],
+        `${role}: the frontend on gRPC, the peer role on the fabric`,
+      );
     }
   });
 });

@@ -19,8 +19,7 @@ import { prng } from './helpers/random.js';
 type Rng = ReturnType<typeof prng>;
 const int = (rng: Rng, lo: number, hi: number): number => lo + Math.floor(rng() * (hi - lo + 1));
 const randomBytes = (rng: Rng, n: number): Uint8Array => Uint8Array.from({ length: n }, () => int(rng, 0, 255));
-const randomU64 = (rng: Rng): bigint =>
-  (BigInt(int(rng, 0, 0xffffffff)) << 32n) | BigInt(int(rng, 0, 0xffffffff));
+const randomU64 = (rng: Rng): bigint => (BigInt(int(rng, 0, 0xffffffff)) << 32n) | BigInt(int(rng, 0, 0xffffffff));
 
 function expectCode(fn: () => unknown, code: ErrorCode, message?: RegExp, label = ''): void {
   let threw = false;
@@ -410,7 +409,13 @@ describe('decodeMetadata rejects', () => {
 
   test('bytes appended after the CRC, or trailing bytes before it', () => {
     expectBad(Buffer.concat([small, Buffer.from([0])]), /says \d+ bytes, but the blob is \d+ bytes/);
-    const trailing = craftPrefix().u32(0).u8(0).u32(0).noTable().bytes(new Uint8Array([0, 0, 0])).finish();
+    const trailing = craftPrefix()
+      .u32(0)
+      .u8(0)
+      .u32(0)
+      .noTable()
+      .bytes(new Uint8Array([0, 0, 0]))
+      .finish();
     expectBad(trailing, /3 unexpected trailing byte\(s\) at offset 61/);
   });
 
@@ -428,7 +433,12 @@ describe('decodeMetadata rejects', () => {
     const region = (keys: number) => {
       const b = craftPrefix(2).u32(5);
       for (let i = 0; i < 5; i++) {
-        b.u32(5 + i).u64(4096n).u64(0n).u32(0xffffffff).u64(0n).u64(0n);
+        b.u32(5 + i)
+          .u64(4096n)
+          .u64(0n)
+          .u32(0xffffffff)
+          .u64(0n)
+          .u64(0n);
         for (let k = 0; k < keys; k++) b.u64(BigInt(k));
       }
       return b.u8(0).u32(0).noTable().finish();
@@ -440,7 +450,8 @@ describe('decodeMetadata rejects', () => {
   });
 
   test('a zero-length, oversized or wrapping region', () => {
-    const oneRegion = (length: bigint, base = 0n) => craftPrefix().u32(1).u32(9).u64(length).u64(base).u32(0xffffffff).u64(0n).u64(0n).u64(1n).u8(0).u32(0).noTable().finish();
+    const oneRegion = (length: bigint, base = 0n) =>
+      craftPrefix().u32(1).u32(9).u64(length).u64(base).u32(0xffffffff).u64(0n).u64(0n).u64(1n).u8(0).u32(0).noTable().finish();
     assert.doesNotThrow(() => decodeMetadata(oneRegion(1n)));
     expectBad(oneRegion(0n), /region\[0\] \(id 9\) length at offset 32 is 0, expected > 0/);
     expectBad(oneRegion(2n ** 53n), /length at offset 32 is 9007199254740992, expected at most 2\^53-1/);
@@ -449,7 +460,15 @@ describe('decodeMetadata rejects', () => {
   });
 
   test('a region count beyond the limit, or beyond the bytes present', () => {
-    expectBad(craftPrefix().u32(METADATA_LIMITS.maxRegions + 1).u8(0).u32(0).noTable().finish(), /region count at offset 24 is 1048577, expected at most 1048576/);
+    expectBad(
+      craftPrefix()
+        .u32(METADATA_LIMITS.maxRegions + 1)
+        .u8(0)
+        .u32(0)
+        .noTable()
+        .finish(),
+      /region count at offset 24 is 1048577, expected at most 1048576/,
+    );
     expectBad(craftPrefix().u32(0xffffffff).u8(0).u32(0).noTable().finish(), /region count .* is 4294967295/);
     expectBad(craftPrefix().u32(1000).u8(0).u32(0).noTable().finish(), /region table at offset 28 needs 1000 x 48 = 48000 bytes/);
   });
@@ -474,9 +493,45 @@ describe('decodeMetadata rejects', () => {
     expectBad(b().str('a').str('shm').u8(0).u32(0).u8(0).u32(0).noTable().finish(), /rail count at offset 18 is 0, expected 1..64/);
     expectBad(b().str('a').str('shm').u8(65).str('x').u32(0).u8(0).u32(0).noTable().finish(), /rail count at offset 18 is 65, expected 1..64/);
     expectBad(b().str('a').str('shm').u8(1).u8(0).u32(0).u8(0).u32(0).noTable().finish(), /rail\[0\] address length at offset 19 is 0/);
-    expectBad(b().str('a').str('shm').u8(2).str('x').bytes(new Uint8Array([200, 1, 2])).u8(0).u32(0).noTable().finish(), /rail\[1\] address needs 200 byte\(s\) at offset 22/);
-    expectBad(b().str(new Uint8Array([0x61, 0xff])).str('shm').u8(1).str('xxxx').u32(0).u8(0).u32(0).noTable().finish(), /name at offset 13 \(2 bytes\) is not valid UTF-8/);
-    expectBad(b().str('a').str(new Uint8Array([0xed, 0xa0, 0x80])).u8(1).str('xxxx').u32(0).u8(0).u32(0).noTable().finish(), /provider at offset 15 .* not valid UTF-8/); // encoded surrogate
+    expectBad(
+      b()
+        .str('a')
+        .str('shm')
+        .u8(2)
+        .str('x')
+        .bytes(new Uint8Array([200, 1, 2]))
+        .u8(0)
+        .u32(0)
+        .noTable()
+        .finish(),
+      /rail\[1\] address needs 200 byte\(s\) at offset 22/,
+    );
+    expectBad(
+      b()
+        .str(new Uint8Array([0x61, 0xff]))
+        .str('shm')
+        .u8(1)
+        .str('xxxx')
+        .u32(0)
+        .u8(0)
+        .u32(0)
+        .noTable()
+        .finish(),
+      /name at offset 13 \(2 bytes\) is not valid UTF-8/,
+    );
+    expectBad(
+      b()
+        .str('a')
+        .str(new Uint8Array([0xed, 0xa0, 0x80]))
+        .u8(1)
+        .str('xxxx')
+        .u32(0)
+        .u8(0)
+        .u32(0)
+        .noTable()
+        .finish(),
+      /provider at offset 15 .* not valid UTF-8/,
+    ); // encoded surrogate
   });
 });
 
@@ -486,7 +541,10 @@ describe('host section (v2)', () => {
     const desc = { ...sampleDesc(1, 1), host: { id: 'h', pid: 7, table } };
     assert.deepEqual(decodeMetadata(encodeMetadata(desc)).host, { id: 'h', pid: 7, table });
     assert.equal(decodeMetadata(encodeMetadata(sampleDesc(1, 0))).host?.table, undefined);
-    expectBad(craftPrefix().u32(0).u8(0).u32(0).u32(0xffffffff).u64(5n).bytes(new Uint8Array(16)).finish(), /region table at offset \d+ is absent but carries an inode or nonce/);
+    expectBad(
+      craftPrefix().u32(0).u8(0).u32(0).u32(0xffffffff).u64(5n).bytes(new Uint8Array(16)).finish(),
+      /region table at offset \d+ is absent but carries an inode or nonce/,
+    );
     expectBad(craftPrefix().u32(0).u8(0).u32(0).u32(0x80000000).u64(5n).bytes(new Uint8Array(16)).finish(), /region table fd at offset \d+ is 2147483648/);
     expectInvalid({ ...desc, host: { id: 'h', pid: 7, table: { ...table, nonce: new Uint8Array(15) } } }, /host.table.nonce must be 16 bytes/);
     expectInvalid({ ...desc, host: { id: 'h', pid: 7, table: { ...table, fd: -1 } } }, /host.table.fd must be an integer/);
@@ -501,7 +559,16 @@ describe('host section (v2)', () => {
   test('bad host fields are refused on both sides', () => {
     expectInvalid({ ...sampleDesc(1, 0), host: { id: 'x', pid: -1 } }, /host.pid must be a u32/);
     expectInvalid({ ...sampleDesc(1, 0), host: { id: 'x'.repeat(256), pid: 1 } }, /host.id must be 1..255 UTF-8 bytes/);
-    expectBad(craftPrefix().u32(0).u8(2).bytes(new Uint8Array([0xc3, 0x28])).u32(0).noTable().finish(), /host id at offset 29 \(2 bytes\) is not valid UTF-8/);
+    expectBad(
+      craftPrefix()
+        .u32(0)
+        .u8(2)
+        .bytes(new Uint8Array([0xc3, 0x28]))
+        .u32(0)
+        .noTable()
+        .finish(),
+      /host id at offset 29 \(2 bytes\) is not valid UTF-8/,
+    );
     expectBad(craftPrefix().u32(0).u8(40).bytes('abc').noTable().finish(), /host id needs 40 byte\(s\)/);
   });
 });

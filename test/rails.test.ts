@@ -35,9 +35,15 @@ for (const provider of ['tcp', 'shm']) {
           descs.push({ local: src, localOffset: off, remote: dst.id, remoteOffset: off, length: Math.min(block, size - off) });
         }
         const w = await a.write(peer, descs);
-        assert.deepEqual(w.rails, Array.from({ length: localRails }, (_, i) => i));
+        assert.deepEqual(
+          w.rails,
+          Array.from({ length: localRails }, (_, i) => i),
+        );
         assert.equal(Buffer.compare(src.bytes, dst.bytes), 0);
-        const r = await a.read(peer, descs.map((d) => ({ ...d, local: back })));
+        const r = await a.read(
+          peer,
+          descs.map((d) => ({ ...d, local: back })),
+        );
         assert.equal(r.bytes, size);
         assert.equal(Buffer.compare(src.bytes, back.bytes), 0);
       });

@@ -44,7 +44,10 @@ test('temperature sharpens and flattens the distribution', () => {
 
 test('bad options are coded errors', () => {
   for (const o of [{ temperature: -1 }, { topK: 1.5 }, { topP: 0 }, { topP: 1.5 }, { seed: 0.5 }]) {
-    assert.throws(() => new Sampler(o), (e: KvfError) => e instanceof KvfError && e.code === 'KVF_ERR_INVALID_ARGUMENT');
+    assert.throws(
+      () => new Sampler(o),
+      (e: KvfError) => e instanceof KvfError && e.code === 'KVF_ERR_INVALID_ARGUMENT',
+    );
   }
 });
 

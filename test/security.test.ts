@@ -14,7 +14,18 @@ import * as grpc from '@grpc/grpc-js';
 
 import { Frontend } from '../src/serve/frontend/frontend.js';
 import { frontendConfig } from '../src/serve/config.js';
-import { RegistryService, WorkerService, unary, workerClient, registryClient, type DecodeEvent, type DecodeRequest, type KvHandle, type PrefillResponse, type WorkerClient } from '../src/serve/rpc.js';
+import {
+  RegistryService,
+  WorkerService,
+  unary,
+  workerClient,
+  registryClient,
+  type DecodeEvent,
+  type DecodeRequest,
+  type KvHandle,
+  type PrefillResponse,
+  type WorkerClient,
+} from '../src/serve/rpc.js';
 import { AUTH_HEADER, ClusterAuth } from '../src/serve/security/auth.js';
 import { HandleSigner } from '../src/serve/security/handles.js';
 import { blockRuns } from '../src/kv/plan.js';
@@ -82,7 +93,13 @@ describe('trust boundary', () => {
   /** A real write handle of the decode worker (its layout and blocks are what a forger would copy). */
   const reserve = (requestId: string): Promise<KvHandle> => unary(decode, decode.reserve, { requestId, tokens: PROMPT.length, maxTokens: 4 }, 5000);
   /** That handle re-aimed at the victim process: its agent, its region. */
-  const aimAtVictim = (h: KvHandle, mac: Uint8Array | null): KvHandle => ({ ...h, agentName: 'victim', agentMetadata: victimMetadata, regionId: victimRegion, mac });
+  const aimAtVictim = (h: KvHandle, mac: Uint8Array | null): KvHandle => ({
+    ...h,
+    agentName: 'victim',
+    agentMetadata: victimMetadata,
+    regionId: victimRegion,
+    mac,
+  });
 
   test('calls without the cluster token are refused before any work, as are wrong, replayed and misdirected proofs', async () => {
     const before = await victimHash();
@@ -105,8 +122,12 @@ describe('trust boundary', () => {
       };
       const call = (method: 'health' | 'release', p: string) =>
         new Promise((resolve, reject) =>
-          (raw[method] as unknown as (r: object, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: unknown, v: unknown) => void) => void).call(raw, { requestId: 'x' }, withProof(p), { deadline: Date.now() + 5000 }, (e, v) =>
-            e ? reject(e) : resolve(v),
+          (raw[method] as unknown as (r: object, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: unknown, v: unknown) => void) => void).call(
+            raw,
+            { requestId: 'x' },
+            withProof(p),
+            { deadline: Date.now() + 5000 },
+            (e, v) => (e ? reject(e) : resolve(v)),
           ),
         );
       assert.equal(((await call('health', proof)) as { role: string }).role, 'prefill');
@@ -122,7 +143,10 @@ describe('trust boundary', () => {
   });
 
   test('the frontend registry refuses registrations without the token', async () => {
-    const frontend = await Frontend.start(frontendConfig({ flags: { ...CLUSTER, model: tinyModel(), listen: '127.0.0.1:0', registryListen: '127.0.0.1:0' }, env: {} }), quietLog);
+    const frontend = await Frontend.start(
+      frontendConfig({ flags: { ...CLUSTER, model: tinyModel(), listen: '127.0.0.1:0', registryListen: '127.0.0.1:0' }, env: {} }),
+      quietLog,
+    );
     try {
       const Ctor = grpc.makeGenericClientConstructor(RegistryService, 'Registry');
       const raw = new Ctor(frontend.registryAddress!, grpc.credentials.createInsecure()) as unknown as ReturnType<typeof registryClient>;
@@ -208,7 +232,10 @@ describe('trust boundary', () => {
     const badHandle = { status: grpc.status.PERMISSION_DENIED, code: 'KVF_ERR_BAD_HANDLE' };
     const push: PrefillResponse = await unary(prefill, prefill.prefill, { requestId: 'res-1', tokens: PROMPT, pushTo: reserved }, 5000);
     const decodeIt = () => decodeAll(decode, { requestId: 'res-1', prompt: PROMPT, maxTokens: 3, prefill: push, reserved });
-    assert.deepEqual(await refused(decodeAll(decode, { requestId: 'res-1', prompt: PROMPT, maxTokens: 3, prefill: push, reserved: { ...reserved, blocks: [0] } })), badHandle);
+    assert.deepEqual(
+      await refused(decodeAll(decode, { requestId: 'res-1', prompt: PROMPT, maxTokens: 3, prefill: push, reserved: { ...reserved, blocks: [0] } })),
+      badHandle,
+    );
     assert.ok((await decodeIt()).some((e) => e.event === 'done'));
     assert.deepEqual(await refused(decodeIt()), badHandle);
     await poolAtBaseline(stack.decode.ready.address);
@@ -243,7 +270,13 @@ describe('trust boundary', () => {
       assert.deepEqual(peer.regions, [], 'the pool itself is not advertised');
       const runs = blockRuns(kv.blocks);
       const ids = await Promise.all(kv.grants.map((g) => reader.addGrant(peer.name, Buffer.from(g).toString('base64'))));
-      const descs = runs.map((run, i) => ({ local: 'sink', localOffset: runs.slice(0, i).reduce((n, r) => n + r.count * size, 0), remote: ids[i]!, remoteOffset: 0, length: run.count * size }));
+      const descs = runs.map((run, i) => ({
+        local: 'sink',
+        localOffset: runs.slice(0, i).reduce((n, r) => n + r.count * size, 0),
+        remote: ids[i]!,
+        remoteOffset: 0,
+        length: run.count * size,
+      }));
       const read = () => reader.request({ cmd: 'transfer', spec: { op: 'READ', peer: peer.name, descs, timeoutMs: 5000 } });
       await read();
       const zero = zeroHash(bytes);
@@ -263,7 +296,10 @@ describe('trust boundary', () => {
     await poolAtBaseline(stack.prefill.ready.address);
     for (const g of kv.grants) {
       const { base, length } = decodeGrant(g);
-      assert.ok(readProcessMemory(stack.prefill.child.pid!, base, length).every((b) => b === 0), 'freed blocks still hold K/V');
+      assert.ok(
+        readProcessMemory(stack.prefill.child.pid!, base, length).every((b) => b === 0),
+        'freed blocks still hold K/V',
+      );
     }
   });
 
@@ -277,7 +313,13 @@ describe('trust boundary', () => {
 describe('mutual TLS on the control plane', () => {
   let stack: Stack;
   let creds: string;
-  const tls = (dir: string) => ({ tlsCert: join(dir, 'tls.crt'), tlsKey: join(dir, 'tls.key'), tlsCa: join(dir, 'ca.crt'), tlsClientAuth: true, tlsServerName: 'kvfabric' });
+  const tls = (dir: string) => ({
+    tlsCert: join(dir, 'tls.crt'),
+    tlsKey: join(dir, 'tls.key'),
+    tlsCa: join(dir, 'ca.crt'),
+    tlsClientAuth: true,
+    tlsServerName: 'kvfabric',
+  });
   const makeCreds = (): string => {
     const dir = join(mkdtempSync(join(tmpdir(), 'kvf-tls-')), 'secrets');
     execFileSync('bash', [join(ROOT, 'scripts', 'make-cluster-secrets.sh'), dir], { env: toolEnv(), stdio: 'ignore' });
@@ -313,7 +355,10 @@ describe('mutual TLS on the control plane', () => {
     const noCert = (() => {
       const Ctor = grpc.makeGenericClientConstructor(WorkerService, 'Worker');
       const c = AUTH.clientOptions();
-      return new Ctor(address, grpc.credentials.createSsl(readFileSync(join(creds, 'ca.crt'))), { ...c.options, 'grpc.ssl_target_name_override': 'kvfabric' }) as unknown as WorkerClient;
+      return new Ctor(address, grpc.credentials.createSsl(readFileSync(join(creds, 'ca.crt'))), {
+        ...c.options,
+        'grpc.ssl_target_name_override': 'kvfabric',
+      }) as unknown as WorkerClient;
     })();
     const clients = [workerClient(address, AUTH), noCert, workerClient(address, ClusterAuth.fromConfig({ ...CLUSTER, ...tls(makeCreds()) }))];
     for (const client of clients) {

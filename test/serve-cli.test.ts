@@ -18,8 +18,18 @@ describe('kvfabric serve', () => {
   test('starts prefill and decode workers and the frontend; SIGTERM drains a stream in flight, then all exit 0', async () => {
     const serve = await startCli(['serve', '--model', model, '--provider', 'shm', '--listen', '127.0.0.1:0', '--threads', '1']);
     const url = serve.ready.address;
-    const { stdout } = await curl(['-sS', `${url}/v1/completions`, '-H', 'content-type: application/json', '-d', JSON.stringify({ model: 'tiny-llama', prompt: 'hello', max_tokens: 5, temperature: 0 })]);
-    const res = JSON.parse(stdout) as { choices: { text: string }[]; kvfabric: { provider: string; path: string; bytes: number; prefill_worker: string; decode_worker: string } };
+    const { stdout } = await curl([
+      '-sS',
+      `${url}/v1/completions`,
+      '-H',
+      'content-type: application/json',
+      '-d',
+      JSON.stringify({ model: 'tiny-llama', prompt: 'hello', max_tokens: 5, temperature: 0 }),
+    ]);
+    const res = JSON.parse(stdout) as {
+      choices: { text: string }[];
+      kvfabric: { provider: string; path: string; bytes: number; prefill_worker: string; decode_worker: string };
+    };
     assert.equal(res.kvfabric.provider, 'shm');
     assert.equal(res.kvfabric.path, 'fabric'); // the suite runs with KVF_FAST_PATH=0
     assert.ok(res.kvfabric.bytes > 0);
@@ -101,7 +111,13 @@ describe('kvfabric serve supervises its workers', () => {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: 'tiny-llama', prompt: 'hello', max_tokens: 4, temperature: 0 }),
     });
-    return { status: res.status, body: (await res.json()) as { kvfabric?: { mode: string; prefill_worker: string | null; decode_worker: string; fallback_reason: string | null }; error?: { code: string } } };
+    return {
+      status: res.status,
+      body: (await res.json()) as {
+        kvfabric?: { mode: string; prefill_worker: string | null; decode_worker: string; fallback_reason: string | null };
+        error?: { code: string };
+      },
+    };
   };
   const healthy = async (url: string, role: string): Promise<boolean> => {
     const h = (await (await fetch(`${url}/health`)).json()) as { workers: { role: string; healthy: boolean }[] };
@@ -109,7 +125,10 @@ describe('kvfabric serve supervises its workers', () => {
   };
   /** The stack's exit, or a failure after `ms` (a stack that never stops must not hang the suite). */
   const exitWithin = (serve: Proc, ms = 30_000) =>
-    Promise.race([serve.exited, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`kvfabric serve still runs after ${ms} ms`)), ms).unref())]);
+    Promise.race([
+      serve.exited,
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`kvfabric serve still runs after ${ms} ms`)), ms).unref()),
+    ]);
   /** No process of this run is left: every worker pid it ever logged, and nothing else running its (unique) model file. */
   const noneLeft = async (serve: Proc, modelPath: string): Promise<void> => {
     for (const up of [...ups(serve, 'prefill'), ...ups(serve, 'decode')]) assert.equal(alive(up.pid), false, `worker ${up.role} pid ${up.pid} still runs`);
@@ -190,7 +209,10 @@ describe('kvfabric serve supervises its workers', () => {
 
 describe('worker registry', () => {
   test('workers started with --register join the frontend, serve, and leave it on SIGTERM', async () => {
-    const frontend = await Frontend.start(frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', registryListen: '127.0.0.1:0', healthIntervalMs: 200 }, env: {} }), quietLog);
+    const frontend = await Frontend.start(
+      frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', registryListen: '127.0.0.1:0', healthIntervalMs: 200 }, env: {} }),
+      quietLog,
+    );
     try {
       const extra = ['--register', frontend.registryAddress!];
       const [prefill, decode] = await Promise.all([
@@ -198,7 +220,10 @@ describe('worker registry', () => {
         startWorker('decode', { model, provider: 'tcp', id: 'reg-decode', extra }),
       ]);
       await frontend.workersReady(['prefill', 'decode']);
-      assert.deepEqual(frontend.router.workers().map((w) => w.source), ['registry', 'registry']);
+      assert.deepEqual(
+        frontend.router.workers().map((w) => w.source),
+        ['registry', 'registry'],
+      );
       const res = await fetch(`${frontend.url}/v1/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },

@@ -113,15 +113,24 @@ async function startEtcd(binary: string): Promise<EtcdServer> {
   const child = spawn(
     binary,
     [
-      '--name', 't',
-      '--data-dir', join(dir, 'data'),
-      '--listen-client-urls', url,
-      '--advertise-client-urls', url,
-      '--listen-peer-urls', peerUrl,
-      '--initial-advertise-peer-urls', peerUrl,
-      '--initial-cluster', `t=${peerUrl}`,
-      '--logger', 'zap',
-      '--log-outputs', 'stderr',
+      '--name',
+      't',
+      '--data-dir',
+      join(dir, 'data'),
+      '--listen-client-urls',
+      url,
+      '--advertise-client-urls',
+      url,
+      '--listen-peer-urls',
+      peerUrl,
+      '--initial-advertise-peer-urls',
+      peerUrl,
+      '--initial-cluster',
+      `t=${peerUrl}`,
+      '--logger',
+      'zap',
+      '--log-outputs',
+      'stderr',
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
@@ -168,7 +177,10 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
     etcd = await startEtcd(ETCD!);
     kv = new Etcd3({ hosts: etcd.url });
     model = tinyModel();
-    modelName = model.split('/').pop()!.replace(/\.gguf$/, '');
+    modelName = model
+      .split('/')
+      .pop()!
+      .replace(/\.gguf$/, '');
   });
 
   after(async () => {
@@ -193,7 +205,10 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
         return p;
       },
       async frontend(etcdUrl = etcd.url): Promise<Frontend> {
-        const f = await Frontend.start(frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', etcd: [etcdUrl], etcdPrefix: prefix, healthIntervalMs: 200 }, env: {} }), quietLog);
+        const f = await Frontend.start(
+          frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', etcd: [etcdUrl], etcdPrefix: prefix, healthIntervalMs: 200 }, env: {} }),
+          quietLog,
+        );
         frontends.push(f);
         return f;
       },
@@ -209,7 +224,11 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
     return waitFor(
       () =>
         procs.every((p) =>
-          frontend.router.workers().some((w) => w.address === p.ready.address && w.source === 'etcd' && w.role === p.ready.role && w.healthy && w.status?.workerId === p.ready.workerId),
+          frontend.router
+            .workers()
+            .some(
+              (w) => w.address === p.ready.address && w.source === 'etcd' && w.role === p.ready.role && w.healthy && w.status?.workerId === p.ready.workerId,
+            ),
         ),
       `${procs.map((p) => p.ready.workerId).join(', ')} listed through etcd and healthy`,
       WAIT,
@@ -241,7 +260,10 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
     const frontend = await s.frontend();
     await joined(frontend, prefill, decode);
     assert.deepEqual(
-      frontend.router.workers().map((w) => `${w.role} ${w.address} ${w.source}`).sort(),
+      frontend.router
+        .workers()
+        .map((w) => `${w.role} ${w.address} ${w.source}`)
+        .sort(),
       [`decode ${decode.ready.address} etcd`, `prefill ${prefill.ready.address} etcd`],
     );
 
@@ -318,7 +340,13 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
     const [prefill, decode] = await Promise.all([s.worker('prefill', 'p-junk'), s.worker('decode', 'd-junk')]);
     const frontend = await s.frontend();
     await joined(frontend, prefill, decode);
-    assert.deepEqual(frontend.router.workers().map((w) => w.address).sort(), [decode.ready.address, prefill.ready.address].sort());
+    assert.deepEqual(
+      frontend.router
+        .workers()
+        .map((w) => w.address)
+        .sort(),
+      [decode.ready.address, prefill.ready.address].sort(),
+    );
 
     // Through the watch: a malformed put, then a well-formed one after it (events arrive in order, so once
     // the second shows, the first has been handled) whose key then turns malformed and stops announcing.
@@ -329,7 +357,13 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
     await kv.put(s.prefix + 'fake').value('[]');
     await waitFor(() => !listed(frontend, fake), 'the entry that turned malformed to be dropped', WAIT);
 
-    assert.deepEqual(frontend.router.workers().map((w) => w.address).sort(), [decode.ready.address, prefill.ready.address].sort());
+    assert.deepEqual(
+      frontend.router
+        .workers()
+        .map((w) => w.address)
+        .sort(),
+      [decode.ready.address, prefill.ready.address].sort(),
+    );
     const proof = await complete(frontend);
     assert.equal(proof.prefill_worker, 'p-junk');
     assert.equal(proof.decode_worker, 'd-junk');
@@ -383,10 +417,20 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
     await kv.kv.compact({ revision: header.revision, physical: true });
     proxy.restore();
 
-    await waitFor(() => !listed(frontend, gone) && listed(frontend, added) && listed(frontend, stays), 'the router to catch up with etcd after the compaction', WAIT);
+    await waitFor(
+      () => !listed(frontend, gone) && listed(frontend, added) && listed(frontend, stays),
+      'the router to catch up with etcd after the compaction',
+      WAIT,
+    );
     // And the new watch follows later changes.
     const later = await entry('later', 'decode');
     await waitFor(() => listed(frontend, later), 'a change after the new watch', WAIT);
-    assert.deepEqual(frontend.router.workers().map((w) => w.address).sort(), [added, later, stays].sort());
+    assert.deepEqual(
+      frontend.router
+        .workers()
+        .map((w) => w.address)
+        .sort(),
+      [added, later, stays].sort(),
+    );
   });
 });

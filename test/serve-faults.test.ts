@@ -158,7 +158,10 @@ describe('faults', () => {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: stack.modelName, messages: [{ role: 'user', content: PROMPT }], max_tokens: 40, stream: true }),
     });
-    const events = (await chat.text()).split('\n\n').filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6)) as Completion);
+    const events = (await chat.text())
+      .split('\n\n')
+      .filter((e) => e.startsWith('data: {'))
+      .map((e) => JSON.parse(e.slice(6)) as Completion);
     assert.equal(events.at(-1)?.error?.code, 'KVF_ERR_POOL_EXHAUSTED');
     await poolAtBaseline(stack.prefill.ready.address);
     await poolAtBaseline(stack.decode.ready.address);
@@ -205,7 +208,12 @@ describe('faults', () => {
   });
 
   test('SmolLM2: a prefill past its deadline stops at the next layer on the prefill worker while decode prefills locally', { skip: SMOLLM2_SKIP }, async () => {
-    const s = (stack = await startStack(SMOLLM2, 'tcp', { prefillTimeoutMs: 300 }, { extra: ['--blocks', '128', '--threads', '1'], env: { KVF_LOG_LEVEL: 'debug' } }));
+    const s = (stack = await startStack(
+      SMOLLM2,
+      'tcp',
+      { prefillTimeoutMs: 300 },
+      { extra: ['--blocks', '128', '--threads', '1'], env: { KVF_LOG_LEVEL: 'debug' } },
+    ));
     const res = await fetch(`${s.url}/v1/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -221,7 +229,10 @@ describe('faults', () => {
     stack = await startStack(tinyModel(SLOW_MODEL_SHAPE), 'tcp', {}, { extra: ['--blocks', '160'] });
     const s = stack;
     // A prompt of about 1,800 tokens (seconds of prefill), then a long generation.
-    for (const [worker, body] of [[s.prefill, { prompt: 'the quick brown fox jumps over the lazy dog; '.repeat(60), max_tokens: 1 }], [s.decode, { max_tokens: 1500, stream: true }]] as const) {
+    for (const [worker, body] of [
+      [s.prefill, { prompt: 'the quick brown fox jumps over the lazy dog; '.repeat(60), max_tokens: 1 }],
+      [s.decode, { max_tokens: 1500, stream: true }],
+    ] as const) {
       const abort = new AbortController();
       const idle = cpuSeconds(worker.ready.pid);
       const pending = post(s, body, abort.signal).then((r) => r.body?.getReader().read());

@@ -31,7 +31,12 @@ PROMPTS.push(...[16, 32, 48].map((n) => Array.from({ length: n }, (_, j) => 3 + 
 /** The reference: the same engine and settings in this process, no fabric, no gRPC. */
 async function aggregated(prompt: string | number[], options: { maxTokens: number; temperature?: number; seed?: number }) {
   const tokenizer = await Tokenizer.fromFile(model);
-  const engine = new ReferenceEngine({ modelPath: model, pool: new Uint8Array(64 * ReferenceEngine.blockBytes(model, { tokensPerBlock: 16 })), tokensPerBlock: 16, threads: 1 });
+  const engine = new ReferenceEngine({
+    modelPath: model,
+    pool: new Uint8Array(64 * ReferenceEngine.blockBytes(model, { tokensPerBlock: 16 })),
+    tokensPerBlock: 16,
+    threads: 1,
+  });
   try {
     const tokens = typeof prompt === 'string' ? tokenizer.encode(prompt) : prompt;
     return { ...(await generate(engine, tokenizer, tokens, options)), layout: engine.layout, promptTokens: tokens.length };
@@ -75,7 +80,14 @@ describe('serving over tcp, pull mode', () => {
     const proof = (completion as unknown as { kvfabric: KvProof }).kvfabric;
     assertProof(proof, { op: 'READ', provider: 'tcp;ofi_rxm', bytes: kvBytesFor(ref.layout, ref.promptTokens), stack });
 
-    const stream = await client.completions.create({ model: stack.modelName, prompt: 'hello there', max_tokens: 12, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    const stream = await client.completions.create({
+      model: stack.modelName,
+      prompt: 'hello there',
+      max_tokens: 12,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     let text = '';
     let last: unknown;
     for await (const chunk of stream) {
@@ -86,11 +98,22 @@ describe('serving over tcp, pull mode', () => {
     assert.equal((last as { usage: { completion_tokens: number } }).usage.completion_tokens, ref.tokens.length);
     assertProof((last as { kvfabric: KvProof }).kvfabric, { op: 'READ', provider: 'tcp;ofi_rxm', bytes: kvBytesFor(ref.layout, ref.promptTokens), stack });
 
-    const chat = await client.chat.completions.create({ model: stack.modelName, messages: [{ role: 'user', content: 'Say something.' }], max_tokens: 10, temperature: 0 });
+    const chat = await client.chat.completions.create({
+      model: stack.modelName,
+      messages: [{ role: 'user', content: 'Say something.' }],
+      max_tokens: 10,
+      temperature: 0,
+    });
     assert.equal(chat.object, 'chat.completion');
     assert.equal(chat.choices[0]!.message.role, 'assistant');
     assert.ok(['stop', 'length'].includes(chat.choices[0]!.finish_reason));
-    const chatStream = await client.chat.completions.create({ model: stack.modelName, messages: [{ role: 'user', content: 'Say something.' }], max_tokens: 10, temperature: 0, stream: true });
+    const chatStream = await client.chat.completions.create({
+      model: stack.modelName,
+      messages: [{ role: 'user', content: 'Say something.' }],
+      max_tokens: 10,
+      temperature: 0,
+      stream: true,
+    });
     let streamed = '';
     let finish: string | null = null;
     for await (const chunk of chatStream) {
@@ -109,10 +132,22 @@ describe('serving over tcp, pull mode', () => {
     assert.equal(json.choices[0]!.text, ref.text);
     assert.equal(json.kvfabric.op, 'READ');
 
-    const sse = await curl(['-sS', '-N', '-X', 'POST', `${stack.url}/v1/completions`, '-H', 'content-type: application/json', '-d', body.replace('}', ',"stream":true}')]);
+    const sse = await curl([
+      '-sS',
+      '-N',
+      '-X',
+      'POST',
+      `${stack.url}/v1/completions`,
+      '-H',
+      'content-type: application/json',
+      '-d',
+      body.replace('}', ',"stream":true}'),
+    ]);
     const events = sse.stdout.split('\n\n').filter(Boolean);
     assert.equal(events.at(-1), 'data: [DONE]');
-    const chunks = events.slice(0, -1).map((e) => JSON.parse(e.replace(/^data: /, '')) as { choices: { text: string; finish_reason: string | null }[]; kvfabric?: KvProof });
+    const chunks = events
+      .slice(0, -1)
+      .map((e) => JSON.parse(e.replace(/^data: /, '')) as { choices: { text: string; finish_reason: string | null }[]; kvfabric?: KvProof });
     assert.equal(chunks.map((c) => c.choices[0]!.text).join(''), ref.text);
     assert.ok(chunks.at(-1)!.kvfabric!.bytes > 0);
     assert.ok(chunks.at(-1)!.choices[0]!.finish_reason);
@@ -125,7 +160,12 @@ describe('serving over tcp, pull mode', () => {
       assert.equal(res.choices[0]!.text, ref.text, `prompt of ${ref.promptTokens} tokens`);
       assert.equal(res.usage!.completion_tokens, ref.tokens.length);
       assert.equal(res.choices[0]!.finish_reason, ref.finishReason);
-      assertProof((res as unknown as { kvfabric: KvProof }).kvfabric, { op: 'READ', provider: 'tcp;ofi_rxm', bytes: kvBytesFor(ref.layout, ref.promptTokens), stack });
+      assertProof((res as unknown as { kvfabric: KvProof }).kvfabric, {
+        op: 'READ',
+        provider: 'tcp;ofi_rxm',
+        bytes: kvBytesFor(ref.layout, ref.promptTokens),
+        stack,
+      });
     }
   });
 
@@ -163,7 +203,13 @@ describe('serving over tcp, pull mode', () => {
       ['/v1/completions', JSON.stringify({ model: 'gpt-4', prompt: 'x' }), 404, 'KVF_ERR_UNKNOWN_MODEL', null],
       ['/v1/completions', JSON.stringify({ model: stack.modelName, prompt: 'word '.repeat(400) }), 400, 'KVF_ERR_CONTEXT_OVERFLOW', null],
       ['/v1/chat/completions', JSON.stringify({ model: stack.modelName, messages: [] }), 400, 'KVF_ERR_BAD_REQUEST', 'messages'],
-      ['/v1/chat/completions', JSON.stringify({ model: stack.modelName, messages: [{ role: 'tool', content: 'x' }] }), 400, 'KVF_ERR_BAD_REQUEST', 'messages.0.role'],
+      [
+        '/v1/chat/completions',
+        JSON.stringify({ model: stack.modelName, messages: [{ role: 'tool', content: 'x' }] }),
+        400,
+        'KVF_ERR_BAD_REQUEST',
+        'messages.0.role',
+      ],
       ['/v1/nowhere', '{}', 404, 'KVF_ERR_BAD_REQUEST', null],
     ];
     for (const [path, body, status, code, param] of cases) {
@@ -173,7 +219,10 @@ describe('serving over tcp, pull mode', () => {
       if (param) assert.equal(r.json.error.param, param, body.slice(0, 60));
       assert.ok(r.json.error.message.length > 0);
     }
-    await assert.rejects(client.completions.create({ model: 'nope', prompt: 'x' }), (e: InstanceType<typeof OpenAI.APIError>) => e.status === 404 && e.code === 'KVF_ERR_UNKNOWN_MODEL');
+    await assert.rejects(
+      client.completions.create({ model: 'nope', prompt: 'x' }),
+      (e: InstanceType<typeof OpenAI.APIError>) => e.status === 404 && e.code === 'KVF_ERR_UNKNOWN_MODEL',
+    );
   });
 
   test('/health lists the workers, /live answers, /metrics counts tokens and KV bytes', async () => {
@@ -205,7 +254,10 @@ describe('serving over tcp, pull mode', () => {
 
   test('aggregated mode (decode prefills locally) gives the same output and says no KV moved', async () => {
     const aggregatedFrontend = await Frontend.start(
-      frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', decode: [stack.decode.ready.address], mode: 'aggregated', healthIntervalMs: 200 }, env: {} }),
+      frontendConfig({
+        flags: { ...CLUSTER, model, listen: '127.0.0.1:0', decode: [stack.decode.ready.address], mode: 'aggregated', healthIntervalMs: 200 },
+        env: {},
+      }),
       quietLog,
     );
     try {
@@ -253,7 +305,17 @@ describe('serving over shm, push mode', () => {
 
   test('pull mode over shm too', async () => {
     const pull = await Frontend.start(
-      frontendConfig({ flags: { ...CLUSTER, model, listen: '127.0.0.1:0', prefill: [stack.prefill.ready.address], decode: [stack.decode.ready.address], healthIntervalMs: 200 }, env: {} }),
+      frontendConfig({
+        flags: {
+          ...CLUSTER,
+          model,
+          listen: '127.0.0.1:0',
+          prefill: [stack.prefill.ready.address],
+          decode: [stack.decode.ready.address],
+          healthIntervalMs: 200,
+        },
+        env: {},
+      }),
       quietLog,
     );
     try {
@@ -262,7 +324,12 @@ describe('serving over shm, push mode', () => {
         const ref = await aggregated(prompt, { maxTokens: 20 });
         const res = await client.completions.create({ model: stack.modelName, prompt, max_tokens: 20, temperature: 0 });
         assert.equal(res.choices[0]!.text, ref.text);
-        assertProof((res as unknown as { kvfabric: KvProof }).kvfabric, { op: 'READ', provider: 'shm', bytes: kvBytesFor(ref.layout, ref.promptTokens), stack });
+        assertProof((res as unknown as { kvfabric: KvProof }).kvfabric, {
+          op: 'READ',
+          provider: 'shm',
+          bytes: kvBytesFor(ref.layout, ref.promptTokens),
+          stack,
+        });
       }
     } finally {
       await pull.close();

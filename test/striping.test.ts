@@ -42,17 +42,30 @@ for (const provider of ['tcp', 'shm']) {
         }
         const w = await a.write(peer, descs);
         for (const d of descs) {
-          assert.equal(Buffer.compare(src.bytes.subarray(d.localOffset, d.localOffset + d.length), dst.bytes.subarray(d.remoteOffset, d.remoteOffset + d.length)), 0);
+          assert.equal(
+            Buffer.compare(src.bytes.subarray(d.localOffset, d.localOffset + d.length), dst.bytes.subarray(d.remoteOffset, d.remoteOffset + d.length)),
+            0,
+          );
         }
         if (rails > 1) {
-          assert.deepEqual(w.rails, Array.from({ length: rails }, (_, i) => i));
+          assert.deepEqual(
+            w.rails,
+            Array.from({ length: rails }, (_, i) => i),
+          );
           assert.ok(w.ops > descs.length, 'large runs were cut into one piece per rail');
         } else {
           assert.equal(w.ops, descs.length);
         }
-        const r = await a.read(peer, descs.map((d) => ({ ...d, local: back })));
+        const r = await a.read(
+          peer,
+          descs.map((d) => ({ ...d, local: back })),
+        );
         assert.equal(r.bytes, w.bytes);
-        for (const d of descs) assert.equal(Buffer.compare(src.bytes.subarray(d.localOffset, d.localOffset + d.length), back.bytes.subarray(d.localOffset, d.localOffset + d.length)), 0);
+        for (const d of descs)
+          assert.equal(
+            Buffer.compare(src.bytes.subarray(d.localOffset, d.localOffset + d.length), back.bytes.subarray(d.localOffset, d.localOffset + d.length)),
+            0,
+          );
       });
     }
 
@@ -74,7 +87,13 @@ for (const provider of ['tcp', 'shm']) {
       const dst = b.allocate(2 << 20);
       const peer = a.loadRemoteMetadata(b.getLocalMetadata());
       const block = 4096;
-      const contiguous = Array.from({ length: 256 }, (_, i) => ({ local: src, localOffset: i * block, remote: dst.id, remoteOffset: i * block, length: block }));
+      const contiguous = Array.from({ length: 256 }, (_, i) => ({
+        local: src,
+        localOffset: i * block,
+        remote: dst.id,
+        remoteOffset: i * block,
+        length: block,
+      }));
       const w = await a.write(peer, contiguous);
       assert.equal(w.ops, 1);
       assert.equal(w.descriptors, 256);
@@ -98,7 +117,8 @@ describe('prepared descriptor lists', () => {
   let peer: RemotePeer;
   const block = 4096;
   const count = 1024;
-  const descs = () => Array.from({ length: count }, (_, i) => ({ local: src, localOffset: i * block, remote: dst.id, remoteOffset: ((i * 7) % count) * block, length: block }));
+  const descs = () =>
+    Array.from({ length: count }, (_, i) => ({ local: src, localOffset: i * block, remote: dst.id, remoteOffset: ((i * 7) % count) * block, length: block }));
 
   before(async () => {
     ({ a, b } = await pair('tcp', 2));

@@ -52,8 +52,25 @@ describe('test-inference.sh against kvfabric serve', () => {
 });
 
 describe('test-inference.sh against servers that answer 2xx without the proof', () => {
-  const proof = { mode: 'pull', backend: 'LIBFABRIC', provider: 'efa', rails: [0], op: 'READ', path: 'fabric', bytes: 737280, transfer_ms: 1.5, prefill_worker: 'p', decode_worker: 'd' };
-  const completion = (text: string, kvfabric?: object) => ({ id: 'cmpl-1', object: 'text_completion', model: 'm', choices: [{ index: 0, text, finish_reason: 'length' }], ...(kvfabric ? { kvfabric } : {}) });
+  const proof = {
+    mode: 'pull',
+    backend: 'LIBFABRIC',
+    provider: 'efa',
+    rails: [0],
+    op: 'READ',
+    path: 'fabric',
+    bytes: 737280,
+    transfer_ms: 1.5,
+    prefill_worker: 'p',
+    decode_worker: 'd',
+  };
+  const completion = (text: string, kvfabric?: object) => ({
+    id: 'cmpl-1',
+    object: 'text_completion',
+    model: 'm',
+    choices: [{ index: 0, text, finish_reason: 'length' }],
+    ...(kvfabric ? { kvfabric } : {}),
+  });
   const servers: Server[] = [];
 
   /** A real HTTP server: /health with `health`, /v1/models, and `reply` for every completion. */
@@ -62,9 +79,11 @@ describe('test-inference.sh against servers that answer 2xx without the proof', 
       req.resume();
       req.on('end', () => {
         const [status, body] =
-          req.url === '/health' ? [health, { status: health === 200 ? 'ok' : 'not ready' }]
-          : req.url === '/v1/models' ? [200, { object: 'list', data: [{ id: 'm', object: 'model' }] }]
-          : [200, reply];
+          req.url === '/health'
+            ? [health, { status: health === 200 ? 'ok' : 'not ready' }]
+            : req.url === '/v1/models'
+              ? [200, { object: 'list', data: [{ id: 'm', object: 'model' }] }]
+              : [200, reply];
         res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
       });
     });

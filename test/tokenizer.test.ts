@@ -16,13 +16,7 @@ import { fileURLToPath } from 'node:url';
 
 import { KvfError, type ErrorCode } from '../src/fabric/errors.js';
 import { ChatTemplate, type ChatMessage } from '../src/engine/chat-template.js';
-import {
-  GgufMetadata,
-  GgufType,
-  parseGgufMetadata,
-  readGgufMetadata,
-  readGgufMetadataSync,
-} from '../src/engine/gguf-metadata.js';
+import { GgufMetadata, GgufType, parseGgufMetadata, readGgufMetadata, readGgufMetadataSync } from '../src/engine/gguf-metadata.js';
 import { Tokenizer, TokenType } from '../src/engine/tokenizer.js';
 import { Utf8StreamDecoder } from '../src/engine/utf8-stream.js';
 
@@ -106,19 +100,43 @@ function ggufBytes(kvs: Kv[], opts: { version?: number; tensorCount?: bigint; kv
   const scalar = (type: GgufType, v: unknown): void => {
     const b = Buffer.alloc(8);
     switch (type) {
-      case GgufType.UINT8: b.writeUInt8(v as number); return void parts.push(b.subarray(0, 1));
-      case GgufType.INT8: b.writeInt8(v as number); return void parts.push(b.subarray(0, 1));
-      case GgufType.UINT16: b.writeUInt16LE(v as number); return void parts.push(b.subarray(0, 2));
-      case GgufType.INT16: b.writeInt16LE(v as number); return void parts.push(b.subarray(0, 2));
-      case GgufType.UINT32: b.writeUInt32LE(v as number); return void parts.push(b.subarray(0, 4));
-      case GgufType.INT32: b.writeInt32LE(v as number); return void parts.push(b.subarray(0, 4));
-      case GgufType.FLOAT32: b.writeFloatLE(v as number); return void parts.push(b.subarray(0, 4));
-      case GgufType.BOOL: b.writeUInt8(v ? 1 : 0); return void parts.push(b.subarray(0, 1));
-      case GgufType.UINT64: b.writeBigUInt64LE(v as bigint); return void parts.push(b);
-      case GgufType.INT64: b.writeBigInt64LE(v as bigint); return void parts.push(b);
-      case GgufType.FLOAT64: b.writeDoubleLE(v as number); return void parts.push(b);
-      case GgufType.STRING: return str(v as string);
-      default: return; // an unknown type: no value bytes (malformed-file tests)
+      case GgufType.UINT8:
+        b.writeUInt8(v as number);
+        return void parts.push(b.subarray(0, 1));
+      case GgufType.INT8:
+        b.writeInt8(v as number);
+        return void parts.push(b.subarray(0, 1));
+      case GgufType.UINT16:
+        b.writeUInt16LE(v as number);
+        return void parts.push(b.subarray(0, 2));
+      case GgufType.INT16:
+        b.writeInt16LE(v as number);
+        return void parts.push(b.subarray(0, 2));
+      case GgufType.UINT32:
+        b.writeUInt32LE(v as number);
+        return void parts.push(b.subarray(0, 4));
+      case GgufType.INT32:
+        b.writeInt32LE(v as number);
+        return void parts.push(b.subarray(0, 4));
+      case GgufType.FLOAT32:
+        b.writeFloatLE(v as number);
+        return void parts.push(b.subarray(0, 4));
+      case GgufType.BOOL:
+        b.writeUInt8(v ? 1 : 0);
+        return void parts.push(b.subarray(0, 1));
+      case GgufType.UINT64:
+        b.writeBigUInt64LE(v as bigint);
+        return void parts.push(b);
+      case GgufType.INT64:
+        b.writeBigInt64LE(v as bigint);
+        return void parts.push(b);
+      case GgufType.FLOAT64:
+        b.writeDoubleLE(v as number);
+        return void parts.push(b);
+      case GgufType.STRING:
+        return str(v as string);
+      default:
+        return; // an unknown type: no value bytes (malformed-file tests)
     }
   };
   const value = (type: GgufType, v: unknown, elementType?: GgufType): void => {
@@ -166,7 +184,15 @@ const ALL_TYPES: Kv[] = [
   ['arr.u64', GgufType.ARRAY, [1n, 2n ** 64n - 1n], GgufType.UINT64],
   ['arr.f64', GgufType.ARRAY, [1e300], GgufType.FLOAT64],
   ['arr.empty', GgufType.ARRAY, [], GgufType.INT16],
-  ['arr.nested', GgufType.ARRAY, [['', GgufType.ARRAY, [7, 8], GgufType.UINT16], ['', GgufType.ARRAY, ['x'], GgufType.STRING]], GgufType.ARRAY],
+  [
+    'arr.nested',
+    GgufType.ARRAY,
+    [
+      ['', GgufType.ARRAY, [7, 8], GgufType.UINT16],
+      ['', GgufType.ARRAY, ['x'], GgufType.STRING],
+    ],
+    GgufType.ARRAY,
+  ],
 ];
 
 // ----------------------------------------------------------------------------------------------------
@@ -267,13 +293,22 @@ describe('gguf metadata', () => {
     bad(good.subarray(0, 10), /truncated: tensor count needs 8 bytes, only 2 left/);
     bad(ggufBytes([], { tensorCount: 2n ** 60n }), /tensor count \d+ is larger than/);
     bad(ggufBytes([], { kvCount: 2n ** 64n - 1n }), /metadata key\/value count 18446744073709551615 is larger than/);
-    bad(ggufBytes([['a', GgufType.UINT8, 1]], { kvCount: 2n }), /metadata key\/value count 2 is larger than the 1 the rest of the file can hold \(at byte 16\)/);
+    bad(
+      ggufBytes([['a', GgufType.UINT8, 1]], { kvCount: 2n }),
+      /metadata key\/value count 2 is larger than the 1 the rest of the file can hold \(at byte 16\)/,
+    );
     const cut = ggufBytes([['abcdef', GgufType.STRING, 'x'.repeat(100)]]);
     bad(cut.subarray(0, cut.length - 50), /value of 'abcdef' length 100 is larger than the 50 the rest of the file can hold \(at byte 42\)/);
     bad(ggufBytes([['k', 13 as GgufType, 0]]), /'k' has unknown value type 13/);
     bad(ggufBytes([['', GgufType.UINT8, 1]]), /key of metadata entry 0 is empty/);
     bad(ggufBytes([['k'.repeat(70_000), GgufType.UINT8, 1]]), /key of metadata entry 0 length 70000 exceeds the limit of 65536 bytes \(at byte 24\)/);
-    bad(ggufBytes([['dup', GgufType.UINT8, 1], ['dup', GgufType.UINT8, 2]]), /duplicate metadata key 'dup'/);
+    bad(
+      ggufBytes([
+        ['dup', GgufType.UINT8, 1],
+        ['dup', GgufType.UINT8, 2],
+      ]),
+      /duplicate metadata key 'dup'/,
+    );
     // A string whose length runs past the end of the file.
     const longStr = ggufBytes([['s', GgufType.STRING, 'abc']]);
     longStr.writeBigUInt64LE(1000n, longStr.length - 3 - 8);
@@ -298,7 +333,7 @@ describe('gguf metadata', () => {
     for (let n = 0; n < good.length; n++) expectCode(() => parseGgufMetadata(good.subarray(0, n)), 'KVF_ERR_BAD_MODEL');
     // Random corruption: parses or fails as BAD_MODEL, nothing else.
     let seed = 12345;
-    const rnd = (): number => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const rnd = (): number => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
     for (let i = 0; i < 2000; i++) {
       const b = Buffer.from(good);
       for (let k = 0; k < 3; k++) b[Math.floor(rnd() * b.length)] = Math.floor(rnd() * 256);
@@ -320,7 +355,10 @@ describe('gguf metadata', () => {
 function checkOracle(tk: Tokenizer, model: OracleModel): void {
   let mismatches = 0;
   for (const c of model.cases) {
-    for (const [parseSpecial, expected] of [[false, c.ids], [true, c.idsParseSpecial]] as const) {
+    for (const [parseSpecial, expected] of [
+      [false, c.ids],
+      [true, c.idsParseSpecial],
+    ] as const) {
       const got = tk.encode(c.text, { parseSpecial });
       if (JSON.stringify(got) !== JSON.stringify(expected)) {
         mismatches++;
@@ -396,14 +434,24 @@ describe('tokenizer', () => {
       const chunks = ids.map((id) => dec.push(id));
       chunks.push(dec.flush());
       assert.equal(chunks.join(''), text);
-      assert.ok(chunks.every((c) => !c.includes('\ufffd')), 'no replacement characters');
-      assert.ok(chunks.some((c) => c === ''), 'some token ends inside a character (the test would prove nothing otherwise)');
+      assert.ok(
+        chunks.every((c) => !c.includes('\ufffd')),
+        'no replacement characters',
+      );
+      assert.ok(
+        chunks.some((c) => c === ''),
+        'some token ends inside a character (the test would prove nothing otherwise)',
+      );
       // Each chunk is whole characters: it round-trips through UTF-8 unchanged.
       for (const c of chunks) assert.equal(Buffer.from(c, 'utf8').toString('utf8'), c);
     });
 
     test('encodes a long text quickly', () => {
-      const text = fixture.real.cases.map((c) => c.text).join('\n').repeat(20) + ' '.repeat(50_000);
+      const text =
+        fixture.real.cases
+          .map((c) => c.text)
+          .join('\n')
+          .repeat(20) + ' '.repeat(50_000);
       const t0 = performance.now();
       const ids = real.encode(text);
       const ms = performance.now() - t0;
@@ -441,7 +489,10 @@ describe('tokenizer', () => {
     const emoji = tiny.encode('🤗');
     assert.equal(emoji.length, 4);
     const d2 = tiny.decoder();
-    assert.deepEqual(emoji.map((id) => d2.push(id)), ['', '', '', '🤗']);
+    assert.deepEqual(
+      emoji.map((id) => d2.push(id)),
+      ['', '', '', '🤗'],
+    );
     // A stream cut inside a character: flush gives U+FFFD; a stray continuation byte is U+FFFD at once.
     const d3 = tiny.decoder();
     assert.equal(d3.push(emoji[0]!) + d3.push(emoji[1]!), '');
@@ -456,7 +507,7 @@ describe('tokenizer', () => {
 
   test('round-trips arbitrary text on the tiny model', () => {
     let seed = 7;
-    const rnd = (n: number): number => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n);
+    const rnd = (n: number): number => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n;
     const alphabet = ['a', 'Z', ' ', '  ', '\n', '\t', '1', '23', "'s", "'ll", '!', '.', 'é', '日', '🤗', '\u00a0', '\u0085', 'the', ' fox'];
     for (let i = 0; i < 300; i++) {
       let s = '';
@@ -482,7 +533,11 @@ describe('tokenizer', () => {
     };
     assert.deepEqual(make([]).encode('abab'), [2, 2]);
     assert.deepEqual(make([], ['tokenizer.ggml.token_type', 'tokenizer.ggml.pre']).encode('ab'), [2]);
-    expectCode(() => make([['tokenizer.ggml.model', GgufType.STRING, 'llama']]), 'KVF_ERR_BAD_MODEL', /test.gguf: tokenizer.ggml.model 'llama' is not supported/);
+    expectCode(
+      () => make([['tokenizer.ggml.model', GgufType.STRING, 'llama']]),
+      'KVF_ERR_BAD_MODEL',
+      /test.gguf: tokenizer.ggml.model 'llama' is not supported/,
+    );
     expectCode(() => make([['tokenizer.ggml.pre', GgufType.STRING, 'qwen2']]), 'KVF_ERR_BAD_MODEL', /tokenizer.ggml.pre 'qwen2' is not supported/);
     expectCode(() => make([], ['tokenizer.ggml.tokens']), 'KVF_ERR_BAD_MODEL', /'tokenizer.ggml.tokens' must be an array of strings, got missing/);
     expectCode(() => make([['tokenizer.ggml.token_type', GgufType.ARRAY, [1], GgufType.INT32]]), 'KVF_ERR_BAD_MODEL', /token_type has 1 entries/);
@@ -506,7 +561,7 @@ describe('chat template', () => {
   test('plain ChatML without a default system message', () => {
     const tpl = ChatTemplate.parse(
       "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}\n" +
-        "  {% if add_generation_prompt %}\n{{ \"<|im_start|>assistant\\n\" }}{% endif %}\n",
+        '  {% if add_generation_prompt %}\n{{ "<|im_start|>assistant\\n" }}{% endif %}\n',
     );
     assert.equal(tpl.kind, 'chatml');
     assert.equal(tpl.render(messages), '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n');
@@ -516,12 +571,28 @@ describe('chat template', () => {
   test('unsupported templates and bad messages are refused', () => {
     const llama3 =
       "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{{ content }}{% endfor %}";
-    expectCode(() => ChatTemplate.parse(llama3, 'llama3.gguf'), 'KVF_ERR_BAD_MODEL', /llama3.gguf: unsupported tokenizer.chat_template \(expected \{% for message in messages %\}/);
-    expectCode(() => ChatTemplate.parse("{% for message in messages %}{{ message['content'] | upper }}{% endfor %}"), 'KVF_ERR_BAD_MODEL', /unsupported expression/);
-    expectCode(() => ChatTemplate.parse("{% for message in messages %}x{{ message['content'] }}{% endfor %}"), 'KVF_ERR_BAD_MODEL', /literal text "x" between tags/);
+    expectCode(
+      () => ChatTemplate.parse(llama3, 'llama3.gguf'),
+      'KVF_ERR_BAD_MODEL',
+      /llama3.gguf: unsupported tokenizer.chat_template \(expected \{% for message in messages %\}/,
+    );
+    expectCode(
+      () => ChatTemplate.parse("{% for message in messages %}{{ message['content'] | upper }}{% endfor %}"),
+      'KVF_ERR_BAD_MODEL',
+      /unsupported expression/,
+    );
+    expectCode(
+      () => ChatTemplate.parse("{% for message in messages %}x{{ message['content'] }}{% endfor %}"),
+      'KVF_ERR_BAD_MODEL',
+      /literal text "x" between tags/,
+    );
     expectCode(() => ChatTemplate.parse("{%- for message in messages %}{{ message['content'] }}{% endfor %}"), 'KVF_ERR_BAD_MODEL', /whitespace control/);
     expectCode(() => ChatTemplate.parse("{% for message in messages %}{{ message['role'] }}{% endfor %}"), 'KVF_ERR_BAD_MODEL', /message\['content'\] once/);
-    expectCode(() => ChatTemplate.parse('{% for message in messages %}{{ message[\'content\'] }}{% endfor %}{% if tools %}{% endif %}'), 'KVF_ERR_BAD_MODEL', /expected \{% if add_generation_prompt %\}/);
+    expectCode(
+      () => ChatTemplate.parse("{% for message in messages %}{{ message['content'] }}{% endfor %}{% if tools %}{% endif %}"),
+      'KVF_ERR_BAD_MODEL',
+      /expected \{% if add_generation_prompt %\}/,
+    );
     const noTemplate = parseGgufMetadata(ggufBytes([['general.architecture', GgufType.STRING, 'llama']]), 'x.gguf');
     expectCode(() => ChatTemplate.fromGguf(noTemplate), 'KVF_ERR_BAD_MODEL', /x.gguf: the model has no tokenizer.chat_template/);
     const tpl = ChatTemplate.fromGguf(tinyMeta);

@@ -122,9 +122,7 @@ async function assertLanded(target: PeerProcess, region: string, ranges: Range[]
   const settled = bad.every((i) => later[i] === expected[i]);
   assert.fail(
     `${what}: ${bad.length} of ${ranges.length} ranges differ from the source right after write() resolved (first: #${bad[0]}); ` +
-      (settled
-        ? '250 ms later they match: write() resolved before the data was in the target\'s memory'
-        : 'they still differ 250 ms later: the data is wrong'),
+      (settled ? "250 ms later they match: write() resolved before the data was in the target's memory" : 'they still differ 250 ms later: the data is wrong'),
   );
 }
 
@@ -139,15 +137,18 @@ for (const provider of PROVIDERS) {
     let a: PeerProcess;
     let b: PeerProcess;
 
-    before(async () => {
-      const ps = await spawnPeers([`${provider.name}-A`, `${provider.name}-B`], provider.name, spawned);
-      a = ps[0]!;
-      b = ps[1]!;
-      for (const p of [a, b]) {
-        assert.equal(p.agent!.provider, provider.stack);
-        assert.ok(p.agent!.rails >= 1);
-      }
-    }, { timeout: 60_000 });
+    before(
+      async () => {
+        const ps = await spawnPeers([`${provider.name}-A`, `${provider.name}-B`], provider.name, spawned);
+        a = ps[0]!;
+        b = ps[1]!;
+        for (const p of [a, b]) {
+          assert.equal(p.agent!.provider, provider.stack);
+          assert.ok(p.agent!.rails >= 1);
+        }
+      },
+      { timeout: 60_000 },
+    );
     after(() => closePeers(spawned), { timeout: 60_000 });
 
     test('WRITE then READ-back of 64 MiB in blocks of 4 KiB..8 MiB is byte-exact', { timeout: TEST_TIMEOUT }, async () => {
@@ -167,13 +168,20 @@ for (const provider of PROVIDERS) {
       await b.alloc('s1.dst', dst.size, 'zero');
       const loaded = await connectAll([a, b]);
       assert.deepEqual(
-        loaded.get(a.name)!.get(b.name)!.regions.find((r) => r.id === b.regionId('s1.dst')),
+        loaded
+          .get(a.name)!
+          .get(b.name)!
+          .regions.find((r) => r.id === b.regionId('s1.dst')),
         { id: b.regionId('s1.dst'), length: dst.size },
-        'A sees B\'s new region in its metadata',
+        "A sees B's new region in its metadata",
       );
 
       const writes: WireDescriptor[] = idx.map((i) => ({
-        local: 's1.src', localOffset: src.offsets[i]!, remote: b.regionId('s1.dst'), remoteOffset: dst.offsets[i]!, length: lengths[i]!,
+        local: 's1.src',
+        localOffset: src.offsets[i]!,
+        remote: b.regionId('s1.dst'),
+        remoteOffset: dst.offsets[i]!,
+        length: lengths[i]!,
       }));
       const common = { peer: b.name, stack: provider.stack, rails: a.agent!.rails };
       const srcHash = await a.hash('s1.src', localRanges(writes));
@@ -186,7 +194,11 @@ for (const provider of PROVIDERS) {
       assert.equal(await b.hash('s1.dst', dst.gaps), zeroHash(gapLength(dst.gaps)), 'bytes around the written blocks stay zero');
 
       const reads: WireDescriptor[] = idx.map((i) => ({
-        local: 's1.back', localOffset: back.offsets[i]!, remote: b.regionId('s1.dst'), remoteOffset: dst.offsets[i]!, length: lengths[i]!,
+        local: 's1.back',
+        localOffset: back.offsets[i]!,
+        remote: b.regionId('s1.dst'),
+        remoteOffset: dst.offsets[i]!,
+        length: lengths[i]!,
       }));
       let readBytes = 0;
       for (const descs of groups(reads, [5, 1, 3, 8])) {
@@ -251,14 +263,15 @@ for (const provider of PROVIDERS) {
         if (i % 2 === 1) aSpecs.push(spec('READ', b.name, rTransfers[(i - 1) / 2]!));
       });
       const [srcW, srcB] = await Promise.all([a.hashEach('s2.src', localRanges(wDescs)), b.hashEach('s2.out', localRanges(bDescs))]);
-      const [aReports, bReports] = await Promise.all([
-        a.transferMany(aSpecs),
-        b.transferMany(bTransfers.map((descs) => spec('WRITE', a.name, descs))),
-      ]);
+      const [aReports, bReports] = await Promise.all([a.transferMany(aSpecs), b.transferMany(bTransfers.map((descs) => spec('WRITE', a.name, descs)))]);
 
       assert.equal(aReports.length, 96);
-      aReports.forEach((r, i) => checkReport(r, { op: aSpecs[i]!.op, peer: b.name, stack: provider.stack, descs: aSpecs[i]!.descs, notified: false, rails: a.agent!.rails }));
-      bReports.forEach((r, i) => checkReport(r, { op: 'WRITE', peer: a.name, stack: provider.stack, descs: bTransfers[i]!, notified: false, rails: b.agent!.rails }));
+      aReports.forEach((r, i) =>
+        checkReport(r, { op: aSpecs[i]!.op, peer: b.name, stack: provider.stack, descs: aSpecs[i]!.descs, notified: false, rails: a.agent!.rails }),
+      );
+      bReports.forEach((r, i) =>
+        checkReport(r, { op: 'WRITE', peer: a.name, stack: provider.stack, descs: bTransfers[i]!, notified: false, rails: b.agent!.rails }),
+      );
 
       const each = (rs: Range[]) => rs.map((r) => [r]);
       // Targets of the WRITEs first, right after the transfers resolved.
@@ -293,10 +306,21 @@ for (const provider of PROVIDERS) {
           // rewritten every wave, so stale bytes from the previous wave would fail the check.
           const lengths = Array.from({ length: randomInt(rng, 2, 4) }, () => randomInt(rng, 512 * KiB, 1536 * KiB) + randomInt(rng, 0, 4095));
           const srcPlace = place(rng, lengths);
-          const dstPlace = place(rng, lengths, shuffle(rng, lengths.map((_, i) => i)));
+          const dstPlace = place(
+            rng,
+            lengths,
+            shuffle(
+              rng,
+              lengths.map((_, i) => i),
+            ),
+          );
           assert.ok(srcPlace.size <= SLOT && dstPlace.size <= SLOT);
           const descs: WireDescriptor[] = lengths.map((length, i) => ({
-            local: 's3.src', localOffset: slot * SLOT + srcPlace.offsets[i]!, remote: dstId, remoteOffset: slot * SLOT + dstPlace.offsets[i]!, length,
+            local: 's3.src',
+            localOffset: slot * SLOT + srcPlace.offsets[i]!,
+            remote: dstId,
+            remoteOffset: slot * SLOT + dstPlace.offsets[i]!,
+            length,
           }));
           await a.fill('s3.src', localRanges(descs)); // fresh data every round
           const tag = `w${wave}s${slot}`;
@@ -305,7 +329,9 @@ for (const provider of PROVIDERS) {
           specs.push(spec('WRITE', b.name, descs, CHECK_PREFIX + JSON.stringify(check)));
         }
         const reports = await a.transferMany(specs);
-        reports.forEach((r, i) => checkReport(r, { op: 'WRITE', peer: b.name, stack: provider.stack, descs: specs[i]!.descs, notified: true, rails: a.agent!.rails }));
+        reports.forEach((r, i) =>
+          checkReport(r, { op: 'WRITE', peer: b.name, stack: provider.stack, descs: specs[i]!.descs, notified: true, rails: a.agent!.rails }),
+        );
         // The target checked each range inside its 'notification' listener; wait for this wave's checks
         // before the next wave overwrites the same slots.
         const { events, iterated } = await b.takeNotifications(SLOTS);
@@ -315,7 +341,11 @@ for (const provider of PROVIDERS) {
           assert.ok(ev.check.ok, `${ev.check.tag}: at notification time the data hashed ${ev.check.actual}, expected ${ev.check.expected}`);
           tags.delete(ev.check.tag);
         }
-        assert.deepEqual(iterated, events.map((e) => ({ from: e.from, dataBase64: e.dataBase64 })), 'notifications() yields what the event saw, in order');
+        assert.deepEqual(
+          iterated,
+          events.map((e) => ({ from: e.from, dataBase64: e.dataBase64 })),
+          'notifications() yields what the event saw, in order',
+        );
       }
       assert.deepEqual([...tags], [], 'every round was notified exactly once');
       await Promise.all([a.free('s3.src'), b.free('s3.dst')]);
@@ -344,7 +374,7 @@ for (const provider of PROVIDERS) {
       assert.deepEqual(seen(atA.iterated), expect(b.name, fromB));
     });
 
-    test('write() resolves only once its data is in the target\'s memory (target process frozen)', { timeout: TEST_TIMEOUT }, async (t) => {
+    test("write() resolves only once its data is in the target's memory (target process frozen)", { timeout: TEST_TIMEOUT }, async (t) => {
       // With the target stopped (SIGSTOP) nothing in it can make progress. If write() resolves anyway, the
       // provider must already have put the bytes into the target's memory (as CMA does on shm), which the
       // parent checks by reading that memory through /proc/<pid>/mem. Otherwise write() must stay pending
@@ -377,7 +407,9 @@ for (const provider of PROVIDERS) {
           pending = write(i);
           const outcome = await Promise.race([pending.then(() => 'resolved' as const), delay(500).then(() => 'pending' as const)]);
           if (outcome === 'resolved') {
-            inMemoryWhenResolved = createHash('sha256').update(readProcessMemory(b.pid!, base + BigInt(range[0]), range[1])).digest('hex');
+            inMemoryWhenResolved = createHash('sha256')
+              .update(readProcessMemory(b.pid!, base + BigInt(range[0]), range[1]))
+              .digest('hex');
           }
         });
         await pending;
@@ -403,18 +435,25 @@ for (const provider of PROVIDERS) {
     const sliceRange = (k: number): Range => [k * SLICE, SLICE];
     const pairs = [0, 1, 2].flatMap((i) => [0, 1, 2].filter((j) => j !== i).map((j) => [i, j] as const));
 
-    before(async () => {
-      peers = await spawnPeers([0, 1, 2].map((i) => `${provider.name}-P${i}`), provider.name, spawned);
-      await Promise.all(
-        peers.map(async (p) => {
-          await p.alloc('src', 2 * SLICE, 'random'); // slice slot(i, j): the data i sends to j
-          await p.alloc('dst', 2 * SLICE, 'zero'); // slice slot(j, i): what j wrote here
-          await p.alloc('back', 2 * SLICE, 'zero'); // slice slot(i, j): what i read from j
-        }),
-      );
-      const loaded = await connectAll(peers);
-      for (const p of peers) assert.equal(loaded.get(p.name)!.size, 2);
-    }, { timeout: 60_000 });
+    before(
+      async () => {
+        peers = await spawnPeers(
+          [0, 1, 2].map((i) => `${provider.name}-P${i}`),
+          provider.name,
+          spawned,
+        );
+        await Promise.all(
+          peers.map(async (p) => {
+            await p.alloc('src', 2 * SLICE, 'random'); // slice slot(i, j): the data i sends to j
+            await p.alloc('dst', 2 * SLICE, 'zero'); // slice slot(j, i): what j wrote here
+            await p.alloc('back', 2 * SLICE, 'zero'); // slice slot(i, j): what i read from j
+          }),
+        );
+        const loaded = await connectAll(peers);
+        for (const p of peers) assert.equal(loaded.get(p.name)!.size, 2);
+      },
+      { timeout: 60_000 },
+    );
     after(() => closePeers(spawned), { timeout: 60_000 });
 
     /** i's stream to or from j: the slice cut into 6 pieces of varied sizes, sent as 3 transfers of 2. */

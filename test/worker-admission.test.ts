@@ -32,7 +32,12 @@ async function prefillMs(prompt: string): Promise<number> {
   const tokens = (await Tokenizer.fromFile(model)).encode(prompt);
   const tokensPerBlock = 16;
   const blocks = Math.ceil(tokens.length / tokensPerBlock);
-  const engine = new ReferenceEngine({ modelPath: model, pool: new Uint8Array(ReferenceEngine.blockBytes(model, { tokensPerBlock }) * blocks), tokensPerBlock, threads: 1 });
+  const engine = new ReferenceEngine({
+    modelPath: model,
+    pool: new Uint8Array(ReferenceEngine.blockBytes(model, { tokensPerBlock }) * blocks),
+    tokensPerBlock,
+    threads: 1,
+  });
   try {
     const table = engine.allocateBlocks(blocks);
     await engine.prefill(tokens, table, 0); // warm
@@ -70,7 +75,10 @@ describe('worker admission', () => {
       }),
     );
     const refused = results.filter((r) => r.status === 429);
-    assert.ok(results.some((r) => r.status === 200), JSON.stringify(results.map((r) => r.body.error ?? r.status)));
+    assert.ok(
+      results.some((r) => r.status === 200),
+      JSON.stringify(results.map((r) => r.body.error ?? r.status)),
+    );
     assert.ok(refused.length >= 1, 'at least one prompt could not make its deadline behind the others');
     for (const r of refused) {
       assert.equal(r.body.error?.code, 'KVF_ERR_OVERLOADED');
@@ -79,7 +87,10 @@ describe('worker admission', () => {
     }
     // Refused before the admitted prompt was done, not after waiting for it.
     assert.equal(settled[0], 'refused');
-    assert.ok(results.every((r) => r.status === 200 || r.status === 429), 'no other failure');
+    assert.ok(
+      results.every((r) => r.status === 200 || r.status === 429),
+      'no other failure',
+    );
     await poolAtBaseline(stack.prefill.ready.address);
     assert.equal((await health(stack.prefill.ready.address)).queuedTokens, 0);
   });

@@ -68,7 +68,12 @@ export async function streamOne(target: LoadTarget, i: number): Promise<Sample> 
       const event = buffered.slice(0, end).replace(/^data: /, '');
       buffered = buffered.slice(end + 2);
       if (event === '[DONE]') continue;
-      const chunk = JSON.parse(event) as { error?: { message: string }; choices: { delta?: { content?: string } }[]; usage?: { completion_tokens: number }; kvfabric?: { bytes: number } };
+      const chunk = JSON.parse(event) as {
+        error?: { message: string };
+        choices: { delta?: { content?: string } }[];
+        usage?: { completion_tokens: number };
+        kvfabric?: { bytes: number };
+      };
       if (chunk.error) throw new Error(chunk.error.message);
       if (chunk.choices[0]?.delta?.content) {
         const now = performance.now();

@@ -48,13 +48,28 @@ export interface PhaseOptions {
 /** One streamed, greedy chat completion; never throws for what the server answers. */
 export async function attempt(o: Pick<PhaseOptions, 'url' | 'modelName' | 'maxTokens'>, i: number): Promise<Outcome> {
   const startedMs = performance.now();
-  const done = (kind: Outcome['kind'], status: number, code: string | null, tokens = 0, retryAfterS: number | null = null): Outcome => ({ kind, status, code, startedMs, endedMs: performance.now(), tokens, retryAfterS });
+  const done = (kind: Outcome['kind'], status: number, code: string | null, tokens = 0, retryAfterS: number | null = null): Outcome => ({
+    kind,
+    status,
+    code,
+    startedMs,
+    endedMs: performance.now(),
+    tokens,
+    retryAfterS,
+  });
   let res: Response;
   try {
     res = await fetch(`${o.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: o.modelName, messages: [{ role: 'user', content: QUESTIONS[i % QUESTIONS.length] }], max_tokens: o.maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } }),
+      body: JSON.stringify({
+        model: o.modelName,
+        messages: [{ role: 'user', content: QUESTIONS[i % QUESTIONS.length] }],
+        max_tokens: o.maxTokens,
+        temperature: 0,
+        stream: true,
+        stream_options: { include_usage: true },
+      }),
     });
   } catch (err) {
     return done('client-error', 0, (err as Error).message);
@@ -113,7 +128,8 @@ function summarize(concurrency: number, seconds: number, outcomes: Outcome[], en
   const inWindow = completed.filter((x) => x.endedMs <= end);
   const refused = of('refused');
   const errorCodes: Record<string, number> = {};
-  for (const x of outcomes) if (x.kind !== 'completed' && x.kind !== 'refused') errorCodes[`${x.status} ${x.code}`] = (errorCodes[`${x.status} ${x.code}`] ?? 0) + 1;
+  for (const x of outcomes)
+    if (x.kind !== 'completed' && x.kind !== 'refused') errorCodes[`${x.status} ${x.code}`] = (errorCodes[`${x.status} ${x.code}`] ?? 0) + 1;
   return {
     concurrency,
     seconds,

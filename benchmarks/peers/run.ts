@@ -92,11 +92,14 @@ function exec(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; time
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const lastLines = (s: string, n = 4) => s.trim().split('\n').slice(-n).join(' | ');
-const show = (cmd: string, args: string[], env?: Record<string, string>) =>
-  [...Object.entries(env ?? {}).map(([k, v]) => `${k}=${v}`), cmd, ...args].join(' ');
+const show = (cmd: string, args: string[], env?: Record<string, string>) => [...Object.entries(env ?? {}).map(([k, v]) => `${k}=${v}`), cmd, ...args].join(' ');
 
 function jsonLine(r: Exec, what: string): Record<string, unknown> {
-  const line = r.stdout.trim().split('\n').reverse().find((l) => l.startsWith('{'));
+  const line = r.stdout
+    .trim()
+    .split('\n')
+    .reverse()
+    .find((l) => l.startsWith('{'));
   if (r.code !== 0 || !line) throw new PeerError(`${what} exited ${r.code}: ${lastLines(r.stderr || r.stdout)}`);
   return JSON.parse(line) as Record<string, unknown>;
 }
@@ -148,18 +151,54 @@ function raw(name: string, metric: Metric, better: 'max' | 'min', args: string[]
 const dur = ['--duration', String(duration)];
 for (const provider of ['tcp', 'shm']) {
   for (const op of ['write', 'read']) {
-    raw(`raw ${provider} ${op.toUpperCase()} 1 MiB d64`, 'gbps', 'max', ['--mode', 'bw', '--provider', provider, '--op', op, '--block', '1048576', '--depth', '64', ...dur]);
+    raw(`raw ${provider} ${op.toUpperCase()} 1 MiB d64`, 'gbps', 'max', [
+      '--mode',
+      'bw',
+      '--provider',
+      provider,
+      '--op',
+      op,
+      '--block',
+      '1048576',
+      '--depth',
+      '64',
+      ...dur,
+    ]);
   }
 }
 raw('raw tcp WRITE 1 MiB d64, no DELIVERY_COMPLETE', 'gbps', 'max', ['--mode', 'bw', '--provider', 'tcp', '--op', 'write', '--no-delivery-complete', ...dur]);
 raw('raw tcp WRITE 1 MiB d64, 4 rails', 'gbps', 'max', ['--mode', 'bw', '--provider', 'tcp', '--op', 'write', '--rails', '4', ...dur]);
 raw('raw tcp READ 1 MiB d64, 4 rails', 'gbps', 'max', ['--mode', 'bw', '--provider', 'tcp', '--op', 'read', '--rails', '4', ...dur]);
 for (const provider of ['tcp', 'shm']) {
-  raw(`raw ${provider} READ 4 KiB latency (d1)`, 'p50Us', 'min', ['--mode', 'lat', '--provider', provider, '--op', 'read', '--block', '4096', '--duration', '2']);
+  raw(`raw ${provider} READ 4 KiB latency (d1)`, 'p50Us', 'min', [
+    '--mode',
+    'lat',
+    '--provider',
+    provider,
+    '--op',
+    'read',
+    '--block',
+    '4096',
+    '--duration',
+    '2',
+  ]);
 }
 for (const provider of ['tcp', 'shm']) {
   for (const op of ['write', 'read']) {
-    raw(`raw ${provider} ${op.toUpperCase()} posting 1024 x 4 KiB`, 'postNsPerDesc', 'min', ['--mode', 'post', '--provider', provider, '--op', op, '--block', '4096', '--batch', '1024', '--duration', '2']);
+    raw(`raw ${provider} ${op.toUpperCase()} posting 1024 x 4 KiB`, 'postNsPerDesc', 'min', [
+      '--mode',
+      'post',
+      '--provider',
+      provider,
+      '--op',
+      op,
+      '--block',
+      '4096',
+      '--batch',
+      '1024',
+      '--duration',
+      '2',
+    ]);
   }
 }
 
@@ -189,7 +228,10 @@ add(
     run: async () => {
       if (!which('iperf3')) throw new PeerError('iperf3 not installed (Debian: apt-get install -y iperf3)');
       const p = String(port++);
-      const { client } = await clientServer(['iperf3', ['-s', '-1', '-B', '127.0.0.1', '-p', p]], ['iperf3', ['-c', '127.0.0.1', '-p', p, '-t', String(duration), '-J']]);
+      const { client } = await clientServer(
+        ['iperf3', ['-s', '-1', '-B', '127.0.0.1', '-p', p]],
+        ['iperf3', ['-c', '127.0.0.1', '-p', p, '-t', String(duration), '-J']],
+      );
       if (client.code !== 0) throw new PeerError(`iperf3 exited ${client.code}: ${lastLines(client.stdout + client.stderr)}`);
       const j = JSON.parse(client.stdout) as { end: { sum_received: { bits_per_second: number } } };
       return { gbps: j.end.sum_received.bits_per_second / 8e9 };
@@ -212,7 +254,11 @@ add(
       const args = ['-t', 'ucp_put_bw', '-s', '1048576', '-n', '1000', '-w', '50', '-f'];
       const { client } = await clientServer(['ucx_perftest', ['-p', p]], ['ucx_perftest', ['127.0.0.1', '-p', p, ...args]], ucxEnv);
       // Last table row: iterations, lat p50, lat avg, lat overall, bw avg (MB/s = MiB/s), bw overall, msgrate avg, overall
-      const row = client.stdout.trim().split('\n').reverse().find((l) => /^\s*\d+\s+[\d.]+\s+[\d.]+/.test(l));
+      const row = client.stdout
+        .trim()
+        .split('\n')
+        .reverse()
+        .find((l) => /^\s*\d+\s+[\d.]+\s+[\d.]+/.test(l));
       if (client.code !== 0 || !row) throw new PeerError(`ucx_perftest exited ${client.code}: ${lastLines(client.stdout + client.stderr)}`);
       const f = row.trim().split(/\s+/).map(Number);
       return { gbps: (f[5] * 2 ** 20) / 1e9, mibPerSecOverall: f[5], rawRow: row.trim() };
@@ -235,7 +281,11 @@ for (const provider of ['tcp', 'shm']) {
         const p = String(port++);
         const { client } = await clientServer(['fi_pingpong', [...args, '-B', p]], ['fi_pingpong', [...args, '-P', p, '127.0.0.1']]);
         // bytes #sent #ack total time MB/sec usec/xfer Mxfers/sec; MB/sec counts both directions, decimal.
-        const row = client.stdout.trim().split('\n').reverse().find((l) => /^1m\s/.test(l));
+        const row = client.stdout
+          .trim()
+          .split('\n')
+          .reverse()
+          .find((l) => /^1m\s/.test(l));
         if (client.code !== 0 || !row) throw new PeerError(`fi_pingpong exited ${client.code}: ${lastLines(client.stdout + client.stderr)}`);
         const f = row.trim().split(/\s+/);
         return { gbps: Number(f[5]) / 1e3, usecPerXfer: Number(f[6]), rawRow: row.trim() };
@@ -264,12 +314,22 @@ function py(peer: string, name: string, script: string, args: string[], env: Rec
     show(`${python} benchmarks/peers/${script}`, args, env),
   );
 }
-for (const op of ['write', 'read']) py('mooncake', `Mooncake TE tcp ${op.toUpperCase()} 1 MiB`, 'mooncake_bench.py', ['--op', op, '--duration', String(duration)]);
+for (const op of ['write', 'read'])
+  py('mooncake', `Mooncake TE tcp ${op.toUpperCase()} 1 MiB`, 'mooncake_bench.py', ['--op', op, '--duration', String(duration)]);
 // Mooncake's own C++ benchmark, shipped inside the same wheel.
 const mcBench = join(dirname(dirname(python)), 'lib', 'python3.11', 'site-packages', 'mooncake', 'transfer_engine_bench');
 for (const op of ['write', 'read']) {
   const common = ['--protocol=tcp', '--metadata_server=P2PHANDSHAKE', '--buffer_size=268435456'];
-  const init = [...common, '--mode=initiator', '--local_server_name=127.0.0.1', `--operation=${op}`, '--block_size=1048576', '--batch_size=64', '--threads=1', `--duration=${Math.max(1, Math.round(duration))}`];
+  const init = [
+    ...common,
+    '--mode=initiator',
+    '--local_server_name=127.0.0.1',
+    `--operation=${op}`,
+    '--block_size=1048576',
+    '--batch_size=64',
+    '--threads=1',
+    `--duration=${Math.max(1, Math.round(duration))}`,
+  ];
   add(
     {
       peer: 'mooncake',
@@ -278,7 +338,10 @@ for (const op of ['write', 'read']) {
       better: 'max',
       run: async () => {
         if (!existsSync(mcBench)) throw new PeerError(`${mcBench} missing: install mooncake-transfer-engine-non-cuda into the venv`);
-        const tgt = spawn(mcBench, [...common, '--mode=target', `--local_server_name=127.0.0.1:${port++}`], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+        const tgt = spawn(mcBench, [...common, '--mode=target', `--local_server_name=127.0.0.1:${port++}`], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+          detached: true,
+        });
         try {
           // With P2PHANDSHAKE the target picks its RPC port itself and logs it.
           const rpc = await new Promise<string>((resolve, reject) => {
@@ -307,10 +370,13 @@ for (const op of ['write', 'read']) {
     `transfer_engine_bench ${common.join(' ')} --mode=target --local_server_name=127.0.0.1:PORT & transfer_engine_bench ${init.join(' ')} --segment_id=127.0.0.1:RPC_PORT_FROM_TARGET_LOG`,
   );
 }
-for (const op of ['write', 'read']) py('nixl', `NIXL UCX(tcp) ${op.toUpperCase()} 1 MiB`, 'nixl_bench.py', ['--op', op, '--duration', String(duration)], ucxEnv);
+for (const op of ['write', 'read'])
+  py('nixl', `NIXL UCX(tcp) ${op.toUpperCase()} 1 MiB`, 'nixl_bench.py', ['--op', op, '--duration', String(duration)], ucxEnv);
 py('nixl', 'NIXL UCX(default: shm/cma) WRITE 1 MiB', 'nixl_bench.py', ['--op', 'write', '--duration', String(duration)]);
 // NIXL's own libfabric plugin: recorded for its reason (the cu12 wheel's plugin needs CUDA and a newer libfabric).
-py('nixl', 'NIXL LIBFABRIC(tcp) WRITE 1 MiB', 'nixl_bench.py', ['--op', 'write', '--backend', 'LIBFABRIC', '--duration', String(duration)], { FI_PROVIDER: 'tcp' });
+py('nixl', 'NIXL LIBFABRIC(tcp) WRITE 1 MiB', 'nixl_bench.py', ['--op', 'write', '--backend', 'LIBFABRIC', '--duration', String(duration)], {
+  FI_PROVIDER: 'tcp',
+});
 
 // ---- run
 function libfabricVersion(): string {
@@ -360,7 +426,14 @@ writeFileSync(
       benchmark: 'peers',
       date: new Date().toISOString(),
       repeat,
-      machine: { cpu: cpus()[0]?.model, cores: cpus().length, memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), libfabric: libfabricVersion(), node: process.version },
+      machine: {
+        cpu: cpus()[0]?.model,
+        cores: cpus().length,
+        memoryGiB: Math.round(totalmem() / 2 ** 30),
+        kernel: release(),
+        libfabric: libfabricVersion(),
+        node: process.version,
+      },
       outcomes,
     },
     null,

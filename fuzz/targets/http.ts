@@ -32,7 +32,12 @@ function makeApp(): FastifyInstance {
   execFileSync(process.execPath, [fileURLToPath(new URL('../../scripts/make-tiny-model.mjs', import.meta.url)), model]);
   const meta = readGgufMetadataSync(model);
   const log = pino({ level: 'silent' });
-  const router = new Router({ healthIntervalMs: 60_000, keepaliveMs: 10_000, auth: ClusterAuth.fromConfig({ clusterToken: 'fuzz-cluster-token-0123456789abcdef' }), log });
+  const router = new Router({
+    healthIntervalMs: 60_000,
+    keepaliveMs: 10_000,
+    auth: ClusterAuth.fromConfig({ clusterToken: 'fuzz-cluster-token-0123456789abcdef' }),
+    log,
+  });
   return buildApp({
     modelName: 'tiny-llama',
     contextLength: meta.getInt('llama.context_length'),

@@ -24,7 +24,14 @@ const signer = new HandleSigner(createHash('sha256').update('kvfabric fuzz handl
 const self = { workerId: 'decode-0', agentName: 'decode-0-agent' };
 // The tiny model's K/V layout (scripts/make-tiny-model.mjs), as the decode worker's own.
 const CONTEXT = 256;
-const LAYOUT: KvGeometry & { blockBytes: number } = { numLayers: 2, kvHeads: 2, headDim: 16, tokensPerBlock: 16, dtype: 'f16', blockBytes: 2 * 2 * 2 * 16 * 16 * 2 };
+const LAYOUT: KvGeometry & { blockBytes: number } = {
+  numLayers: 2,
+  kvHeads: 2,
+  headDim: 16,
+  tokensPerBlock: 16,
+  dtype: 'f16',
+  blockBytes: 2 * 2 * 2 * 16 * 16 * 2,
+};
 
 function deserialize<T>(method: 'Prefill' | 'Decode' | 'Reserve', side: 'request' | 'response', bytes: Buffer): T | undefined {
   const def = WorkerService[method]!;

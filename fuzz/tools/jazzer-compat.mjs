@@ -24,7 +24,13 @@ export function relaxVersions(path) {
   const sections = [];
   for (let i = 0; i < shnum; i++) {
     const o = shoff + i * shentsize;
-    sections.push({ type: b.readUInt32LE(o + 4), offset: Number(b.readBigUInt64LE(o + 24)), size: Number(b.readBigUInt64LE(o + 32)), link: b.readUInt32LE(o + 40), info: b.readUInt32LE(o + 44) });
+    sections.push({
+      type: b.readUInt32LE(o + 4),
+      offset: Number(b.readBigUInt64LE(o + 24)),
+      size: Number(b.readBigUInt64LE(o + 32)),
+      link: b.readUInt32LE(o + 40),
+      info: b.readUInt32LE(o + 44),
+    });
   }
   const str = (sec, off) => {
     const start = sec.offset + off;

@@ -37,7 +37,14 @@ const agents: Record<string, AgentDescription> = {
     ],
     host: { id: 'host-1', pid: 4242, table: { fd: 22, inode: 1234n, nonce } },
   },
-  shm: { name: 'decode-0', provider: 'shm', virtAddr: true, rails: [Buffer.from('fi_shm://4242\0')], regions: [{ id: 0, length: 64, base: 0n, keys: [0n] }], host: { id: 'h', pid: 1 } },
+  shm: {
+    name: 'decode-0',
+    provider: 'shm',
+    virtAddr: true,
+    rails: [Buffer.from('fi_shm://4242\0')],
+    regions: [{ id: 0, length: 64, base: 0n, keys: [0n] }],
+    host: { id: 'h', pid: 1 },
+  },
 };
 for (const [name, desc] of Object.entries(agents)) {
   const blob = encodeMetadata(desc);
@@ -69,12 +76,29 @@ const handle = (access: string, blocks: number[], tokens: number, grantsOf: Gran
   mac: new Uint8Array(32).fill(0xab),
   grants: grantsOf.map(encodeGrant),
 });
-const pull = handle('read', [3, 4, 9], 40, [{ ...grants.read!, length: 2 * layout.blockBytes }, { ...grants.read!, id: 6, length: layout.blockBytes }]);
+const pull = handle('read', [3, 4, 9], 40, [
+  { ...grants.read!, length: 2 * layout.blockBytes },
+  { ...grants.read!, id: 6, length: layout.blockBytes },
+]);
 const prompt = Array.from({ length: 40 }, (_, i) => i + 3);
 const prefill = { firstToken: 17, samplerState: 99, kv: pull, push: null, workerId: 'prefill-0', prefillMs: 3.5, mac: new Uint8Array(32) };
 const decode = (extra: object) =>
-  WorkerService.Decode!.requestSerialize({ requestId: 'cmpl-1', prompt, sampling: { temperature: 0, topK: 0, topP: 1, seed: 1 }, maxTokens: 8, endTokens: [2], fallbackReason: '', ...extra });
-const prefillReq = WorkerService.Prefill!.requestSerialize({ requestId: 'cmpl-1', tokens: prompt, sampling: null, leaseMs: 5000, pushTo: handle('write', [0, 1, 2], 40, [{ ...grants.write!, length: 3 * layout.blockBytes }]) });
+  WorkerService.Decode!.requestSerialize({
+    requestId: 'cmpl-1',
+    prompt,
+    sampling: { temperature: 0, topK: 0, topP: 1, seed: 1 },
+    maxTokens: 8,
+    endTokens: [2],
+    fallbackReason: '',
+    ...extra,
+  });
+const prefillReq = WorkerService.Prefill!.requestSerialize({
+  requestId: 'cmpl-1',
+  tokens: prompt,
+  sampling: null,
+  leaseMs: 5000,
+  pushTo: handle('write', [0, 1, 2], 40, [{ ...grants.write!, length: 3 * layout.blockBytes }]),
+});
 for (const sign of [0, 3]) {
   write('kv-handle', `prefill-push-${sign}`, mode(sign), prefillReq);
   write('kv-handle', `decode-pull-${sign}`, mode(1 + sign), decode({ prefill }));
@@ -97,8 +121,37 @@ const bodies: [number, string, unknown][] = [
   [0, 'completion', { model: 'tiny-llama', prompt: 'The quick brown fox', max_tokens: 4, temperature: 0 }],
   [0, 'completion-ids', { model: 'tiny-llama', prompt: [1, 2, 3], max_tokens: 1, stream: true, stream_options: { include_usage: true }, stop: ['\n'] }],
   [0, 'completion-array', { model: 'tiny-llama', prompt: ['hi'], top_p: 0.5, top_k: 3, seed: 7, n: 1, user: 'u' }],
-  [1, 'chat', { model: 'tiny-llama', messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hello' }], max_completion_tokens: 3 }],
-  [1, 'chat-parts', { model: 'tiny-llama', messages: [{ role: 'developer', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }], name: 'x' }], stop: 'x', stream: false }],
+  [
+    1,
+    'chat',
+    {
+      model: 'tiny-llama',
+      messages: [
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: 'Hello' },
+      ],
+      max_completion_tokens: 3,
+    },
+  ],
+  [
+    1,
+    'chat-parts',
+    {
+      model: 'tiny-llama',
+      messages: [
+        {
+          role: 'developer',
+          content: [
+            { type: 'text', text: 'a' },
+            { type: 'text', text: 'b' },
+          ],
+          name: 'x',
+        },
+      ],
+      stop: 'x',
+      stream: false,
+    },
+  ],
   [1, 'chat-wrong-model', { model: 'other', messages: [{ role: 'assistant', content: '' }] }],
 ];
 for (const [route, name, body] of bodies) write('http', name, mode(route), Buffer.from(JSON.stringify(body)));

@@ -16,7 +16,8 @@ namespace {
 std::string StringOption(const Napi::Object& o, const char* key) {
   Napi::Value v = o.Get(key);
   if (v.IsUndefined() || v.IsNull()) return {};
-  if (!v.IsString()) ThrowCoded(o.Env(), "KVF_ERR_INVALID_ARGUMENT", std::string("option '") + key + "' must be a string");
+  if (!v.IsString())
+    ThrowCoded(o.Env(), "KVF_ERR_INVALID_ARGUMENT", std::string("option '") + key + "' must be a string");
   return v.As<Napi::String>().Utf8Value();
 }
 
@@ -46,7 +47,8 @@ View ViewArgument(Napi::Env env, const Napi::Value& v, const char* what) {
   napi_value buffer;
   size_t offset = 0;
   NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &type, &length, &data, &buffer, &offset), View{});
-  if (type != napi_uint8_array) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a Uint8Array");
+  if (type != napi_uint8_array)
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a Uint8Array");
   return View{static_cast<uint8_t*>(data), length, Napi::Value(env, buffer)};
 }
 
@@ -375,7 +377,8 @@ Napi::Value AgentWrap::Regions(const Napi::CallbackInfo& info) {
     o.Set("length", static_cast<double>(r->length));
     o.Set("base", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(r->data))));
     Napi::Array keys = Napi::Array::New(env, r->mrs.size());
-    for (size_t k = 0; k < r->mrs.size(); ++k) keys.Set(static_cast<uint32_t>(k), Napi::BigInt::New(env, r->mrs[k].key));
+    for (size_t k = 0; k < r->mrs.size(); ++k)
+      keys.Set(static_cast<uint32_t>(k), Napi::BigInt::New(env, r->mrs[k].key));
     o.Set("keys", keys);
     if (r->share.valid()) {
       Napi::Object share = Napi::Object::New(env);
@@ -402,15 +405,18 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
     // { pid, fastPath, table?: { fd, inode: bigint, nonce: Uint8Array(16) } }: the peer says it is on this host.
     Napi::Object host = info[4].As<Napi::Object>();
     Napi::Value pid = host.Get("pid"), fast = host.Get("fastPath"), table = host.Get("table");
-    if (!pid.IsNumber() || !fast.IsBoolean()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "addPeer host needs { pid, fastPath }");
+    if (!pid.IsNumber() || !fast.IsBoolean())
+      ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "addPeer host needs { pid, fastPath }");
     options.host_pid = static_cast<pid_t>(pid.As<Napi::Number>().Int32Value());
     options.fast_path = fast.As<Napi::Boolean>().Value();
     if (table.IsObject()) {
       Napi::Object t = table.As<Napi::Object>();
       Napi::Value fd = t.Get("fd"), inode = t.Get("inode");
-      if (!fd.IsNumber() || !inode.IsBigInt()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region table location has malformed fields");
+      if (!fd.IsNumber() || !inode.IsBigInt())
+        ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region table location has malformed fields");
       View nonce = ViewArgument(env, t.Get("nonce"), "table nonce");
-      if (nonce.length != options.table.nonce.size()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region table nonce must be 16 bytes");
+      if (nonce.length != options.table.nonce.size())
+        ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region table nonce must be 16 bytes");
       bool lossless = true;
       options.table.fd = fd.As<Napi::Number>().Int32Value();
       options.table.inode = inode.As<Napi::BigInt>().Uint64Value(&lossless);
@@ -447,7 +453,8 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
     if (share.IsObject()) {
       Napi::Object sh = share.As<Napi::Object>();
       Napi::Value fd = sh.Get("fd"), inode = sh.Get("inode"), offset = sh.Get("offset");
-      if (!fd.IsNumber() || !inode.IsBigInt() || !offset.IsNumber()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region share has malformed fields");
+      if (!fd.IsNumber() || !inode.IsBigInt() || !offset.IsNumber())
+        ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region share has malformed fields");
       rr.share.fd = fd.As<Napi::Number>().Int32Value();
       rr.share.inode = inode.As<Napi::BigInt>().Uint64Value(&lossless);
       rr.share.offset = static_cast<uint64_t>(offset.As<Napi::Number>().DoubleValue());
@@ -537,7 +544,8 @@ Napi::Value AgentWrap::Prepare(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent& a = CoreOrThrow(env);
   const uint32_t peer = IdArgument(info, 0, "peer id");
-  if (info.Length() < 2 || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+  if (info.Length() < 2 || !info[1].IsTypedArray() ||
+      info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
     ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptors must be a Float64Array");
   }
   Napi::Float64Array descs = info[1].As<Napi::Float64Array>();
@@ -575,8 +583,8 @@ Napi::Value AgentWrap::PostPrepared(const Napi::CallbackInfo& info) {
     std::vector<uint32_t> regions;
     for (const auto& [id, region] : a.PreparedOrThrow(list).regions) regions.push_back(id);
     CheckDetached(env, regions);
-    uint64_t id = a.PostPrepared(kind == 0 ? OpKind::kWrite : OpKind::kRead, list, indices, count, note.data, note.length,
-                                 has_notification);
+    uint64_t id = a.PostPrepared(kind == 0 ? OpKind::kWrite : OpKind::kRead, list, indices, count, note.data,
+                                 note.length, has_notification);
     CollectAfterPost();
     return Napi::Number::New(env, static_cast<double>(id));
   } catch (const Error& e) {
@@ -654,7 +662,8 @@ Napi::Value AgentWrap::Reap(const Napi::CallbackInfo& info) {
     // Spinning here, not turn by turn of the loop: a completion is seen within a CQ read of its arrival (a
     // loop turn costs an epoll_wait and more, a wake from a rail thread a futex and a loop turn), and the loop
     // still turns at least every spinUs.
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(static_cast<int64_t>(std::min(spin_us, 1e4) * 1e3));
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::nanoseconds(static_cast<int64_t>(std::min(spin_us, 1e4) * 1e3));
     agent_->SetJsPolling(true);
     while ((left > 0 || awaited() > 0) && !agent_->has_unwoken_events() &&
            std::chrono::steady_clock::now() < deadline) {

@@ -121,16 +121,19 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine
     ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "new NativeEngine(modelPath, pool, options)");
   }
   Napi::TypedArray pool = info[1].As<Napi::TypedArray>();
-  if (pool.TypedArrayType() != napi_uint8_array) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "pool must be a Uint8Array");
+  if (pool.TypedArrayType() != napi_uint8_array)
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "pool must be a Uint8Array");
   Napi::Uint8Array bytes = pool.As<Napi::Uint8Array>();
   Napi::Object o = info[2].As<Napi::Object>();
-  const int tokens_per_block = o.Get("tokensPerBlock").IsNumber() ? o.Get("tokensPerBlock").As<Napi::Number>().Int32Value() : 32;
+  const int tokens_per_block =
+      o.Get("tokensPerBlock").IsNumber() ? o.Get("tokensPerBlock").As<Napi::Number>().Int32Value() : 32;
   const bool f32 = o.Get("f32").ToBoolean();
   engine::SessionOptions session_options;
   if (o.Get("threads").IsNumber()) session_options.threads = o.Get("threads").As<Napi::Number>().Int32Value();
   try {
     model_ = engine::Model::Load(info[0].As<Napi::String>().Utf8Value());
-    engine::KvLayout layout = engine::KvLayoutFor(*model_, tokens_per_block, f32 ? engine::KvDtype::F32 : engine::KvDtype::F16);
+    engine::KvLayout layout =
+        engine::KvLayoutFor(*model_, tokens_per_block, f32 ? engine::KvDtype::F32 : engine::KvDtype::F16);
     pool_ = std::make_unique<engine::KvPool>(layout, bytes.Data(), bytes.ByteLength());
     session_ = std::make_unique<engine::Session>(*model_, *pool_, session_options);
   } catch (const Error& e) {
@@ -206,13 +209,15 @@ Napi::Value EngineWrap::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   engine::Session& session = SessionOrThrow(env);
   if (busy_) ThrowCoded(env, "KVF_ERR_BUSY", "a forward pass is already running on this engine");
-  if (info.Length() < 3 || !info[2].IsNumber()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward(tokens, table, startPos)");
+  if (info.Length() < 3 || !info[2].IsNumber())
+    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward(tokens, table, startPos)");
   std::vector<int32_t> tokens = Int32Vector(env, info[0], "tokens");
   if (tokens.empty()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward needs at least one token");
   std::vector<int32_t> table = Int32Vector(env, info[1], "block table");
   Napi::Value cancel = info.Length() > 3 ? info[3] : env.Undefined();
-  if (!cancel.IsUndefined() && (!cancel.IsTypedArray() || cancel.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
-                                cancel.As<Napi::TypedArray>().ElementLength() < 1)) {
+  if (!cancel.IsUndefined() &&
+      (!cancel.IsTypedArray() || cancel.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+       cancel.As<Napi::TypedArray>().ElementLength() < 1)) {
     ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward's cancel word must be an Int32Array of at least one element");
   }
   auto* worker = new ForwardWorker(env, session, &busy_, std::move(tokens), std::move(table),

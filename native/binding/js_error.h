@@ -21,8 +21,6 @@ inline Napi::Object ErrorObject(Napi::Env env, const ErrorInfo& info) {
   throw Napi::Error(env, ErrorObject(env, ErrorInfo{code, message, 0, {}}));
 }
 
-[[noreturn]] inline void Rethrow(Napi::Env env, const Error& e) {
-  throw Napi::Error(env, ErrorObject(env, e.info()));
-}
+[[noreturn]] inline void Rethrow(Napi::Env env, const Error& e) { throw Napi::Error(env, ErrorObject(env, e.info())); }
 
 }  // namespace kvf

@@ -151,7 +151,8 @@ uint32_t Agent::RegisterMemory(void* data, size_t length, bool remote_access) {
 void Agent::DeregisterMemory(uint32_t id) {
   std::lock_guard<std::mutex> lock(regions_mu_);
   auto it = regions_.find(id);
-  if (it == regions_.end()) throw Error("KVF_ERR_UNKNOWN_REGION", "region " + std::to_string(id) + " is not registered");
+  if (it == regions_.end())
+    throw Error("KVF_ERR_UNKNOWN_REGION", "region " + std::to_string(id) + " is not registered");
   if (it->second->inflight > 0) {
     throw Error("KVF_ERR_BUSY", "region " + std::to_string(id) + " has " + std::to_string(it->second->inflight) +
                                     " transfers in flight");
@@ -186,8 +187,9 @@ uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
   if (addresses.empty()) throw Error("KVF_ERR_BAD_METADATA", "peer advertises no rails");
   for (const auto& [id, region] : regions) {
     if (region.keys.size() != addresses.size()) {
-      throw Error("KVF_ERR_BAD_METADATA", "region " + std::to_string(id) + " has " + std::to_string(region.keys.size()) +
-                                              " keys for " + std::to_string(addresses.size()) + " rails");
+      throw Error("KVF_ERR_BAD_METADATA", "region " + std::to_string(id) + " has " +
+                                              std::to_string(region.keys.size()) + " keys for " +
+                                              std::to_string(addresses.size()) + " rails");
     }
   }
   Peer peer;
@@ -449,7 +451,8 @@ void Agent::Shutdown() {
     Event ev;
     ev.type = Event::Type::kTransferDone;
     ev.transfer_id = t->id;
-    ev.error = t->error.ok() ? ErrorInfo{"KVF_ERR_CLOSED", "agent closed with the transfer in flight", 0, {}} : t->error;
+    ev.error =
+        t->error.ok() ? ErrorInfo{"KVF_ERR_CLOSED", "agent closed with the transfer in flight", 0, {}} : t->error;
     ev.bytes = t->bytes;
     PushEvent(std::move(ev));
     if (t->awaited) --awaited_in_flight_;

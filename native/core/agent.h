@@ -30,10 +30,10 @@ namespace kvf {
 
 struct AgentOptions {
   std::string name;
-  std::string provider;   // libfabric provider name: "tcp;ofi_rxm", "shm", "efa", ...
-  std::string node;       // source address to bind (tcp), empty for providers that need none
-  std::string domain;     // restrict to one domain (NIC or interface), empty for any
-  uint32_t rails = 0;     // 0: one per distinct domain found (all EFA devices), at least 1
+  std::string provider;                    // libfabric provider name: "tcp;ofi_rxm", "shm", "efa", ...
+  std::string node;                        // source address to bind (tcp), empty for providers that need none
+  std::string domain;                      // restrict to one domain (NIC or interface), empty for any
+  uint32_t rails = 0;                      // 0: one per distinct domain found (all EFA devices), at least 1
   uint64_t stripe_threshold = 128 * 1024;  // runs this long or longer are split across all rails; 0: never
   // Transfers of at most this many bytes (and few ops, no notification) take the express lane: posted and
   // reaped on the calling thread through ReapExpress(). 0: every transfer goes through the rail threads.
@@ -56,10 +56,10 @@ struct Region {
   uint32_t id = 0;
   uint8_t* data = nullptr;
   size_t length = 0;
-  SharedLocation share;  // valid: inside a shared allocation, which same-host peers may map
+  SharedLocation share;     // valid: inside a shared allocation, which same-host peers may map
   std::vector<RailMr> mrs;  // one per local rail
   std::atomic<uint32_t> inflight{0};
-  bool internal = false;  // the agent's own scratch memory: never advertised to peers
+  bool internal = false;      // the agent's own scratch memory: never advertised to peers
   bool remote_access = true;  // registered with FI_REMOTE_READ/WRITE and advertised (else local use only)
 };
 
@@ -69,22 +69,22 @@ struct RemoteRegion {
   // What this side believes it may do (kAccessRead/kAccessWrite): both for advertised regions, one for a grant.
   // Checked before posting; the owner's provider (its MR flags) and table are what enforce it.
   uint64_t access = kAccessRead | kAccessWrite;
-  std::vector<uint64_t> keys;  // per remote rail
-  SharedLocation share;        // valid: the peer says it can be mapped, and where
+  std::vector<uint64_t> keys;            // per remote rail
+  SharedLocation share;                  // valid: the peer says it can be mapped, and where
   std::shared_ptr<PeerMapping> mapping;  // mapped here (same-host peer): transfers copy with memcpy
 };
 
 struct Peer {
   std::string name;
   bool virt_addr = false;
-  pid_t cma_pid = 0;         // non-zero: same host, transfers go by cross-memory attach
-  pid_t probe_pid = 0;       // same host, fast path asked, nothing advertised yet to probe on (see AddGrant)
-  std::string cma_refused;   // why a same-host peer is reached over the fabric instead
-  std::string map_refused;   // why a shared region of a same-host peer is copied by cma instead of mapped
+  pid_t cma_pid = 0;        // non-zero: same host, transfers go by cross-memory attach
+  pid_t probe_pid = 0;      // same host, fast path asked, nothing advertised yet to probe on (see AddGrant)
+  std::string cma_refused;  // why a same-host peer is reached over the fabric instead
+  std::string map_refused;  // why a shared region of a same-host peer is copied by cma instead of mapped
   // A same-host peer's region table, confirmed: every transfer to it first checks that its regions are still
   // advertised (the shm provider and the fast path check no keys). Null when not on this host or not confirmed.
   std::shared_ptr<PeerRegionTable> table;
-  std::string table_refused;  // why a peer on this host has no confirmed table
+  std::string table_refused;            // why a peer on this host has no confirmed table
   std::shared_ptr<ProcessWatch> watch;  // set when regions are mapped: copies through them check the peer lives
   size_t remote_rails = 0;
   std::vector<std::vector<fi_addr_t>> addrs;  // [local rail][remote rail]
@@ -105,17 +105,16 @@ struct GrantRecord {
 // What the owner hands out for a new grant (serialised in TypeScript, src/fabric/grants.ts).
 struct GrantInfo {
   uint32_t id = 0;
-  uint32_t slot = 0;  // its entry in the region table
-  uint64_t base = 0;  // real address of its first byte
+  uint32_t slot = 0;           // its entry in the region table
+  uint64_t base = 0;           // real address of its first byte
   std::vector<uint64_t> keys;  // per rail
-  SharedLocation share;  // valid: inside shared memory, which same-host peers may map
+  SharedLocation share;        // valid: inside shared memory, which same-host peers may map
 };
 
 // Descriptor layout passed from JS: five doubles each (exact integers up to 2^53).
 struct DescriptorFields {
   static constexpr size_t kCount = 5;  // localRegion, localOffset, remoteRegion, remoteOffset, length
 };
-
 
 extern thread_local bool t_reaping_express;  // agent.cc
 
@@ -146,8 +145,8 @@ class Agent : public RailOwner {
   // Where same-host peers find this agent's region table (fd -1: none could be created).
   TableLocation table_location() const { return table_ ? table_->location() : TableLocation{}; }
 
-  uint32_t AddPeer(const std::string& name, const PeerOptions& options, const std::vector<std::vector<uint8_t>>& addresses,
-                   std::map<uint32_t, RemoteRegion> regions);
+  uint32_t AddPeer(const std::string& name, const PeerOptions& options,
+                   const std::vector<std::vector<uint8_t>>& addresses, std::map<uint32_t, RemoteRegion> regions);
   const Peer& PeerById(uint32_t id) { return PeerOrThrow(id); }
   void RemovePeer(uint32_t id);
 
@@ -226,7 +225,8 @@ class Agent : public RailOwner {
   std::vector<std::unique_ptr<Rail>> rails_;
 
   // Checks that the selected remote regions allow `kind` and are still advertised in a same-host peer's table.
-  void CheckAdvertised(const Peer& peer, OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count) const;
+  void CheckAdvertised(const Peer& peer, OpKind kind, const PreparedList& list, const uint32_t* indices,
+                       size_t count) const;
   // A fresh region or grant id whose table slot is free (regions_mu_ held); KVF_ERR_TOO_LARGE when the table is full.
   uint32_t NextTableIdLocked();
   // Clears the grant's table entry, then closes its MRs (regions_mu_ held).
@@ -247,12 +247,12 @@ class Agent : public RailOwner {
   // Transfers this small are latency work (expressMaxBytes as asked, also on shm): same-host copies run on the
   // calling thread, and the JS thread may spin for one a rail thread carries (awaited_in_flight).
   uint64_t small_max_bytes_ = 0;
-  std::mutex express_mu_;    // ReapExpress (JS thread) against Shutdown tearing the rails down
+  std::mutex express_mu_;     // ReapExpress (JS thread) against Shutdown tearing the rails down
   bool express_off_ = false;  // set by Shutdown: no more reaping
   std::atomic<bool> unwoken_events_{false};
   std::atomic<size_t> awaited_in_flight_{0};
   std::atomic<bool> js_polling_{false};  // written under events_mu_ (PushEvent decides under it)
-  uint32_t scratch_region_ = 0;  // target of warmup reads
+  uint32_t scratch_region_ = 0;          // target of warmup reads
   std::vector<uint8_t> scratch_;
   CmaCopier copier_{[this](Transfer* t, const ErrorInfo* error) { OnCopyDone(t, error); },
                     std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 4)};

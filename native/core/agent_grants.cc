@@ -26,7 +26,8 @@ uint32_t Agent::NextTableIdLocked() {
 
 GrantInfo Agent::Grant(uint32_t region_id, uint64_t offset, uint64_t length, uint64_t access) {
   if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
-  if (access != kAccessRead && access != kAccessWrite) throw Error("KVF_ERR_INVALID_ARGUMENT", "a grant is for read or for write");
+  if (access != kAccessRead && access != kAccessWrite)
+    throw Error("KVF_ERR_INVALID_ARGUMENT", "a grant is for read or for write");
   if (length == 0) throw Error("KVF_ERR_ZERO_LENGTH", "a grant needs at least one byte");
   std::lock_guard<std::mutex> lock(regions_mu_);
   auto it = regions_.find(region_id);
@@ -95,8 +96,10 @@ void Agent::AddGrant(uint32_t peer_id, uint32_t grant, RemoteRegion region) {
     throw Error("KVF_ERR_BAD_METADATA", what + " has " + std::to_string(region.keys.size()) + " keys for " +
                                             std::to_string(peer.remote_rails) + " rails");
   }
-  if (region.access != kAccessRead && region.access != kAccessWrite) throw Error("KVF_ERR_BAD_METADATA", what + " has no valid access");
-  if (peer.regions.count(grant) != 0) throw Error("KVF_ERR_INVALID_ARGUMENT", what + " is added already (or its id is a region's)");
+  if (region.access != kAccessRead && region.access != kAccessWrite)
+    throw Error("KVF_ERR_BAD_METADATA", what + " has no valid access");
+  if (peer.regions.count(grant) != 0)
+    throw Error("KVF_ERR_INVALID_ARGUMENT", what + " is added already (or its id is a region's)");
   // On this host the owner's table says whether the grant is live, for this range and access: a revoked
   // grant's bytes are refused here already (on another host, the provider refuses its keys at first use).
   if (peer.table && !peer.table->Live(grant, region.base, region.length, region.access)) {
@@ -122,7 +125,8 @@ void Agent::RemoveGrant(uint32_t peer_id, uint32_t grant) {
   Peer& peer = PeerOrThrow(peer_id);
   auto it = peer.regions.find(grant);
   if (it == peer.regions.end() || it->second.access == (kAccessRead | kAccessWrite)) {
-    throw Error("KVF_ERR_UNKNOWN_REGION", "peer '" + peer.name + "' has no grant " + std::to_string(grant) + " added here");
+    throw Error("KVF_ERR_UNKNOWN_REGION",
+                "peer '" + peer.name + "' has no grant " + std::to_string(grant) + " added here");
   }
   // Prepared lists that name it keep a pointer to it: like a reloaded peer, they must be prepared again.
   peer.regions.erase(it);

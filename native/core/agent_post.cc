@@ -60,21 +60,25 @@ PreparedList Agent::Resolve(uint32_t peer_id, const double* d, size_t count) {
       }
     }
     if (loff > local->length || len > local->length - loff) {
-      throw Error("KVF_ERR_OUT_OF_RANGE", at() + "local range [" + std::to_string(loff) + ", " + std::to_string(loff + len) +
-                                              ") exceeds region " + std::to_string(lregion) + " of " +
-                                              std::to_string(local->length) + " bytes");
+      throw Error("KVF_ERR_OUT_OF_RANGE", at() + "local range [" + std::to_string(loff) + ", " +
+                                              std::to_string(loff + len) + ") exceeds region " +
+                                              std::to_string(lregion) + " of " + std::to_string(local->length) +
+                                              " bytes");
     }
     auto rit = peer.regions.find(static_cast<uint32_t>(rregion));
     if (rregion > UINT32_MAX || rit == peer.regions.end()) {
-      throw Error("KVF_ERR_UNKNOWN_REGION", at() + "peer '" + peer.name + "' advertises no region " + std::to_string(rregion));
+      throw Error("KVF_ERR_UNKNOWN_REGION",
+                  at() + "peer '" + peer.name + "' advertises no region " + std::to_string(rregion));
     }
     if (roff > rit->second.length || len > rit->second.length - roff) {
-      throw Error("KVF_ERR_OUT_OF_RANGE", at() + "remote range [" + std::to_string(roff) + ", " + std::to_string(roff + len) +
-                                              ") exceeds region " + std::to_string(rregion) + " of peer '" + peer.name +
-                                              "' (" + std::to_string(rit->second.length) + " bytes)");
+      throw Error("KVF_ERR_OUT_OF_RANGE", at() + "remote range [" + std::to_string(roff) + ", " +
+                                              std::to_string(roff + len) + ") exceeds region " +
+                                              std::to_string(rregion) + " of peer '" + peer.name + "' (" +
+                                              std::to_string(rit->second.length) + " bytes)");
     }
     list.items[i] = {local, loff, static_cast<uint32_t>(rregion), &rit->second, roff, len};
-    if (std::none_of(list.remote_regions.begin(), list.remote_regions.end(), [&](const auto& r) { return r.second == &rit->second; })) {
+    if (std::none_of(list.remote_regions.begin(), list.remote_regions.end(),
+                     [&](const auto& r) { return r.second == &rit->second; })) {
       list.remote_regions.emplace_back(static_cast<uint32_t>(rregion), &rit->second);
     }
     list.bytes += len;
@@ -85,8 +89,8 @@ PreparedList Agent::Resolve(uint32_t peer_id, const double* d, size_t count) {
   return list;
 }
 
-uint64_t Agent::PostTransfer(OpKind kind, uint32_t peer_id, const double* d, size_t count,
-                             const uint8_t* notification, size_t notification_length, bool has_notification) {
+uint64_t Agent::PostTransfer(OpKind kind, uint32_t peer_id, const double* d, size_t count, const uint8_t* notification,
+                             size_t notification_length, bool has_notification) {
   PreparedList list = Resolve(peer_id, d, count);
   return Submit(kind, list, nullptr, count, notification, notification_length, has_notification);
 }
@@ -193,12 +197,14 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
   return Launch(std::move(t));
 }
 
-void Agent::CheckAdvertised(const Peer& peer, OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count) const {
+void Agent::CheckAdvertised(const Peer& peer, OpKind kind, const PreparedList& list, const uint32_t* indices,
+                            size_t count) const {
   // A removed grant leaves prepared lists pointing at nothing: each remote region must still be the one resolved.
   for (const auto& [id, r] : list.remote_regions) {
     auto it = peer.regions.find(id);
     if (it == peer.regions.end() || &it->second != r) {
-      throw Error("KVF_ERR_UNKNOWN_REGION", "region or grant " + std::to_string(id) + " of peer '" + peer.name + "' was removed");
+      throw Error("KVF_ERR_UNKNOWN_REGION",
+                  "region or grant " + std::to_string(id) + " of peer '" + peer.name + "' was removed");
     }
   }
   const uint64_t need = kind == OpKind::kWrite ? kAccessWrite : kAccessRead;
@@ -208,8 +214,9 @@ void Agent::CheckAdvertised(const Peer& peer, OpKind kind, const PreparedList& l
                                                (need == kAccessWrite ? "read" : "write") + " only");
     }
     if (peer.table && !peer.table->Live(id, r.base, r.length, need)) {
-      throw Error("KVF_ERR_REMOTE_ACCESS", "peer '" + peer.name + "' does not advertise region " + std::to_string(id) +
-                                               " for this access (deregistered or revoked since it was loaded, or never advertised)");
+      throw Error("KVF_ERR_REMOTE_ACCESS",
+                  "peer '" + peer.name + "' does not advertise region " + std::to_string(id) +
+                      " for this access (deregistered or revoked since it was loaded, or never advertised)");
     }
   };
   if (indices == nullptr) {
@@ -246,7 +253,10 @@ uint64_t Agent::Launch(std::unique_ptr<Transfer> t) {
     if (op.express) {
       const auto posting = std::chrono::steady_clock::now();
       const int rc = rails_[op.rail]->PostExpress(&op);
-      if (rc == 0) OnOpPosted(&op, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - posting).count());
+      if (rc == 0)
+        OnOpPosted(
+            &op,
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - posting).count());
       if (rc >= 0) {
         express = true;
         continue;
@@ -273,7 +283,8 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
   job.write = t->kind == OpKind::kWrite;
   const std::vector<Run> runs = MergeRuns(list, indices, count);
   // Through the mappings when every remote region is mapped here, else by cross-memory attach.
-  job.mapped = peer.watch != nullptr && std::all_of(runs.begin(), runs.end(), [](const Run& r) { return r.first->remote->mapping != nullptr; });
+  job.mapped = peer.watch != nullptr &&
+               std::all_of(runs.begin(), runs.end(), [](const Run& r) { return r.first->remote->mapping != nullptr; });
   for (const Run& r : runs) {
     job.local.push_back({r.first->local->data + r.local_offset, r.length});
     if (job.mapped) {
@@ -282,7 +293,8 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
       if (job.keep.empty() || job.keep.back() != mapping) job.keep.push_back(mapping);
     } else {
       // Metadata carries every region's real base address, whatever the provider's addressing.
-      job.remote.push_back({reinterpret_cast<void*>(static_cast<uintptr_t>(r.first->remote->base + r.remote_offset)), r.length});
+      job.remote.push_back(
+          {reinterpret_cast<void*>(static_cast<uintptr_t>(r.first->remote->base + r.remote_offset)), r.length});
     }
   }
   if (job.mapped) job.watch = peer.watch;
@@ -358,7 +370,8 @@ uint64_t Agent::Warmup(uint32_t peer_id) {
   }
   // A region the peer still advertises (where its table says so).
   auto chosen = std::find_if(peer.regions.begin(), peer.regions.end(), [&](const auto& r) {
-    return (r.second.access & kAccessRead) != 0 && (!peer.table || peer.table->Live(r.first, r.second.base, r.second.length, kAccessRead));
+    return (r.second.access & kAccessRead) != 0 &&
+           (!peer.table || peer.table->Live(r.first, r.second.base, r.second.length, kAccessRead));
   });
   if (chosen == peer.regions.end()) {
     std::lock_guard<std::mutex> lock(regions_mu_);
@@ -397,7 +410,8 @@ void Agent::OnOpPosted(Op* op, int64_t call_ns) {
   if (op->kind == OpKind::kSend || t == nullptr) return;
   t->provider_post_ns += call_ns;
   if (t->unposted.fetch_sub(1) == 1) {
-    t->posted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t->start).count();
+    t->posted_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t->start).count();
   }
 }
 

@@ -10,9 +10,10 @@ namespace kvf {
 namespace {
 
 ErrorInfo CmaError(const CmaJob& job, int err) {
-  std::string what = std::string(job.write ? "process_vm_writev" : "process_vm_readv") + " to pid " + std::to_string(job.pid) +
-                     " failed: " + std::strerror(err);
-  if (err == EPERM) what += " (the kernel refused cross-memory attach: another user, or ptrace restrictions; use fastPath: false)";
+  std::string what = std::string(job.write ? "process_vm_writev" : "process_vm_readv") + " to pid " +
+                     std::to_string(job.pid) + " failed: " + std::strerror(err);
+  if (err == EPERM)
+    what += " (the kernel refused cross-memory attach: another user, or ptrace restrictions; use fastPath: false)";
   if (err == ESRCH) what += " (the peer process is gone)";
   return ErrorInfo{"KVF_ERR_FAST_PATH", what, err, std::strerror(err)};
 }
@@ -27,8 +28,10 @@ ErrorInfo MappedCopy(const CmaJob& job) {
   }
   // The mapping outlives the peer: what a READ copied after its death is only what it left behind.
   if (job.watch && job.watch->Gone()) {
-    return ErrorInfo{"KVF_ERR_FAST_PATH", "copy through the mapping of pid " + std::to_string(job.pid) +
-                                              "'s memory failed: the peer process is gone", ESRCH, std::strerror(ESRCH)};
+    return ErrorInfo{
+        "KVF_ERR_FAST_PATH",
+        "copy through the mapping of pid " + std::to_string(job.pid) + "'s memory failed: the peer process is gone",
+        ESRCH, std::strerror(ESRCH)};
   }
   return {};
 }
@@ -39,8 +42,11 @@ ErrorInfo CmaCopy(CmaJob& job) {
   const uint64_t need = job.write ? kAccessWrite : kAccessRead;  // a grant allows one of them
   for (const CmaJob::RegionCheck& c : job.checks) {
     if (!job.table || !job.table->Live(c.id, c.base, c.length, need)) {
-      return ErrorInfo{"KVF_ERR_REMOTE_ACCESS", "pid " + std::to_string(job.pid) + " no longer advertises region " +
-                                                    std::to_string(c.id) + ": nothing copied", 0, {}};
+      return ErrorInfo{"KVF_ERR_REMOTE_ACCESS",
+                       "pid " + std::to_string(job.pid) + " no longer advertises region " + std::to_string(c.id) +
+                           ": nothing copied",
+                       0,
+                       {}};
     }
   }
   if (job.mapped) return MappedCopy(job);

@@ -87,9 +87,9 @@ HostAllocation AllocateHost(size_t length, bool hugepages, bool require_hugepage
       a.hugepages = true;
     } else if (require_hugepages) {
       int e = errno;
-      throw Error("KVF_ERR_ALLOC",
-                  "cannot map " + std::to_string(a.mapped) + " bytes of 2 MiB hugepages: " + std::strerror(e) +
-                      " (reserve them with vm.nr_hugepages or the pod's hugepages-2Mi limit)");
+      throw Error("KVF_ERR_ALLOC", "cannot map " + std::to_string(a.mapped) +
+                                       " bytes of 2 MiB hugepages: " + std::strerror(e) +
+                                       " (reserve them with vm.nr_hugepages or the pod's hugepages-2Mi limit)");
     }
   }
   if (a.data == nullptr) {
@@ -115,10 +115,11 @@ HostAllocation AllocateHost(size_t length, bool hugepages, bool require_hugepage
     }
   }
   if (a.fd >= 0) {
-    struct stat st{};
+    struct stat st {};
     fstat(a.fd, &st);
     std::lock_guard<std::mutex> lock(g_shared_mu);
-    g_shared[reinterpret_cast<uintptr_t>(a.data)] = SharedEntry{a.mapped, SharedLocation{a.fd, static_cast<uint64_t>(st.st_ino), 0}};
+    g_shared[reinterpret_cast<uintptr_t>(a.data)] =
+        SharedEntry{a.mapped, SharedLocation{a.fd, static_cast<uint64_t>(st.st_ino), 0}};
   }
   return a;
 }

@@ -9,10 +9,10 @@ namespace kvf {
 
 struct HostAllocation {
   void* data = nullptr;
-  size_t length = 0;     // usable bytes requested by the caller
-  size_t mapped = 0;     // bytes actually mapped (rounded to the page size)
+  size_t length = 0;  // usable bytes requested by the caller
+  size_t mapped = 0;  // bytes actually mapped (rounded to the page size)
   bool hugepages = false;
-  int fd = -1;           // shared: the memfd behind the mapping, open for as long as the memory lives
+  int fd = -1;  // shared: the memfd behind the mapping, open for as long as the memory lives
 };
 
 // Whether memory is a memfd mapping that same-host peers can map too (FindShared) instead of private anonymous

@@ -82,7 +82,9 @@ void fi_freeinfo(struct fi_info* info) {
   if (Fi().freeinfo) Fi().freeinfo(info);
 }
 
-struct fi_info* fi_dupinfo(const struct fi_info* info) { return Fi().dupinfo ? Fi().dupinfo(info) : nullptr; }
+struct fi_info* fi_dupinfo(const struct fi_info* info) {
+  return Fi().dupinfo ? Fi().dupinfo(info) : nullptr;
+}
 
 int fi_fabric(struct fi_fabric_attr* attr, struct fid_fabric** fabric, void* context) {
   return Fi().fabric ? Fi().fabric(attr, fabric, context) : -FI_ENOSYS;

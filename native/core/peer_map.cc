@@ -22,7 +22,7 @@ std::shared_ptr<PeerMapping> MapPeerRegion(pid_t pid, const SharedLocation& wher
     *why = "open " + path + ": " + std::strerror(errno);
     return nullptr;
   }
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_ino) != where.inode ||
       static_cast<uint64_t>(st.st_size) < where.offset + length) {
     close(fd);
@@ -30,7 +30,8 @@ std::shared_ptr<PeerMapping> MapPeerRegion(pid_t pid, const SharedLocation& wher
     return nullptr;
   }
   // mmap offsets must be page-aligned: 4 KiB for memfd memory, the hugepage size for MFD_HUGETLB (st_blksize).
-  const uint64_t page = std::max<uint64_t>(static_cast<uint64_t>(sysconf(_SC_PAGESIZE)), static_cast<uint64_t>(st.st_blksize));
+  const uint64_t page =
+      std::max<uint64_t>(static_cast<uint64_t>(sysconf(_SC_PAGESIZE)), static_cast<uint64_t>(st.st_blksize));
   const uint64_t start = where.offset / page * page;
   const size_t map_length = static_cast<size_t>(where.offset + length - start);
   void* base = mmap(nullptr, map_length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(start));
@@ -46,7 +47,8 @@ std::shared_ptr<PeerMapping> MapPeerRegion(pid_t pid, const SharedLocation& wher
 ProcessWatch::~ProcessWatch() { close(pidfd_); }
 
 bool ProcessWatch::Gone() {
-  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
   if (now - alive_at_ns_.load(std::memory_order_relaxed) < std::chrono::nanoseconds(kFreshFor).count()) return false;
   // A pidfd polls readable once the process has exited.
   pollfd p{pidfd_, POLLIN, 0};

@@ -20,7 +20,8 @@ namespace kvf {
 // A peer region mapped here; unmapped when the last transfer holding it has finished.
 class PeerMapping {
  public:
-  PeerMapping(void* map_base, size_t map_length, uint8_t* region) : map_base_(map_base), map_length_(map_length), region_(region) {}
+  PeerMapping(void* map_base, size_t map_length, uint8_t* region)
+      : map_base_(map_base), map_length_(map_length), region_(region) {}
   ~PeerMapping();
   PeerMapping(const PeerMapping&) = delete;
   PeerMapping& operator=(const PeerMapping&) = delete;

@@ -112,7 +112,9 @@ Rail::~Rail() {
   fi_freeinfo(info_);
 }
 
-void Rail::Start() { thread_ = std::thread([this] { Run(); }); }
+void Rail::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void Rail::RequestStop(bool force) {
   if (force) force_ = true;
@@ -262,8 +264,9 @@ size_t Rail::ReapExpress() {
     if (fi_cq_readerr(express_cq_, &err, 0) > 0 && err.op_context != nullptr) {
       --express_inflight_;
       Op* op = reinterpret_cast<Op*>(err.op_context);
-      if (retry_dropped_ && !express_closed_ && (err.err == FI_ENOTCONN || err.err == FI_ECANCELED || err.err == FI_ECONNRESET ||
-                                                  err.err == FI_ECONNABORTED || err.err == FI_EIO)) {
+      if (retry_dropped_ && !express_closed_ &&
+          (err.err == FI_ENOTCONN || err.err == FI_ECANCELED || err.err == FI_ECONNRESET ||
+           err.err == FI_ECONNABORTED || err.err == FI_EIO)) {
         // The express connection dropped (a refused op among them): the rail thread retries them one by one.
         op->express = false;
         op->suspect = true;
@@ -283,7 +286,8 @@ size_t Rail::ReapExpress() {
     if (rc == -FI_EAGAIN) break;
     express_backlog_.pop_front();
     if (rc == 0) {
-      owner_->OnOpPosted(op, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - posting).count());
+      owner_->OnOpPosted(
+          op, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - posting).count());
     } else {
       --express_inflight_;
       ErrorInfo info = ProviderError("posting on rail " + std::to_string(index_), rc);
@@ -299,7 +303,8 @@ void Rail::Wake() {
 
 RailMr Rail::RegisterMemory(void* data, size_t length, uint64_t remote_flags, bool local) {
   RailMr out;
-  const uint64_t access = (local ? FI_READ | FI_WRITE | FI_SEND | FI_RECV : 0) | (remote_flags & (FI_REMOTE_READ | FI_REMOTE_WRITE));
+  const uint64_t access =
+      (local ? FI_READ | FI_WRITE | FI_SEND | FI_RECV : 0) | (remote_flags & (FI_REMOTE_READ | FI_REMOTE_WRITE));
   // With provider keys the requested key is ignored; otherwise a random one, retried on the (2^-64-unlikely)
   // clash with a key this domain already holds (the provider answers -FI_ENOKEY).
   int rc = -FI_ENOKEY;
@@ -470,7 +475,7 @@ Rail::IdleEnd Rail::WaitIdle() {
   }
   // fi_cq_sread drives manual progress internally while it waits, so incoming RMA still lands.
   return HandleRead(fi_cq_sread(cq_, entries, kCqBatch, nullptr, kIdleWaitMs), entries) ? IdleEnd::kCompletion
-                                                                                          : IdleEnd::kNothing;
+                                                                                        : IdleEnd::kNothing;
 }
 
 bool Rail::HandleRead(ssize_t n, const fi_cq_data_entry* entries) {

@@ -51,7 +51,8 @@ class Rail {
   // operation as much as for its own completions, the progress thread keeps polling this long instead of
   // sleeping, so the next requests of a burst pay no wake-up; costs a core while traffic lasts. Needs a CQ
   // wait descriptor (tcp, efa); shm always polls anyway.
-  Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffer_size, std::chrono::microseconds busy_poll);
+  Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffer_size,
+       std::chrono::microseconds busy_poll);
   ~Rail();
   Rail(const Rail&) = delete;
   Rail& operator=(const Rail&) = delete;
@@ -91,10 +92,10 @@ class Rail {
   void Submit(Op* op) { Submit(&op, 1); }
 
   // The express lane: a second endpoint with its own CQ (and, where no local MRs are needed, its own fabric,
-  // domain and a mirrored address vector) that the JS thread posts on and reaps itself. Small transfers skip both thread hand-offs (JS → progress thread,
-  // progress thread → event loop), which is most of their latency; the progress thread never touches it.
-  // Opened on first use. PostExpress returns 0 (posted), kExpressQueued (waiting for room; ReapExpress
-  // posts it) or a negative code, after which the op must go through Submit instead (closed, no express
+  // domain and a mirrored address vector) that the JS thread posts on and reaps itself. Small transfers skip both
+  // thread hand-offs (JS → progress thread, progress thread → event loop), which is most of their latency; the progress
+  // thread never touches it. Opened on first use. PostExpress returns 0 (posted), kExpressQueued (waiting for room;
+  // ReapExpress posts it) or a negative code, after which the op must go through Submit instead (closed, no express
   // lane on this provider, or the provider refused it).
   static constexpr int kExpressQueued = 1;
   int PostExpress(Op* op);
@@ -165,7 +166,7 @@ class Rail {
   std::thread thread_;
   size_t inflight_ = 0;  // progress thread only
 
-  std::mutex express_mu_;  // the JS thread's posts and reaps against closing (from the closer thread)
+  std::mutex express_mu_;                 // the JS thread's posts and reaps against closing (from the closer thread)
   fid_fabric* express_fabric_ = nullptr;  // own fabric, domain and AV unless local MRs are needed
   fid_domain* express_domain_ = nullptr;
   fid_av* express_av_ = nullptr;
@@ -174,16 +175,16 @@ class Rail {
   std::vector<std::vector<uint8_t>> inserted_;  // every address put in av_, in order
   bool express_closed_ = false;
   // Recovery (progress thread only, see Suspect()).
-  bool retry_dropped_ = false;        // the provider drops connections on a refused op (tcp)
-  std::deque<Op*> suspects_;          // failed with their connection, waiting to be retried alone
-  Op* probing_ = nullptr;             // the suspect being retried (alone on the rail)
+  bool retry_dropped_ = false;  // the provider drops connections on a refused op (tcp)
+  std::deque<Op*> suspects_;    // failed with their connection, waiting to be retried alone
+  Op* probing_ = nullptr;       // the suspect being retried (alone on the rail)
   bool probe_posted_ = false;
   int probe_attempts_ = 0;
-  int failed_alone_ = 0;              // suspects that failed alone since the last success
-  bool recovered_any_ = false;        // an op succeeded since recovery began: the peer is reachable
+  int failed_alone_ = 0;        // suspects that failed alone since the last success
+  bool recovered_any_ = false;  // an op succeeded since recovery began: the peer is reachable
   std::chrono::steady_clock::time_point next_probe_{};
-  std::deque<Op*> express_backlog_;           // refused with -FI_EAGAIN, posted by ReapExpress in order
-  std::atomic<size_t> express_inflight_{0};     // posted or in the backlog
+  std::deque<Op*> express_backlog_;          // refused with -FI_EAGAIN, posted by ReapExpress in order
+  std::atomic<size_t> express_inflight_{0};  // posted or in the backlog
 };
 
 }  // namespace kvf

@@ -16,7 +16,7 @@ namespace kvf {
 namespace {
 
 constexpr uint64_t kMagic = 0x3142415446564b;  // "KVFTAB1"
-constexpr uint32_t kVersion = 2;  // 2: entries carry access bits (grants)
+constexpr uint32_t kVersion = 2;               // 2: entries carry access bits (grants)
 
 struct Header {
   uint64_t magic;
@@ -39,7 +39,7 @@ RegionTable::RegionTable() {
   const int fd = memfd_create("kvfabric-region-table", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) throw Error("KVF_ERR_ALLOC", std::string("memfd_create (region table): ") + std::strerror(errno));
   void* map = MAP_FAILED;
-  struct stat st{};
+  struct stat st {};
   if (ftruncate(fd, static_cast<off_t>(kTableBytes)) == 0 && fstat(fd, &st) == 0) {
     map = mmap(nullptr, kTableBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   }
@@ -69,7 +69,9 @@ RegionTable::~RegionTable() {
   close(location_.fd);
 }
 
-bool RegionTable::SlotFree(uint32_t id) const { return entries_[id % kCapacity].tag.load(std::memory_order_relaxed) == 0; }
+bool RegionTable::SlotFree(uint32_t id) const {
+  return entries_[id % kCapacity].tag.load(std::memory_order_relaxed) == 0;
+}
 
 void RegionTable::Publish(uint32_t id, uint64_t base, uint64_t length, uint64_t access) {
   RegionTableEntry& e = entries_[id % kCapacity];
@@ -103,7 +105,7 @@ std::shared_ptr<PeerRegionTable> PeerRegionTable::Open(pid_t pid, const TableLoc
     *why = "open " + path + ": " + std::strerror(errno);
     return nullptr;
   }
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_ino) != where.inode ||
       static_cast<uint64_t>(st.st_size) != kTableBytes) {
     close(fd);
@@ -119,7 +121,8 @@ std::shared_ptr<PeerRegionTable> PeerRegionTable::Open(pid_t pid, const TableLoc
   }
   auto table = std::make_shared<PeerRegionTable>(map, kTableBytes);
   const Header* h = static_cast<const Header*>(map);
-  if (h->magic != kMagic || h->version != kVersion || h->capacity != RegionTable::kCapacity || h->nonce != where.nonce) {
+  if (h->magic != kMagic || h->version != kVersion || h->capacity != RegionTable::kCapacity ||
+      h->nonce != where.nonce) {
     *why = path + " is not the peer's region table (header or nonce differ)";
     return nullptr;
   }

@@ -42,25 +42,25 @@ struct Op {
 struct Transfer {
   uint64_t id = 0;
   OpKind kind = OpKind::kWrite;
-  std::vector<Op> ops;               // data ops; never resized after posting (Ops are referenced by address)
-  std::unique_ptr<Op> notify_op;     // posted only after every data op succeeded
+  std::vector<Op> ops;            // data ops; never resized after posting (Ops are referenced by address)
+  std::unique_ptr<Op> notify_op;  // posted only after every data op succeeded
   std::vector<uint8_t> notify_message;
-  std::vector<Region*> regions;      // local regions pinned (in-flight counted) by this transfer
+  std::vector<Region*> regions;  // local regions pinned (in-flight counted) by this transfer
   std::atomic<size_t> remaining{0};
-  bool notify_posted = false;        // touched only by the thread that drops `remaining` to 0
+  bool notify_posted = false;  // touched only by the thread that drops `remaining` to 0
   std::mutex error_mu;
   ErrorInfo error;
   uint64_t bytes = 0;
   uint64_t rails_mask = 0;
   std::chrono::steady_clock::time_point start;
-  std::atomic<size_t> unposted{0};     // data ops not yet accepted by the provider
-  std::atomic<int64_t> posted_ns{-1};  // from start until the provider had accepted every data op
+  std::atomic<size_t> unposted{0};           // data ops not yet accepted by the provider
+  std::atomic<int64_t> posted_ns{-1};        // from start until the provider had accepted every data op
   std::atomic<int64_t> provider_post_ns{0};  // time inside the provider's post calls, summed over data ops
-  bool cma = false;                    // carried by the same-host fast path, not the fabric
+  bool cma = false;                          // carried by the same-host fast path, not the fabric
   size_t cma_segments = 0;
-  bool copied_inline = false;          // the fast path's copy ran on the posting thread (express)
-  bool mapped = false;                 // the fast path copied through the peer's memory mapped here (memcpy)
-  bool awaited = false;                // small, on the rail threads: the JS thread may spin for it (Agent::awaited_in_flight)
+  bool copied_inline = false;  // the fast path's copy ran on the posting thread (express)
+  bool mapped = false;         // the fast path copied through the peer's memory mapped here (memcpy)
+  bool awaited = false;        // small, on the rail threads: the JS thread may spin for it (Agent::awaited_in_flight)
 };
 
 struct Event {

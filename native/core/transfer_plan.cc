@@ -29,8 +29,9 @@ std::string FindOverlap(OpKind kind, const std::vector<PreparedItem>& items, con
     const Range& a = ranges[i - 1];
     const Range& b = ranges[i];
     if (a.region == b.region && b.begin < a.end) {
-      return "descriptors " + std::to_string(std::min(a.index, b.index)) + " and " + std::to_string(std::max(a.index, b.index)) +
-             " overlap at the " + (kind == OpKind::kWrite ? "remote" : "local") + " destination";
+      return "descriptors " + std::to_string(std::min(a.index, b.index)) + " and " +
+             std::to_string(std::max(a.index, b.index)) + " overlap at the " +
+             (kind == OpKind::kWrite ? "remote" : "local") + " destination";
     }
   }
   return {};
@@ -65,8 +66,8 @@ std::vector<Run> MergeRuns(const PreparedList& list, const uint32_t* indices, si
   return runs;
 }
 
-void PlanOps(Transfer& t, OpKind kind, const Peer& peer, const PreparedList& list, const uint32_t* indices, size_t count,
-             RailPlan& plan) {
+void PlanOps(Transfer& t, OpKind kind, const Peer& peer, const PreparedList& list, const uint32_t* indices,
+             size_t count, RailPlan& plan) {
   const std::vector<Run> runs = MergeRuns(list, indices, count);
   const bool stripe = plan.rails > 1 && plan.stripe_threshold > 0;
   size_t nops = 0;

@@ -61,7 +61,7 @@ struct RailPlan {
 };
 
 // Fills t.ops (and t.rails_mask) for the selected items in selection order.
-void PlanOps(Transfer& t, OpKind kind, const Peer& peer, const PreparedList& list, const uint32_t* indices, size_t count,
-             RailPlan& plan);
+void PlanOps(Transfer& t, OpKind kind, const Peer& peer, const PreparedList& list, const uint32_t* indices,
+             size_t count, RailPlan& plan);
 
 }  // namespace kvf

@@ -201,17 +201,16 @@ float DotHalfLike(const uint8_t* src, const float* x, int64_t n) {
 }
 
 [[noreturn]] void Unsupported(GgmlType type) {
-  throw Error("KVF_ERR_UNSUPPORTED_TENSOR_TYPE",
-              std::string("cannot dequantize tensor type ") + TypeName(type) + " (id " +
-                  std::to_string(static_cast<uint32_t>(type)) + ")");
+  throw Error("KVF_ERR_UNSUPPORTED_TENSOR_TYPE", std::string("cannot dequantize tensor type ") + TypeName(type) +
+                                                     " (id " + std::to_string(static_cast<uint32_t>(type)) + ")");
 }
 
 void CheckLength(GgmlType type, int64_t n) {
   const GgmlTypeTraits tr = TypeTraits(type);
   if (!tr.dequantizable) Unsupported(type);
   if (n < 0 || n % tr.block_size != 0)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "row length " + std::to_string(n) + " is not a multiple of the " +
-                                                tr.name + " block size " + std::to_string(tr.block_size));
+    throw Error("KVF_ERR_INVALID_ARGUMENT", "row length " + std::to_string(n) + " is not a multiple of the " + tr.name +
+                                                " block size " + std::to_string(tr.block_size));
 }
 
 }  // namespace
@@ -228,15 +227,32 @@ void DequantizeRow(GgmlType type, const void* src_v, float* dst, int64_t n) {
   CheckLength(type, n);
   const auto* src = static_cast<const uint8_t*>(src_v);
   switch (type) {
-    case GgmlType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
-    case GgmlType::F16: HalfRow(src, dst, n); return;
-    case GgmlType::BF16: Bf16Row(src, dst, n); return;
-    case GgmlType::Q8_0: DequantBlocks<BlockQ8_0, QK8_0, 34>(src, dst, n); return;
-    case GgmlType::Q4_0: DequantBlocks<BlockQ4_0, QK4_0, 18>(src, dst, n); return;
-    case GgmlType::Q4_1: DequantBlocks<BlockQ4_1, QK4_1, 20>(src, dst, n); return;
-    case GgmlType::Q4_K: DequantBlocks<BlockQ4_K, QK_K, 144>(src, dst, n); return;
-    case GgmlType::Q6_K: DequantBlocks<BlockQ6_K, QK_K, 210>(src, dst, n); return;
-    default: Unsupported(type);
+    case GgmlType::F32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      return;
+    case GgmlType::F16:
+      HalfRow(src, dst, n);
+      return;
+    case GgmlType::BF16:
+      Bf16Row(src, dst, n);
+      return;
+    case GgmlType::Q8_0:
+      DequantBlocks<BlockQ8_0, QK8_0, 34>(src, dst, n);
+      return;
+    case GgmlType::Q4_0:
+      DequantBlocks<BlockQ4_0, QK4_0, 18>(src, dst, n);
+      return;
+    case GgmlType::Q4_1:
+      DequantBlocks<BlockQ4_1, QK4_1, 20>(src, dst, n);
+      return;
+    case GgmlType::Q4_K:
+      DequantBlocks<BlockQ4_K, QK_K, 144>(src, dst, n);
+      return;
+    case GgmlType::Q6_K:
+      DequantBlocks<BlockQ6_K, QK_K, 210>(src, dst, n);
+      return;
+    default:
+      Unsupported(type);
   }
 }
 
@@ -262,14 +278,22 @@ float DotRow(GgmlType type, const void* src_v, const float* x, int64_t n) {
       }
       return Reduce(acc);
     }
-    case GgmlType::F16: return DotHalfLike<HalfRow>(src, x, n);
-    case GgmlType::BF16: return DotHalfLike<Bf16Row>(src, x, n);
-    case GgmlType::Q8_0: return DotBlocks<BlockQ8_0, QK8_0, 34>(src, x, n);
-    case GgmlType::Q4_0: return DotBlocks<BlockQ4_0, QK4_0, 18>(src, x, n);
-    case GgmlType::Q4_1: return DotBlocks<BlockQ4_1, QK4_1, 20>(src, x, n);
-    case GgmlType::Q4_K: return DotBlocks<BlockQ4_K, QK_K, 144>(src, x, n);
-    case GgmlType::Q6_K: return DotBlocks<BlockQ6_K, QK_K, 210>(src, x, n);
-    default: Unsupported(type);
+    case GgmlType::F16:
+      return DotHalfLike<HalfRow>(src, x, n);
+    case GgmlType::BF16:
+      return DotHalfLike<Bf16Row>(src, x, n);
+    case GgmlType::Q8_0:
+      return DotBlocks<BlockQ8_0, QK8_0, 34>(src, x, n);
+    case GgmlType::Q4_0:
+      return DotBlocks<BlockQ4_0, QK4_0, 18>(src, x, n);
+    case GgmlType::Q4_1:
+      return DotBlocks<BlockQ4_1, QK4_1, 20>(src, x, n);
+    case GgmlType::Q4_K:
+      return DotBlocks<BlockQ4_K, QK_K, 144>(src, x, n);
+    case GgmlType::Q6_K:
+      return DotBlocks<BlockQ6_K, QK_K, 210>(src, x, n);
+    default:
+      Unsupported(type);
   }
 }
 

@@ -21,7 +21,7 @@ namespace {
 constexpr const char* kBadModel = "KVF_ERR_BAD_MODEL";
 constexpr const char* kUnsupportedType = "KVF_ERR_UNSUPPORTED_TENSOR_TYPE";
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read as a little-endian uint32
-constexpr uint32_t kMaxDims = 4;           // GGML_MAX_DIMS
+constexpr uint32_t kMaxDims = 4;         // GGML_MAX_DIMS
 
 [[noreturn]] void Bad(const std::string& message) { throw Error(kBadModel, message); }
 
@@ -30,17 +30,22 @@ size_t ScalarSize(GgufType t) {
   switch (t) {
     case GgufType::UINT8:
     case GgufType::INT8:
-    case GgufType::BOOL: return 1;
+    case GgufType::BOOL:
+      return 1;
     case GgufType::UINT16:
-    case GgufType::INT16: return 2;
+    case GgufType::INT16:
+      return 2;
     case GgufType::UINT32:
     case GgufType::INT32:
-    case GgufType::FLOAT32: return 4;
+    case GgufType::FLOAT32:
+      return 4;
     case GgufType::UINT64:
     case GgufType::INT64:
-    case GgufType::FLOAT64: return 8;
+    case GgufType::FLOAT64:
+      return 8;
     case GgufType::STRING:
-    case GgufType::ARRAY: return 0;
+    case GgufType::ARRAY:
+      return 0;
   }
   return 0;
 }
@@ -56,8 +61,10 @@ bool IsInteger(GgufType t) {
     case GgufType::UINT32:
     case GgufType::INT32:
     case GgufType::UINT64:
-    case GgufType::INT64: return true;
-    default: return false;
+    case GgufType::INT64:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -68,23 +75,74 @@ bool IsSigned(GgufType t) {
 // Decodes one fixed-size little-endian scalar at p into (bits, signed value, double value).
 void DecodeScalar(GgufType t, const uint8_t* p, uint64_t* u, int64_t* i, double* f) {
   switch (t) {
-    case GgufType::UINT8: *u = p[0]; *i = static_cast<int64_t>(*u); *f = static_cast<double>(*u); return;
-    case GgufType::BOOL: *u = p[0]; *i = p[0]; *f = p[0]; return;
-    case GgufType::INT8: { int8_t v; std::memcpy(&v, p, 1); *i = v; break; }
-    case GgufType::UINT16: { uint16_t v; std::memcpy(&v, p, 2); *u = v; *i = v; *f = v; return; }
-    case GgufType::INT16: { int16_t v; std::memcpy(&v, p, 2); *i = v; break; }
-    case GgufType::UINT32: { uint32_t v; std::memcpy(&v, p, 4); *u = v; *i = v; *f = v; return; }
-    case GgufType::INT32: { int32_t v; std::memcpy(&v, p, 4); *i = v; break; }
+    case GgufType::UINT8:
+      *u = p[0];
+      *i = static_cast<int64_t>(*u);
+      *f = static_cast<double>(*u);
+      return;
+    case GgufType::BOOL:
+      *u = p[0];
+      *i = p[0];
+      *f = p[0];
+      return;
+    case GgufType::INT8: {
+      int8_t v;
+      std::memcpy(&v, p, 1);
+      *i = v;
+      break;
+    }
+    case GgufType::UINT16: {
+      uint16_t v;
+      std::memcpy(&v, p, 2);
+      *u = v;
+      *i = v;
+      *f = v;
+      return;
+    }
+    case GgufType::INT16: {
+      int16_t v;
+      std::memcpy(&v, p, 2);
+      *i = v;
+      break;
+    }
+    case GgufType::UINT32: {
+      uint32_t v;
+      std::memcpy(&v, p, 4);
+      *u = v;
+      *i = v;
+      *f = v;
+      return;
+    }
+    case GgufType::INT32: {
+      int32_t v;
+      std::memcpy(&v, p, 4);
+      *i = v;
+      break;
+    }
     case GgufType::UINT64: {
       std::memcpy(u, p, 8);
       *i = static_cast<int64_t>(*u);  // meaningful only when it fits; callers check
       *f = static_cast<double>(*u);
       return;
     }
-    case GgufType::INT64: std::memcpy(i, p, 8); break;
-    case GgufType::FLOAT32: { float v; std::memcpy(&v, p, 4); *f = v; *u = 0; *i = 0; return; }
-    case GgufType::FLOAT64: std::memcpy(f, p, 8); *u = 0; *i = 0; return;
-    default: return;
+    case GgufType::INT64:
+      std::memcpy(i, p, 8);
+      break;
+    case GgufType::FLOAT32: {
+      float v;
+      std::memcpy(&v, p, 4);
+      *f = v;
+      *u = 0;
+      *i = 0;
+      return;
+    }
+    case GgufType::FLOAT64:
+      std::memcpy(f, p, 8);
+      *u = 0;
+      *i = 0;
+      return;
+    default:
+      return;
   }
   // Signed integer types fall through to here.
   *u = static_cast<uint64_t>(*i);
@@ -102,8 +160,8 @@ class Reader {
   const uint8_t* Take(uint64_t n, const char* what) {
     if (n > remaining()) {
       std::ostringstream m;
-      m << "truncated: " << what << " needs " << n << " bytes at offset " << pos_ << ", the file has "
-        << remaining() << " left (size " << size_ << ")";
+      m << "truncated: " << what << " needs " << n << " bytes at offset " << pos_ << ", the file has " << remaining()
+        << " left (size " << size_ << ")";
       Bad(m.str());
     }
     const uint8_t* p = data_ + pos_;
@@ -144,8 +202,8 @@ bool MulOverflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_
 }  // namespace
 
 const char* GgufTypeName(GgufType t) {
-  static const char* const kNames[] = {"uint8", "int8",  "uint16", "int16",  "uint32", "int32",  "float32",
-                                       "bool",  "string", "array", "uint64", "int64",  "float64"};
+  static const char* const kNames[] = {"uint8", "int8",   "uint16", "int16",  "uint32", "int32",  "float32",
+                                       "bool",  "string", "array",  "uint64", "int64",  "float64"};
   auto i = static_cast<uint32_t>(t);
   return i < sizeof(kNames) / sizeof(kNames[0]) ? kNames[i] : "unknown";
 }
@@ -155,8 +213,10 @@ const char* GgufTypeName(GgufType t) {
 
 std::string GgufValue::Describe() const {
   std::string s = std::string(key_) + " (";
-  if (is_array()) s += std::string("array of ") + GgufTypeName(array_type_);
-  else s += GgufTypeName(type_);
+  if (is_array())
+    s += std::string("array of ") + GgufTypeName(array_type_);
+  else
+    s += GgufTypeName(type_);
   return s + ")";
 }
 
@@ -389,7 +449,8 @@ void GgufFile::ParseUnchecked(const GgufOptions& options) {
       }
     } else {
       DecodeScalar(v.type_, r.Take(ScalarSize(v.type_), "metadata value"), &v.u_, &v.i_, &v.f_);
-      if (v.type_ == GgufType::BOOL && v.u_ > 1) Bad("metadata " + Quoted(v.key_) + " is a bool that is neither 0 nor 1");
+      if (v.type_ == GgufType::BOOL && v.u_ > 1)
+        Bad("metadata " + Quoted(v.key_) + " is a bool that is neither 0 nor 1");
     }
     if (!kv_index_.emplace(v.key_, kv_.size()).second) Bad("duplicate metadata key " + Quoted(v.key_));
     std::string_view key = v.key_;
@@ -397,7 +458,8 @@ void GgufFile::ParseUnchecked(const GgufOptions& options) {
   }
 
   if (const GgufValue* a = Find("general.alignment")) {
-    if (a->type() != GgufType::UINT32) Bad("general.alignment must be a uint32, not " + std::string(GgufTypeName(a->type())));
+    if (a->type() != GgufType::UINT32)
+      Bad("general.alignment must be a uint32, not " + std::string(GgufTypeName(a->type())));
     alignment_ = a->AsUInt();
     if (alignment_ == 0 || (alignment_ & (alignment_ - 1)) != 0)
       Bad("general.alignment " + std::to_string(alignment_) + " is not a power of two");
@@ -426,7 +488,8 @@ void GgufFile::ParseUnchecked(const GgufOptions& options) {
 
     GgmlTypeTraits tr = TypeTraits(type);
     if (!tr.name)
-      throw Error(kUnsupportedType, "tensor " + qname + " has unknown or unsupported ggml type id " + std::to_string(type));
+      throw Error(kUnsupportedType,
+                  "tensor " + qname + " has unknown or unsupported ggml type id " + std::to_string(type));
     t.type = static_cast<GgmlType>(type);
     if (options.require_dequantizable && !tr.dequantizable)
       throw Error(kUnsupportedType, "tensor " + qname + " has type " + tr.name +
@@ -435,7 +498,8 @@ void GgufFile::ParseUnchecked(const GgufOptions& options) {
     if (t.ne[0] % static_cast<uint64_t>(tr.block_size) != 0)
       Bad("tensor " + qname + " row length " + std::to_string(t.ne[0]) + " is not a multiple of the " + tr.name +
           " block size " + std::to_string(tr.block_size));
-    if (MulOverflows(t.n_elements / static_cast<uint64_t>(tr.block_size), static_cast<uint64_t>(tr.type_size), &t.n_bytes))
+    if (MulOverflows(t.n_elements / static_cast<uint64_t>(tr.block_size), static_cast<uint64_t>(tr.type_size),
+                     &t.n_bytes))
       Bad("tensor " + qname + " byte size overflows");
     if (t.offset % alignment_ != 0)
       Bad("tensor " + qname + " offset " + std::to_string(t.offset) + " is not a multiple of the alignment " +

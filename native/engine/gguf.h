@@ -59,8 +59,8 @@ class GgufValue {
   GgufType array_type() const { return array_type_; }
   uint64_t size() const { return is_array() ? count_ : 1; }
   const std::vector<std::string_view>& Strings() const;  // array of STRING
-  int64_t IntAt(uint64_t i) const;                        // array of integers (uint64 must fit) or bools
-  double FloatAt(uint64_t i) const;                       // array of any numeric type
+  int64_t IntAt(uint64_t i) const;                       // array of integers (uint64 must fit) or bools
+  double FloatAt(uint64_t i) const;                      // array of any numeric type
   std::vector<int64_t> Ints() const;
   std::vector<float> Floats() const;
 

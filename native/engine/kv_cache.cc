@@ -10,10 +10,10 @@ namespace kvf::engine {
 void KvLayout::Validate() const {
   if (num_layers <= 0 || num_kv_heads <= 0 || head_dim <= 0 || tokens_per_block <= 0 ||
       (dtype != KvDtype::F16 && dtype != KvDtype::F32))
-    throw Error("KVF_ERR_INVALID_ARGUMENT",
-                "bad KV layout: layers " + std::to_string(num_layers) + ", kv heads " + std::to_string(num_kv_heads) +
-                    ", head dim " + std::to_string(head_dim) + ", tokens per block " +
-                    std::to_string(tokens_per_block));
+    throw Error("KVF_ERR_INVALID_ARGUMENT", "bad KV layout: layers " + std::to_string(num_layers) + ", kv heads " +
+                                                std::to_string(num_kv_heads) + ", head dim " +
+                                                std::to_string(head_dim) + ", tokens per block " +
+                                                std::to_string(tokens_per_block));
 }
 
 size_t KvLayout::section_bytes() const {
@@ -24,16 +24,16 @@ size_t KvLayout::section_bytes() const {
 size_t KvLayout::block_bytes() const { return static_cast<size_t>(num_layers) * 2 * section_bytes(); }
 
 size_t KvLayout::Offset(int64_t block, int layer, int kv) const {
-  return static_cast<size_t>(block) * block_bytes() + (static_cast<size_t>(layer) * 2 + static_cast<size_t>(kv)) * section_bytes();
+  return static_cast<size_t>(block) * block_bytes() +
+         (static_cast<size_t>(layer) * 2 + static_cast<size_t>(kv)) * section_bytes();
 }
 
 KvPool::KvPool(const KvLayout& layout, void* base, size_t bytes) : layout_(layout), base_(static_cast<uint8_t*>(base)) {
   layout_.Validate();
   num_blocks_ = static_cast<int64_t>(bytes / layout_.block_bytes());
   if (base_ == nullptr || num_blocks_ <= 0)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "KV pool memory (" + std::to_string(bytes) +
-                                                " bytes) holds no block of " + std::to_string(layout_.block_bytes()) +
-                                                " bytes");
+    throw Error("KVF_ERR_INVALID_ARGUMENT", "KV pool memory (" + std::to_string(bytes) + " bytes) holds no block of " +
+                                                std::to_string(layout_.block_bytes()) + " bytes");
   if (num_blocks_ > INT32_MAX) num_blocks_ = INT32_MAX;
   free_.reserve(static_cast<size_t>(num_blocks_));
   // Reverse order so that a fresh pool hands out 0, 1, 2, ...
@@ -84,7 +84,8 @@ void KvPool::Free(const std::vector<int32_t>& blocks) {
   for (size_t i = 0; i < sorted.size(); ++i) {
     const int32_t b = sorted[i];
     if (b < 0 || b >= num_blocks_ || is_free_[static_cast<size_t>(b)] || (i > 0 && sorted[i - 1] == b))
-      throw Error("KVF_ERR_INVALID_ARGUMENT", "cannot free KV block " + std::to_string(b) + ": out of range or not in use");
+      throw Error("KVF_ERR_INVALID_ARGUMENT",
+                  "cannot free KV block " + std::to_string(b) + ": out of range or not in use");
   }
   for (int32_t b : blocks) {
     is_free_[static_cast<size_t>(b)] = 1;
@@ -98,11 +99,13 @@ void KvPool::Claim(const std::vector<int32_t>& blocks) {
   for (size_t i = 0; i < sorted.size(); ++i) {
     const int32_t b = sorted[i];
     if (!IsFree(b) || (i > 0 && sorted[i - 1] == b))
-      throw Error("KVF_ERR_INVALID_ARGUMENT", "cannot claim KV block " + std::to_string(b) + ": out of range or in use");
+      throw Error("KVF_ERR_INVALID_ARGUMENT",
+                  "cannot claim KV block " + std::to_string(b) + ": out of range or in use");
   }
   for (int32_t b : blocks) is_free_[static_cast<size_t>(b)] = 0;
-  free_.erase(std::remove_if(free_.begin(), free_.end(), [this](int32_t b) { return !is_free_[static_cast<size_t>(b)]; }),
-              free_.end());
+  free_.erase(
+      std::remove_if(free_.begin(), free_.end(), [this](int32_t b) { return !is_free_[static_cast<size_t>(b)]; }),
+      free_.end());
 }
 
 void KvPool::CheckTable(const BlockTable& table) const {

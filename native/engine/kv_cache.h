@@ -76,7 +76,7 @@ class KvPool {
   KvLayout layout_;
   uint8_t* base_;
   int64_t num_blocks_;
-  std::vector<int32_t> free_;      // LIFO free list
+  std::vector<int32_t> free_;     // LIFO free list
   std::vector<uint8_t> is_free_;  // per block
 };
 

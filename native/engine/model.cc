@@ -21,8 +21,8 @@ int PositiveInt(const GgufFile& f, const std::string& key) {
 const GgufTensor& Tensor(const GgufFile& f, const std::string& name, uint64_t cols, uint64_t rows) {
   const GgufTensor* t = f.FindTensor(name);
   if (!t) Bad("missing tensor " + name);
-  const bool shape_ok = rows == 0 ? (t->n_dims == 1 && t->ne[0] == cols)
-                                  : (t->n_dims == 2 && t->ne[0] == cols && t->ne[1] == rows);
+  const bool shape_ok =
+      rows == 0 ? (t->n_dims == 1 && t->ne[0] == cols) : (t->n_dims == 2 && t->ne[0] == cols && t->ne[1] == rows);
   if (!shape_ok)
     Bad("tensor " + name + " has shape " + t->ShapeString() + ", expected [" + std::to_string(cols) +
         (rows ? ", " + std::to_string(rows) : "") + "]");
@@ -63,29 +63,36 @@ std::unique_ptr<Model> Model::FromGguf(std::unique_ptr<GgufFile> file) {
   hp.n_ff = PositiveInt(f, "llama.feed_forward_length");
   hp.n_ctx = PositiveInt(f, "llama.context_length");
   if (hp.n_embd % hp.n_head != 0)
-    Bad("embedding_length " + std::to_string(hp.n_embd) + " is not a multiple of head_count " + std::to_string(hp.n_head));
+    Bad("embedding_length " + std::to_string(hp.n_embd) + " is not a multiple of head_count " +
+        std::to_string(hp.n_head));
   if (hp.n_head % hp.n_head_kv != 0)
-    Bad("head_count " + std::to_string(hp.n_head) + " is not a multiple of head_count_kv " + std::to_string(hp.n_head_kv));
+    Bad("head_count " + std::to_string(hp.n_head) + " is not a multiple of head_count_kv " +
+        std::to_string(hp.n_head_kv));
   hp.head_dim = hp.n_embd / hp.n_head;
   if (const GgufValue* kl = f.Find("llama.attention.key_length"))
-    if (kl->AsUInt() != static_cast<uint64_t>(hp.head_dim)) Bad("attention.key_length differs from embedding_length / head_count");
+    if (kl->AsUInt() != static_cast<uint64_t>(hp.head_dim))
+      Bad("attention.key_length differs from embedding_length / head_count");
   hp.rope_dim = f.Find("llama.rope.dimension_count") ? PositiveInt(f, "llama.rope.dimension_count") : hp.head_dim;
   if (hp.rope_dim > hp.head_dim || hp.rope_dim % 2 != 0)
-    Bad("rope.dimension_count " + std::to_string(hp.rope_dim) + " does not fit head dim " + std::to_string(hp.head_dim));
+    Bad("rope.dimension_count " + std::to_string(hp.rope_dim) + " does not fit head dim " +
+        std::to_string(hp.head_dim));
   if (const GgufValue* v = f.Find("llama.rope.freq_base")) hp.rope_freq_base = static_cast<float>(v->AsFloat());
   hp.rms_eps = static_cast<float>(f.Get("llama.attention.layer_norm_rms_epsilon").AsFloat());
   if (!(hp.rope_freq_base > 0) || !(hp.rms_eps >= 0)) Bad("rope.freq_base or layer_norm_rms_epsilon out of range");
 
   const GgufTensor* embd = f.FindTensor("token_embd.weight");
   if (!embd) Bad("missing tensor token_embd.weight");
-  if (embd->n_dims != 2 || embd->ne[1] == 0 || embd->ne[1] > (1u << 30)) Bad("token_embd.weight has shape " + embd->ShapeString());
+  if (embd->n_dims != 2 || embd->ne[1] == 0 || embd->ne[1] > (1u << 30))
+    Bad("token_embd.weight has shape " + embd->ShapeString());
   hp.n_vocab = static_cast<int>(embd->ne[1]);
   if (const GgufValue* vs = f.Find("llama.vocab_size"))
     if (vs->AsUInt() != static_cast<uint64_t>(hp.n_vocab))
-      Bad("llama.vocab_size " + std::to_string(vs->AsUInt()) + " differs from token_embd rows " + std::to_string(hp.n_vocab));
+      Bad("llama.vocab_size " + std::to_string(vs->AsUInt()) + " differs from token_embd rows " +
+          std::to_string(hp.n_vocab));
 
   const uint64_t E = static_cast<uint64_t>(hp.n_embd), V = static_cast<uint64_t>(hp.n_vocab);
-  const uint64_t Q = static_cast<uint64_t>(hp.n_head) * hp.head_dim, KV = static_cast<uint64_t>(hp.n_head_kv) * hp.head_dim;
+  const uint64_t Q = static_cast<uint64_t>(hp.n_head) * hp.head_dim,
+                 KV = static_cast<uint64_t>(hp.n_head_kv) * hp.head_dim;
   const uint64_t F = static_cast<uint64_t>(hp.n_ff);
   m->token_embd_ = &Tensor(f, "token_embd.weight", E, V);
   m->output_ = f.FindTensor("output.weight") ? &Tensor(f, "output.weight", E, V) : m->token_embd_;

@@ -28,7 +28,7 @@ struct LlamaHparams {
 };
 
 struct LlamaLayer {
-  std::vector<float> attn_norm;  // n_embd
+  std::vector<float> attn_norm;    // n_embd
   const GgufTensor* wq = nullptr;  // [n_embd] -> [n_head * head_dim]
   const GgufTensor* wk = nullptr;  // [n_embd] -> [n_head_kv * head_dim]
   const GgufTensor* wv = nullptr;

@@ -114,11 +114,16 @@ struct UnpackFormat {
 
 UnpackFormat FormatOf(GgmlType type) {
   switch (type) {
-    case GgmlType::Q8_0: return {UnpackQ8_0, QK8_0, 34, false, QUnpackKind::kQ8_0};
-    case GgmlType::Q4_0: return {UnpackQ4_0, QK4_0, 18, false, QUnpackKind::kQ4_0};
-    case GgmlType::Q4_1: return {UnpackQ4_1, QK4_1, 20, true, QUnpackKind::kQ4_1};
-    case GgmlType::Q4_K: return {UnpackQ4_K, QK_K, 144, true, QUnpackKind::kOther};
-    case GgmlType::Q6_K: return {UnpackQ6_K, QK_K, 210, false, QUnpackKind::kOther};
+    case GgmlType::Q8_0:
+      return {UnpackQ8_0, QK8_0, 34, false, QUnpackKind::kQ8_0};
+    case GgmlType::Q4_0:
+      return {UnpackQ4_0, QK4_0, 18, false, QUnpackKind::kQ4_0};
+    case GgmlType::Q4_1:
+      return {UnpackQ4_1, QK4_1, 20, true, QUnpackKind::kQ4_1};
+    case GgmlType::Q4_K:
+      return {UnpackQ4_K, QK_K, 144, true, QUnpackKind::kOther};
+    case GgmlType::Q6_K:
+      return {UnpackQ6_K, QK_K, 210, false, QUnpackKind::kOther};
     default:
       throw Error("KVF_ERR_UNSUPPORTED_TENSOR_TYPE", std::string("no quantized dot for tensor type ") + TypeName(type));
   }
@@ -143,8 +148,10 @@ bool HasQuantizedDot(GgmlType type) {
     case GgmlType::Q4_0:
     case GgmlType::Q4_1:
     case GgmlType::Q4_K:
-    case GgmlType::Q6_K: return true;
-    default: return false;
+    case GgmlType::Q6_K:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -236,7 +243,8 @@ void QTileScalar(const QTileView& v) {
         }
         if (v.with_min) summ = summ + v.wmin[rb] * v.xs[tb];
       }
-      v.y[t * v.y_stride + r] = (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) + summ;
+      v.y[t * v.y_stride + r] =
+          (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) + summ;
     }
   }
 }
@@ -246,8 +254,10 @@ QdotIsa BestQdotIsa() {
     QdotIsa isa = DetectIsa();
     // KVF_ENGINE_ISA=scalar|avx2 caps the choice, to run the fallbacks on a bigger CPU.
     if (const char* cap = std::getenv("KVF_ENGINE_ISA")) {
-      if (std::strcmp(cap, "scalar") == 0) isa = QdotIsa::kScalar;
-      else if (std::strcmp(cap, "avx2") == 0 && isa == QdotIsa::kAvx512Vnni) isa = QdotIsa::kAvx2;
+      if (std::strcmp(cap, "scalar") == 0)
+        isa = QdotIsa::kScalar;
+      else if (std::strcmp(cap, "avx2") == 0 && isa == QdotIsa::kAvx512Vnni)
+        isa = QdotIsa::kAvx2;
     }
     return isa;
   }();
@@ -258,24 +268,33 @@ bool QdotIsaSupported(QdotIsa isa) { return static_cast<int>(isa) <= static_cast
 
 const char* QdotIsaName(QdotIsa isa) {
   switch (isa) {
-    case QdotIsa::kScalar: return "scalar";
-    case QdotIsa::kAvx2: return "avx2";
-    case QdotIsa::kAvx512Vnni: return "avx512vnni";
+    case QdotIsa::kScalar:
+      return "scalar";
+    case QdotIsa::kAvx2:
+      return "avx2";
+    case QdotIsa::kAvx512Vnni:
+      return "avx512vnni";
   }
   return "?";
 }
 
 void QuantizedTileDots(const UnpackedRows& w, const QuantizedActivations& x, float* y, int64_t y_stride, QdotIsa isa) {
   if (w.n_blocks != x.n_blocks)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "weight rows of " + std::to_string(w.n_blocks) + " blocks against activations of " +
-                                                std::to_string(x.n_blocks));
+    throw Error("KVF_ERR_INVALID_ARGUMENT", "weight rows of " + std::to_string(w.n_blocks) +
+                                                " blocks against activations of " + std::to_string(x.n_blocks));
   if (!QdotIsaSupported(isa)) throw Error("KVF_ERR_INVALID_ARGUMENT", std::string("CPU lacks ") + QdotIsaName(isa));
-  const QTileView v{w.rows, w.n_blocks, w.with_min, w.q.data(), w.scale.data(), w.min.data(), x.n_tokens,
-                    x.q.data(), x.d.data(), x.s.data(), y, y_stride};
+  const QTileView v{w.rows,     w.n_blocks, w.with_min, w.q.data(), w.scale.data(), w.min.data(), x.n_tokens,
+                    x.q.data(), x.d.data(), x.s.data(), y,          y_stride};
   switch (isa) {
-    case QdotIsa::kAvx512Vnni: QTileAvx512Vnni(v); return;
-    case QdotIsa::kAvx2: QTileAvx2(v); return;
-    case QdotIsa::kScalar: QTileScalar(v); return;
+    case QdotIsa::kAvx512Vnni:
+      QTileAvx512Vnni(v);
+      return;
+    case QdotIsa::kAvx2:
+      QTileAvx2(v);
+      return;
+    case QdotIsa::kScalar:
+      QTileScalar(v);
+      return;
   }
 }
 

@@ -55,11 +55,11 @@ struct QuantizedActivations {
 // nibble 0..15, with a min; others: the signed value), a scale per lane group and a min per block.
 struct UnpackedRows {
   int rows = 0;
-  int64_t n_blocks = 0;     // per row
+  int64_t n_blocks = 0;  // per row
   bool with_min = false;
-  std::vector<int8_t> q;    // [row][block][32]
-  std::vector<float> scale; // [row][block][8]: lanes 0-3 scale elements 0-15, lanes 4-7 elements 16-31
-  std::vector<float> min;   // [row][block]
+  std::vector<int8_t> q;     // [row][block][32]
+  std::vector<float> scale;  // [row][block][8]: lanes 0-3 scale elements 0-15, lanes 4-7 elements 16-31
+  std::vector<float> min;    // [row][block]
 
   // Rows of `type` (HasQuantizedDot) with k elements each, row r at first + r * row_bytes. isa picks the
   // code (SIMD for Q8_0, Q4_0, Q4_1); the result is the same.
@@ -69,7 +69,6 @@ struct UnpackedRows {
 
 // y[t * y_stride + r] = row r of w . token t of x, for every row of w and every token of x. x and w
 // must have the same n_blocks; isa must be supported (QdotIsaSupported).
-void QuantizedTileDots(const UnpackedRows& w, const QuantizedActivations& x, float* y, int64_t y_stride,
-                       QdotIsa isa);
+void QuantizedTileDots(const UnpackedRows& w, const QuantizedActivations& x, float* y, int64_t y_stride, QdotIsa isa);
 
 }  // namespace kvf::engine

@@ -1,7 +1,7 @@
 // AVX2 (+F16C) parts of qdot.h: the kernel, the activation quantization and the unpacking of the 32-element
-// block types (the last two used by the AVX-512 level too). The kernel forms byte products with maddubs (u8 x s8 -> pairs summed to int16) and
-// madd (pairs of int16 -> int32). No int16 saturation can occur: one operand is |w| <= 128 or a nibble, the
-// other an activation in [-127, 127], so a pair is at most 2 * 128 * 127 = 32512.
+// block types (the last two used by the AVX-512 level too). The kernel forms byte products with maddubs (u8 x s8 ->
+// pairs summed to int16) and madd (pairs of int16 -> int32). No int16 saturation can occur: one operand is |w| <= 128
+// or a nibble, the other an activation in [-127, 127], so a pair is at most 2 * 128 * 127 = 32512.
 #include "engine/qdot_kernels.h"
 
 #if defined(__x86_64__)
@@ -79,7 +79,8 @@ void QQuantizeAvx2(const float* x, int64_t n_blocks, int8_t* q, float* d, float*
     const int sum = _mm_cvtsi128_si32(sum4);
     // int32 -> int8 (no saturation: |q| <= 127); the packs interleave 128-bit lanes, the permute undoes it.
     const __m256i p16a = _mm256_packs_epi32(qi[0], qi[1]), p16b = _mm256_packs_epi32(qi[2], qi[3]);
-    const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    const __m256i p8 =
+        _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), p8);
     d[i] = ViaHalf(dd);
     s[i] = ViaHalf(static_cast<float>(sum) * dd);
@@ -93,7 +94,8 @@ bool QUnpackAvx2(QUnpackKind kind, const uint8_t* first, uint64_t row_bytes, int
     for (int64_t i = 0; i < n_blocks; ++i, q += 32, scale += 8, ++min) {
       switch (kind) {
         case QUnpackKind::kQ8_0:
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(q),
+                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2)));
           _mm256_storeu_ps(scale, _mm256_set1_ps(Half(b)));
           b += 34;
           break;
@@ -108,7 +110,8 @@ bool QUnpackAvx2(QUnpackKind kind, const uint8_t* first, uint64_t row_bytes, int
           *min = Half(b + 2);
           b += 20;
           break;
-        default: return false;
+        default:
+          return false;
       }
     }
   }

@@ -8,17 +8,17 @@
 namespace kvf::engine {
 
 struct QTileView {
-  int rows;            // 1..kQTileRows
-  int64_t n_blocks;    // per row and per token
+  int rows;          // 1..kQTileRows
+  int64_t n_blocks;  // per row and per token
   bool with_min;
-  const int8_t* wq;    // [row][block][32]
-  const float* wscale; // [row][block][8]
-  const float* wmin;   // [row][block]; only with_min
+  const int8_t* wq;     // [row][block][32]
+  const float* wscale;  // [row][block][8]
+  const float* wmin;    // [row][block]; only with_min
   int64_t n_tokens;
-  const int8_t* xq;    // [token][block][32]
-  const float* xd;     // [token][block]
-  const float* xs;     // [token][block]
-  float* y;            // y[t * y_stride + r]
+  const int8_t* xq;  // [token][block][32]
+  const float* xd;   // [token][block]
+  const float* xs;   // [token][block]
+  float* y;          // y[t * y_stride + r]
   int64_t y_stride;
 };
 

@@ -54,17 +54,27 @@ void Tile(const QTileView& v) {
 template <class Products, bool kMin>
 void TileRows(const QTileView& v) {
   switch (v.rows) {
-    case 1: Tile<Products, 1, kMin>(v); return;
-    case 2: Tile<Products, 2, kMin>(v); return;
-    case 3: Tile<Products, 3, kMin>(v); return;
-    default: Tile<Products, 4, kMin>(v); return;
+    case 1:
+      Tile<Products, 1, kMin>(v);
+      return;
+    case 2:
+      Tile<Products, 2, kMin>(v);
+      return;
+    case 3:
+      Tile<Products, 3, kMin>(v);
+      return;
+    default:
+      Tile<Products, 4, kMin>(v);
+      return;
   }
 }
 
 template <class Products>
 void TileAny(const QTileView& v) {
-  if (v.with_min) TileRows<Products, true>(v);
-  else TileRows<Products, false>(v);
+  if (v.with_min)
+    TileRows<Products, true>(v);
+  else
+    TileRows<Products, false>(v);
 }
 
 }  // namespace

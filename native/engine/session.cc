@@ -66,8 +66,8 @@ void Rope(float* v, int heads, int head_dim, int rope_dim, const float* cs, cons
 // and each of n_tokens activation rows. Cloned for AVX2 (no FMA, so results are identical to the
 // baseline clone): the loops are the same, the vectors twice as wide.
 __attribute__((target_clones("avx2", "default"))) void TileDots(const float* w, int tile, const float* x,
-                                                                 int64_t n_tokens, int64_t K, float* y,
-                                                                 int64_t y_stride) {
+                                                                int64_t n_tokens, int64_t K, float* y,
+                                                                int64_t y_stride) {
   const float* wr[kTile];
   for (int i = 0; i < tile; ++i) wr[i] = w + i * K;
   for (int64_t t = 0; t < n_tokens; ++t) {
@@ -84,8 +84,8 @@ __attribute__((target_clones("avx2", "default"))) void TileDots(const float* w, 
 // point at position 0's row of the head, rows `stride` floats apart. Cloned for AVX2 like TileDots (no FMA,
 // so the same results as the baseline clone).
 __attribute__((target_clones("avx2", "default"))) void AttendHead(const float* q, const float* k, const float* v,
-                                                                   int64_t stride, int64_t n_pos, int64_t hd,
-                                                                   float scale, float* scores, float* out) {
+                                                                  int64_t stride, int64_t n_pos, int64_t hd,
+                                                                  float scale, float* scores, float* out) {
   float mx = -INFINITY;
   for (int64_t j = 0; j < n_pos; ++j) {
     const float s = Dot(q, k + j * stride, hd) * scale;
@@ -144,7 +144,7 @@ Session::Session(const Model& model, KvPool& pool, const SessionOptions& options
 }
 
 std::vector<float> Session::Prefill(const std::vector<int32_t>& tokens, const BlockTable& table, int64_t start_pos,
-                                   CancelFlag cancel) {
+                                    CancelFlag cancel) {
   if (tokens.empty()) Invalid("prefill needs at least one token");
   const LlamaHparams& hp = model_.hparams();
   const int64_t n = static_cast<int64_t>(tokens.size());
@@ -159,7 +159,8 @@ std::vector<float> Session::Prefill(const std::vector<int32_t>& tokens, const Bl
             " positions, " + std::to_string(start_pos + n) + " needed");
   pool_.CheckTable(table);
   for (int32_t t : tokens)
-    if (t < 0 || t >= hp.n_vocab) Invalid("token id " + std::to_string(t) + " outside the vocabulary of " + std::to_string(hp.n_vocab));
+    if (t < 0 || t >= hp.n_vocab)
+      Invalid("token id " + std::to_string(t) + " outside the vocabulary of " + std::to_string(hp.n_vocab));
 
   std::vector<float> logits(static_cast<size_t>(hp.n_vocab));
   for (int64_t done = 0; done < n;) {
@@ -201,7 +202,8 @@ void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_t
           // The next tile's bytes, while this one is unpacked and dotted (decode streams every weight
           // from memory once per token).
           const int64_t next_lo = r + kTile, next_hi = std::min(next_lo + kTile, hi);
-          for (uint64_t o = static_cast<uint64_t>(next_lo) * row_bytes; o < static_cast<uint64_t>(next_hi) * row_bytes; o += 64)
+          for (uint64_t o = static_cast<uint64_t>(next_lo) * row_bytes; o < static_cast<uint64_t>(next_hi) * row_bytes;
+               o += 64)
             __builtin_prefetch(w.data + o);
           unpacked.Unpack(w.type, w.data + static_cast<uint64_t>(r) * row_bytes, row_bytes, tile, K);
           QuantizedTileDots(unpacked, xq_, jobs[j].y + r, rows, isa_);
@@ -274,8 +276,8 @@ void Session::Attention(int layer, const BlockTable& table, int64_t start, int64
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / hp.n_head;
       const int h = static_cast<int>(item % hp.n_head), kvh = h / group;
-      AttendHead(q_.data() + t * q_dim + h * hd, kf_.data() + kvh * hd, vf_.data() + kvh * hd, kv_dim,
-                 start + t + 1, hd, scale, scores, attn_.data() + t * q_dim + h * hd);
+      AttendHead(q_.data() + t * q_dim + h * hd, kf_.data() + kvh * hd, vf_.data() + kvh * hd, kv_dim, start + t + 1,
+                 hd, scale, scores, attn_.data() + t * q_dim + h * hd);
     }
   });
 }

@@ -90,8 +90,8 @@ class Session {
   std::vector<UnpackedRows> unpacked_;  // per thread
   // Activations for one batch, [token][...].
   std::vector<float> x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_;
-  std::vector<float> rope_cos_, rope_sin_;  // [token][rope_dim / 2]
-  std::vector<float> kf_, vf_;              // the layer's cached K and V as float, [position][kv head][head_dim]
+  std::vector<float> rope_cos_, rope_sin_;   // [token][rope_dim / 2]
+  std::vector<float> kf_, vf_;               // the layer's cached K and V as float, [position][kv head][head_dim]
   std::vector<std::vector<float>> scratch_;  // per thread
 };
 

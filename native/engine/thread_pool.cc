@@ -86,7 +86,9 @@ void ThreadPool::ParallelFor(int64_t n, const Fn& fn) {
 void ThreadPool::Worker(int index) {
   uint64_t seen = 0;
   for (;;) {
-    auto ready = [&] { return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_acquire) != seen; };
+    auto ready = [&] {
+      return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_acquire) != seen;
+    };
     if (!SpinUntil(ready)) {
       std::unique_lock<std::mutex> lock(mu_);
       start_cv_.wait(lock, ready);

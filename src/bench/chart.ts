@@ -48,12 +48,18 @@ export async function loadChartWriter(file: string): Promise<ChartWriter> {
   }
   return async (result) => {
     const svg = await renderSvg(vega, vegaLite, result);
-    if (resvg) writeFileSync(file, new resvg.Resvg(svg, {
-      fitTo: { mode: 'zoom', value: 2 },
-      background: 'white',
-      // vega asks for sans-serif, which resvg maps to Arial; most Linux hosts have DejaVu instead.
-      font: { loadSystemFonts: true, sansSerifFamily: 'DejaVu Sans', defaultFontFamily: 'DejaVu Sans' },
-    }).render().asPng());
+    if (resvg)
+      writeFileSync(
+        file,
+        new resvg.Resvg(svg, {
+          fitTo: { mode: 'zoom', value: 2 },
+          background: 'white',
+          // vega asks for sans-serif, which resvg maps to Arial; most Linux hosts have DejaVu instead.
+          font: { loadSystemFonts: true, sansSerifFamily: 'DejaVu Sans', defaultFontFamily: 'DejaVu Sans' },
+        })
+          .render()
+          .asPng(),
+      );
     else writeFileSync(file, svg);
   };
 }

@@ -9,16 +9,22 @@ export function benchOptions(cmd: Command): Command {
     .option('--block-sizes <list>', 'block sizes, comma-separated, K/M/G suffixes (default: 4K,16K,64K,256K,1M,4M,16M,64M; 4K with --latency)')
     .option('--batch <n>', 'descriptors (blocks) per transfer (default: as many as keep --depth transfers on disjoint blocks of the pool, 1..32)')
     .option('--depth <n>', 'transfers in flight (default: 4)')
-    .option('-r, --rails <n>', 'rails (endpoints) of each agent (default: the agent\'s: one per EFA NIC, 1 on tcp and shm)')
-    .option('--stripe-threshold <bytes>', 'split runs of at least this many bytes across the rails; 0 never (default: the agent\'s, 128K)')
+    .option('-r, --rails <n>', "rails (endpoints) of each agent (default: the agent's: one per EFA NIC, 1 on tcp and shm)")
+    .option('--stripe-threshold <bytes>', "split runs of at least this many bytes across the rails; 0 never (default: the agent's, 128K)")
     .option('--pool <size>', 'registered pool on each side; transfers cycle through it (default: 256M, larger than the CPU caches)')
     .option('--duration <s>', 'seconds per point (default: 2)')
     .option('--iters <n>', 'transfers per point instead of a duration')
-    .option('--fast-path <on|off>', 'the same-host single-copy path (default: the agent\'s: on unless KVF_FAST_PATH=0)')
-    .option('--shared-pool <on|off|auto>', 'both pools as shared memory, which a same-host peer maps and copies with memcpy (default: auto, the agent\'s: shared where that memory is hugepages too)')
+    .option('--fast-path <on|off>', "the same-host single-copy path (default: the agent's: on unless KVF_FAST_PATH=0)")
+    .option(
+      '--shared-pool <on|off|auto>',
+      "both pools as shared memory, which a same-host peer maps and copies with memcpy (default: auto, the agent's: shared where that memory is hugepages too)",
+    )
     .option('--hugepages', 'both pools on reserved 2 MiB hugepages (vm.nr_hugepages) where there are enough, else as without')
-    .option('--busy-poll <us>', 'rail threads of both agents keep polling this long after activity instead of sleeping (default: 0; 1000 with --latency, as the raw baseline spins)')
-    .option('--express <bytes>', 'initiator: transfers up to this size are posted and reaped on the event loop; 0 off (default: the agent\'s, 64K)')
+    .option(
+      '--busy-poll <us>',
+      'rail threads of both agents keep polling this long after activity instead of sleeping (default: 0; 1000 with --latency, as the raw baseline spins)',
+    )
+    .option('--express <bytes>', "initiator: transfers up to this size are posted and reaped on the event loop; 0 off (default: the agent's, 64K)")
     .option('--prepared', 'post prepared descriptor lists by index (the default)')
     .option('--no-prepared', 'validate and post the descriptors anew on every transfer')
     .option('--latency', 'latency mode: one descriptor per transfer, one transfer in flight (READ 4K unless --op/--block-sizes)')

@@ -107,7 +107,11 @@ export function parseSize(text: string, what: string): number {
 
 /** 4096 → '4K', 1048576 → '1M', 1536 → '1536'. */
 export function formatSize(bytes: number): string {
-  for (const [unit, mult] of [['G', 2 ** 30], ['M', 2 ** 20], ['K', 2 ** 10]] as const) {
+  for (const [unit, mult] of [
+    ['G', 2 ** 30],
+    ['M', 2 ** 20],
+    ['K', 2 ** 10],
+  ] as const) {
     if (bytes >= mult && bytes % mult === 0) return `${bytes / mult}${unit}`;
   }
   return String(bytes);
@@ -176,9 +180,7 @@ export function batchFor(options: Pick<BenchOptions, 'batch' | 'pool' | 'depth'>
 export function parseBenchOptions(raw: RawBenchOptions): BenchOptions {
   if (raw.listen !== undefined) bad('--listen is for the target (--target --listen host:port)');
   const latency = raw.latency ?? false;
-  const blockSizes = raw.blockSizes === undefined
-    ? (latency ? [4096] : DEFAULT_BLOCK_SIZES)
-    : raw.blockSizes.split(',').map((s) => parseSize(s, 'block size'));
+  const blockSizes = raw.blockSizes === undefined ? (latency ? [4096] : DEFAULT_BLOCK_SIZES) : raw.blockSizes.split(',').map((s) => parseSize(s, 'block size'));
   if (blockSizes.length === 0) bad('--block-sizes is empty');
   const batch = positiveInt(raw.batch, '--batch');
   const depth = positiveInt(raw.depth, '--depth');
@@ -188,9 +190,10 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchOptions {
     ops: ops(raw.op, latency),
     blockSizes: [...new Set(blockSizes)].sort((a, b) => a - b),
     batch: latency ? 1 : batch,
-    depth: latency ? 1 : depth ?? DEFAULT_DEPTH,
+    depth: latency ? 1 : (depth ?? DEFAULT_DEPTH),
     rails: positiveInt(raw.rails, '--rails'),
-    stripeThreshold: raw.stripeThreshold === undefined ? undefined : raw.stripeThreshold.trim() === '0' ? 0 : parseSize(raw.stripeThreshold, '--stripe-threshold'),
+    stripeThreshold:
+      raw.stripeThreshold === undefined ? undefined : raw.stripeThreshold.trim() === '0' ? 0 : parseSize(raw.stripeThreshold, '--stripe-threshold'),
     pool: raw.pool === undefined ? DEFAULT_POOL : parseSize(raw.pool, '--pool'),
     duration: 2,
     iters: positiveInt(raw.iters, '--iters'),
@@ -217,7 +220,9 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchOptions {
   for (const block of options.blockSizes) {
     const b = batchFor(options, block);
     if (b * block > options.pool) {
-      bad(`the pool (${formatSize(options.pool)}) is smaller than one batch of ${b} × ${formatSize(block)} blocks: raise --pool or lower --batch / --block-sizes`);
+      bad(
+        `the pool (${formatSize(options.pool)}) is smaller than one batch of ${b} × ${formatSize(block)} blocks: raise --pool or lower --batch / --block-sizes`,
+      );
     }
   }
   return options;

@@ -85,9 +85,7 @@ export class Layout {
 
   post(op: TransferOp, slot: number): Promise<TransferReport> {
     const s = slot % this.slots;
-    return this.#list
-      ? this.agent.post(op, this.#list, { indices: this.#indices[s]! })
-      : this.agent.transfer(op, this.peer, this.#descs[s]!);
+    return this.#list ? this.agent.post(op, this.#list, { indices: this.#indices[s]! }) : this.agent.transfer(op, this.peer, this.#descs[s]!);
   }
 
   release(): void {
@@ -144,7 +142,13 @@ export async function runPoint(layout: Layout, spec: PointSpec, onProgress: (fra
   // Warm-up: a few transfers on the same slots, so connections, page tables and caches of the provider are
   // in the state the timed transfers will find them in.
   const warm = Math.max(2, spec.depth);
-  await pump(layout, spec.op, spec.depth, (n) => n < warm, () => {});
+  await pump(
+    layout,
+    spec.op,
+    spec.depth,
+    (n) => n < warm,
+    () => {},
+  );
 
   const latency: number[] = [];
   const wall: number[] = [];

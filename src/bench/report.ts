@@ -43,7 +43,23 @@ export function renderTable(result: BenchResult): string {
     `idle event-loop delay: p50 ${ms(result.idleLoopDelay.p50Ms)} ms, p99 ${ms(result.idleLoopDelay.p99Ms)} ms, max ${ms(result.idleLoopDelay.maxMs)} ms`,
     '',
   ];
-  const head = ['op', 'path', 'block', 'batch', 'depth', 'rails', 'GB/s', 'ops/s', 'lat p50 ms', 'lat p99 ms', 'post cost µs/desc', 'JS µs/desc', 'loop p50 ms', 'loop p99 ms', 'loop max ms'];
+  const head = [
+    'op',
+    'path',
+    'block',
+    'batch',
+    'depth',
+    'rails',
+    'GB/s',
+    'ops/s',
+    'lat p50 ms',
+    'lat p99 ms',
+    'post cost µs/desc',
+    'JS µs/desc',
+    'loop p50 ms',
+    'loop p99 ms',
+    'loop max ms',
+  ];
   const rows = result.points.map((p) => [
     p.op,
     p.path,
@@ -69,7 +85,7 @@ export function renderTable(result: BenchResult): string {
   lines.push(
     '',
     'GB/s are decimal (bytes / 1e9 / s); ops/s are blocks (descriptors) per second; latency is per transfer of `batch` blocks;',
-    'post cost = the JS post() call plus the time inside the provider\'s post calls, per descriptor (JSON: costUsPerDesc).',
+    "post cost = the JS post() call plus the time inside the provider's post calls, per descriptor (JSON: costUsPerDesc).",
   );
   return lines.join('\n');
 }

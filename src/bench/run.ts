@@ -45,7 +45,10 @@ async function measure(agent: Agent, options: BenchOptions, hello: Awaited<Retur
   for (const block of options.blockSizes) {
     const b = batchFor(options, block);
     if (b * block > span) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `bench: the target's pool (${formatSize(hello.poolBytes)}) is smaller than one batch of ${b} × ${formatSize(block)} blocks`);
+      throw new KvfError(
+        'KVF_ERR_INVALID_ARGUMENT',
+        `bench: the target's pool (${formatSize(hello.poolBytes)}) is smaller than one batch of ${b} × ${formatSize(block)} blocks`,
+      );
     }
   }
   const local = agent.allocate(options.pool, { shared: options.sharedPool, hugepages: options.hugepages });

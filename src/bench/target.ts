@@ -70,7 +70,9 @@ function serveTcp(hello: TargetHello, options: TargetOptions): Promise<void> {
       const port = typeof addr === 'object' && addr ? addr.port : listen.port;
       const host = listen.host.includes(':') ? `[${listen.host}]` : listen.host;
       // Tests and scripts read the port from this line when they asked for port 0.
-      console.log(`kvfabric bench target listening on ${host}:${port} (provider ${hello.provider}, ${hello.rails} rail(s), pool ${formatSize(hello.poolBytes)})`);
+      console.log(
+        `kvfabric bench target listening on ${host}:${port} (provider ${hello.provider}, ${hello.rails} rail(s), pool ${formatSize(hello.poolBytes)})`,
+      );
     });
   });
 }

@@ -59,11 +59,14 @@ export function readFrames(socket: Socket, onMessage: (message: unknown) => void
 export function isTargetHello(m: unknown): m is TargetHello {
   const h = m as Partial<TargetHello> | null;
   return (
-    typeof h === 'object' && h !== null &&
+    typeof h === 'object' &&
+    h !== null &&
     typeof h.metadata === 'string' &&
     Number.isSafeInteger(h.region) &&
-    Number.isSafeInteger(h.poolBytes) && (h.poolBytes ?? 0) > 0 &&
+    Number.isSafeInteger(h.poolBytes) &&
+    (h.poolBytes ?? 0) > 0 &&
     typeof h.provider === 'string' &&
-    typeof h.machine === 'object' && h.machine !== null
+    typeof h.machine === 'object' &&
+    h.machine !== null
   );
 }

@@ -78,9 +78,9 @@ const commonOptions = (cmd: Command): Command =>
     .option('--cluster-token-file <file>', 'file holding the cluster token every gRPC call proves (or KVF_CLUSTER_TOKEN)')
     .option('--tls-cert <file>', 'TLS certificate chain (PEM) of this process: turns TLS on for the control plane')
     .option('--tls-key <file>', 'TLS private key (PEM)')
-    .option('--tls-ca <file>', 'CA (PEM) that signs the peers\' certificates')
+    .option('--tls-ca <file>', "CA (PEM) that signs the peers' certificates")
     .option('--tls-client-auth', 'mutual TLS: servers require client certificates signed by --tls-ca, clients present theirs')
-    .option('--tls-server-name <name>', 'the name clients expect in workers\' certificates (default: the host dialled)');
+    .option('--tls-server-name <name>', "the name clients expect in workers' certificates (default: the host dialled)");
 
 for (const role of ['prefill', 'decode'] as const) {
   commonOptions(program.command(role).description(`run a ${role} worker (gRPC control plane, KV over libfabric)`))
@@ -159,9 +159,7 @@ program
   });
 
 benchOptions(
-  program
-    .command('bench')
-    .description('measure READ/WRITE bandwidth, ops/s, latency and event-loop delay between two agents (nixlbench-style)'),
+  program.command('bench').description('measure READ/WRITE bandwidth, ops/s, latency and event-loop delay between two agents (nixlbench-style)'),
 ).action(async (opts: Record<string, unknown>) => {
   const { runBenchCommand } = await import('../bench/run.js');
   await runBenchCommand(opts);

@@ -15,7 +15,9 @@ export async function checkAddress(ctx: Context): Promise<CheckResult[]> {
   const advertise = env.KVF_ADVERTISE || undefined;
   const choice = workerFabricAddress({ fabricAddress: env.KVF_FABRIC_ADDRESS || undefined, listen, advertise }, env);
   if (!ctx.openAgent) {
-    return [{ group, name, status: 'skip', detail: `agent probe disabled; a worker would bind ${choice.address ?? 'the agent default'} (from ${choice.source})` }];
+    return [
+      { group, name, status: 'skip', detail: `agent probe disabled; a worker would bind ${choice.address ?? 'the agent default'} (from ${choice.source})` },
+    ];
   }
   const [{ Agent }, { endpointsOf }] = await Promise.all([import('../fabric/agent.js'), import('../fabric/address.js')]);
   const agent = await Agent.create({
@@ -29,6 +31,15 @@ export async function checkAddress(ctx: Context): Promise<CheckResult[]> {
   await agent.close();
   const detail = `peers dial ${endpoints.join(', ') || 'an address that is not IP'} (from ${choice.source}); gRPC at ${advertise ?? listen}`;
   const warning = loopbackWarning(endpoints, advertise ?? listen);
-  if (warning) return [{ group, name, status: 'warn', detail: warning, fix: 'set KVF_FABRIC_ADDRESS to the pod IP (downward API status.podIP; the manifests do), or listen/advertise on it' }];
+  if (warning)
+    return [
+      {
+        group,
+        name,
+        status: 'warn',
+        detail: warning,
+        fix: 'set KVF_FABRIC_ADDRESS to the pod IP (downward API status.podIP; the manifests do), or listen/advertise on it',
+      },
+    ];
   return [{ group, name, status: 'ok', detail }];
 }

@@ -68,7 +68,10 @@ export function makeContext(o: DoctorOptions = {}): Context {
     efaDevices: () => (efa ??= listEfa(join(sysRoot, 'class', 'infiniband'))),
     usesEfa: () => (provider === undefined ? ctx.efaDevices().length > 0 : provider === 'efa'),
     fiInfo: () => (fiInfo ??= readFiInfo(env)),
-    gpus: () => (gpus ??= list(devRoot).filter((n) => /^nvidia\d+$/.test(n)).sort((a, b) => Number(a.slice(6)) - Number(b.slice(6)))),
+    gpus: () =>
+      (gpus ??= list(devRoot)
+        .filter((n) => /^nvidia\d+$/.test(n))
+        .sort((a, b) => Number(a.slice(6)) - Number(b.slice(6)))),
   };
   return ctx;
 }

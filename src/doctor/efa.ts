@@ -17,7 +17,14 @@ export function checkEfa(ctx: Context): CheckResult[] {
 
   const sysfs = ctx.efaDevices();
   if (sysfs.length > 0) out.push({ group, name: 'EFA devices', status: 'ok', detail: `${sysfs.length}: ${sysfs.join(', ')}` });
-  else if (needed) out.push({ group, name: 'EFA devices', status: 'fail', detail: `no EFA device under ${ctx.sys('class', 'infiniband')} (${why})`, fix: `run on an EFA instance (p4d, p5, …); ${DEVICE_FIX}` });
+  else if (needed)
+    out.push({
+      group,
+      name: 'EFA devices',
+      status: 'fail',
+      detail: `no EFA device under ${ctx.sys('class', 'infiniband')} (${why})`,
+      fix: `run on an EFA instance (p4d, p5, …); ${DEVICE_FIX}`,
+    });
   else out.push({ group, name: 'EFA devices', status: 'skip', detail: `none, and not needed (${why})` });
 
   const nodes = list(ctx.dev('infiniband'));

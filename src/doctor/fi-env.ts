@@ -7,7 +7,15 @@ import { isKnownEnv, MISTAKEN_ENV, POLICED_PREFIXES } from './known-env.js';
 import type { CheckResult } from './types.js';
 
 const BOOLEANS = ['FI_EFA_USE_DEVICE_RDMA', 'FI_EFA_ENABLE_SHM_TRANSFER', 'FI_EFA_FORK_SAFE', 'FI_HMEM_DISABLE_P2P', 'RDMAV_FORK_SAFE', 'FI_EFA_USE_HUGE_PAGE'];
-const INTEGERS = ['FI_EFA_TX_SIZE', 'FI_EFA_RX_SIZE', 'FI_EFA_CQ_SIZE', 'FI_EFA_TX_QUEUE_SIZE', 'FI_MR_CACHE_MAX_COUNT', 'FI_MR_CACHE_MAX_SIZE', 'FI_UNIVERSE_SIZE'];
+const INTEGERS = [
+  'FI_EFA_TX_SIZE',
+  'FI_EFA_RX_SIZE',
+  'FI_EFA_CQ_SIZE',
+  'FI_EFA_TX_QUEUE_SIZE',
+  'FI_MR_CACHE_MAX_COUNT',
+  'FI_MR_CACHE_MAX_SIZE',
+  'FI_UNIVERSE_SIZE',
+];
 const MONITORS = ['userfaultfd', 'uffd', 'memhooks', 'kdreg2', 'cuda', 'rocm', 'ze', 'disabled'];
 
 export async function checkFiEnv(ctx: Context): Promise<CheckResult[]> {
@@ -21,18 +29,32 @@ export async function checkFiEnv(ctx: Context): Promise<CheckResult[]> {
     const meant = MISTAKEN_ENV[name];
     if (meant) {
       const value = env[name]!;
-      out.push({ group, name, status: 'warn', detail: `not a libfabric variable: it is ignored, so what ${name}=${value} meant to do does not happen`, fix: `use ${meant}=${value} instead` });
+      out.push({
+        group,
+        name,
+        status: 'warn',
+        detail: `not a libfabric variable: it is ignored, so what ${name}=${value} meant to do does not happen`,
+        fix: `use ${meant}=${value} instead`,
+      });
     } else if (!isKnownEnv(name, fromLib)) {
-      out.push({ group, name, status: 'warn', detail: 'neither kvfabric nor libfabric reads this variable (a typo?)', fix: 'remove it or correct the name (`fi_info -e` lists libfabric\'s)' });
+      out.push({
+        group,
+        name,
+        status: 'warn',
+        detail: 'neither kvfabric nor libfabric reads this variable (a typo?)',
+        fix: "remove it or correct the name (`fi_info -e` lists libfabric's)",
+      });
     }
   }
   for (const name of BOOLEANS) {
     const v = env[name];
-    if (v !== undefined && parseBool(v) === undefined) out.push({ group, name, status: 'fail', detail: `${name}=${v} is not a boolean`, fix: `set ${name}=1 or 0` });
+    if (v !== undefined && parseBool(v) === undefined)
+      out.push({ group, name, status: 'fail', detail: `${name}=${v} is not a boolean`, fix: `set ${name}=1 or 0` });
   }
   for (const name of INTEGERS) {
     const v = env[name];
-    if (v !== undefined && !/^\d+$/.test(v.trim())) out.push({ group, name, status: 'fail', detail: `${name}=${v} is not a non-negative integer`, fix: `set ${name} to a number` });
+    if (v !== undefined && !/^\d+$/.test(v.trim()))
+      out.push({ group, name, status: 'fail', detail: `${name}=${v} is not a non-negative integer`, fix: `set ${name} to a number` });
   }
   const monitor = env.FI_MR_CACHE_MONITOR;
   if (monitor !== undefined && !MONITORS.includes(monitor.trim())) {
@@ -58,14 +80,37 @@ export async function checkFiEnv(ctx: Context): Promise<CheckResult[]> {
   if (ctx.usesEfa()) {
     const rdma = parseBool(env.FI_EFA_USE_DEVICE_RDMA);
     if (rdma === true) out.push({ group, name: 'FI_EFA_USE_DEVICE_RDMA', status: 'ok', detail: '=1: RDMA read/write in the NIC' });
-    else if (rdma === false) out.push({ group, name: 'FI_EFA_USE_DEVICE_RDMA', status: 'warn', detail: '=0: KV pulls (RDMA READ) are emulated with messages, at a fraction of the bandwidth', fix: 'set FI_EFA_USE_DEVICE_RDMA=1 (p4d, p5 and later support device RDMA)' });
-    else if (env.FI_EFA_USE_DEVICE_RDMA === undefined) out.push({ group, name: 'FI_EFA_USE_DEVICE_RDMA', status: 'warn', detail: 'unset: older libfabric releases leave device RDMA off', fix: 'set FI_EFA_USE_DEVICE_RDMA=1 (kubernetes/common/configmap.yaml does)' });
+    else if (rdma === false)
+      out.push({
+        group,
+        name: 'FI_EFA_USE_DEVICE_RDMA',
+        status: 'warn',
+        detail: '=0: KV pulls (RDMA READ) are emulated with messages, at a fraction of the bandwidth',
+        fix: 'set FI_EFA_USE_DEVICE_RDMA=1 (p4d, p5 and later support device RDMA)',
+      });
+    else if (env.FI_EFA_USE_DEVICE_RDMA === undefined)
+      out.push({
+        group,
+        name: 'FI_EFA_USE_DEVICE_RDMA',
+        status: 'warn',
+        detail: 'unset: older libfabric releases leave device RDMA off',
+        fix: 'set FI_EFA_USE_DEVICE_RDMA=1 (kubernetes/common/configmap.yaml does)',
+      });
     // Serving workers revoke each request's grant before its blocks are reused; with the MR cache on, efa may keep
     // a closed registration (and its key) alive in the NIC, so a revoked grant could still be read (docs/security.md).
-    if (env.FI_MR_CACHE_MAX_COUNT?.trim() === '0') out.push({ group, name: 'FI_MR_CACHE_MAX_COUNT', status: 'ok', detail: '=0: a revoked grant ends in the NIC at once' });
-    else out.push({ group, name: 'FI_MR_CACHE_MAX_COUNT', status: 'warn', detail: `${env.FI_MR_CACHE_MAX_COUNT === undefined ? 'unset' : `=${env.FI_MR_CACHE_MAX_COUNT}`}: efa's MR cache may keep a revoked grant's registration (and key) alive`, fix: 'set FI_MR_CACHE_MAX_COUNT=0 (kubernetes/common/configmap.yaml does)' });
+    if (env.FI_MR_CACHE_MAX_COUNT?.trim() === '0')
+      out.push({ group, name: 'FI_MR_CACHE_MAX_COUNT', status: 'ok', detail: '=0: a revoked grant ends in the NIC at once' });
+    else
+      out.push({
+        group,
+        name: 'FI_MR_CACHE_MAX_COUNT',
+        status: 'warn',
+        detail: `${env.FI_MR_CACHE_MAX_COUNT === undefined ? 'unset' : `=${env.FI_MR_CACHE_MAX_COUNT}`}: efa's MR cache may keep a revoked grant's registration (and key) alive`,
+        fix: 'set FI_MR_CACHE_MAX_COUNT=0 (kubernetes/common/configmap.yaml does)',
+      });
     const shm = parseBool(env.FI_EFA_ENABLE_SHM_TRANSFER);
-    if (shm === false) out.push({ group, name: 'FI_EFA_ENABLE_SHM_TRANSFER', status: 'ok', detail: '=0: efa carries intra-node traffic too (the seed\'s intent)' });
+    if (shm === false)
+      out.push({ group, name: 'FI_EFA_ENABLE_SHM_TRANSFER', status: 'ok', detail: "=0: efa carries intra-node traffic too (the seed's intent)" });
   }
   if (out.length === 0) out.push({ group, name: 'FI_* variables', status: 'ok', detail: 'nothing unknown, misspelt or harmful' });
   return out;

@@ -17,15 +17,29 @@ export async function checkGpu(ctx: Context): Promise<CheckResult[]> {
   else {
     const r = await probe(smi, ['-L'], ctx.env);
     const names = r.stdout.split('\n').filter((l) => l.startsWith('GPU '));
-    if (r.ok) out.push({ group, name: 'GPUs', status: 'ok', detail: `${gpus.length} device node(s); ${names.length ? names.join('; ') : 'nvidia-smi listed none'}` });
-    else out.push({ group, name: 'GPUs', status: 'warn', detail: `${gpus.length} device node(s) but nvidia-smi failed: ${r.stderr.trim().split('\n').pop() ?? ''}`, fix: 'check the NVIDIA driver and container runtime (the GPU operator)' });
+    if (r.ok)
+      out.push({ group, name: 'GPUs', status: 'ok', detail: `${gpus.length} device node(s); ${names.length ? names.join('; ') : 'nvidia-smi listed none'}` });
+    else
+      out.push({
+        group,
+        name: 'GPUs',
+        status: 'warn',
+        detail: `${gpus.length} device node(s) but nvidia-smi failed: ${r.stderr.trim().split('\n').pop() ?? ''}`,
+        fix: 'check the NVIDIA driver and container runtime (the GPU operator)',
+      });
   }
   if (ctx.usesEfa()) {
     const peermem = existsSync(ctx.sys('module', 'nvidia_peermem'));
     out.push(
       peermem
         ? { group, name: 'GPUDirect RDMA', status: 'ok', detail: 'nvidia_peermem loaded' }
-        : { group, name: 'GPUDirect RDMA', status: 'warn', detail: 'nvidia_peermem not loaded: GPU memory can be registered with efa only through dma-buf (open GPU kernel module, libfabric >= 1.18)', fix: 'load nvidia-peermem on the node (the GPU operator: driver.rdma.enabled=true) or use the open kernel module' },
+        : {
+            group,
+            name: 'GPUDirect RDMA',
+            status: 'warn',
+            detail: 'nvidia_peermem not loaded: GPU memory can be registered with efa only through dma-buf (open GPU kernel module, libfabric >= 1.18)',
+            fix: 'load nvidia-peermem on the node (the GPU operator: driver.rdma.enabled=true) or use the open kernel module',
+          },
     );
   }
   return out;

@@ -26,10 +26,19 @@ export function checkHugepages(ctx: Context): CheckResult[] {
     free = field('HugePages_Free');
   }
   if (total === undefined || free === undefined) {
-    return [{ group, name, status: 'warn', detail: `no 2 MiB hugepage pool found (${sysDir}, ${ctx.proc('meminfo')})`, fix: 'a kernel with hugetlbfs, or skip --hugepages' }];
+    return [
+      {
+        group,
+        name,
+        status: 'warn',
+        detail: `no 2 MiB hugepage pool found (${sysDir}, ${ctx.proc('meminfo')})`,
+        fix: 'a kernel with hugetlbfs, or skip --hugepages',
+      },
+    ];
   }
   const detail = `${free} free of ${total} (${free * 2} MiB free)`;
-  const fix = 'reserve hugepages on the node (sysctl vm.nr_hugepages, or the node group\'s bootstrap) and request them: resources.limits["hugepages-2Mi"] (the seed: 5120Mi) with an emptyDir medium: HugePages at /dev/hugepages';
+  const fix =
+    'reserve hugepages on the node (sysctl vm.nr_hugepages, or the node group\'s bootstrap) and request them: resources.limits["hugepages-2Mi"] (the seed: 5120Mi) with an emptyDir medium: HugePages at /dev/hugepages';
   if (parseBool(ctx.env.KVF_HUGEPAGES) === true && free === 0) {
     return [{ group, name, status: 'fail', detail: `KVF_HUGEPAGES is on but ${detail}: the KV pool cannot be placed`, fix }];
   }

@@ -15,7 +15,8 @@ export function checkMemlock(ctx: Context): CheckResult[] {
   const name = 'locked memory';
   const limits = readText(ctx.proc('self', 'limits'));
   const line = limits?.split('\n').find((l) => l.startsWith('Max locked memory'));
-  if (!line) return [{ group, name, status: 'warn', detail: `cannot read the limit from ${ctx.proc('self', 'limits')}`, fix: 'run `ulimit -l` in the container' }];
+  if (!line)
+    return [{ group, name, status: 'warn', detail: `cannot read the limit from ${ctx.proc('self', 'limits')}`, fix: 'run `ulimit -l` in the container' }];
   const [soft] = line.slice('Max locked memory'.length).trim().split(/\s+/);
   const unlimited = soft === 'unlimited';
   const bytes = unlimited ? undefined : BigInt(soft ?? '0');
@@ -26,7 +27,8 @@ export function checkMemlock(ctx: Context): CheckResult[] {
   if (unlimited) return [{ group, name, status: 'ok', detail: `${shown}${ipcLock ? ', and CAP_IPC_LOCK' : ''}` }];
   if (ipcLock) return [{ group, name, status: 'ok', detail: `${shown}, but CAP_IPC_LOCK lifts it` }];
 
-  const fix = 'add the IPC_LOCK capability (securityContext.capabilities.add, as kubernetes/libfabric/deployment.yaml does) or raise the limit to unlimited (ulimit -l unlimited; containerd/docker: --ulimit memlock=-1)';
+  const fix =
+    'add the IPC_LOCK capability (securityContext.capabilities.add, as kubernetes/libfabric/deployment.yaml does) or raise the limit to unlimited (ulimit -l unlimited; containerd/docker: --ulimit memlock=-1)';
   if (ctx.usesEfa()) return [{ group, name, status: 'fail', detail: `${shown} without CAP_IPC_LOCK: efa cannot pin the KV pool`, fix }];
   if (bytes! < WARN_BELOW) return [{ group, name, status: 'warn', detail: `${shown} without CAP_IPC_LOCK: enough for tcp/shm, not for efa`, fix }];
   return [{ group, name, status: 'ok', detail: `${shown} (provider ${ctx.provider ?? 'automatic'} does not pin memory)` }];

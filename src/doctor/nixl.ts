@@ -26,9 +26,21 @@ export function checkNixl(ctx: Context): CheckResult[] {
   const plugin = join(dir, PLUGIN);
   if (existsSync(plugin)) out.push({ group, name: PLUGIN, status: 'ok', detail: plugin });
   else if (configured) {
-    out.push({ group, name: PLUGIN, status: 'fail', detail: `NIXL_PLUGIN_DIR=${configured} has no ${PLUGIN}`, fix: `point NIXL_PLUGIN_DIR at NIXL's plugins directory (the seed's image: /${SEED_NIXL_PLUGIN_DIR}), or unset it: kvfabric does not need NIXL` });
+    out.push({
+      group,
+      name: PLUGIN,
+      status: 'fail',
+      detail: `NIXL_PLUGIN_DIR=${configured} has no ${PLUGIN}`,
+      fix: `point NIXL_PLUGIN_DIR at NIXL's plugins directory (the seed's image: /${SEED_NIXL_PLUGIN_DIR}), or unset it: kvfabric does not need NIXL`,
+    });
   } else if (existsSync(dir)) {
-    out.push({ group, name: PLUGIN, status: 'warn', detail: `NIXL is installed (${dir}) without its LIBFABRIC plugin: NIXL there would use UCX`, fix: 'use an image whose NIXL was built with the LIBFABRIC plugin, or leave KV to kvfabric' });
+    out.push({
+      group,
+      name: PLUGIN,
+      status: 'warn',
+      detail: `NIXL is installed (${dir}) without its LIBFABRIC plugin: NIXL there would use UCX`,
+      fix: 'use an image whose NIXL was built with the LIBFABRIC plugin, or leave KV to kvfabric',
+    });
   } else out.push({ group, name: PLUGIN, status: 'skip', detail: 'NIXL is not installed; kvfabric does not need it' });
   return out;
 }

@@ -15,7 +15,10 @@ export function renderTable(report: DoctorReport, width = 120): string {
     if (r.fix && (r.status === 'warn' || r.status === 'fail')) lines.push(`${' '.repeat(indent)}fix: ${wrap(r.fix, width - indent - 5, indent + 5)}`);
   }
   const count = (s: Status) => rows.filter((r) => r.status === s).length;
-  lines.push('', `${report.ok ? 'ok' : 'FAILED'}: ${count('ok')} ok, ${count('warn')} warning(s), ${count('fail')} failure(s), ${count('skip')} not applicable`);
+  lines.push(
+    '',
+    `${report.ok ? 'ok' : 'FAILED'}: ${count('ok')} ok, ${count('warn')} warning(s), ${count('fail')} failure(s), ${count('skip')} not applicable`,
+  );
   return lines.join('\n');
 }
 

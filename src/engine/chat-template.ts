@@ -134,7 +134,9 @@ export class ChatTemplate {
 
   /** The prompt text, exactly as the Jinja template renders it. */
   render(messages: readonly ChatMessage[], options: ChatRenderOptions = {}): string {
-    return this.renderSegments(messages, options).map((s) => s.text).join('');
+    return this.renderSegments(messages, options)
+      .map((s) => s.text)
+      .join('');
   }
 
   /**
@@ -287,12 +289,24 @@ function readLiteral(s: string, start: number, fail: (why: string) => never): { 
     }
     const e = s[++i];
     switch (e) {
-      case 'n': out += '\n'; break;
-      case 't': out += '\t'; break;
-      case 'r': out += '\r'; break;
-      case '\\': out += '\\'; break;
-      case "'": out += "'"; break;
-      case '"': out += '"'; break;
+      case 'n':
+        out += '\n';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case '\\':
+        out += '\\';
+        break;
+      case "'":
+        out += "'";
+        break;
+      case '"':
+        out += '"';
+        break;
       default:
         fail(`unsupported escape \\${e ?? ''} in a string literal`);
     }

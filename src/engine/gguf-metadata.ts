@@ -33,8 +33,19 @@ export enum GgufType {
 }
 
 const TYPE_NAMES: Record<number, string> = {
-  0: 'UINT8', 1: 'INT8', 2: 'UINT16', 3: 'INT16', 4: 'UINT32', 5: 'INT32', 6: 'FLOAT32',
-  7: 'BOOL', 8: 'STRING', 9: 'ARRAY', 10: 'UINT64', 11: 'INT64', 12: 'FLOAT64',
+  0: 'UINT8',
+  1: 'INT8',
+  2: 'UINT16',
+  3: 'INT16',
+  4: 'UINT32',
+  5: 'INT32',
+  6: 'FLOAT32',
+  7: 'BOOL',
+  8: 'STRING',
+  9: 'ARRAY',
+  10: 'UINT64',
+  11: 'INT64',
+  12: 'FLOAT64',
 };
 
 /** Size in bytes of a fixed-size value type; strings and arrays have no fixed size. */
@@ -114,10 +125,15 @@ export class GgufMetadata {
     if (v === undefined && fallback !== undefined) return fallback;
     if (v !== undefined) {
       switch (v.type) {
-        case GgufType.UINT8: case GgufType.INT8: case GgufType.UINT16: case GgufType.INT16:
-        case GgufType.UINT32: case GgufType.INT32:
+        case GgufType.UINT8:
+        case GgufType.INT8:
+        case GgufType.UINT16:
+        case GgufType.INT16:
+        case GgufType.UINT32:
+        case GgufType.INT32:
           return v.value;
-        case GgufType.UINT64: case GgufType.INT64:
+        case GgufType.UINT64:
+        case GgufType.INT64:
           if (v.value <= BigInt(Number.MAX_SAFE_INTEGER) && v.value >= -BigInt(Number.MAX_SAFE_INTEGER)) return Number(v.value);
           throw this.bad(key, 'must fit in a double exactly');
         default:
@@ -152,8 +168,12 @@ export class GgufMetadata {
     const v = this.entries.get(key);
     if (v?.type === GgufType.ARRAY) {
       switch (v.elementType) {
-        case GgufType.UINT8: case GgufType.INT8: case GgufType.UINT16: case GgufType.INT16:
-        case GgufType.UINT32: case GgufType.INT32:
+        case GgufType.UINT8:
+        case GgufType.INT8:
+        case GgufType.UINT16:
+        case GgufType.INT16:
+        case GgufType.UINT32:
+        case GgufType.INT32:
           return v.value;
         default:
           break;
@@ -219,8 +239,18 @@ class Cursor {
     return d;
   }
 
-  u32(what: string): number { this.need(4, what); const v = this.view.getUint32(this.pos, true); this.pos += 4; return v; }
-  u64(what: string): bigint { this.need(8, what); const v = this.view.getBigUint64(this.pos, true); this.pos += 8; return v; }
+  u32(what: string): number {
+    this.need(4, what);
+    const v = this.view.getUint32(this.pos, true);
+    this.pos += 4;
+    return v;
+  }
+  u64(what: string): bigint {
+    this.need(8, what);
+    const v = this.view.getBigUint64(this.pos, true);
+    this.pos += 8;
+    return v;
+  }
 
   /** A u64 count or length that must be at most `max` (a number, so it fits in a double). */
   count(what: string, max: number): number {
@@ -264,23 +294,35 @@ function readValue(c: Cursor, type: number, what: string, depth: number): GgufVa
   const at = c.pos;
   const dv = (n: number): DataView => c.dataView(n, what);
   switch (type) {
-    case GgufType.UINT8: return { type, value: dv(1).getUint8(0) };
-    case GgufType.INT8: return { type, value: dv(1).getInt8(0) };
-    case GgufType.UINT16: return { type, value: dv(2).getUint16(0, true) };
-    case GgufType.INT16: return { type, value: dv(2).getInt16(0, true) };
-    case GgufType.UINT32: return { type, value: dv(4).getUint32(0, true) };
-    case GgufType.INT32: return { type, value: dv(4).getInt32(0, true) };
-    case GgufType.FLOAT32: return { type, value: dv(4).getFloat32(0, true) };
-    case GgufType.UINT64: return { type, value: dv(8).getBigUint64(0, true) };
-    case GgufType.INT64: return { type, value: dv(8).getBigInt64(0, true) };
-    case GgufType.FLOAT64: return { type, value: dv(8).getFloat64(0, true) };
+    case GgufType.UINT8:
+      return { type, value: dv(1).getUint8(0) };
+    case GgufType.INT8:
+      return { type, value: dv(1).getInt8(0) };
+    case GgufType.UINT16:
+      return { type, value: dv(2).getUint16(0, true) };
+    case GgufType.INT16:
+      return { type, value: dv(2).getInt16(0, true) };
+    case GgufType.UINT32:
+      return { type, value: dv(4).getUint32(0, true) };
+    case GgufType.INT32:
+      return { type, value: dv(4).getInt32(0, true) };
+    case GgufType.FLOAT32:
+      return { type, value: dv(4).getFloat32(0, true) };
+    case GgufType.UINT64:
+      return { type, value: dv(8).getBigUint64(0, true) };
+    case GgufType.INT64:
+      return { type, value: dv(8).getBigInt64(0, true) };
+    case GgufType.FLOAT64:
+      return { type, value: dv(8).getFloat64(0, true) };
     case GgufType.BOOL: {
       const b = dv(1).getUint8(0);
       if (b > 1) c.fail(`${what}: bool byte is ${b}, not 0 or 1`, at);
       return { type, value: b === 1 };
     }
-    case GgufType.STRING: return { type, value: c.string(what) };
-    case GgufType.ARRAY: return readArray(c, what, depth + 1);
+    case GgufType.STRING:
+      return { type, value: c.string(what) };
+    case GgufType.ARRAY:
+      return readArray(c, what, depth + 1);
     default:
       return c.fail(`${what} has unknown value type ${type}`, at);
   }
@@ -296,16 +338,26 @@ function readArray(c: Cursor, what: string, depth: number): GgufArray {
   const n = c.count(`${what} element count`, Math.floor(Math.max(0, c.remaining() - 8) / minSize));
   const elems = `${what} (${n} x ${ggufTypeName(elementType)})`;
   switch (elementType) {
-    case GgufType.UINT8: return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 1, elems, (b) => new Uint8Array(b)) };
-    case GgufType.INT8: return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 1, elems, (b) => new Int8Array(b)) };
-    case GgufType.UINT16: return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 2, elems, (b) => new Uint16Array(b)) };
-    case GgufType.INT16: return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 2, elems, (b) => new Int16Array(b)) };
-    case GgufType.UINT32: return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 4, elems, (b) => new Uint32Array(b)) };
-    case GgufType.INT32: return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 4, elems, (b) => new Int32Array(b)) };
-    case GgufType.FLOAT32: return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 4, elems, (b) => new Float32Array(b)) };
-    case GgufType.UINT64: return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 8, elems, (b) => new BigUint64Array(b)) };
-    case GgufType.INT64: return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 8, elems, (b) => new BigInt64Array(b)) };
-    case GgufType.FLOAT64: return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 8, elems, (b) => new Float64Array(b)) };
+    case GgufType.UINT8:
+      return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 1, elems, (b) => new Uint8Array(b)) };
+    case GgufType.INT8:
+      return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 1, elems, (b) => new Int8Array(b)) };
+    case GgufType.UINT16:
+      return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 2, elems, (b) => new Uint16Array(b)) };
+    case GgufType.INT16:
+      return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 2, elems, (b) => new Int16Array(b)) };
+    case GgufType.UINT32:
+      return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 4, elems, (b) => new Uint32Array(b)) };
+    case GgufType.INT32:
+      return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 4, elems, (b) => new Int32Array(b)) };
+    case GgufType.FLOAT32:
+      return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 4, elems, (b) => new Float32Array(b)) };
+    case GgufType.UINT64:
+      return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 8, elems, (b) => new BigUint64Array(b)) };
+    case GgufType.INT64:
+      return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 8, elems, (b) => new BigInt64Array(b)) };
+    case GgufType.FLOAT64:
+      return { type: GgufType.ARRAY, elementType, value: c.typedArray(n, 8, elems, (b) => new Float64Array(b)) };
     case GgufType.BOOL: {
       const start = c.pos;
       const raw = c.typedArray(n, 1, elems, (b) => new Uint8Array(b));

@@ -66,8 +66,7 @@ const CHAR_TO_BYTE: ReadonlyMap<number, number> = new Map(BYTE_TO_CHAR.map((c, b
 // and llama.cpp's unicode tables use. JavaScript's own `\s` differs (it has U+FEFF, lacks U+0085), and
 // the oracle fixture has strings that tell the two apart.
 
-const GPT2_REGEX =
-  /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\p{White_Space}\p{L}\p{N}]+|\p{White_Space}+(?!\P{White_Space})|\p{White_Space}+/gu;
+const GPT2_REGEX = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\p{White_Space}\p{L}\p{N}]+|\p{White_Space}+(?!\P{White_Space})|\p{White_Space}+/gu;
 /** Every digit a piece of its own (Hugging Face's Digits(individual_digits=true)). */
 const DIGIT_REGEX = /\p{N}/gu;
 

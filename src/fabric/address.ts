@@ -24,7 +24,12 @@ export function routableAddress(routeTable = readRouteTable, interfaces = networ
   const all = interfaces();
   const ipv4 = (name: string): string | undefined => all[name]?.find((i) => i.family === 'IPv4' && !i.internal)?.address;
   const viaDefault = defaultRouteInterface(routeTable());
-  return (viaDefault && ipv4(viaDefault)) ?? Object.keys(all).map(ipv4).find((a) => a !== undefined);
+  return (
+    (viaDefault && ipv4(viaDefault)) ??
+    Object.keys(all)
+      .map(ipv4)
+      .find((a) => a !== undefined)
+  );
 }
 
 function readRouteTable(): string {
@@ -82,7 +87,14 @@ export function isIpProvider(provider: string): boolean {
 /** The distinct addresses of an agent's rails, readable ('10.0.0.5:39181'); [] on providers without IP endpoints. */
 export function endpointsOf(provider: string, rails: readonly Uint8Array[]): string[] {
   if (!isIpProvider(provider)) return [];
-  return [...new Set(rails.map(decodeEndpoint).filter((e): e is Endpoint => e !== undefined).map(formatEndpoint))];
+  return [
+    ...new Set(
+      rails
+        .map(decodeEndpoint)
+        .filter((e): e is Endpoint => e !== undefined)
+        .map(formatEndpoint),
+    ),
+  ];
 }
 
 export interface ReachContext {

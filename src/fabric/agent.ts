@@ -11,7 +11,20 @@ import { defaultLogger, type Logger } from './logger.js';
 import { MemoryRegion, toBytes, type MemoryInput, type RegionOwner } from './memory.js';
 import { decodeMetadata, encodeMetadata } from './metadata.js';
 import { CompletionPoller } from './completion-poller.js';
-import { addon, DONE_CMA, DONE_EXPRESS, DONE_FIELDS, DONE_MAPPED, RECORDS_CAPACITY, RECORDS_HEADER, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
+import {
+  addon,
+  DONE_CMA,
+  DONE_EXPRESS,
+  DONE_FIELDS,
+  DONE_MAPPED,
+  RECORDS_CAPACITY,
+  RECORDS_HEADER,
+  type NativeAgent,
+  type NativeAgentInfo,
+  type NativeAgentOptions,
+  type NativeErrorObject,
+  type NativeEvent,
+} from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer, type GrantReader } from './peer.js';
 import type { Grant } from './grants.js';
@@ -143,7 +156,10 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #peers = new Map<string, RemotePeer>();
   // Where each loaded peer's rails listen ('10.0.0.5:39181'), for messages: a timeout names the address it waited on.
   #endpoints = new Map<string, string>();
-  #notifications = new NotificationQueue(() => this.#ref(), () => this.#unref());
+  #notifications = new NotificationQueue(
+    () => this.#ref(),
+    () => this.#unref(),
+  );
   // ref()/unref() on the addon's thread-safe function are a switch, not a count; count here.
   #refs = 0;
   #closeTimeoutMs: number;
@@ -169,7 +185,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 10_000;
     this.#fastPath = fastPathEnabled(options.fastPath);
     // The poller also delivers small same-host copies, which run inside the post call (even on shm).
-    this.#poller = options.expressMaxBytes === 0 ? undefined : new CompletionPoller((spinUs) => native.reap(spinUs), () => this.#pending.size, () => this.#closed);
+    this.#poller =
+      options.expressMaxBytes === 0
+        ? undefined
+        : new CompletionPoller(
+            (spinUs) => native.reap(spinUs),
+            () => this.#pending.size,
+            () => this.#closed,
+          );
     this.#log = log;
     this.#grants = new GrantBook(native, this.name, this.info.regionTable?.nonce ?? new Uint8Array(16), () => !this.#closed);
   }
@@ -243,8 +266,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
         rails: target.domains.length,
         libfabric: addon.libfabricVersion(),
       },
-      `kvfabric agent ready: backend ${backend}, provider ${target.provider}, fabric ${target.fabric}, ` +
-        `domain ${target.domains.join(',')}`,
+      `kvfabric agent ready: backend ${backend}, provider ${target.provider}, fabric ${target.fabric}, ` + `domain ${target.domains.join(',')}`,
     );
     return target;
   }
@@ -377,14 +399,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#assertOpen();
     const desc = decodeMetadata(blob);
     if (desc.provider !== this.provider || desc.virtAddr !== this.info.virtAddr) {
-      throw new KvfError(
-        'KVF_ERR_PROVIDER_MISMATCH',
-        `peer '${desc.name}' uses provider ${desc.provider}; this agent uses ${this.provider}`,
-        { peer: desc.name, provider: this.provider },
-      );
+      throw new KvfError('KVF_ERR_PROVIDER_MISMATCH', `peer '${desc.name}' uses provider ${desc.provider}; this agent uses ${this.provider}`, {
+        peer: desc.name,
+        provider: this.provider,
+      });
     }
     // An address this agent cannot reach is refused now, with the address, not after the first transfer's timeout.
-    if (isIpProvider(this.provider)) checkReachable({ own: this.info.addresses, peer: desc.rails, peerName: desc.name, ownHost: hostIdentity(), peerHost: desc.host?.id ?? '' });
+    if (isIpProvider(this.provider))
+      checkReachable({ own: this.info.addresses, peer: desc.rails, peerName: desc.name, ownHost: hostIdentity(), peerHost: desc.host?.id ?? '' });
     // Add the new peer first: if the blob is refused, the peer loaded before stays usable.
     // Same host by the peer's word: the addon confirms the peer's region table (inode and nonce) before it
     // touches anything of that pid, then checks every transfer against it; the fast path only if enabled.
@@ -393,9 +415,15 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     const hostArg = sameHost ? { pid: host.pid, fastPath: this.#fastPath, ...(host.table ? { table: host.table } : {}) } : undefined;
     const added = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, desc.regions, hostArg), { peer: desc.name });
     const id = added.id;
-    if (added.tableRefused) this.#log?.warn({ agent: this.name, peer: desc.name, reason: added.tableRefused }, "peer on this host: its region table is not confirmed, so the same-host paths are not used and transfers are not checked against it");
-    if (added.fastPathRefused) this.#log?.info({ agent: this.name, peer: desc.name, reason: added.fastPathRefused }, 'peer on this host reached over the fabric: fast path refused');
-    if (added.mapRefused) this.#log?.info({ agent: this.name, peer: desc.name, reason: added.mapRefused }, "peer's shared memory not mapped: copies go by cross-memory attach");
+    if (added.tableRefused)
+      this.#log?.warn(
+        { agent: this.name, peer: desc.name, reason: added.tableRefused },
+        'peer on this host: its region table is not confirmed, so the same-host paths are not used and transfers are not checked against it',
+      );
+    if (added.fastPathRefused)
+      this.#log?.info({ agent: this.name, peer: desc.name, reason: added.fastPathRefused }, 'peer on this host reached over the fabric: fast path refused');
+    if (added.mapRefused)
+      this.#log?.info({ agent: this.name, peer: desc.name, reason: added.mapRefused }, "peer's shared memory not mapped: copies go by cross-memory attach");
     const previous = this.#peers.get(desc.name);
     if (previous) this.invalidateRemoteMetadata(previous);
     const regions = desc.regions.map((r) => ({ id: r.id, length: r.length }));

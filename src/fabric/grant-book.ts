@@ -36,7 +36,16 @@ export class GrantBook {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.offset and options.length must be integers ≥ 0');
     }
     const g = this.native.grant(regionId, offset, length, access === 'write');
-    const bytes = encodeGrant({ id: g.id, access, base: g.base, length, owner: this.owner, digest: this.digest, keys: g.keys, ...(g.share ? { share: g.share } : {}) });
+    const bytes = encodeGrant({
+      id: g.id,
+      access,
+      base: g.base,
+      length,
+      owner: this.owner,
+      digest: this.digest,
+      keys: g.keys,
+      ...(g.share ? { share: g.share } : {}),
+    });
     const grant = new Grant(g.id, regionId, offset, length, access, bytes, (x) => {
       this.#live.delete(x.id);
       if (this.open()) this.native.revoke(x.id);
@@ -63,7 +72,9 @@ export class GrantBook {
   addToPeer(peer: RemotePeer, bytes: Uint8Array): number {
     const g = decodeGrant(bytes);
     if (g.owner !== peer.name || !Buffer.from(g.digest).equals(peer.digest)) {
-      throw new KvfError('KVF_ERR_BAD_METADATA', `bad grant: it belongs to agent '${g.owner}' (or another instance of it), not to peer '${peer.name}'`, { peer: peer.name });
+      throw new KvfError('KVF_ERR_BAD_METADATA', `bad grant: it belongs to agent '${g.owner}' (or another instance of it), not to peer '${peer.name}'`, {
+        peer: peer.name,
+      });
     }
     const access = g.access === 'read' ? 1 : 2;
     this.native.addGrant(peer.id, { id: g.id, base: g.base, length: g.length, access, keys: g.keys, ...(g.share ? { share: g.share } : {}) });

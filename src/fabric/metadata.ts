@@ -192,7 +192,8 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
   const table = host.table;
   if (table !== undefined) {
     if (typeof table !== 'object' || table === null) throw invalid('host.table must be { fd, inode, nonce }');
-    if (!Number.isInteger(table.fd) || table.fd < 0 || table.fd > 0x7fffffff) throw invalid(`host.table.fd must be an integer in 0..${0x7fffffff}, got ${String(table.fd)}`);
+    if (!Number.isInteger(table.fd) || table.fd < 0 || table.fd > 0x7fffffff)
+      throw invalid(`host.table.fd must be an integer in 0..${0x7fffffff}, got ${String(table.fd)}`);
     checkU64('host.table.inode', table.inode);
     if (!(table.nonce instanceof Uint8Array) || table.nonce.length !== TABLE_NONCE_BYTES) throw invalid(`host.table.nonce must be ${TABLE_NONCE_BYTES} bytes`);
   }
@@ -241,17 +242,17 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
       throw invalid(`regions[${i}] base ${hex(b)} + length ${length} wraps past the end of the 64-bit address space`);
     }
     if (!Array.isArray(keys) || keys.length !== rails.length) {
-      throw invalid(
-        `regions[${i}].keys must hold one key per rail (${rails.length}), got ${Array.isArray(keys) ? keys.length : typeof keys}`,
-      );
+      throw invalid(`regions[${i}].keys must hold one key per rail (${rails.length}), got ${Array.isArray(keys) ? keys.length : typeof keys}`);
     }
     // Array.from visits holes too (map would skip them), so a sparse keys array is rejected here.
     const keyValues = Array.from(keys as unknown[], (key, k) => checkU64(`regions[${i}].keys[${k}]`, key));
     checked[i] = { id, length, base: b, keys: keyValues };
     if (share !== undefined) {
       if (typeof share !== 'object' || share === null) throw invalid(`regions[${i}].share must be { fd, inode, offset }`);
-      if (!Number.isInteger(share.fd) || share.fd < 0 || share.fd > 0x7fffffff) throw invalid(`regions[${i}].share.fd must be an integer in 0..${0x7fffffff}, got ${String(share.fd)}`);
-      if (!Number.isSafeInteger(share.offset) || share.offset < 0) throw invalid(`regions[${i}].share.offset must be an integer ≥ 0, got ${String(share.offset)}`);
+      if (!Number.isInteger(share.fd) || share.fd < 0 || share.fd > 0x7fffffff)
+        throw invalid(`regions[${i}].share.fd must be an integer in 0..${0x7fffffff}, got ${String(share.fd)}`);
+      if (!Number.isSafeInteger(share.offset) || share.offset < 0)
+        throw invalid(`regions[${i}].share.offset must be an integer ≥ 0, got ${String(share.offset)}`);
       checked[i]!.share = { fd: share.fd, inode: checkU64(`regions[${i}].share.inode`, share.inode), offset: share.offset };
     }
   }
@@ -482,7 +483,8 @@ function decodeChecked(input: unknown): AgentDescription {
     regions[i] = { id, length: Number(length), base, keys };
     if (fd !== NOT_SHARED) {
       if (fd > 0x7fffffff) throw bad(`region[${i}] (id ${id}) share fd at offset ${fdAt} is ${fd}, expected 0..${0x7fffffff} or ${NOT_SHARED}`);
-      if (shareOffset > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`region[${i}] (id ${id}) share offset at offset ${offsetAt} is ${shareOffset}, expected at most 2^53-1`);
+      if (shareOffset > BigInt(Number.MAX_SAFE_INTEGER))
+        throw bad(`region[${i}] (id ${id}) share offset at offset ${offsetAt} is ${shareOffset}, expected at most 2^53-1`);
       regions[i]!.share = { fd, inode, offset: Number(shareOffset) };
     } else if (inode !== 0n || shareOffset !== 0n) {
       throw bad(`region[${i}] (id ${id}) at offset ${fdAt} is not shared but carries a share inode or offset`);

@@ -26,10 +26,7 @@ export const RECORDS_HEADER = 2;
 /** Transfers the shared records buffer holds. */
 export const RECORDS_CAPACITY = 256;
 
-export type NativeEvent =
-  | { type: 'failed'; id: number; error: NativeErrorObject }
-  | { type: 'notification'; from: string; data: Buffer }
-  | { type: 'closed' };
+export type NativeEvent = { type: 'failed'; id: number; error: NativeErrorObject } | { type: 'notification'; from: string; data: Buffer } | { type: 'closed' };
 
 export interface NativeAgentOptions {
   name: string;
@@ -182,7 +179,12 @@ export interface Addon {
   NativeAgent: typeof NativeAgent;
   NativeEngine: typeof NativeEngine;
   /** shared: a memfd mapping same-host peers can map too (else private anonymous memory); 'auto': where it is hugepages (core/host_memory.h). */
-  allocate(length: number, hugepages: boolean, requireHugepages: boolean, shared: boolean | 'auto'): { buffer: ArrayBuffer; hugepages: boolean; shared: boolean };
+  allocate(
+    length: number,
+    hugepages: boolean,
+    requireHugepages: boolean,
+    shared: boolean | 'auto',
+  ): { buffer: ArrayBuffer; hugepages: boolean; shared: boolean };
   libfabricVersion(): string;
 }
 
@@ -191,6 +193,4 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 // KVF_ADDON selects another build of the addon (the ASan build, for instance); otherwise node-gyp-build
 // picks build/Release or prebuilds/<platform>-<arch>.
-export const addon: Addon = process.env.KVF_ADDON
-  ? (require(process.env.KVF_ADDON) as Addon)
-  : (require('node-gyp-build')(root) as Addon);
+export const addon: Addon = process.env.KVF_ADDON ? (require(process.env.KVF_ADDON) as Addon) : (require('node-gyp-build')(root) as Addon);

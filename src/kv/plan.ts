@@ -33,9 +33,7 @@ export function blocksFor(layout: Pick<KvLayout, 'tokensPerBlock'>, tokens: numb
 
 /** True when two pools hold K/V in the same layout, so blocks can move byte for byte. */
 export function sameGeometry(a: KvGeometry, b: KvGeometry): boolean {
-  return (
-    a.numLayers === b.numLayers && a.kvHeads === b.kvHeads && a.headDim === b.headDim && a.tokensPerBlock === b.tokensPerBlock && a.dtype === b.dtype
-  );
+  return a.numLayers === b.numLayers && a.kvHeads === b.kvHeads && a.headDim === b.headDim && a.tokensPerBlock === b.tokensPerBlock && a.dtype === b.dtype;
 }
 
 /**

@@ -119,7 +119,26 @@ const hostPort = { type: 'string', pattern: '^[^\\s:]*(:\\d{1,5})$' } as const;
 const workerSchema: JSONSchemaType<WorkerConfig> = {
   type: 'object',
   additionalProperties: false,
-  required: ['model', 'role', 'id', 'listen', 'backend', 'blocks', 'tokensPerBlock', 'kvDtype', 'hugepages', 'leaseMs', 'maxLeaseMs', 'peerIdleMs', 'maxStreams', 'maxQueueMs', 'transferTimeoutMs', 'etcdPrefix', 'etcdTtl', 'tlsClientAuth'],
+  required: [
+    'model',
+    'role',
+    'id',
+    'listen',
+    'backend',
+    'blocks',
+    'tokensPerBlock',
+    'kvDtype',
+    'hugepages',
+    'leaseMs',
+    'maxLeaseMs',
+    'peerIdleMs',
+    'maxStreams',
+    'maxQueueMs',
+    'transferTimeoutMs',
+    'etcdPrefix',
+    'etcdTtl',
+    'tlsClientAuth',
+  ],
   properties: {
     ...common,
     role: { type: 'string', enum: ['prefill', 'decode'] },
@@ -151,7 +170,26 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
 const frontendSchema: JSONSchemaType<FrontendConfig> = {
   type: 'object',
   additionalProperties: false,
-  required: ['model', 'listen', 'backend', 'prefill', 'decode', 'mode', 'requestTimeoutMs', 'prefillTimeoutMs', 'leaseMs', 'healthIntervalMs', 'bodyLimit', 'bodyTimeoutMs', 'maxConnections', 'maxInflight', 'maxMigrations', 'keepaliveMs', 'etcdPrefix', 'tlsClientAuth'],
+  required: [
+    'model',
+    'listen',
+    'backend',
+    'prefill',
+    'decode',
+    'mode',
+    'requestTimeoutMs',
+    'prefillTimeoutMs',
+    'leaseMs',
+    'healthIntervalMs',
+    'bodyLimit',
+    'bodyTimeoutMs',
+    'maxConnections',
+    'maxInflight',
+    'maxMigrations',
+    'keepaliveMs',
+    'etcdPrefix',
+    'tlsClientAuth',
+  ],
   properties: {
     ...common,
     listen: { ...hostPort, default: '127.0.0.1:8000' },
@@ -205,7 +243,9 @@ function merge(keys: string[], { flags = {}, env = process.env, file }: ConfigSo
   // NIXL_BACKEND is checked here with the fabric's own rule, so a wrong backend fails at start-up with the same code.
   fromEnv.backend = resolveBackend(undefined, env);
   const fromFlags = Object.fromEntries(
-    Object.entries(flags).map(([k, v]) => [k, ARRAY_KEYS.has(k) && typeof v === 'string' ? splitList(v) : v]).filter(([, v]) => v !== undefined),
+    Object.entries(flags)
+      .map(([k, v]) => [k, ARRAY_KEYS.has(k) && typeof v === 'string' ? splitList(v) : v])
+      .filter(([, v]) => v !== undefined),
   );
   const merged: Record<string, unknown> = { ...fromFile, ...fromEnv, ...fromFlags };
   merged.model ??= defaultModelPath(env);

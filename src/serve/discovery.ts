@@ -164,22 +164,30 @@ export async function watchEtcd(endpoints: string[], prefix: string, router: Rou
 /** The frontend's Registry service: Register adds or renews a worker for ttlMs, Deregister removes it; callers prove the cluster token. */
 export async function serveRegistry(listen: string, router: Router, auth: ClusterAuth): Promise<{ address: string; close(): Promise<void> }> {
   const server = new grpc.Server();
-  server.addService(RegistryService, guardService(auth, RegistryService, {
-    Register(call: grpc.ServerUnaryCall<WorkerStatus, unknown>, cb: grpc.sendUnaryData<{ ok: boolean }>) {
-      const s = call.request;
-      if (!s.address || (s.role !== 'prefill' && s.role !== 'decode')) {
-        cb({ code: grpc.status.INVALID_ARGUMENT, details: 'KVF_ERR_INVALID_ARGUMENT: a registration needs an address and the role prefill or decode' });
-        return;
-      }
-      router.upsert(s.address, s.role, 'registry', s, s.ttlMs || 10_000);
-      cb(null, { ok: true });
-    },
-    Deregister(call: grpc.ServerUnaryCall<{ workerId: string }, unknown>, cb: grpc.sendUnaryData<{ ok: boolean }>) {
-      const entry = router.workers().find((w) => w.status?.workerId === call.request.workerId && w.source === 'registry');
-      if (entry) router.remove(entry.address, 'deregistered');
-      cb(null, { ok: entry !== undefined });
-    },
-  }, toServiceError));
+  server.addService(
+    RegistryService,
+    guardService(
+      auth,
+      RegistryService,
+      {
+        Register(call: grpc.ServerUnaryCall<WorkerStatus, unknown>, cb: grpc.sendUnaryData<{ ok: boolean }>) {
+          const s = call.request;
+          if (!s.address || (s.role !== 'prefill' && s.role !== 'decode')) {
+            cb({ code: grpc.status.INVALID_ARGUMENT, details: 'KVF_ERR_INVALID_ARGUMENT: a registration needs an address and the role prefill or decode' });
+            return;
+          }
+          router.upsert(s.address, s.role, 'registry', s, s.ttlMs || 10_000);
+          cb(null, { ok: true });
+        },
+        Deregister(call: grpc.ServerUnaryCall<{ workerId: string }, unknown>, cb: grpc.sendUnaryData<{ ok: boolean }>) {
+          const entry = router.workers().find((w) => w.status?.workerId === call.request.workerId && w.source === 'registry');
+          if (entry) router.remove(entry.address, 'deregistered');
+          cb(null, { ok: entry !== undefined });
+        },
+      },
+      toServiceError,
+    ),
+  );
   const address = await bindServer(server, listen, auth);
   return { address, close: () => new Promise((resolve) => server.tryShutdown(() => resolve())) };
 }

@@ -15,7 +15,17 @@ import type { Logger } from '../fabric/logger.js';
 import type { ServeMode } from './config.js';
 import { fromServiceError } from './grpc-errors.js';
 import type { Router, WorkerEntry } from './router.js';
-import { grpc, type DecodeDone, type DecodeEvent, type DecodeRequest, type DecodeStarted, type KvHandle, type PrefillResponse, type Sampling, type WorkerClient } from './rpc.js';
+import {
+  grpc,
+  type DecodeDone,
+  type DecodeEvent,
+  type DecodeRequest,
+  type DecodeStarted,
+  type KvHandle,
+  type PrefillResponse,
+  type Sampling,
+  type WorkerClient,
+} from './rpc.js';
 
 export interface FlowRequest {
   requestId: string;
@@ -161,9 +171,21 @@ class RequestFlow {
       entry.active++;
       try {
         if (ctx.mode === 'push' && !this.#reserved) {
-          this.#reserved = await call(this.#decode.client, 'reserve', { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs }, ctx.prefillTimeoutMs, req.signal);
+          this.#reserved = await call(
+            this.#decode.client,
+            'reserve',
+            { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs },
+            ctx.prefillTimeoutMs,
+            req.signal,
+          );
         }
-        this.#prefill = await call(entry.client, 'prefill', { requestId: req.requestId, tokens: req.prompt, sampling: req.sampling, leaseMs: ctx.leaseMs, pushTo: this.#reserved }, ctx.prefillTimeoutMs, req.signal);
+        this.#prefill = await call(
+          entry.client,
+          'prefill',
+          { requestId: req.requestId, tokens: req.prompt, sampling: req.sampling, leaseMs: ctx.leaseMs, pushTo: this.#reserved },
+          ctx.prefillTimeoutMs,
+          req.signal,
+        );
         this.#fallbackReason = '';
         return;
       } catch (err) {
@@ -246,7 +268,10 @@ class RequestFlow {
     }
     const from = this.#started?.workerId ?? failed.status?.workerId ?? failed.address;
     this.#migrations.push({ from, after_tokens: this.#generated.length, reason: e.message });
-    this.ctx.log.warn({ requestId: this.req.requestId, from, to: next.address, afterTokens: this.#generated.length, err: e.message }, 'decode worker failed; request moved');
+    this.ctx.log.warn(
+      { requestId: this.req.requestId, from, to: next.address, afterTokens: this.#generated.length, err: e.message },
+      'decode worker failed; request moved',
+    );
     this.#started = null;
     // A reservation the failed worker made is of no use elsewhere (its lease frees it if the worker is gone).
     if (this.#reserved) void release(failed.client, this.req.requestId);

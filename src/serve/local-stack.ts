@@ -33,7 +33,8 @@ export async function runLocalStack(options: LocalStackOptions, log: Logger = de
   const cli = process.argv[1]!;
   const shared = [
     ...(options.model ? ['--model', options.model] : []),
-    '--provider', options.provider,
+    '--provider',
+    options.provider,
     ...(options.blocks ? ['--blocks', options.blocks] : []),
     ...(options.tokensPerBlock ? ['--tokens-per-block', options.tokensPerBlock] : []),
     ...(options.kvDtype ? ['--kv-dtype', options.kvDtype] : []),
@@ -45,7 +46,10 @@ export async function runLocalStack(options: LocalStackOptions, log: Logger = de
     KVF_HANDLE_KEY: process.env.KVF_HANDLE_KEY || randomBytes(32).toString('hex'),
   };
   const spawn = (role: 'prefill' | 'decode') => (): ChildProcess =>
-    fork(cli, [role, '--id', `${role}-0`, '--listen', '127.0.0.1:0', ...shared], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'], env: { ...process.env, ...secrets } });
+    fork(cli, [role, '--id', `${role}-0`, '--listen', '127.0.0.1:0', ...shared], {
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+      env: { ...process.env, ...secrets },
+    });
   let frontend: Frontend | undefined;
   let stopping: Promise<void> | undefined;
   // The router follows the supervisors: a dead worker's address leaves it at once (no request waits on a
@@ -87,7 +91,19 @@ export async function runLocalStack(options: LocalStackOptions, log: Logger = de
     frontend = await Frontend.start(config, log);
     workers.forEach(route);
     await frontend.workersReady(options.mode === 'aggregated' ? ['decode'] : ['prefill', 'decode']);
-    log.info({ url: frontend.url, prefill: prefill!.address, decode: decode!.address, prefillPid: prefill!.pid, decodePid: decode!.pid, provider: options.provider, mode: options.mode, model: config.model }, 'local stack ready');
+    log.info(
+      {
+        url: frontend.url,
+        prefill: prefill!.address,
+        decode: decode!.address,
+        prefillPid: prefill!.pid,
+        decodePid: decode!.pid,
+        provider: options.provider,
+        mode: options.mode,
+        model: config.model,
+      },
+      'local stack ready',
+    );
     announce({ event: 'ready', role: 'frontend', pid: process.pid, address: frontend.url });
     onShutdown(log, () => stop(0));
   } catch (err) {
@@ -101,6 +117,7 @@ function restartPolicy(env: NodeJS.ProcessEnv = process.env): RestartPolicy {
   const raw = env.KVF_RESTART_DELAY_MS;
   if (raw === undefined || raw === '') return DEFAULT_RESTART_POLICY;
   const firstDelayMs = Number(raw);
-  if (!Number.isInteger(firstDelayMs) || firstDelayMs < 1) throw new KvfError('KVF_ERR_BAD_CONFIG', `KVF_RESTART_DELAY_MS must be a positive integer (ms), got '${raw}'`);
+  if (!Number.isInteger(firstDelayMs) || firstDelayMs < 1)
+    throw new KvfError('KVF_ERR_BAD_CONFIG', `KVF_RESTART_DELAY_MS must be a positive integer (ms), got '${raw}'`);
   return { ...DEFAULT_RESTART_POLICY, firstDelayMs, maxDelayMs: Math.max(firstDelayMs, DEFAULT_RESTART_POLICY.maxDelayMs) };
 }

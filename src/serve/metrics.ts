@@ -9,16 +9,46 @@ const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 
 export class ServeMetrics {
   readonly registry = new Registry();
-  readonly requests = new Counter({ name: 'kvfabric_requests_total', help: 'HTTP API requests by route and status code', labelNames: ['route', 'status'], registers: [this.registry] });
+  readonly requests = new Counter({
+    name: 'kvfabric_requests_total',
+    help: 'HTTP API requests by route and status code',
+    labelNames: ['route', 'status'],
+    registers: [this.registry],
+  });
   readonly inflight = new Gauge({ name: 'kvfabric_requests_inflight', help: 'Requests being served', registers: [this.registry] });
-  readonly ttft = new Histogram({ name: 'kvfabric_time_to_first_token_seconds', help: 'Time from request to first token', buckets: LATENCY_BUCKETS, registers: [this.registry] });
-  readonly itl = new Histogram({ name: 'kvfabric_inter_token_latency_seconds', help: 'Time between consecutive tokens of a response', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly ttft = new Histogram({
+    name: 'kvfabric_time_to_first_token_seconds',
+    help: 'Time from request to first token',
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly itl = new Histogram({
+    name: 'kvfabric_inter_token_latency_seconds',
+    help: 'Time between consecutive tokens of a response',
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
   readonly inputTokens = new Counter({ name: 'kvfabric_input_tokens_total', help: 'Prompt tokens', registers: [this.registry] });
   readonly outputTokens = new Counter({ name: 'kvfabric_output_tokens_total', help: 'Generated tokens', registers: [this.registry] });
-  readonly kvBytes = new Counter({ name: 'kvfabric_kv_bytes_moved_total', help: 'KV cache bytes moved between workers', labelNames: ['backend', 'provider', 'op'], registers: [this.registry] });
-  readonly kvTransfer = new Histogram({ name: 'kvfabric_kv_transfer_seconds', help: 'Duration of KV transfers between workers', labelNames: ['provider', 'op'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [this.registry] });
+  readonly kvBytes = new Counter({
+    name: 'kvfabric_kv_bytes_moved_total',
+    help: 'KV cache bytes moved between workers',
+    labelNames: ['backend', 'provider', 'op'],
+    registers: [this.registry],
+  });
+  readonly kvTransfer = new Histogram({
+    name: 'kvfabric_kv_transfer_seconds',
+    help: 'Duration of KV transfers between workers',
+    labelNames: ['provider', 'op'],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [this.registry],
+  });
   readonly refused = new Counter({ name: 'kvfabric_requests_refused_total', help: 'Requests refused at admission (429)', registers: [this.registry] });
-  readonly fallbacks = new Counter({ name: 'kvfabric_prefill_fallbacks_total', help: 'Requests prefilled on the decode worker because remote prefill failed', registers: [this.registry] });
+  readonly fallbacks = new Counter({
+    name: 'kvfabric_prefill_fallbacks_total',
+    help: 'Requests prefilled on the decode worker because remote prefill failed',
+    registers: [this.registry],
+  });
 
   /**
    * The exposition text without NaN samples: prom-client writes 'Nan' (not Prometheus's 'NaN') for the event-loop
@@ -49,7 +79,11 @@ export class ServeMetrics {
     poolGauge('kvfabric_kv_blocks_total', 'KV blocks in each worker pool', (s) => s.totalBlocks);
     poolGauge('kvfabric_worker_queued_prompt_tokens', 'Prompt tokens admitted and not yet prefilled per worker (last health check)', (s) => s.queuedTokens);
     poolGauge('kvfabric_worker_decode_streams', 'Decode streams running per worker (last health check)', (s) => s.streams);
-    poolGauge('kvfabric_worker_prefill_tokens_per_second', 'Measured prefill rate per worker, which its admission sizes the queue by', (s) => s.prefillTokensPerS);
+    poolGauge(
+      'kvfabric_worker_prefill_tokens_per_second',
+      'Measured prefill rate per worker, which its admission sizes the queue by',
+      (s) => s.prefillTokensPerS,
+    );
     new Gauge({
       name: 'kvfabric_workers_healthy',
       help: 'Healthy workers per role',

@@ -25,7 +25,10 @@ export async function runWorker(config: WorkerConfig, log: Logger = defaultLogge
   const publications: Publication[] = [];
   try {
     if (config.etcd?.length) publications.push(await publishToEtcd(config.etcd, config.etcdPrefix, config.etcdTtl, announcement, log));
-    if (config.register) publications.push(publishToRegistry(config.register, config.etcdTtl * 1000, () => ({ ...worker.status(), address }), ClusterAuth.fromConfig(config), log));
+    if (config.register)
+      publications.push(
+        publishToRegistry(config.register, config.etcdTtl * 1000, () => ({ ...worker.status(), address }), ClusterAuth.fromConfig(config), log),
+      );
   } catch (err) {
     // A worker nobody can find must not linger: undo what started, then fail.
     for (const p of publications) await p.close();

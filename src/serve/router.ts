@@ -65,7 +65,17 @@ export class Router {
     let entry = this.#entries.get(address);
     if (!entry || entry.role !== role) {
       entry?.client.close();
-      entry = { address, role, source, client: workerClient(address, this.#options.auth, this.#options.keepaliveMs), healthy: false, status: undefined, active: 0, lastError: undefined, expiresAt: undefined };
+      entry = {
+        address,
+        role,
+        source,
+        client: workerClient(address, this.#options.auth, this.#options.keepaliveMs),
+        healthy: false,
+        status: undefined,
+        active: 0,
+        lastError: undefined,
+        expiresAt: undefined,
+      };
       this.#entries.set(address, entry);
       this.#options.log.info({ address, role, source }, 'worker added');
       void this.#check(entry);
@@ -95,7 +105,9 @@ export class Router {
       const known = this.workers().filter((e) => e.role === role);
       throw new KvfError(
         'KVF_ERR_NO_WORKER',
-        known.length === 0 ? `no ${role} worker is registered` : `none of the ${known.length} ${role} worker(s) is healthy (${known.map((e) => `${e.address}: ${e.lastError ?? 'starting'}`).join('; ')})`,
+        known.length === 0
+          ? `no ${role} worker is registered`
+          : `none of the ${known.length} ${role} worker(s) is healthy (${known.map((e) => `${e.address}: ${e.lastError ?? 'starting'}`).join('; ')})`,
       );
     }
     const least = Math.min(...candidates.map((e) => e.active));

@@ -104,9 +104,7 @@ export interface DecodeDone {
 }
 
 export type DecodeEvent =
-  | { event: 'started'; started: DecodeStarted }
-  | { event: 'token'; token: number; samplerState: number }
-  | { event: 'done'; done: DecodeDone };
+  { event: 'started'; started: DecodeStarted } | { event: 'token'; token: number; samplerState: number } | { event: 'done'; done: DecodeDone };
 
 export interface ReserveRequest {
   requestId: string;

@@ -345,7 +345,8 @@ export class Worker {
     if (req.prompt.length === 0 || req.prompt.length + resumed > ctx || (resumed === 0 && req.prompt.length >= ctx)) {
       throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has ${req.prompt.length} tokens (and ${resumed} generated); the context holds ${ctx}`);
     }
-    if (resumed > 0 && (req.prefill || req.reserved)) throw new KvfError('KVF_ERR_BAD_REQUEST', 'a resumed Decode carries no prefill result or reservation: this worker rebuilds the K/V itself');
+    if (resumed > 0 && (req.prefill || req.reserved))
+      throw new KvfError('KVF_ERR_BAD_REQUEST', 'a resumed Decode carries no prefill result or reservation: this worker rebuilds the K/V itself');
     const handOff = this.#handOffs.check(req);
     const streamEnded = this.#work.admitStream();
     let blocks = req.reserved ? this.#leases.take(req.requestId) : undefined;
@@ -358,7 +359,10 @@ export class Worker {
       if (call.cancelled) return;
       const { sampler } = first;
       let token = first.token;
-      call.write({ event: 'started', started: { workerId: this.id, transfer: first.transfer, localPrefill: first.transfer === null, fallbackReason: first.fallbackReason } });
+      call.write({
+        event: 'started',
+        started: { workerId: this.id, transfer: first.transfer, localPrefill: first.transfer === null, fallbackReason: first.fallbackReason },
+      });
       const ends = new Set(req.endTokens);
       const total = Math.min(start + req.maxTokens, ctx);
       let count = 0;
@@ -393,7 +397,12 @@ export class Worker {
    * already (a prefill worker sampled it, also when its K/V could not be pulled and is rebuilt here). `token` is
    * -1 when a resumed sequence already fills the context.
    */
-  async #begin(req: DecodeRequest, handOff: HandOff, blocks: number[], live: AbortSignal): Promise<{ token: number; delivered: boolean; sampler: Sampler; transfer: TransferReportMsg | null; fallbackReason: string }> {
+  async #begin(
+    req: DecodeRequest,
+    handOff: HandOff,
+    blocks: number[],
+    live: AbortSignal,
+  ): Promise<{ token: number; delivered: boolean; sampler: Sampler; transfer: TransferReportMsg | null; fallbackReason: string }> {
     let transfer: TransferReportMsg | null = null;
     let fallbackReason = req.fallbackReason;
     if (handOff === 'pull') {
@@ -409,7 +418,9 @@ export class Worker {
     } else if (handOff === 'push') {
       transfer = req.prefill!.push;
     }
-    const prefilled = req.prefill ? { token: req.prefill.firstToken, delivered: true, sampler: new Sampler({ ...samplingOptions(req.sampling), state: req.prefill.samplerState }) } : undefined;
+    const prefilled = req.prefill
+      ? { token: req.prefill.firstToken, delivered: true, sampler: new Sampler({ ...samplingOptions(req.sampling), state: req.prefill.samplerState }) }
+      : undefined;
     if (prefilled && transfer) return { ...prefilled, transfer, fallbackReason };
     const resumed = req.generated;
     const sampler = new Sampler({ ...samplingOptions(req.sampling), ...(resumed.length > 0 ? { state: req.samplerState } : {}) });
@@ -434,14 +445,18 @@ export class Worker {
   async #pull(requestId: string, kv: KvHandle, blocks: number[]): Promise<TransferReportMsg> {
     const ranges = planKvCopy(this.layout, kv.blocks, blocks, kv.tokens);
     const notification = JSON.stringify({ release: requestId, mac: Buffer.from(kv.mac!).toString('hex') });
-    const report = await this.#throughGrants(kv, ranges, 'src', (peer, descs) => this.#agent.read(peer, descs, { notification, timeoutMs: this.#config.transferTimeoutMs }));
+    const report = await this.#throughGrants(kv, ranges, 'src', (peer, descs) =>
+      this.#agent.read(peer, descs, { notification, timeoutMs: this.#config.transferTimeoutMs }),
+    );
     return this.#report(requestId, report, kv.workerId, kv.tokens);
   }
 
   /** Push mode: RDMA WRITE of the prompt's K/V into blocks the decode worker reserved. */
   async #push(requestId: string, target: KvHandle, blocks: number[], tokens: number): Promise<TransferReportMsg> {
     const ranges = planKvCopy(this.layout, blocks, target.blocks, tokens);
-    const report = await this.#throughGrants(target, ranges, 'dst', (peer, descs) => this.#agent.write(peer, descs, { timeoutMs: this.#config.transferTimeoutMs }));
+    const report = await this.#throughGrants(target, ranges, 'dst', (peer, descs) =>
+      this.#agent.write(peer, descs, { timeoutMs: this.#config.transferTimeoutMs }),
+    );
     return this.#report(requestId, report, target.workerId, tokens);
   }
 
@@ -458,7 +473,8 @@ export class Worker {
   ): Promise<TransferReport> {
     this.#checkLayout(kv);
     const runs = blockRuns(kv.blocks);
-    if (kv.grants.length !== runs.length) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle carries ${kv.grants.length} grants for ${runs.length} runs of blocks`);
+    if (kv.grants.length !== runs.length)
+      throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle carries ${kv.grants.length} grants for ${runs.length} runs of blocks`);
     const peer = this.#peers.use(kv.agentName, kv.agentMetadata);
     const ids: number[] = [];
     try {
@@ -494,9 +510,18 @@ export class Worker {
 
   #checkLayout(kv: KvHandle): void {
     const l = kv.layout;
-    const theirs = l && { numLayers: l.numLayers, kvHeads: l.kvHeads, headDim: l.headDim, tokensPerBlock: l.tokensPerBlock, dtype: l.dtype as KvLayout['dtype'] };
+    const theirs = l && {
+      numLayers: l.numLayers,
+      kvHeads: l.kvHeads,
+      headDim: l.headDim,
+      tokensPerBlock: l.tokensPerBlock,
+      dtype: l.dtype as KvLayout['dtype'],
+    };
     if (!theirs || !sameGeometry(theirs, this.layout)) {
-      throw new KvfError('KVF_ERR_LAYOUT_MISMATCH', `worker ${kv.workerId} holds K/V as ${JSON.stringify(theirs)}; this worker as ${JSON.stringify(this.layout)}`);
+      throw new KvfError(
+        'KVF_ERR_LAYOUT_MISMATCH',
+        `worker ${kv.workerId} holds K/V as ${JSON.stringify(theirs)}; this worker as ${JSON.stringify(this.layout)}`,
+      );
     }
   }
 

@@ -23,7 +23,11 @@ export interface Host {
 export function hostsUnavailable(): string | false {
   if (process.platform !== 'linux') return 'network namespaces need Linux';
   if (process.getuid?.() !== 0) return 'needs root (ip netns, veth, tc)';
-  for (const [tool, args] of [['ip', ['netns', 'list']], ['unshare', ['--version']], ['tc', ['-V']]] as const) {
+  for (const [tool, args] of [
+    ['ip', ['netns', 'list']],
+    ['unshare', ['--version']],
+    ['tc', ['-V']],
+  ] as const) {
     try {
       execFileSync(tool, args, { stdio: 'ignore' });
     } catch {
@@ -85,7 +89,12 @@ export class Hosts {
     const subnet = freeSubnet();
     const tag = `${process.pid}${String.fromCharCode(97 + live.size)}`; // a second set in one process gets its own names
     const bridge = `${PREFIX}b${tag}`;
-    const hosts = Array.from({ length: count }, (_, i) => ({ index: i, ns: `${PREFIX}-${tag}-${i}`, ip: `10.77.${subnet}.${i + 2}`, link: `${PREFIX}h${tag}${i}` }));
+    const hosts = Array.from({ length: count }, (_, i) => ({
+      index: i,
+      ns: `${PREFIX}-${tag}-${i}`,
+      ip: `10.77.${subnet}.${i + 2}`,
+      link: `${PREFIX}h${tag}${i}`,
+    }));
     const set = new Hosts(bridge, `10.77.${subnet}.1`, hosts);
     live.add(set);
     try {
@@ -133,8 +142,12 @@ export class Hosts {
   /** Drops `percent` of the packets in each direction: netem where the kernel has it, else an nftables rule in the host. */
   loss(host: Host, percent: number): void {
     if (netemUnavailable() === false) return this.#qdisc(host, ['netem', 'loss', `${percent}%`]);
-    const chain = (name: string, hook: string): string => `chain ${name} { type filter hook ${hook} priority 0; policy accept; numgen random mod 100 < ${percent} drop; }`;
-    execFileSync('ip', ['netns', 'exec', host.ns, 'nft', '-f', '-'], { input: `table inet ${PREFIX}loss {\n${chain('in', 'input')}\n${chain('out', 'output')}\n}\n`, stdio: ['pipe', 'ignore', 'pipe'] });
+    const chain = (name: string, hook: string): string =>
+      `chain ${name} { type filter hook ${hook} priority 0; policy accept; numgen random mod 100 < ${percent} drop; }`;
+    execFileSync('ip', ['netns', 'exec', host.ns, 'nft', '-f', '-'], {
+      input: `table inet ${PREFIX}loss {\n${chain('in', 'input')}\n${chain('out', 'output')}\n}\n`,
+      stdio: ['pipe', 'ignore', 'pipe'],
+    });
   }
 
   /** Limits both directions of host's link to `mbit` Mbit/s (tbf, in every kernel): transfers take long enough to cut. */
@@ -153,7 +166,10 @@ export class Hosts {
   }
 
   #qdisc(host: Host, qdisc: string[]): void {
-    for (const [args, dev] of [[[], host.link], [['-n', host.ns], 'eth0']] as const) {
+    for (const [args, dev] of [
+      [[], host.link],
+      [['-n', host.ns], 'eth0'],
+    ] as const) {
       try {
         execFileSync('tc', [...args, 'qdisc', 'del', 'dev', dev, 'root'], { stdio: 'ignore' });
       } catch {

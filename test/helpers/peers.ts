@@ -413,7 +413,11 @@ export async function spawnPeers(names: string[], provider: string, into: PeerPr
  * bytes, with the owner's table checked on this host), one with it on (cma or mapped). Names: `<tag>own-`,
  * `<tag>rd-`, `<tag>fp-` followed by the provider.
  */
-export async function spawnOwnerAndReaders(tag: string, provider: string, into: PeerProcess[]): Promise<{ owner: PeerProcess; reader: PeerProcess; fast: PeerProcess }> {
+export async function spawnOwnerAndReaders(
+  tag: string,
+  provider: string,
+  into: PeerProcess[],
+): Promise<{ owner: PeerProcess; reader: PeerProcess; fast: PeerProcess }> {
   const [owner] = await spawnPeers([`${tag}own-${provider}`], provider, into);
   const [reader, fast] = await Promise.all(
     [`${tag}rd-${provider}`, `${tag}fp-${provider}`].map(async (name, i) => {

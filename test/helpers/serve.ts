@@ -23,7 +23,11 @@ export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 export const SMOLLM2 = join(process.env.KVF_MODEL_CACHE ?? join(homedir(), '.cache', 'kvfabric', 'models'), 'SmolLM2-135M-Instruct.Q4_1.gguf');
 export const HAVE_SMOLLM2 = existsSync(SMOLLM2);
 /** Why a test on SmolLM2 cannot run here (not fetched, or the sanitizer build's unoptimised engine), else false. */
-export const SMOLLM2_SKIP: string | false = !HAVE_SMOLLM2 ? 'model not fetched (npm run fetch-model)' : process.env.KVF_SANITIZE_ENGINE === '1' ? 'too slow unoptimised' : false;
+export const SMOLLM2_SKIP: string | false = !HAVE_SMOLLM2
+  ? 'model not fetched (npm run fetch-model)'
+  : process.env.KVF_SANITIZE_ENGINE === '1'
+    ? 'too slow unoptimised'
+    : false;
 
 /** A fresh copy of the tiny model in a temp dir (tests never depend on models/ being generated); `shape`: make-tiny-model's flags. */
 export function tinyModel(shape: string[] = []): string {
@@ -61,9 +65,7 @@ export function toolEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
 
 /** Runs curl; resolves with its stdout. */
 export function curl(args: string[]): Promise<{ stdout: string }> {
-  return new Promise((resolve, reject) =>
-    execFile('curl', args, { env: toolEnv() }, (err, stdout) => (err ? reject(err) : resolve({ stdout }))),
-  );
+  return new Promise((resolve, reject) => execFile('curl', args, { env: toolEnv() }, (err, stdout) => (err ? reject(err) : resolve({ stdout }))));
 }
 
 export interface Proc {
@@ -119,7 +121,23 @@ export interface WorkerOptions {
 }
 
 export function startWorker(role: 'prefill' | 'decode', o: WorkerOptions): Promise<Proc> {
-  const args = [role, '--model', o.model, '--provider', o.provider, '--id', o.id, '--listen', o.listen ?? '127.0.0.1:0', '--blocks', '64', '--tokens-per-block', '16', '--threads', '1'];
+  const args = [
+    role,
+    '--model',
+    o.model,
+    '--provider',
+    o.provider,
+    '--id',
+    o.id,
+    '--listen',
+    o.listen ?? '127.0.0.1:0',
+    '--blocks',
+    '64',
+    '--tokens-per-block',
+    '16',
+    '--threads',
+    '1',
+  ];
   return startCli([...args, ...(o.extra ?? [])], o.env, o.prefix);
 }
 
@@ -133,14 +151,27 @@ export interface Stack {
 }
 
 /** Prefill and decode worker processes plus a frontend in this process, wired by static addresses. */
-export async function startStack(model: string, provider: string, frontendFlags: Record<string, unknown> = {}, workers: Pick<WorkerOptions, 'extra' | 'env'> = {}): Promise<Stack> {
+export async function startStack(
+  model: string,
+  provider: string,
+  frontendFlags: Record<string, unknown> = {},
+  workers: Pick<WorkerOptions, 'extra' | 'env'> = {},
+): Promise<Stack> {
   const [prefill, decode] = await Promise.all([
     startWorker('prefill', { model, provider, id: `prefill-${provider}`, ...workers }),
     startWorker('decode', { model, provider, id: `decode-${provider}`, ...workers }),
   ]);
   const frontend = await Frontend.start(
     frontendConfig({
-      flags: { ...CLUSTER, model, listen: '127.0.0.1:0', prefill: [prefill.ready.address], decode: [decode.ready.address], healthIntervalMs: 200, ...frontendFlags },
+      flags: {
+        ...CLUSTER,
+        model,
+        listen: '127.0.0.1:0',
+        prefill: [prefill.ready.address],
+        decode: [decode.ready.address],
+        healthIntervalMs: 200,
+        ...frontendFlags,
+      },
       env: {},
     }),
     quietLog,
@@ -151,7 +182,10 @@ export async function startStack(model: string, provider: string, frontendFlags:
     decode,
     frontend,
     url: frontend.url,
-    modelName: model.split('/').pop()!.replace(/\.gguf$/, ''),
+    modelName: model
+      .split('/')
+      .pop()!
+      .replace(/\.gguf$/, ''),
     async close() {
       await frontend.close();
       await Promise.all([stop(prefill), stop(decode)]);

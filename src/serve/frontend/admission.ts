@@ -17,7 +17,8 @@ export class Admission {
 
   /** Takes a slot, or throws KVF_ERR_OVERLOADED; the returned function gives it back (once, however often called). */
   enter(): () => void {
-    if (this.#inflight >= this.max) throw new KvfError('KVF_ERR_OVERLOADED', `${this.#inflight} requests are in flight, the most this deployment takes (--max-inflight); retry later`);
+    if (this.#inflight >= this.max)
+      throw new KvfError('KVF_ERR_OVERLOADED', `${this.#inflight} requests are in flight, the most this deployment takes (--max-inflight); retry later`);
     this.#inflight++;
     let left = false;
     return () => {

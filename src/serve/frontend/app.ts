@@ -94,7 +94,10 @@ export function buildApp(options: AppOptions): FastifyInstance {
   const maxPromptChars = options.contextLength * tokenizer.maxTokenBytes;
   const checkLength = (chars: number): void => {
     if (chars > maxPromptChars) {
-      throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has ${chars} characters, so at least ${Math.ceil(chars / tokenizer.maxTokenBytes)} tokens; the context holds ${options.contextLength}`);
+      throw new KvfError(
+        'KVF_ERR_CONTEXT_OVERFLOW',
+        `the prompt has ${chars} characters, so at least ${Math.ceil(chars / tokenizer.maxTokenBytes)} tokens; the context holds ${options.contextLength}`,
+      );
     }
   };
 
@@ -143,7 +146,14 @@ export function buildApp(options: AppOptions): FastifyInstance {
     }));
     const ready = workers.some((w) => w.role === 'decode' && w.healthy);
     void reply.code(ready ? 200 : 503);
-    return { status: ready ? 'ok' : 'unavailable', model: options.modelName, mode: options.flow.mode, inflight: admission.inflight, max_inflight: admission.max, workers };
+    return {
+      status: ready ? 'ok' : 'unavailable',
+      model: options.modelName,
+      mode: options.flow.mode,
+      inflight: admission.inflight,
+      max_inflight: admission.max,
+      workers,
+    };
   });
   app.get('/metrics', async (_req, reply) => {
     void reply.header('content-type', metrics.registry.contentType);
@@ -152,7 +162,8 @@ export function buildApp(options: AppOptions): FastifyInstance {
   const model = { id: options.modelName, object: 'model', created: Math.floor(Date.now() / 1000), owned_by: 'kvfabric' };
   app.get('/v1/models', () => ({ object: 'list', data: [model] }));
   app.get<{ Params: { id: string } }>('/v1/models/:id', (req) => {
-    if (req.params.id !== model.id) throw new KvfError('KVF_ERR_UNKNOWN_MODEL', `model '${req.params.id}' is not served here; this deployment serves '${model.id}'`);
+    if (req.params.id !== model.id)
+      throw new KvfError('KVF_ERR_UNKNOWN_MODEL', `model '${req.params.id}' is not served here; this deployment serves '${model.id}'`);
     return model;
   });
 
@@ -210,7 +221,10 @@ export function buildApp(options: AppOptions): FastifyInstance {
     const text = new TextStream(tokenizer, p.stops);
     let tokens = 0;
     const cancel = new AbortController();
-    const timeout = setTimeout(() => cancel.abort(new KvfError('KVF_ERR_TIMEOUT', `the request did not finish within ${options.requestTimeoutMs} ms`)), options.requestTimeoutMs);
+    const timeout = setTimeout(
+      () => cancel.abort(new KvfError('KVF_ERR_TIMEOUT', `the request did not finish within ${options.requestTimeoutMs} ms`)),
+      options.requestTimeoutMs,
+    );
     const onClose = (): void => {
       if (!reply.raw.writableFinished) cancel.abort(new KvfError('KVF_ERR_CLOSED', 'the client went away'));
     };
@@ -218,16 +232,20 @@ export function buildApp(options: AppOptions): FastifyInstance {
     metrics.inflight.inc();
     metrics.inputTokens.inc(p.prompt.length);
     try {
-      const outcome = await runFlow(options.flow, { requestId: p.id, prompt: p.prompt, sampling: p.sampling, maxTokens: p.maxTokens, endTokens, signal: cancel.signal }, (token) => {
-        const now = performance.now();
-        if (tokens === 0) metrics.ttft.observe((now - started) / 1000);
-        else metrics.itl.observe((now - last) / 1000);
-        last = now;
-        tokens++;
-        const piece = text.push(token);
-        if (piece) onText(piece);
-        return !text.stopped;
-      });
+      const outcome = await runFlow(
+        options.flow,
+        { requestId: p.id, prompt: p.prompt, sampling: p.sampling, maxTokens: p.maxTokens, endTokens, signal: cancel.signal },
+        (token) => {
+          const now = performance.now();
+          if (tokens === 0) metrics.ttft.observe((now - started) / 1000);
+          else metrics.itl.observe((now - last) / 1000);
+          last = now;
+          tokens++;
+          const piece = text.push(token);
+          if (piece) onText(piece);
+          return !text.stopped;
+        },
+      );
       const rest = text.finish();
       if (rest) onText(rest);
       record(p.id, outcome.proof);
@@ -267,7 +285,11 @@ export function buildApp(options: AppOptions): FastifyInstance {
   async function respond(reply: FastifyReply, p: Prepared): Promise<unknown> {
     const created = Math.floor(Date.now() / 1000);
     const object = p.kind === 'chat' ? 'chat.completion' : 'text_completion';
-    const usage = (r: Result) => ({ prompt_tokens: p.prompt.length, completion_tokens: r.completionTokens, total_tokens: p.prompt.length + r.completionTokens });
+    const usage = (r: Result) => ({
+      prompt_tokens: p.prompt.length,
+      completion_tokens: r.completionTokens,
+      total_tokens: p.prompt.length + r.completionTokens,
+    });
     if (!p.stream) {
       const r = await run(p, reply, () => {});
       const choice =
@@ -299,7 +321,8 @@ export function buildApp(options: AppOptions): FastifyInstance {
     });
     let r: Result;
     try {
-      if (p.kind === 'chat') send({ ...chunk('', null), choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] });
+      if (p.kind === 'chat')
+        send({ ...chunk('', null), choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] });
       r = await run(p, reply, (text) => send(chunk(text, null)));
     } catch (err) {
       if (!raw.headersSent) throw err;
@@ -328,7 +351,8 @@ function asKvf(err: unknown): KvfError {
 
 function errorObject(err: KvfError, param: string | null) {
   const status = HTTP_STATUS[err.code] ?? 500;
-  const type = status === 400 || status === 404 ? 'invalid_request_error' : status === 429 ? 'rate_limit_error' : status === 503 ? 'service_unavailable' : 'server_error';
+  const type =
+    status === 400 || status === 404 ? 'invalid_request_error' : status === 429 ? 'rate_limit_error' : status === 503 ? 'service_unavailable' : 'server_error';
   return { message: err.message, type, param, code: err.code };
 }
 

@@ -91,11 +91,19 @@ export class ClusterAuth {
     const parts = typeof proof === 'string' ? proof.split('.') : [];
     const [version, time, nonce, mac] = parts;
     if (parts.length !== 4 || version !== 'v1' || !/^\d{1,15}$/.test(time!) || !/^[0-9a-f]{32}$/.test(nonce!) || !/^[0-9a-f]{64}$/.test(mac!)) {
-      throw new KvfError('KVF_ERR_UNAUTHENTICATED', proof === undefined ? `${method} needs the cluster token (no ${AUTH_HEADER} metadata)` : `${method}: malformed ${AUTH_HEADER} metadata`);
+      throw new KvfError(
+        'KVF_ERR_UNAUTHENTICATED',
+        proof === undefined ? `${method} needs the cluster token (no ${AUTH_HEADER} metadata)` : `${method}: malformed ${AUTH_HEADER} metadata`,
+      );
     }
     const expected = Buffer.from(this.#mac(method, Number(time), nonce!), 'hex');
-    if (!timingSafeEqual(expected, Buffer.from(mac!, 'hex'))) throw new KvfError('KVF_ERR_UNAUTHENTICATED', `${method}: the caller does not hold this cluster's token`);
-    if (Math.abs(now - Number(time)) > SKEW_MS) throw new KvfError('KVF_ERR_UNAUTHENTICATED', `${method}: the proof is ${Math.round((now - Number(time)) / 1000)} s old (clocks more than ${SKEW_MS / 1000} s apart?)`);
+    if (!timingSafeEqual(expected, Buffer.from(mac!, 'hex')))
+      throw new KvfError('KVF_ERR_UNAUTHENTICATED', `${method}: the caller does not hold this cluster's token`);
+    if (Math.abs(now - Number(time)) > SKEW_MS)
+      throw new KvfError(
+        'KVF_ERR_UNAUTHENTICATED',
+        `${method}: the proof is ${Math.round((now - Number(time)) / 1000)} s old (clocks more than ${SKEW_MS / 1000} s apart?)`,
+      );
     this.#prune(now);
     if (this.#seen.has(nonce!)) throw new KvfError('KVF_ERR_UNAUTHENTICATED', `${method}: the proof was used before (replayed call)`);
     this.#seen.set(nonce!, Number(time) + SKEW_MS);
@@ -123,9 +131,13 @@ export function secretFrom(what: string, value: string | undefined, file: string
     }
   }
   if (secret === undefined || secret === '') {
-    throw new KvfError('KVF_ERR_BAD_CONFIG', `no ${what}: set ${env} or ${flag} (e.g. ${env}=$(openssl rand -hex 32), the same on every process of the cluster)`);
+    throw new KvfError(
+      'KVF_ERR_BAD_CONFIG',
+      `no ${what}: set ${env} or ${flag} (e.g. ${env}=$(openssl rand -hex 32), the same on every process of the cluster)`,
+    );
   }
-  if (secret.length < MIN_TOKEN_LENGTH) throw new KvfError('KVF_ERR_BAD_CONFIG', `the ${what} has ${secret.length} characters; it needs at least ${MIN_TOKEN_LENGTH}`);
+  if (secret.length < MIN_TOKEN_LENGTH)
+    throw new KvfError('KVF_ERR_BAD_CONFIG', `the ${what} has ${secret.length} characters; it needs at least ${MIN_TOKEN_LENGTH}`);
   return Buffer.from(secret, 'utf8');
 }
 

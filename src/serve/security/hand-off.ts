@@ -29,15 +29,20 @@ export class HandOffGate {
     if (req.reserved) {
       const mine = this.#signer.verify(req.reserved, { access: 'write', requestId: req.requestId });
       if (mine.workerId !== this.#self.workerId || mine.agentName !== this.#self.agentName || !this.#leases.matches(req.requestId, mine.mac)) {
-        throw new KvfError('KVF_ERR_BAD_HANDLE', `no reservation here matches the handle for request '${req.requestId}' (not issued by this worker, already used, or its lease expired)`);
+        throw new KvfError(
+          'KVF_ERR_BAD_HANDLE',
+          `no reservation here matches the handle for request '${req.requestId}' (not issued by this worker, already used, or its lease expired)`,
+        );
       }
       return req.prefill?.push ? 'push' : 'local';
     }
     const kv = req.prefill?.kv;
     if (!kv) return 'local';
     this.#signer.verify(kv, { access: 'read', requestId: req.requestId });
-    if (kv.workerId !== req.prefill!.workerId) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle was issued by ${kv.workerId}, not by the prefill worker ${req.prefill!.workerId}`);
-    if (kv.tokens !== req.prompt.length) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle holds ${kv.tokens} positions; the prompt has ${req.prompt.length}`);
+    if (kv.workerId !== req.prefill!.workerId)
+      throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle was issued by ${kv.workerId}, not by the prefill worker ${req.prefill!.workerId}`);
+    if (kv.tokens !== req.prompt.length)
+      throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle holds ${kv.tokens} positions; the prompt has ${req.prompt.length}`);
     this.#consume(kv.mac!, kv.leaseExpiresUnixMs);
     return 'pull';
   }

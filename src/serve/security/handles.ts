@@ -33,10 +33,14 @@ export class HandleSigner {
    */
   verify(handle: KvHandle | null | undefined, expect: { access: HandleAccess; requestId: string }, now = Date.now()): KvHandle {
     if (!handle) throw new KvfError('KVF_ERR_BAD_HANDLE', 'the request carries no KV handle');
-    if (!this.#equal(handle.mac, canonicalHandle(handle))) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle for request '${handle.requestId}' was not issued by a worker of this cluster, or was altered`);
-    if (handle.access !== expect.access) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle grants ${handle.access || 'no'} access; this call needs ${expect.access}`);
-    if (handle.requestId !== expect.requestId) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle belongs to request '${handle.requestId}', not '${expect.requestId}'`);
-    if (handle.leaseExpiresUnixMs <= now) throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle for request '${handle.requestId}' expired ${now - handle.leaseExpiresUnixMs} ms ago`);
+    if (!this.#equal(handle.mac, canonicalHandle(handle)))
+      throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle for request '${handle.requestId}' was not issued by a worker of this cluster, or was altered`);
+    if (handle.access !== expect.access)
+      throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle grants ${handle.access || 'no'} access; this call needs ${expect.access}`);
+    if (handle.requestId !== expect.requestId)
+      throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle belongs to request '${handle.requestId}', not '${expect.requestId}'`);
+    if (handle.leaseExpiresUnixMs <= now)
+      throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle for request '${handle.requestId}' expired ${now - handle.leaseExpiresUnixMs} ms ago`);
     return handle;
   }
 
