@@ -11,7 +11,19 @@ import OpenAI from 'openai';
 import { frontendConfig } from '../src/serve/config.js';
 import type { KvProof } from '../src/serve/flow.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { CLUSTER, SLOW_MODEL_SHAPE, health, poolAtBaseline, quietLog, startWorker, stop, tinyModel, waitFor, type Proc } from './helpers/serve.js';
+import {
+  CLUSTER,
+  SLOW_MODEL_SHAPE,
+  SLOW_MODEL_SKIP,
+  health,
+  poolAtBaseline,
+  quietLog,
+  startWorker,
+  stop,
+  tinyModel,
+  waitFor,
+  type Proc,
+} from './helpers/serve.js';
 
 const PROMPT = 'the quick brown fox jumps over the lazy dog near the old stone bridge';
 
@@ -84,7 +96,7 @@ async function streamText(
   return { text, proof: proof!, finish };
 }
 
-describe('failover', () => {
+describe('failover', { skip: SLOW_MODEL_SKIP }, () => {
   let cluster: Cluster | undefined;
   afterEach(async () => {
     await cluster?.frontend.close();

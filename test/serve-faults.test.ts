@@ -11,7 +11,19 @@ import { afterEach, describe, test } from 'node:test';
 import OpenAI from 'openai';
 
 import type { KvProof } from '../src/serve/flow.js';
-import { AUTH, SLOW_MODEL_SHAPE, SMOLLM2, SMOLLM2_SKIP, health, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
+import {
+  AUTH,
+  SLOW_MODEL_SHAPE,
+  SLOW_MODEL_SKIP,
+  SMOLLM2,
+  SMOLLM2_SKIP,
+  health,
+  poolAtBaseline,
+  startStack,
+  tinyModel,
+  waitFor,
+  type Stack,
+} from './helpers/serve.js';
 
 const model = tinyModel();
 const PROMPT = 'the quick brown fox jumps over the lazy dog near the old stone bridge';
@@ -225,7 +237,7 @@ describe('faults', () => {
     await poolAtBaseline(s.prefill.ready.address);
   });
 
-  test("a request whose client goes away stops its forward passes: the workers' CPU is idle within a second", async () => {
+  test("a request whose client goes away stops its forward passes: the workers' CPU is idle within a second", { skip: SLOW_MODEL_SKIP }, async () => {
     stack = await startStack(tinyModel(SLOW_MODEL_SHAPE), 'tcp', {}, { extra: ['--blocks', '160'] });
     const s = stack;
     // A prompt of about 1,800 tokens (seconds of prefill), then a long generation.

@@ -7,7 +7,7 @@ import { afterEach, describe, test } from 'node:test';
 
 import { ReferenceEngine } from '../src/engine/engine.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
-import { SLOW_MODEL_SHAPE, health, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
+import { SLOW_MODEL_SHAPE, SLOW_MODEL_SKIP, health, poolAtBaseline, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
 
 const model = tinyModel(SLOW_MODEL_SHAPE);
 // About 1,400 tokens of the tiny model's vocabulary: on the order of a second of prefill.
@@ -49,7 +49,7 @@ async function prefillMs(prompt: string): Promise<number> {
   }
 }
 
-describe('worker admission', () => {
+describe('worker admission', { skip: SLOW_MODEL_SKIP }, () => {
   let stack: Stack | undefined;
   afterEach(async () => {
     await stack?.close();

@@ -38,6 +38,8 @@ export function tinyModel(shape: string[] = []): string {
 
 /** A synthetic model large enough that a long generation takes seconds on a CPU: time to interrupt it mid-stream. */
 export const SLOW_MODEL_SHAPE = ['--layers', '8', '--dim', '256', '--ffn', '1024', '--context', '2048'];
+/** Why tests on that model cannot run here: the sanitizer build's unoptimised engine takes minutes where they need seconds. */
+export const SLOW_MODEL_SKIP: string | false = process.env.KVF_SANITIZE_ENGINE === '1' ? 'too slow unoptimised' : false;
 
 /** This test process's cluster: every worker it starts gets these; frontends get the token alone. */
 export const SECRETS = { KVF_CLUSTER_TOKEN: randomBytes(24).toString('hex'), KVF_HANDLE_KEY: randomBytes(24).toString('hex') };
