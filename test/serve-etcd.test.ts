@@ -15,11 +15,7 @@
 //     TCP proxy here) gives way to a fresh listing and watch, so changes made meanwhile are not lost.
 // Each test has its own key prefix. The suite is skipped when no etcd binary is installed.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
 
 import { Etcd3 } from 'etcd3';
@@ -27,6 +23,7 @@ import { Etcd3 } from 'etcd3';
 import { frontendConfig } from '../src/serve/config.js';
 import type { KvProof } from '../src/serve/flow.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
+import { findEtcd, freePort, startEtcd, stopEtcd, type EtcdServer } from './helpers/etcd.js';
 import { CLUSTER, quietLog, startWorker, stop, tinyModel, waitFor, type Proc } from './helpers/serve.js';
 
 const TEST_TIMEOUT = 60_000;
@@ -35,31 +32,7 @@ const TTL = 2;
 /** Waits are generous: they bound a hang, they do not measure anything. */
 const WAIT = 20_000;
 
-function findEtcd(): string | undefined {
-  for (const dir of ['/usr/bin', ...(process.env.PATH ?? '').split(delimiter).filter(Boolean)]) {
-    const path = join(dir, 'etcd');
-    try {
-      accessSync(path, constants.X_OK);
-      return path;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
-
 const ETCD = findEtcd();
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
-}
 
 /** A TCP proxy to 127.0.0.1:port that can cut every connection and refuse new ones, then let them in again. */
 async function tcpProxy(port: number) {
@@ -98,74 +71,6 @@ async function tcpProxy(port: number) {
   };
 }
 
-interface EtcdServer {
-  url: string;
-  child: ChildProcess;
-  dir: string;
-}
-
-/** A single-member etcd on free local ports; resolves once /health says it has a leader. */
-async function startEtcd(binary: string): Promise<EtcdServer> {
-  const dir = mkdtempSync(join(tmpdir(), 'kvf-etcd-'));
-  const [client, peer] = [await freePort(), await freePort()];
-  const url = `http://127.0.0.1:${client}`;
-  const peerUrl = `http://127.0.0.1:${peer}`;
-  const child = spawn(
-    binary,
-    [
-      '--name',
-      't',
-      '--data-dir',
-      join(dir, 'data'),
-      '--listen-client-urls',
-      url,
-      '--advertise-client-urls',
-      url,
-      '--listen-peer-urls',
-      peerUrl,
-      '--initial-advertise-peer-urls',
-      peerUrl,
-      '--initial-cluster',
-      `t=${peerUrl}`,
-      '--logger',
-      'zap',
-      '--log-outputs',
-      'stderr',
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let log = '';
-  child.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-8000)));
-  const server = { url, child, dir };
-  // Even when this process dies on a failure, etcd must not outlive it.
-  process.once('exit', () => child.kill('SIGKILL'));
-  try {
-    await waitFor(
-      async () => {
-        if (child.exitCode !== null || child.signalCode !== null) throw new Error(`etcd exited (${child.exitCode ?? child.signalCode}):\n${log}`);
-        const res = await fetch(`${url}/health`).catch(() => undefined);
-        return res?.ok === true && ((await res.json()) as { health: string }).health === 'true';
-      },
-      'etcd to answer /health',
-      WAIT,
-    );
-  } catch (err) {
-    await stopEtcd(server);
-    throw err;
-  }
-  return server;
-}
-
-async function stopEtcd(server: EtcdServer): Promise<void> {
-  // Removing the data dir waits for the exit: etcd writes there until it is gone.
-  if (server.child.exitCode === null && server.child.signalCode === null) {
-    const exited = new Promise((resolve) => server.child.once('exit', resolve));
-    server.child.kill('SIGKILL');
-    await exited;
-  }
-  rmSync(server.dir, { recursive: true, force: true });
-}
-
 describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr/bin/etcd or etcd on PATH); install etcd-server to run these tests' }, () => {
   let etcd: EtcdServer;
   let kv: Etcd3;
@@ -174,7 +79,7 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
   let prefixes = 0;
 
   before(async () => {
-    etcd = await startEtcd(ETCD!);
+    etcd = await startEtcd(ETCD!, WAIT);
     kv = new Etcd3({ hosts: etcd.url });
     model = tinyModel();
     modelName = model

@@ -4,9 +4,15 @@
 // and pool addresses over a socketpair. Each side opens its rails the way native/core/agent.cc and
 // rail.cc do (FI_EP_RDM; caps FI_MSG|FI_RMA; mode FI_CONTEXT|FI_CONTEXT2; mr_mode hints
 // FI_MR_LOCAL|FI_MR_VIRT_ADDR|FI_MR_ALLOCATED|FI_MR_PROV_KEY|FI_MR_ENDPOINT; FI_THREAD_SAFE;
-// tcp bound to 127.0.0.1 with FI_SOURCE; one fabric + domain + CQ + AV + endpoint per rail; every
+// tcp bound to --addr (127.0.0.1 by default) with FI_SOURCE; one fabric + domain + CQ + AV + endpoint per rail; every
 // rail registers the whole pool) and drives manual progress by polling its CQs, the target included.
 // WRITEs go out with fi_writemsg(FI_COMPLETION | FI_DELIVERY_COMPLETE) unless --no-delivery-complete.
+//
+// Across two network namespaces (benchmarks/veth.ts: two simulated hosts joined by veths): run it inside the
+// initiator's namespace with --addr <its IP> --target-netns /run/netns/<other> --target-addr <other IP>; the
+// forked target enters the other namespace (setns) before it opens its rails, so every byte of the transfers
+// crosses the link between them. The socketpair and the shared stop flag still join the two processes: they
+// carry the setup and the stop, never the data.
 //
 //   fi_raw_bench --mode bw   --op write|read --provider tcp|shm --block 1048576 --depth 64 --rails 1
 //   fi_raw_bench --mode lat  --op read --block 4096                 (depth 1: per-op latency p50/p99)
@@ -24,6 +30,7 @@
 #include <rdma/fi_rma.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -63,6 +70,9 @@ struct options {
   bool thread_domain;
   enum target_wait target_wait;
   int initiator_yield;  // -1: auto
+  const char *addr;         // tcp: the address the initiator's rails bind (default 127.0.0.1)
+  const char *target_addr;  // tcp: the target's (default: addr)
+  const char *target_netns; // a network namespace (/run/netns/NAME) the target enters before opening its rails
 };
 
 struct rail {
@@ -141,7 +151,7 @@ static const char *provider_name(void) {
 }
 static bool is_tcp(void) { return strncmp(provider_name(), "tcp", 3) == 0; }
 
-static void open_rails(const char *role) {
+static void open_rails(const char *role, const char *addr) {
   struct fi_info *hints = fi_allocinfo();
   if (!hints) die("fi_allocinfo", -FI_ENOMEM);
   hints->caps = FI_MSG | FI_RMA | FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
@@ -150,7 +160,7 @@ static void open_rails(const char *role) {
   hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
   hints->domain_attr->threading = opt.thread_domain ? FI_THREAD_DOMAIN : FI_THREAD_SAFE;
   hints->fabric_attr->prov_name = strdup(provider_name());
-  const char *node = is_tcp() ? "127.0.0.1" : NULL;
+  const char *node = is_tcp() ? addr : NULL;
   struct fi_info *list = NULL;
   int rc = fi_getinfo(FI_VERSION(1, 9), node, NULL, node ? FI_SOURCE : 0, hints, &list);
   fi_freeinfo(hints);
@@ -492,7 +502,8 @@ static void usage(void) {
           "usage: fi_raw_bench [--mode bw|lat|post] [--op write|read] [--provider tcp|shm] [--block BYTES]\n"
           "                    [--pool BYTES] [--depth N] [--rails N] [--duration S | --iters N] [--batch N]\n"
           "                    [--no-delivery-complete] [--thread-domain] [--target-wait auto|spin|yield|sread]\n"
-          "                    [--initiator-wait auto|spin|yield]\n");
+          "                    [--initiator-wait auto|spin|yield] [--addr IP] [--target-addr IP]\n"
+          "                    [--target-netns /run/netns/NAME]\n");
   exit(2);
 }
 
@@ -500,7 +511,7 @@ int main(int argc, char **argv) {
   opt = (struct options){.mode = MODE_BW, .read = false, .provider = "tcp", .block = 1 << 20, .pool = 256u << 20,
                          .depth = 64, .rails = 1, .duration = 3.0, .iters = 0, .batch = 1024,
                          .delivery_complete = true, .thread_domain = false, .target_wait = TW_AUTO,
-                         .initiator_yield = -1};
+                         .initiator_yield = -1, .addr = "127.0.0.1", .target_addr = NULL, .target_netns = NULL};
   bool block_set = false;
   static struct option long_opts[] = {
       {"mode", required_argument, 0, 'm'},      {"op", required_argument, 0, 'o'},
@@ -510,6 +521,8 @@ int main(int argc, char **argv) {
       {"iters", required_argument, 0, 'i'},     {"batch", required_argument, 0, 'B'},
       {"no-delivery-complete", no_argument, 0, 'D'}, {"thread-domain", no_argument, 0, 'T'},
       {"target-wait", required_argument, 0, 'w'}, {"initiator-wait", required_argument, 0, 'y'},
+      {"addr", required_argument, 0, 'a'},      {"target-addr", required_argument, 0, 'A'},
+      {"target-netns", required_argument, 0, 'N'},
       {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
@@ -546,9 +559,13 @@ int main(int argc, char **argv) {
         else if (strcmp(optarg, "yield") == 0) opt.initiator_yield = 1;
         else usage();
         break;
+      case 'a': opt.addr = optarg; break;
+      case 'A': opt.target_addr = optarg; break;
+      case 'N': opt.target_netns = optarg; break;
       default: usage();
     }
   }
+  if (!opt.target_addr) opt.target_addr = opt.addr;
   if (opt.mode == MODE_LAT) {
     opt.depth = 1;
     if (!block_set) opt.block = 4096;
@@ -578,13 +595,21 @@ int main(int argc, char **argv) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the initiator (a timeout kills only the parent)
     if (getppid() == 1) _exit(1);
     close(sv[0]);
+    if (opt.target_netns) {
+      // The other simulated host: libfabric is not loaded yet (nothing before the fork calls it), so the
+      // tcp provider binds and dials from inside that namespace.
+      int fd = open(opt.target_netns, O_RDONLY | O_CLOEXEC);
+      if (fd < 0) die(opt.target_netns, errno);
+      if (setns(fd, CLONE_NEWNET) != 0) die("setns(target netns)", errno);
+      close(fd);
+    }
     memset(pool, opt.read ? 0xa5 : 0x00, opt.pool);  // touch every page before registering
-    open_rails("t");
+    open_rails("t", opt.target_addr);
     run_target(sv[1]);
   }
   close(sv[1]);
   memset(pool, opt.read ? 0x00 : 0x5a, opt.pool);
-  open_rails("i");
+  open_rails("i", opt.addr);
   exchange(sv[0]);
   char ready;
   read_all(sv[0], &ready, 1);
