@@ -9,7 +9,8 @@ import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
 import { CLUSTER, quietLog, tinyModel, waitFor } from './helpers/serve.js';
 
-const BODY_TIMEOUT_MS = 300;
+// Long enough for a 4 MB body on a loaded 2-core machine; the slow-body test waits it out.
+const BODY_TIMEOUT_MS = 2000;
 const MAX_CONNECTIONS = 8;
 
 /** A raw connection to the frontend, resolved once connected; `closed` resolves when the server drops it. */
