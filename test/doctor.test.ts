@@ -213,6 +213,12 @@ describe('doctor: FI_* variables', () => {
       ['FI_MR_CACHE_MONITOR', 'fail'],
       ['KVF_BLOKS', 'warn'],
     ]);
+    // Every config key's variable is kvfabric's own, also those only the README documents.
+    const documented = { KVF_BUSY_POLL_US: '500', KVF_ENGINE_ISA: 'scalar', KVF_MAX_MIGRATIONS: '1', KVF_KEEPALIVE_MS: '500' };
+    assert.deepEqual(
+      (await group('fi-env', documented)).map((r) => [r.name, r.status]),
+      [['FI_* variables', 'ok']],
+    );
     // FI_FORK_UNSAFE is on no static list: only libfabric itself (fi_info -e, on the real PATH) knows it.
     assert.equal((await group('fi-env', { FI_FORK_UNSAFE: '1' })).find((r) => r.name === 'FI_FORK_UNSAFE')?.status, 'warn');
     const withLib = await group('fi-env', { FI_FORK_UNSAFE: '1', PATH: process.env.PATH });
@@ -328,7 +334,27 @@ describe('doctor: GPUs (/dev stand-in)', () => {
 });
 
 describe('doctor: report and table', () => {
-  test('ok is false exactly when a check fails; the table marks rows and prints fixes for warn/fail only', () => {
+  test('ok is false exactly when a check fails, not on warnings (the real report)', async () => {
+    const doctor = (env: NodeJS.ProcessEnv) => runDoctor({ env: { PATH: noPath, ...env }, root: tree(), openAgent: false });
+    // A typo warns; a value libfabric cannot parse fails.
+    const warned = await doctor({ FI_EFA_TXSIZE: '8192' });
+    const failed = await doctor({ FI_EFA_TXSIZE: '8192', FI_EFA_TX_SIZE: 'lots' });
+    assert.ok(warned.checks.some((c) => c.status === 'warn'));
+    assert.deepEqual(
+      warned.checks.filter((c) => c.status === 'fail'),
+      [],
+    );
+    assert.equal(warned.ok, true);
+    assert.deepEqual(
+      failed.checks.filter((c) => c.status === 'fail').map((c) => c.name),
+      ['FI_EFA_TX_SIZE'],
+    );
+    assert.equal(failed.ok, false);
+    assert.match(renderTable(failed, 100), /^FAILED: /m);
+    assert.doesNotMatch(renderTable(warned, 100), /^FAILED: /m);
+  });
+
+  test('the table marks rows and prints fixes for warn/fail only', () => {
     const report: DoctorReport = {
       ok: false,
       checks: [

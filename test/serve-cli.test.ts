@@ -34,9 +34,15 @@ describe('kvfabric serve', () => {
     assert.equal(res.kvfabric.path, 'fabric'); // the suite runs with KVF_FAST_PATH=0
     assert.ok(res.kvfabric.bytes > 0);
     assert.deepEqual([res.kvfabric.prefill_worker, res.kvfabric.decode_worker], ['prefill-0', 'decode-0']);
-    // The seed's proof lines come from the workers, whose KV path is LIBFABRIC.
-    assert.equal(serve.logs.filter((l) => l.includes("NIXL Connect: Using backend(s): ['LIBFABRIC']")).length, 2);
-    assert.equal(serve.logs.filter((l) => l.includes('Backend LIBFABRIC was instantiated')).length, 2);
+    // The seed's proof lines come from each worker, in the seed's order, only after its agent chose LIBFABRIC for
+    // the KV path and before it serves: in each worker process, exactly this sequence of those lines.
+    const byPid = proofLines(serve.logs);
+    assert.equal(byPid.size, 2, 'two worker processes printed proof lines');
+    for (const lines of byPid.values()) {
+      assert.equal(lines.length, 4, lines.join('\n'));
+      assert.match(lines[0]!, /^kvfabric agent ready: backend LIBFABRIC, provider shm,/);
+      assert.deepEqual(lines.slice(1), ["NIXL Connect: Using backend(s): ['LIBFABRIC']", 'Backend LIBFABRIC was instantiated', 'worker ready']);
+    }
 
     const streaming = await fetch(`${url}/v1/completions`, {
       method: 'POST',
@@ -53,6 +59,24 @@ describe('kvfabric serve', () => {
     assert.ok(serve.logs.some((l) => l.includes('worker closed')));
   });
 });
+
+/** Per process (pid), the log messages that prove the KV backend, in the order it printed them. */
+function proofLines(logs: string[]): Map<number, string[]> {
+  const proof = [/^kvfabric agent ready: /, /NIXL/, /^Backend /, /^worker ready$/];
+  const byPid = new Map<number, string[]>();
+  for (const line of logs) {
+    let entry: { pid?: number; msg?: string };
+    try {
+      entry = JSON.parse(line) as typeof entry;
+    } catch {
+      continue;
+    }
+    const { pid, msg } = entry;
+    if (pid === undefined || msg === undefined || !proof.some((re) => re.test(msg))) continue;
+    byPid.set(pid, [...(byPid.get(pid) ?? []), msg]);
+  }
+  return byPid;
+}
 
 describe('kvfabric serve with the same-host fast path (its default)', () => {
   test('KV between the two local workers goes by cross-memory attach, and the proof says so', async () => {

@@ -181,7 +181,11 @@ describe('prepared descriptor lists', () => {
     const { a: c, b: d } = await pair('tcp', 3);
     d.allocate(4096);
     const p = c.loadRemoteMetadata(d.getLocalMetadata());
-    await c.warmup(p);
+    // One 1-byte READ on each of the 3 rails and on each rail's express lane (tcp has one), all completed.
+    const r = await c.warmup(p);
+    assert.deepEqual(r.rails, [0, 1, 2]);
+    assert.equal(r.ops, r.bytes);
+    assert.equal(r.ops, 6);
     assert.equal(decodeMetadata(c.getLocalMetadata()).regions.length, 0);
     const empty = await Agent.create({ name: 'stripe-empty', provider: 'tcp', logger: false });
     agents.push(empty);

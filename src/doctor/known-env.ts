@@ -1,55 +1,15 @@
 // Environment variables a kvfabric pod may carry, by who reads them. Used by `kvfabric doctor` (a name nobody
 // reads is usually a typo, or a name from a guide that never existed — the seed's FI_EFA_ENABLE_SHM) and by
 // the manifest tests (every variable in the ConfigMap must be one of these).
+import { configEnvNames } from '../serve/config.js';
 
-/** kvfabric's own: every serving config key as KVF_<KEY> (src/serve/config.ts) plus the process-level ones. */
-export const KVFABRIC_ENV = [
-  // serving config keys (workers and frontend)
-  'KVF_MODEL',
-  'KVF_MODEL_NAME',
-  'KVF_BACKEND',
-  'KVF_ETCD',
-  'KVF_ETCD_PREFIX',
-  'KVF_ROLE',
-  'KVF_ID',
-  'KVF_LISTEN',
-  'KVF_ADVERTISE',
-  'KVF_PROVIDER',
-  'KVF_RAILS',
-  'KVF_FABRIC_ADDRESS',
-  'KVF_BLOCKS',
-  'KVF_TOKENS_PER_BLOCK',
-  'KVF_KV_DTYPE',
-  'KVF_THREADS',
-  'KVF_HUGEPAGES',
-  'KVF_LEASE_MS',
-  'KVF_TRANSFER_TIMEOUT_MS',
-  'KVF_REGISTER',
-  'KVF_ETCD_TTL',
-  'KVF_REGISTRY_LISTEN',
-  'KVF_PREFILL',
-  'KVF_DECODE',
-  'KVF_MODE',
-  'KVF_REQUEST_TIMEOUT_MS',
-  'KVF_PREFILL_TIMEOUT_MS',
-  'KVF_HEALTH_INTERVAL_MS',
-  'KVF_BODY_LIMIT',
-  'KVF_MAX_LEASE_MS',
-  'KVF_BODY_TIMEOUT_MS',
-  'KVF_MAX_CONNECTIONS',
-  'KVF_MAX_INFLIGHT',
-  'KVF_RESTART_DELAY_MS',
-  'KVF_PEER_IDLE_MS',
-  // control-plane credentials (docs/security.md)
-  'KVF_CLUSTER_TOKEN',
-  'KVF_CLUSTER_TOKEN_FILE',
-  'KVF_HANDLE_KEY',
-  'KVF_HANDLE_KEY_FILE',
-  'KVF_TLS_CERT',
-  'KVF_TLS_KEY',
-  'KVF_TLS_CA',
-  'KVF_TLS_CLIENT_AUTH',
-  'KVF_TLS_SERVER_NAME',
+/**
+ * kvfabric's own: every serving config key as KVF_<KEY>, derived from the config schema (src/serve/config.ts) so
+ * a key added there is never reported as a typo, plus the process-level ones nobody's schema holds.
+ */
+export const KVFABRIC_ENV: readonly string[] = [
+  ...configEnvNames(),
+  // (the control-plane credentials, KVF_CLUSTER_TOKEN, KVF_TLS_* and KVF_HANDLE_KEY*, are config keys too)
   // process level (README "Configuration")
   'KVF_ADDRESS',
   'KVF_LIBFABRIC',
@@ -57,6 +17,8 @@ export const KVFABRIC_ENV = [
   'KVF_ADDON',
   'KVF_MODEL_CACHE',
   'KVF_FAST_PATH',
+  // native/engine/qdot.cc: caps the engine's instruction set (scalar|avx2)
+  'KVF_ENGINE_ISA',
   // scripts and test tooling (fetch-model, test-inference.sh, the suites), so a developer's shell is not flagged
   'KVF_PYTHON',
   'KVF_URL',
@@ -67,7 +29,7 @@ export const KVFABRIC_ENV = [
   'KVF_TINY_MODEL_PATH',
   'KVF_SANITIZE',
   'KVF_SANITIZE_ENGINE',
-] as const;
+];
 
 /** The seed's NIXL variables: kvfabric honours NIXL_BACKEND; the plugin dir matters only where NIXL itself runs. */
 export const NIXL_ENV = ['NIXL_BACKEND', 'NIXL_PLUGIN_DIR', 'NIXL_LOG_LEVEL'] as const;

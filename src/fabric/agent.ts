@@ -510,12 +510,15 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     if (!this.closed) this.#call(() => this.#native.releasePrepared(list.id));
   }
 
-  /** Connects every rail to the peer now (a 1-byte READ per rail), so the first real transfer pays no connection set-up. */
-  async warmup(peer: RemotePeer | string): Promise<void> {
+  /**
+   * Connects every rail to the peer now (a 1-byte READ per rail, and per express lane), so the first real transfer
+   * pays no connection set-up. The report's `rails` and `ops` say which rails and lanes that READ went over.
+   */
+  async warmup(peer: RemotePeer | string): Promise<TransferReport> {
     this.#assertOpen();
     const p = this.#peer(peer);
     const id = this.#call(() => this.#native.warmup(p.id), { peer: p.name });
-    await this.#track(id, 'READ', p.name, this.rails, false, undefined);
+    return this.#track(id, 'READ', p.name, this.rails, false, undefined);
   }
 
   // ---- notifications ------------------------------------------------------------------------------

@@ -232,11 +232,22 @@ export function frontendConfig(sources: ConfigSources): FrontendConfig {
   return validate('frontend', merge(Object.keys(frontendSchema.properties), sources)) as FrontendConfig;
 }
 
+/** The environment variable of a config key: tokensPerBlock → KVF_TOKENS_PER_BLOCK. */
+export function envName(key: string): string {
+  return `KVF_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+}
+
+/** Every variable the serving config reads (workers and frontend): what `kvfabric doctor` knows as kvfabric's own. */
+export function configEnvNames(): string[] {
+  const keys = new Set([...Object.keys(workerSchema.properties), ...Object.keys(frontendSchema.properties)]);
+  return [...keys].map(envName);
+}
+
 function merge(keys: string[], { flags = {}, env = process.env, file }: ConfigSources): Record<string, unknown> {
   const fromFile = file ? readJson(file) : {};
   const fromEnv: Record<string, unknown> = {};
   for (const key of keys) {
-    const value = env[`KVF_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`];
+    const value = env[envName(key)];
     if (value !== undefined && value !== '') fromEnv[key] = ARRAY_KEYS.has(key) ? splitList(value) : value;
   }
   if (env.FI_PROVIDER && keys.includes('provider')) fromEnv.provider = env.FI_PROVIDER;

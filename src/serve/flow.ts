@@ -3,8 +3,7 @@
 //                   pulls the blocks with RDMA READ and notifies the prefill worker, which frees them.
 //   push:           Reserve on the decode worker; Prefill WRITEs the K/V into those blocks; Decode.
 //   aggregated:     Decode alone; the decode worker prefills locally.
-// A prefill worker that fails is replaced by another replica once; when none is left, or the prefill timed out
-// (running it again elsewhere would double the wait), the decode worker prefills locally and the proof says so.
+// What each mode does before Decode, and how a failed prefill worker is replaced, is in flow-prefill.ts.
 // A decode worker that fails mid-stream is replaced too (request migration): another one rebuilds the K/V of
 // the prompt and the tokens the client already has, continues with the sampler's state, and the client's
 // stream goes on.
@@ -13,19 +12,10 @@
 import { KvfError } from '../fabric/errors.js';
 import type { Logger } from '../fabric/logger.js';
 import type { ServeMode } from './config.js';
+import { abortError, noPrefill, prefillStep, WORKER_FAULTS } from './flow-prefill.js';
 import { fromServiceError } from './grpc-errors.js';
 import type { Router, WorkerEntry } from './router.js';
-import {
-  grpc,
-  type DecodeDone,
-  type DecodeEvent,
-  type DecodeRequest,
-  type DecodeStarted,
-  type KvHandle,
-  type PrefillResponse,
-  type Sampling,
-  type WorkerClient,
-} from './rpc.js';
+import { grpc, unary, type DecodeDone, type DecodeEvent, type DecodeRequest, type DecodeStarted, type Sampling, type WorkerClient } from './rpc.js';
 
 export interface FlowRequest {
   requestId: string;
@@ -80,9 +70,6 @@ export interface FlowContext {
   log: Logger;
 }
 
-/** Failures that say the worker, not the request, is at fault: another worker may well succeed. */
-const WORKER_FAULTS = new Set(['KVF_ERR_WORKER_FAILED', 'KVF_ERR_CLOSED']);
-
 /**
  * Runs a request; `onToken` gets each generated token in order and returns false to end generation there
  * (a stop sequence matched), which cancels the decode stream and finishes with reason 'stop'.
@@ -91,17 +78,21 @@ export function runFlow(ctx: FlowContext, req: FlowRequest, onToken: (token: num
   return new RequestFlow(ctx, req, onToken).run();
 }
 
+/** The tokens the client has, and the sampler's state after the last of them: what a migrated request resumes from. */
+interface Progress {
+  tokens: number[];
+  samplerState: number;
+}
+
 class RequestFlow {
+  /** The decode worker streaming the request now (another one after a migration). */
   #decode: WorkerEntry;
-  #prefillEntry: WorkerEntry | undefined;
-  #prefill: PrefillResponse | null = null;
-  /** Push mode: the decode worker's reservation until its Decode takes it over. */
-  #reserved: KvHandle | null = null;
-  #fallbackReason = '';
+  /** What happened before Decode (flow-prefill.ts); its `reserved` is cleared once a Decode took the reservation over. */
+  readonly #prefill = noPrefill();
+  /** The prefill worker's blocks: released by us, or by the decode worker's READ notification. */
   #prefillReleased = false;
-  /** The tokens the client has, and the sampler's state after the last of them. */
-  readonly #generated: number[] = [];
-  #samplerState = 0;
+  readonly #progress: Progress = { tokens: [], samplerState: 0 };
+  /** The current decode worker's start, and the first one's (whose transfer carried the prompt's K/V). */
   #started: DecodeStarted | null = null;
   #firstStarted: DecodeStarted | null = null;
   readonly #migrations: Migration[] = [];
@@ -115,95 +106,44 @@ class RequestFlow {
   }
 
   async run(): Promise<FlowOutcome> {
-    const { req } = this;
-    let decode = this.#decode;
-    decode.active++;
+    this.#decode.active++;
     try {
-      if (this.ctx.mode !== 'aggregated') await this.#runPrefill();
-      const prefill = this.#prefill;
-      if (prefill) {
-        if (req.endTokens.includes(prefill.firstToken)) return this.#finish('stop');
-        if (!this.#deliver(prefill.firstToken, prefill.samplerState)) return this.#finish('stop');
-        if (req.maxTokens <= 1) return this.#finish('length');
-      }
-      for (;;) {
-        // A worker that failed after the last token but before its end: nothing is left to generate.
-        if (this.#generated.length >= req.maxTokens) return this.#finish('length');
-        try {
-          const done = await this.#stream(decode, this.#decodeRequest());
-          return this.#finish(done?.finishReason ?? 'stop');
-        } catch (err) {
-          const next = this.#migrationTarget(decode, err);
-          if (!next) throw err;
-          decode.active--;
-          decode = this.#decode = next;
-          decode.active++;
-        }
-      }
+      await prefillStep(this.ctx, this.req, this.#decode, this.#prefill);
+      const early = this.#deliverFirst();
+      return this.#finish(early ?? (await this.#decodeMigrating()));
     } finally {
-      decode.active--;
+      this.#decode.active--;
       // Blocks nobody will take any more: the prefill worker's when no decode pulled them, the decode
       // worker's reservation when its Decode never ran.
       this.#releasePrefill();
-      if (this.#reserved) void release(decode.client, req.requestId);
+      if (this.#prefill.reserved) void release(this.#decode.client, this.req.requestId);
     }
   }
 
-  /**
-   * Prefill on a prefill worker, on another replica once if the first fails or is overloaded; when that fails
-   * too, records why local prefill follows. Overloaded everywhere: KVF_ERR_OVERLOADED for the client, since
-   * prefilling on the decode worker would only move the overload there.
-   */
-  async #runPrefill(): Promise<void> {
-    const { ctx, req } = this;
-    let failed: string | undefined;
-    let overloaded: KvfError | undefined;
-    for (let attempt = 0; attempt < 2; attempt++) {
-      let entry: WorkerEntry;
+  /** The prefill worker's first token, if any, to the client; the finish reason when the request ends with it. */
+  #deliverFirst(): 'stop' | 'length' | undefined {
+    const first = this.#prefill.response;
+    if (!first) return undefined;
+    if (this.req.endTokens.includes(first.firstToken)) return 'stop';
+    if (!this.#deliver(first.firstToken, first.samplerState)) return 'stop';
+    if (this.req.maxTokens <= 1) return 'length';
+    return undefined;
+  }
+
+  /** Decode on the current worker; when one fails mid-stream, on the next (request migration). */
+  async #decodeMigrating(): Promise<'stop' | 'length'> {
+    for (;;) {
+      // A worker that failed after the last token but before its end: nothing is left to generate.
+      if (this.#progress.tokens.length >= this.req.maxTokens) return 'length';
       try {
-        entry = ctx.router.pick('prefill', failed);
+        const done = await this.#stream(this.#decode, this.#decodeRequest());
+        return done?.finishReason ?? 'stop';
       } catch (err) {
-        if (overloaded) throw overloaded;
-        this.#fallbackReason ||= (err as Error).message;
-        return;
-      }
-      this.#prefillEntry = entry;
-      entry.active++;
-      try {
-        if (ctx.mode === 'push' && !this.#reserved) {
-          this.#reserved = await call(
-            this.#decode.client,
-            'reserve',
-            { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs },
-            ctx.prefillTimeoutMs,
-            req.signal,
-          );
-        }
-        this.#prefill = await call(
-          entry.client,
-          'prefill',
-          { requestId: req.requestId, tokens: req.prompt, sampling: req.sampling, leaseMs: ctx.leaseMs, pushTo: this.#reserved },
-          ctx.prefillTimeoutMs,
-          req.signal,
-        );
-        this.#fallbackReason = '';
-        return;
-      } catch (err) {
-        if (req.signal.aborted) throw abortError(req.signal);
-        const e = fromServiceError(err, `prefill worker ${entry.status?.workerId ?? entry.address}`);
-        const workerFault = WORKER_FAULTS.has(e.code);
-        if (workerFault || e.code === 'KVF_ERR_TIMEOUT') ctx.router.markFailed(entry, e.message);
-        ctx.log.warn({ requestId: req.requestId, err: e.message, retry: (workerFault || e.code === 'KVF_ERR_OVERLOADED') && attempt === 0 }, 'prefill failed');
-        if (e.code === 'KVF_ERR_OVERLOADED') {
-          if (attempt > 0) throw e;
-          overloaded = e;
-        } else {
-          this.#fallbackReason = e.message;
-          if (!workerFault) return;
-        }
-        failed = entry.address;
-      } finally {
-        entry.active--;
+        const next = this.#migrationTarget(this.#decode, err);
+        if (!next) throw err;
+        this.#decode.active--;
+        this.#decode = next;
+        this.#decode.active++;
       }
     }
   }
@@ -211,11 +151,19 @@ class RequestFlow {
   /** The Decode call for where the request stands: first on its decode worker, or resumed on another one. */
   #decodeRequest(): Partial<DecodeRequest> {
     const { req } = this;
-    const base = { requestId: req.requestId, prompt: req.prompt, sampling: req.sampling, endTokens: req.endTokens, fallbackReason: this.#fallbackReason };
+    const prefill = this.#prefill.response;
+    const base = {
+      requestId: req.requestId,
+      prompt: req.prompt,
+      sampling: req.sampling,
+      endTokens: req.endTokens,
+      fallbackReason: this.#prefill.fallbackReason,
+    };
     if (this.#migrations.length === 0) {
-      return { ...base, maxTokens: req.maxTokens, prefill: this.#prefill, reserved: this.#prefill ? this.#reserved : null };
+      return { ...base, maxTokens: req.maxTokens, prefill, reserved: prefill ? this.#prefill.reserved : null };
     }
-    return { ...base, maxTokens: req.maxTokens - this.#generated.length, generated: this.#generated, samplerState: this.#samplerState };
+    const { tokens, samplerState } = this.#progress;
+    return { ...base, maxTokens: req.maxTokens - tokens.length, generated: tokens, samplerState };
   }
 
   /** Streams one Decode call's tokens to the client; resolves with its end, or null when the client's stop matched. */
@@ -233,7 +181,7 @@ class RequestFlow {
           // Pulled: the prefill worker frees its blocks on the READ's notification. Otherwise nobody will.
           if (ev.started.transfer?.op !== 'READ') this.#releasePrefill();
           else this.#prefillReleased = true;
-          this.#reserved = null; // the decode worker took its reservation over
+          this.#prefill.reserved = null; // the decode worker took its reservation over
         } else if (ev.event === 'token') {
           if (!this.#deliver(ev.token, ev.samplerState)) {
             stream.cancel();
@@ -267,43 +215,43 @@ class RequestFlow {
       return undefined;
     }
     const from = this.#started?.workerId ?? failed.status?.workerId ?? failed.address;
-    this.#migrations.push({ from, after_tokens: this.#generated.length, reason: e.message });
+    this.#migrations.push({ from, after_tokens: this.#progress.tokens.length, reason: e.message });
     this.ctx.log.warn(
-      { requestId: this.req.requestId, from, to: next.address, afterTokens: this.#generated.length, err: e.message },
+      { requestId: this.req.requestId, from, to: next.address, afterTokens: this.#progress.tokens.length, err: e.message },
       'decode worker failed; request moved',
     );
     this.#started = null;
     // A reservation the failed worker made is of no use elsewhere (its lease frees it if the worker is gone).
-    if (this.#reserved) void release(failed.client, this.req.requestId);
-    this.#reserved = null;
+    if (this.#prefill.reserved) void release(failed.client, this.req.requestId);
+    this.#prefill.reserved = null;
     return next;
   }
 
   /** Hands a token to the client; false when the client's stop sequence ended the request. */
   #deliver(token: number, samplerState: number): boolean {
-    this.#generated.push(token);
-    this.#samplerState = samplerState;
+    this.#progress.tokens.push(token);
+    this.#progress.samplerState = samplerState;
     return this.onToken(token);
   }
 
   #releasePrefill(): void {
-    if (this.#prefillReleased || !this.#prefill?.kv) return;
+    if (this.#prefillReleased || !this.#prefill.response?.kv) return;
     this.#prefillReleased = true;
-    void release(this.#prefillEntry!.client, this.req.requestId);
+    void release(this.#prefill.entry!.client, this.req.requestId);
   }
 
   #finish(finishReason: 'stop' | 'length'): FlowOutcome {
     const { ctx } = this;
     const decode = this.#decode;
-    const prefill = this.#prefill;
+    const prefill = this.#prefill.response;
     // The transfer that carried the prompt's K/V to the first decode worker (later ones rebuilt it).
     const first = this.#firstStarted;
     const t = first?.transfer ?? prefill?.push ?? null;
     const local = first?.localPrefill ?? false;
-    const reason = first?.fallbackReason || this.#fallbackReason;
+    const reason = first?.fallbackReason || this.#prefill.fallbackReason;
     return {
       finishReason,
-      completionTokens: this.#generated.length,
+      completionTokens: this.#progress.tokens.length,
       proof: {
         mode: local && ctx.mode !== 'aggregated' ? 'fallback' : ctx.mode,
         backend: t?.backend ?? decode.status?.backend ?? 'LIBFABRIC',
@@ -322,30 +270,8 @@ class RequestFlow {
     };
   }
 }
-type UnaryName = 'prefill' | 'reserve' | 'release';
-type Req<M extends UnaryName> = Parameters<WorkerClient[M]>[0];
-type Res<M extends UnaryName> = NonNullable<Parameters<Parameters<WorkerClient[M]>[2]>[1]>;
 
-/** A unary call with a deadline that the request's signal cancels. */
-function call<M extends UnaryName>(client: WorkerClient, method: M, req: Req<M>, timeoutMs: number, signal: AbortSignal): Promise<Res<M>> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(abortError(signal));
-    const fn = client[method] as unknown as (r: Req<M>, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: Res<M>) => void) => grpc.ClientUnaryCall;
-    const onAbort = (): void => c.cancel();
-    const c = fn.call(client, req, { deadline: Date.now() + timeoutMs }, (err, res) => {
-      signal.removeEventListener('abort', onAbort);
-      if (err) reject(err);
-      else resolve(res!);
-    });
-    signal.addEventListener('abort', onAbort);
-  });
-}
-
+/** Frees what a worker holds for the request; best effort (its lease frees it otherwise). */
 function release(client: WorkerClient, requestId: string): Promise<unknown> {
-  return call(client, 'release', { requestId }, 5000, new AbortController().signal).catch(() => undefined);
-}
-
-function abortError(signal: AbortSignal): KvfError {
-  const reason = signal.reason as unknown;
-  return reason instanceof KvfError ? reason : new KvfError('KVF_ERR_CLOSED', 'the client went away');
+  return unary(client, client.release, { requestId }, 5000).catch(() => undefined);
 }

@@ -165,10 +165,20 @@ export function registryClient(address: string, auth: ClusterAuth): RegistryClie
   return new pkg.Registry!(address, credentials, options) as unknown as RegistryClient;
 }
 
-/** Calls a unary method as a promise, with a deadline. */
-export function unary<Req, Res>(client: grpc.Client, method: Unary<Req, Res>, req: Req, timeoutMs: number): Promise<Res> {
+/**
+ * Calls a unary method as a promise, with a deadline; `signal` cancels the call (it then rejects with gRPC's
+ * CANCELLED, or with the signal's reason when it was aborted before the call began).
+ */
+export function unary<Req, Res>(client: grpc.Client, method: Unary<Req, Res>, req: Req, timeoutMs: number, signal?: AbortSignal): Promise<Res> {
   return new Promise((resolve, reject) => {
-    method.call(client, req, { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!)));
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = (): void => call.cancel();
+    const call = method.call(client, req, { deadline: Date.now() + timeoutMs }, (err, res) => {
+      signal?.removeEventListener('abort', onAbort);
+      if (err) reject(err);
+      else resolve(res!);
+    });
+    signal?.addEventListener('abort', onAbort);
   });
 }
 

@@ -16,6 +16,7 @@ import type { RemotePeer } from '../fabric/peer.js';
 import type { Grant } from '../fabric/grants.js';
 import type { TransferDescriptor } from '../fabric/descriptors.js';
 import { ReferenceEngine, type KvLayout } from '../engine/engine.js';
+import { contextRoom, decodeLoop } from '../engine/decode-loop.js';
 import { Sampler, type SamplingOptions } from '../engine/sampling.js';
 import { BlockLeases } from '../kv/leases.js';
 import { blockRuns, blocksFor, kvBytesFor, planKvCopy, rangesInRuns, sameGeometry, type KvRange } from '../kv/plan.js';
@@ -342,9 +343,10 @@ export class Worker {
     const live = whileCalled(call);
     const ctx = this.#engine.model.contextLength;
     const resumed = req.generated.length;
-    if (req.prompt.length === 0 || req.prompt.length + resumed > ctx || (resumed === 0 && req.prompt.length >= ctx)) {
-      throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has ${req.prompt.length} tokens (and ${resumed} generated); the context holds ${ctx}`);
+    if (req.prompt.length === 0) {
+      throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has 0 tokens (and ${resumed} generated); the context holds ${ctx}`);
     }
+    contextRoom(ctx, req.prompt.length, resumed);
     if (resumed > 0 && (req.prefill || req.reserved))
       throw new KvfError('KVF_ERR_BAD_REQUEST', 'a resumed Decode carries no prefill result or reservation: this worker rebuilds the K/V itself');
     const handOff = this.#handOffs.check(req);
@@ -358,32 +360,36 @@ export class Worker {
       const first = await this.#begin(req, handOff, blocks, live);
       if (call.cancelled) return;
       const { sampler } = first;
-      let token = first.token;
+      const token = first.token;
       call.write({
         event: 'started',
         started: { workerId: this.id, transfer: first.transfer, localPrefill: first.transfer === null, fallbackReason: first.fallbackReason },
       });
       const ends = new Set(req.endTokens);
-      const total = Math.min(start + req.maxTokens, ctx);
-      let count = 0;
-      let finishReason: 'stop' | 'length' = 'length';
+      let done = { finishReason: 'length' as 'stop' | 'length', count: 0 };
       // The first token: the client has it already when a prefill worker sampled it.
-      if (ends.has(token)) finishReason = 'stop';
+      if (ends.has(token)) done.finishReason = 'stop';
       else if (token >= 0) {
-        count = 1;
         if (!first.delivered) call.write({ event: 'token', token, samplerState: sampler.state });
-        for (let pos = start; count < req.maxTokens && pos + 1 < total && !call.cancelled; pos++) {
-          this.#growFor(blocks, pos);
-          token = sampler.sample(await this.#engine.decode(token, blocks, pos, live));
-          if (ends.has(token)) {
-            finishReason = 'stop';
-            break;
-          }
-          call.write({ event: 'token', token, samplerState: sampler.state });
-          count++;
-        }
+        done = await decodeLoop({
+          engine: this.#engine,
+          sampler,
+          blocks,
+          token,
+          pos: start,
+          count: 1,
+          maxTokens: req.maxTokens,
+          end: Math.min(start + req.maxTokens, ctx),
+          ends,
+          grow: (pos) => this.#growFor(blocks, pos),
+          signal: live,
+          onToken: (t) => {
+            call.write({ event: 'token', token: t, samplerState: sampler.state });
+            return true;
+          },
+        });
       }
-      if (!call.cancelled) call.write({ event: 'done', done: { finishReason, completionTokens: count } });
+      if (!call.cancelled) call.write({ event: 'done', done: { finishReason: done.finishReason, completionTokens: done.count } });
     } finally {
       streamEnded();
       this.#free(blocks);

@@ -3,8 +3,8 @@
 // workers' Health RPC. Every child is tracked and killed at exit, so a failing test never leaves one behind.
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
@@ -17,11 +17,11 @@ import type { Ready } from '../../src/serve/processes.js';
 import { unary, workerClient, type WorkerStatus } from '../../src/serve/rpc.js';
 import { ClusterAuth } from '../../src/serve/security/auth.js';
 import { innerPid } from './hosts.js';
+import { HAVE_SMOLLM2, SMOLLM2 } from './models.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
-export const SMOLLM2 = join(process.env.KVF_MODEL_CACHE ?? join(homedir(), '.cache', 'kvfabric', 'models'), 'SmolLM2-135M-Instruct.Q4_1.gguf');
-export const HAVE_SMOLLM2 = existsSync(SMOLLM2);
+export { HAVE_SMOLLM2, SMOLLM2 };
 /** Why a test on SmolLM2 cannot run here (not fetched, or the sanitizer build's unoptimised engine), else false. */
 export const SMOLLM2_SKIP: string | false = !HAVE_SMOLLM2
   ? 'model not fetched (npm run fetch-model)'
