@@ -18,8 +18,8 @@
 namespace kvf {
 
 namespace {
-constexpr int kProbeAttempts = 4;
-constexpr auto kProbeBackoff = std::chrono::milliseconds(5);  // doubled every attempt: 5, 10, 20 ms
+constexpr int kProbeAttempts = 6;
+constexpr auto kProbeBackoff = std::chrono::milliseconds(5);  // doubled every attempt: 5, 10, ... 80 ms
 
 bool ConnectionError(int err) {
   switch (err < 0 ? -err : err) {
