@@ -15,8 +15,9 @@ constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 
 uint64_t ExactInteger(Napi::Env env, double v, size_t descriptor, const char* field) {
   if (!(v >= 0) || v >= kMaxExactInteger || std::floor(v) != v) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT",
-               "descriptor " + std::to_string(descriptor) + ": " + field + " must be a non-negative integer below 2^53");
+    ThrowCoded(
+        env, "KVF_ERR_INVALID_ARGUMENT",
+        "descriptor " + std::to_string(descriptor) + ": " + field + " must be a non-negative integer below 2^53");
   }
   return static_cast<uint64_t>(v);
 }
