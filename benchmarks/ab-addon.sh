@@ -7,12 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 a="$1" b="$2" pairs="${3:-3}"
 out="$(mktemp -d)"
+# --fast-path off: same-host runs take the fabric (the provider's path), not the cma/mapped copy.
 configs=(
-  "tcp-4K-lat|--provider tcp --latency"
-  "shm-4K-lat|--provider shm --latency"
-  "tcp-1M-read|--provider tcp --rails 1 --op READ --block-sizes 1M"
-  "shm-1M-read|--provider shm --op READ --block-sizes 1M"
-  "tcp-4Kx32-unprepared|--provider tcp --op READ --block-sizes 4K --batch 32 --no-prepared"
+  "tcp-4K-lat|--provider tcp --latency --fast-path off"
+  "shm-4K-lat|--provider shm --latency --fast-path off"
+  "mapped-4K-lat|--provider shm --latency"
+  "tcp-1M-read|--provider tcp --rails 1 --op READ --block-sizes 1M --fast-path off"
+  "shm-1M-read|--provider shm --op READ --block-sizes 1M --fast-path off"
+  "tcp-4Kx32-unprepared|--provider tcp --op READ --block-sizes 4K --batch 32 --no-prepared --fast-path off"
 )
 for ((p = 1; p <= pairs; p++)); do
   for entry in "${configs[@]}"; do
