@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "binding/descriptors.h"
 #include "binding/js_error.h"
 
 namespace kvf {
@@ -71,7 +72,8 @@ void WriteRecord(const Event& e, double* r) {
   r[4] = static_cast<double>(e.post_ns);
   r[5] = static_cast<double>(e.provider_post_ns);
   r[6] = static_cast<double>(e.ops);
-  r[7] = (e.cma ? 1 : 0) | (e.express ? 2 : 0) | (e.mapped ? 4 : 0);
+  const bool same_host = e.path != TransferPath::kFabric;
+  r[7] = (same_host ? 1 : 0) | (e.express ? 2 : 0) | (e.path == TransferPath::kMapped ? 4 : 0);
 }
 
 bool IsDetached(const Napi::Value& buffer) {
@@ -497,28 +499,21 @@ Napi::Value AgentWrap::Post(const Napi::CallbackInfo& info) {
   const uint32_t kind = IdArgument(info, 0, "kind");
   const uint32_t peer = IdArgument(info, 1, "peer id");
   if (kind > 1) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "kind must be 0 (write) or 1 (read)");
-  if (info.Length() < 3 || !info[2].IsTypedArray() ||
-      info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptors must be a Float64Array");
-  }
-  Napi::Float64Array descs = info[2].As<Napi::Float64Array>();
-  if (descs.ElementLength() % DescriptorFields::kCount != 0) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptor array length must be a multiple of 5");
-  }
-  const size_t count = descs.ElementLength() / DescriptorFields::kCount;
+  ReadDescriptors(env, info[2], &descriptors_);
+  const size_t count = descriptors_.size();
   std::vector<uint32_t> regions;
   regions.reserve(count);
-  for (size_t i = 0; i < count; ++i) {
-    double id = descs[i * DescriptorFields::kCount];
-    if (id >= 0 && id <= 4294967295.0) regions.push_back(static_cast<uint32_t>(id));  // the core reports malformed ids
+  for (const Descriptor& d : descriptors_) {
+    if (d.local_region <= UINT32_MAX)
+      regions.push_back(static_cast<uint32_t>(d.local_region));  // the core reports others
   }
   CheckDetached(env, regions);
   const bool has_notification = info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull();
   View note;
   if (has_notification) note = ViewArgument(env, info[3], "notification");
   try {
-    uint64_t id = a.PostTransfer(kind == 0 ? OpKind::kWrite : OpKind::kRead, peer, descs.Data(), count, note.data,
-                                 note.length, has_notification);
+    uint64_t id = a.PostTransfer(kind == 0 ? OpKind::kWrite : OpKind::kRead, peer, descriptors_.data(), count,
+                                 note.data, note.length, has_notification);
     CollectAfterPost();
     return Napi::Number::New(env, static_cast<double>(id));
   } catch (const Error& e) {
@@ -544,16 +539,9 @@ Napi::Value AgentWrap::Prepare(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent& a = CoreOrThrow(env);
   const uint32_t peer = IdArgument(info, 0, "peer id");
-  if (info.Length() < 2 || !info[1].IsTypedArray() ||
-      info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptors must be a Float64Array");
-  }
-  Napi::Float64Array descs = info[1].As<Napi::Float64Array>();
-  if (descs.ElementLength() % DescriptorFields::kCount != 0) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptor array length must be a multiple of 5");
-  }
+  ReadDescriptors(env, info[1], &descriptors_);
   try {
-    return Napi::Number::New(env, a.Prepare(peer, descs.Data(), descs.ElementLength() / DescriptorFields::kCount));
+    return Napi::Number::New(env, a.Prepare(peer, descriptors_.data(), descriptors_.size()));
   } catch (const Error& e) {
     Rethrow(env, e);
   }
@@ -664,12 +652,12 @@ Napi::Value AgentWrap::Reap(const Napi::CallbackInfo& info) {
     // still turns at least every spinUs.
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::nanoseconds(static_cast<int64_t>(std::min(spin_us, 1e4) * 1e3));
-    agent_->SetJsPolling(true);
+    agent_->SetCallerPolling(true);
     while ((left > 0 || awaited() > 0) && !agent_->has_unwoken_events() &&
            std::chrono::steady_clock::now() < deadline) {
       if (left > 0) left = agent_->ReapExpress();
     }
-    agent_->SetJsPolling(false);
+    agent_->SetCallerPolling(false);
   }
   if (agent_->TakeUnwokenEvents() || !held_.empty()) Deliver(env);
   return Napi::Number::New(env, static_cast<double>(left + awaited()));

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <vector>
 
 #include "core/agent.h"
 
@@ -75,6 +76,7 @@ class AgentWrap : public Napi::ObjectWrap<AgentWrap> {
   bool tsfn_released_ = false;
   Napi::FunctionReference on_events_;  // weak: the TS wrapper owns the function
   std::map<uint32_t, Pinned> pinned_;
+  std::vector<Descriptor> descriptors_;  // the last post's or prepare's, converted (storage reused)
   // The records buffer JS allocated once and reads after every post and delivery (src/fabric/native.ts:
   // RECORDS_*): a header, then DONE fields per successful transfer. Written only on the JS thread.
   Napi::Reference<Napi::Value> records_ref_;

@@ -49,7 +49,7 @@ Agent::Agent(const AgentOptions& options, std::function<void()> wake)
   // No express lane on shm: its sends (and its READs when cross-memory attach is refused) take a spinlock in
   // the peer's shared region, and a peer killed while holding it leaves the caller spinning inside the
   // provider for ever (measured: a killed peer hung the process). On a rail thread that is survivable (the
-  // rail is orphaned at close); on the JS thread it would freeze the whole process.
+  // rail is orphaned at close); on the owner thread (the binding's JS thread) it would freeze the whole process.
   if (provider_ == "shm") express_max_bytes_ = 0;
   for (auto& rail : rails_) rail->Start();
   RegisterLiveAgent(this);
@@ -126,7 +126,7 @@ std::vector<std::string> Agent::domain_names() const {
 }
 
 uint32_t Agent::RegisterMemory(void* data, size_t length, bool remote_access) {
-  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
   if (length == 0) throw Error("KVF_ERR_ZERO_LENGTH", "cannot register an empty buffer");
   auto region = std::make_unique<Region>();
   region->data = static_cast<uint8_t*>(data);
@@ -183,7 +183,7 @@ std::vector<const Region*> Agent::ListRegions() const {
 
 uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
                         const std::vector<std::vector<uint8_t>>& addresses, std::map<uint32_t, RemoteRegion> regions) {
-  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
   if (addresses.empty()) throw Error("KVF_ERR_BAD_METADATA", "peer advertises no rails");
   for (const auto& [id, region] : regions) {
     if (region.keys.size() != addresses.size()) {
@@ -254,20 +254,23 @@ Peer& Agent::PeerOrThrow(uint32_t id) {
   return it->second;
 }
 
-void Agent::OnOpComplete(Op* op, const ErrorInfo* error) {
-  Transfer* t = op->transfer;
+void Agent::OnPartDone(Transfer* t, const ErrorInfo* error) {
+  if (error != nullptr) {
+    std::lock_guard<std::mutex> lock(t->error_mu);
+    if (t->error.ok()) t->error = *error;
+  }
+  if (t->remaining.fetch_sub(1) != 1) return;
+  // The last part: every other part recorded its error (under the lock) before counting itself down.
   bool failed;
   {
     std::lock_guard<std::mutex> lock(t->error_mu);
-    if (error != nullptr && t->error.ok()) t->error = *error;
     failed = !t->error.ok();
   }
-  if (t->remaining.fetch_sub(1) != 1) return;
   DataDone(t, failed);
 }
 
 void Agent::DataDone(Transfer* t, bool failed) {
-  if (t->notify_op && !t->notify_posted && !failed && !force_close_) {
+  if (t->notify_op && !t->notify_posted && !failed && !halting()) {
     // Every write has been delivered (FI_DELIVERY_COMPLETE) or every read has landed: only now may the
     // target learn that the data is there.
     t->notify_posted = true;
@@ -279,7 +282,7 @@ void Agent::DataDone(Transfer* t, bool failed) {
 }
 
 void Agent::Finish(Transfer* t) {
-  const bool awaited = t->awaited;  // `t` is gone once it leaves transfers_
+  const bool awaited = t->pickup == Pickup::kSpin;  // `t` is gone once it leaves transfers_
   Event ev;
   ev.type = Event::Type::kTransferDone;
   ev.transfer_id = t->id;
@@ -288,10 +291,10 @@ void Agent::Finish(Transfer* t) {
   ev.rails_mask = t->rails_mask;
   ev.post_ns = t->posted_ns;
   ev.provider_post_ns = t->provider_post_ns;
-  ev.ops = t->cma ? t->cma_segments : t->ops.size();
-  ev.cma = t->cma;
-  ev.mapped = t->mapped;
-  ev.express = t->copied_inline || std::any_of(t->ops.begin(), t->ops.end(), [](const Op& op) { return op.express; });
+  ev.ops = t->path == TransferPath::kFabric ? t->ops.size() : t->cma_segments;
+  ev.path = t->path;
+  ev.express = t->pickup == Pickup::kInline ||
+               std::any_of(t->ops.begin(), t->ops.end(), [](const Op& op) { return op.express; });
   ev.duration_ns = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t->start).count());
   for (Region* r : t->regions) --r->inflight;
@@ -316,15 +319,15 @@ void Agent::PushEvent(Event event) {
   {
     std::lock_guard<std::mutex> lock(events_mu_);
     events_.push_back(std::move(event));
-    wake = !t_reaping_express && !js_polling_;
+    wake = !t_reaping_express && !caller_polling_;
     if (!wake) unwoken_events_ = true;
   }
   if (wake && wake_) wake_();
 }
 
-void Agent::SetJsPolling(bool polling) {
+void Agent::SetCallerPolling(bool polling) {
   std::lock_guard<std::mutex> lock(events_mu_);
-  js_polling_ = polling;
+  caller_polling_ = polling;
 }
 
 bool Agent::TakeUnwokenEvents() { return unwoken_events_.exchange(false); }
@@ -351,15 +354,21 @@ size_t Agent::transfers_in_flight() {
   return transfers_.size();
 }
 
+Agent::State Agent::Advance(State to) {
+  State now = state_.load();
+  while (now < to && !state_.compare_exchange_weak(now, to)) {
+  }
+  return now;
+}
+
 void Agent::BeginClose(uint32_t timeout_ms) {
   std::lock_guard<std::mutex> lock(close_mu_);
-  if (closing_) return;
-  closing_ = true;
+  if (Advance(State::kDraining) != State::kOpen) return;
   closer_ = std::thread([this, timeout_ms] {
     {
       std::unique_lock<std::mutex> lock(transfers_mu_);
       transfers_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                             [this] { return transfers_.empty() || force_close_; });
+                             [this] { return transfers_.empty() || halting(); });
     }
     Shutdown();
   });
@@ -367,9 +376,8 @@ void Agent::BeginClose(uint32_t timeout_ms) {
 
 void Agent::CloseNow() {
   std::lock_guard<std::mutex> lock(close_mu_);
-  closing_ = true;
   if (closer_.joinable()) {
-    force_close_ = true;
+    Advance(State::kHalting);
     transfers_cv_.notify_all();
     closer_.join();
     return;
@@ -379,15 +387,13 @@ void Agent::CloseNow() {
 
 void Agent::HaltRails() {
   std::lock_guard<std::mutex> lock(close_mu_);
-  if (closed_) return;
+  if (closed()) return;
+  Advance(State::kHalting);
   if (closer_.joinable()) {  // a graceful close is under way: finish it now
-    force_close_ = true;
     transfers_cv_.notify_all();
     closer_.join();
     return;
   }
-  closing_ = true;
-  force_close_ = true;
   StopRails();
 }
 
@@ -406,8 +412,7 @@ void Agent::StopRails() {
 }
 
 void Agent::Shutdown() {
-  if (closed_.exchange(true)) return;
-  force_close_ = true;
+  if (Advance(State::kClosed) == State::kClosed) return;
   {
     std::lock_guard<std::mutex> lock(express_mu_);
     express_off_ = true;
@@ -455,7 +460,7 @@ void Agent::Shutdown() {
         t->error.ok() ? ErrorInfo{"KVF_ERR_CLOSED", "agent closed with the transfer in flight", 0, {}} : t->error;
     ev.bytes = t->bytes;
     PushEvent(std::move(ev));
-    if (t->awaited) --awaited_in_flight_;
+    if (t->pickup == Pickup::kSpin) --awaited_in_flight_;
   }
   peers_.clear();
   Event closed;

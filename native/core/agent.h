@@ -1,6 +1,7 @@
 // The transfer agent: rails, registered regions, loaded peers and transfers in flight. Everything here is
-// plain C++ (no Node headers); the binding calls it from the JS thread and receives events through the
-// `wake` callback, which the rail threads call when there is something to take with TakeEvents().
+// plain C++ (no Node headers). One thread owns the agent (the binding's: the JS thread) and calls it; it
+// receives events through the `wake` callback, which the rail threads call when there is something to take
+// with TakeEvents().
 #pragma once
 
 #include <rdma/fabric.h>
@@ -19,10 +20,13 @@
 
 #include "core/cma.h"
 #include "core/host_memory.h"
-#include "core/peer_map.h"
+#include "core/live_agents.h"
 #include "core/notification.h"
+#include "core/peer.h"
 #include "core/rail.h"
+#include "core/region.h"
 #include "core/region_table.h"
+#include "core/remote_region.h"
 #include "core/transfer.h"
 #include "core/transfer_plan.h"
 
@@ -52,45 +56,6 @@ struct PeerOptions {
   bool fast_path = false;
 };
 
-struct Region {
-  uint32_t id = 0;
-  uint8_t* data = nullptr;
-  size_t length = 0;
-  SharedLocation share;     // valid: inside a shared allocation, which same-host peers may map
-  std::vector<RailMr> mrs;  // one per local rail
-  std::atomic<uint32_t> inflight{0};
-  bool internal = false;      // the agent's own scratch memory: never advertised to peers
-  bool remote_access = true;  // registered with FI_REMOTE_READ/WRITE and advertised (else local use only)
-};
-
-struct RemoteRegion {
-  uint64_t base = 0;  // added to offsets on FI_MR_VIRT_ADDR providers
-  uint64_t length = 0;
-  // What this side believes it may do (kAccessRead/kAccessWrite): both for advertised regions, one for a grant.
-  // Checked before posting; the owner's provider (its MR flags) and table are what enforce it.
-  uint64_t access = kAccessRead | kAccessWrite;
-  std::vector<uint64_t> keys;            // per remote rail
-  SharedLocation share;                  // valid: the peer says it can be mapped, and where
-  std::shared_ptr<PeerMapping> mapping;  // mapped here (same-host peer): transfers copy with memcpy
-};
-
-struct Peer {
-  std::string name;
-  bool virt_addr = false;
-  pid_t cma_pid = 0;        // non-zero: same host, transfers go by cross-memory attach
-  pid_t probe_pid = 0;      // same host, fast path asked, nothing advertised yet to probe on (see AddGrant)
-  std::string cma_refused;  // why a same-host peer is reached over the fabric instead
-  std::string map_refused;  // why a shared region of a same-host peer is copied by cma instead of mapped
-  // A same-host peer's region table, confirmed: every transfer to it first checks that its regions are still
-  // advertised (the shm provider and the fast path check no keys). Null when not on this host or not confirmed.
-  std::shared_ptr<PeerRegionTable> table;
-  std::string table_refused;            // why a peer on this host has no confirmed table
-  std::shared_ptr<ProcessWatch> watch;  // set when regions are mapped: copies through them check the peer lives
-  size_t remote_rails = 0;
-  std::vector<std::vector<fi_addr_t>> addrs;  // [local rail][remote rail]
-  std::map<uint32_t, RemoteRegion> regions;
-};
-
 // A grant on the owner's side: a sub-range of a region registered again, on every rail, with fresh keys and
 // exactly one remote flag, and published in the region table under its own id (agent_grants.cc).
 struct GrantRecord {
@@ -111,14 +76,9 @@ struct GrantInfo {
   SharedLocation share;        // valid: inside shared memory, which same-host peers may map
 };
 
-// Descriptor layout passed from JS: five doubles each (exact integers up to 2^53).
-struct DescriptorFields {
-  static constexpr size_t kCount = 5;  // localRegion, localOffset, remoteRegion, remoteOffset, length
-};
-
 extern thread_local bool t_reaping_express;  // agent.cc
 
-class Agent : public RailOwner {
+class Agent final : public RailOwner, public LiveAgent {
  public:
   Agent(const AgentOptions& options, std::function<void()> wake);
   ~Agent() override;
@@ -151,12 +111,12 @@ class Agent : public RailOwner {
   void RemovePeer(uint32_t id);
 
   // Validates every descriptor, then posts. Throws kvf::Error before anything is posted.
-  uint64_t PostTransfer(OpKind kind, uint32_t peer, const double* descriptors, size_t count,
+  uint64_t PostTransfer(OpKind kind, uint32_t peer, const Descriptor* descriptors, size_t count,
                         const uint8_t* notification, size_t notification_length, bool has_notification);
   uint64_t PostNotification(uint32_t peer, const uint8_t* data, size_t length);
 
   // Prepared lists: validate once, post many times (all descriptors or a selection by index).
-  uint32_t Prepare(uint32_t peer, const double* descriptors, size_t count);
+  uint32_t Prepare(uint32_t peer, const Descriptor* descriptors, size_t count);
   void ReleasePrepared(uint32_t id);
   const PreparedList& PreparedOrThrow(uint32_t id) const;
   uint64_t PostPrepared(OpKind kind, uint32_t list, const uint32_t* indices, size_t count, const uint8_t* notification,
@@ -169,9 +129,10 @@ class Agent : public RailOwner {
   void BeginClose(uint32_t timeout_ms);
   void CloseNow();
   // Stops and joins the rail threads without releasing anything (first phase of closing at process exit).
-  void HaltRails();
-  bool closing() const { return closing_; }
-  bool closed() const { return closed_; }
+  void HaltRails() override;
+  bool closing() const { return state_ >= State::kDraining; }
+  bool closed() const { return state_ == State::kClosed; }
+  bool RunningOnShm() const override { return provider_ == "shm" && !closed(); }
 
   // Express lane (calling thread = the one that posts): reads every rail's express CQ once and completes
   // what it finds, pushing events without waking the binding (the caller takes them right after).
@@ -181,28 +142,50 @@ class Agent : public RailOwner {
   bool TakeUnwokenEvents();
   bool has_unwoken_events() const { return unwoken_events_; }
   // Small transfers in flight on the rail threads (express-sized, not express: every transfer on shm). Their
-  // completions normally wake the event loop through a thread-safe function, a futex wake and a loop turn,
-  // ~14 µs of an 18 µs shm READ; a JS thread that polls for them spins here instead.
+  // completions normally wake the binding's event loop through a thread-safe function, a futex wake and a
+  // loop turn, ~14 µs of an 18 µs shm READ; an owner thread that polls for them spins here instead.
   size_t awaited_in_flight() const { return awaited_in_flight_; }
   // While set, completions from the rail threads are pushed without waking the binding (unwoken events):
-  // the JS thread is spinning in reap() and takes them itself. Clearing it under the events lock makes any
-  // event pushed meanwhile show in TakeUnwokenEvents.
-  void SetJsPolling(bool polling);
+  // the owner thread is spinning (the binding's reap()) and takes them itself. Clearing it under the events
+  // lock makes any event pushed meanwhile show in TakeUnwokenEvents.
+  void SetCallerPolling(bool polling);
 
   std::vector<Event> TakeEvents();
   size_t transfers_in_flight();
 
   // RailOwner
-  void OnOpComplete(Op* op, const ErrorInfo* error) override;
+  void OnOpComplete(Op* op, const ErrorInfo* error) override { OnPartDone(op->transfer, error); }
   void OnMessage(const uint8_t* data, size_t length) override;
   void OnOpPosted(Op* op, int64_t call_ns) override;
-  bool caller_polling() const override { return js_polling_.load(std::memory_order_relaxed); }
-  void OnCopyDone(Transfer* t, const ErrorInfo* error);
+  bool caller_polling() const override { return caller_polling_.load(std::memory_order_relaxed); }
 
  private:
-  PreparedList Resolve(uint32_t peer, const double* descriptors, size_t count);
+  // Lifecycle, in order: each state implies the ones before it (closing refuses new work, halting stops waiting
+  // for transfers to drain and posts no more notifications).
+  enum class State : uint8_t {
+    kOpen,
+    kDraining,  // BeginClose: new work refused, transfers in flight get up to the timeout
+    kHalting,   // forced: rails stopping or stopped, endpoints not yet closed
+    kClosed,    // Shutdown ran: everything released, kClosed pushed
+  };
+  // Moves the state forward to at least `to`; returns the state before.
+  State Advance(State to);
+  bool halting() const { return state_ >= State::kHalting; }
+
+  // One part of a transfer is done: a fabric op (from a rail thread or the posting thread) or a copy (from a
+  // copier thread or the posting thread). `error` null on success. The last part moves the transfer on.
+  void OnPartDone(Transfer* t, const ErrorInfo* error);
+  PreparedList Resolve(uint32_t peer, const Descriptor* descriptors, size_t count);
+  // Posting a prepared list (agent_post.cc), in order: the selection's bytes and overlaps, the notification,
+  // the local regions pinned, then the copy or the fabric ops.
   uint64_t Submit(OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count,
                   const uint8_t* notification, size_t notification_length, bool has_notification);
+  uint64_t SelectedBytes(OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count) const;
+  // Encodes the message and builds the SEND that carries it to `peer` once the data has arrived.
+  void AttachNotification(Transfer& t, const Peer& peer, const uint8_t* data, size_t length) const;
+  void PinRegions(Transfer& t, const PreparedList& list);
+  uint64_t LaunchFabric(std::unique_ptr<Transfer> t, const Peer& peer, const PreparedList& list,
+                        const uint32_t* indices, size_t count);
   Transfer* Track(std::unique_ptr<Transfer> t);
   uint64_t Launch(std::unique_ptr<Transfer> t);
   uint64_t LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const PreparedList& list, const uint32_t* indices,
@@ -238,39 +221,37 @@ class Agent : public RailOwner {
   std::map<uint32_t, GrantRecord> grants_;  // under regions_mu_; ids share the regions' id space (table slots)
   uint32_t next_region_ = 1;
 
-  std::map<uint32_t, Peer> peers_;  // JS thread only
+  std::map<uint32_t, Peer> peers_;  // owner thread only
   uint32_t next_peer_ = 1;
-  std::map<uint32_t, std::unique_ptr<PreparedList>> prepared_;  // JS thread only
+  std::map<uint32_t, std::unique_ptr<PreparedList>> prepared_;  // owner thread only
   uint32_t next_prepared_ = 1;
   uint64_t stripe_threshold_ = 0;
   uint64_t express_max_bytes_ = 0;  // the fabric's express lane (0 on shm)
   // Transfers this small are latency work (expressMaxBytes as asked, also on shm): same-host copies run on the
-  // calling thread, and the JS thread may spin for one a rail thread carries (awaited_in_flight).
+  // calling thread, and the owner thread may spin for one a rail thread carries (awaited_in_flight).
   uint64_t small_max_bytes_ = 0;
-  std::mutex express_mu_;     // ReapExpress (JS thread) against Shutdown tearing the rails down
+  std::mutex express_mu_;     // ReapExpress (owner thread) against Shutdown tearing the rails down
   bool express_off_ = false;  // set by Shutdown: no more reaping
   std::atomic<bool> unwoken_events_{false};
   std::atomic<size_t> awaited_in_flight_{0};
-  std::atomic<bool> js_polling_{false};  // written under events_mu_ (PushEvent decides under it)
-  uint32_t scratch_region_ = 0;          // target of warmup reads
+  std::atomic<bool> caller_polling_{false};  // written under events_mu_ (PushEvent decides under it)
+  uint32_t scratch_region_ = 0;              // target of warmup reads
   std::vector<uint8_t> scratch_;
-  CmaCopier copier_{[this](Transfer* t, const ErrorInfo* error) { OnCopyDone(t, error); },
+  CmaCopier copier_{[this](Transfer* t, const ErrorInfo* error) { OnPartDone(t, error); },
                     std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 4)};
 
   std::mutex transfers_mu_;
   std::condition_variable transfers_cv_;
   std::map<uint64_t, std::unique_ptr<Transfer>> transfers_;
   uint64_t next_transfer_ = 1;
-  uint32_t next_rail_ = 0;  // round-robin position (JS thread only)
+  uint32_t next_rail_ = 0;  // round-robin position (owner thread only)
 
   std::mutex events_mu_;
   std::vector<Event> events_;
 
-  std::atomic<bool> closing_{false};
-  std::mutex close_mu_;
-  std::atomic<bool> closed_{false};
+  std::atomic<State> state_{State::kOpen};
+  std::mutex close_mu_;  // BeginClose, CloseNow and HaltRails against each other (closer_)
   std::thread closer_;
-  std::atomic<bool> force_close_{false};
   std::set<uint32_t> leaked_rails_;  // rails given up on in StopRails (their MRs stay open too)
 };
 

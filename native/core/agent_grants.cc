@@ -25,7 +25,7 @@ uint32_t Agent::NextTableIdLocked() {
 }
 
 GrantInfo Agent::Grant(uint32_t region_id, uint64_t offset, uint64_t length, uint64_t access) {
-  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
   if (access != kAccessRead && access != kAccessWrite)
     throw Error("KVF_ERR_INVALID_ARGUMENT", "a grant is for read or for write");
   if (length == 0) throw Error("KVF_ERR_ZERO_LENGTH", "a grant needs at least one byte");
@@ -89,7 +89,7 @@ size_t Agent::live_grants() const {
 }
 
 void Agent::AddGrant(uint32_t peer_id, uint32_t grant, RemoteRegion region) {
-  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
   Peer& peer = PeerOrThrow(peer_id);
   const std::string what = "grant " + std::to_string(grant) + " of peer '" + peer.name + "'";
   if (region.keys.size() != peer.remote_rails) {

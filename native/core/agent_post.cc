@@ -4,30 +4,20 @@
 #include "core/agent.h"
 
 #include <algorithm>
-#include <cmath>
 
 namespace kvf {
 
 namespace {
 
-constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 // More ops than this are bandwidth work, better left to the rail threads.
 constexpr size_t kExpressMaxOps = 16;
 // Selections of up to this many indices are checked for repeats pairwise, larger ones with a bitmap.
 constexpr size_t kFewIndices = 32;
 
-uint64_t ExactIndex(double v, size_t descriptor, const char* field) {
-  if (!(v >= 0) || v >= kMaxExactInteger || std::floor(v) != v) {
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "descriptor " + std::to_string(descriptor) + ": " + field +
-                                                " must be a non-negative integer below 2^53");
-  }
-  return static_cast<uint64_t>(v);
-}
-
 }  // namespace
 
-PreparedList Agent::Resolve(uint32_t peer_id, const double* d, size_t count) {
-  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+PreparedList Agent::Resolve(uint32_t peer_id, const Descriptor* d, size_t count) {
+  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
   Peer& peer = PeerOrThrow(peer_id);
   if (count == 0) throw Error("KVF_ERR_INVALID_ARGUMENT", "a transfer needs at least one descriptor");
   PreparedList list;
@@ -37,12 +27,11 @@ PreparedList Agent::Resolve(uint32_t peer_id, const double* d, size_t count) {
   // Regions are looked up by id; descriptors of one list usually name one or two, so cache the last hit.
   const Region* last_local = nullptr;
   for (size_t i = 0; i < count; ++i) {
-    const double* f = d + i * DescriptorFields::kCount;
-    const uint64_t lregion = ExactIndex(f[0], i, "localRegion");
-    const uint64_t loff = ExactIndex(f[1], i, "localOffset");
-    const uint64_t rregion = ExactIndex(f[2], i, "remoteRegion");
-    const uint64_t roff = ExactIndex(f[3], i, "remoteOffset");
-    const uint64_t len = ExactIndex(f[4], i, "length");
+    const uint64_t lregion = d[i].local_region;
+    const uint64_t loff = d[i].local_offset;
+    const uint64_t rregion = d[i].remote_region;
+    const uint64_t roff = d[i].remote_offset;
+    const uint64_t len = d[i].length;
     auto at = [i] { return "descriptor " + std::to_string(i) + ": "; };
     if (len == 0) throw Error("KVF_ERR_ZERO_LENGTH", at() + "length is 0");
     Region* local;
@@ -89,13 +78,13 @@ PreparedList Agent::Resolve(uint32_t peer_id, const double* d, size_t count) {
   return list;
 }
 
-uint64_t Agent::PostTransfer(OpKind kind, uint32_t peer_id, const double* d, size_t count, const uint8_t* notification,
-                             size_t notification_length, bool has_notification) {
+uint64_t Agent::PostTransfer(OpKind kind, uint32_t peer_id, const Descriptor* d, size_t count,
+                             const uint8_t* notification, size_t notification_length, bool has_notification) {
   PreparedList list = Resolve(peer_id, d, count);
   return Submit(kind, list, nullptr, count, notification, notification_length, has_notification);
 }
 
-uint32_t Agent::Prepare(uint32_t peer_id, const double* d, size_t count) {
+uint32_t Agent::Prepare(uint32_t peer_id, const Descriptor* d, size_t count) {
   auto list = std::make_unique<PreparedList>(Resolve(peer_id, d, count));
   const uint32_t id = next_prepared_++;
   prepared_.emplace(id, std::move(list));
@@ -114,7 +103,7 @@ const PreparedList& Agent::PreparedOrThrow(uint32_t id) const {
 
 uint64_t Agent::PostPrepared(OpKind kind, uint32_t list_id, const uint32_t* indices, size_t count,
                              const uint8_t* notification, size_t notification_length, bool has_notification) {
-  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
   const PreparedList& list = PreparedOrThrow(list_id);
   if (indices == nullptr) count = list.items.size();
   return Submit(kind, list, indices, count, notification, notification_length, has_notification);
@@ -122,76 +111,95 @@ uint64_t Agent::PostPrepared(OpKind kind, uint32_t list_id, const uint32_t* indi
 
 uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count,
                        const uint8_t* notification, size_t notification_length, bool has_notification) {
-  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
   Peer& peer = PeerOrThrow(list.peer);
   if (count == 0) throw Error("KVF_ERR_INVALID_ARGUMENT", "a transfer needs at least one descriptor");
   auto t = std::make_unique<Transfer>();
   t->kind = kind;
-  if (indices == nullptr) {
-    const std::string& overlap = kind == OpKind::kWrite ? list.write_overlap : list.read_overlap;
-    if (!overlap.empty()) throw Error("KVF_ERR_OVERLAP", overlap);
-    t->bytes = list.bytes;
-  } else {
-    // A selection of a list without overlaps overlaps only if it repeats an index. A few indices are compared
-    // with each other: a bitmap of the whole list cost ~0.3 µs per post of one index into 64 Ki descriptors.
-    const bool bitmap = count > kFewIndices;
-    std::vector<bool> seen(bitmap ? list.items.size() : 0);
-    for (size_t k = 0; k < count; ++k) {
-      const uint32_t i = indices[k];
-      if (i >= list.items.size()) {
-        throw Error("KVF_ERR_OUT_OF_RANGE", "index " + std::to_string(i) + " is outside the prepared list of " +
-                                                std::to_string(list.items.size()) + " descriptors");
-      }
-      const bool repeated = bitmap ? seen[i] : std::find(indices, indices + k, i) != indices + k;
-      if (repeated) throw Error("KVF_ERR_OVERLAP", "descriptor " + std::to_string(i) + " is selected twice");
-      if (bitmap) seen[i] = true;
-      t->bytes += list.items[i].length;
-    }
-    const std::string& overlap = kind == OpKind::kWrite ? list.write_overlap : list.read_overlap;
-    if (!overlap.empty()) {
-      std::string subset = FindOverlap(kind, list.items, indices, count);
-      if (!subset.empty()) throw Error("KVF_ERR_OVERLAP", subset);
-    }
-  }
+  t->bytes = SelectedBytes(kind, list, indices, count);
   // Everything that can refuse the transfer runs before it is counted in flight on its regions: a refusal
   // after that would leave them busy for good (no completion ever counts them down).
   CheckAdvertised(peer, kind, list, indices, count);
-  if (has_notification) t->notify_message = EncodeNotification(name_, notification, notification_length);
-  {
-    std::lock_guard<std::mutex> lock(regions_mu_);
-    for (const auto& [id, region] : list.regions) {
-      auto it = regions_.find(id);
-      if (it == regions_.end() || it->second.get() != region) {
-        throw Error("KVF_ERR_UNKNOWN_REGION", "local region " + std::to_string(id) + " was deregistered");
-      }
-    }
-    for (const auto& [id, region] : list.regions) {
-      t->regions.push_back(region);
-      ++region->inflight;
-    }
-  }
-  if (has_notification) {
-    t->notify_op = std::make_unique<Op>();
-    Op& op = *t->notify_op;
-    op.kind = OpKind::kSend;
-    op.transfer = t.get();
-    op.local = t->notify_message.data();
-    op.length = t->notify_message.size();
-    op.dest = peer.addrs[0][0];
-  }
+  if (has_notification) AttachNotification(*t, peer, notification, notification_length);
+  PinRegions(*t, list);
   if (peer.cma_pid != 0) return LaunchCopy(std::move(t), peer, list, indices, count);
+  return LaunchFabric(std::move(t), peer, list, indices, count);
+}
+
+// The bytes of the selection (all of the list when `indices` is null); throws when its destinations overlap
+// or an index is out of range or repeated.
+uint64_t Agent::SelectedBytes(OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count) const {
+  const std::string& overlap = kind == OpKind::kWrite ? list.write_overlap : list.read_overlap;
+  if (indices == nullptr) {
+    if (!overlap.empty()) throw Error("KVF_ERR_OVERLAP", overlap);
+    return list.bytes;
+  }
+  // A selection of a list without overlaps overlaps only if it repeats an index. A few indices are compared
+  // with each other: a bitmap of the whole list cost ~0.3 µs per post of one index into 64 Ki descriptors.
+  uint64_t bytes = 0;
+  const bool bitmap = count > kFewIndices;
+  std::vector<bool> seen(bitmap ? list.items.size() : 0);
+  for (size_t k = 0; k < count; ++k) {
+    const uint32_t i = indices[k];
+    if (i >= list.items.size()) {
+      throw Error("KVF_ERR_OUT_OF_RANGE", "index " + std::to_string(i) + " is outside the prepared list of " +
+                                              std::to_string(list.items.size()) + " descriptors");
+    }
+    const bool repeated = bitmap ? seen[i] : std::find(indices, indices + k, i) != indices + k;
+    if (repeated) throw Error("KVF_ERR_OVERLAP", "descriptor " + std::to_string(i) + " is selected twice");
+    if (bitmap) seen[i] = true;
+    bytes += list.items[i].length;
+  }
+  if (!overlap.empty()) {
+    std::string subset = FindOverlap(kind, list.items, indices, count);
+    if (!subset.empty()) throw Error("KVF_ERR_OVERLAP", subset);
+  }
+  return bytes;
+}
+
+// Control messages go on rail 0 (op.rail 0), where the peer's receives are posted.
+void Agent::AttachNotification(Transfer& t, const Peer& peer, const uint8_t* data, size_t length) const {
+  t.notify_message = EncodeNotification(name_, data, length);
+  t.notify_op = std::make_unique<Op>();
+  Op& op = *t.notify_op;
+  op.kind = OpKind::kSend;
+  op.transfer = &t;
+  op.local = t.notify_message.data();
+  op.length = t.notify_message.size();
+  op.dest = peer.addrs[0][0];
+}
+
+// Counts the transfer in flight on each of the list's local regions, which must all still be registered.
+void Agent::PinRegions(Transfer& t, const PreparedList& list) {
+  std::lock_guard<std::mutex> lock(regions_mu_);
+  for (const auto& [id, region] : list.regions) {
+    auto it = regions_.find(id);
+    if (it == regions_.end() || it->second.get() != region) {
+      throw Error("KVF_ERR_UNKNOWN_REGION", "local region " + std::to_string(id) + " was deregistered");
+    }
+  }
+  for (const auto& [id, region] : list.regions) {
+    t.regions.push_back(region);
+    ++region->inflight;
+  }
+}
+
+// Plans the ops over the rails and picks the lane: express (posted and reaped here) for small transfers
+// without a notification, else the rail threads, which the owner may spin for when the transfer is small.
+uint64_t Agent::LaunchFabric(std::unique_ptr<Transfer> t, const Peer& peer, const PreparedList& list,
+                             const uint32_t* indices, size_t count) {
   RailPlan plan;
   plan.rails = rails_.size();
   plan.remote_rails = peer.remote_rails;
   plan.max_msg = rails_[0]->max_msg_size();
   plan.stripe_threshold = stripe_threshold_;
   plan.next_rail = next_rail_;
-  PlanOps(*t, kind, peer, list, indices, count, plan);
+  PlanOps(*t, t->kind, peer, list, indices, count, plan);
   next_rail_ = plan.next_rail;
   if (!t->notify_op && t->bytes <= express_max_bytes_ && t->ops.size() <= kExpressMaxOps) {
     for (Op& op : t->ops) op.express = true;
   } else if (t->bytes <= small_max_bytes_ && t->ops.size() <= kExpressMaxOps) {
-    t->awaited = true;
+    t->pickup = Pickup::kSpin;
     ++awaited_in_flight_;  // before any op is posted: Finish (on a rail thread) counts it down
   }
   return Launch(std::move(t));
@@ -305,21 +313,20 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
       job.checks.push_back({r.first->remote_id, r.first->remote->base, r.first->remote->length});
     }
   }
-  t->cma = true;
-  t->mapped = job.mapped;
+  t->path = job.mapped ? TransferPath::kMapped : TransferPath::kCma;
   t->cma_segments = job.local.size();
   if (t->bytes <= small_max_bytes_) {
     // Small: copy here, on the posting thread. A few microseconds of syscall (which a dead peer fails with
     // ESRCH, never hangs) instead of a hand-off to a copier thread and back; the binding's reap() right after
     // the post delivers the completion.
-    t->copied_inline = true;
+    t->pickup = Pickup::kInline;
     t->remaining = 1;
     t->posted_ns = 0;
     Transfer* raw = Track(std::move(t));
     const uint64_t id = raw->id;
     ErrorInfo error = CmaCopy(job);
     t_reaping_express = true;
-    OnCopyDone(raw, error.ok() ? nullptr : &error);  // `raw` may be gone after this
+    OnPartDone(raw, error.ok() ? nullptr : &error);  // `raw` may be gone after this
     t_reaping_express = false;
     return id;
   }
@@ -336,22 +343,8 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
   return id;
 }
 
-void Agent::OnCopyDone(Transfer* t, const ErrorInfo* error) {
-  if (error != nullptr) {
-    std::lock_guard<std::mutex> lock(t->error_mu);
-    if (t->error.ok()) t->error = *error;
-  }
-  if (t->remaining.fetch_sub(1) != 1) return;
-  bool failed;
-  {
-    std::lock_guard<std::mutex> lock(t->error_mu);
-    failed = !t->error.ok();
-  }
-  DataDone(t, failed);
-}
-
 uint64_t Agent::Warmup(uint32_t peer_id) {
-  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
   Peer& peer = PeerOrThrow(peer_id);
   if (peer.regions.empty()) {
     throw Error("KVF_ERR_UNKNOWN_REGION", "peer '" + peer.name + "' advertises no region to warm the rails up with");
@@ -416,20 +409,16 @@ void Agent::OnOpPosted(Op* op, int64_t call_ns) {
 }
 
 uint64_t Agent::PostNotification(uint32_t peer_id, const uint8_t* data, size_t length) {
-  if (closing_) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
   Peer& peer = PeerOrThrow(peer_id);
   auto t = std::make_unique<Transfer>();
   t->kind = OpKind::kSend;
-  t->notify_message = EncodeNotification(name_, data, length);
-  t->ops.resize(1);
-  Op& op = t->ops[0];
-  op.kind = OpKind::kSend;
-  op.transfer = t.get();
-  op.local = t->notify_message.data();
-  op.length = t->notify_message.size();
-  op.dest = peer.addrs[0][0];
+  // The notification alone: its SEND is the transfer's only op.
+  AttachNotification(*t, peer, data, length);
+  t->ops.push_back(std::move(*t->notify_op));
+  t->notify_op.reset();
   t->rails_mask = 1;
-  return Launch(std::move(t));  // op.rail is 0: control messages go on rail 0, where receives are posted
+  return Launch(std::move(t));
 }
 
 }  // namespace kvf

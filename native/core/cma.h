@@ -1,6 +1,6 @@
 // The same-host fast path: cross-memory attach (process_vm_readv / process_vm_writev) copies straight
 // between this process and a peer process on the same machine, one copy, no provider, no bounce buffer.
-// Jobs run on the agent's copier threads, so the JS thread never blocks on a copy; completions go back to
+// Jobs run on the agent's copier threads, so the posting thread never blocks on a copy; completions go back to
 // the agent like fabric completions do. One thread copies at ~half of memcpy speed (the kernel pins every
 // page before copying it), so large transfers are cut into parts copied in parallel.
 #pragma once

@@ -1,5 +1,5 @@
 // Errors raised by the core carry a stable kvfabric code (see src/fabric/errors.ts) and, when they come
-// from libfabric, its errno and fi_strerror text. The binding turns them into JS errors unchanged.
+// from libfabric, its errno and fi_strerror text. The binding hands them to its callers unchanged.
 #pragma once
 
 #include <rdma/fabric.h>

@@ -6,7 +6,6 @@
 #include <mutex>
 #include <set>
 
-#include "core/agent.h"
 #include "core/shm_regions.h"
 
 namespace kvf {
@@ -16,7 +15,7 @@ namespace {
 // Agents still open at process exit are halted before libfabric's own destructors run: atexit handlers
 // registered after libfabric was loaded run before the loader's library destructors.
 std::mutex g_live_mu;
-std::set<Agent*> g_live;
+std::set<LiveAgent*> g_live;
 std::once_flag g_atexit_once;
 
 // Endpoints of shm agents closed while another shm agent of this process was still running. libfabric's shm
@@ -47,33 +46,33 @@ void CloseParkedShmEndpoints() {
 namespace {
 
 void HaltLiveAgentsAtExit() {
-  std::vector<Agent*> live;
+  std::vector<LiveAgent*> live;
   {
     std::lock_guard<std::mutex> lock(g_live_mu);
     live.assign(g_live.begin(), g_live.end());
   }
-  for (Agent* a : live) a->HaltRails();
+  for (LiveAgent* a : live) a->HaltRails();
   // Without fi_close the shm provider leaves its regions in /dev/shm behind.
   UnlinkOwnShmRegions();
 }
 
 }  // namespace
 
-void RegisterLiveAgent(Agent* agent) {
+void RegisterLiveAgent(LiveAgent* agent) {
   std::call_once(g_atexit_once, [] { std::atexit(HaltLiveAgentsAtExit); });
   std::lock_guard<std::mutex> lock(g_live_mu);
   g_live.insert(agent);
 }
 
-void UnregisterLiveAgent(Agent* agent) {
+void UnregisterLiveAgent(LiveAgent* agent) {
   std::lock_guard<std::mutex> lock(g_live_mu);
   g_live.erase(agent);
 }
 
-bool OtherShmAgentRunning(const Agent* self) {
+bool OtherShmAgentRunning(const LiveAgent* self) {
   std::lock_guard<std::mutex> lock(g_live_mu);
-  for (Agent* a : g_live) {
-    if (a != self && a->provider() == "shm" && !a->closed()) return true;
+  for (LiveAgent* a : g_live) {
+    if (a != self && a->RunningOnShm()) return true;
   }
   return false;
 }

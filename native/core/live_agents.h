@@ -8,12 +8,22 @@
 
 namespace kvf {
 
-class Agent;
+// What the registry needs of an agent (core/agent.h).
+class LiveAgent {
+ public:
+  // Stops and joins the agent's rail threads without releasing anything (at process exit).
+  virtual void HaltRails() = 0;
+  // Whether it runs on the shm provider and has not closed yet.
+  virtual bool RunningOnShm() const = 0;
+
+ protected:
+  ~LiveAgent() = default;
+};
 
 // Registering the first agent installs the exit handler that halts every agent's rails.
-void RegisterLiveAgent(Agent* agent);
-void UnregisterLiveAgent(Agent* agent);
-bool OtherShmAgentRunning(const Agent* self);
+void RegisterLiveAgent(LiveAgent* agent);
+void UnregisterLiveAgent(LiveAgent* agent);
+bool OtherShmAgentRunning(const LiveAgent* self);
 // Keeps shm endpoints (and their MRs) open until CloseParkedShmEndpoints, once no shm agent runs.
 void ParkShmEndpoints(std::vector<std::unique_ptr<Rail>> rails, std::vector<RailMr> mrs);
 void CloseParkedShmEndpoints();

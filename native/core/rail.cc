@@ -368,7 +368,7 @@ void Rail::Submit(Op* const* ops, size_t count) {
     queue_.insert(queue_.end(), ops, ops + count);
   }
   // Only a thread about to sleep needs the signal: a spinning one finds the queue on its next round, and
-  // fi_cq_signal is a system call (~1.2 µs of every small post's JS call on shm, measured).
+  // fi_cq_signal is a system call (~1.2 µs of every small post on shm, measured).
   if (sleeping_.load()) Wake();
 }
 
@@ -559,10 +559,10 @@ void Rail::RunLoop() {
       last_work = now;
     } else if (busy) {
       // Busy polling asked for a core: spin without yielding, as the raw baseline's target does (a
-      // sched_yield per round added ~1 µs to every small READ served). Except while the JS thread spins for
+      // sched_yield per round added ~1 µs to every small READ served). Except while the posting thread spins for
       // a completion too: three spinners on two cores (two here, the peer's rail) otherwise let one run out
       // its time slice while the other waits; yielding makes a shared core alternate (alternating runs of
-      // JS-to-JS shm READ p50: 6.3-17.7 µs without, 6.4-9.0 µs with).
+      // agent-to-agent shm READ p50: 6.3-17.7 µs without, 6.4-9.0 µs with).
       if (owner_->caller_polling()) sched_yield();
     } else if (!pending.empty() || Recovering() || now - last_work < (inflight_ > 0 ? kInflightSpin : kSpinWindow) ||
                (inflight_ > 0 && !cq_can_wait_)) {

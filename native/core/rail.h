@@ -2,7 +2,7 @@
 // driven by one progress thread. Only that thread posts operations and reads the CQ, so the data path
 // needs no locks beyond the submission queue; manual-progress providers (tcp;ofi_rxm, shm) get the
 // progress they need, also as a passive target of RMA. Beside it, the express lane: a second endpoint
-// that only the JS thread posts on and reaps (see PostExpress).
+// that only the posting thread posts on and reaps (see PostExpress).
 #pragma once
 
 #include <rdma/fabric.h>
@@ -92,11 +92,11 @@ class Rail {
   void Submit(Op* op) { Submit(&op, 1); }
 
   // The express lane: a second endpoint with its own CQ (and, where no local MRs are needed, its own fabric,
-  // domain and a mirrored address vector) that the JS thread posts on and reaps itself. Small transfers skip both
-  // thread hand-offs (JS → progress thread, progress thread → event loop), which is most of their latency; the progress
-  // thread never touches it. Opened on first use. PostExpress returns 0 (posted), kExpressQueued (waiting for room;
-  // ReapExpress posts it) or a negative code, after which the op must go through Submit instead (closed, no express
-  // lane on this provider, or the provider refused it).
+  // domain and a mirrored address vector) that the posting thread posts on and reaps itself. Small transfers
+  // skip both thread hand-offs (poster → progress thread, progress thread → event loop), which is most of their
+  // latency; the progress thread never touches it. Opened on first use. PostExpress returns 0 (posted),
+  // kExpressQueued (waiting for room; ReapExpress posts it) or a negative code, after which the op must go
+  // through Submit instead (closed, no express lane on this provider, or the provider refused it).
   static constexpr int kExpressQueued = 1;
   int PostExpress(Op* op);
   // Reads the express CQ once (which also drives the provider's progress for it), completes what it
@@ -166,7 +166,7 @@ class Rail {
   std::thread thread_;
   size_t inflight_ = 0;  // progress thread only
 
-  std::mutex express_mu_;                 // the JS thread's posts and reaps against closing (from the closer thread)
+  std::mutex express_mu_;                 // express posts and reaps against closing (from the closer thread)
   fid_fabric* express_fabric_ = nullptr;  // own fabric, domain and AV unless local MRs are needed
   fid_domain* express_domain_ = nullptr;
   fid_av* express_av_ = nullptr;

@@ -1,4 +1,5 @@
-// The units of work that cross from the JS thread to the rail progress threads and back.
+// The units of work that cross from the posting thread to the rail progress threads (or the copier threads)
+// and back.
 #pragma once
 
 #include <rdma/fabric.h>
@@ -17,6 +18,31 @@ namespace kvf {
 
 enum class OpKind : uint8_t { kWrite, kRead, kSend };
 
+// One descriptor of a transfer: `length` bytes between a local region and a peer's region. The binding turns
+// the caller's numbers into these (and rejects what is not a 64-bit integer); the agent checks them against
+// its regions and the peer's.
+struct Descriptor {
+  uint64_t local_region = 0;
+  uint64_t local_offset = 0;
+  uint64_t remote_region = 0;
+  uint64_t remote_offset = 0;
+  uint64_t length = 0;
+};
+
+// How a transfer's bytes move. Paths for device memory are to join here.
+enum class TransferPath : uint8_t {
+  kFabric,  // libfabric ops on the rails
+  kCma,     // same-host fast path: cross-memory attach (process_vm_readv / process_vm_writev)
+  kMapped,  // same-host fast path through the peer's shared memory mapped here (memcpy)
+};
+
+// Where a transfer's completion is picked up (express ops, reaped by the posting thread, say so themselves).
+enum class Pickup : uint8_t {
+  kWake,    // the completing thread wakes the binding's event loop
+  kInline,  // the fast path copied on the posting thread: done before the post returned (reported as express)
+  kSpin,    // small, on the rail threads: the posting thread may spin for it (Agent::awaited_in_flight)
+};
+
 struct Transfer;
 struct Region;
 
@@ -34,7 +60,7 @@ struct Op {
   uint64_t remote_key = 0;
   uint32_t rail = 0;
   bool delivery_complete = false;  // data must be visible at the target before the completion
-  bool express = false;            // posted and reaped on the JS thread (Rail::PostExpress)
+  bool express = false;            // posted and reaped on the posting thread (Rail::PostExpress)
   bool suspect = false;            // failed with its connection: to be retried alone (rail_recovery.cc)
   bool deferred = false;           // failed alone before anything else was retried successfully
 };
@@ -56,11 +82,9 @@ struct Transfer {
   std::atomic<size_t> unposted{0};           // data ops not yet accepted by the provider
   std::atomic<int64_t> posted_ns{-1};        // from start until the provider had accepted every data op
   std::atomic<int64_t> provider_post_ns{0};  // time inside the provider's post calls, summed over data ops
-  bool cma = false;                          // carried by the same-host fast path, not the fabric
-  size_t cma_segments = 0;
-  bool copied_inline = false;  // the fast path's copy ran on the posting thread (express)
-  bool mapped = false;         // the fast path copied through the peer's memory mapped here (memcpy)
-  bool awaited = false;        // small, on the rail threads: the JS thread may spin for it (Agent::awaited_in_flight)
+  TransferPath path = TransferPath::kFabric;
+  Pickup pickup = Pickup::kWake;
+  size_t cma_segments = 0;  // same-host paths: the copy's segments (reported as its ops)
 };
 
 struct Event {
@@ -74,9 +98,8 @@ struct Event {
   int64_t post_ns = -1;
   int64_t provider_post_ns = 0;
   uint64_t ops = 0;
-  bool cma = false;
-  bool mapped = false;        // cma through a mapping of the peer's shared memory
-  bool express = false;       // at least one op went by the express lane
+  TransferPath path = TransferPath::kFabric;
+  bool express = false;       // at least one op went by the express lane (or the copy ran inline)
   std::string from;           // notification sender
   std::vector<uint8_t> data;  // notification payload
 };

@@ -2,7 +2,8 @@
 
 #include <algorithm>
 
-#include "core/agent.h"
+#include "core/peer.h"
+#include "core/region.h"
 
 namespace kvf {
 

@@ -163,9 +163,10 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   // ref()/unref() on the addon's thread-safe function are a switch, not a count; count here.
   #refs = 0;
   #closeTimeoutMs: number;
-  #closing?: Promise<void>;
+  // 'closing' from close() until the addon's 'closed' event, which ends every state ('closed').
+  #state: 'open' | 'closing' | 'closed' = 'open';
+  #whenClosed?: Promise<void>; // what close() returns, every time
   #resolveClosed?: () => void;
-  #closed = false;
   #log: Logger | undefined;
   #fastPath: boolean;
   #poller: CompletionPoller | undefined;
@@ -191,10 +192,10 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
         : new CompletionPoller(
             (spinUs) => native.reap(spinUs),
             () => this.#pending.size,
-            () => this.#closed,
+            () => this.#state === 'closed',
           );
     this.#log = log;
-    this.#grants = new GrantBook(native, this.name, this.info.regionTable?.nonce ?? new Uint8Array(16), () => !this.#closed);
+    this.#grants = new GrantBook(native, this.name, this.info.regionTable?.nonce ?? new Uint8Array(16), () => this.#state !== 'closed');
   }
 
   static async create(options: AgentOptions): Promise<Agent> {
@@ -272,7 +273,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   }
 
   get closed(): boolean {
-    return this.#closed || this.#closing !== undefined;
+    return this.#state !== 'open';
   }
 
   get rails(): number {
@@ -544,13 +545,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    * they reject with KVF_ERR_CLOSED), closes every endpoint and releases registered memory.
    */
   close(): Promise<void> {
-    if (this.#closing) return this.#closing;
-    this.#closing = new Promise<void>((resolve) => {
+    if (this.#whenClosed) return this.#whenClosed;
+    if (this.#state === 'open') this.#state = 'closing';
+    this.#whenClosed = new Promise<void>((resolve) => {
       this.#resolveClosed = resolve;
     });
     this.#ref(); // the close event must be able to arrive
     this.#native.close(this.#closeTimeoutMs);
-    return this.#closing;
+    return this.#whenClosed;
   }
 
   // Called by the addon with one batch per CQ drain: successful transfers as records first (a 'closed' event,
@@ -627,7 +629,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   }
 
   #finishClose(): void {
-    this.#closed = true;
+    this.#state = 'closed';
     for (const region of this.#regions.values()) region.markDeregistered();
     this.#regions.clear();
     this.#grants.endAll();

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# A/B of two builds of the addon on one machine: the same CLI (this checkout's dist/) loads A then B through
+# KVF_ADDON, pair after pair, so that drift of a shared machine hits both alike. Prints one line per run:
+#   <build> <config> p50_us wall_p50_us gbps cost_us_per_desc
+# Usage: benchmarks/ab-addon.sh <addon A .node> <addon B .node> [pairs, default 3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+a="$1" b="$2" pairs="${3:-3}"
+out="$(mktemp -d)"
+# --fast-path off: same-host runs take the fabric (the provider's path), not the cma/mapped copy.
+configs=(
+  "tcp-4K-lat|--provider tcp --latency --fast-path off"
+  "shm-4K-lat|--provider shm --latency --fast-path off"
+  "mapped-4K-lat|--provider shm --latency"
+  "tcp-1M-read|--provider tcp --rails 1 --op READ --block-sizes 1M --fast-path off"
+  "shm-1M-read|--provider shm --op READ --block-sizes 1M --fast-path off"
+  "tcp-4Kx32-unprepared|--provider tcp --op READ --block-sizes 4K --batch 32 --no-prepared --fast-path off"
+)
+for ((p = 1; p <= pairs; p++)); do
+  for entry in "${configs[@]}"; do
+    name="${entry%%|*}" args="${entry#*|}"
+    for build in A B; do
+      addon="$a"; [ "$build" = B ] && addon="$b"
+      # shellcheck disable=SC2086
+      KVF_ADDON="$addon" node dist/cli/main.js bench $args --duration 2 --no-progress --json "$out/r.json" >/dev/null
+      node -e '
+        const p = require(process.argv[1]).points[0];
+        const us = (ms) => (ms * 1000).toFixed(1);
+        console.log([process.argv[2], process.argv[3], us(p.latencyMs.p50), us(p.wallLatencyMs.p50), p.gbps.toFixed(3), p.costUsPerDesc.toFixed(2)].join(" "));
+      ' "$out/r.json" "$build" "$name"
+    done
+  done
+done
