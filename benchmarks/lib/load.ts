@@ -39,10 +39,17 @@ export interface LevelResult {
   kvBytesPerRequest: number;
 }
 
-/** One streamed, greedy chat completion of question `i` (mod the list). */
-export async function streamOne(target: LoadTarget, i: number): Promise<Sample> {
-  const started = performance.now();
-  const res = await fetch(`${target.url}/v1/chat/completions`, {
+/** One SSE chunk of a streamed chat completion, as far as the benchmarks read it. */
+export interface Chunk {
+  error?: { code?: string; message: string };
+  choices: { delta?: { content?: string } }[];
+  usage?: { completion_tokens: number };
+  kvfabric?: { bytes: number };
+}
+
+/** Sends a streamed, greedy chat completion of question `i` (mod the list). */
+export function postChat(target: LoadTarget, i: number): Promise<Response> {
+  return fetch(`${target.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({
@@ -54,35 +61,42 @@ export async function streamOne(target: LoadTarget, i: number): Promise<Sample> 
       stream_options: { include_usage: true },
     }),
   });
+}
+
+/** The chunks of an SSE body in order; 'done' for the closing [DONE]. */
+export async function* sseChunks(body: ReadableStream<Uint8Array>): AsyncGenerator<Chunk | 'done'> {
+  let buffered = '';
+  const decoder = new TextDecoder();
+  for await (const bytes of body) {
+    buffered += decoder.decode(bytes, { stream: true });
+    let end: number;
+    while ((end = buffered.indexOf('\n\n')) >= 0) {
+      const event = buffered.slice(0, end).replace(/^data: /, '');
+      buffered = buffered.slice(end + 2);
+      yield event === '[DONE]' ? 'done' : (JSON.parse(event) as Chunk);
+    }
+  }
+}
+
+/** One streamed, greedy chat completion of question `i` (mod the list). */
+export async function streamOne(target: LoadTarget, i: number): Promise<Sample> {
+  const started = performance.now();
+  const res = await postChat(target, i);
   if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
   let first: number | undefined;
   let last = started;
   let tokens = 0;
   let kvBytes = 0;
-  let buffered = '';
-  const decoder = new TextDecoder();
-  for await (const bytes of res.body) {
-    buffered += decoder.decode(bytes as Uint8Array, { stream: true });
-    let end: number;
-    while ((end = buffered.indexOf('\n\n')) >= 0) {
-      const event = buffered.slice(0, end).replace(/^data: /, '');
-      buffered = buffered.slice(end + 2);
-      if (event === '[DONE]') continue;
-      const chunk = JSON.parse(event) as {
-        error?: { message: string };
-        choices: { delta?: { content?: string } }[];
-        usage?: { completion_tokens: number };
-        kvfabric?: { bytes: number };
-      };
-      if (chunk.error) throw new Error(chunk.error.message);
-      if (chunk.choices[0]?.delta?.content) {
-        const now = performance.now();
-        first ??= now;
-        last = now;
-      }
-      if (chunk.usage) tokens = chunk.usage.completion_tokens;
-      if (chunk.kvfabric) kvBytes = chunk.kvfabric.bytes;
+  for await (const chunk of sseChunks(res.body)) {
+    if (chunk === 'done') continue;
+    if (chunk.error) throw new Error(chunk.error.message);
+    if (chunk.choices[0]?.delta?.content) {
+      const now = performance.now();
+      first ??= now;
+      last = now;
     }
+    if (chunk.usage) tokens = chunk.usage.completion_tokens;
+    if (chunk.kvfabric) kvBytes = chunk.kvfabric.bytes;
   }
   const ttftMs = (first ?? last) - started;
   return { ttftMs, itlMs: tokens > 1 && first !== undefined ? (last - first) / (tokens - 1) : undefined, tokens, kvBytes };

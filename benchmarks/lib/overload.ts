@@ -2,7 +2,7 @@
 // waits the Retry-After delay and sends again. Every request's outcome is classified, so a phase can say how
 // many completed (and their tokens: the goodput), how many were refused and how fast, and whether anything
 // else happened (5xx, an error event in the stream, a request timeout) — which under admission control must not.
-import { QUESTIONS, percentile } from './load.js';
+import { percentile, postChat, sseChunks } from './load.js';
 
 export interface Outcome {
   kind: 'completed' | 'refused' | 'server-error' | 'stream-error' | 'client-error';
@@ -59,18 +59,7 @@ export async function attempt(o: Pick<PhaseOptions, 'url' | 'modelName' | 'maxTo
   });
   let res: Response;
   try {
-    res = await fetch(`${o.url}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        model: o.modelName,
-        messages: [{ role: 'user', content: QUESTIONS[i % QUESTIONS.length] }],
-        max_tokens: o.maxTokens,
-        temperature: 0,
-        stream: true,
-        stream_options: { include_usage: true },
-      }),
-    });
+    res = await postChat(o, i);
   } catch (err) {
     return done('client-error', 0, (err as Error).message);
   }
@@ -81,20 +70,11 @@ export async function attempt(o: Pick<PhaseOptions, 'url' | 'modelName' | 'maxTo
     return done(kind, res.status, body.error?.code ?? null, 0, retryAfter === null ? null : Number(retryAfter));
   }
   let tokens = 0;
-  let buffered = '';
-  const decoder = new TextDecoder();
   try {
-    for await (const bytes of res.body) {
-      buffered += decoder.decode(bytes as Uint8Array, { stream: true });
-      let end: number;
-      while ((end = buffered.indexOf('\n\n')) >= 0) {
-        const event = buffered.slice(0, end).replace(/^data: /, '');
-        buffered = buffered.slice(end + 2);
-        if (event === '[DONE]') return done('completed', res.status, null, tokens);
-        const chunk = JSON.parse(event) as { error?: { code?: string }; usage?: { completion_tokens: number } };
-        if (chunk.error) return done('stream-error', res.status, chunk.error.code ?? 'unknown');
-        if (chunk.usage) tokens = chunk.usage.completion_tokens;
-      }
+    for await (const chunk of sseChunks(res.body)) {
+      if (chunk === 'done') return done('completed', res.status, null, tokens);
+      if (chunk.error) return done('stream-error', res.status, chunk.error.code ?? 'unknown');
+      if (chunk.usage) tokens = chunk.usage.completion_tokens;
     }
   } catch (err) {
     return done('stream-error', res.status, (err as Error).message);
