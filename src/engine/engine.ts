@@ -3,6 +3,7 @@
 // written here can be read by a peer, and blocks a peer wrote here are used in place.
 import { KvfError, fromNative } from '../fabric/errors.js';
 import { addon, type NativeEngine, type NativeEngineInfo } from '../fabric/native.js';
+import { DEFAULT_TOKENS_PER_BLOCK } from '../kv/plan.js';
 
 export type ModelInfo = Pick<NativeEngineInfo, 'layers' | 'embedding' | 'heads' | 'kvHeads' | 'headDim' | 'vocab' | 'contextLength'>;
 
@@ -53,14 +54,14 @@ export class ReferenceEngine implements Engine {
 
   /** Bytes of one KV block for this model, to size the pool before loading. */
   static blockBytes(modelPath: string, options: { tokensPerBlock?: number; dtype?: 'f16' | 'f32' } = {}): number {
-    return call(() => addon.NativeEngine.blockBytes(modelPath, options.tokensPerBlock ?? 32, options.dtype === 'f32'));
+    return call(() => addon.NativeEngine.blockBytes(modelPath, options.tokensPerBlock ?? DEFAULT_TOKENS_PER_BLOCK, options.dtype === 'f32'));
   }
 
   constructor(options: ReferenceEngineOptions) {
     const native = call(
       () =>
         new addon.NativeEngine(options.modelPath, options.pool, {
-          tokensPerBlock: options.tokensPerBlock ?? 32,
+          tokensPerBlock: options.tokensPerBlock ?? DEFAULT_TOKENS_PER_BLOCK,
           f32: options.dtype === 'f32',
           ...(options.threads !== undefined ? { threads: options.threads } : {}),
         }),

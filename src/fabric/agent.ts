@@ -9,7 +9,7 @@ import { packDescriptors, type TransferDescriptor } from './descriptors.js';
 import { KvfError, fromNative } from './errors.js';
 import { defaultLogger, type Logger } from './logger.js';
 import { MemoryRegion, toBytes, type MemoryInput, type RegionOwner } from './memory.js';
-import { decodeMetadata, encodeMetadata } from './metadata.js';
+import { METADATA_LIMITS, decodeMetadata, encodeMetadata } from './metadata.js';
 import { CompletionPoller } from './completion-poller.js';
 import {
   addon,
@@ -202,7 +202,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     if (options === null || typeof options !== 'object' || typeof options.name !== 'string' || options.name === '') {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'Agent.create needs options.name (a non-empty string)');
     }
-    if (options.rails !== undefined && (!Number.isInteger(options.rails) || options.rails < 1 || options.rails > 64)) {
+    if (options.rails !== undefined && (!Number.isInteger(options.rails) || options.rails < 1 || options.rails > METADATA_LIMITS.maxRails)) {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.rails must be an integer from 1 to 64');
     }
     if (options.stripeThreshold !== undefined && !(Number.isSafeInteger(options.stripeThreshold) && options.stripeThreshold >= 0)) {

@@ -23,7 +23,7 @@
 //           8*r   u64 key per rail
 //           4     u32 CRC-32 (zlib's) of every preceding byte
 import { KvfError } from './errors.js';
-import { crc32, type ShareDescription } from './metadata.js';
+import { METADATA_LIMITS, crc32, type ShareDescription } from './metadata.js';
 
 export const GRANT_VERSION = 1;
 export type GrantAccess = 'read' | 'write';
@@ -35,7 +35,7 @@ const FIXED_BYTES = 68;
 const CRC_BYTES = 4;
 const NOT_SHARED = 0xffffffff;
 const DIGEST_BYTES = 16;
-const MAX_RAILS = 64;
+const MAX_RAILS = METADATA_LIMITS.maxRails;
 const U64_LIMIT = 1n << 64n;
 
 export interface GrantDescription {

@@ -6,6 +6,9 @@
 import { KvfError } from '../fabric/errors.js';
 import type { KvLayout } from '../engine/engine.js';
 
+/** Positions per KV block unless told otherwise (engine and workers alike). */
+export const DEFAULT_TOKENS_PER_BLOCK = 32;
+
 export interface KvRange {
   srcOffset: number;
   dstOffset: number;

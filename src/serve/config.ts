@@ -9,7 +9,9 @@ import { Ajv, type ErrorObject, type JSONSchemaType } from 'ajv';
 
 import { KvfError } from '../fabric/errors.js';
 import { resolveBackend } from '../fabric/config.js';
+import { METADATA_LIMITS } from '../fabric/metadata.js';
 import { MAX_LEASE_MS } from '../kv/leases.js';
+import { DEFAULT_TOKENS_PER_BLOCK } from '../kv/plan.js';
 import { defaultModelPath } from './default-model.js';
 
 export type Role = 'prefill' | 'decode';
@@ -146,11 +148,11 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
     listen: { ...hostPort, default: '127.0.0.1:0' },
     advertise: { ...hostPort, nullable: true },
     provider: { type: 'string', minLength: 1, nullable: true },
-    rails: { type: 'integer', minimum: 1, maximum: 64, nullable: true },
+    rails: { type: 'integer', minimum: 1, maximum: METADATA_LIMITS.maxRails, nullable: true },
     busyPollUs: { type: 'integer', minimum: 0, maximum: 10_000_000, nullable: true },
     fabricAddress: { type: 'string', minLength: 1, nullable: true },
     blocks: { type: 'integer', minimum: 1, maximum: 1 << 20, default: 256 },
-    tokensPerBlock: { type: 'integer', minimum: 1, maximum: 4096, default: 32 },
+    tokensPerBlock: { type: 'integer', minimum: 1, maximum: 4096, default: DEFAULT_TOKENS_PER_BLOCK },
     kvDtype: { type: 'string', enum: ['f16', 'f32'], default: 'f16' },
     threads: { type: 'integer', minimum: 1, maximum: 1024, nullable: true },
     hugepages: { type: 'boolean', default: false },
