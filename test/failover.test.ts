@@ -8,22 +8,9 @@ import { afterEach, describe, test } from 'node:test';
 
 import OpenAI from 'openai';
 
-import { frontendConfig } from '../src/serve/config.js';
 import type { KvProof } from '../src/serve/flow.js';
-import { Frontend } from '../src/serve/frontend/frontend.js';
-import {
-  CLUSTER,
-  SLOW_MODEL_SHAPE,
-  SLOW_MODEL_SKIP,
-  health,
-  poolAtBaseline,
-  quietLog,
-  startWorker,
-  stop,
-  tinyModel,
-  waitFor,
-  type Proc,
-} from './helpers/serve.js';
+import type { Frontend } from '../src/serve/frontend/frontend.js';
+import { SLOW_MODEL_SHAPE, SLOW_MODEL_SKIP, health, poolAtBaseline, startFrontend, startWorker, stop, tinyModel, type Proc } from './helpers/serve.js';
 
 const PROMPT = 'the quick brown fox jumps over the lazy dog near the old stone bridge';
 
@@ -46,22 +33,7 @@ async function startCluster(model: string, prefills: number, decodes: number, fr
     Promise.all(Array.from({ length: prefills }, (_, i) => startWorker('prefill', { model, provider: 'tcp', id: `prefill-${i}`, extra }))),
     Promise.all(Array.from({ length: decodes }, (_, i) => startWorker('decode', { model, provider: 'tcp', id: `decode-${i}`, extra }))),
   ]);
-  const frontend = await Frontend.start(
-    frontendConfig({
-      flags: {
-        ...CLUSTER,
-        model,
-        listen: '127.0.0.1:0',
-        prefill: prefill.map((p) => p.ready.address),
-        decode: decode.map((p) => p.ready.address),
-        healthIntervalMs: 200,
-        ...frontendFlags,
-      },
-      env: {},
-    }),
-    quietLog,
-  );
-  await waitFor(() => frontend.router.workers().every((w) => w.healthy), 'workers healthy');
+  const frontend = await startFrontend(model, { prefill, decode }, frontendFlags);
   const client = new OpenAI({ baseURL: `${frontend.url}/v1`, apiKey: 'unused', maxRetries: 0 });
   return {
     prefill,

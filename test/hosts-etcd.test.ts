@@ -16,7 +16,7 @@ import { Etcd3 } from 'etcd3';
 import type { KvProof } from '../src/serve/flow.js';
 import { findEtcd, startEtcd, stopEtcd, type EtcdServer } from './helpers/etcd.js';
 import { Hosts, hostsUnavailable, type Host } from './helpers/hosts.js';
-import { ROOT, startCli, startWorker, stop, tinyModel, toolEnv, waitFor, type Proc } from './helpers/serve.js';
+import { ROOT, startCli, startWorkerOn, stop, tinyModel, toolEnv, waitFor, type Proc } from './helpers/serve.js';
 
 const ETCD = findEtcd();
 const SKIP = hostsUnavailable() || (ETCD ? false : 'no etcd binary (/usr/bin/etcd or etcd on PATH); install etcd-server to run these tests');
@@ -42,14 +42,7 @@ describe('etcd discovery across three simulated hosts, frontend on a host IP', {
   let frontend: Proc;
 
   const worker = async (role: 'prefill' | 'decode', host: Host, id: string): Promise<Proc> => {
-    const p = await startWorker(role, {
-      model,
-      provider: 'tcp',
-      id,
-      listen: `${host.ip}:0`,
-      prefix: net.prefix(host),
-      extra: ['--etcd', etcd.url, '--etcd-prefix', PREFIX, '--etcd-ttl', '5'],
-    });
+    const p = await startWorkerOn(net, host, role, { model, id, extra: ['--etcd', etcd.url, '--etcd-prefix', PREFIX, '--etcd-ttl', '5'] });
     procs.push(p);
     return p;
   };

@@ -14,7 +14,7 @@ import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
 import { Hosts, hostsUnavailable, innerPid, type Host } from './helpers/hosts.js';
 import { waitForState } from './helpers/peers.js';
-import { CLUSTER, health, poolAtBaseline, quietLog, startWorker, stop, tinyModel, waitFor, type Proc } from './helpers/serve.js';
+import { CLUSTER, health, poolAtBaseline, quietLog, startWorkerOn, stop, tinyModel, waitFor, type Proc } from './helpers/serve.js';
 
 const SKIP = hostsUnavailable();
 const PROMPTS = ['the quick brown fox', 'seven wizards quietly hex jovial kings near old stone bridges', 'a lazy dog', 'hello there, how are you today?'];
@@ -37,14 +37,7 @@ describe('serving on three simulated hosts (tcp over veths)', { skip: SKIP }, ()
   let aggregated: Frontend;
 
   const worker = async (role: 'prefill' | 'decode', host: Host, id: string, extra: string[] = []): Promise<Proc> => {
-    const p = await startWorker(role, {
-      model,
-      provider: 'tcp',
-      id,
-      listen: `${host.ip}:0`,
-      prefix: net.prefix(host),
-      extra: ['--transfer-timeout-ms', String(TRANSFER_MS), ...extra],
-    });
+    const p = await startWorkerOn(net, host, role, { model, id, extra: ['--transfer-timeout-ms', String(TRANSFER_MS), ...extra] });
     procs.push(p);
     return p;
   };

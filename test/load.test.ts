@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
+import type { PhaseResult } from '../benchmarks/lib/overload.js';
 import { ROOT, tinyModel } from './helpers/serve.js';
 
 test('bench:load, 2 × 12 s: under 4× the admitted concurrency, refusals are 429s and every accepted request completes', { timeout: 180_000 }, async () => {
@@ -29,21 +30,7 @@ test('bench:load, 2 × 12 s: under 4× the admitted concurrency, refusals are 42
     out,
   ];
   const stdout = await new Promise<string>((resolve) => execFile(process.execPath, args, { cwd: ROOT, maxBuffer: 16 << 20 }, (_err, so) => resolve(so)));
-  const report = JSON.parse(readFileSync(out, 'utf8')) as {
-    phases: {
-      name: string;
-      result: {
-        sent: number;
-        completed: number;
-        refused: number;
-        serverErrors: number;
-        streamErrors: number;
-        clientErrors: number;
-        errorCodes: Record<string, number>;
-      };
-    }[];
-    checks: Record<string, boolean>;
-  };
+  const report = JSON.parse(readFileSync(out, 'utf8')) as { phases: { name: string; result: PhaseResult }[]; checks: Record<string, boolean> };
   const [sized, overload] = report.phases;
   assert.ok(sized!.result.completed > 0 && overload!.result.completed > 0, stdout);
   assert.ok(overload!.result.refused > 0, 'four times the admitted clients meet the limit');

@@ -16,7 +16,7 @@ import { Frontend } from '../../src/serve/frontend/frontend.js';
 import type { Ready } from '../../src/serve/processes.js';
 import { unary, workerClient, type WorkerStatus } from '../../src/serve/rpc.js';
 import { ClusterAuth } from '../../src/serve/security/auth.js';
-import { innerPid } from './hosts.js';
+import { innerPid, type Host, type Hosts } from './hosts.js';
 import { HAVE_SMOLLM2, SMOLLM2 } from './models.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -143,6 +143,11 @@ export function startWorker(role: 'prefill' | 'decode', o: WorkerOptions): Promi
   return startCli([...args, ...(o.extra ?? [])], o.env, o.prefix);
 }
 
+/** A tcp worker on a simulated host: listening on the host's address, inside its namespaces. */
+export function startWorkerOn(net: Hosts, host: Host, role: 'prefill' | 'decode', o: Omit<WorkerOptions, 'provider' | 'listen' | 'prefix'>): Promise<Proc> {
+  return startWorker(role, { ...o, provider: 'tcp', listen: `${host.ip}:0`, prefix: net.prefix(host) });
+}
+
 export interface Stack {
   prefill: Proc;
   decode: Proc;
@@ -150,6 +155,28 @@ export interface Stack {
   url: string;
   modelName: string;
   close(): Promise<void>;
+}
+
+/** A frontend in this process over these workers (static addresses), resolved once all of them are healthy. */
+export async function startFrontend(model: string, workers: { prefill: Proc[]; decode: Proc[] }, flags: Record<string, unknown> = {}): Promise<Frontend> {
+  const addresses = (ps: Proc[]) => ps.map((p) => p.ready.address);
+  const frontend = await Frontend.start(
+    frontendConfig({
+      flags: {
+        ...CLUSTER,
+        model,
+        listen: '127.0.0.1:0',
+        prefill: addresses(workers.prefill),
+        decode: addresses(workers.decode),
+        healthIntervalMs: 200,
+        ...flags,
+      },
+      env: {},
+    }),
+    quietLog,
+  );
+  await waitFor(() => frontend.router.workers().every((w) => w.healthy), 'workers healthy');
+  return frontend;
 }
 
 /** Prefill and decode worker processes plus a frontend in this process, wired by static addresses. */
@@ -163,22 +190,7 @@ export async function startStack(
     startWorker('prefill', { model, provider, id: `prefill-${provider}`, ...workers }),
     startWorker('decode', { model, provider, id: `decode-${provider}`, ...workers }),
   ]);
-  const frontend = await Frontend.start(
-    frontendConfig({
-      flags: {
-        ...CLUSTER,
-        model,
-        listen: '127.0.0.1:0',
-        prefill: [prefill.ready.address],
-        decode: [decode.ready.address],
-        healthIntervalMs: 200,
-        ...frontendFlags,
-      },
-      env: {},
-    }),
-    quietLog,
-  );
-  await waitFor(() => frontend.router.workers().every((w) => w.healthy), 'workers healthy');
+  const frontend = await startFrontend(model, { prefill: [prefill], decode: [decode] }, frontendFlags);
   return {
     prefill,
     decode,
