@@ -758,7 +758,8 @@ for (const { name: provider, other } of PROVIDERS) {
         );
         assert.equal(err.code, 'KVF_ERR_TIMEOUT');
         assert.ok(err.settled instanceof Promise, 'a timed-out transfer says when it has ended');
-        throws(() => big.deregister(), 'KVF_ERR_BUSY', 'the abandoned READ still targets the region');
+        // (Whether it is still in flight right now depends on how late the timer fired: under ASan the READ may
+        // already be done, so the region's state is not asserted here; `settled` must come either way.)
         await Promise.race([err.settled, delay(30_000).then(() => assert.fail('the abandoned READ never ended'))]);
         big.deregister(); // nothing in flight any more
       } finally {
