@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A/B of two builds of the addon on one machine: the same CLI (this checkout's dist/) loads A then B through
-# KVF_ADDON, pair after pair, so that drift of a shared machine hits both alike. Prints one line per run:
+# A/B of two builds on one machine, pair after pair, so that drift of a shared machine hits both alike. Each
+# side is a checkout with its dist/ and build/Release built (its own TS beside its own addon), or an addon
+# .node file, which this checkout's dist/ then loads through KVF_ADDON. Prints one line per run:
 #   <build> <config> p50_us wall_p50_us gbps cost_us_per_desc
-# Usage: benchmarks/ab-addon.sh <addon A .node> <addon B .node> [pairs, default 3]
+# Usage: benchmarks/ab-addon.sh <checkout or addon A> <checkout or addon B> [pairs, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 a="$1" b="$2" pairs="${3:-3}"
@@ -20,9 +21,14 @@ for ((p = 1; p <= pairs; p++)); do
   for entry in "${configs[@]}"; do
     name="${entry%%|*}" args="${entry#*|}"
     for build in A B; do
-      addon="$a"; [ "$build" = B ] && addon="$b"
-      # shellcheck disable=SC2086
-      KVF_ADDON="$addon" node dist/cli/main.js bench $args --duration 2 --no-progress --json "$out/r.json" >/dev/null
+      side="$a"; [ "$build" = B ] && side="$b"
+      if [ -d "$side" ]; then
+        # shellcheck disable=SC2086
+        node "$side/dist/cli/main.js" bench $args --duration 2 --no-progress --json "$out/r.json" >/dev/null
+      else
+        # shellcheck disable=SC2086
+        KVF_ADDON="$side" node dist/cli/main.js bench $args --duration 2 --no-progress --json "$out/r.json" >/dev/null
+      fi
       node -e '
         const p = require(process.argv[1]).points[0];
         const us = (ms) => (ms * 1000).toFixed(1);

@@ -5,6 +5,7 @@
 #include "binding/agent_wrap.h"
 #include "binding/engine_wrap.h"
 #include "binding/js_error.h"
+#include "binding/records.h"
 #include "core/host_memory.h"
 
 namespace kvf {
@@ -58,6 +59,7 @@ static Napi::Object InitKvfabric(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeEngine", kvf::EngineWrap::Init(env));
   exports.Set("allocate", Napi::Function::New(env, kvf::Allocate));
   exports.Set("libfabricVersion", Napi::Function::New(env, kvf::LibfabricVersion));
+  exports.Set("recordLayout", kvf::RecordLayoutObject(env));
   return exports;
 }
 

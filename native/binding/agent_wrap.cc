@@ -9,6 +9,7 @@
 
 #include "binding/descriptors.h"
 #include "binding/js_error.h"
+#include "binding/records.h"
 
 namespace kvf {
 
@@ -53,51 +54,8 @@ View ViewArgument(Napi::Env env, const Napi::Value& v, const char* what) {
   return View{static_cast<uint8_t*>(data), length, Napi::Value(env, buffer)};
 }
 
-// One successful transfer in the records (src/fabric/native.ts: DONE_FIELDS):
-// id, bytes, durationNs, railsMask, postNs, providerPostNs, ops, flags (1: cma, 2: express, 4: mapped).
-constexpr size_t kDoneFields = 8;
-// The records' header (RECORDS_HEADER): [0] transfers that follow, [1] 1 when a post left events that only
-// a delivery can carry (failures, notifications; JS then calls reap() at once).
-constexpr size_t kRecordsHeader = 2;
-// reap() spins for small rail-thread transfers only while this few are in flight (see Reap).
-constexpr size_t kSpinAwaitedMax = 1;
-
-bool Succeeded(const Event& e) { return e.type == Event::Type::kTransferDone && e.error.ok(); }
-
-void WriteRecord(const Event& e, double* r) {
-  r[0] = static_cast<double>(e.transfer_id);
-  r[1] = static_cast<double>(e.bytes);
-  r[2] = static_cast<double>(e.duration_ns);
-  r[3] = static_cast<double>(e.rails_mask);
-  r[4] = static_cast<double>(e.post_ns);
-  r[5] = static_cast<double>(e.provider_post_ns);
-  r[6] = static_cast<double>(e.ops);
-  const bool same_host = e.path != TransferPath::kFabric;
-  r[7] = (same_host ? 1 : 0) | (e.express ? 2 : 0) | (e.path == TransferPath::kMapped ? 4 : 0);
-}
-
 bool IsDetached(const Napi::Value& buffer) {
   return buffer.IsArrayBuffer() && buffer.As<Napi::ArrayBuffer>().IsDetached();
-}
-
-Napi::Object EventObject(Napi::Env env, Event& ev) {
-  Napi::Object o = Napi::Object::New(env);
-  switch (ev.type) {
-    case Event::Type::kTransferDone:  // a failed one (successes go into the records)
-      o.Set("type", "failed");
-      o.Set("id", static_cast<double>(ev.transfer_id));
-      o.Set("error", ErrorObject(env, ev.error));
-      break;
-    case Event::Type::kNotification:
-      o.Set("type", "notification");
-      o.Set("from", ev.from);
-      o.Set("data", Napi::Buffer<uint8_t>::Copy(env, ev.data.data(), ev.data.size()));
-      break;
-    case Event::Type::kClosed:
-      o.Set("type", "closed");
-      break;
-  }
-  return o;
 }
 
 }  // namespace
@@ -134,14 +92,8 @@ AgentWrap::AgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AgentWra
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsObject() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
       info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
-      info[2].As<Napi::Float64Array>().ElementLength() < kRecordsHeader + kDoneFields) {
+      info[2].As<Napi::Float64Array>().ElementLength() < kRecordHeaderSize + kRecordFields) {
     ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "new NativeAgent(options, onEvents, records: Float64Array)");
-  }
-  {
-    Napi::Float64Array records = info[2].As<Napi::Float64Array>();
-    records_ref_ = Napi::Persistent(info[2]);
-    records_ = records.Data();
-    records_capacity_ = (records.ElementLength() - kRecordsHeader) / kDoneFields;
   }
   Napi::Object o = info[0].As<Napi::Object>();
   AgentOptions options;
@@ -173,20 +125,14 @@ AgentWrap::AgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AgentWra
     options.busy_poll_us = static_cast<uint32_t>(v);
   }
 
-  on_events_ = Napi::Weak(info[1].As<Napi::Function>());
-  sink_ = new Sink();
-  sink_->wrap = this;
-  tsfn_ = Tsfn::New(env, "kvfabric.completions", 0, 1, sink_, [](Napi::Env, void*, Sink* sink) { delete sink; });
-  tsfn_.Unref(env);  // TS refs it while transfers are in flight, so idle agents never hold the loop open
-  Sink* sink = sink_;
-  Tsfn tsfn = tsfn_;
+  // The core has joined its threads and closed every endpoint when kClosed is delivered: the pinned memory is
+  // free to go.
+  channel_ = std::make_unique<CompletionChannel>(env, info[2].As<Napi::Float64Array>(), info[1].As<Napi::Function>(),
+                                                 [this] { pinned_.clear(); });
   try {
-    agent_ = std::make_unique<Agent>(options, [sink, tsfn]() mutable {
-      if (!sink->pending.exchange(true)) tsfn.NonBlockingCall();
-    });
+    agent_ = std::make_unique<Agent>(options, *channel_);
   } catch (const Error& e) {
-    tsfn_.Release();
-    tsfn_released_ = true;
+    channel_->Close();
     Rethrow(env, e);
   }
   // Runs when a worker thread's environment goes away with the agent still open.
@@ -211,87 +157,8 @@ void AgentWrap::CleanupHook(AgentWrap* self) {
 // the provider could have touched.
 void AgentWrap::ReleaseAll() {
   if (agent_) agent_->CloseNow();
-  if (!tsfn_released_) {
-    sink_->wrap = nullptr;
-    tsfn_released_ = true;
-    tsfn_.Release();  // the tsfn's finalizer frees the sink once queued calls have drained
-    sink_ = nullptr;
-  }
+  if (channel_) channel_->Close();
   pinned_.clear();
-  held_.clear();
-  records_ = nullptr;
-  if (!records_ref_.IsEmpty()) records_ref_.Reset();
-}
-
-void AgentWrap::CallJs(Napi::Env env, Napi::Function, Sink* sink, void*) {
-  if (env == nullptr || sink == nullptr) return;
-  sink->pending = false;  // before draining, so an event pushed meanwhile schedules another call
-  if (sink->wrap == nullptr) return;
-  // Nothing may unwind out of here into libuv. The TS handler never throws (it re-throws user listener
-  // errors on a later tick); what remains is an environment that is shutting down (a terminated worker,
-  // process teardown), where JS can no longer run and the events have nobody left to receive them.
-  try {
-    sink->wrap->Deliver(env);
-  } catch (...) {
-  }
-}
-
-void AgentWrap::Deliver(Napi::Env env) {
-  Napi::HandleScope scope(env);
-  std::vector<Event> events = std::move(held_);
-  held_.clear();
-  for (Event& e : agent_->TakeEvents()) events.push_back(std::move(e));
-  if (events.empty() || records_ == nullptr) return;
-  // Successful transfers, the common case, travel as numbers in the records buffer JS reuses: building an
-  // object with ten named properties per completion cost more than a shm READ, and a fresh typed array per
-  // batch showed up in profiles too. A batch larger than the buffer gets an array of its own.
-  const size_t ndone = static_cast<size_t>(std::count_if(events.begin(), events.end(), Succeeded));
-  Napi::Value records = records_ref_.Value();
-  double* out = records_;
-  if (ndone > records_capacity_) {
-    Napi::Float64Array big = Napi::Float64Array::New(env, kRecordsHeader + ndone * kDoneFields);
-    records = big;
-    out = big.Data();
-  }
-  out[0] = static_cast<double>(ndone);
-  out[1] = 0;
-  Napi::Value batch = env.Undefined();
-  if (ndone < events.size()) batch = Napi::Array::New(env, events.size() - ndone);
-  bool closed = false;
-  size_t d = 0;
-  uint32_t b = 0;
-  for (Event& e : events) {
-    closed = closed || e.type == Event::Type::kClosed;
-    if (Succeeded(e)) {
-      WriteRecord(e, out + kRecordsHeader + d++ * kDoneFields);
-    } else {
-      batch.As<Napi::Array>().Set(b++, EventObject(env, e));
-    }
-  }
-  if (closed) {
-    // The core has joined its threads and closed every endpoint: the pinned memory is free to go.
-    pinned_.clear();
-  }
-  Napi::Value fn = on_events_.Value();
-  if (fn.IsFunction()) fn.As<Napi::Function>().Call({batch, records});
-}
-
-bool AgentWrap::WriteRecords(const std::vector<Event>& events, double* out, size_t capacity) {
-  if (events.size() > capacity || !std::all_of(events.begin(), events.end(), Succeeded)) return false;
-  for (size_t i = 0; i < events.size(); ++i) WriteRecord(events[i], out + kRecordsHeader + i * kDoneFields);
-  out[0] = static_cast<double>(events.size());
-  return true;
-}
-
-void AgentWrap::CollectAfterPost() {
-  if (records_ == nullptr) return;
-  records_[0] = 0;
-  records_[1] = held_.empty() ? 0 : 1;
-  if (!agent_->TakeUnwokenEvents()) return;
-  std::vector<Event> events = agent_->TakeEvents();
-  if (held_.empty() && WriteRecords(events, records_, records_capacity_)) return;
-  for (Event& e : events) held_.push_back(std::move(e));
-  records_[1] = 1;
 }
 
 Agent& AgentWrap::CoreOrThrow(Napi::Env env) {
@@ -511,14 +378,10 @@ Napi::Value AgentWrap::Post(const Napi::CallbackInfo& info) {
   const bool has_notification = info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull();
   View note;
   if (has_notification) note = ViewArgument(env, info[3], "notification");
-  try {
-    uint64_t id = a.PostTransfer(kind == 0 ? OpKind::kWrite : OpKind::kRead, peer, descriptors_.data(), count,
-                                 note.data, note.length, has_notification);
-    CollectAfterPost();
-    return Napi::Number::New(env, static_cast<double>(id));
-  } catch (const Error& e) {
-    Rethrow(env, e);
-  }
+  return Posted(env, [&] {
+    return a.PostTransfer(kind == 0 ? OpKind::kWrite : OpKind::kRead, peer, descriptors_.data(), count, note.data,
+                          note.length, has_notification);
+  });
 }
 
 void AgentWrap::CheckDetached(Napi::Env env, const std::vector<uint32_t>& regions) {
@@ -567,17 +430,13 @@ Napi::Value AgentWrap::PostPrepared(const Napi::CallbackInfo& info) {
   const bool has_notification = info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull();
   View note;
   if (has_notification) note = ViewArgument(env, info[3], "notification");
-  try {
+  return Posted(env, [&] {
     std::vector<uint32_t> regions;
     for (const auto& [id, region] : a.PreparedOrThrow(list).regions) regions.push_back(id);
     CheckDetached(env, regions);
-    uint64_t id = a.PostPrepared(kind == 0 ? OpKind::kWrite : OpKind::kRead, list, indices, count, note.data,
-                                 note.length, has_notification);
-    CollectAfterPost();
-    return Napi::Number::New(env, static_cast<double>(id));
-  } catch (const Error& e) {
-    Rethrow(env, e);
-  }
+    return a.PostPrepared(kind == 0 ? OpKind::kWrite : OpKind::kRead, list, indices, count, note.data, note.length,
+                          has_notification);
+  });
 }
 
 Napi::Value AgentWrap::ReleasePrepared(const Napi::CallbackInfo& info) {
@@ -594,13 +453,8 @@ Napi::Value AgentWrap::ReleasePrepared(const Napi::CallbackInfo& info) {
 Napi::Value AgentWrap::Warmup(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent& a = CoreOrThrow(env);
-  try {
-    const uint64_t id = a.Warmup(IdArgument(info, 0, "peer id"));
-    CollectAfterPost();
-    return Napi::Number::New(env, static_cast<double>(id));
-  } catch (const Error& e) {
-    Rethrow(env, e);
-  }
+  const uint32_t peer = IdArgument(info, 0, "peer id");
+  return Posted(env, [&] { return a.Warmup(peer); });
 }
 
 Napi::Value AgentWrap::Notify(const Napi::CallbackInfo& info) {
@@ -609,13 +463,7 @@ Napi::Value AgentWrap::Notify(const Napi::CallbackInfo& info) {
   const uint32_t peer = IdArgument(info, 0, "peer id");
   if (info.Length() < 2) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "notify(peer, data)");
   View v = ViewArgument(env, info[1], "notification");
-  try {
-    const uint64_t id = a.PostNotification(peer, v.data, v.length);
-    CollectAfterPost();
-    return Napi::Number::New(env, static_cast<double>(id));
-  } catch (const Error& e) {
-    Rethrow(env, e);
-  }
+  return Posted(env, [&] { return a.PostNotification(peer, v.data, v.length); });
 }
 
 Napi::Value AgentWrap::Close(const Napi::CallbackInfo& info) {
@@ -638,38 +486,16 @@ Napi::Value AgentWrap::Reap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!agent_ || agent_->closed()) return Napi::Number::New(env, 0);
   const double spin_us = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
-  size_t left = agent_->ReapExpress();
-  // Spinning for rail-thread transfers pays when one at a time is awaited (latency); with
-  // more in flight the spinning JS thread takes a core from the rails and the peer (4 KiB READs on shm, 8 deep:
-  // 0.6 GB/s spinning, 1.0 not; 2 deep: 0.29 against 0.35), and completions come in batches anyway.
-  const auto awaited = [this] {
-    const size_t n = agent_->awaited_in_flight();
-    return n <= kSpinAwaitedMax ? n : 0;
-  };
-  if ((left > 0 || awaited() > 0) && spin_us > 0 && !agent_->has_unwoken_events()) {
-    // Spinning here, not turn by turn of the loop: a completion is seen within a CQ read of its arrival (a
-    // loop turn costs an epoll_wait and more, a wake from a rail thread a futex and a loop turn), and the loop
-    // still turns at least every spinUs.
-    const auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::nanoseconds(static_cast<int64_t>(std::min(spin_us, 1e4) * 1e3));
-    agent_->SetCallerPolling(true);
-    while ((left > 0 || awaited() > 0) && !agent_->has_unwoken_events() &&
-           std::chrono::steady_clock::now() < deadline) {
-      if (left > 0) left = agent_->ReapExpress();
-    }
-    agent_->SetCallerPolling(false);
-  }
-  if (agent_->TakeUnwokenEvents() || !held_.empty()) Deliver(env);
-  return Napi::Number::New(env, static_cast<double>(left + awaited()));
+  return Napi::Number::New(env, static_cast<double>(channel_->Reap(env, *agent_, spin_us)));
 }
 
 Napi::Value AgentWrap::Ref(const Napi::CallbackInfo& info) {
-  if (!tsfn_released_) tsfn_.Ref(info.Env());
+  if (channel_) channel_->Ref(info.Env());
   return info.Env().Undefined();
 }
 
 Napi::Value AgentWrap::Unref(const Napi::CallbackInfo& info) {
-  if (!tsfn_released_) tsfn_.Unref(info.Env());
+  if (channel_) channel_->Unref(info.Env());
   return info.Env().Undefined();
 }
 

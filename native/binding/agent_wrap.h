@@ -1,14 +1,15 @@
-// NativeAgent: the Node-API face of kvf::Agent. Arguments are checked here, JS buffers are pinned here,
-// and completions arrive on the JS thread in batches through one thread-safe function per agent.
+// NativeAgent: the Node-API face of kvf::Agent. Arguments are checked here, JS buffers are pinned here, and
+// completions reach JS through the agent's CompletionChannel.
 #pragma once
 
 #include <napi.h>
 
-#include <atomic>
 #include <map>
 #include <memory>
 #include <vector>
 
+#include "binding/completion_channel.h"
+#include "binding/js_error.h"
 #include "core/agent.h"
 
 namespace kvf {
@@ -20,14 +21,6 @@ class AgentWrap : public Napi::ObjectWrap<AgentWrap> {
   ~AgentWrap() override;
 
  private:
-  // Shared with the thread-safe function, which may deliver a queued call after this wrap is gone.
-  struct Sink {
-    AgentWrap* wrap = nullptr;
-    std::atomic<bool> pending{false};
-  };
-  static void CallJs(Napi::Env env, Napi::Function, Sink* sink, void*);
-  using Tsfn = Napi::TypedThreadSafeFunction<Sink, void, &AgentWrap::CallJs>;
-
   struct Pinned {
     Napi::Reference<Napi::Value> view;    // keeps the memory alive while registered
     Napi::Reference<Napi::Value> buffer;  // the ArrayBuffer, to detect detachment
@@ -61,30 +54,26 @@ class AgentWrap : public Napi::ObjectWrap<AgentWrap> {
   Napi::Value Unref(const Napi::CallbackInfo& info);
 
   Agent& CoreOrThrow(Napi::Env env);
-  void Deliver(Napi::Env env);
-  // After a post: completions the post call itself produced go into the records (see records_), without a
-  // call into JS, which does not know the new transfer's id yet.
-  void CollectAfterPost();
-  // Writes successful transfers into the records buffer if they all fit; false (nothing written) otherwise.
-  bool WriteRecords(const std::vector<Event>& events, double* out, size_t capacity);
+  // Runs a post on the core inside an owner call, then has the channel write what completed meanwhile into the
+  // records (JS reads them when the call returns: it did not know the new transfer's id before).
+  template <typename PostFn>
+  Napi::Value Posted(Napi::Env env, PostFn&& post) {
+    CompletionChannel::OwnerCall call(*channel_);
+    try {
+      const uint64_t id = post();
+      channel_->AfterPost();
+      return Napi::Number::New(env, static_cast<double>(id));
+    } catch (const Error& e) {
+      Rethrow(env, e);
+    }
+  }
   void ReleaseAll();
   static void CleanupHook(AgentWrap* self);
 
+  std::unique_ptr<CompletionChannel> channel_;  // declared first: the agent pushes into it until it is closed
   std::unique_ptr<Agent> agent_;
-  Sink* sink_ = nullptr;
-  Tsfn tsfn_;
-  bool tsfn_released_ = false;
-  Napi::FunctionReference on_events_;  // weak: the TS wrapper owns the function
   std::map<uint32_t, Pinned> pinned_;
   std::vector<Descriptor> descriptors_;  // the last post's or prepare's, converted (storage reused)
-  // The records buffer JS allocated once and reads after every post and delivery (src/fabric/native.ts:
-  // RECORDS_*): a header, then DONE fields per successful transfer. Written only on the JS thread.
-  Napi::Reference<Napi::Value> records_ref_;
-  double* records_ = nullptr;
-  size_t records_capacity_ = 0;  // transfers
-  // Events a post call took but could not put into the records (failures, notifications, too many):
-  // delivered by the next Deliver, which JS asks for at once (records header: events waiting).
-  std::vector<Event> held_;
   napi_env env_ = nullptr;
   bool hook_added_ = false;
 };

@@ -24,14 +24,9 @@ std::atomic<uint32_t> g_agent_counter{0};
 
 }  // namespace
 
-// Set while this thread reaps express completions or copies inline: the events it pushes are taken by the same
-// caller right after (the binding's reap()), so waking the event loop for them would only cost a syscall and
-// an empty delivery.
-thread_local bool t_reaping_express = false;
-
-Agent::Agent(const AgentOptions& options, std::function<void()> wake)
+Agent::Agent(const AgentOptions& options, EventSink& sink)
     : name_(options.name),
-      wake_(std::move(wake)),
+      sink_(sink),
       stripe_threshold_(options.stripe_threshold),
       express_max_bytes_(options.express_max_bytes),
       small_max_bytes_(options.express_max_bytes) {
@@ -303,7 +298,7 @@ void Agent::Finish(Transfer* t) {
     transfers_.erase(t->id);
   }
   transfers_cv_.notify_all();
-  PushEvent(std::move(ev));
+  sink_.Push(std::move(ev));
   if (awaited) --awaited_in_flight_;  // after the push, so a spinning reader sees the event before the count drops
 }
 
@@ -311,42 +306,15 @@ void Agent::OnMessage(const uint8_t* data, size_t length) {
   Event ev;
   ev.type = Event::Type::kNotification;
   // Control messages come from the network: malformed ones are dropped.
-  if (DecodeNotification(data, length, &ev.from, &ev.data)) PushEvent(std::move(ev));
+  if (DecodeNotification(data, length, &ev.from, &ev.data)) sink_.Push(std::move(ev));
 }
-
-void Agent::PushEvent(Event event) {
-  bool wake;
-  {
-    std::lock_guard<std::mutex> lock(events_mu_);
-    events_.push_back(std::move(event));
-    wake = !t_reaping_express && !caller_polling_;
-    if (!wake) unwoken_events_ = true;
-  }
-  if (wake && wake_) wake_();
-}
-
-void Agent::SetCallerPolling(bool polling) {
-  std::lock_guard<std::mutex> lock(events_mu_);
-  caller_polling_ = polling;
-}
-
-bool Agent::TakeUnwokenEvents() { return unwoken_events_.exchange(false); }
 
 size_t Agent::ReapExpress() {
   std::lock_guard<std::mutex> lock(express_mu_);
   if (express_off_) return 0;
-  t_reaping_express = true;
   size_t left = 0;
   for (auto& rail : rails_) left += rail->ReapExpress();
-  t_reaping_express = false;
   return left;
-}
-
-std::vector<Event> Agent::TakeEvents() {
-  std::lock_guard<std::mutex> lock(events_mu_);
-  std::vector<Event> out;
-  out.swap(events_);
-  return out;
 }
 
 size_t Agent::transfers_in_flight() {
@@ -459,13 +427,13 @@ void Agent::Shutdown() {
     ev.error =
         t->error.ok() ? ErrorInfo{"KVF_ERR_CLOSED", "agent closed with the transfer in flight", 0, {}} : t->error;
     ev.bytes = t->bytes;
-    PushEvent(std::move(ev));
+    sink_.Push(std::move(ev));
     if (t->pickup == Pickup::kSpin) --awaited_in_flight_;
   }
   peers_.clear();
   Event closed;
   closed.type = Event::Type::kClosed;
-  PushEvent(std::move(closed));
+  sink_.Push(std::move(closed));
 }
 
 }  // namespace kvf

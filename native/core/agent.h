@@ -1,7 +1,6 @@
 // The transfer agent: rails, registered regions, loaded peers and transfers in flight. Everything here is
-// plain C++ (no Node headers). One thread owns the agent (the binding's: the JS thread) and calls it; it
-// receives events through the `wake` callback, which the rail threads call when there is something to take
-// with TakeEvents().
+// plain C++ (no Node headers). One thread owns the agent (the binding's: the JS thread) and calls it; every
+// event goes to the EventSink it was built with (core/event_sink.h).
 #pragma once
 
 #include <rdma/fabric.h>
@@ -19,6 +18,7 @@
 #include <vector>
 
 #include "core/cma.h"
+#include "core/event_sink.h"
 #include "core/host_memory.h"
 #include "core/live_agents.h"
 #include "core/notification.h"
@@ -76,11 +76,9 @@ struct GrantInfo {
   SharedLocation share;        // valid: inside shared memory, which same-host peers may map
 };
 
-extern thread_local bool t_reaping_express;  // agent.cc
-
 class Agent final : public RailOwner, public LiveAgent {
  public:
-  Agent(const AgentOptions& options, std::function<void()> wake);
+  Agent(const AgentOptions& options, EventSink& sink);  // `sink` must outlive the agent
   ~Agent() override;
 
   const std::string& name() const { return name_; }
@@ -135,29 +133,19 @@ class Agent final : public RailOwner, public LiveAgent {
   bool RunningOnShm() const override { return provider_ == "shm" && !closed(); }
 
   // Express lane (calling thread = the one that posts): reads every rail's express CQ once and completes
-  // what it finds, pushing events without waking the binding (the caller takes them right after).
-  // Returns the express ops still in flight.
+  // what it finds, pushing its events from this thread. Returns the express ops still in flight.
   size_t ReapExpress();
-  // Whether events were pushed without waking the binding since the last call (express completions).
-  bool TakeUnwokenEvents();
-  bool has_unwoken_events() const { return unwoken_events_; }
-  // Small transfers in flight on the rail threads (express-sized, not express: every transfer on shm). Their
-  // completions normally wake the binding's event loop through a thread-safe function, a futex wake and a
-  // loop turn, ~14 µs of an 18 µs shm READ; an owner thread that polls for them spins here instead.
+  // Small transfers in flight on the rail threads (express-sized, not express: every transfer on shm), which
+  // an owner thread may spin for rather than wait to be woken (the binding's reap()).
   size_t awaited_in_flight() const { return awaited_in_flight_; }
-  // While set, completions from the rail threads are pushed without waking the binding (unwoken events):
-  // the owner thread is spinning (the binding's reap()) and takes them itself. Clearing it under the events
-  // lock makes any event pushed meanwhile show in TakeUnwokenEvents.
-  void SetCallerPolling(bool polling);
 
-  std::vector<Event> TakeEvents();
   size_t transfers_in_flight();
 
   // RailOwner
   void OnOpComplete(Op* op, const ErrorInfo* error) override { OnPartDone(op->transfer, error); }
   void OnMessage(const uint8_t* data, size_t length) override;
   void OnOpPosted(Op* op, int64_t call_ns) override;
-  bool caller_polling() const override { return caller_polling_.load(std::memory_order_relaxed); }
+  bool owner_spinning() const override { return sink_.OwnerSpinning(); }
 
  private:
   // Lifecycle, in order: each state implies the ones before it (closing refuses new work, halting stops waiting
@@ -194,7 +182,6 @@ class Agent final : public RailOwner, public LiveAgent {
   void DataDone(Transfer* t, bool failed);
   void OpenRails(const AgentOptions& options);
   void Finish(Transfer* transfer);
-  void PushEvent(Event event);
   void Shutdown();
   void StopRails();
   Peer& PeerOrThrow(uint32_t id);
@@ -204,7 +191,7 @@ class Agent final : public RailOwner, public LiveAgent {
   std::string name_;
   std::string provider_;
   std::string fabric_name_;
-  std::function<void()> wake_;
+  EventSink& sink_;
   std::vector<std::unique_ptr<Rail>> rails_;
 
   // Checks that the selected remote regions allow `kind` and are still advertised in a same-host peer's table.
@@ -232,10 +219,8 @@ class Agent final : public RailOwner, public LiveAgent {
   uint64_t small_max_bytes_ = 0;
   std::mutex express_mu_;     // ReapExpress (owner thread) against Shutdown tearing the rails down
   bool express_off_ = false;  // set by Shutdown: no more reaping
-  std::atomic<bool> unwoken_events_{false};
   std::atomic<size_t> awaited_in_flight_{0};
-  std::atomic<bool> caller_polling_{false};  // written under events_mu_ (PushEvent decides under it)
-  uint32_t scratch_region_ = 0;              // target of warmup reads
+  uint32_t scratch_region_ = 0;  // target of warmup reads
   std::vector<uint8_t> scratch_;
   CmaCopier copier_{[this](Transfer* t, const ErrorInfo* error) { OnPartDone(t, error); },
                     std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 4)};
@@ -245,9 +230,6 @@ class Agent final : public RailOwner, public LiveAgent {
   std::map<uint64_t, std::unique_ptr<Transfer>> transfers_;
   uint64_t next_transfer_ = 1;
   uint32_t next_rail_ = 0;  // round-robin position (owner thread only)
-
-  std::mutex events_mu_;
-  std::vector<Event> events_;
 
   std::atomic<State> state_{State::kOpen};
   std::mutex close_mu_;  // BeginClose, CloseNow and HaltRails against each other (closer_)

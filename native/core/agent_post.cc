@@ -325,9 +325,7 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
     Transfer* raw = Track(std::move(t));
     const uint64_t id = raw->id;
     ErrorInfo error = CmaCopy(job);
-    t_reaping_express = true;
     OnPartDone(raw, error.ok() ? nullptr : &error);  // `raw` may be gone after this
-    t_reaping_express = false;
     return id;
   }
   // Parts of at least 1 MiB, copied in parallel by the copier threads.

@@ -563,7 +563,7 @@ void Rail::RunLoop() {
       // a completion too: three spinners on two cores (two here, the peer's rail) otherwise let one run out
       // its time slice while the other waits; yielding makes a shared core alternate (alternating runs of
       // agent-to-agent shm READ p50: 6.3-17.7 µs without, 6.4-9.0 µs with).
-      if (owner_->caller_polling()) sched_yield();
+      if (owner_->owner_spinning()) sched_yield();
     } else if (!pending.empty() || Recovering() || now - last_work < (inflight_ > 0 ? kInflightSpin : kSpinWindow) ||
                (inflight_ > 0 && !cq_can_wait_)) {
       sched_yield();

@@ -35,7 +35,7 @@ class RailOwner {
   // (posting-cost telemetry).
   virtual void OnOpPosted(Op* op, int64_t call_ns) = 0;
   // Whether the thread that posts is spinning for completions right now (read on the rail's thread, relaxed).
-  virtual bool caller_polling() const = 0;
+  virtual bool owner_spinning() const = 0;
 };
 
 struct RailMr {

@@ -11,20 +11,8 @@ import { defaultLogger, type Logger } from './logger.js';
 import { MemoryRegion, toBytes, type MemoryInput, type RegionOwner } from './memory.js';
 import { METADATA_LIMITS, decodeMetadata, encodeMetadata } from './metadata.js';
 import { CompletionPoller } from './completion-poller.js';
-import {
-  addon,
-  DONE_CMA,
-  DONE_EXPRESS,
-  DONE_FIELDS,
-  DONE_MAPPED,
-  RECORDS_CAPACITY,
-  RECORDS_HEADER,
-  type NativeAgent,
-  type NativeAgentInfo,
-  type NativeAgentOptions,
-  type NativeErrorObject,
-  type NativeEvent,
-} from './native.js';
+import { RECORD_FIELD as F, RECORD_FLAG, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_STRIDE, newRecordsBuffer } from './records.js';
+import { addon, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer, type GrantReader } from './peer.js';
 import type { Grant } from './grants.js';
@@ -125,13 +113,17 @@ export interface PostOptions extends TransferOptions {
   indices?: Uint32Array | readonly number[];
 }
 
-interface Pending {
-  resolve(report: TransferReport): void;
-  reject(err: KvfError): void;
+/** What a transfer's report needs beyond its completion record. */
+interface Posted {
   op: TransferOp | 'NOTIFY';
   peer: string;
   descriptors: number;
   notified: boolean;
+}
+
+interface Pending extends Posted {
+  resolve(report: TransferReport): void;
+  reject(err: KvfError): void;
   timer?: NodeJS.Timeout;
   /** Holds the addon's ref (the process stays alive for it); not taken when the transfer settled in the post call. */
   held: boolean;
@@ -170,7 +162,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #log: Logger | undefined;
   #fastPath: boolean;
   #poller: CompletionPoller | undefined;
-  // Shared with the addon, which writes completions into it (native.ts: RECORDS_HEADER).
+  // Shared with the addon, which writes completions into it (records.ts).
   #records: Float64Array;
 
   private constructor(native: NativeAgent, records: Float64Array, backend: Backend, options: AgentOptions, log: Logger | undefined) {
@@ -224,9 +216,9 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     // The events callback is bound late: the native agent exists before the Agent that handles its events.
     let target: Agent | undefined;
     const onEvents = (events: NativeEvent[] | undefined, records: Float64Array) => {
-      if (target) target.#handleEvents(events, records);
+      if (target) target.#deliver(events, records);
     };
-    const records = new Float64Array(RECORDS_HEADER + DONE_FIELDS * RECORDS_CAPACITY);
+    const records = newRecordsBuffer();
     const open = (provider: string): NativeAgent => {
       const native: NativeAgentOptions = { name: options.name, provider };
       if (options.rails !== undefined) native.rails = options.rails;
@@ -555,20 +547,27 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     return this.#whenClosed;
   }
 
-  // Called by the addon with one batch per CQ drain: successful transfers as records first (a 'closed' event,
-  // always the batch's last, must find them settled), then the other events. It must not throw: an error from
-  // a user's listener is re-thrown on the next tick, where Node reports it like any other uncaught exception.
-  #handleEvents(events: NativeEvent[] | undefined, records: Float64Array): void {
-    const end = RECORDS_HEADER + records[0]! * DONE_FIELDS;
-    for (let i = RECORDS_HEADER; i < end; i += DONE_FIELDS) {
+  // The one entry for completions (native/binding/completion_channel.h): the addon calls it with each batch, and
+  // a post call's records are read through it too. Successful transfers come first, as records (a 'closed'
+  // event, always the batch's last, must find them settled), then the other events. `own`: the transfer that
+  // post call just made, never pending: its report is returned rather than settled. It must not throw: an error
+  // from a user's listener is re-thrown on the next tick, where Node reports it like any other uncaught exception.
+  #deliver(events: NativeEvent[] | undefined, r: Float64Array, own?: Posted & { id: number }): TransferReport | undefined {
+    let report: TransferReport | undefined;
+    const end = RECORD_HEADER_SIZE + r[RECORD_HEADER.count]! * RECORD_STRIDE;
+    for (let i = RECORD_HEADER_SIZE; i < end; i += RECORD_STRIDE) {
+      if (own !== undefined && r[i + F.id] === own.id) {
+        report = this.#report(r, i, own);
+        continue;
+      }
+      const p = this.#settle(r[i + F.id]!);
       try {
-        this.#resolve(records, i);
+        p?.resolve(this.#report(r, i, p));
       } catch (err) {
         rethrowLater(err);
       }
     }
-    if (events === undefined) return;
-    for (const ev of events) {
+    for (const ev of events ?? []) {
       try {
         if (ev.type === 'failed') this.#reject(ev.id, ev.error);
         else if (ev.type === 'notification') this.#notify({ from: ev.from, data: ev.data });
@@ -577,34 +576,30 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
         rethrowLater(err);
       }
     }
+    return report;
   }
 
-  #resolve(r: Float64Array, i: number): void {
-    const p = this.#settle(r[i]!);
-    if (p) p.resolve(this.#report(r, i, p.op, p.peer, p.descriptors, p.notified));
-  }
-
-  #report(r: Float64Array, i: number, op: Pending['op'], peer: string, descriptors: number, notified: boolean): TransferReport {
-    const bytes = r[i + 1]!;
-    const durationMs = r[i + 2]! / 1e6;
-    const postNs = r[i + 4]!;
-    const flags = r[i + 7]!;
+  #report(r: Float64Array, i: number, t: Posted): TransferReport {
+    const bytes = r[i + F.bytes]!;
+    const durationMs = r[i + F.durationNs]! / 1e6;
+    const postNs = r[i + F.postNs]!;
+    const flags = r[i + F.flags]!;
     return {
-      op: op as TransferOp,
-      peer,
+      op: t.op as TransferOp,
+      peer: t.peer,
       backend: this.backend,
       provider: this.provider,
-      rails: railsFromMask(r[i + 3]!),
-      descriptors,
+      rails: railsFromMask(r[i + F.railsMask]!),
+      descriptors: t.descriptors,
       bytes,
       durationMs,
       gbps: durationMs > 0 ? bytes / (durationMs * 1e6) : 0,
-      notified,
-      ops: r[i + 6]!,
+      notified: t.notified,
+      ops: r[i + F.ops]!,
       postMs: postNs >= 0 ? postNs / 1e6 : 0,
-      providerPostMs: r[i + 5]! / 1e6,
-      path: flags & DONE_MAPPED ? 'mapped' : flags & DONE_CMA ? 'cma' : 'fabric',
-      express: (flags & DONE_EXPRESS) !== 0,
+      providerPostMs: r[i + F.providerPostNs]! / 1e6,
+      path: flags & RECORD_FLAG.mapped ? 'mapped' : flags & RECORD_FLAG.cma ? 'cma' : 'fabric',
+      express: (flags & RECORD_FLAG.express) !== 0,
     };
   }
 
@@ -654,7 +649,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   // transfer, settled here without ever being pending (it needs no ref, no map entry), and express ops of
   // earlier ones. Failures and notifications the call produced wait for a reap(), made at once.
   #track(id: number, op: Pending['op'], peer: string, descriptors: number, notified: boolean, timeoutMs: number | undefined): Promise<TransferReport> {
-    const done = this.#takeRecords(id, op, peer, descriptors, notified);
+    const done = this.#deliver(undefined, this.#records, { id, op, peer, descriptors, notified });
     if (done !== undefined) {
       if (this.#poller === undefined || this.#poller.maySettleNow()) return Promise.resolve(done);
       return new Promise((resolve) => setImmediate(resolve, done));
@@ -674,7 +669,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       }
       this.#pending.set(id, p);
     });
-    if (this.#records[1] !== 0) this.#native.reap();
+    if (this.#records[RECORD_HEADER.eventsWaiting] !== 0) this.#native.reap();
     const p = this.#pending.get(id);
     if (p) {
       p.held = true;
@@ -682,18 +677,6 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       this.#poller?.afterPost();
     }
     return settled;
-  }
-
-  /** Settles the transfers a post call completed; returns the report of `id` when it is among them. */
-  #takeRecords(id: number, op: Pending['op'], peer: string, descriptors: number, notified: boolean): TransferReport | undefined {
-    const r = this.#records;
-    const end = RECORDS_HEADER + r[0]! * DONE_FIELDS;
-    let own: TransferReport | undefined;
-    for (let i = RECORDS_HEADER; i < end; i += DONE_FIELDS) {
-      if (r[i] === id) own = this.#report(r, i, op, peer, descriptors, notified);
-      else this.#resolve(r, i);
-    }
-    return own;
   }
 
   #peer(peer: RemotePeer | string): RemotePeer {

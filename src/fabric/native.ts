@@ -10,22 +10,6 @@ export interface NativeErrorObject {
   providerMessage?: string;
 }
 
-/**
- * Successful transfers arrive as records of DONE_FIELDS numbers (cheaper than an object each): id, bytes,
- * durationNs, railsMask, postNs, providerPostNs, ops, flags (DONE_CMA, DONE_EXPRESS, DONE_MAPPED). They are written into one
- * Float64Array that the agent allocates once and hands to the addon (a batch too large for it gets its own):
- * a header of RECORDS_HEADER numbers — [0] how many records follow, [1] 1 when a post call left events that
- * only reap() delivers — then the records. Every post call rewrites it with what completed inside the call.
- * Everything else arrives as an event object.
- */
-export const DONE_FIELDS = 8;
-export const DONE_CMA = 1;
-export const DONE_EXPRESS = 2;
-export const DONE_MAPPED = 4;
-export const RECORDS_HEADER = 2;
-/** Transfers the shared records buffer holds. */
-export const RECORDS_CAPACITY = 256;
-
 export type NativeEvent = { type: 'failed'; id: number; error: NativeErrorObject } | { type: 'notification'; from: string; data: Buffer } | { type: 'closed' };
 
 export interface NativeAgentOptions {
@@ -186,6 +170,16 @@ export interface Addon {
     shared: boolean | 'auto',
   ): { buffer: ArrayBuffer; hugepages: boolean; shared: boolean };
   libfabricVersion(): string;
+  /** The completion records' layout, defined once in native/binding/records.h (read by records.ts). */
+  recordLayout: RecordLayout;
+}
+
+export interface RecordLayout {
+  headerSize: number;
+  stride: number;
+  header: { count: number; eventsWaiting: number };
+  fields: { id: number; bytes: number; durationNs: number; railsMask: number; postNs: number; providerPostNs: number; ops: number; flags: number };
+  flags: { cma: number; express: number; mapped: number };
 }
 
 const require = createRequire(import.meta.url);
