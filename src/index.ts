@@ -6,10 +6,12 @@ export { Grant, GRANT_VERSION, decodeGrant, encodeGrant, type GrantAccess, type 
 export type { GrantOptions } from './fabric/grant-book.js';
 export type { TransferDescriptor } from './fabric/descriptors.js';
 export type { Notification } from './fabric/notifications.js';
-export { KvfError, ERROR_CODES, type ErrorCode } from './fabric/errors.js';
+export { KvfError } from './common/errors.js';
+export { ERROR_CODES, type ErrorCode } from './common/error-registry.js';
 export { METADATA_VERSION, decodeMetadata, encodeMetadata, type AgentDescription } from './fabric/metadata.js';
 export { SUPPORTED_BACKENDS, type Backend } from './fabric/config.js';
-export { ReferenceEngine, type Engine, type KvLayout, type ModelInfo, type ReferenceEngineOptions } from './engine/engine.js';
+export { ReferenceEngine, type Engine, type ModelInfo, type ReferenceEngineOptions } from './engine/engine.js';
+export type { KvLayout } from './kv/layout.js';
 export { generate, type GenerateOptions, type Generation } from './engine/generate.js';
 export { Sampler, type SamplingOptions } from './engine/sampling.js';
 export { Tokenizer, loadTokenizer } from './engine/tokenizer.js';

@@ -11,7 +11,7 @@ import { describe, test } from 'node:test';
 import { parseBenchOptions, parseSize, type RawBenchOptions } from '../src/bench/options.js';
 import type { PointResult } from '../src/bench/point.js';
 import type { BenchResult } from '../src/bench/report.js';
-import type { KvfError } from '../src/fabric/errors.js';
+import type { KvfError } from '../src/common/errors.js';
 import { CLI } from './helpers/serve.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kvf-bench-'));

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import { checkReachable, decodeEndpoint, defaultRouteInterface, formatEndpoint, routableAddress } from '../src/fabric/address.js';
 import { requestedProvider, resolveBackend, tcpBinding, providerStack } from '../src/fabric/config.js';
 import { loopbackWarning, workerFabricAddress } from '../src/serve/fabric-address.js';
-import { KvfError } from '../src/fabric/errors.js';
+import { KvfError } from '../src/common/errors.js';
 
 test('NIXL_BACKEND: unset and LIBFABRIC select kvfabric, anything else is a clear error', () => {
   assert.equal(resolveBackend(undefined, {}), 'LIBFABRIC');

@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import { Agent, KvfError, type MemoryRegion } from '../src/index.js';
 import { ReferenceEngine } from '../src/engine/engine.js';
 import { argmax } from '../src/engine/sampling.js';
-import { addon } from '../src/fabric/native.js';
+import { addon } from '../src/common/addon.js';
 import { HAVE_SMOLLM2, SMOLLM2 } from './helpers/serve.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kvf-engine-'));

@@ -1,5 +1,6 @@
-// Keeps the error-code registry (src/fabric/errors.ts), its documentation (docs/errors.md) and the codes
-// actually raised in native/ and src/ in sync, and checks the KvfError / fromNative contract.
+// Keeps the error-code registry (src/common/error-registry.ts), its documentation (docs/errors.md), the native
+// header of codes (native/core/error_codes.h) and the codes actually raised in native/ and src/ in sync, and
+// checks the KvfError / fromNative contract.
 
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -7,10 +8,15 @@ import { join, relative } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { ERROR_CODES, KvfError, fromNative, isErrorCode, type ErrorCode } from '../src/fabric/errors.js';
+import * as grpc from '@grpc/grpc-js';
+
+import { KvfError, fromNative } from '../src/common/errors.js';
+import { ERROR_CODES, ERROR_REGISTRY, isErrorCode, type ErrorCode } from '../src/common/error-registry.js';
+import { toServiceError } from '../src/serve/grpc-errors.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const codes = Object.keys(ERROR_CODES) as ErrorCode[];
+const codes = Object.keys(ERROR_REGISTRY) as ErrorCode[];
+const HEADER = join('native', 'core', 'error_codes.h');
 
 /** Files under dir (recursively) whose names end with one of exts; [] if dir does not exist. */
 function sourceFiles(dir: string, exts: readonly string[]): string[] {
@@ -60,14 +66,35 @@ describe('error registry', () => {
     assert.equal(isErrorCode(42), false);
   });
 
-  test('docs/errors.md has exactly one table row per registered code, with the registry meaning', () => {
+  test('every entry has an HTTP error status and a gRPC status name; ERROR_CODES repeats the messages', () => {
+    assert.deepStrictEqual(Object.keys(ERROR_CODES), codes);
+    for (const code of codes) {
+      const { message, http, grpc: status } = ERROR_REGISTRY[code];
+      assert.equal(ERROR_CODES[code], message);
+      assert.ok(Number.isInteger(http) && http >= 400 && http <= 599, `${code}: HTTP ${http} is not an error status`);
+      assert.equal(typeof grpc.status[status], 'number', `${code}: ${status} is not a gRPC status`);
+      assert.notEqual(status, 'OK', `${code}: an error cannot be gRPC OK`);
+    }
+  });
+
+  test("a worker's error carries its code's gRPC status from the registry", () => {
+    for (const code of codes) {
+      const err = toServiceError(new KvfError(code, 'x'));
+      assert.equal(err.code, grpc.status[ERROR_REGISTRY[code].grpc], code);
+      assert.deepStrictEqual(err.metadata?.get('kvf-code'), [code]);
+    }
+  });
+
+  test('docs/errors.md has exactly one table row per registered code, with the registry meaning and statuses', () => {
     const rows = docTableRows(docs);
     const documented = rows.map((r) => r.code);
     for (const code of codes) {
       const matching = rows.filter((r) => r.code === code);
       assert.equal(matching.length, 1, `${code} must have exactly one row in docs/errors.md, found ${matching.length}`);
-      const [meaning, advice] = matching[0]!.cells;
+      const [meaning, http, status, advice] = matching[0]!.cells;
       assert.equal(meaning, ERROR_CODES[code], `${code}: the Meaning column must repeat ERROR_CODES' text verbatim`);
+      assert.equal(http, String(ERROR_REGISTRY[code].http), `${code}: the HTTP column must match the registry`);
+      assert.equal(status, `\`${ERROR_REGISTRY[code].grpc}\``, `${code}: the gRPC column must match the registry`);
       assert.ok((advice ?? '').length > 40, `${code}: the "what to do" column is missing or too terse`);
     }
     assert.equal(new Set(documented).size, documented.length, 'duplicate rows in docs/errors.md');
@@ -89,6 +116,36 @@ describe('error registry', () => {
       }
     }
     assert.deepStrictEqual(unknown, [], 'unregistered error codes in sources (add them to ERROR_CODES and docs/errors.md)');
+  });
+
+  test('native/core/error_codes.h names registered codes, once each, and native/ spells codes only there', () => {
+    const header = readFileSync(join(root, HEADER), 'utf8');
+    const defined = [...header.matchAll(/inline constexpr char (k[A-Za-z0-9]+)\[\] = "(KVF_ERR_[A-Z0-9_]+)";/g)].map((m) => ({ name: m[1]!, code: m[2]! }));
+    assert.ok(defined.length > 0, `no codes found in ${HEADER}`);
+    assert.deepStrictEqual(
+      codeLiterals(header),
+      defined.map((d) => d.code),
+      `${HEADER} holds a code outside the constant declarations`,
+    );
+    assert.deepStrictEqual(
+      defined.filter((d) => !isErrorCode(d.code)).map((d) => d.code),
+      [],
+      `${HEADER} names codes missing from the registry`,
+    );
+    assert.equal(new Set(defined.map((d) => d.code)).size, defined.length, `a code is declared twice in ${HEADER}`);
+    const names = new Set(defined.map((d) => d.name));
+    const bare: string[] = [];
+    const undeclared: string[] = [];
+    for (const file of sourceFiles(join(root, 'native'), ['.cc', '.h', '.cpp', '.hpp'])) {
+      const path = relative(root, file);
+      if (path === HEADER) continue;
+      const source = readFileSync(file, 'utf8');
+      for (const code of codeLiterals(source)) bare.push(`${path}: "${code}"`);
+      // What the native code can raise is what it names through code::; each such name must be in the header.
+      for (const m of source.matchAll(/\bcode::(k[A-Za-z0-9]+)/g)) if (!names.has(m[1]!)) undeclared.push(`${path}: code::${m[1]!}`);
+    }
+    assert.deepStrictEqual(bare, [], `bare KVF_ERR_ string literals in native/ (use the constants of ${HEADER})`);
+    assert.deepStrictEqual(undeclared, [], `codes used in native/ but not declared in ${HEADER}`);
   });
 
   test('the literal scanner finds codes in C++ and TypeScript syntax', () => {

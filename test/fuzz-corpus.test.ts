@@ -13,8 +13,9 @@ import * as gguf from '../fuzz/targets/gguf.js';
 import * as http from '../fuzz/targets/http.js';
 import * as kvHandle from '../fuzz/targets/kv-handle.js';
 import * as metadata from '../fuzz/targets/metadata.js';
-import { fromNative, isErrorCode } from '../src/fabric/errors.js';
-import { addon } from '../src/fabric/native.js';
+import { fromNative } from '../src/common/errors.js';
+import { isErrorCode } from '../src/common/error-registry.js';
+import { addon } from '../src/common/addon.js';
 
 const FUZZ = fileURLToPath(new URL('../fuzz', import.meta.url));
 const inputs = (target: string): string[] => {

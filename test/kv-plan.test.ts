@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
 import { BlockLeases } from '../src/kv/leases.js';
-import { blockBytesOf, blockRuns, kvBytesFor, planKvCopy, rangesInRuns, type KvGeometry } from '../src/kv/plan.js';
+import { blockBytesOf, blockRuns, kvBytesFor, planKvCopy, rangesInRuns } from '../src/kv/plan.js';
+import type { KvGeometry } from '../src/kv/layout.js';
 import { prng } from './helpers/random.js';
 
 const layout: KvGeometry = { numLayers: 3, kvHeads: 2, headDim: 4, tokensPerBlock: 5, dtype: 'f16' };

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
-import { KvfError, type ErrorCode } from '../src/fabric/errors.js';
+import { KvfError } from '../src/common/errors.js';
+import type { ErrorCode } from '../src/common/error-registry.js';
 import {
   METADATA_LIMITS,
   METADATA_VERSION,

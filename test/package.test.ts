@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
 
-import { ERROR_CODES } from '../src/fabric/errors.js';
+import { ERROR_CODES } from '../src/common/error-registry.js';
 
 const root = new URL('..', import.meta.url);
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { KvfError } from '../src/fabric/errors.js';
+import { KvfError } from '../src/common/errors.js';
 import { Sampler, argmax, checkStop } from '../src/engine/sampling.js';
 
 const logits = Float32Array.from([0.1, 2.5, -1, 2.4, 0.3]);

@@ -14,7 +14,8 @@ import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { KvfError, type ErrorCode } from '../src/fabric/errors.js';
+import { KvfError } from '../src/common/errors.js';
+import type { ErrorCode } from '../src/common/error-registry.js';
 import { ChatTemplate, type ChatMessage } from '../src/engine/chat-template.js';
 import { GgufMetadata, GgufType, parseGgufMetadata, readGgufMetadata, readGgufMetadataSync } from '../src/engine/gguf-metadata.js';
 import { Tokenizer, TokenType } from '../src/engine/tokenizer.js';

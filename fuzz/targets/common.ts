@@ -2,7 +2,8 @@
 // code is registered (docs/errors.md). Anything else (a TypeError, a RangeError, a plain Error, a hang) is a
 // finding. Targets export `check` (the body, which may throw KvfError) and `fuzz` (what jazzer.js calls:
 // refusals swallowed, findings rethrown); test/fuzz-corpus.test.ts replays the corpus through `check`.
-import { KvfError, isErrorCode } from '../../src/fabric/errors.js';
+import { KvfError } from '../../src/common/errors.js';
+import { isErrorCode } from '../../src/common/error-registry.js';
 
 export type Check = (data: Buffer) => void | Promise<void>;
 

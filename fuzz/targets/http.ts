@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import pino from 'pino';
 
-import { isErrorCode } from '../../src/fabric/errors.js';
+import { isErrorCode } from '../../src/common/error-registry.js';
 import { ChatTemplate } from '../../src/engine/chat-template.js';
 import { readGgufMetadataSync } from '../../src/engine/gguf-metadata.js';
 import { Tokenizer } from '../../src/engine/tokenizer.js';

@@ -10,6 +10,7 @@
 #include "binding/descriptors.h"
 #include "binding/js_error.h"
 #include "binding/records.h"
+#include "core/error_codes.h"
 
 namespace kvf {
 
@@ -18,18 +19,17 @@ namespace {
 std::string StringOption(const Napi::Object& o, const char* key) {
   Napi::Value v = o.Get(key);
   if (v.IsUndefined() || v.IsNull()) return {};
-  if (!v.IsString())
-    ThrowCoded(o.Env(), "KVF_ERR_INVALID_ARGUMENT", std::string("option '") + key + "' must be a string");
+  if (!v.IsString()) ThrowCoded(o.Env(), code::kInvalidArgument, std::string("option '") + key + "' must be a string");
   return v.As<Napi::String>().Utf8Value();
 }
 
 uint32_t IdArgument(const Napi::CallbackInfo& info, size_t i, const char* what) {
   if (info.Length() <= i || !info[i].IsNumber()) {
-    ThrowCoded(info.Env(), "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a number");
+    ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + " must be a number");
   }
   double d = info[i].As<Napi::Number>().DoubleValue();
   if (!(d >= 0) || d > 4294967295.0 || d != static_cast<double>(static_cast<uint32_t>(d))) {
-    ThrowCoded(info.Env(), "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a 32-bit unsigned integer");
+    ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + " must be a 32-bit unsigned integer");
   }
   return static_cast<uint32_t>(d);
 }
@@ -42,15 +42,14 @@ struct View {
 };
 
 View ViewArgument(Napi::Env env, const Napi::Value& v, const char* what) {
-  if (!v.IsTypedArray()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a Uint8Array");
+  if (!v.IsTypedArray()) ThrowCoded(env, code::kInvalidArgument, std::string(what) + " must be a Uint8Array");
   napi_typedarray_type type;
   size_t length = 0;
   void* data = nullptr;
   napi_value buffer;
   size_t offset = 0;
   NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &type, &length, &data, &buffer, &offset), View{});
-  if (type != napi_uint8_array)
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a Uint8Array");
+  if (type != napi_uint8_array) ThrowCoded(env, code::kInvalidArgument, std::string(what) + " must be a Uint8Array");
   return View{static_cast<uint8_t*>(data), length, Napi::Value(env, buffer)};
 }
 
@@ -93,7 +92,7 @@ AgentWrap::AgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AgentWra
   if (info.Length() < 3 || !info[0].IsObject() || !info[1].IsFunction() || !info[2].IsTypedArray() ||
       info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
       info[2].As<Napi::Float64Array>().ElementLength() < kRecordHeaderSize + kRecordFields) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "new NativeAgent(options, onEvents, records: Float64Array)");
+    ThrowCoded(env, code::kInvalidArgument, "new NativeAgent(options, onEvents, records: Float64Array)");
   }
   Napi::Object o = info[0].As<Napi::Object>();
   AgentOptions options;
@@ -103,25 +102,25 @@ AgentWrap::AgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AgentWra
   options.domain = StringOption(o, "domain");
   Napi::Value rails = o.Get("rails");
   if (rails.IsNumber()) options.rails = rails.As<Napi::Number>().Uint32Value();
-  if (options.rails > 64) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "at most 64 rails");
+  if (options.rails > 64) ThrowCoded(env, code::kInvalidArgument, "at most 64 rails");
   Napi::Value stripe = o.Get("stripeThreshold");
   if (stripe.IsNumber()) {
     const double v = stripe.As<Napi::Number>().DoubleValue();
-    if (!(v >= 0) || v > 9007199254740992.0) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "stripeThreshold must be ≥ 0");
+    if (!(v >= 0) || v > 9007199254740992.0) ThrowCoded(env, code::kInvalidArgument, "stripeThreshold must be ≥ 0");
     options.stripe_threshold = static_cast<uint64_t>(v);
   }
 
   Napi::Value express = o.Get("expressMaxBytes");
   if (express.IsNumber()) {
     const double v = express.As<Napi::Number>().DoubleValue();
-    if (!(v >= 0) || v > 9007199254740992.0) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "expressMaxBytes must be ≥ 0");
+    if (!(v >= 0) || v > 9007199254740992.0) ThrowCoded(env, code::kInvalidArgument, "expressMaxBytes must be ≥ 0");
     options.express_max_bytes = static_cast<uint64_t>(v);
   }
 
   Napi::Value busy = o.Get("busyPollUs");
   if (busy.IsNumber()) {
     const double v = busy.As<Napi::Number>().DoubleValue();
-    if (!(v >= 0) || v > 10e6) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "busyPollUs must be 0..10000000");
+    if (!(v >= 0) || v > 10e6) ThrowCoded(env, code::kInvalidArgument, "busyPollUs must be 0..10000000");
     options.busy_poll_us = static_cast<uint32_t>(v);
   }
 
@@ -162,7 +161,7 @@ void AgentWrap::ReleaseAll() {
 }
 
 Agent& AgentWrap::CoreOrThrow(Napi::Env env) {
-  if (!agent_ || agent_->closing()) ThrowCoded(env, "KVF_ERR_CLOSED", "agent is closed");
+  if (!agent_ || agent_->closing()) ThrowCoded(env, code::kClosed, "agent is closed");
   return *agent_;
 }
 
@@ -203,10 +202,10 @@ Napi::Value AgentWrap::Info(const Napi::CallbackInfo& info) {
 Napi::Value AgentWrap::RegisterMemory(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent& a = CoreOrThrow(env);
-  if (info.Length() < 1) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "registerMemory(view)");
+  if (info.Length() < 1) ThrowCoded(env, code::kInvalidArgument, "registerMemory(view)");
   View view = ViewArgument(env, info[0], "memory");
-  if (IsDetached(view.buffer)) ThrowCoded(env, "KVF_ERR_DETACHED", "cannot register a detached ArrayBuffer");
-  if (view.length == 0) ThrowCoded(env, "KVF_ERR_ZERO_LENGTH", "cannot register an empty buffer");
+  if (IsDetached(view.buffer)) ThrowCoded(env, code::kDetached, "cannot register a detached ArrayBuffer");
+  if (view.length == 0) ThrowCoded(env, code::kZeroLength, "cannot register an empty buffer");
   uint32_t id;
   try {
     const bool remote_access = info.Length() < 2 || !info[1].IsBoolean() || info[1].As<Napi::Boolean>().Value();
@@ -266,7 +265,7 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent& a = CoreOrThrow(env);
   if (info.Length() < 4 || !info[0].IsString() || !info[1].IsBoolean() || !info[2].IsArray() || !info[3].IsArray()) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "addPeer(name, virtAddr, addresses, regions, cmaPid?)");
+    ThrowCoded(env, code::kInvalidArgument, "addPeer(name, virtAddr, addresses, regions, cmaPid?)");
   }
   PeerOptions options;
   options.virt_addr = info[1].As<Napi::Boolean>();
@@ -275,17 +274,17 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
     Napi::Object host = info[4].As<Napi::Object>();
     Napi::Value pid = host.Get("pid"), fast = host.Get("fastPath"), table = host.Get("table");
     if (!pid.IsNumber() || !fast.IsBoolean())
-      ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "addPeer host needs { pid, fastPath }");
+      ThrowCoded(env, code::kInvalidArgument, "addPeer host needs { pid, fastPath }");
     options.host_pid = static_cast<pid_t>(pid.As<Napi::Number>().Int32Value());
     options.fast_path = fast.As<Napi::Boolean>().Value();
     if (table.IsObject()) {
       Napi::Object t = table.As<Napi::Object>();
       Napi::Value fd = t.Get("fd"), inode = t.Get("inode");
       if (!fd.IsNumber() || !inode.IsBigInt())
-        ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region table location has malformed fields");
+        ThrowCoded(env, code::kBadMetadata, "region table location has malformed fields");
       View nonce = ViewArgument(env, t.Get("nonce"), "table nonce");
       if (nonce.length != options.table.nonce.size())
-        ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region table nonce must be 16 bytes");
+        ThrowCoded(env, code::kBadMetadata, "region table nonce must be 16 bytes");
       bool lossless = true;
       options.table.fd = fd.As<Napi::Number>().Int32Value();
       options.table.inode = inode.As<Napi::BigInt>().Uint64Value(&lossless);
@@ -302,11 +301,11 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
   Napi::Array list = info[3].As<Napi::Array>();
   for (uint32_t i = 0; i < list.Length(); ++i) {
     Napi::Value item = list.Get(i);
-    if (!item.IsObject()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region entry is not an object");
+    if (!item.IsObject()) ThrowCoded(env, code::kBadMetadata, "region entry is not an object");
     Napi::Object r = item.As<Napi::Object>();
     Napi::Value id = r.Get("id"), length = r.Get("length"), base = r.Get("base"), keys = r.Get("keys");
     if (!id.IsNumber() || !length.IsNumber() || !base.IsBigInt() || !keys.IsArray()) {
-      ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region entry has malformed fields");
+      ThrowCoded(env, code::kBadMetadata, "region entry has malformed fields");
     }
     RemoteRegion rr;
     bool lossless = true;
@@ -315,7 +314,7 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
     Napi::Array karr = keys.As<Napi::Array>();
     for (uint32_t k = 0; k < karr.Length(); ++k) {
       Napi::Value key = karr.Get(k);
-      if (!key.IsBigInt()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region key is not a bigint");
+      if (!key.IsBigInt()) ThrowCoded(env, code::kBadMetadata, "region key is not a bigint");
       rr.keys.push_back(key.As<Napi::BigInt>().Uint64Value(&lossless));
     }
     Napi::Value share = r.Get("share");
@@ -323,7 +322,7 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
       Napi::Object sh = share.As<Napi::Object>();
       Napi::Value fd = sh.Get("fd"), inode = sh.Get("inode"), offset = sh.Get("offset");
       if (!fd.IsNumber() || !inode.IsBigInt() || !offset.IsNumber())
-        ThrowCoded(env, "KVF_ERR_BAD_METADATA", "region share has malformed fields");
+        ThrowCoded(env, code::kBadMetadata, "region share has malformed fields");
       rr.share.fd = fd.As<Napi::Number>().Int32Value();
       rr.share.inode = inode.As<Napi::BigInt>().Uint64Value(&lossless);
       rr.share.offset = static_cast<uint64_t>(offset.As<Napi::Number>().DoubleValue());
@@ -365,7 +364,7 @@ Napi::Value AgentWrap::Post(const Napi::CallbackInfo& info) {
   Agent& a = CoreOrThrow(env);
   const uint32_t kind = IdArgument(info, 0, "kind");
   const uint32_t peer = IdArgument(info, 1, "peer id");
-  if (kind > 1) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "kind must be 0 (write) or 1 (read)");
+  if (kind > 1) ThrowCoded(env, code::kInvalidArgument, "kind must be 0 (write) or 1 (read)");
   ReadDescriptors(env, info[2], &descriptors_);
   const size_t count = descriptors_.size();
   std::vector<uint32_t> regions;
@@ -392,7 +391,7 @@ void AgentWrap::CheckDetached(Napi::Env env, const std::vector<uint32_t>& region
     last = region;
     auto it = pinned_.find(region);
     if (it != pinned_.end() && it->second.detachable && IsDetached(it->second.buffer.Value())) {
-      ThrowCoded(env, "KVF_ERR_DETACHED", "the ArrayBuffer of region " + std::to_string(region) + " has been detached");
+      ThrowCoded(env, code::kDetached, "the ArrayBuffer of region " + std::to_string(region) + " has been detached");
     }
   }
 }
@@ -416,12 +415,12 @@ Napi::Value AgentWrap::PostPrepared(const Napi::CallbackInfo& info) {
   Agent& a = CoreOrThrow(env);
   const uint32_t kind = IdArgument(info, 0, "kind");
   const uint32_t list = IdArgument(info, 1, "prepared list id");
-  if (kind > 1) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "kind must be 0 (write) or 1 (read)");
+  if (kind > 1) ThrowCoded(env, code::kInvalidArgument, "kind must be 0 (write) or 1 (read)");
   const uint32_t* indices = nullptr;
   size_t count = 0;
   if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
     if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
-      ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "indices must be a Uint32Array");
+      ThrowCoded(env, code::kInvalidArgument, "indices must be a Uint32Array");
     }
     Napi::Uint32Array idx = info[2].As<Napi::Uint32Array>();
     indices = idx.Data();
@@ -461,7 +460,7 @@ Napi::Value AgentWrap::Notify(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent& a = CoreOrThrow(env);
   const uint32_t peer = IdArgument(info, 0, "peer id");
-  if (info.Length() < 2) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "notify(peer, data)");
+  if (info.Length() < 2) ThrowCoded(env, code::kInvalidArgument, "notify(peer, data)");
   View v = ViewArgument(env, info[1], "notification");
   return Posted(env, [&] { return a.PostNotification(peer, v.data, v.length); });
 }

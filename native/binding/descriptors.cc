@@ -4,6 +4,7 @@
 #include <string>
 
 #include "binding/js_error.h"
+#include "core/error_codes.h"
 
 namespace kvf {
 
@@ -16,7 +17,7 @@ constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 uint64_t ExactInteger(Napi::Env env, double v, size_t descriptor, const char* field) {
   if (!(v >= 0) || v >= kMaxExactInteger || std::floor(v) != v) {
     ThrowCoded(
-        env, "KVF_ERR_INVALID_ARGUMENT",
+        env, code::kInvalidArgument,
         "descriptor " + std::to_string(descriptor) + ": " + field + " must be a non-negative integer below 2^53");
   }
   return static_cast<uint64_t>(v);
@@ -26,11 +27,11 @@ uint64_t ExactInteger(Napi::Env env, double v, size_t descriptor, const char* fi
 
 void ReadDescriptors(Napi::Env env, const Napi::Value& value, std::vector<Descriptor>* out) {
   if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptors must be a Float64Array");
+    ThrowCoded(env, code::kInvalidArgument, "descriptors must be a Float64Array");
   }
   Napi::Float64Array array = value.As<Napi::Float64Array>();
   if (array.ElementLength() % kFields != 0) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "descriptor array length must be a multiple of 5");
+    ThrowCoded(env, code::kInvalidArgument, "descriptor array length must be a multiple of 5");
   }
   const size_t count = array.ElementLength() / kFields;
   const double* f = array.Data();

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "binding/js_error.h"
+#include "core/error_codes.h"
 
 namespace kvf {
 
@@ -11,7 +12,7 @@ namespace {
 
 std::vector<int32_t> Int32Vector(Napi::Env env, const Napi::Value& v, const char* what) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be an Int32Array");
+    ThrowCoded(env, code::kInvalidArgument, std::string(what) + " must be an Int32Array");
   }
   Napi::Int32Array a = v.As<Napi::Int32Array>();
   return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
@@ -53,7 +54,7 @@ class ForwardWorker : public Napi::AsyncWorker {
     } catch (const Error& e) {
       error_ = e.info();
     } catch (const std::exception& e) {
-      error_ = ErrorInfo{"KVF_ERR_INVALID_ARGUMENT", e.what(), 0, {}};
+      error_ = ErrorInfo{code::kInvalidArgument, e.what(), 0, {}};
     }
   }
 
@@ -89,7 +90,7 @@ class ForwardWorker : public Napi::AsyncWorker {
 static Napi::Value BlockBytes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber()) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "blockBytes(modelPath, tokensPerBlock, f32)");
+    ThrowCoded(env, code::kInvalidArgument, "blockBytes(modelPath, tokensPerBlock, f32)");
   }
   try {
     auto model = engine::Model::Load(info[0].As<Napi::String>().Utf8Value());
@@ -118,11 +119,10 @@ Napi::Function EngineWrap::Init(Napi::Env env) {
 EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
   Napi::Env env = info.Env();
   if (info.Length() < 3 || !info[0].IsString() || !info[1].IsTypedArray() || !info[2].IsObject()) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "new NativeEngine(modelPath, pool, options)");
+    ThrowCoded(env, code::kInvalidArgument, "new NativeEngine(modelPath, pool, options)");
   }
   Napi::TypedArray pool = info[1].As<Napi::TypedArray>();
-  if (pool.TypedArrayType() != napi_uint8_array)
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "pool must be a Uint8Array");
+  if (pool.TypedArrayType() != napi_uint8_array) ThrowCoded(env, code::kInvalidArgument, "pool must be a Uint8Array");
   Napi::Uint8Array bytes = pool.As<Napi::Uint8Array>();
   Napi::Object o = info[2].As<Napi::Object>();
   const int tokens_per_block =
@@ -143,7 +143,7 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine
 }
 
 engine::Session& EngineWrap::SessionOrThrow(Napi::Env env) {
-  if (!session_) ThrowCoded(env, "KVF_ERR_CLOSED", "engine is closed");
+  if (!session_) ThrowCoded(env, code::kClosed, "engine is closed");
   return *session_;
 }
 
@@ -173,7 +173,7 @@ Napi::Value EngineWrap::Info(const Napi::CallbackInfo& info) {
 Napi::Value EngineWrap::Allocate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   SessionOrThrow(env);
-  if (info.Length() < 1 || !info[0].IsNumber()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "allocate(count)");
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowCoded(env, code::kInvalidArgument, "allocate(count)");
   try {
     return ToInt32Array(env, pool_->Allocate(info[0].As<Napi::Number>().Int64Value()));
   } catch (const Error& e) {
@@ -208,17 +208,17 @@ Napi::Value EngineWrap::Claim(const Napi::CallbackInfo& info) {
 Napi::Value EngineWrap::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   engine::Session& session = SessionOrThrow(env);
-  if (busy_) ThrowCoded(env, "KVF_ERR_BUSY", "a forward pass is already running on this engine");
+  if (busy_) ThrowCoded(env, code::kBusy, "a forward pass is already running on this engine");
   if (info.Length() < 3 || !info[2].IsNumber())
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward(tokens, table, startPos)");
+    ThrowCoded(env, code::kInvalidArgument, "forward(tokens, table, startPos)");
   std::vector<int32_t> tokens = Int32Vector(env, info[0], "tokens");
-  if (tokens.empty()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward needs at least one token");
+  if (tokens.empty()) ThrowCoded(env, code::kInvalidArgument, "forward needs at least one token");
   std::vector<int32_t> table = Int32Vector(env, info[1], "block table");
   Napi::Value cancel = info.Length() > 3 ? info[3] : env.Undefined();
   if (!cancel.IsUndefined() &&
       (!cancel.IsTypedArray() || cancel.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
        cancel.As<Napi::TypedArray>().ElementLength() < 1)) {
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "forward's cancel word must be an Int32Array of at least one element");
+    ThrowCoded(env, code::kInvalidArgument, "forward's cancel word must be an Int32Array of at least one element");
   }
   auto* worker = new ForwardWorker(env, session, &busy_, std::move(tokens), std::move(table),
                                    info[2].As<Napi::Number>().Int64Value(), info.This().As<Napi::Object>(), cancel);
@@ -229,7 +229,7 @@ Napi::Value EngineWrap::Forward(const Napi::CallbackInfo& info) {
 
 Napi::Value EngineWrap::Close(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (busy_) ThrowCoded(env, "KVF_ERR_BUSY", "a forward pass is still running");
+  if (busy_) ThrowCoded(env, code::kBusy, "a forward pass is still running");
   session_.reset();
   pool_.reset();
   model_.reset();

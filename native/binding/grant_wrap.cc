@@ -5,6 +5,7 @@
 
 #include "binding/agent_wrap.h"
 #include "binding/js_error.h"
+#include "core/error_codes.h"
 
 namespace kvf {
 
@@ -12,10 +13,10 @@ namespace {
 
 double NumberArgument(const Napi::CallbackInfo& info, size_t i, const char* what, double max) {
   if (info.Length() <= i || !info[i].IsNumber())
-    ThrowCoded(info.Env(), "KVF_ERR_INVALID_ARGUMENT", std::string(what) + " must be a number");
+    ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + " must be a number");
   const double d = info[i].As<Napi::Number>().DoubleValue();
   if (!(d >= 0) || d > max || d != static_cast<double>(static_cast<uint64_t>(d))) {
-    ThrowCoded(info.Env(), "KVF_ERR_INVALID_ARGUMENT",
+    ThrowCoded(info.Env(), code::kInvalidArgument,
                std::string(what) + " must be an integer in 0.." + std::to_string(max));
   }
   return d;
@@ -26,9 +27,9 @@ constexpr double kMaxSafe = 9007199254740991.0;
 
 uint64_t BigIntField(Napi::Env env, const Napi::Value& v, const char* what) {
   bool lossless = false;
-  if (!v.IsBigInt()) ThrowCoded(env, "KVF_ERR_BAD_METADATA", std::string("grant ") + what + " is not a bigint");
+  if (!v.IsBigInt()) ThrowCoded(env, code::kBadMetadata, std::string("grant ") + what + " is not a bigint");
   const uint64_t out = v.As<Napi::BigInt>().Uint64Value(&lossless);
-  if (!lossless) ThrowCoded(env, "KVF_ERR_BAD_METADATA", std::string("grant ") + what + " is not a u64");
+  if (!lossless) ThrowCoded(env, code::kBadMetadata, std::string("grant ") + what + " is not a u64");
   return out;
 }
 
@@ -42,7 +43,7 @@ Napi::Value AgentWrap::Grant(const Napi::CallbackInfo& info) {
   const uint64_t offset = static_cast<uint64_t>(NumberArgument(info, 1, "offset", kMaxSafe));
   const uint64_t length = static_cast<uint64_t>(NumberArgument(info, 2, "length", kMaxSafe));
   if (info.Length() < 4 || !info[3].IsBoolean())
-    ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "grant(region, offset, length, write)");
+    ThrowCoded(env, code::kInvalidArgument, "grant(region, offset, length, write)");
   GrantInfo g;
   try {
     g = a.Grant(region, offset, length, info[3].As<Napi::Boolean>().Value() ? kAccessWrite : kAccessRead);
@@ -83,28 +84,27 @@ Napi::Value AgentWrap::AddGrant(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent& a = CoreOrThrow(env);
   const uint32_t peer = static_cast<uint32_t>(NumberArgument(info, 0, "peer id", kMaxU32));
-  if (info.Length() < 2 || !info[1].IsObject()) ThrowCoded(env, "KVF_ERR_INVALID_ARGUMENT", "addGrant(peer, grant)");
+  if (info.Length() < 2 || !info[1].IsObject()) ThrowCoded(env, code::kInvalidArgument, "addGrant(peer, grant)");
   Napi::Object g = info[1].As<Napi::Object>();
   Napi::Value id = g.Get("id"), length = g.Get("length"), access = g.Get("access"), keys = g.Get("keys"),
               share = g.Get("share");
   if (!id.IsNumber() || !length.IsNumber() || !access.IsNumber() || !keys.IsArray()) {
-    ThrowCoded(env, "KVF_ERR_BAD_METADATA", "grant has malformed fields");
+    ThrowCoded(env, code::kBadMetadata, "grant has malformed fields");
   }
   RemoteRegion rr;
   rr.base = BigIntField(env, g.Get("base"), "base");
   const double len = length.As<Napi::Number>().DoubleValue();
-  if (!(len >= 1) || len > kMaxSafe) ThrowCoded(env, "KVF_ERR_BAD_METADATA", "grant length must be 1..2^53-1");
+  if (!(len >= 1) || len > kMaxSafe) ThrowCoded(env, code::kBadMetadata, "grant length must be 1..2^53-1");
   rr.length = static_cast<uint64_t>(len);
   if (rr.base + rr.length < rr.base)
-    ThrowCoded(env, "KVF_ERR_BAD_METADATA", "grant wraps past the end of the address space");
+    ThrowCoded(env, code::kBadMetadata, "grant wraps past the end of the address space");
   rr.access = access.As<Napi::Number>().Uint32Value();
   Napi::Array karr = keys.As<Napi::Array>();
   for (uint32_t k = 0; k < karr.Length(); ++k) rr.keys.push_back(BigIntField(env, karr.Get(k), "key"));
   if (share.IsObject()) {
     Napi::Object sh = share.As<Napi::Object>();
     Napi::Value fd = sh.Get("fd"), offset = sh.Get("offset");
-    if (!fd.IsNumber() || !offset.IsNumber())
-      ThrowCoded(env, "KVF_ERR_BAD_METADATA", "grant share has malformed fields");
+    if (!fd.IsNumber() || !offset.IsNumber()) ThrowCoded(env, code::kBadMetadata, "grant share has malformed fields");
     rr.share.fd = fd.As<Napi::Number>().Int32Value();
     rr.share.inode = BigIntField(env, sh.Get("inode"), "share inode");
     rr.share.offset = static_cast<uint64_t>(offset.As<Napi::Number>().DoubleValue());

@@ -1,5 +1,5 @@
 // Turns core errors into JS Errors with the stable `code` (plus `errno` and `providerMessage` for
-// libfabric failures) that src/fabric/errors.ts maps onto KvfError.
+// libfabric failures) that src/common/errors.ts maps onto KvfError.
 #pragma once
 
 #include <napi.h>

@@ -55,8 +55,8 @@ inline void WriteRecord(const Event& e, double* r) {
   r[kRecProviderPostNs] = static_cast<double>(e.provider_post_ns);
   r[kRecOps] = static_cast<double>(e.ops);
   const bool same_host = e.path != TransferPath::kFabric;
-  r[kRecFlags] = (same_host ? kFlagCma : 0) | (e.express ? kFlagExpress : 0) |
-                 (e.path == TransferPath::kMapped ? kFlagMapped : 0);
+  r[kRecFlags] =
+      (same_host ? kFlagCma : 0) | (e.express ? kFlagExpress : 0) | (e.path == TransferPath::kMapped ? kFlagMapped : 0);
 }
 
 // { headerSize, stride, header: {name: index}, fields: {name: offset}, flags: {name: bit} }

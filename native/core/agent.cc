@@ -1,5 +1,6 @@
 #include "core/agent.h"
 
+#include "core/error_codes.h"
 #include "core/live_agents.h"
 #include "core/notification.h"
 #include "core/shm_regions.h"
@@ -31,7 +32,7 @@ Agent::Agent(const AgentOptions& options, EventSink& sink)
       express_max_bytes_(options.express_max_bytes),
       small_max_bytes_(options.express_max_bytes) {
   if (name_.empty() || name_.size() > kMaxNameBytes) {
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "agent name must be 1..255 bytes");
+    throw Error(code::kInvalidArgument, "agent name must be 1..255 bytes");
   }
   // Without a table same-host peers cannot confirm what is advertised and keep to the provider; the agent
   // still works.
@@ -56,9 +57,9 @@ Agent::~Agent() {
 }
 
 void Agent::OpenRails(const AgentOptions& options) {
-  if (!LibfabricLoadError().empty()) throw Error("KVF_ERR_PROVIDER_UNAVAILABLE", LibfabricLoadError());
+  if (!LibfabricLoadError().empty()) throw Error(code::kProviderUnavailable, LibfabricLoadError());
   fi_info* hints = fi_allocinfo();
-  if (hints == nullptr) throw Error("KVF_ERR_ALLOC", "fi_allocinfo failed");
+  if (hints == nullptr) throw Error(code::kAlloc, "fi_allocinfo failed");
   hints->caps = FI_MSG | FI_RMA | FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE | FI_SEND | FI_RECV;
   hints->mode = FI_CONTEXT | FI_CONTEXT2;
   hints->ep_attr->type = FI_EP_RDM;
@@ -75,7 +76,7 @@ void Agent::OpenRails(const AgentOptions& options) {
     std::string what = "no libfabric provider '" + options.provider + "' with FI_EP_RDM, RMA and messaging";
     if (node != nullptr) what += " bound to " + options.node;
     if (!options.domain.empty()) what += " in domain " + options.domain;
-    throw Error("KVF_ERR_PROVIDER_UNAVAILABLE", what + (rc != 0 ? std::string(": ") + fi_strerror(-rc) : ""),
+    throw Error(code::kProviderUnavailable, what + (rc != 0 ? std::string(": ") + fi_strerror(-rc) : ""),
                 rc < 0 ? -rc : 0, rc != 0 ? fi_strerror(-rc) : "");
   }
 
@@ -93,7 +94,7 @@ void Agent::OpenRails(const AgentOptions& options) {
   try {
     for (uint32_t r = 0; r < count; ++r) {
       fi_info* chosen = fi_dupinfo(domains[r % domains.size()]);
-      if (chosen == nullptr) throw Error("KVF_ERR_ALLOC", "fi_dupinfo failed");
+      if (chosen == nullptr) throw Error(code::kAlloc, "fi_dupinfo failed");
       if (chosen->addr_format == FI_ADDR_STR && provider_ == "shm") {
         // shm names its endpoint after the process id by default, so a second endpoint in one process
         // would collide; give every rail of every agent its own name (core/shm_regions.h).
@@ -121,8 +122,8 @@ std::vector<std::string> Agent::domain_names() const {
 }
 
 uint32_t Agent::RegisterMemory(void* data, size_t length, bool remote_access) {
-  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
-  if (length == 0) throw Error("KVF_ERR_ZERO_LENGTH", "cannot register an empty buffer");
+  if (closing()) throw Error(code::kClosed, "agent is closed");
+  if (length == 0) throw Error(code::kZeroLength, "cannot register an empty buffer");
   auto region = std::make_unique<Region>();
   region->data = static_cast<uint8_t*>(data);
   region->length = length;
@@ -146,11 +147,10 @@ uint32_t Agent::RegisterMemory(void* data, size_t length, bool remote_access) {
 void Agent::DeregisterMemory(uint32_t id) {
   std::lock_guard<std::mutex> lock(regions_mu_);
   auto it = regions_.find(id);
-  if (it == regions_.end())
-    throw Error("KVF_ERR_UNKNOWN_REGION", "region " + std::to_string(id) + " is not registered");
+  if (it == regions_.end()) throw Error(code::kUnknownRegion, "region " + std::to_string(id) + " is not registered");
   if (it->second->inflight > 0) {
-    throw Error("KVF_ERR_BUSY", "region " + std::to_string(id) + " has " + std::to_string(it->second->inflight) +
-                                    " transfers in flight");
+    throw Error(code::kBusy, "region " + std::to_string(id) + " has " + std::to_string(it->second->inflight) +
+                                 " transfers in flight");
   }
   // Grants end with their region. Same-host readers stop first (they check the table before every copy), then
   // the provider's keys go.
@@ -178,13 +178,12 @@ std::vector<const Region*> Agent::ListRegions() const {
 
 uint32_t Agent::AddPeer(const std::string& name, const PeerOptions& options,
                         const std::vector<std::vector<uint8_t>>& addresses, std::map<uint32_t, RemoteRegion> regions) {
-  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
-  if (addresses.empty()) throw Error("KVF_ERR_BAD_METADATA", "peer advertises no rails");
+  if (closing()) throw Error(code::kClosed, "agent is closed");
+  if (addresses.empty()) throw Error(code::kBadMetadata, "peer advertises no rails");
   for (const auto& [id, region] : regions) {
     if (region.keys.size() != addresses.size()) {
-      throw Error("KVF_ERR_BAD_METADATA", "region " + std::to_string(id) + " has " +
-                                              std::to_string(region.keys.size()) + " keys for " +
-                                              std::to_string(addresses.size()) + " rails");
+      throw Error(code::kBadMetadata, "region " + std::to_string(id) + " has " + std::to_string(region.keys.size()) +
+                                          " keys for " + std::to_string(addresses.size()) + " rails");
     }
   }
   Peer peer;
@@ -240,12 +239,12 @@ void Agent::MapSharedRegions(Peer& peer, std::map<uint32_t, RemoteRegion>& regio
 
 void Agent::RemovePeer(uint32_t id) {
   // Addresses stay in the AVs: transfers in flight may still use them, and they are freed with the rails.
-  if (peers_.erase(id) == 0) throw Error("KVF_ERR_UNKNOWN_PEER", "peer " + std::to_string(id) + " is not loaded");
+  if (peers_.erase(id) == 0) throw Error(code::kUnknownPeer, "peer " + std::to_string(id) + " is not loaded");
 }
 
 Peer& Agent::PeerOrThrow(uint32_t id) {
   auto it = peers_.find(id);
-  if (it == peers_.end()) throw Error("KVF_ERR_UNKNOWN_PEER", "peer " + std::to_string(id) + " is not loaded");
+  if (it == peers_.end()) throw Error(code::kUnknownPeer, "peer " + std::to_string(id) + " is not loaded");
   return it->second;
 }
 
@@ -424,8 +423,7 @@ void Agent::Shutdown() {
     Event ev;
     ev.type = Event::Type::kTransferDone;
     ev.transfer_id = t->id;
-    ev.error =
-        t->error.ok() ? ErrorInfo{"KVF_ERR_CLOSED", "agent closed with the transfer in flight", 0, {}} : t->error;
+    ev.error = t->error.ok() ? ErrorInfo{code::kClosed, "agent closed with the transfer in flight", 0, {}} : t->error;
     ev.bytes = t->bytes;
     sink_.Push(std::move(ev));
     if (t->pickup == Pickup::kSpin) --awaited_in_flight_;

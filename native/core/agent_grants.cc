@@ -7,6 +7,7 @@
 #include <rdma/fi_domain.h>
 
 #include "core/agent.h"
+#include "core/error_codes.h"
 
 namespace kvf {
 
@@ -16,8 +17,8 @@ uint32_t Agent::NextTableIdLocked() {
   // An advertised region's (or grant's) id picks its slot in the table: skip ids whose slot is taken.
   for (uint32_t tries = 0; !table_->SlotFree(id); ++tries) {
     if (tries >= RegionTable::kCapacity) {
-      throw Error("KVF_ERR_TOO_LARGE", "the region table is full: " + std::to_string(RegionTable::kCapacity) +
-                                           " remotely accessible regions and grants are live");
+      throw Error(code::kTooLarge, "the region table is full: " + std::to_string(RegionTable::kCapacity) +
+                                       " remotely accessible regions and grants are live");
     }
     id = next_region_++;
   }
@@ -25,20 +26,20 @@ uint32_t Agent::NextTableIdLocked() {
 }
 
 GrantInfo Agent::Grant(uint32_t region_id, uint64_t offset, uint64_t length, uint64_t access) {
-  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error(code::kClosed, "agent is closed");
   if (access != kAccessRead && access != kAccessWrite)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "a grant is for read or for write");
-  if (length == 0) throw Error("KVF_ERR_ZERO_LENGTH", "a grant needs at least one byte");
+    throw Error(code::kInvalidArgument, "a grant is for read or for write");
+  if (length == 0) throw Error(code::kZeroLength, "a grant needs at least one byte");
   std::lock_guard<std::mutex> lock(regions_mu_);
   auto it = regions_.find(region_id);
   if (it == regions_.end() || it->second->internal) {
-    throw Error("KVF_ERR_UNKNOWN_REGION", "region " + std::to_string(region_id) + " is not registered");
+    throw Error(code::kUnknownRegion, "region " + std::to_string(region_id) + " is not registered");
   }
   const Region& region = *it->second;
   if (offset > region.length || length > region.length - offset) {
-    throw Error("KVF_ERR_OUT_OF_RANGE", "grant [" + std::to_string(offset) + ", " + std::to_string(offset + length) +
-                                            ") exceeds region " + std::to_string(region_id) + " of " +
-                                            std::to_string(region.length) + " bytes");
+    throw Error(code::kOutOfRange, "grant [" + std::to_string(offset) + ", " + std::to_string(offset + length) +
+                                       ") exceeds region " + std::to_string(region_id) + " of " +
+                                       std::to_string(region.length) + " bytes");
   }
   GrantRecord g;
   g.id = NextTableIdLocked();
@@ -89,21 +90,21 @@ size_t Agent::live_grants() const {
 }
 
 void Agent::AddGrant(uint32_t peer_id, uint32_t grant, RemoteRegion region) {
-  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error(code::kClosed, "agent is closed");
   Peer& peer = PeerOrThrow(peer_id);
   const std::string what = "grant " + std::to_string(grant) + " of peer '" + peer.name + "'";
   if (region.keys.size() != peer.remote_rails) {
-    throw Error("KVF_ERR_BAD_METADATA", what + " has " + std::to_string(region.keys.size()) + " keys for " +
-                                            std::to_string(peer.remote_rails) + " rails");
+    throw Error(code::kBadMetadata, what + " has " + std::to_string(region.keys.size()) + " keys for " +
+                                        std::to_string(peer.remote_rails) + " rails");
   }
   if (region.access != kAccessRead && region.access != kAccessWrite)
-    throw Error("KVF_ERR_BAD_METADATA", what + " has no valid access");
+    throw Error(code::kBadMetadata, what + " has no valid access");
   if (peer.regions.count(grant) != 0)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", what + " is added already (or its id is a region's)");
+    throw Error(code::kInvalidArgument, what + " is added already (or its id is a region's)");
   // On this host the owner's table says whether the grant is live, for this range and access: a revoked
   // grant's bytes are refused here already (on another host, the provider refuses its keys at first use).
   if (peer.table && !peer.table->Live(grant, region.base, region.length, region.access)) {
-    throw Error("KVF_ERR_REMOTE_ACCESS", what + " is not live in its owner's region table (revoked, or forged)");
+    throw Error(code::kRemoteAccess, what + " is not live in its owner's region table (revoked, or forged)");
   }
   if (peer.probe_pid > 0) {
     // A peer that advertised no region (a pool kept to grants) gets the fast path probed on its first grant.
@@ -125,8 +126,7 @@ void Agent::RemoveGrant(uint32_t peer_id, uint32_t grant) {
   Peer& peer = PeerOrThrow(peer_id);
   auto it = peer.regions.find(grant);
   if (it == peer.regions.end() || it->second.access == (kAccessRead | kAccessWrite)) {
-    throw Error("KVF_ERR_UNKNOWN_REGION",
-                "peer '" + peer.name + "' has no grant " + std::to_string(grant) + " added here");
+    throw Error(code::kUnknownRegion, "peer '" + peer.name + "' has no grant " + std::to_string(grant) + " added here");
   }
   // Prepared lists that name it keep a pointer to it: like a reloaded peer, they must be prepared again.
   peer.regions.erase(it);

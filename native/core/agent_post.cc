@@ -2,6 +2,7 @@
 // the same-host fast path) and handed to the rails, warmup and notifications. Lifecycle, regions, peers and
 // completions are in agent.cc.
 #include "core/agent.h"
+#include "core/error_codes.h"
 
 #include <algorithm>
 
@@ -17,9 +18,9 @@ constexpr size_t kFewIndices = 32;
 }  // namespace
 
 PreparedList Agent::Resolve(uint32_t peer_id, const Descriptor* d, size_t count) {
-  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error(code::kClosed, "agent is closed");
   Peer& peer = PeerOrThrow(peer_id);
-  if (count == 0) throw Error("KVF_ERR_INVALID_ARGUMENT", "a transfer needs at least one descriptor");
+  if (count == 0) throw Error(code::kInvalidArgument, "a transfer needs at least one descriptor");
   PreparedList list;
   list.peer = peer_id;
   list.items.resize(count);
@@ -33,14 +34,14 @@ PreparedList Agent::Resolve(uint32_t peer_id, const Descriptor* d, size_t count)
     const uint64_t roff = d[i].remote_offset;
     const uint64_t len = d[i].length;
     auto at = [i] { return "descriptor " + std::to_string(i) + ": "; };
-    if (len == 0) throw Error("KVF_ERR_ZERO_LENGTH", at() + "length is 0");
+    if (len == 0) throw Error(code::kZeroLength, at() + "length is 0");
     Region* local;
     if (last_local != nullptr && last_local->id == lregion) {
       local = const_cast<Region*>(last_local);
     } else {
       auto lit = regions_.find(static_cast<uint32_t>(lregion));
       if (lregion > UINT32_MAX || lit == regions_.end() || lit->second->internal) {
-        throw Error("KVF_ERR_UNKNOWN_REGION", at() + "local region " + std::to_string(lregion) + " is not registered");
+        throw Error(code::kUnknownRegion, at() + "local region " + std::to_string(lregion) + " is not registered");
       }
       local = lit->second.get();
       last_local = local;
@@ -49,21 +50,20 @@ PreparedList Agent::Resolve(uint32_t peer_id, const Descriptor* d, size_t count)
       }
     }
     if (loff > local->length || len > local->length - loff) {
-      throw Error("KVF_ERR_OUT_OF_RANGE", at() + "local range [" + std::to_string(loff) + ", " +
-                                              std::to_string(loff + len) + ") exceeds region " +
-                                              std::to_string(lregion) + " of " + std::to_string(local->length) +
-                                              " bytes");
+      throw Error(code::kOutOfRange, at() + "local range [" + std::to_string(loff) + ", " + std::to_string(loff + len) +
+                                         ") exceeds region " + std::to_string(lregion) + " of " +
+                                         std::to_string(local->length) + " bytes");
     }
     auto rit = peer.regions.find(static_cast<uint32_t>(rregion));
     if (rregion > UINT32_MAX || rit == peer.regions.end()) {
-      throw Error("KVF_ERR_UNKNOWN_REGION",
+      throw Error(code::kUnknownRegion,
                   at() + "peer '" + peer.name + "' advertises no region " + std::to_string(rregion));
     }
     if (roff > rit->second.length || len > rit->second.length - roff) {
-      throw Error("KVF_ERR_OUT_OF_RANGE", at() + "remote range [" + std::to_string(roff) + ", " +
-                                              std::to_string(roff + len) + ") exceeds region " +
-                                              std::to_string(rregion) + " of peer '" + peer.name + "' (" +
-                                              std::to_string(rit->second.length) + " bytes)");
+      throw Error(code::kOutOfRange, at() + "remote range [" + std::to_string(roff) + ", " +
+                                         std::to_string(roff + len) + ") exceeds region " + std::to_string(rregion) +
+                                         " of peer '" + peer.name + "' (" + std::to_string(rit->second.length) +
+                                         " bytes)");
     }
     list.items[i] = {local, loff, static_cast<uint32_t>(rregion), &rit->second, roff, len};
     if (std::none_of(list.remote_regions.begin(), list.remote_regions.end(),
@@ -92,18 +92,18 @@ uint32_t Agent::Prepare(uint32_t peer_id, const Descriptor* d, size_t count) {
 }
 
 void Agent::ReleasePrepared(uint32_t id) {
-  if (prepared_.erase(id) == 0) throw Error("KVF_ERR_CLOSED", "prepared list " + std::to_string(id) + " was released");
+  if (prepared_.erase(id) == 0) throw Error(code::kClosed, "prepared list " + std::to_string(id) + " was released");
 }
 
 const PreparedList& Agent::PreparedOrThrow(uint32_t id) const {
   auto it = prepared_.find(id);
-  if (it == prepared_.end()) throw Error("KVF_ERR_CLOSED", "prepared list " + std::to_string(id) + " was released");
+  if (it == prepared_.end()) throw Error(code::kClosed, "prepared list " + std::to_string(id) + " was released");
   return *it->second;
 }
 
 uint64_t Agent::PostPrepared(OpKind kind, uint32_t list_id, const uint32_t* indices, size_t count,
                              const uint8_t* notification, size_t notification_length, bool has_notification) {
-  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error(code::kClosed, "agent is closed");
   const PreparedList& list = PreparedOrThrow(list_id);
   if (indices == nullptr) count = list.items.size();
   return Submit(kind, list, indices, count, notification, notification_length, has_notification);
@@ -111,9 +111,9 @@ uint64_t Agent::PostPrepared(OpKind kind, uint32_t list_id, const uint32_t* indi
 
 uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count,
                        const uint8_t* notification, size_t notification_length, bool has_notification) {
-  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error(code::kClosed, "agent is closed");
   Peer& peer = PeerOrThrow(list.peer);
-  if (count == 0) throw Error("KVF_ERR_INVALID_ARGUMENT", "a transfer needs at least one descriptor");
+  if (count == 0) throw Error(code::kInvalidArgument, "a transfer needs at least one descriptor");
   auto t = std::make_unique<Transfer>();
   t->kind = kind;
   t->bytes = SelectedBytes(kind, list, indices, count);
@@ -131,7 +131,7 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
 uint64_t Agent::SelectedBytes(OpKind kind, const PreparedList& list, const uint32_t* indices, size_t count) const {
   const std::string& overlap = kind == OpKind::kWrite ? list.write_overlap : list.read_overlap;
   if (indices == nullptr) {
-    if (!overlap.empty()) throw Error("KVF_ERR_OVERLAP", overlap);
+    if (!overlap.empty()) throw Error(code::kOverlap, overlap);
     return list.bytes;
   }
   // A selection of a list without overlaps overlaps only if it repeats an index. A few indices are compared
@@ -142,17 +142,17 @@ uint64_t Agent::SelectedBytes(OpKind kind, const PreparedList& list, const uint3
   for (size_t k = 0; k < count; ++k) {
     const uint32_t i = indices[k];
     if (i >= list.items.size()) {
-      throw Error("KVF_ERR_OUT_OF_RANGE", "index " + std::to_string(i) + " is outside the prepared list of " +
-                                              std::to_string(list.items.size()) + " descriptors");
+      throw Error(code::kOutOfRange, "index " + std::to_string(i) + " is outside the prepared list of " +
+                                         std::to_string(list.items.size()) + " descriptors");
     }
     const bool repeated = bitmap ? seen[i] : std::find(indices, indices + k, i) != indices + k;
-    if (repeated) throw Error("KVF_ERR_OVERLAP", "descriptor " + std::to_string(i) + " is selected twice");
+    if (repeated) throw Error(code::kOverlap, "descriptor " + std::to_string(i) + " is selected twice");
     if (bitmap) seen[i] = true;
     bytes += list.items[i].length;
   }
   if (!overlap.empty()) {
     std::string subset = FindOverlap(kind, list.items, indices, count);
-    if (!subset.empty()) throw Error("KVF_ERR_OVERLAP", subset);
+    if (!subset.empty()) throw Error(code::kOverlap, subset);
   }
   return bytes;
 }
@@ -175,7 +175,7 @@ void Agent::PinRegions(Transfer& t, const PreparedList& list) {
   for (const auto& [id, region] : list.regions) {
     auto it = regions_.find(id);
     if (it == regions_.end() || it->second.get() != region) {
-      throw Error("KVF_ERR_UNKNOWN_REGION", "local region " + std::to_string(id) + " was deregistered");
+      throw Error(code::kUnknownRegion, "local region " + std::to_string(id) + " was deregistered");
     }
   }
   for (const auto& [id, region] : list.regions) {
@@ -211,18 +211,18 @@ void Agent::CheckAdvertised(const Peer& peer, OpKind kind, const PreparedList& l
   for (const auto& [id, r] : list.remote_regions) {
     auto it = peer.regions.find(id);
     if (it == peer.regions.end() || &it->second != r) {
-      throw Error("KVF_ERR_UNKNOWN_REGION",
+      throw Error(code::kUnknownRegion,
                   "region or grant " + std::to_string(id) + " of peer '" + peer.name + "' was removed");
     }
   }
   const uint64_t need = kind == OpKind::kWrite ? kAccessWrite : kAccessRead;
   auto check = [&](uint32_t id, const RemoteRegion& r) {
     if ((r.access & need) != need) {
-      throw Error("KVF_ERR_REMOTE_ACCESS", "grant " + std::to_string(id) + " of peer '" + peer.name + "' is for " +
-                                               (need == kAccessWrite ? "read" : "write") + " only");
+      throw Error(code::kRemoteAccess, "grant " + std::to_string(id) + " of peer '" + peer.name + "' is for " +
+                                           (need == kAccessWrite ? "read" : "write") + " only");
     }
     if (peer.table && !peer.table->Live(id, r.base, r.length, need)) {
-      throw Error("KVF_ERR_REMOTE_ACCESS",
+      throw Error(code::kRemoteAccess,
                   "peer '" + peer.name + "' does not advertise region " + std::to_string(id) +
                       " for this access (deregistered or revoked since it was loaded, or never advertised)");
     }
@@ -342,10 +342,10 @@ uint64_t Agent::LaunchCopy(std::unique_ptr<Transfer> t, const Peer& peer, const 
 }
 
 uint64_t Agent::Warmup(uint32_t peer_id) {
-  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error(code::kClosed, "agent is closed");
   Peer& peer = PeerOrThrow(peer_id);
   if (peer.regions.empty()) {
-    throw Error("KVF_ERR_UNKNOWN_REGION", "peer '" + peer.name + "' advertises no region to warm the rails up with");
+    throw Error(code::kUnknownRegion, "peer '" + peer.name + "' advertises no region to warm the rails up with");
   }
   if (scratch_region_ == 0) {
     scratch_.resize(64 * rails_.size());
@@ -367,7 +367,7 @@ uint64_t Agent::Warmup(uint32_t peer_id) {
   if (chosen == peer.regions.end()) {
     std::lock_guard<std::mutex> lock(regions_mu_);
     --scratch->inflight;
-    throw Error("KVF_ERR_REMOTE_ACCESS", "peer '" + peer.name + "' advertises none of its regions any more");
+    throw Error(code::kRemoteAccess, "peer '" + peer.name + "' advertises none of its regions any more");
   }
   const auto& remote = chosen->second;
   auto t = std::make_unique<Transfer>();
@@ -407,7 +407,7 @@ void Agent::OnOpPosted(Op* op, int64_t call_ns) {
 }
 
 uint64_t Agent::PostNotification(uint32_t peer_id, const uint8_t* data, size_t length) {
-  if (closing()) throw Error("KVF_ERR_CLOSED", "agent is closed");
+  if (closing()) throw Error(code::kClosed, "agent is closed");
   Peer& peer = PeerOrThrow(peer_id);
   auto t = std::make_unique<Transfer>();
   t->kind = OpKind::kSend;

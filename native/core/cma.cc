@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "core/error_codes.h"
+
 namespace kvf {
 
 namespace {
@@ -15,7 +17,7 @@ ErrorInfo CmaError(const CmaJob& job, int err) {
   if (err == EPERM)
     what += " (the kernel refused cross-memory attach: another user, or ptrace restrictions; use fastPath: false)";
   if (err == ESRCH) what += " (the peer process is gone)";
-  return ErrorInfo{"KVF_ERR_FAST_PATH", what, err, std::strerror(err)};
+  return ErrorInfo{code::kFastPath, what, err, std::strerror(err)};
 }
 
 ErrorInfo MappedCopy(const CmaJob& job) {
@@ -29,7 +31,7 @@ ErrorInfo MappedCopy(const CmaJob& job) {
   // The mapping outlives the peer: what a READ copied after its death is only what it left behind.
   if (job.watch && job.watch->Gone()) {
     return ErrorInfo{
-        "KVF_ERR_FAST_PATH",
+        code::kFastPath,
         "copy through the mapping of pid " + std::to_string(job.pid) + "'s memory failed: the peer process is gone",
         ESRCH, std::strerror(ESRCH)};
   }
@@ -42,7 +44,7 @@ ErrorInfo CmaCopy(CmaJob& job) {
   const uint64_t need = job.write ? kAccessWrite : kAccessRead;  // a grant allows one of them
   for (const CmaJob::RegionCheck& c : job.checks) {
     if (!job.table || !job.table->Live(c.id, c.base, c.length, need)) {
-      return ErrorInfo{"KVF_ERR_REMOTE_ACCESS",
+      return ErrorInfo{code::kRemoteAccess,
                        "pid " + std::to_string(job.pid) + " no longer advertises region " + std::to_string(c.id) +
                            ": nothing copied",
                        0,
@@ -136,7 +138,7 @@ std::string CmaProbe(pid_t pid, uint64_t address, size_t length) {
 void CmaCopier::Submit(CmaJob job) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stop_) {
-    ErrorInfo closed{"KVF_ERR_CLOSED", "agent closed before the copy started", 0, {}};
+    ErrorInfo closed{code::kClosed, "agent closed before the copy started", 0, {}};
     done_(job.transfer, &closed);
     return;
   }
@@ -165,7 +167,7 @@ void CmaCopier::Run() {
       job = std::move(queue_.front());
       queue_.pop_front();
       if (stop_) {
-        ErrorInfo closed{"KVF_ERR_CLOSED", "agent closed before the copy started", 0, {}};
+        ErrorInfo closed{code::kClosed, "agent closed before the copy started", 0, {}};
         lock.unlock();
         done_(job.transfer, &closed);
         continue;

@@ -1,5 +1,5 @@
-// Errors raised by the core carry a stable kvfabric code (see src/fabric/errors.ts) and, when they come
-// from libfabric, its errno and fi_strerror text. The binding hands them to its callers unchanged.
+// Errors raised by the core carry a stable kvfabric code (core/error_codes.h) and, when they come from
+// libfabric, its errno and fi_strerror text. The binding hands them to its callers unchanged.
 #pragma once
 
 #include <rdma/fabric.h>
@@ -7,6 +7,8 @@
 
 #include <stdexcept>
 #include <string>
+
+#include "core/error_codes.h"
 
 namespace kvf {
 
@@ -38,7 +40,7 @@ class Error : public std::runtime_error {
 
 inline ErrorInfo ProviderError(const std::string& what, int rc) {
   int e = rc < 0 ? -rc : rc;
-  return {"KVF_ERR_PROVIDER", what + ": " + fi_strerror(e), e, fi_strerror(e)};
+  return {code::kProvider, what + ": " + fi_strerror(e), e, fi_strerror(e)};
 }
 
 // Throws KVF_ERR_PROVIDER when a libfabric call returned a negative errno.

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/error_codes.h"
 
 namespace kvf {
 
@@ -33,7 +34,7 @@ std::map<uintptr_t, SharedEntry> g_shared;
 
 [[noreturn]] void AllocFailed(const std::string& what, size_t bytes) {
   int e = errno;
-  throw Error("KVF_ERR_ALLOC", "cannot " + what + " " + std::to_string(bytes) + " bytes: " + std::strerror(e));
+  throw Error(code::kAlloc, "cannot " + what + " " + std::to_string(bytes) + " bytes: " + std::strerror(e));
 }
 
 // Large regions: 2 MiB-aligned with MADV_HUGEPAGE. THP in "madvise" mode, the common default, only backs
@@ -63,7 +64,7 @@ void* MapAligned(size_t mapped, bool large, int fd) {
 }  // namespace
 
 HostAllocation AllocateHost(size_t length, bool hugepages, bool require_hugepages, Share share) {
-  if (length == 0) throw Error("KVF_ERR_ZERO_LENGTH", "cannot allocate 0 bytes");
+  if (length == 0) throw Error(code::kZeroLength, "cannot allocate 0 bytes");
   HostAllocation a;
   a.length = length;
   if (hugepages) {
@@ -87,9 +88,9 @@ HostAllocation AllocateHost(size_t length, bool hugepages, bool require_hugepage
       a.hugepages = true;
     } else if (require_hugepages) {
       int e = errno;
-      throw Error("KVF_ERR_ALLOC", "cannot map " + std::to_string(a.mapped) +
-                                       " bytes of 2 MiB hugepages: " + std::strerror(e) +
-                                       " (reserve them with vm.nr_hugepages or the pod's hugepages-2Mi limit)");
+      throw Error(code::kAlloc, "cannot map " + std::to_string(a.mapped) +
+                                    " bytes of 2 MiB hugepages: " + std::strerror(e) +
+                                    " (reserve them with vm.nr_hugepages or the pod's hugepages-2Mi limit)");
     }
   }
   if (a.data == nullptr) {

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/error_codes.h"
 
 namespace kvf {
 
@@ -13,8 +14,8 @@ constexpr uint8_t kVersion = 1;
 
 std::vector<uint8_t> EncodeNotification(const std::string& from, const uint8_t* data, size_t length) {
   if (length > kMaxNotificationBytes) {
-    throw Error("KVF_ERR_TOO_LARGE", "notification is " + std::to_string(length) + " bytes; the limit is " +
-                                         std::to_string(kMaxNotificationBytes));
+    throw Error(code::kTooLarge, "notification is " + std::to_string(length) + " bytes; the limit is " +
+                                     std::to_string(kMaxNotificationBytes));
   }
   std::vector<uint8_t> msg(kNotificationHeader + from.size() + length);
   std::memcpy(msg.data(), kMagic, 4);

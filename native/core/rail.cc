@@ -1,5 +1,6 @@
 #include "core/rail.h"
 
+#include "core/error_codes.h"
 #include "core/random_key.h"
 
 #include <rdma/fi_cm.h>
@@ -335,11 +336,11 @@ fi_addr_t Rail::InsertAddress(const uint8_t* address, size_t length) {
   // (sockaddr, efa GIDs) have the provider's fixed size.
   if (info_->addr_format == FI_ADDR_STR) {
     if (length == 0 || address[length - 1] != '\0' || std::memchr(address, '\0', length) != address + length - 1) {
-      throw Error("KVF_ERR_BAD_METADATA", "peer endpoint address is not a NUL-terminated string");
+      throw Error(code::kBadMetadata, "peer endpoint address is not a NUL-terminated string");
     }
   } else if (length != address_.size()) {
-    throw Error("KVF_ERR_PROVIDER_MISMATCH", "peer endpoint address is " + std::to_string(length) +
-                                                 " bytes, this provider's are " + std::to_string(address_.size()));
+    throw Error(code::kProviderMismatch, "peer endpoint address is " + std::to_string(length) +
+                                             " bytes, this provider's are " + std::to_string(address_.size()));
   }
   const bool sockaddr = info_->addr_format == FI_SOCKADDR || info_->addr_format == FI_SOCKADDR_IN ||
                         info_->addr_format == FI_SOCKADDR_IN6;
@@ -347,7 +348,7 @@ fi_addr_t Rail::InsertAddress(const uint8_t* address, size_t length) {
     // libfabric 1.17's IP address vectors take an address's length from its family, and set the AV's length
     // to it before checking anything else: one address of an unknown family shrank it, and every later
     // insert failed as "too large" (one bad blob poisoned the agent). So the family must be ours.
-    throw Error("KVF_ERR_BAD_METADATA", "peer endpoint address is not of this endpoint's address family");
+    throw Error(code::kBadMetadata, "peer endpoint address is not of this endpoint's address family");
   }
   fi_addr_t out = FI_ADDR_NOTAVAIL;
   int rc = fi_av_insert(av_, address, 1, &out, 0, nullptr);
@@ -586,7 +587,7 @@ void Rail::RunLoop() {
   if (orphaned_) return;
   // Forced stop: whatever never reached the provider fails here; posted ops are failed by the owner
   // after the endpoint is closed.
-  ErrorInfo closed{"KVF_ERR_CLOSED", "agent closed before the operation was posted", 0, {}};
+  ErrorInfo closed{code::kClosed, "agent closed before the operation was posted", 0, {}};
   for (Op* op : pending) owner_->OnOpComplete(op, &closed);
   FailSuspects(closed);
   std::lock_guard<std::mutex> lock(queue_mu_);

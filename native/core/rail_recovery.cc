@@ -13,6 +13,7 @@
 #include <chrono>
 #include <string>
 
+#include "core/error_codes.h"
 #include "core/rail.h"
 
 namespace kvf {
@@ -99,7 +100,7 @@ void Rail::ProbeFailed(Op* op, const ErrorInfo& error) {
     suspects_.push_back(op);
     return;
   }
-  ErrorInfo refused{"KVF_ERR_REMOTE_ACCESS",
+  ErrorInfo refused{code::kRemoteAccess,
                     "rail " + std::to_string(index_) + ": the peer refused the operation (bad key, or a region it " +
                         "no longer registers); it failed alone " + std::to_string(kProbeAttempts) +
                         " times while other operations to the peer succeeded",

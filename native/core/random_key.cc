@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/error_codes.h"
 
 namespace kvf {
 
@@ -16,7 +17,7 @@ void RandomBytes(void* out, size_t length) {
     const ssize_t got = getrandom(p, length, 0);
     if (got < 0) {
       if (errno == EINTR) continue;
-      throw Error("KVF_ERR_ALLOC", std::string("getrandom failed: ") + std::strerror(errno));
+      throw Error(code::kAlloc, std::string("getrandom failed: ") + std::strerror(errno));
     }
     p += got;
     length -= static_cast<size_t>(got);

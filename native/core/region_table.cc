@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/error_codes.h"
 #include "core/random_key.h"
 
 namespace kvf {
@@ -37,7 +38,7 @@ uint64_t Tag(uint32_t id) { return (static_cast<uint64_t>(id) << 32) | 1; }
 
 RegionTable::RegionTable() {
   const int fd = memfd_create("kvfabric-region-table", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) throw Error("KVF_ERR_ALLOC", std::string("memfd_create (region table): ") + std::strerror(errno));
+  if (fd < 0) throw Error(code::kAlloc, std::string("memfd_create (region table): ") + std::strerror(errno));
   void* map = MAP_FAILED;
   struct stat st {};
   if (ftruncate(fd, static_cast<off_t>(kTableBytes)) == 0 && fstat(fd, &st) == 0) {
@@ -46,7 +47,7 @@ RegionTable::RegionTable() {
   if (map == MAP_FAILED) {
     const int e = errno;
     close(fd);
-    throw Error("KVF_ERR_ALLOC", std::string("region table: ") + std::strerror(e));
+    throw Error(code::kAlloc, std::string("region table: ") + std::strerror(e));
   }
   // A reader maps it read-only and must not see it shrink under it (SIGBUS): no resizing from here on.
   fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);

@@ -11,6 +11,7 @@
 #endif
 
 #include "core/error.h"
+#include "core/error_codes.h"
 #include "engine/half.h"
 
 namespace kvf::engine {
@@ -201,16 +202,16 @@ float DotHalfLike(const uint8_t* src, const float* x, int64_t n) {
 }
 
 [[noreturn]] void Unsupported(GgmlType type) {
-  throw Error("KVF_ERR_UNSUPPORTED_TENSOR_TYPE", std::string("cannot dequantize tensor type ") + TypeName(type) +
-                                                     " (id " + std::to_string(static_cast<uint32_t>(type)) + ")");
+  throw Error(code::kUnsupportedTensorType, std::string("cannot dequantize tensor type ") + TypeName(type) + " (id " +
+                                                std::to_string(static_cast<uint32_t>(type)) + ")");
 }
 
 void CheckLength(GgmlType type, int64_t n) {
   const GgmlTypeTraits tr = TypeTraits(type);
   if (!tr.dequantizable) Unsupported(type);
   if (n < 0 || n % tr.block_size != 0)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "row length " + std::to_string(n) + " is not a multiple of the " + tr.name +
-                                                " block size " + std::to_string(tr.block_size));
+    throw Error(code::kInvalidArgument, "row length " + std::to_string(n) + " is not a multiple of the " + tr.name +
+                                            " block size " + std::to_string(tr.block_size));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/error_codes.h"
 
 // GGUF is little-endian (v3 added big-endian files, which we reject by their byte-swapped version).
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the GGUF reader assumes a little-endian host");
@@ -18,12 +19,10 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the GGUF reader assume
 namespace kvf::engine {
 namespace {
 
-constexpr const char* kBadModel = "KVF_ERR_BAD_MODEL";
-constexpr const char* kUnsupportedType = "KVF_ERR_UNSUPPORTED_TENSOR_TYPE";
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read as a little-endian uint32
 constexpr uint32_t kMaxDims = 4;         // GGML_MAX_DIMS
 
-[[noreturn]] void Bad(const std::string& message) { throw Error(kBadModel, message); }
+[[noreturn]] void Bad(const std::string& message) { throw Error(code::kBadModel, message); }
 
 // Size in bytes of a fixed-size GGUF value type, 0 for STRING, ARRAY and unknown types.
 size_t ScalarSize(GgufType t) {
@@ -257,7 +256,7 @@ const std::vector<std::string_view>& GgufValue::Strings() const {
 int64_t GgufValue::IntAt(uint64_t i) const {
   if (!is_array() || (!IsInteger(array_type_) && array_type_ != GgufType::BOOL))
     Bad("metadata " + Describe() + " is not an array of integers");
-  if (i >= count_) throw Error("KVF_ERR_INVALID_ARGUMENT", "index " + std::to_string(i) + " past " + Describe());
+  if (i >= count_) throw Error(code::kInvalidArgument, "index " + std::to_string(i) + " past " + Describe());
   uint64_t u = 0;
   int64_t v = 0;
   double f = 0;
@@ -270,7 +269,7 @@ int64_t GgufValue::IntAt(uint64_t i) const {
 double GgufValue::FloatAt(uint64_t i) const {
   if (!is_array() || (!IsInteger(array_type_) && array_type_ != GgufType::FLOAT32 && array_type_ != GgufType::FLOAT64))
     Bad("metadata " + Describe() + " is not an array of numbers");
-  if (i >= count_) throw Error("KVF_ERR_INVALID_ARGUMENT", "index " + std::to_string(i) + " past " + Describe());
+  if (i >= count_) throw Error(code::kInvalidArgument, "index " + std::to_string(i) + " past " + Describe());
   uint64_t u = 0;
   int64_t v = 0;
   double f = 0;
@@ -299,8 +298,8 @@ std::vector<float> GgufValue::Floats() const {
 
 const uint8_t* GgufTensor::row(uint64_t r) const {
   if (r >= rows())
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "row " + std::to_string(r) + " out of range for tensor " +
-                                                std::string(name) + " with " + std::to_string(rows()) + " rows");
+    throw Error(code::kInvalidArgument, "row " + std::to_string(r) + " out of range for tensor " + std::string(name) +
+                                            " with " + std::to_string(rows()) + " rows");
   return data + r * row_bytes();
 }
 
@@ -320,7 +319,7 @@ GgufFile::~GgufFile() {
 std::unique_ptr<GgufFile> GgufFile::Open(const std::string& path, const GgufOptions& options) {
   auto sys_error = [&](const char* what) {
     int e = errno;
-    return Error(kBadModel, std::string("cannot ") + what + " model file " + path + ": " + std::strerror(e));
+    return Error(code::kBadModel, std::string("cannot ") + what + " model file " + path + ": " + std::strerror(e));
   };
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw sys_error("open");
@@ -332,7 +331,7 @@ std::unique_ptr<GgufFile> GgufFile::Open(const std::string& path, const GgufOpti
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    throw Error(kBadModel, "model path " + path + " is not a regular file");
+    throw Error(code::kBadModel, "model path " + path + " is not a regular file");
   }
   std::unique_ptr<GgufFile> f(new GgufFile());
   f->path_ = path;
@@ -488,13 +487,14 @@ void GgufFile::ParseUnchecked(const GgufOptions& options) {
 
     GgmlTypeTraits tr = TypeTraits(type);
     if (!tr.name)
-      throw Error(kUnsupportedType,
+      throw Error(code::kUnsupportedTensorType,
                   "tensor " + qname + " has unknown or unsupported ggml type id " + std::to_string(type));
     t.type = static_cast<GgmlType>(type);
     if (options.require_dequantizable && !tr.dequantizable)
-      throw Error(kUnsupportedType, "tensor " + qname + " has type " + tr.name +
-                                        ", which this engine cannot read (supported: F32, F16, BF16, Q8_0, Q4_0, "
-                                        "Q4_1, Q4_K, Q6_K)");
+      throw Error(code::kUnsupportedTensorType,
+                  "tensor " + qname + " has type " + tr.name +
+                      ", which this engine cannot read (supported: F32, F16, BF16, Q8_0, Q4_0, "
+                      "Q4_1, Q4_K, Q6_K)");
     if (t.ne[0] % static_cast<uint64_t>(tr.block_size) != 0)
       Bad("tensor " + qname + " row length " + std::to_string(t.ne[0]) + " is not a multiple of the " + tr.name +
           " block size " + std::to_string(tr.block_size));

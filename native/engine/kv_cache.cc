@@ -4,16 +4,16 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/error_codes.h"
 
 namespace kvf::engine {
 
 void KvLayout::Validate() const {
   if (num_layers <= 0 || num_kv_heads <= 0 || head_dim <= 0 || tokens_per_block <= 0 ||
       (dtype != KvDtype::F16 && dtype != KvDtype::F32))
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "bad KV layout: layers " + std::to_string(num_layers) + ", kv heads " +
-                                                std::to_string(num_kv_heads) + ", head dim " +
-                                                std::to_string(head_dim) + ", tokens per block " +
-                                                std::to_string(tokens_per_block));
+    throw Error(code::kInvalidArgument, "bad KV layout: layers " + std::to_string(num_layers) + ", kv heads " +
+                                            std::to_string(num_kv_heads) + ", head dim " + std::to_string(head_dim) +
+                                            ", tokens per block " + std::to_string(tokens_per_block));
 }
 
 size_t KvLayout::section_bytes() const {
@@ -32,8 +32,8 @@ KvPool::KvPool(const KvLayout& layout, void* base, size_t bytes) : layout_(layou
   layout_.Validate();
   num_blocks_ = static_cast<int64_t>(bytes / layout_.block_bytes());
   if (base_ == nullptr || num_blocks_ <= 0)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "KV pool memory (" + std::to_string(bytes) + " bytes) holds no block of " +
-                                                std::to_string(layout_.block_bytes()) + " bytes");
+    throw Error(code::kInvalidArgument, "KV pool memory (" + std::to_string(bytes) + " bytes) holds no block of " +
+                                            std::to_string(layout_.block_bytes()) + " bytes");
   if (num_blocks_ > INT32_MAX) num_blocks_ = INT32_MAX;
   free_.reserve(static_cast<size_t>(num_blocks_));
   // Reverse order so that a fresh pool hands out 0, 1, 2, ...
@@ -43,23 +43,23 @@ KvPool::KvPool(const KvLayout& layout, void* base, size_t bytes) : layout_(layou
 
 uint8_t* KvPool::Block(int64_t block) const {
   if (block < 0 || block >= num_blocks_)
-    throw Error("KVF_ERR_INVALID_ARGUMENT",
+    throw Error(code::kInvalidArgument,
                 "KV block " + std::to_string(block) + " outside the pool of " + std::to_string(num_blocks_));
   return base_ + static_cast<size_t>(block) * layout_.block_bytes();
 }
 
 uint8_t* KvPool::Section(int64_t block, int layer, int kv) const {
   if (layer < 0 || layer >= layout_.num_layers || kv < 0 || kv > 1)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "KV section layer " + std::to_string(layer) + " kv " + std::to_string(kv));
+    throw Error(code::kInvalidArgument, "KV section layer " + std::to_string(layer) + " kv " + std::to_string(kv));
   return Block(block) + (static_cast<size_t>(layer) * 2 + static_cast<size_t>(kv)) * layout_.section_bytes();
 }
 
 std::vector<int32_t> KvPool::Allocate(int64_t count) {
-  if (count < 0) throw Error("KVF_ERR_INVALID_ARGUMENT", "negative block count");
+  if (count < 0) throw Error(code::kInvalidArgument, "negative block count");
   if (count > free_blocks())
-    throw Error("KVF_ERR_POOL_EXHAUSTED", "KV pool exhausted: " + std::to_string(count) + " blocks requested, " +
-                                              std::to_string(free_blocks()) + " of " + std::to_string(num_blocks_) +
-                                              " free");
+    throw Error(code::kPoolExhausted, "KV pool exhausted: " + std::to_string(count) + " blocks requested, " +
+                                          std::to_string(free_blocks()) + " of " + std::to_string(num_blocks_) +
+                                          " free");
   std::vector<int32_t> out(free_.end() - count, free_.end());
   std::reverse(out.begin(), out.end());
   free_.resize(free_.size() - static_cast<size_t>(count));
@@ -84,8 +84,7 @@ void KvPool::Free(const std::vector<int32_t>& blocks) {
   for (size_t i = 0; i < sorted.size(); ++i) {
     const int32_t b = sorted[i];
     if (b < 0 || b >= num_blocks_ || is_free_[static_cast<size_t>(b)] || (i > 0 && sorted[i - 1] == b))
-      throw Error("KVF_ERR_INVALID_ARGUMENT",
-                  "cannot free KV block " + std::to_string(b) + ": out of range or not in use");
+      throw Error(code::kInvalidArgument, "cannot free KV block " + std::to_string(b) + ": out of range or not in use");
   }
   for (int32_t b : blocks) {
     is_free_[static_cast<size_t>(b)] = 1;
@@ -99,8 +98,7 @@ void KvPool::Claim(const std::vector<int32_t>& blocks) {
   for (size_t i = 0; i < sorted.size(); ++i) {
     const int32_t b = sorted[i];
     if (!IsFree(b) || (i > 0 && sorted[i - 1] == b))
-      throw Error("KVF_ERR_INVALID_ARGUMENT",
-                  "cannot claim KV block " + std::to_string(b) + ": out of range or in use");
+      throw Error(code::kInvalidArgument, "cannot claim KV block " + std::to_string(b) + ": out of range or in use");
   }
   for (int32_t b : blocks) is_free_[static_cast<size_t>(b)] = 0;
   free_.erase(
@@ -111,7 +109,7 @@ void KvPool::Claim(const std::vector<int32_t>& blocks) {
 void KvPool::CheckTable(const BlockTable& table) const {
   for (int32_t b : table)
     if (b < 0 || b >= num_blocks_)
-      throw Error("KVF_ERR_INVALID_ARGUMENT",
+      throw Error(code::kInvalidArgument,
                   "block table entry " + std::to_string(b) + " outside the pool of " + std::to_string(num_blocks_));
 }
 

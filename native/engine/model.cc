@@ -3,12 +3,13 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/error_codes.h"
 #include "engine/dequant.h"
 
 namespace kvf::engine {
 namespace {
 
-[[noreturn]] void Bad(const std::string& msg) { throw Error("KVF_ERR_BAD_MODEL", msg); }
+[[noreturn]] void Bad(const std::string& msg) { throw Error(code::kBadModel, msg); }
 
 int PositiveInt(const GgufFile& f, const std::string& key) {
   const uint64_t v = f.Get(key).AsUInt();
@@ -27,7 +28,7 @@ const GgufTensor& Tensor(const GgufFile& f, const std::string& name, uint64_t co
     Bad("tensor " + name + " has shape " + t->ShapeString() + ", expected [" + std::to_string(cols) +
         (rows ? ", " + std::to_string(rows) : "") + "]");
   if (!CanDequantize(t->type))
-    throw Error("KVF_ERR_UNSUPPORTED_TENSOR_TYPE",
+    throw Error(code::kUnsupportedTensorType,
                 "tensor " + name + " has type " + TypeName(t->type) + ", which the engine cannot read");
   return *t;
 }
@@ -48,7 +49,7 @@ std::unique_ptr<Model> Model::Load(const std::string& path) {
 }
 
 std::unique_ptr<Model> Model::FromGguf(std::unique_ptr<GgufFile> file) {
-  if (!file) throw Error("KVF_ERR_INVALID_ARGUMENT", "no GGUF file");
+  if (!file) throw Error(code::kInvalidArgument, "no GGUF file");
   std::unique_ptr<Model> m(new Model());
   m->file_ = std::move(file);
   const GgufFile& f = *m->file_;

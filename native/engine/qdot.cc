@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/error_codes.h"
 #include "engine/half.h"
 #include "engine/qdot_kernels.h"
 
@@ -125,7 +126,7 @@ UnpackFormat FormatOf(GgmlType type) {
     case GgmlType::Q6_K:
       return {UnpackQ6_K, QK_K, 210, false, QUnpackKind::kOther};
     default:
-      throw Error("KVF_ERR_UNSUPPORTED_TENSOR_TYPE", std::string("no quantized dot for tensor type ") + TypeName(type));
+      throw Error(code::kUnsupportedTensorType, std::string("no quantized dot for tensor type ") + TypeName(type));
   }
 }
 
@@ -157,7 +158,7 @@ bool HasQuantizedDot(GgmlType type) {
 
 void QuantizedActivations::Resize(int64_t tokens, int64_t k) {
   if (k % kQBlock != 0)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "activation length " + std::to_string(k) + " is not a multiple of 32");
+    throw Error(code::kInvalidArgument, "activation length " + std::to_string(k) + " is not a multiple of 32");
   n_tokens = tokens;
   n_blocks = k / kQBlock;
   q.resize(static_cast<size_t>(n_tokens * n_blocks * kQBlock));
@@ -168,7 +169,7 @@ void QuantizedActivations::Resize(int64_t tokens, int64_t k) {
 // ggml's quantize_row_q8_1, rounding half to even as its AVX2 version does (_mm256_round_ps), with the
 // values clamped so that non-finite activations cannot leave [-127, 127].
 void QuantizedActivations::Quantize(const float* x, int64_t begin, int64_t end, QdotIsa isa) {
-  if (!QdotIsaSupported(isa)) throw Error("KVF_ERR_INVALID_ARGUMENT", std::string("CPU lacks ") + QdotIsaName(isa));
+  if (!QdotIsaSupported(isa)) throw Error(code::kInvalidArgument, std::string("CPU lacks ") + QdotIsaName(isa));
   if (isa != QdotIsa::kScalar) {
     const int64_t first = begin * n_blocks;
     QQuantizeAvx2(x + first * kQBlock, (end - begin) * n_blocks, q.data() + first * kQBlock, d.data() + first,
@@ -201,8 +202,8 @@ void QuantizedActivations::Quantize(const float* x, int64_t begin, int64_t end, 
 void UnpackedRows::Unpack(GgmlType type, const uint8_t* first, uint64_t row_bytes, int n_rows, int64_t k, QdotIsa isa) {
   const UnpackFormat f = FormatOf(type);
   if (k % f.elems != 0 || n_rows < 1 || n_rows > kQTileRows)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "cannot unpack " + std::to_string(n_rows) + " rows of " +
-                                                std::to_string(k) + " " + TypeName(type) + " elements");
+    throw Error(code::kInvalidArgument, "cannot unpack " + std::to_string(n_rows) + " rows of " + std::to_string(k) +
+                                            " " + TypeName(type) + " elements");
   rows = n_rows;
   n_blocks = k / kQBlock;
   with_min = f.with_min;
@@ -210,7 +211,7 @@ void UnpackedRows::Unpack(GgmlType type, const uint8_t* first, uint64_t row_byte
   if (q.size() < blocks * kQBlock) q.resize(blocks * kQBlock);
   if (scale.size() < blocks * 8) scale.resize(blocks * 8);
   if (min.size() < blocks) min.resize(blocks);
-  if (!QdotIsaSupported(isa)) throw Error("KVF_ERR_INVALID_ARGUMENT", std::string("CPU lacks ") + QdotIsaName(isa));
+  if (!QdotIsaSupported(isa)) throw Error(code::kInvalidArgument, std::string("CPU lacks ") + QdotIsaName(isa));
   if (isa != QdotIsa::kScalar &&
       QUnpackAvx2(f.simd, first, row_bytes, rows, n_blocks, q.data(), scale.data(), min.data()))
     return;
@@ -280,9 +281,9 @@ const char* QdotIsaName(QdotIsa isa) {
 
 void QuantizedTileDots(const UnpackedRows& w, const QuantizedActivations& x, float* y, int64_t y_stride, QdotIsa isa) {
   if (w.n_blocks != x.n_blocks)
-    throw Error("KVF_ERR_INVALID_ARGUMENT", "weight rows of " + std::to_string(w.n_blocks) +
-                                                " blocks against activations of " + std::to_string(x.n_blocks));
-  if (!QdotIsaSupported(isa)) throw Error("KVF_ERR_INVALID_ARGUMENT", std::string("CPU lacks ") + QdotIsaName(isa));
+    throw Error(code::kInvalidArgument, "weight rows of " + std::to_string(w.n_blocks) +
+                                            " blocks against activations of " + std::to_string(x.n_blocks));
+  if (!QdotIsaSupported(isa)) throw Error(code::kInvalidArgument, std::string("CPU lacks ") + QdotIsaName(isa));
   const QTileView v{w.rows,     w.n_blocks, w.with_min, w.q.data(), w.scale.data(), w.min.data(), x.n_tokens,
                     x.q.data(), x.d.data(), x.s.data(), y,          y_stride};
   switch (isa) {

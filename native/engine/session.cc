@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/error_codes.h"
 #include "engine/dequant.h"
 #include "engine/qdot.h"
 
@@ -106,7 +107,7 @@ __attribute__((target_clones("avx2", "default"))) void AttendHead(const float* q
   }
 }
 
-[[noreturn]] void Invalid(const std::string& msg) { throw Error("KVF_ERR_INVALID_ARGUMENT", msg); }
+[[noreturn]] void Invalid(const std::string& msg) { throw Error(code::kInvalidArgument, msg); }
 
 }  // namespace
 
@@ -150,9 +151,9 @@ std::vector<float> Session::Prefill(const std::vector<int32_t>& tokens, const Bl
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (start_pos < 0) Invalid("negative start position " + std::to_string(start_pos));
   if (start_pos + n > hp.n_ctx)
-    throw Error("KVF_ERR_CONTEXT_OVERFLOW", "positions " + std::to_string(start_pos) + ".." +
-                                                std::to_string(start_pos + n - 1) + " exceed the context length " +
-                                                std::to_string(hp.n_ctx));
+    throw Error(code::kContextOverflow, "positions " + std::to_string(start_pos) + ".." +
+                                            std::to_string(start_pos + n - 1) + " exceed the context length " +
+                                            std::to_string(hp.n_ctx));
   const int64_t covered = static_cast<int64_t>(table.size()) * pool_.layout().tokens_per_block;
   if (covered < start_pos + n)
     Invalid("block table of " + std::to_string(table.size()) + " blocks covers " + std::to_string(covered) +
@@ -308,8 +309,8 @@ void Session::Forward(const int32_t* tokens, int64_t n, const BlockTable& table,
 
   for (int layer = 0; layer < hp.n_layer; ++layer) {
     if (cancel.raised())
-      throw Error("KVF_ERR_CANCELLED", "forward pass cancelled at layer " + std::to_string(layer) + " of positions " +
-                                           std::to_string(start) + ".." + std::to_string(start + n - 1));
+      throw Error(code::kCancelled, "forward pass cancelled at layer " + std::to_string(layer) + " of positions " +
+                                        std::to_string(start) + ".." + std::to_string(start + n - 1));
     const LlamaLayer& L = model_.layers()[static_cast<size_t>(layer)];
     for (int64_t t = 0; t < n; ++t) RmsNorm(x_.data() + t * E, L.attn_norm.data(), E, hp.rms_eps, xn_.data() + t * E);
     const MatJob qkv[3] = {{L.wq, q_.data()}, {L.wk, k_.data()}, {L.wv, v_.data()}};

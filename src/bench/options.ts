@@ -1,7 +1,7 @@
 // `kvfabric bench` options: parsed from commander's raw strings and checked up front, so that a typo fails
 // in a second with a clear message instead of after minutes of measuring. Defaults are applied here (not
 // in commander) so that the parser can tell "not given" from "given", which --latency needs.
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 import type { TransferOp } from '../fabric/agent.js';
 
 export interface BenchOptions {

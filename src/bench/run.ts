@@ -11,7 +11,7 @@ import { renderTable, writeJson, type BenchResult } from './report.js';
 import { idleLoopDelay } from './stats.js';
 import { runTarget } from './target.js';
 import type { Agent } from '../fabric/agent.js';
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 
 export async function runBenchCommand(raw: RawBenchOptions): Promise<void> {
   if (raw.target) {

@@ -12,7 +12,7 @@
 // optional; the per-message and generation-prompt expressions may be any `+` concatenation of string
 // literals, message['role'] and message['content']), and rendered from what was matched. Any other
 // template is refused with KVF_ERR_BAD_MODEL, never rendered approximately.
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 import type { GgufMetadata } from './gguf-metadata.js';
 import type { Tokenizer } from './tokenizer.js';
 

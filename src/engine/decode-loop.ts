@@ -1,6 +1,6 @@
 // The steps every generation shares, whoever drives it (generate() in one process, the decode worker over gRPC):
 // how much room the context leaves, and the token-by-token loop after the first token.
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 import type { Engine } from './engine.js';
 import type { Sampler } from './sampling.js';
 

@@ -1,22 +1,12 @@
 // The Engine interface workers program against, and the reference implementation over the native Llama
 // engine. The KV pool lives in memory the caller provides — normally a fabric-registered region — so blocks
 // written here can be read by a peer, and blocks a peer wrote here are used in place.
-import { KvfError, fromNative } from '../fabric/errors.js';
-import { addon, type NativeEngine, type NativeEngineInfo } from '../fabric/native.js';
+import { KvfError, fromNative } from '../common/errors.js';
+import { addon, type NativeEngine, type NativeEngineInfo } from '../common/addon.js';
+import type { KvLayout } from '../kv/layout.js';
 import { DEFAULT_TOKENS_PER_BLOCK } from '../kv/plan.js';
 
 export type ModelInfo = Pick<NativeEngineInfo, 'layers' | 'embedding' | 'heads' | 'kvHeads' | 'headDim' | 'vocab' | 'contextLength'>;
-
-/** Pool layout `[numBlocks][numLayers][2 (K,V)][numKvHeads × tokensPerBlock × headDim]`, for transfer planning. */
-export interface KvLayout {
-  numBlocks: number;
-  numLayers: number;
-  kvHeads: number;
-  headDim: number;
-  tokensPerBlock: number;
-  dtype: 'f16' | 'f32';
-  blockBytes: number;
-}
 
 export interface Engine {
   readonly model: ModelInfo;

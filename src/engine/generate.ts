@@ -6,7 +6,7 @@ import type { Engine } from './engine.js';
 import { Sampler, type SamplingOptions } from './sampling.js';
 import { TextStream } from './text-stream.js';
 import type { Tokenizer } from './tokenizer.js';
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 
 export interface GenerateOptions extends SamplingOptions {
   maxTokens?: number;

@@ -12,7 +12,7 @@
 import { open } from 'node:fs/promises';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 

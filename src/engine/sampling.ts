@@ -1,6 +1,6 @@
 // Token sampling over a logits vector: greedy, temperature, top-k, top-p, seeded. Pure and deterministic
 // for a given seed, so disaggregated and aggregated runs can be compared token for token.
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 
 export interface SamplingOptions {
   /** 0 (default) = greedy. */

@@ -10,7 +10,7 @@
 //   4. each resulting symbol is a vocabulary entry; one that is not is dropped (as both references do;
 //      see bpe()), so text with such bytes does not round-trip.
 // decode() reverses the byte mapping; a streaming decoder yields only complete UTF-8 text.
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 import { type GgufMetadata, readGgufMetadata } from './gguf-metadata.js';
 import { Utf8StreamDecoder } from './utf8-stream.js';
 

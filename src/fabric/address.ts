@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 
-import { KvfError } from './errors.js';
+import { KvfError } from '../common/errors.js';
 
 /** An IP endpoint as the tcp provider advertises it. */
 export interface Endpoint {

@@ -1,7 +1,7 @@
 // Which backend and libfabric provider an agent uses, from options first and the environment second
 // (the seed deployment's NIXL_BACKEND and FI_* variables).
 import { routableAddress } from './address.js';
-import { KvfError } from './errors.js';
+import { KvfError } from '../common/errors.js';
 
 export const SUPPORTED_BACKENDS = ['LIBFABRIC'] as const;
 export type Backend = (typeof SUPPORTED_BACKENDS)[number];

@@ -1,5 +1,5 @@
 // Descriptors name what moves: a range of a local region and a range of a peer's region of equal length.
-import { KvfError } from './errors.js';
+import { KvfError } from '../common/errors.js';
 import { MemoryRegion } from './memory.js';
 
 export interface TransferDescriptor {

@@ -1,7 +1,7 @@
 // The agent's side of grants: making them (arguments checked, bytes serialised), the live ones (ended with
 // their region and with the agent), and adding a peer's grant bytes after checking they are that peer's.
 // Agent delegates here so that it stays a thin shape over the addon.
-import { KvfError } from './errors.js';
+import { KvfError } from '../common/errors.js';
 import { Grant, decodeGrant, encodeGrant, type GrantAccess } from './grants.js';
 import type { NativeAgent } from './native.js';
 import type { RemotePeer } from './peer.js';

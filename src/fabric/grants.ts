@@ -22,7 +22,7 @@
 //   68      n     owner name (UTF-8)
 //           8*r   u64 key per rail
 //           4     u32 CRC-32 (zlib's) of every preceding byte
-import { KvfError } from './errors.js';
+import { KvfError } from '../common/errors.js';
 import { METADATA_LIMITS, crc32, type ShareDescription } from './metadata.js';
 
 export const GRANT_VERSION = 1;

@@ -1,5 +1,5 @@
 // Registered memory as the user sees it: an id, a length, and the bytes.
-import { KvfError } from './errors.js';
+import { KvfError } from '../common/errors.js';
 
 export type MemoryInput = ArrayBufferView | ArrayBuffer | SharedArrayBuffer;
 

@@ -40,7 +40,7 @@
 // A reader accepts only the version it was built for: a layout change must bump METADATA_VERSION,
 // and an older peer then reports "unsupported metadata version N" instead of misreading fields.
 
-import { KvfError } from './errors.js';
+import { KvfError } from '../common/errors.js';
 
 export const METADATA_VERSION = 4;
 

@@ -1,7 +1,6 @@
-// The addon's surface, declared once. Everything else in TypeScript goes through these declarations.
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// The transfer half of the addon's surface (agents, grants, host memory), declared once; the fabric code goes
+// through these declarations. Loading the addon, and the engine's half, live in src/common/addon.ts.
+import { addon as loaded, type Addon } from '../common/addon.js';
 
 export interface NativeErrorObject {
   code: string;
@@ -129,39 +128,8 @@ export declare class NativeAgent {
   unref(): void;
 }
 
-export interface NativeEngineInfo {
-  layers: number;
-  embedding: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  vocab: number;
-  contextLength: number;
-  tokensPerBlock: number;
-  dtype: 'f16' | 'f32';
-  blockBytes: number;
-  sectionBytes: number;
-  numBlocks: number;
-  freeBlocks: number;
-  threads: number;
-}
-
-export declare class NativeEngine {
-  static blockBytes(modelPath: string, tokensPerBlock: number, f32: boolean): number;
-  constructor(modelPath: string, pool: Uint8Array, options: { tokensPerBlock?: number; f32?: boolean; threads?: number });
-  info(): NativeEngineInfo;
-  allocate(count: number): Int32Array;
-  free(blocks: Int32Array): void;
-  claim(blocks: Int32Array): void;
-  /** Logits of the last token; one token decodes, several prefill. */
-  /** cancel[0] set non-zero stops the pass at its next layer (KVF_ERR_CANCELLED). */
-  forward(tokens: Int32Array, table: Int32Array, startPos: number, cancel?: Int32Array): Promise<Float32Array>;
-  close(): void;
-}
-
-export interface Addon {
+export interface FabricAddon extends Addon {
   NativeAgent: typeof NativeAgent;
-  NativeEngine: typeof NativeEngine;
   /** shared: a memfd mapping same-host peers can map too (else private anonymous memory); 'auto': where it is hugepages (core/host_memory.h). */
   allocate(
     length: number,
@@ -182,9 +150,5 @@ export interface RecordLayout {
   flags: { cma: number; express: number; mapped: number };
 }
 
-const require = createRequire(import.meta.url);
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-
-// KVF_ADDON selects another build of the addon (the ASan build, for instance); otherwise node-gyp-build
-// picks build/Release or prebuilds/<platform>-<arch>.
-export const addon: Addon = process.env.KVF_ADDON ? (require(process.env.KVF_ADDON) as Addon) : (require('node-gyp-build')(root) as Addon);
+// The same module that src/common/addon.ts loaded, seen with its transfer exports.
+export const addon = loaded as FabricAddon;

@@ -1,7 +1,7 @@
 // A descriptor list validated once and posted many times (the pattern of NIXL's prepared lists): bounds,
 // regions and overlaps are checked at prepare(); posting it — whole or a selection by index — costs a few
 // hundred nanoseconds per descriptor less than validating again, which matters at thousands of KV blocks.
-import { KvfError } from './errors.js';
+import { KvfError } from '../common/errors.js';
 import type { RemotePeer } from './peer.js';
 
 export interface PreparedOwner {

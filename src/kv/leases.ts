@@ -8,7 +8,7 @@
 // remote operation the provider accepted before the revocation may still complete.
 import { timingSafeEqual } from 'node:crypto';
 
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 
 /** setTimeout's limit: Node runs a longer timer after 1 ms, which would free blocks at once. */
 export const MAX_LEASE_MS = 2 ** 31 - 1;

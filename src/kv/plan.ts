@@ -3,8 +3,8 @@
 // contiguous ranges (the layout puts every layer's K and V of a block together), and runs of consecutive
 // block ids on both sides merge into one range. A partly filled last block moves only its used slots —
 // one range per layer, K/V and KV head — so the bytes moved equal the prompt's KV size exactly.
-import { KvfError } from '../fabric/errors.js';
-import type { KvLayout } from '../engine/engine.js';
+import { KvfError } from '../common/errors.js';
+import type { KvGeometry, KvLayout } from './layout.js';
 
 /** Positions per KV block unless told otherwise (engine and workers alike). */
 export const DEFAULT_TOKENS_PER_BLOCK = 32;
@@ -14,8 +14,6 @@ export interface KvRange {
   dstOffset: number;
   length: number;
 }
-
-export type KvGeometry = Pick<KvLayout, 'numLayers' | 'kvHeads' | 'headDim' | 'tokensPerBlock' | 'dtype'>;
 
 export function elementBytes(layout: Pick<KvLayout, 'dtype'>): number {
   return layout.dtype === 'f16' ? 2 : 4;

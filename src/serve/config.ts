@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 
 import { Ajv, type ErrorObject, type JSONSchemaType } from 'ajv';
 
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 import { resolveBackend } from '../fabric/config.js';
 import { METADATA_LIMITS } from '../fabric/metadata.js';
 import { MAX_LEASE_MS } from '../kv/leases.js';

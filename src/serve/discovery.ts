@@ -5,7 +5,7 @@
 // - registry: the frontend serves the Registry gRPC service; a worker registers with a TTL and renews it.
 import { Etcd3, type Lease, type Watcher } from 'etcd3';
 
-import type { Logger } from '../fabric/logger.js';
+import type { Logger } from '../common/logger.js';
 import type { Role } from './config.js';
 import type { Router } from './router.js';
 import { toServiceError } from './grpc-errors.js';

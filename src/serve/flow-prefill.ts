@@ -5,7 +5,7 @@
 // A prefill worker that fails (or is overloaded) is replaced by another replica once; when none is left, or the
 // prefill timed out (running it again elsewhere would double the wait), the decode worker prefills locally and
 // the step says why.
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 import type { ServeMode } from './config.js';
 import type { FlowContext, FlowRequest } from './flow.js';
 import { fromServiceError } from './grpc-errors.js';

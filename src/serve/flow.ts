@@ -9,8 +9,8 @@
 // stream goes on.
 // Blocks never leak: whatever ends the request (done, error, client gone, timeout), blocks held for it on
 // either side are released here, and leases catch what a dead frontend leaves.
-import { KvfError } from '../fabric/errors.js';
-import type { Logger } from '../fabric/logger.js';
+import { KvfError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
 import type { ServeMode } from './config.js';
 import { abortError, noPrefill, prefillStep, WORKER_FAULTS } from './flow-prefill.js';
 import { fromServiceError } from './grpc-errors.js';

@@ -10,8 +10,8 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 
-import { KvfError } from '../fabric/errors.js';
-import { defaultLogger, type Logger } from '../fabric/logger.js';
+import { KvfError } from '../common/errors.js';
+import { defaultLogger, type Logger } from '../common/logger.js';
 import { frontendConfig, type ServeMode } from './config.js';
 import { Frontend } from './frontend/frontend.js';
 import { announce, onShutdown } from './processes.js';

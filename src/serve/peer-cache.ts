@@ -2,7 +2,7 @@
 // incarnation, and a peer unused for `idleMs` is dropped: otherwise the table only grows, by every prefill or
 // decode agent that ever handed this worker a handle (restarts and scale-downs included).
 import type { Agent } from '../fabric/agent.js';
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 import type { RemotePeer } from '../fabric/peer.js';
 
 interface Entry {

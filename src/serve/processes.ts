@@ -3,7 +3,7 @@
 // SIGTERM/SIGINT: stop taking work, drain what is in flight, close the fabric agent, exit.
 import { networkInterfaces } from 'node:os';
 
-import { defaultLogger, type Logger } from '../fabric/logger.js';
+import { defaultLogger, type Logger } from '../common/logger.js';
 import type { FrontendConfig, WorkerConfig } from './config.js';
 import { publishToEtcd, publishToRegistry, type Publication } from './discovery.js';
 import { Frontend, splitHostPort } from './frontend/frontend.js';

@@ -2,8 +2,8 @@
 // status, and pick() chooses the healthy worker of a role with the fewest requests this frontend has in
 // flight on it (round-robin among equals). A worker that fails a request is marked unhealthy at once and comes
 // back when its health check passes again.
-import { KvfError } from '../fabric/errors.js';
-import type { Logger } from '../fabric/logger.js';
+import { KvfError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
 import type { Role } from './config.js';
 import { unary, workerClient, type WorkerClient, type WorkerStatus } from './rpc.js';
 import type { ClusterAuth } from './security/auth.js';

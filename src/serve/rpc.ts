@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
+import type { KvLayoutMsg } from '../kv/layout.js';
 import type { ClusterAuth } from './security/auth.js';
 
 const PROTO = fileURLToPath(new URL('../../proto/kvfabric/v1/worker.proto', import.meta.url));
@@ -21,15 +22,6 @@ export interface Sampling {
   topK: number;
   topP: number;
   seed: number;
-}
-
-export interface KvLayoutMsg {
-  numLayers: number;
-  kvHeads: number;
-  headDim: number;
-  tokensPerBlock: number;
-  dtype: string;
-  blockBytes: number;
 }
 
 export interface KvHandle {

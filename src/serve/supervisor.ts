@@ -7,7 +7,7 @@
 // is a worker that does not exit after SIGTERM.
 import type { ChildProcess } from 'node:child_process';
 
-import type { Logger } from '../fabric/logger.js';
+import type { Logger } from '../common/logger.js';
 import type { Ready } from './processes.js';
 
 export interface RestartPolicy {

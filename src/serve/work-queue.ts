@@ -4,7 +4,7 @@
 // KVF_ERR_OVERLOADED a prompt that could not be done before its caller's deadline at that rate, instead of
 // starting work that would be cancelled half-way. Decode streams are capped in number: each adds a pass to
 // every token of all the others.
-import { KvfError } from '../fabric/errors.js';
+import { KvfError } from '../common/errors.js';
 
 export interface WorkQueueOptions {
   /** Decode streams at most (decode workers). */

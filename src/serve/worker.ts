@@ -9,13 +9,14 @@ import { randomUUID } from 'node:crypto';
 import { basename } from 'node:path';
 
 import { Agent, type TransferReport } from '../fabric/agent.js';
-import { KvfError } from '../fabric/errors.js';
-import type { Logger } from '../fabric/logger.js';
+import { KvfError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
 import type { MemoryRegion } from '../fabric/memory.js';
 import type { RemotePeer } from '../fabric/peer.js';
 import type { Grant } from '../fabric/grants.js';
 import type { TransferDescriptor } from '../fabric/descriptors.js';
-import { ReferenceEngine, type KvLayout } from '../engine/engine.js';
+import { ReferenceEngine } from '../engine/engine.js';
+import { geometryFromMsg, layoutToMsg, type KvLayout } from '../kv/layout.js';
 import { contextRoom, decodeLoop } from '../engine/decode-loop.js';
 import { Sampler, type SamplingOptions } from '../engine/sampling.js';
 import { BlockLeases } from '../kv/leases.js';
@@ -515,14 +516,7 @@ export class Worker {
   }
 
   #checkLayout(kv: KvHandle): void {
-    const l = kv.layout;
-    const theirs = l && {
-      numLayers: l.numLayers,
-      kvHeads: l.kvHeads,
-      headDim: l.headDim,
-      tokensPerBlock: l.tokensPerBlock,
-      dtype: l.dtype as KvLayout['dtype'],
-    };
+    const theirs = geometryFromMsg(kv.layout);
     if (!theirs || !sameGeometry(theirs, this.layout)) {
       throw new KvfError(
         'KVF_ERR_LAYOUT_MISMATCH',
@@ -533,7 +527,6 @@ export class Worker {
 
   /** A signed handle to blocks this worker holds for a request, with the grants that reach them. */
   #handle(requestId: string, access: HandleAccess, blocks: number[], tokens: number, expiresAt: number, grants: Grant[]): KvHandle {
-    const l = this.layout;
     return this.#signer.sign({
       requestId,
       workerId: this.id,
@@ -541,7 +534,7 @@ export class Worker {
       agentMetadata: this.#metadata,
       regionId: this.#region.id,
       blocks,
-      layout: { numLayers: l.numLayers, kvHeads: l.kvHeads, headDim: l.headDim, tokensPerBlock: l.tokensPerBlock, dtype: l.dtype, blockBytes: l.blockBytes },
+      layout: layoutToMsg(this.layout),
       tokens,
       leaseExpiresUnixMs: expiresAt,
       access,

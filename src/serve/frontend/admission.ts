@@ -1,7 +1,7 @@
 // Admission control at the frontend: at most `max` requests in flight; one more is refused at once with
 // KVF_ERR_OVERLOADED (HTTP 429, Retry-After) instead of joining a queue whose tail would time out after doing
 // part of its work. The limit should be what the workers can finish within the request timeout (docs: README).
-import { KvfError } from '../../fabric/errors.js';
+import { KvfError } from '../../common/errors.js';
 
 export class Admission {
   readonly max: number;

@@ -6,7 +6,7 @@ import { createServer } from 'node:http';
 
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 
-import type { Logger } from '../../fabric/logger.js';
+import type { Logger } from '../../common/logger.js';
 import type { ChatTemplate } from '../../engine/chat-template.js';
 import type { Tokenizer } from '../../engine/tokenizer.js';
 import type { FlowContext } from '../flow.js';

@@ -1,25 +1,15 @@
 // The one path every HTTP error takes: an OpenAI-style error object whose `code` is a stable kvfabric code and
-// whose HTTP status follows from it — thrown by a route, refused by JSON-schema validation, an unknown route, or
-// sent inside an SSE stream whose headers are gone already.
+// whose HTTP status follows from it (the registry, src/common/error-registry.ts) — thrown by a route, refused by
+// JSON-schema validation, an unknown route, or sent inside an SSE stream whose headers are gone already.
 import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply } from 'fastify';
 
-import { KvfError, type ErrorCode } from '../../fabric/errors.js';
+import { KvfError } from '../../common/errors.js';
+import { ERROR_REGISTRY, isErrorCode } from '../../common/error-registry.js';
 
-const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
-  KVF_ERR_BAD_REQUEST: 400,
-  KVF_ERR_INVALID_ARGUMENT: 400,
-  KVF_ERR_CONTEXT_OVERFLOW: 400,
-  KVF_ERR_UNKNOWN_MODEL: 404,
-  KVF_ERR_NO_WORKER: 503,
-  KVF_ERR_POOL_EXHAUSTED: 503,
-  KVF_ERR_WORKER_FAILED: 502,
-  KVF_ERR_TIMEOUT: 504,
-  KVF_ERR_OVERLOADED: 429,
-  // The cluster refused the frontend's own call: a deployment fault, not the client's.
-  KVF_ERR_UNAUTHENTICATED: 502,
-  KVF_ERR_WRONG_ROLE: 502,
-  KVF_ERR_BAD_HANDLE: 502,
-};
+/** The code's HTTP status from the registry; 500 for anything that is not a registered code. */
+function httpStatus(code: string): number {
+  return isErrorCode(code) ? ERROR_REGISTRY[code].http : 500;
+}
 
 /** Routes throw; this turns whatever they throw (and schema refusals, and unknown routes) into error responses. */
 export function installErrorHandlers(app: FastifyInstance, log: FastifyBaseLogger): void {
@@ -51,7 +41,7 @@ export function asKvf(err: unknown): KvfError {
 }
 
 export function errorObject(err: KvfError, param: string | null) {
-  const status = HTTP_STATUS[err.code] ?? 500;
+  const status = httpStatus(err.code);
   const type =
     status === 400 || status === 404 ? 'invalid_request_error' : status === 429 ? 'rate_limit_error' : status === 503 ? 'service_unavailable' : 'server_error';
   return { message: err.message, type, param, code: err.code };
@@ -60,5 +50,5 @@ export function errorObject(err: KvfError, param: string | null) {
 function sendError(reply: FastifyReply, err: Error, param: string | null = null, status?: number): FastifyReply {
   const e = asKvf(err);
   if (e.code === 'KVF_ERR_OVERLOADED') void reply.header('retry-after', '1');
-  return reply.code(status ?? HTTP_STATUS[e.code] ?? 500).send({ error: errorObject(e, param) });
+  return reply.code(status ?? httpStatus(e.code)).send({ error: errorObject(e, param) });
 }

@@ -4,7 +4,7 @@ import { basename } from 'node:path';
 
 import type { FastifyInstance } from 'fastify';
 
-import type { Logger } from '../../fabric/logger.js';
+import type { Logger } from '../../common/logger.js';
 import { ChatTemplate } from '../../engine/chat-template.js';
 import { readGgufMetadata } from '../../engine/gguf-metadata.js';
 import { Tokenizer } from '../../engine/tokenizer.js';

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 
 import * as grpc from '@grpc/grpc-js';
 
-import { KvfError } from '../../fabric/errors.js';
+import { KvfError } from '../../common/errors.js';
 
 /** The metadata key that carries the proof: `v1.<unix ms>.<nonce hex>.<hmac hex>`. */
 export const AUTH_HEADER = 'kvf-auth';

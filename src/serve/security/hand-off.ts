@@ -2,7 +2,7 @@
 // handle must come inside a signed prefill result from the prefill worker that issued it, for this request and
 // this prompt, unexpired and not used here before; a push reservation must be this worker's own, taken over
 // once, by the handle issued for it.
-import { KvfError } from '../../fabric/errors.js';
+import { KvfError } from '../../common/errors.js';
 import type { BlockLeases } from '../../kv/leases.js';
 import type { DecodeRequest } from '../rpc.js';
 import type { HandleSigner } from './handles.js';

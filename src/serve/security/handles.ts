@@ -7,7 +7,7 @@
 // whether the handle is authentic and current).
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 
-import { KvfError } from '../../fabric/errors.js';
+import { KvfError } from '../../common/errors.js';
 import type { KvHandle, PrefillResponse } from '../rpc.js';
 
 /** What the holder of a handle may do with its blocks. */

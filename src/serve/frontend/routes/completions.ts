@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 
 import type { FastifyInstance, FastifyReply } from 'fastify';
 
-import { KvfError } from '../../../fabric/errors.js';
+import { KvfError } from '../../../common/errors.js';
 import { contextRoom } from '../../../engine/decode-loop.js';
 import { TextStream } from '../../../engine/text-stream.js';
 import { runFlow, type KvProof } from '../../flow.js';

@@ -1,7 +1,7 @@
 // /v1/models: the one model this deployment serves.
 import type { FastifyInstance } from 'fastify';
 
-import { KvfError } from '../../../fabric/errors.js';
+import { KvfError } from '../../../common/errors.js';
 import type { RouteContext } from './context.js';
 
 export function modelRoutes(app: FastifyInstance, { options }: RouteContext): void {
