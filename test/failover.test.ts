@@ -165,4 +165,19 @@ describe('failover', { skip: SLOW_MODEL_SKIP }, () => {
     await poolAtBaseline(alive.ready.address);
     await poolAtBaseline(c.decode[0]!.ready.address);
   });
+
+  test('push mode with no prefill worker left: the decode worker prefills into the blocks it reserved, and nothing stays held', async () => {
+    cluster = await startCluster(tinyModel(), 1, 1, { healthIntervalMs: 60_000, mode: 'push' });
+    const c = cluster;
+    const expected = await streamText(c, 12);
+    assert.equal(expected.proof.mode, 'push');
+    const [dead] = c.prefill as [Proc];
+    dead.child.kill('SIGKILL');
+    await dead.exited;
+    const r = await streamText(c, 12);
+    assert.equal(r.text, expected.text);
+    assert.ok(r.proof.fallback_reason, 'local prefill says why');
+    // The reservation went to the Decode that prefilled locally: nothing waits for its lease (30 s) to expire.
+    await poolAtBaseline(c.decode[0]!.ready.address, 2000);
+  });
 });

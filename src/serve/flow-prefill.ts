@@ -1,7 +1,9 @@
 // What each serving mode does before Decode, over shared steps:
 //   aggregated: nothing — the decode worker prefills locally.
 //   pull:       Prefill on a prefill worker, which holds the prompt's K/V for the decode worker to READ.
-//   push:       Reserve blocks on the decode worker, then Prefill, which WRITEs the K/V into them.
+//   push:       Reserve blocks on the decode worker, then Prefill, which WRITEs the K/V into them. A Reserve
+//               that fails is the decode worker's failure, not a prefill replica's: the request goes on as in
+//               pull mode, and a decode worker that is really gone is then replaced by migration.
 // A prefill worker that fails (or is overloaded) is replaced by another replica once; when none is left, or the
 // prefill timed out (running it again elsewhere would double the wait), the decode worker prefills locally and
 // the step says why.
@@ -32,7 +34,10 @@ type Steps = ReturnType<typeof stepsFor>;
 const BEFORE_DECODE: Record<ServeMode, (s: Steps) => Promise<void>> = {
   aggregated: async () => {},
   pull: (s) => s.onReplicas((entry) => s.prefill(entry, null)),
-  push: (s) => s.onReplicas(async (entry) => s.prefill(entry, await s.reserve())),
+  push: async (s) => {
+    const pushTo = await s.reserve();
+    await s.onReplicas((entry) => s.prefill(entry, pushTo));
+  },
 };
 
 export function noPrefill(): PrefillStep {
@@ -49,15 +54,21 @@ export function prefillStep(ctx: FlowContext, req: FlowRequest, decode: WorkerEn
 
 function stepsFor(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step: PrefillStep) {
   return {
-    /** Push mode: blocks on the decode worker for the prompt's K/V, reserved once whatever the replica. */
-    async reserve(): Promise<KvHandle> {
-      step.reserved ??= await unary(
-        decode.client,
-        decode.client.reserve,
-        { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs },
-        ctx.prefillTimeoutMs,
-        req.signal,
-      );
+    /** Push mode: blocks on the decode worker for the prompt's K/V, reserved once whatever the replica; null when refused. */
+    async reserve(): Promise<KvHandle | null> {
+      try {
+        step.reserved = await unary(
+          decode.client,
+          decode.client.reserve,
+          { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs },
+          ctx.prefillTimeoutMs,
+          req.signal,
+        );
+      } catch (err) {
+        if (req.signal.aborted) throw abortError(req.signal);
+        const e = fromServiceError(err, `decode worker ${decode.status?.workerId ?? decode.address}`);
+        ctx.log.warn({ requestId: req.requestId, err: e.message }, 'reserve failed; the prompt goes by pull');
+      }
       return step.reserved;
     },
     async prefill(entry: WorkerEntry, pushTo: KvHandle | null): Promise<void> {

@@ -160,7 +160,8 @@ class RequestFlow {
       fallbackReason: this.#prefill.fallbackReason,
     };
     if (this.#migrations.length === 0) {
-      return { ...base, maxTokens: req.maxTokens, prefill, reserved: prefill ? this.#prefill.reserved : null };
+      // A reservation whose prefill failed still holds the blocks the decode worker then prefills into.
+      return { ...base, maxTokens: req.maxTokens, prefill, reserved: this.#prefill.reserved };
     }
     const { tokens, samplerState } = this.#progress;
     return { ...base, maxTokens: req.maxTokens - tokens.length, generated: tokens, samplerState };
