@@ -42,8 +42,12 @@ struct AgentOptions {
   // Transfers of at most this many bytes (and few ops, no notification) take the express lane: posted and
   // reaped on the calling thread through ReapExpress(). 0: every transfer goes through the rail threads.
   uint64_t express_max_bytes = 64 * 1024;
-  uint32_t busy_poll_us = 0;  // see Rail(): keep polling this long after the endpoint wakes; 0: off
+  uint32_t busy_poll_us = 0;  // see Rail(): keep polling this long after the endpoint wakes; 0: off, ≤ kMaxBusyPollUs
 };
+
+// The longest busy polling an agent takes (µs). TypeScript checks options against the same figure
+// (MAX_BUSY_POLL_US, src/fabric/config.ts; test/limits.test.ts keeps the two equal).
+constexpr uint32_t kMaxBusyPollUs = 10'000'000;
 
 // Loading a peer: its advertised regions and, when its metadata says it runs on this host (same kernel and
 // pid namespace), its pid and region table. The table must be confirmed before anything of the peer's

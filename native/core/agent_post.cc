@@ -392,7 +392,7 @@ uint64_t Agent::Warmup(uint32_t peer_id) {
     op.remote_addr = peer.virt_addr ? remote.base : 0;
     op.remote_key = remote.keys[rr];
     op.rail = lr;
-    t->rails_mask |= 1ull << (lr % 64);
+    t->rails_mask |= 1ull << (lr % kMaxRails);
     t->bytes += 1;
   }
   return Launch(std::move(t));

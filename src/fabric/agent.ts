@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events';
 
 import { checkReachable, endpointsOf, isIpProvider } from './address.js';
-import { resolveBackend, requestedProvider, tcpBinding, type Backend } from './config.js';
+import { MAX_BUSY_POLL_US, resolveBackend, requestedProvider, tcpBinding, type Backend } from './config.js';
 import { packDescriptors, type TransferDescriptor } from './descriptors.js';
 import { KvfError, fromNative } from './errors.js';
 import { defaultLogger, type Logger } from './logger.js';
@@ -211,8 +211,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     if (options.expressMaxBytes !== undefined && !(Number.isSafeInteger(options.expressMaxBytes) && options.expressMaxBytes >= 0)) {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.expressMaxBytes must be an integer ≥ 0 (bytes)');
     }
-    if (options.busyPollUs !== undefined && !(Number.isInteger(options.busyPollUs) && options.busyPollUs >= 0 && options.busyPollUs <= 10_000_000)) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.busyPollUs must be an integer from 0 to 10000000 (µs)');
+    if (options.busyPollUs !== undefined && !(Number.isInteger(options.busyPollUs) && options.busyPollUs >= 0 && options.busyPollUs <= MAX_BUSY_POLL_US)) {
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `options.busyPollUs must be an integer from 0 to ${MAX_BUSY_POLL_US} (µs)`);
     }
     const timeout = options.closeTimeoutMs;
     if (timeout !== undefined && (!Number.isInteger(timeout) || timeout < 0 || timeout > 2 ** 31 - 1)) {

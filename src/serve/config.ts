@@ -8,7 +8,7 @@ import { hostname } from 'node:os';
 import { Ajv, type ErrorObject, type JSONSchemaType } from 'ajv';
 
 import { KvfError } from '../fabric/errors.js';
-import { resolveBackend } from '../fabric/config.js';
+import { MAX_BUSY_POLL_US, resolveBackend } from '../fabric/config.js';
 import { METADATA_LIMITS } from '../fabric/metadata.js';
 import { MAX_LEASE_MS } from '../kv/leases.js';
 import { DEFAULT_TOKENS_PER_BLOCK } from '../kv/plan.js';
@@ -149,7 +149,7 @@ const workerSchema: JSONSchemaType<WorkerConfig> = {
     advertise: { ...hostPort, nullable: true },
     provider: { type: 'string', minLength: 1, nullable: true },
     rails: { type: 'integer', minimum: 1, maximum: METADATA_LIMITS.maxRails, nullable: true },
-    busyPollUs: { type: 'integer', minimum: 0, maximum: 10_000_000, nullable: true },
+    busyPollUs: { type: 'integer', minimum: 0, maximum: MAX_BUSY_POLL_US, nullable: true },
     fabricAddress: { type: 'string', minLength: 1, nullable: true },
     blocks: { type: 'integer', minimum: 1, maximum: 1 << 20, default: 256 },
     tokensPerBlock: { type: 'integer', minimum: 1, maximum: 4096, default: DEFAULT_TOKENS_PER_BLOCK },
