@@ -642,9 +642,9 @@ Napi::Value AgentWrap::Reap(const Napi::CallbackInfo& info) {
   if (!agent_ || agent_->closed()) return Napi::Number::New(env, 0);
   const double spin_us = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
   size_t left = agent_->ReapExpress();
-  // Spinning for rail-thread transfers pays when one at a time is awaited (latency); with
-  // more in flight the spinning JS thread takes a core from the rails and the peer (4 KiB READs on shm, 8 deep:
-  // 0.6 GB/s spinning, 1.0 not; 2 deep: 0.29 against 0.35), and completions come in batches anyway.
+  // Spinning for rail-thread transfers pays when one at a time is awaited (latency); with more in flight the
+  // spinning JS thread takes a core from the rails and the peer, costing bandwidth (figures: docs/design.md,
+  // "The express lane"), and completions come in batches anyway.
   const auto awaited = [this] {
     const size_t n = agent_->awaited_in_flight();
     return n <= kSpinAwaitedMax ? n : 0;

@@ -147,7 +147,8 @@ class Agent final : public RailOwner, public LiveAgent {
   bool has_unwoken_events() const { return unwoken_events_; }
   // Small transfers in flight on the rail threads (express-sized, not express: every transfer on shm). Their
   // completions normally wake the binding's event loop through a thread-safe function, a futex wake and a
-  // loop turn, ~14 µs of an 18 µs shm READ; an owner thread that polls for them spins here instead.
+  // loop turn, most of a small shm READ's latency (docs/design.md, "The express lane"); an owner thread that
+  // polls for them spins here instead.
   size_t awaited_in_flight() const { return awaited_in_flight_; }
   // While set, completions from the rail threads are pushed without waking the binding (unwoken events):
   // the owner thread is spinning (the binding's reap()) and takes them itself. Clearing it under the events

@@ -307,11 +307,11 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    * which makes cross-memory attach and registration pin 512× fewer pages.
    *
    * `shared` memory (a memfd) can be mapped by peers on the same host, whose transfers then copy it with one
-   * memcpy (reports say `path: 'mapped'`): a 4 KiB READ costs ~0.8 µs in the addon instead of ~2.4 µs by
-   * cross-memory attach. 'auto' (default) shares where the shared memory is hugepages too: reserved ones when
-   * `hugepages` is asked and available, or transparent ones where the kernel gives them to shared memory
-   * (shmem_enabled). Elsewhere shared memory is 4 KiB pages and large copies run ~12% slower, so true is then
-   * a choice for small transfers.
+   * memcpy (reports say `path: 'mapped'`), a fraction of what cross-memory attach costs a small READ (figures:
+   * docs/design.md, "Same-host fast path"). 'auto' (default) shares where the shared memory is hugepages too:
+   * reserved ones when `hugepages` is asked and available, or transparent ones where the kernel gives them to
+   * shared memory (shmem_enabled). Elsewhere shared memory is 4 KiB pages and large copies run slower, so true
+   * is then a choice for small transfers.
    */
   allocate(length: number, options: { hugepages?: boolean | 'require'; remoteAccess?: boolean; shared?: boolean | 'auto' } = {}): MemoryRegion {
     this.#assertOpen();
