@@ -203,7 +203,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'Agent.create needs options.name (a non-empty string)');
     }
     if (options.rails !== undefined && (!Number.isInteger(options.rails) || options.rails < 1 || options.rails > METADATA_LIMITS.maxRails)) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.rails must be an integer from 1 to 64');
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `options.rails must be an integer from 1 to ${METADATA_LIMITS.maxRails}`);
     }
     if (options.stripeThreshold !== undefined && !(Number.isSafeInteger(options.stripeThreshold) && options.stripeThreshold >= 0)) {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.stripeThreshold must be an integer ≥ 0 (bytes)');
