@@ -30,6 +30,7 @@ run('npx', ['tsc', '-p', 'tsconfig.json']);
 const PURE_TS = new Set([
   'metadata.test.ts',
   'errors-registry.test.ts',
+  'limits.test.ts',
   'config.test.ts',
   'sampling.test.ts',
   'tokenizer.test.ts',

@@ -121,3 +121,97 @@ test('worker busyPollUs: from --busy-poll-us or KVF_BUSY_POLL_US, checked', asyn
   assert.equal(workerConfig({ flags: { role: 'decode' }, env: {} }).busyPollUs, undefined);
   assert.throws(() => workerConfig({ flags: { role: 'prefill' }, env: { KVF_BUSY_POLL_US: '-1' } }), { code: 'KVF_ERR_BAD_CONFIG' });
 });
+
+test('flags come from the config schema: every key but NO_FLAG has one, and the established names stay', async () => {
+  const { configFlags, flagName, NO_FLAG, workerSchema, frontendSchema } = await import('../src/serve/config-schema.js');
+  const common = [
+    '-m, --model',
+    '--model-name',
+    '--listen',
+    '--etcd',
+    '--etcd-prefix',
+    '--cluster-token-file',
+    '--tls-cert',
+    '--tls-key',
+    '--tls-ca',
+    '--tls-client-auth',
+    '--tls-server-name',
+  ];
+  const established = {
+    worker: [
+      ...common,
+      '--id',
+      '--advertise',
+      '-p, --provider',
+      '-r, --rails',
+      '--busy-poll-us',
+      '--fabric-address',
+      '--blocks',
+      '--tokens-per-block',
+      '--kv-dtype',
+      '--threads',
+      '--hugepages',
+      '--lease-ms',
+      '--max-lease-ms',
+      '--peer-idle-ms',
+      '--max-streams',
+      '--max-queue-ms',
+      '--handle-key-file',
+      '--transfer-timeout-ms',
+      '--register',
+      '--etcd-ttl',
+    ],
+    frontend: [
+      ...common,
+      '--prefill',
+      '--decode',
+      '--registry-listen',
+      '--mode',
+      '--request-timeout-ms',
+      '--prefill-timeout-ms',
+      '--lease-ms',
+      '--health-interval-ms',
+      '--body-timeout-ms',
+      '--max-connections',
+      '--max-inflight',
+      '--max-migrations',
+      '--keepalive-ms',
+    ],
+  };
+  for (const [kind, schema] of [
+    ['worker', workerSchema],
+    ['frontend', frontendSchema],
+  ] as const) {
+    const flags = configFlags(kind);
+    const names = flags.map((f) => f.flags.replace(/ <[^>]+>$/, ''));
+    for (const name of established[kind]) assert.ok(names.includes(name), `${kind}: ${name} is gone`);
+    const keys = Object.keys(schema.properties).filter((k) => !NO_FLAG.has(k));
+    assert.deepEqual(
+      flags.map((f) => f.key),
+      keys,
+    );
+    for (const f of flags) {
+      assert.ok(f.flags.includes(`--${flagName(f.key)}`), f.flags);
+      assert.ok(f.description.length > 0, `${kind}.${f.key} has no description`);
+    }
+  }
+  // Secrets never become flags.
+  assert.ok(!configFlags('worker').some((f) => f.key === 'handleKey' || f.key === 'clusterToken'));
+  const kvDtype = configFlags('worker').find((f) => f.key === 'kvDtype')!;
+  assert.deepEqual([kvDtype.choices, kvDtype.default], [['f16', 'f32'], 'f16']);
+});
+
+test('the CLI declares every schema flag of the worker and frontend commands', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const cli = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+  const { configFlags } = await import('../src/serve/config-schema.js');
+  for (const [command, kind] of [
+    ['decode', 'worker'],
+    ['frontend', 'frontend'],
+  ] as const) {
+    const help = execFileSync(process.execPath, ['--import', 'tsx', cli, command, '--help'], { encoding: 'utf8' });
+    for (const f of configFlags(kind)) assert.ok(help.includes(f.flags), `${command} --help lacks ${f.flags}`);
+    assert.match(help, /--config <file>/);
+  }
+});

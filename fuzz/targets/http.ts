@@ -15,7 +15,7 @@ import pino from 'pino';
 
 import { isErrorCode } from '../../src/common/error-registry.js';
 import { ChatTemplate } from '../../src/engine/chat-template.js';
-import { readGgufMetadataSync } from '../../src/engine/gguf-metadata.js';
+import { readGgufMetadata } from '../../src/engine/gguf-metadata.js';
 import { Tokenizer } from '../../src/engine/tokenizer.js';
 import { buildApp } from '../../src/serve/frontend/app.js';
 import { ServeMetrics } from '../../src/serve/metrics.js';
@@ -25,12 +25,12 @@ import { guarded, invariant } from './common.js';
 
 const ROUTES = ['/v1/completions', '/v1/chat/completions'] as const;
 
-let app: FastifyInstance | undefined;
+let app: Promise<FastifyInstance> | undefined;
 
-function makeApp(): FastifyInstance {
+async function makeApp(): Promise<FastifyInstance> {
   const model = join(mkdtempSync(join(tmpdir(), 'kvf-fuzz-')), 'tiny-llama.gguf');
   execFileSync(process.execPath, [fileURLToPath(new URL('../../scripts/make-tiny-model.mjs', import.meta.url)), model]);
-  const meta = readGgufMetadataSync(model);
+  const meta = await readGgufMetadata(model);
   const log = pino({ level: 'silent' });
   const router = new Router({
     healthIntervalMs: 60_000,
@@ -58,7 +58,7 @@ export async function check(data: Buffer): Promise<void> {
   if (data.length === 0) return;
   app ??= makeApp();
   const url = ROUTES[data[0]! % 2]!;
-  const res = await app.inject({ method: 'POST', url, headers: { 'content-type': 'application/json' }, payload: data.subarray(1) });
+  const res = await (await app).inject({ method: 'POST', url, headers: { 'content-type': 'application/json' }, payload: data.subarray(1) });
   let code: unknown;
   try {
     code = (JSON.parse(res.body) as { error?: { code?: unknown } }).error?.code;
@@ -72,8 +72,9 @@ export async function check(data: Buffer): Promise<void> {
 
 /** For the replay test: lets its process exit. */
 export async function close(): Promise<void> {
-  await app?.close();
+  const closing = app;
   app = undefined;
+  await (await closing)?.close();
 }
 
 export const fuzz = guarded(check);

@@ -5,6 +5,7 @@
 #include "binding/agent_wrap.h"
 #include "binding/engine_wrap.h"
 #include "binding/js_error.h"
+#include "binding/js_number.h"
 #include "binding/records.h"
 #include "core/error_codes.h"
 #include "core/host_memory.h"
@@ -17,7 +18,7 @@ Napi::Value Allocate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsNumber()) ThrowCoded(env, code::kInvalidArgument, "allocate(length)");
   double len = info[0].As<Napi::Number>().DoubleValue();
-  if (!(len >= 0) || len > 9007199254740991.0) ThrowCoded(env, code::kInvalidArgument, "invalid length");
+  if (!(len >= 0) || len > kMaxSafeInteger) ThrowCoded(env, code::kInvalidArgument, "invalid length");
   bool huge = info.Length() > 1 && info[1].ToBoolean();
   bool require = info.Length() > 2 && info[2].ToBoolean();
   Share share = Share::kNo;

@@ -9,6 +9,7 @@
 
 #include "binding/descriptors.h"
 #include "binding/js_error.h"
+#include "binding/js_number.h"
 #include "binding/records.h"
 #include "core/error_codes.h"
 
@@ -102,25 +103,27 @@ AgentWrap::AgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AgentWra
   options.domain = StringOption(o, "domain");
   Napi::Value rails = o.Get("rails");
   if (rails.IsNumber()) options.rails = rails.As<Napi::Number>().Uint32Value();
-  if (options.rails > 64) ThrowCoded(env, code::kInvalidArgument, "at most 64 rails");
+  if (options.rails > kMaxRails)
+    ThrowCoded(env, code::kInvalidArgument, "at most " + std::to_string(kMaxRails) + " rails");
   Napi::Value stripe = o.Get("stripeThreshold");
   if (stripe.IsNumber()) {
     const double v = stripe.As<Napi::Number>().DoubleValue();
-    if (!(v >= 0) || v > 9007199254740992.0) ThrowCoded(env, code::kInvalidArgument, "stripeThreshold must be ≥ 0");
+    if (!(v >= 0) || v > kMaxSafeInteger) ThrowCoded(env, code::kInvalidArgument, "stripeThreshold must be ≥ 0");
     options.stripe_threshold = static_cast<uint64_t>(v);
   }
 
   Napi::Value express = o.Get("expressMaxBytes");
   if (express.IsNumber()) {
     const double v = express.As<Napi::Number>().DoubleValue();
-    if (!(v >= 0) || v > 9007199254740992.0) ThrowCoded(env, code::kInvalidArgument, "expressMaxBytes must be ≥ 0");
+    if (!(v >= 0) || v > kMaxSafeInteger) ThrowCoded(env, code::kInvalidArgument, "expressMaxBytes must be ≥ 0");
     options.express_max_bytes = static_cast<uint64_t>(v);
   }
 
   Napi::Value busy = o.Get("busyPollUs");
   if (busy.IsNumber()) {
     const double v = busy.As<Napi::Number>().DoubleValue();
-    if (!(v >= 0) || v > 10e6) ThrowCoded(env, code::kInvalidArgument, "busyPollUs must be 0..10000000");
+    if (!(v >= 0) || v > kMaxBusyPollUs)
+      ThrowCoded(env, code::kInvalidArgument, "busyPollUs must be 0.." + std::to_string(kMaxBusyPollUs));
     options.busy_poll_us = static_cast<uint32_t>(v);
   }
 

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "binding/js_error.h"
+#include "binding/js_number.h"
 #include "core/error_codes.h"
 
 namespace kvf {
@@ -12,10 +13,9 @@ namespace {
 
 constexpr size_t kFields = 5;
 static_assert(sizeof(Descriptor) == kFields * sizeof(uint64_t), "Descriptor is the five fields, in JS order");
-constexpr double kMaxExactInteger = 9007199254740992.0;  // 2^53
 
 uint64_t ExactInteger(Napi::Env env, double v, size_t descriptor, const char* field) {
-  if (!(v >= 0) || v >= kMaxExactInteger || std::floor(v) != v) {
+  if (!(v >= 0) || v > kMaxSafeInteger || std::floor(v) != v) {
     ThrowCoded(
         env, code::kInvalidArgument,
         "descriptor " + std::to_string(descriptor) + ": " + field + " must be a non-negative integer below 2^53");

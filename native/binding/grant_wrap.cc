@@ -5,6 +5,7 @@
 
 #include "binding/agent_wrap.h"
 #include "binding/js_error.h"
+#include "binding/js_number.h"
 #include "core/error_codes.h"
 
 namespace kvf {
@@ -23,7 +24,6 @@ double NumberArgument(const Napi::CallbackInfo& info, size_t i, const char* what
 }
 
 constexpr double kMaxU32 = 4294967295.0;
-constexpr double kMaxSafe = 9007199254740991.0;
 
 uint64_t BigIntField(Napi::Env env, const Napi::Value& v, const char* what) {
   bool lossless = false;
@@ -40,8 +40,8 @@ Napi::Value AgentWrap::Grant(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent& a = CoreOrThrow(env);
   const uint32_t region = static_cast<uint32_t>(NumberArgument(info, 0, "region id", kMaxU32));
-  const uint64_t offset = static_cast<uint64_t>(NumberArgument(info, 1, "offset", kMaxSafe));
-  const uint64_t length = static_cast<uint64_t>(NumberArgument(info, 2, "length", kMaxSafe));
+  const uint64_t offset = static_cast<uint64_t>(NumberArgument(info, 1, "offset", kMaxSafeInteger));
+  const uint64_t length = static_cast<uint64_t>(NumberArgument(info, 2, "length", kMaxSafeInteger));
   if (info.Length() < 4 || !info[3].IsBoolean())
     ThrowCoded(env, code::kInvalidArgument, "grant(region, offset, length, write)");
   GrantInfo g;
@@ -94,7 +94,7 @@ Napi::Value AgentWrap::AddGrant(const Napi::CallbackInfo& info) {
   RemoteRegion rr;
   rr.base = BigIntField(env, g.Get("base"), "base");
   const double len = length.As<Napi::Number>().DoubleValue();
-  if (!(len >= 1) || len > kMaxSafe) ThrowCoded(env, code::kBadMetadata, "grant length must be 1..2^53-1");
+  if (!(len >= 1) || len > kMaxSafeInteger) ThrowCoded(env, code::kBadMetadata, "grant length must be 1..2^53-1");
   rr.length = static_cast<uint64_t>(len);
   if (rr.base + rr.length < rr.base)
     ThrowCoded(env, code::kBadMetadata, "grant wraps past the end of the address space");

@@ -42,8 +42,12 @@ struct AgentOptions {
   // Transfers of at most this many bytes (and few ops, no notification) take the express lane: posted and
   // reaped on the calling thread through ReapExpress(). 0: every transfer goes through the rail threads.
   uint64_t express_max_bytes = 64 * 1024;
-  uint32_t busy_poll_us = 0;  // see Rail(): keep polling this long after the endpoint wakes; 0: off
+  uint32_t busy_poll_us = 0;  // see Rail(): keep polling this long after the endpoint wakes; 0: off, ≤ kMaxBusyPollUs
 };
+
+// The longest busy polling an agent takes (µs). TypeScript checks options against the same figure
+// (MAX_BUSY_POLL_US, src/fabric/config.ts; test/limits.test.ts keeps the two equal).
+constexpr uint32_t kMaxBusyPollUs = 10'000'000;
 
 // Loading a peer: its advertised regions and, when its metadata says it runs on this host (same kernel and
 // pid namespace), its pid and region table. The table must be confirmed before anything of the peer's
@@ -136,7 +140,8 @@ class Agent final : public RailOwner, public LiveAgent {
   // what it finds, pushing its events from this thread. Returns the express ops still in flight.
   size_t ReapExpress();
   // Small transfers in flight on the rail threads (express-sized, not express: every transfer on shm), which
-  // an owner thread may spin for rather than wait to be woken (the binding's reap()).
+  // an owner thread may spin for rather than wait to be woken (the binding's reap(); docs/design.md, "The
+  // express lane").
   size_t awaited_in_flight() const { return awaited_in_flight_; }
 
   size_t transfers_in_flight();

@@ -135,7 +135,8 @@ uint64_t Agent::SelectedBytes(OpKind kind, const PreparedList& list, const uint3
     return list.bytes;
   }
   // A selection of a list without overlaps overlaps only if it repeats an index. A few indices are compared
-  // with each other: a bitmap of the whole list cost ~0.3 µs per post of one index into 64 Ki descriptors.
+  // with each other: a bitmap of the whole list costs a post of one index into a long list dearly (figures:
+  // docs/design.md, "Posting: prepared lists, merging, striping").
   uint64_t bytes = 0;
   const bool bitmap = count > kFewIndices;
   std::vector<bool> seen(bitmap ? list.items.size() : 0);
@@ -390,7 +391,7 @@ uint64_t Agent::Warmup(uint32_t peer_id) {
     op.remote_addr = peer.virt_addr ? remote.base : 0;
     op.remote_key = remote.keys[rr];
     op.rail = lr;
-    t->rails_mask |= 1ull << (lr % 64);
+    t->rails_mask |= 1ull << (lr % kMaxRails);
     t->bytes += 1;
   }
   return Launch(std::move(t));

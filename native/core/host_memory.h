@@ -18,7 +18,8 @@ struct HostAllocation {
 // Whether memory is a memfd mapping that same-host peers can map too (FindShared) instead of private anonymous
 // memory. kAuto: only where that costs no speed, i.e. where the shared memory is hugepages too: reserved ones
 // (when `hugepages` is asked and they are there), or transparent ones (SharedHugepagesAvailable). On 4 KiB
-// pages, large copies out of it ran ~12% slower than out of private transparent hugepages.
+// pages, large copies out of it are slower than out of private transparent hugepages (docs/design.md,
+// "Same-host fast path").
 enum class Share { kNo, kYes, kAuto };
 
 // Throws kvf::Error KVF_ERR_ALLOC (with errno text) when neither hugepages (if required) nor normal pages

@@ -1,7 +1,7 @@
 // The same-host mapped path: a peer's shared regions (memfd memory, see host_memory.h) mapped into this
 // process, so that a transfer is one memcpy on the posting thread or a copier thread, with no system call
-// per transfer beyond a liveness check. Cross-memory attach costs ~1.2 µs of kernel work per call (page
-// pinning); a 4 KiB memcpy costs ~0.1 µs.
+// per transfer beyond a liveness check. Cross-memory attach costs kernel work (page pinning) on every call,
+// many times a small memcpy (figures: docs/design.md, "Same-host fast path").
 #pragma once
 
 #include <sys/types.h>
@@ -38,9 +38,9 @@ class PeerMapping {
 std::shared_ptr<PeerMapping> MapPeerRegion(pid_t pid, const SharedLocation& where, uint64_t length, std::string* why);
 
 // A handle on the peer process (a pidfd) that tells whether it has exited: a mapping outlives its owner,
-// so a copy through it would "succeed" against a dead peer without this check. The check is a poll()
-// (~0.3 µs, three times the 4 KiB copy), so a peer seen alive counts as alive for kFreshFor: a copy that
-// ends that soon after the peer's death is reported as done, as if it had died a moment later.
+// so a copy through it would "succeed" against a dead peer without this check. The check is a poll(),
+// dearer than a small copy (docs/design.md, "Same-host fast path"), so a peer seen alive counts as alive for
+// kFreshFor: a copy that ends that soon after the peer's death is reported as done, as if it had died a moment later.
 class ProcessWatch {
  public:
   static constexpr std::chrono::microseconds kFreshFor{100};

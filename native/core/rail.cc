@@ -25,9 +25,9 @@ constexpr size_t kReceiveSlots = 64;
 constexpr auto kSpinWindow = std::chrono::microseconds(2000);
 // With ops in flight, how long the thread spins after the last completion before it waits for the next one in
 // the provider's blocking read (which wakes on the endpoint's activity). Spinning through a whole transfer
-// kept the other threads of the process off the CPU: on a 2-core machine the event loop stalled 10-70 ms per
-// 256 MiB tcp READ (under 3 ms with this; 1 MiB completions arrive every ~200 us at 5 GB/s, so a flowing transfer
-// rarely waits).
+// kept the other threads of the process off the CPU and stalled the event loop on small machines; the window
+// is about the gap between two large completions of a flowing transfer, which so rarely waits (figures:
+// docs/design.md, "Progress and completion delivery", and benchmarks/RESULTS.md, "Event-loop delay").
 constexpr auto kInflightSpin = std::chrono::microseconds(200);
 constexpr int kIdleWaitMs = 100;
 // While busy polling, how often the endpoint's descriptor is checked for a peer's activity (which extends the
@@ -369,7 +369,7 @@ void Rail::Submit(Op* const* ops, size_t count) {
     queue_.insert(queue_.end(), ops, ops + count);
   }
   // Only a thread about to sleep needs the signal: a spinning one finds the queue on its next round, and
-  // fi_cq_signal is a system call (~1.2 µs of every small post on shm, measured).
+  // fi_cq_signal is a system call, a large part of a small post's cost on shm (docs/design.md, "The express lane").
   if (sleeping_.load()) Wake();
 }
 
@@ -560,10 +560,10 @@ void Rail::RunLoop() {
       last_work = now;
     } else if (busy) {
       // Busy polling asked for a core: spin without yielding, as the raw baseline's target does (a
-      // sched_yield per round added ~1 µs to every small READ served). Except while the posting thread spins for
+      // sched_yield per round slowed every small READ served). Except while the posting thread spins for
       // a completion too: three spinners on two cores (two here, the peer's rail) otherwise let one run out
-      // its time slice while the other waits; yielding makes a shared core alternate (alternating runs of
-      // agent-to-agent shm READ p50: 6.3-17.7 µs without, 6.4-9.0 µs with).
+      // its time slice while the other waits; yielding makes a shared core alternate and keeps the latency
+      // steady (figures: docs/design.md, "The express lane").
       if (owner_->owner_spinning()) sched_yield();
     } else if (!pending.empty() || Recovering() || now - last_work < (inflight_ > 0 ? kInflightSpin : kSpinWindow) ||
                (inflight_ > 0 && !cq_can_wait_)) {

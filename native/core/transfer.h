@@ -16,6 +16,11 @@
 
 namespace kvf {
 
+// Rails per agent at most: a transfer's rails_mask has one bit per rail. The metadata TypeScript decodes and
+// encodes holds the same limit (METADATA_LIMITS.maxRails, src/fabric/metadata.ts; test/limits.test.ts keeps
+// the two equal).
+constexpr uint32_t kMaxRails = 64;
+
 enum class OpKind : uint8_t { kWrite, kRead, kSend };
 
 // One descriptor of a transfer: `length` bytes between a local region and a peer's region. The binding turns
@@ -86,6 +91,7 @@ struct Transfer {
   Pickup pickup = Pickup::kWake;
   size_t cma_segments = 0;  // same-host paths: the copy's segments (reported as its ops)
 };
+static_assert(kMaxRails <= sizeof(Transfer::rails_mask) * 8, "rails_mask has a bit for every rail");
 
 struct Event {
   enum class Type : uint8_t { kTransferDone, kNotification, kClosed };

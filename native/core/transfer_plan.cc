@@ -99,7 +99,7 @@ void PlanOps(Transfer& t, OpKind kind, const Peer& peer, const PreparedList& lis
       op.remote_key = remote.keys[rr];
       op.rail = lr;
       op.delivery_complete = kind == OpKind::kWrite;  // write() resolves only once the data is at the target
-      t.rails_mask |= 1ull << (lr % 64);
+      t.rails_mask |= 1ull << (lr % kMaxRails);
       done += len;
     }
   };

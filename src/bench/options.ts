@@ -2,6 +2,7 @@
 // in a second with a clear message instead of after minutes of measuring. Defaults are applied here (not
 // in commander) so that the parser can tell "not given" from "given", which --latency needs.
 import { KvfError } from '../common/errors.js';
+import { MAX_BUSY_POLL_US } from '../fabric/config.js';
 import type { TransferOp } from '../fabric/agent.js';
 
 export interface BenchOptions {
@@ -151,7 +152,7 @@ function sharedPool(text: string | undefined): boolean | 'auto' {
 function busyPoll(text: string | undefined, latency: boolean): number {
   if (text === undefined) return latency ? LATENCY_BUSY_POLL_US : 0;
   const n = Number(text);
-  if (!/^\s*\d+\s*$/.test(text) || n > 10_000_000) bad(`--busy-poll must be 0..10000000 µs, not '${text}'`);
+  if (!/^\s*\d+\s*$/.test(text) || n > MAX_BUSY_POLL_US) bad(`--busy-poll must be 0..${MAX_BUSY_POLL_US} µs, not '${text}'`);
   return n;
 }
 

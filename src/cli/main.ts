@@ -1,10 +1,13 @@
 #!/usr/bin/env node
 // The kvfabric command: the serving processes (serve, frontend, prefill, decode) and `info`, which opens an
 // agent the way a worker would and prints what it chose — the first thing to check on a new node.
-// Flags map one to one onto the configuration keys of src/serve/config.ts (which also reads KVF_* env).
+// The serving commands' flags are the configuration keys of src/serve/config-schema.ts, declared from the schema
+// (configFlags: name, description, default), so a new key gets its flag without an edit here; the config also
+// reads every key as KVF_* env and from --config.
 import { Command, Option } from 'commander';
 
 import { benchOptions } from '../bench/cli.js';
+import { configFlags, type ConfigFlag } from '../serve/config-schema.js';
 import type { LocalStackOptions } from '../serve/local-stack.js';
 
 // Each command imports what it runs when it runs: loading the serving stack (fastify, gRPC, etcd) for
@@ -67,82 +70,83 @@ program
     await agent.close();
   });
 
-const commonOptions = (cmd: Command): Command =>
-  cmd
-    .option('--config <file>', 'JSON configuration file (flags and KVF_* env override it)')
-    .option('-m, --model <path>', 'GGUF model (default: SmolLM2 when fetched, else the tiny test model)')
-    .option('--model-name <id>', 'model id served in the API (default: the file name)')
-    .option('--listen <host:port>', 'listen address')
-    .option('--etcd <urls>', 'etcd endpoints, comma-separated (discovery)')
-    .option('--etcd-prefix <prefix>', 'etcd key prefix of worker entries')
-    .option('--cluster-token-file <file>', 'file holding the cluster token every gRPC call proves (or KVF_CLUSTER_TOKEN)')
-    .option('--tls-cert <file>', 'TLS certificate chain (PEM) of this process: turns TLS on for the control plane')
-    .option('--tls-key <file>', 'TLS private key (PEM)')
-    .option('--tls-ca <file>', "CA (PEM) that signs the peers' certificates")
-    .option('--tls-client-auth', 'mutual TLS: servers require client certificates signed by --tls-ca, clients present theirs')
-    .option('--tls-server-name <name>', "the name clients expect in workers' certificates (default: the host dialled)");
+/** The help text of a config flag: its description and, when the schema has one worth showing, its default. */
+function flagHelp(f: ConfigFlag): string {
+  const shown = f.default === undefined || f.default === false || (Array.isArray(f.default) && f.default.length === 0) ? undefined : f.default;
+  return shown === undefined ? f.description : `${f.description} (default: ${String(shown)})`;
+}
+
+/**
+ * Declares a config flag. No commander default: an absent flag must leave the file's and the environment's value
+ * (the schema's default applies last, in config.ts), so the default is only shown in the help.
+ */
+function configOption(f: ConfigFlag): Option {
+  const option = new Option(f.flags, flagHelp(f));
+  return f.choices ? option.choices(f.choices) : option;
+}
+
+/** The serving processes: each takes --config and the flags of its kind's config keys. */
+const serving = (cmd: Command, kind: 'worker' | 'frontend'): Command => {
+  cmd.option('--config <file>', 'JSON configuration file (flags and KVF_* env override it)');
+  for (const f of configFlags(kind)) cmd.addOption(configOption(f));
+  return cmd;
+};
 
 for (const role of ['prefill', 'decode'] as const) {
-  commonOptions(program.command(role).description(`run a ${role} worker (gRPC control plane, KV over libfabric)`))
-    .option('--id <id>', 'worker id (default: <role>-<host>-<pid>)')
-    .option('--advertise <host:port>', 'address others use to reach this worker (default: the listen address)')
-    .option('-p, --provider <name>', 'tcp | shm | efa (default: FI_PROVIDER, else efa, else tcp)')
-    .option('-r, --rails <n>', 'fabric rails')
-    .option('--busy-poll-us <us>', 'rail threads keep polling this long after activity (lower small-transfer latency, costs a core; default 0)')
-    .option('--fabric-address <ip>', 'tcp provider: address the fabric endpoints bind')
-    .option('--blocks <n>', 'KV blocks in the pool')
-    .option('--tokens-per-block <n>', 'positions per KV block')
-    .addOption(new Option('--kv-dtype <type>', 'KV cache element type').choices(['f16', 'f32']))
-    .option('--threads <n>', 'engine threads')
-    .option('--hugepages', 'put the KV pool on 2 MiB hugepages')
-    .option('--lease-ms <ms>', 'free blocks not pulled within this')
-    .option('--max-lease-ms <ms>', 'the longest lease granted, whatever a caller asks for')
-    .option('--peer-idle-ms <ms>', 'drop a fabric peer unused this long (default 300000)')
-    .option('--max-streams <n>', 'decode streams at most; more get KVF_ERR_OVERLOADED (default 64)')
-    .option('--max-queue-ms <ms>', 'refuse a prompt that would wait longer than this for the engine at its measured rate (default 30000)')
-    .option('--handle-key-file <file>', 'file holding the key that signs KV handles, the same on every worker (or KVF_HANDLE_KEY)')
-    .option('--transfer-timeout-ms <ms>', 'fail a KV transfer after this')
-    .option('--register <host:port>', 'register with this frontend registry')
-    .option('--etcd-ttl <s>', 'etcd lease TTL, seconds')
-    .action(async (opts: Record<string, unknown>) => {
+  serving(program.command(role).description(`run a ${role} worker (gRPC control plane, KV over libfabric)`), 'worker').action(
+    async (opts: Record<string, unknown>) => {
       const { config, ...flags } = opts;
       const [{ runWorker }, { workerConfig }] = await Promise.all([import('../serve/processes.js'), import('../serve/config.js')]);
       await runWorker(workerConfig({ flags: { ...flags, role }, ...(config ? { file: config as string } : {}) }));
-    });
+    },
+  );
 }
 
-commonOptions(program.command('frontend').description('run the OpenAI-compatible HTTP frontend and router'))
-  .option('--prefill <addrs>', 'static prefill worker addresses, comma-separated')
-  .option('--decode <addrs>', 'static decode worker addresses, comma-separated')
-  .option('--registry-listen <host:port>', 'serve the worker registry (workers use --register)')
-  .addOption(new Option('--mode <mode>', 'KV hand-off').choices(['pull', 'push', 'aggregated']))
-  .option('--request-timeout-ms <ms>', 'fail a request after this')
-  .option('--prefill-timeout-ms <ms>', 'fall back to local prefill after this')
-  .option('--lease-ms <ms>', 'how long prefilled blocks wait for their decode worker')
-  .option('--health-interval-ms <ms>', 'worker health check period')
-  .option('--body-timeout-ms <ms>', "a request's headers and body must arrive within this (else 408)")
-  .option('--max-connections <n>', 'open HTTP connections at most')
-  .option('--max-inflight <n>', 'requests in flight at most; more get 429 at once')
-  .option('--max-migrations <n>', 'decode workers a request may move to when the one streaming it fails (default 2)')
-  .option('--keepalive-ms <ms>', 'a worker that leaves a ping of an open call unanswered this long is taken for dead (default 10000)')
-  .action(async (opts: Record<string, unknown>) => {
+serving(program.command('frontend').description('run the OpenAI-compatible HTTP frontend and router'), 'frontend').action(
+  async (opts: Record<string, unknown>) => {
     const { config, ...flags } = opts;
     const [{ runFrontend }, { frontendConfig }] = await Promise.all([import('../serve/processes.js'), import('../serve/config.js')]);
     await runFrontend(frontendConfig({ flags, ...(config ? { file: config as string } : {}) }));
-  });
+  },
+);
 
-program
+/**
+ * `serve` passes a few keys on to its workers and frontend: their flags, from the schema, with serve's own
+ * wording where it differs. It applies the mode's and the listen address's schema defaults itself, and tcp as
+ * the provider between the workers; the rest stays to the processes' own configuration.
+ */
+const SERVE_KEYS = {
+  model: 'worker',
+  provider: 'worker',
+  mode: 'frontend',
+  listen: 'frontend',
+  blocks: 'worker',
+  tokensPerBlock: 'worker',
+  kvDtype: 'worker',
+  threads: 'worker',
+} as const;
+type ServeKey = keyof typeof SERVE_KEYS;
+const SERVE_DEFAULTED = new Set<ServeKey>(['provider', 'mode', 'listen']);
+const SERVE_HELP: Partial<Record<ServeKey, { description: string; default?: string }>> = {
+  provider: { description: 'libfabric provider between the workers: tcp | shm', default: 'tcp' },
+  blocks: { description: 'KV blocks per worker' },
+  threads: { description: 'engine threads per worker' },
+};
+
+function serveOption(key: ServeKey): Option {
+  const f = configFlags(SERVE_KEYS[key]).find((c) => c.key === key)!;
+  const help = SERVE_HELP[key];
+  const option = new Option(f.flags, help?.description ?? f.description);
+  if (f.choices) option.choices(f.choices);
+  if (SERVE_DEFAULTED.has(key)) option.default(help?.default ?? f.default);
+  return option;
+}
+
+const serve = program
   .command('serve')
-  .description('run the whole disaggregated stack locally: prefill and decode workers as child processes, the frontend here')
-  .option('-m, --model <path>', 'GGUF model (default: SmolLM2 when fetched, else the tiny test model)')
-  .option('-p, --provider <name>', 'libfabric provider between the workers: tcp | shm', 'tcp')
-  .addOption(new Option('--mode <mode>', 'KV hand-off').choices(['pull', 'push', 'aggregated']).default('pull'))
-  .option('--listen <host:port>', 'HTTP listen address', '127.0.0.1:8000')
-  .option('--blocks <n>', 'KV blocks per worker')
-  .option('--tokens-per-block <n>', 'positions per KV block')
-  .addOption(new Option('--kv-dtype <type>', 'KV cache element type').choices(['f16', 'f32']))
-  .option('--threads <n>', 'engine threads per worker')
-  .action(async (opts: LocalStackOptions) => (await import('../serve/local-stack.js')).runLocalStack(opts));
+  .description('run the whole disaggregated stack locally: prefill and decode workers as child processes, the frontend here');
+for (const key of Object.keys(SERVE_KEYS) as ServeKey[]) serve.addOption(serveOption(key));
+serve.action(async (opts: LocalStackOptions) => (await import('../serve/local-stack.js')).runLocalStack(opts));
 
 program
   .command('doctor')

@@ -4,7 +4,7 @@
 import { configEnvNames } from '../serve/config.js';
 
 /**
- * kvfabric's own: every serving config key as KVF_<KEY>, derived from the config schema (src/serve/config.ts) so
+ * kvfabric's own: every serving config key as KVF_<KEY>, derived from the config schema (src/serve/config-schema.ts) so
  * a key added there is never reported as a typo, plus the process-level ones nobody's schema holds.
  */
 export const KVFABRIC_ENV: readonly string[] = [

@@ -10,7 +10,6 @@
 //   string = u64 byte length + UTF-8 bytes; array = u32 element type + u64 count + elements.
 // Tensor infos follow the metadata; `tensorInfoOffset` says where they start (this module does not read them).
 import { open } from 'node:fs/promises';
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 
 import { KvfError } from '../common/errors.js';
 
@@ -455,32 +454,5 @@ export async function readGgufMetadata(path: string): Promise<GgufMetadata> {
     }
   } finally {
     await fh.close();
-  }
-}
-
-/** Synchronous readGgufMetadata, for startup paths that cannot await. */
-export function readGgufMetadataSync(path: string): GgufMetadata {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (err) {
-    throw new KvfError('KVF_ERR_BAD_MODEL', `${path}: cannot open model file: ${(err as Error).message}`, { cause: err });
-  }
-  try {
-    const fileSize = fstatSync(fd).size;
-    let size = Math.min(fileSize, GGUF_LIMITS.initialReadBytes);
-    for (;;) {
-      const buf = Buffer.allocUnsafe(size);
-      const bytesRead = readSync(fd, buf, 0, size, 0);
-      if (bytesRead !== size) throw new KvfError('KVF_ERR_BAD_MODEL', `${path}: short read (${bytesRead} of ${size} bytes); was the file changed?`);
-      try {
-        return parse(buf, fileSize, path);
-      } catch (err) {
-        if (!(err instanceof NeedMore)) throw err;
-        size = nextSize(size, err, fileSize);
-      }
-    }
-  } finally {
-    closeSync(fd);
   }
 }

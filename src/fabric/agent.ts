@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events';
 
 import { checkReachable, endpointsOf, isIpProvider } from './address.js';
-import { resolveBackend, requestedProvider, tcpBinding, type Backend } from './config.js';
+import { MAX_BUSY_POLL_US, resolveBackend, requestedProvider, tcpBinding, type Backend } from './config.js';
 import { packDescriptors, type TransferDescriptor } from './descriptors.js';
 import { KvfError, fromNative } from '../common/errors.js';
 import { defaultLogger, type Logger } from '../common/logger.js';
@@ -195,7 +195,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'Agent.create needs options.name (a non-empty string)');
     }
     if (options.rails !== undefined && (!Number.isInteger(options.rails) || options.rails < 1 || options.rails > METADATA_LIMITS.maxRails)) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.rails must be an integer from 1 to 64');
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `options.rails must be an integer from 1 to ${METADATA_LIMITS.maxRails}`);
     }
     if (options.stripeThreshold !== undefined && !(Number.isSafeInteger(options.stripeThreshold) && options.stripeThreshold >= 0)) {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.stripeThreshold must be an integer ≥ 0 (bytes)');
@@ -203,8 +203,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     if (options.expressMaxBytes !== undefined && !(Number.isSafeInteger(options.expressMaxBytes) && options.expressMaxBytes >= 0)) {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.expressMaxBytes must be an integer ≥ 0 (bytes)');
     }
-    if (options.busyPollUs !== undefined && !(Number.isInteger(options.busyPollUs) && options.busyPollUs >= 0 && options.busyPollUs <= 10_000_000)) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.busyPollUs must be an integer from 0 to 10000000 (µs)');
+    if (options.busyPollUs !== undefined && !(Number.isInteger(options.busyPollUs) && options.busyPollUs >= 0 && options.busyPollUs <= MAX_BUSY_POLL_US)) {
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `options.busyPollUs must be an integer from 0 to ${MAX_BUSY_POLL_US} (µs)`);
     }
     const timeout = options.closeTimeoutMs;
     if (timeout !== undefined && (!Number.isInteger(timeout) || timeout < 0 || timeout > 2 ** 31 - 1)) {
@@ -299,11 +299,11 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    * which makes cross-memory attach and registration pin 512× fewer pages.
    *
    * `shared` memory (a memfd) can be mapped by peers on the same host, whose transfers then copy it with one
-   * memcpy (reports say `path: 'mapped'`): a 4 KiB READ costs ~0.8 µs in the addon instead of ~2.4 µs by
-   * cross-memory attach. 'auto' (default) shares where the shared memory is hugepages too: reserved ones when
-   * `hugepages` is asked and available, or transparent ones where the kernel gives them to shared memory
-   * (shmem_enabled). Elsewhere shared memory is 4 KiB pages and large copies run ~12% slower, so true is then
-   * a choice for small transfers.
+   * memcpy (reports say `path: 'mapped'`), a fraction of what cross-memory attach costs a small READ (figures:
+   * docs/design.md, "Same-host fast path"). 'auto' (default) shares where the shared memory is hugepages too:
+   * reserved ones when `hugepages` is asked and available, or transparent ones where the kernel gives them to
+   * shared memory (shmem_enabled). Elsewhere shared memory is 4 KiB pages and large copies run slower, so true
+   * is then a choice for small transfers.
    */
   allocate(length: number, options: { hugepages?: boolean | 'require'; remoteAccess?: boolean; shared?: boolean | 'auto' } = {}): MemoryRegion {
     this.#assertOpen();

@@ -4,7 +4,8 @@
 // same-host copy) comes back with the call (the records buffer). This class decides when to poll for the rest:
 // on every turn of the event loop while any transfer is in flight, each poll spinning in the addon for up to
 // REAP_SPIN_US. The same polls catch a lone small transfer that a rail thread carries (every transfer on shm,
-// which has no express lane): spinning for it beats the rail thread's wake-up of the loop (~14 µs on 2 cores).
+// which has no express lane): spinning for it beats the rail thread's wake-up of the loop (docs/design.md, "The
+// express lane").
 
 // How long the loop keeps polling on every turn after the last completion before it polls once a millisecond
 // instead (a slow or dead peer).

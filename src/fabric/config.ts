@@ -4,6 +4,9 @@ import { routableAddress } from './address.js';
 import { KvfError } from '../common/errors.js';
 
 export const SUPPORTED_BACKENDS = ['LIBFABRIC'] as const;
+
+/** The longest busy polling an agent takes (AgentOptions.busyPollUs, µs); the addon's kMaxBusyPollUs (test/limits.test.ts). */
+export const MAX_BUSY_POLL_US = 10_000_000;
 export type Backend = (typeof SUPPORTED_BACKENDS)[number];
 
 /** Short names users type, and the provider stack that gives FI_EP_RDM with RMA over them. */

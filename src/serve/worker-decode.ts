@@ -1,0 +1,119 @@
+// A decode worker's Decode RPC: the sequence's K/V pulled, pushed or computed here (local prefill, or a
+// migrated request rebuilt), then tokens streamed until a stop token, the token limit or the context's end.
+import { KvfError } from '../common/errors.js';
+import { contextRoom, decodeLoop } from '../engine/decode-loop.js';
+import { Sampler } from '../engine/sampling.js';
+import { blocksFor } from '../kv/plan.js';
+import type { grpc, DecodeEvent, DecodeRequest, TransferReportMsg } from './rpc.js';
+import type { HandOff } from './security/hand-off.js';
+import { samplingOptions, whileCalled, type WorkerParts } from './worker-call.js';
+
+export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>): Promise<void> {
+  const req = call.request;
+  const live = whileCalled(call);
+  const ctx = w.engine.model.contextLength;
+  const resumed = req.generated.length;
+  if (req.prompt.length === 0) {
+    throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has 0 tokens (and ${resumed} generated); the context holds ${ctx}`);
+  }
+  contextRoom(ctx, req.prompt.length, resumed);
+  if (resumed > 0 && (req.prefill || req.reserved))
+    throw new KvfError('KVF_ERR_BAD_REQUEST', 'a resumed Decode carries no prefill result or reservation: this worker rebuilds the K/V itself');
+  const handOff = w.handOffs.check(req);
+  const streamEnded = w.work.admitStream();
+  let blocks = req.reserved ? w.kv.leases.take(req.requestId) : undefined;
+  // The sequence so far and the next position; the rest grows with generation (growFor), so a request that
+  // may generate up to the context does not hold the whole context's blocks from its start.
+  const start = req.prompt.length + resumed;
+  blocks ??= w.engine.allocateBlocks(blocksFor(w.kv.layout, Math.min(start + 1, ctx)));
+  try {
+    const first = await begin(w, req, handOff, blocks, live);
+    if (call.cancelled) return;
+    const { sampler } = first;
+    const token = first.token;
+    call.write({
+      event: 'started',
+      started: { workerId: w.id, transfer: first.transfer, localPrefill: first.transfer === null, fallbackReason: first.fallbackReason },
+    });
+    const ends = new Set(req.endTokens);
+    let done = { finishReason: 'length' as 'stop' | 'length', count: 0 };
+    // The first token: the client has it already when a prefill worker sampled it.
+    if (ends.has(token)) done.finishReason = 'stop';
+    else if (token >= 0) {
+      if (!first.delivered) call.write({ event: 'token', token, samplerState: sampler.state });
+      done = await decodeLoop({
+        engine: w.engine,
+        sampler,
+        blocks,
+        token,
+        pos: start,
+        count: 1,
+        maxTokens: req.maxTokens,
+        end: Math.min(start + req.maxTokens, ctx),
+        ends,
+        grow: (pos) => w.kv.growFor(blocks, pos),
+        signal: live,
+        onToken: (t) => {
+          call.write({ event: 'token', token: t, samplerState: sampler.state });
+          return true;
+        },
+      });
+    }
+    if (!call.cancelled) call.write({ event: 'done', done: { finishReason: done.finishReason, completionTokens: done.count } });
+  } finally {
+    streamEnded();
+    w.kv.free(blocks);
+  }
+}
+
+/**
+ * The K/V of the sequence so far in `blocks` and the token after it: pulled or pushed from a prefill worker
+ * (whose first token it is), else computed here — the prompt, then (resuming a migrated request) one pass per
+ * token the client already has, as the worker before computed them. `delivered`: the client has that token
+ * already (a prefill worker sampled it, also when its K/V could not be pulled and is rebuilt here). `token` is
+ * -1 when a resumed sequence already fills the context.
+ */
+async function begin(
+  w: WorkerParts,
+  req: DecodeRequest,
+  handOff: HandOff,
+  blocks: number[],
+  live: AbortSignal,
+): Promise<{ token: number; delivered: boolean; sampler: Sampler; transfer: TransferReportMsg | null; fallbackReason: string }> {
+  let transfer: TransferReportMsg | null = null;
+  let fallbackReason = req.fallbackReason;
+  if (handOff === 'pull') {
+    try {
+      transfer = await w.kv.pull(req.requestId, req.prefill!.kv!, blocks);
+    } catch (err) {
+      // The code leads, so that a client (and a test) can tell a partition (KVF_ERR_TIMEOUT) from a misconfigured peer.
+      const code = (err as KvfError).code;
+      fallbackReason = `pulling KV from ${req.prefill!.workerId} failed: ${code ? `${code}: ` : ''}${(err as Error).message}`;
+      w.log.warn({ workerId: w.id, requestId: req.requestId, err }, 'KV pull failed; prefilling locally');
+      w.kv.replaceAbandoned(blocks, err);
+    }
+  } else if (handOff === 'push') {
+    transfer = req.prefill!.push;
+  }
+  const prefilled = req.prefill
+    ? { token: req.prefill.firstToken, delivered: true, sampler: new Sampler({ ...samplingOptions(req.sampling), state: req.prefill.samplerState }) }
+    : undefined;
+  if (prefilled && transfer) return { ...prefilled, transfer, fallbackReason };
+  const resumed = req.generated;
+  const sampler = new Sampler({ ...samplingOptions(req.sampling), ...(resumed.length > 0 ? { state: req.samplerState } : {}) });
+  const done = w.work.admitPrefill(req.prompt.length, Infinity);
+  try {
+    let logits = await w.engine.prefill(req.prompt, blocks, 0, live);
+    done(true);
+    if (prefilled) return { ...prefilled, transfer, fallbackReason };
+    for (let i = 0; i < resumed.length; i++) {
+      const pos = req.prompt.length + i;
+      if (pos + 1 >= w.engine.model.contextLength) return { token: -1, delivered: true, sampler, transfer, fallbackReason };
+      w.kv.growFor(blocks, pos);
+      logits = await w.engine.decode(resumed[i]!, blocks, pos, live);
+    }
+    return { token: sampler.sample(logits), delivered: false, sampler, transfer, fallbackReason };
+  } finally {
+    done(false);
+  }
+}

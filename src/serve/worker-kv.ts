@@ -1,0 +1,222 @@
+// A worker's KV pool as peers see it: the blocks held for requests under leases, the grants and signed handles
+// that reach them, the transfers in and out of them (pull, push) and the notification that frees pulled blocks.
+// The pool is not remotely accessible: a peer reaches a request's blocks only through the grants in its
+// handle, which are revoked before the blocks are cleared and freed, so a reused block never shows another
+// request's K/V (docs/security.md).
+import type { Agent, TransferReport } from '../fabric/agent.js';
+import type { TransferDescriptor } from '../fabric/descriptors.js';
+import { KvfError } from '../common/errors.js';
+import type { Grant } from '../fabric/grants.js';
+import type { Logger } from '../common/logger.js';
+import type { MemoryRegion } from '../fabric/memory.js';
+import type { RemotePeer } from '../fabric/peer.js';
+import type { ReferenceEngine } from '../engine/engine.js';
+import { geometryFromMsg, layoutToMsg, type KvLayout } from '../kv/layout.js';
+import { BlockLeases } from '../kv/leases.js';
+import { blockRuns, kvBytesFor, planKvCopy, rangesInRuns, sameGeometry, type KvRange } from '../kv/plan.js';
+import type { WorkerConfig } from './config.js';
+import { PeerCache } from './peer-cache.js';
+import type { KvHandle, TransferReportMsg } from './rpc.js';
+import type { HandleAccess, HandleSigner } from './security/handles.js';
+
+/**
+ * How long blocks whose remote access was revoked without word from the peer (lease expired, Release call)
+ * wait before reuse: a READ or WRITE the provider accepted before the revocation may still complete, and it
+ * must not meet the next request's K/V. Far above any in-flight operation's remaining time (docs/security.md).
+ */
+const QUARANTINE_MS = 1000;
+
+type KvConfig = Pick<WorkerConfig, 'id' | 'leaseMs' | 'maxLeaseMs' | 'peerIdleMs' | 'transferTimeoutMs'>;
+
+export class WorkerKv {
+  readonly leases: BlockLeases;
+  readonly peers: PeerCache;
+  readonly #id: string;
+  readonly #config: KvConfig;
+  readonly #log: Logger;
+  readonly #agent: Agent;
+  readonly #region: MemoryRegion;
+  readonly #engine: ReferenceEngine;
+  readonly #signer: HandleSigner;
+  // This agent's own blob, sent with every KV handle: its regions never change after start, so encode it once.
+  readonly #metadata: Buffer;
+
+  constructor(config: KvConfig, log: Logger, agent: Agent, region: MemoryRegion, engine: ReferenceEngine, signer: HandleSigner) {
+    this.#id = config.id;
+    this.#config = config;
+    this.#log = log;
+    this.#agent = agent;
+    this.#region = region;
+    this.#engine = engine;
+    this.#signer = signer;
+    this.leases = new BlockLeases({
+      free: (blocks) => this.free(blocks),
+      onExpire: (requestId, blocks) => log.warn({ requestId, blocks: blocks.length }, 'lease expired: blocks were never pulled; freed'),
+      quarantineMs: QUARANTINE_MS,
+    });
+    this.peers = new PeerCache(agent, config.peerIdleMs);
+    this.#metadata = agent.getLocalMetadata();
+    agent.on('notification', (n) => this.#onNotification(n.from, n.data));
+  }
+
+  get layout(): KvLayout {
+    return this.#engine.layout;
+  }
+
+  /**
+   * Holds blocks for a request under a lease (the caller's, or the configured one, never above this worker's
+   * maximum), grants remote `access` to exactly them (one grant per run of consecutive blocks) and returns the
+   * signed handle. However the hold ends, the grants are revoked first. On failure nothing stays held.
+   */
+  holdFor(requestId: string, access: HandleAccess, blocks: number[], tokens: number, askedLeaseMs: number): KvHandle {
+    const { expiresAt } = this.leases.hold(requestId, blocks, Math.min(askedLeaseMs || this.#config.leaseMs, this.#config.maxLeaseMs));
+    const grants: Grant[] = [];
+    const revoke = (): void => grants.forEach((g) => g.revoke());
+    try {
+      const size = this.layout.blockBytes;
+      for (const run of blockRuns(blocks)) grants.push(this.#agent.grant(this.#region, { offset: run.start * size, length: run.count * size, access }));
+      const handle = this.#handle(requestId, access, blocks, tokens, expiresAt, grants);
+      this.leases.bind(requestId, handle.mac!, revoke);
+      return handle;
+    } catch (err) {
+      revoke();
+      this.leases.take(requestId);
+      throw err;
+    }
+  }
+
+  /**
+   * Adds a block to a sequence's table when position `pos` lies past its end. A pool without a free block
+   * fails the request here with KVF_ERR_POOL_EXHAUSTED, which reaches its client at once.
+   */
+  growFor(blocks: number[], pos: number): void {
+    if (pos >= blocks.length * this.layout.tokensPerBlock) blocks.push(...this.#engine.allocateBlocks(1));
+  }
+
+  /**
+   * After a transfer that timed out, its READs may still land in `blocks`: the sequence moves to fresh blocks (the
+   * array is updated in place) and the old ones return to the pool only once the abandoned transfer has ended.
+   */
+  replaceAbandoned(blocks: number[], err: unknown): void {
+    const settled = (err as KvfError).settled;
+    if (!settled) return;
+    const abandoned = blocks.splice(0, blocks.length, ...this.#engine.allocateBlocks(blocks.length));
+    void settled.then(() => this.free(abandoned));
+  }
+
+  /** Returns blocks to the pool, cleared: whatever the next request leaves unwritten reads as zeros, not as this one's K/V. */
+  free(blocks: number[]): void {
+    const size = this.layout.blockBytes;
+    for (const b of blocks) this.#region.bytes.fill(0, b * size, (b + 1) * size);
+    this.#engine.freeBlocks(blocks);
+  }
+
+  /** Pull mode: RDMA READ of the prompt's K/V from the prefill worker's blocks into ours; the notification tells it to free them. */
+  async pull(requestId: string, kv: KvHandle, blocks: number[]): Promise<TransferReportMsg> {
+    const ranges = planKvCopy(this.layout, kv.blocks, blocks, kv.tokens);
+    const notification = JSON.stringify({ release: requestId, mac: Buffer.from(kv.mac!).toString('hex') });
+    const report = await this.#throughGrants(kv, ranges, 'src', (peer, descs) =>
+      this.#agent.read(peer, descs, { notification, timeoutMs: this.#config.transferTimeoutMs }),
+    );
+    return this.#report(requestId, report, kv.workerId, kv.tokens);
+  }
+
+  /** Push mode: RDMA WRITE of the prompt's K/V into blocks the decode worker reserved. */
+  async push(requestId: string, target: KvHandle, blocks: number[], tokens: number): Promise<TransferReportMsg> {
+    const ranges = planKvCopy(this.layout, blocks, target.blocks, tokens);
+    const report = await this.#throughGrants(target, ranges, 'dst', (peer, descs) =>
+      this.#agent.write(peer, descs, { timeoutMs: this.#config.transferTimeoutMs }),
+    );
+    return this.#report(requestId, report, target.workerId, tokens);
+  }
+
+  /**
+   * Runs a transfer to the blocks a peer's handle names, through the grants it carries (its pool itself is not
+   * remotely accessible): the grants are added to the peer for this transfer only. `side` says which side of
+   * `ranges` is the peer's.
+   */
+  async #throughGrants(
+    kv: KvHandle,
+    ranges: KvRange[],
+    side: 'src' | 'dst',
+    run: (peer: RemotePeer, descs: TransferDescriptor[]) => Promise<TransferReport>,
+  ): Promise<TransferReport> {
+    this.#checkLayout(kv);
+    const runs = blockRuns(kv.blocks);
+    if (kv.grants.length !== runs.length)
+      throw new KvfError('KVF_ERR_BAD_HANDLE', `the KV handle carries ${kv.grants.length} grants for ${runs.length} runs of blocks`);
+    const peer = this.peers.use(kv.agentName, kv.agentMetadata);
+    const ids: number[] = [];
+    try {
+      for (const g of kv.grants) ids.push(peer.addGrant(g));
+      const descs = rangesInRuns(ranges, side, runs, this.layout.blockBytes).map((r) => ({
+        local: this.#region,
+        localOffset: r.otherOffset,
+        remote: ids[r.run]!,
+        remoteOffset: r.runOffset,
+        length: r.length,
+      }));
+      return await run(peer, descs);
+    } finally {
+      for (const id of ids) peer.removeGrant(id);
+    }
+  }
+
+  #report(requestId: string, report: TransferReport, peerWorker: string, tokens: number): TransferReportMsg {
+    const msg = {
+      op: report.op,
+      backend: report.backend,
+      provider: report.provider,
+      rails: report.rails,
+      bytes: report.bytes,
+      durationMs: report.durationMs,
+      descriptors: report.descriptors,
+      initiator: this.#id,
+      path: report.path,
+    };
+    this.#log.info({ requestId, workerId: this.#id, peerWorker, ...msg, gbps: report.gbps, expectedBytes: kvBytesFor(this.layout, tokens) }, 'kv transfer');
+    return msg;
+  }
+
+  #checkLayout(kv: KvHandle): void {
+    const theirs = geometryFromMsg(kv.layout);
+    if (!theirs || !sameGeometry(theirs, this.layout)) {
+      throw new KvfError(
+        'KVF_ERR_LAYOUT_MISMATCH',
+        `worker ${kv.workerId} holds K/V as ${JSON.stringify(theirs)}; this worker as ${JSON.stringify(this.layout)}`,
+      );
+    }
+  }
+
+  /** A signed handle to blocks this worker holds for a request, with the grants that reach them. */
+  #handle(requestId: string, access: HandleAccess, blocks: number[], tokens: number, expiresAt: number, grants: Grant[]): KvHandle {
+    return this.#signer.sign({
+      requestId,
+      workerId: this.#id,
+      agentName: this.#agent.name,
+      agentMetadata: this.#metadata,
+      regionId: this.#region.id,
+      blocks,
+      layout: layoutToMsg(this.layout),
+      tokens,
+      leaseExpiresUnixMs: expiresAt,
+      access,
+      grants: grants.map((g) => g.bytes),
+    });
+  }
+
+  /** A puller's "done, free them": honoured only with the MAC of the handle the blocks were issued under. */
+  #onNotification(from: string, data: Uint8Array): void {
+    let msg: { release?: unknown; mac?: unknown } = {};
+    try {
+      msg = JSON.parse(Buffer.from(data).toString('utf8')) as typeof msg;
+    } catch {
+      // Not ours to understand; notifications come from the network.
+    }
+    const { release: requestId, mac } = msg;
+    if (typeof requestId !== 'string' || typeof mac !== 'string' || !/^[0-9a-f]{64}$/.test(mac)) return;
+    if (this.leases.matches(requestId, Buffer.from(mac, 'hex')) && this.leases.release(requestId, true)) {
+      this.#log.debug({ workerId: this.#id, requestId, from }, 'blocks pulled; freed');
+    }
+  }
+}

@@ -1,0 +1,59 @@
+// A worker's Prefill and Reserve RPCs: the prompt's K/V computed into fresh blocks and held for the decode
+// worker to pull (or pushed into the blocks it reserved), and, on a decode worker, blocks reserved for a push.
+import type { KvfError } from '../common/errors.js';
+import { Sampler } from '../engine/sampling.js';
+import { blocksFor } from '../kv/plan.js';
+import type { grpc, KvHandle, PrefillRequest, PrefillResponse, ReserveRequest } from './rpc.js';
+import { deadlineOf, samplingOptions, whileCalled, type WorkerParts } from './worker-call.js';
+
+export async function prefill(w: WorkerParts, req: PrefillRequest, call: grpc.ServerUnaryCall<PrefillRequest, PrefillResponse>): Promise<PrefillResponse> {
+  const started = performance.now();
+  // A push target is checked before any work: only a handle its decode worker issued for this request.
+  const pushTo = req.pushTo ? w.signer.verify(req.pushTo, { access: 'write', requestId: req.requestId }) : null;
+  const sampler = new Sampler(samplingOptions(req.sampling));
+  const done = w.work.admitPrefill(req.tokens.length, deadlineOf(call));
+  let blocks: number[] = [];
+  let held = false;
+  try {
+    blocks = w.engine.allocateBlocks(blocksFor(w.kv.layout, req.tokens.length));
+    const logits = await w.engine.prefill(req.tokens, blocks, 0, whileCalled(call));
+    done(true);
+    const firstToken = sampler.sample(logits);
+    const base = { firstToken, samplerState: sampler.state, workerId: w.id, kv: null, push: null };
+    const sign = (res: Omit<PrefillResponse, 'mac' | 'prefillMs'>): PrefillResponse =>
+      w.signer.signResponse({ ...res, prefillMs: performance.now() - started }, req.requestId);
+    if (call.cancelled) return sign(base);
+    if (pushTo) {
+      try {
+        return sign({ ...base, push: await w.kv.push(req.requestId, pushTo, blocks, req.tokens.length) });
+      } catch (err) {
+        // WRITEs that timed out may still read these blocks: they go back to the pool when those have ended.
+        const settled = (err as KvfError).settled;
+        if (settled) {
+          const abandoned = blocks;
+          blocks = [];
+          void settled.then(() => w.kv.free(abandoned));
+        }
+        throw err;
+      }
+    }
+    const kv = w.kv.holdFor(req.requestId, 'read', blocks, req.tokens.length, req.leaseMs);
+    held = true;
+    return sign({ ...base, kv });
+  } finally {
+    done(false);
+    if (!held) w.kv.free(blocks);
+  }
+}
+
+/** Push mode: blocks for the prompt's K/V and the first generated position; Decode grows them as it generates. */
+export function reserve(w: WorkerParts, req: ReserveRequest): KvHandle {
+  const total = Math.min(req.tokens + 1, w.engine.model.contextLength);
+  const blocks = w.engine.allocateBlocks(blocksFor(w.kv.layout, total));
+  try {
+    return w.kv.holdFor(req.requestId, 'write', blocks, 0, req.leaseMs);
+  } catch (err) {
+    w.kv.free(blocks);
+    throw err;
+  }
+}
