@@ -14,7 +14,10 @@ configs=(
   "shm-4K-lat|--provider shm --latency --fast-path off"
   "mapped-4K-lat|--provider shm --latency"
   "tcp-1M-read|--provider tcp --rails 1 --op READ --block-sizes 1M --fast-path off"
+  "tcp-1M-write|--provider tcp --rails 1 --op WRITE --block-sizes 1M --fast-path off"
+  "tcp4-1M-read|--provider tcp --rails 4 --op READ --block-sizes 1M --fast-path off"
   "shm-1M-read|--provider shm --op READ --block-sizes 1M --fast-path off"
+  "samehost-1M-read|--provider tcp --op READ --block-sizes 1M"
   "tcp-4Kx32-unprepared|--provider tcp --op READ --block-sizes 4K --batch 32 --no-prepared --fast-path off"
 )
 for ((p = 1; p <= pairs; p++)); do
