@@ -104,9 +104,12 @@ class Rail {
   size_t ReapExpress();
 
  private:
+  static constexpr size_t kCqBatch = 64;  // completions taken per CQ read, the rail's and the express lane's
+  static void CloseFid(fid_t f);          // fi_close, skipping null
   void Run();
   void RunLoop();
   int Post(fid_ep* ep, Op* op);
+  // The express lane (rail_express.cc).
   bool OpenExpress();
   int MirrorAddress(size_t index);
   void CloseExpressFids();
