@@ -3,131 +3,29 @@
 // shapes the API, keeps promises, and turns completion batches into resolved transfers and notifications.
 import { EventEmitter } from 'node:events';
 
-import { checkReachable, endpointsOf, isIpProvider } from './address.js';
-import { MAX_BUSY_POLL_US, resolveBackend, requestedProvider, tcpBinding, type Backend } from './config.js';
+import { endpointsOf } from './address.js';
+import { resolveBackend, requestedProvider, type Backend } from './config.js';
 import { packDescriptors, type TransferDescriptor } from './descriptors.js';
 import { KvfError, fromNative } from '../common/errors.js';
 import { defaultLogger, type Logger } from '../common/logger.js';
-import { MemoryRegion, toBytes, type MemoryInput, type RegionOwner } from './memory.js';
-import { METADATA_LIMITS, decodeMetadata, encodeMetadata } from './metadata.js';
+import { MemoryRegion, allocateBytes, toBytes, type AllocateOptions, type MemoryInput, type RegionOwner } from './memory.js';
+import { decodeMetadata, encodeMetadata } from './metadata.js';
 import { CompletionPoller } from './completion-poller.js';
-import { RECORD_FIELD as F, RECORD_FLAG, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_STRIDE, newRecordsBuffer } from './records.js';
-import { addon, type NativeAgent, type NativeAgentInfo, type NativeAgentOptions, type NativeErrorObject, type NativeEvent } from './native.js';
+import { RECORD_FIELD as F, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_STRIDE, newRecordsBuffer } from './records.js';
+import { addon, type NativeAgent, type NativeAgentInfo, type NativeErrorObject, type NativeEvent } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer, type GrantReader } from './peer.js';
 import type { Grant } from './grants.js';
 import { GrantBook, type GrantOptions } from './grant-book.js';
 import { PreparedTransfer, type PreparedOwner } from './prepared.js';
-import { fastPathEnabled, hostIdentity } from './host.js';
+import { fastPathEnabled } from './host.js';
+import { checkAgentOptions, notificationBytes, openNativeAgent, type AgentOptions, type PostOptions, type TransferOptions } from './agent-options.js';
+import { readReport, type Posted, type TransferOp, type TransferReport } from './transfer-report.js';
+import { checkPeer, localDescription, logRefusedPaths, sameHostArg } from './metadata-exchange.js';
+import { KeepAlive, armTimeout, type Pending } from './in-flight.js';
 
-export interface AgentOptions {
-  /** Unique name among the agents that talk to each other; sent with notifications. */
-  name: string;
-  /** 'tcp' | 'shm' | 'efa' or a full libfabric provider name. Default: FI_PROVIDER, else efa when present, else tcp. */
-  provider?: string;
-  /** Number of rails (endpoints). Default: one per device (all EFA NICs), one on tcp and shm. */
-  rails?: number;
-  /**
-   * tcp: address to bind. Default KVF_ADDRESS, else (unless an interface is set) the host's routable address
-   * (the default route's interface), else 127.0.0.1. Peers dial the address in this agent's metadata.
-   */
-  address?: string;
-  /** Restrict to one libfabric domain: an interface name on tcp (also FI_TCP_IFACE), a device on efa. */
-  domain?: string;
-  /** Must be LIBFABRIC when given; default NIXL_BACKEND. */
-  backend?: string;
-  /** pino logger; false for none. Default: JSON on stderr at KVF_LOG_LEVEL (info). */
-  logger?: Logger | false;
-  /** How long close() lets transfers in flight finish before failing them with KVF_ERR_CLOSED. Default 10 s. */
-  closeTimeoutMs?: number;
-  /**
-   * Contiguous runs of at least this many bytes are split across all rails (each NIC carries a share);
-   * shorter ones go to the rails round-robin. Default 128 KiB; 0 never stripes.
-   */
-  stripeThreshold?: number;
-  /**
-   * Express lane: a transfer of at most this many bytes (≤ 16 fabric operations, no notification) is posted
-   * on the calling thread and its completion reaped by the event loop itself, polling while it is in flight,
-   * instead of crossing to a rail thread and back. Cuts small-transfer latency; the loop spins for at most
-   * ~2 ms per burst. Default 64 KiB; 0 sends everything through the rail threads and keeps the loop from polling
-   * for them. Not on shm (a peer killed inside shm's shared-memory lock would freeze the posting thread), where
-   * the loop polls instead for a lone small transfer the rail thread carries: `info.expressMaxBytes` says what
-   * applies.
-   */
-  expressMaxBytes?: number;
-  /**
-   * Busy polling, in microseconds (default 0: off). After its endpoint wakes up — also for serving a peer's
-   * READ or WRITE, which leaves no completion behind — each rail thread keeps polling this long instead of
-   * sleeping, so the next small requests of a burst pay no wake-up. Halves small-READ latency against this
-   * agent as a passive target on tcp; costs a core while traffic lasts and bandwidth on small machines.
-   * shm rails always poll; efa and tcp sleep in between by default.
-   */
-  busyPollUs?: number;
-  /**
-   * Same-host fast path: a peer on this host (same kernel and pid namespace) is reached by cross-memory attach,
-   * one copy without the provider; reports say `path: 'cma'`. Default on; false (or KVF_FAST_PATH=0) keeps
-   * every transfer on the fabric.
-   */
-  fastPath?: boolean;
-}
-
-export interface TransferOptions {
-  /** Bytes delivered to the peer (as a notification from this agent) only after all the data has landed. */
-  notification?: Uint8Array | string;
-  /** Reject with KVF_ERR_TIMEOUT after this long; the fabric operations still complete or fail in the background. */
-  timeoutMs?: number;
-}
-
-export type TransferOp = 'READ' | 'WRITE';
-
-/** What carried a transfer: the proof kvfabric reports instead of log lines. */
-export interface TransferReport {
-  op: TransferOp;
-  peer: string;
-  backend: Backend;
-  provider: string;
-  rails: number[];
-  descriptors: number;
-  bytes: number;
-  durationMs: number;
-  /** Decimal gigabytes per second over the transfer's duration. */
-  gbps: number;
-  notified: boolean;
-  /** libfabric operations posted, after merging contiguous descriptors, striping and splitting at the message limit. */
-  ops: number;
-  /** From the post call until the provider had accepted every operation (posting cost, queueing included). */
-  postMs: number;
-  /** Time spent inside the provider's post calls (fi_write/fi_read), summed over the operations. */
-  providerPostMs: number;
-  /**
-   * What carried the bytes: the libfabric provider ('fabric'), or the same-host fast path: cross-memory attach
-   * ('cma') or a memcpy through the peer's shared memory mapped here ('mapped').
-   */
-  path: 'fabric' | 'cma' | 'mapped';
-  /** Posted and completed on the calling thread (the express lane, see AgentOptions.expressMaxBytes). */
-  express: boolean;
-}
-
-export interface PostOptions extends TransferOptions {
-  /** Post only these descriptors of the prepared list, in this order. */
-  indices?: Uint32Array | readonly number[];
-}
-
-/** What a transfer's report needs beyond its completion record. */
-interface Posted {
-  op: TransferOp | 'NOTIFY';
-  peer: string;
-  descriptors: number;
-  notified: boolean;
-}
-
-interface Pending extends Posted {
-  resolve(report: TransferReport): void;
-  reject(err: KvfError): void;
-  timer?: NodeJS.Timeout;
-  /** Holds the addon's ref (the process stays alive for it); not taken when the transfer settled in the post call. */
-  held: boolean;
-}
+// The API's types live with what reads them; they are exported from here too, where users of Agent look.
+export type { AgentOptions, PostOptions, TransferOptions, TransferOp, TransferReport };
 
 export interface AgentEvents {
   notification: [Notification];
@@ -148,12 +46,11 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #peers = new Map<string, RemotePeer>();
   // Where each loaded peer's rails listen ('10.0.0.5:39181'), for messages: a timeout names the address it waited on.
   #endpoints = new Map<string, string>();
+  #hold: KeepAlive;
   #notifications = new NotificationQueue(
-    () => this.#ref(),
-    () => this.#unref(),
+    () => this.#hold.ref(),
+    () => this.#hold.unref(),
   );
-  // ref()/unref() on the addon's thread-safe function are a switch, not a count; count here.
-  #refs = 0;
   #closeTimeoutMs: number;
   // 'closing' from close() until the addon's 'closed' event, which ends every state ('closed').
   #state: 'open' | 'closing' | 'closed' = 'open';
@@ -168,6 +65,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   private constructor(native: NativeAgent, records: Float64Array, backend: Backend, options: AgentOptions, log: Logger | undefined) {
     super();
     this.#native = native;
+    this.#hold = new KeepAlive(native, this);
     this.#records = records;
     this.backend = backend;
     this.info = Object.freeze(native.info());
@@ -191,25 +89,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   }
 
   static async create(options: AgentOptions): Promise<Agent> {
-    if (options === null || typeof options !== 'object' || typeof options.name !== 'string' || options.name === '') {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'Agent.create needs options.name (a non-empty string)');
-    }
-    if (options.rails !== undefined && (!Number.isInteger(options.rails) || options.rails < 1 || options.rails > METADATA_LIMITS.maxRails)) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `options.rails must be an integer from 1 to ${METADATA_LIMITS.maxRails}`);
-    }
-    if (options.stripeThreshold !== undefined && !(Number.isSafeInteger(options.stripeThreshold) && options.stripeThreshold >= 0)) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.stripeThreshold must be an integer ≥ 0 (bytes)');
-    }
-    if (options.expressMaxBytes !== undefined && !(Number.isSafeInteger(options.expressMaxBytes) && options.expressMaxBytes >= 0)) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.expressMaxBytes must be an integer ≥ 0 (bytes)');
-    }
-    if (options.busyPollUs !== undefined && !(Number.isInteger(options.busyPollUs) && options.busyPollUs >= 0 && options.busyPollUs <= MAX_BUSY_POLL_US)) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `options.busyPollUs must be an integer from 0 to ${MAX_BUSY_POLL_US} (µs)`);
-    }
-    const timeout = options.closeTimeoutMs;
-    if (timeout !== undefined && (!Number.isInteger(timeout) || timeout < 0 || timeout > 2 ** 31 - 1)) {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.closeTimeoutMs must be an integer from 0 to 2^31-1');
-    }
+    checkAgentOptions(options);
     const backend = resolveBackend(options.backend);
     const log = options.logger === false ? undefined : (options.logger ?? defaultLogger());
     const wanted = requestedProvider(options.provider);
@@ -219,35 +99,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       if (target) target.#deliver(events, records);
     };
     const records = newRecordsBuffer();
-    const open = (provider: string): NativeAgent => {
-      const native: NativeAgentOptions = { name: options.name, provider };
-      if (options.rails !== undefined) native.rails = options.rails;
-      if (options.stripeThreshold !== undefined) native.stripeThreshold = options.stripeThreshold;
-      if (options.expressMaxBytes !== undefined) native.expressMaxBytes = options.expressMaxBytes;
-      if (options.busyPollUs !== undefined) native.busyPollUs = options.busyPollUs;
-      if (provider.startsWith('tcp')) Object.assign(native, tcpBinding(options.address, options.domain));
-      else if (options.domain !== undefined) native.domain = options.domain;
-      try {
-        const agent = new addon.NativeAgent(native, onEvents, records);
-        // The addon holds the callback weakly; this property holds it strongly, so Agent, native object and
-        // callback form a plain JS cycle that the GC can collect when the user drops an unclosed Agent.
-        Object.defineProperty(agent, 'onEvents', { value: onEvents });
-        return agent;
-      } catch (err) {
-        throw fromNative(err, { provider });
-      }
-    };
-    let native: NativeAgent;
-    if (wanted !== undefined) {
-      native = open(wanted);
-    } else {
-      try {
-        native = open('efa');
-      } catch (err) {
-        if ((err as KvfError).code !== 'KVF_ERR_PROVIDER_UNAVAILABLE') throw err;
-        native = open('tcp;ofi_rxm');
-      }
-    }
+    const native = openNativeAgent(options, wanted, onEvents, records);
     target = new Agent(native, records, backend, options, log);
     log?.info(
       {
@@ -305,18 +157,9 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    * shared memory (shmem_enabled). Elsewhere shared memory is 4 KiB pages and large copies run slower, so true
    * is then a choice for small transfers.
    */
-  allocate(length: number, options: { hugepages?: boolean | 'require'; remoteAccess?: boolean; shared?: boolean | 'auto' } = {}): MemoryRegion {
+  allocate(length: number, options: AllocateOptions = {}): MemoryRegion {
     this.#assertOpen();
-    if (!Number.isSafeInteger(length) || length <= 0) {
-      throw new KvfError(length === 0 ? 'KVF_ERR_ZERO_LENGTH' : 'KVF_ERR_INVALID_ARGUMENT', 'length must be a positive integer');
-    }
-    const huge = options.hugepages ?? false;
-    const wantShared = options.shared ?? 'auto';
-    if (wantShared !== true && wantShared !== false && wantShared !== 'auto') {
-      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', "options.shared must be true, false or 'auto'");
-    }
-    const { buffer, hugepages, shared } = this.#call(() => addon.allocate(length, huge !== false, huge === 'require', wantShared));
-    const bytes = new Uint8Array(buffer);
+    const { bytes, hugepages, shared } = this.#call(() => allocateBytes(length, options));
     const remoteAccess = options.remoteAccess ?? true;
     const id = this.#call(() => this.#native.registerMemory(bytes, remoteAccess));
     const region = new MemoryRegion(this, id, bytes, remoteAccess, hugepages, shared);
@@ -377,46 +220,19 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   getLocalMetadata(): Buffer {
     this.#assertOpen();
     const regions = this.#call(() => this.#native.regions()).filter((r) => this.#regions.get(r.id)?.remoteAccess);
-    return encodeMetadata({
-      name: this.name,
-      provider: this.provider,
-      virtAddr: this.info.virtAddr,
-      rails: this.info.addresses,
-      regions,
-      host: { id: hostIdentity(), pid: process.pid, ...(this.info.regionTable ? { table: this.info.regionTable } : {}) },
-    });
+    return encodeMetadata(localDescription(this.info, regions));
   }
 
   /** Parses a peer's blob (strictly; it came from the network) and connects every rail to every peer rail. */
   loadRemoteMetadata(blob: Uint8Array): RemotePeer {
     this.#assertOpen();
     const desc = decodeMetadata(blob);
-    if (desc.provider !== this.provider || desc.virtAddr !== this.info.virtAddr) {
-      throw new KvfError('KVF_ERR_PROVIDER_MISMATCH', `peer '${desc.name}' uses provider ${desc.provider}; this agent uses ${this.provider}`, {
-        peer: desc.name,
-        provider: this.provider,
-      });
-    }
-    // An address this agent cannot reach is refused now, with the address, not after the first transfer's timeout.
-    if (isIpProvider(this.provider))
-      checkReachable({ own: this.info.addresses, peer: desc.rails, peerName: desc.name, ownHost: hostIdentity(), peerHost: desc.host?.id ?? '' });
+    checkPeer(desc, this.info);
     // Add the new peer first: if the blob is refused, the peer loaded before stays usable.
-    // Same host by the peer's word: the addon confirms the peer's region table (inode and nonce) before it
-    // touches anything of that pid, then checks every transfer against it; the fast path only if enabled.
-    const host = desc.host;
-    const sameHost = host !== undefined && host.id !== '' && host.id === hostIdentity() && host.pid > 0;
-    const hostArg = sameHost ? { pid: host.pid, fastPath: this.#fastPath, ...(host.table ? { table: host.table } : {}) } : undefined;
+    const hostArg = sameHostArg(desc, this.#fastPath);
     const added = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, desc.regions, hostArg), { peer: desc.name });
     const id = added.id;
-    if (added.tableRefused)
-      this.#log?.warn(
-        { agent: this.name, peer: desc.name, reason: added.tableRefused },
-        'peer on this host: its region table is not confirmed, so the same-host paths are not used and transfers are not checked against it',
-      );
-    if (added.fastPathRefused)
-      this.#log?.info({ agent: this.name, peer: desc.name, reason: added.fastPathRefused }, 'peer on this host reached over the fabric: fast path refused');
-    if (added.mapRefused)
-      this.#log?.info({ agent: this.name, peer: desc.name, reason: added.mapRefused }, "peer's shared memory not mapped: copies go by cross-memory attach");
+    logRefusedPaths(this.#log, this.name, desc.name, added);
     const previous = this.#peers.get(desc.name);
     if (previous) this.invalidateRemoteMetadata(previous);
     const regions = desc.regions.map((r) => ({ id: r.id, length: r.length }));
@@ -542,7 +358,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#whenClosed = new Promise<void>((resolve) => {
       this.#resolveClosed = resolve;
     });
-    this.#ref(); // the close event must be able to arrive
+    this.#hold.ref(); // the close event must be able to arrive
     this.#native.close(this.#closeTimeoutMs);
     return this.#whenClosed;
   }
@@ -580,27 +396,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   }
 
   #report(r: Float64Array, i: number, t: Posted): TransferReport {
-    const bytes = r[i + F.bytes]!;
-    const durationMs = r[i + F.durationNs]! / 1e6;
-    const postNs = r[i + F.postNs]!;
-    const flags = r[i + F.flags]!;
-    return {
-      op: t.op as TransferOp,
-      peer: t.peer,
-      backend: this.backend,
-      provider: this.provider,
-      rails: railsFromMask(r[i + F.railsMask]!),
-      descriptors: t.descriptors,
-      bytes,
-      durationMs,
-      gbps: durationMs > 0 ? bytes / (durationMs * 1e6) : 0,
-      notified: t.notified,
-      ops: r[i + F.ops]!,
-      postMs: postNs >= 0 ? postNs / 1e6 : 0,
-      providerPostMs: r[i + F.providerPostNs]! / 1e6,
-      path: flags & RECORD_FLAG.mapped ? 'mapped' : flags & RECORD_FLAG.cma ? 'cma' : 'fabric',
-      express: (flags & RECORD_FLAG.express) !== 0,
-    };
+    return readReport(r, i, t, this.backend, this.provider);
   }
 
   #reject(id: number, error: NativeErrorObject): void {
@@ -614,7 +410,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     if (!p) return undefined;
     this.#pending.delete(id);
     if (p.timer) clearTimeout(p.timer);
-    if (p.held) this.#unref();
+    if (p.held) this.#hold.unref();
     return p;
   }
 
@@ -638,8 +434,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       p.reject(new KvfError('KVF_ERR_CLOSED', 'agent closed with the transfer in flight', { peer: p.peer }));
     }
     this.#notifications.end();
-    this.#refs = 0;
-    BUSY_AGENTS.delete(this);
+    this.#hold.reset();
     this.#native.closeSync();
     this.#log?.debug({ agent: this.name }, 'kvfabric agent closed');
     this.#resolveClosed?.();
@@ -656,24 +451,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     }
     const settled = new Promise<TransferReport>((resolve, reject) => {
       const p: Pending = { resolve, reject, op, peer, descriptors, notified, held: false };
-      if (timeoutMs !== undefined) {
-        p.timer = setTimeout(() => {
-          // The caller hears of the timeout now, and of the abandoned operations' end through `settled`.
-          let ended!: () => void;
-          const settled = new Promise<void>((r) => (ended = r));
-          p.resolve = () => ended();
-          p.reject = () => ended();
-          const at = this.#endpoints.get(peer);
-          reject(new KvfError('KVF_ERR_TIMEOUT', `${op} to '${peer}'${at ? ` at ${at}` : ''} did not complete within ${timeoutMs} ms`, { peer, settled }));
-        }, timeoutMs);
-      }
+      if (timeoutMs !== undefined) armTimeout(p, timeoutMs, reject, () => this.#endpoints.get(peer));
       this.#pending.set(id, p);
     });
     if (this.#records[RECORD_HEADER.eventsWaiting] !== 0) this.#native.reap();
     const p = this.#pending.get(id);
     if (p) {
       p.held = true;
-      this.#ref();
+      this.#hold.ref();
       this.#poller?.afterPost();
     }
     return settled;
@@ -686,23 +471,6 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       throw new KvfError('KVF_ERR_UNKNOWN_PEER', `peer '${String(name)}' is not loaded in agent ${this.name}`, { peer: String(name) });
     }
     return p;
-  }
-
-  // While anything is pending the agent must stay reachable: its transfers' promises are held only by the
-  // agent itself, and an agent collected mid-transfer would close its rails and strand them. BUSY_AGENTS is
-  // that anchor; an idle agent is not in it and stays collectable.
-  #ref(): void {
-    if (this.#refs++ === 0) {
-      this.#native.ref();
-      BUSY_AGENTS.add(this);
-    }
-  }
-
-  #unref(): void {
-    if (--this.#refs === 0) {
-      this.#native.unref();
-      BUSY_AGENTS.delete(this);
-    }
   }
 
   #assertOpen(): void {
@@ -718,25 +486,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   }
 }
 
-const BUSY_AGENTS = new Set<Agent>();
-
 function rethrowLater(err: unknown): void {
   process.nextTick(() => {
     throw err;
   });
-}
-
-function notificationBytes(data: Uint8Array | string): Uint8Array {
-  if (typeof data === 'string') return Buffer.from(data, 'utf8');
-  if (data instanceof Uint8Array) return data;
-  throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'a notification must be a string or Uint8Array');
-}
-
-function railsFromMask(mask: number): number[] {
-  const out: number[] = [];
-  for (let r = 0; r < 53 && mask > 0; r++) {
-    if (mask % 2 === 1) out.push(r);
-    mask = Math.floor(mask / 2);
-  }
-  return out;
 }

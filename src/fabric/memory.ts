@@ -1,5 +1,6 @@
-// Registered memory as the user sees it: an id, a length, and the bytes.
+// Registered memory as the user sees it (an id, a length, and the bytes), and the addon's allocation behind Agent.allocate.
 import { KvfError } from '../common/errors.js';
+import { addon } from './native.js';
 
 export type MemoryInput = ArrayBufferView | ArrayBuffer | SharedArrayBuffer;
 
@@ -15,6 +16,27 @@ export function toBytes(mem: MemoryInput): Uint8Array {
     return new Uint8Array(mem);
   }
   throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'memory must be a Buffer, typed array, DataView, ArrayBuffer or SharedArrayBuffer');
+}
+
+/** Agent.allocate's options (documented there). */
+export interface AllocateOptions {
+  hugepages?: boolean | 'require';
+  remoteAccess?: boolean;
+  shared?: boolean | 'auto';
+}
+
+/** Checks Agent.allocate's arguments and allocates the memory in the addon; the caller registers it. */
+export function allocateBytes(length: number, options: AllocateOptions): { bytes: Uint8Array; hugepages: boolean; shared: boolean } {
+  if (!Number.isSafeInteger(length) || length <= 0) {
+    throw new KvfError(length === 0 ? 'KVF_ERR_ZERO_LENGTH' : 'KVF_ERR_INVALID_ARGUMENT', 'length must be a positive integer');
+  }
+  const huge = options.hugepages ?? false;
+  const wantShared = options.shared ?? 'auto';
+  if (wantShared !== true && wantShared !== false && wantShared !== 'auto') {
+    throw new KvfError('KVF_ERR_INVALID_ARGUMENT', "options.shared must be true, false or 'auto'");
+  }
+  const { buffer, hugepages, shared } = addon.allocate(length, huge !== false, huge === 'require', wantShared);
+  return { bytes: new Uint8Array(buffer), hugepages, shared };
 }
 
 // Node 20 has no ArrayBuffer.prototype.detached; a detached buffer is the one that cannot be sliced.

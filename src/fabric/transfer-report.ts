@@ -1,0 +1,78 @@
+// TransferReport, what kvfabric hands back for every finished transfer, and how one is read from a completion
+// record the addon wrote (records.ts). A free function of the record and what was posted, so the Agent only
+// looks up which transfer a record belongs to.
+import type { Backend } from './config.js';
+import { RECORD_FIELD as F, RECORD_FLAG } from './records.js';
+
+export type TransferOp = 'READ' | 'WRITE';
+
+/** What carried a transfer: the proof kvfabric reports instead of log lines. */
+export interface TransferReport {
+  op: TransferOp;
+  peer: string;
+  backend: Backend;
+  provider: string;
+  rails: number[];
+  descriptors: number;
+  bytes: number;
+  durationMs: number;
+  /** Decimal gigabytes per second over the transfer's duration. */
+  gbps: number;
+  notified: boolean;
+  /** libfabric operations posted, after merging contiguous descriptors, striping and splitting at the message limit. */
+  ops: number;
+  /** From the post call until the provider had accepted every operation (posting cost, queueing included). */
+  postMs: number;
+  /** Time spent inside the provider's post calls (fi_write/fi_read), summed over the operations. */
+  providerPostMs: number;
+  /**
+   * What carried the bytes: the libfabric provider ('fabric'), or the same-host fast path: cross-memory attach
+   * ('cma') or a memcpy through the peer's shared memory mapped here ('mapped').
+   */
+  path: 'fabric' | 'cma' | 'mapped';
+  /** Posted and completed on the calling thread (the express lane, see AgentOptions.expressMaxBytes). */
+  express: boolean;
+}
+
+/** What a transfer's report needs beyond its completion record. */
+export interface Posted {
+  op: TransferOp | 'NOTIFY';
+  peer: string;
+  descriptors: number;
+  notified: boolean;
+}
+
+/** The report of the completion record at `r[i]`, for transfer `t` of an agent on `backend` and `provider`. */
+export function readReport(r: Float64Array, i: number, t: Posted, backend: Backend, provider: string): TransferReport {
+  const bytes = r[i + F.bytes]!;
+  const durationMs = r[i + F.durationNs]! / 1e6;
+  const postNs = r[i + F.postNs]!;
+  const flags = r[i + F.flags]!;
+  return {
+    op: t.op as TransferOp,
+    peer: t.peer,
+    backend,
+    provider,
+    rails: railsFromMask(r[i + F.railsMask]!),
+    descriptors: t.descriptors,
+    bytes,
+    durationMs,
+    gbps: durationMs > 0 ? bytes / (durationMs * 1e6) : 0,
+    notified: t.notified,
+    ops: r[i + F.ops]!,
+    postMs: postNs >= 0 ? postNs / 1e6 : 0,
+    providerPostMs: r[i + F.providerPostNs]! / 1e6,
+    path: flags & RECORD_FLAG.mapped ? 'mapped' : flags & RECORD_FLAG.cma ? 'cma' : 'fabric',
+    express: (flags & RECORD_FLAG.express) !== 0,
+  };
+}
+
+/** The rails a transfer used, from its record's mask (one bit per rail, carried as a double: bit operators would cut it to 32 bits). */
+export function railsFromMask(mask: number): number[] {
+  const out: number[] = [];
+  for (let r = 0; r < 53 && mask > 0; r++) {
+    if (mask % 2 === 1) out.push(r);
+    mask = Math.floor(mask / 2);
+  }
+  return out;
+}
