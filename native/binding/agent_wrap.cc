@@ -7,22 +7,15 @@
 #include <string>
 #include <vector>
 
+#include "binding/agent_options.h"
 #include "binding/descriptors.h"
 #include "binding/js_error.h"
-#include "binding/js_number.h"
 #include "binding/records.h"
 #include "core/error_codes.h"
 
 namespace kvf {
 
 namespace {
-
-std::string StringOption(const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (v.IsUndefined() || v.IsNull()) return {};
-  if (!v.IsString()) ThrowCoded(o.Env(), code::kInvalidArgument, std::string("option '") + key + "' must be a string");
-  return v.As<Napi::String>().Utf8Value();
-}
 
 uint32_t IdArgument(const Napi::CallbackInfo& info, size_t i, const char* what) {
   if (info.Length() <= i || !info[i].IsNumber()) {
@@ -95,38 +88,7 @@ AgentWrap::AgentWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AgentWra
       info[2].As<Napi::Float64Array>().ElementLength() < kRecordHeaderSize + kRecordFields) {
     ThrowCoded(env, code::kInvalidArgument, "new NativeAgent(options, onEvents, records: Float64Array)");
   }
-  Napi::Object o = info[0].As<Napi::Object>();
-  AgentOptions options;
-  options.name = StringOption(o, "name");
-  options.provider = StringOption(o, "provider");
-  options.node = StringOption(o, "node");
-  options.domain = StringOption(o, "domain");
-  Napi::Value rails = o.Get("rails");
-  if (rails.IsNumber()) options.rails = rails.As<Napi::Number>().Uint32Value();
-  if (options.rails > kMaxRails)
-    ThrowCoded(env, code::kInvalidArgument, "at most " + std::to_string(kMaxRails) + " rails");
-  Napi::Value stripe = o.Get("stripeThreshold");
-  if (stripe.IsNumber()) {
-    const double v = stripe.As<Napi::Number>().DoubleValue();
-    if (!(v >= 0) || v > kMaxSafeInteger) ThrowCoded(env, code::kInvalidArgument, "stripeThreshold must be ≥ 0");
-    options.stripe_threshold = static_cast<uint64_t>(v);
-  }
-
-  Napi::Value express = o.Get("expressMaxBytes");
-  if (express.IsNumber()) {
-    const double v = express.As<Napi::Number>().DoubleValue();
-    if (!(v >= 0) || v > kMaxSafeInteger) ThrowCoded(env, code::kInvalidArgument, "expressMaxBytes must be ≥ 0");
-    options.express_max_bytes = static_cast<uint64_t>(v);
-  }
-
-  Napi::Value busy = o.Get("busyPollUs");
-  if (busy.IsNumber()) {
-    const double v = busy.As<Napi::Number>().DoubleValue();
-    if (!(v >= 0) || v > kMaxBusyPollUs)
-      ThrowCoded(env, code::kInvalidArgument, "busyPollUs must be 0.." + std::to_string(kMaxBusyPollUs));
-    options.busy_poll_us = static_cast<uint32_t>(v);
-  }
-
+  const AgentOptions options = AgentOptionsFrom(info[0].As<Napi::Object>());
   // The core has joined its threads and closed every endpoint when kClosed is delivered: the pinned memory is
   // free to go.
   channel_ = std::make_unique<CompletionChannel>(env, info[2].As<Napi::Float64Array>(), info[1].As<Napi::Function>(),
