@@ -19,6 +19,8 @@ import type { Grant } from './grants.js';
 import { GrantBook, type GrantOptions } from './grant-book.js';
 import { PreparedTransfer, type PreparedOwner } from './prepared.js';
 import { fastPathEnabled, hostIdentity } from './host.js';
+import { parseDevice, requireDevice } from './gpu.js';
+import { checkOptionKeys } from './options.js';
 
 export interface AgentOptions {
   /** Unique name among the agents that talk to each other; sent with notifications. */
@@ -71,6 +73,21 @@ export interface AgentOptions {
   fastPath?: boolean;
 }
 
+const AGENT_OPTION_KEYS = [
+  'name',
+  'provider',
+  'rails',
+  'address',
+  'domain',
+  'backend',
+  'logger',
+  'closeTimeoutMs',
+  'stripeThreshold',
+  'expressMaxBytes',
+  'busyPollUs',
+  'fastPath',
+] as const satisfies readonly (keyof AgentOptions)[];
+
 export interface TransferOptions {
   /** Bytes delivered to the peer (as a notification from this agent) only after all the data has landed. */
   notification?: Uint8Array | string;
@@ -112,6 +129,28 @@ export interface PostOptions extends TransferOptions {
   /** Post only these descriptors of the prepared list, in this order. */
   indices?: Uint32Array | readonly number[];
 }
+
+const TRANSFER_OPTION_KEYS = ['notification', 'timeoutMs'] as const satisfies readonly (keyof TransferOptions)[];
+const POST_OPTION_KEYS = [...TRANSFER_OPTION_KEYS, 'indices'] as const satisfies readonly (keyof PostOptions)[];
+
+export interface AllocateOptions {
+  /** Reserved 2 MiB hugepages: true = if available, 'require' = or fail. Default false. */
+  hugepages?: boolean | 'require';
+  /** Listed in this agent's metadata for peers to read and write. Default true. */
+  remoteAccess?: boolean;
+  /** Memory same-host peers can map (see allocate()). Default 'auto'. */
+  shared?: boolean | 'auto';
+  /**
+   * 'cuda:N' asks for device memory. Not in this version: agents register host memory only until the GPU
+   * transfer paths (cuda-ipc, staged) arrive; KVF_ERR_NO_GPU on a host without a CUDA driver or device,
+   * KVF_ERR_INVALID_ARGUMENT elsewhere. DeviceBuffer allocates and fills device memory meanwhile.
+   */
+  device?: string;
+}
+
+const GRANT_OPTION_KEYS = ['offset', 'length', 'access'] as const satisfies readonly (keyof GrantOptions)[];
+
+const ALLOCATE_OPTION_KEYS = ['hugepages', 'remoteAccess', 'shared', 'device'] as const satisfies readonly (keyof AllocateOptions)[];
 
 /** What a transfer's report needs beyond its completion record. */
 interface Posted {
@@ -194,6 +233,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     if (options === null || typeof options !== 'object' || typeof options.name !== 'string' || options.name === '') {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'Agent.create needs options.name (a non-empty string)');
     }
+    checkOptionKeys(options, AGENT_OPTION_KEYS, 'Agent.create');
     if (options.rails !== undefined && (!Number.isInteger(options.rails) || options.rails < 1 || options.rails > METADATA_LIMITS.maxRails)) {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `options.rails must be an integer from 1 to ${METADATA_LIMITS.maxRails}`);
     }
@@ -285,6 +325,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    */
   registerMemory(memory: MemoryInput, options: { remoteAccess?: boolean } = {}): MemoryRegion {
     this.#assertOpen();
+    checkOptionKeys(options, ['remoteAccess'], 'registerMemory');
     const bytes = toBytes(memory);
     const remoteAccess = options.remoteAccess ?? true;
     const id = this.#call(() => this.#native.registerMemory(bytes, remoteAccess));
@@ -305,8 +346,17 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    * shared memory (shmem_enabled). Elsewhere shared memory is 4 KiB pages and large copies run slower, so true
    * is then a choice for small transfers.
    */
-  allocate(length: number, options: { hugepages?: boolean | 'require'; remoteAccess?: boolean; shared?: boolean | 'auto' } = {}): MemoryRegion {
+  allocate(length: number, options: AllocateOptions = {}): MemoryRegion {
     this.#assertOpen();
+    checkOptionKeys(options, ALLOCATE_OPTION_KEYS, 'allocate');
+    if (options.device !== undefined) {
+      const index = parseDevice(options.device);
+      requireDevice(index);
+      throw new KvfError(
+        'KVF_ERR_INVALID_ARGUMENT',
+        `allocate({ device: '${options.device}' }): agents register host memory only in this version; device regions arrive with the GPU transfer paths (cuda-ipc, staged). DeviceBuffer allocates and fills device memory meanwhile.`,
+      );
+    }
     if (!Number.isSafeInteger(length) || length <= 0) {
       throw new KvfError(length === 0 ? 'KVF_ERR_ZERO_LENGTH' : 'KVF_ERR_INVALID_ARGUMENT', 'length must be a positive integer');
     }
@@ -349,6 +399,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     if (!(region instanceof MemoryRegion) || this.#regions.get(region.id) !== region) {
       throw new KvfError('KVF_ERR_UNKNOWN_REGION', `grant() needs a region registered with agent ${this.name}`);
     }
+    checkOptionKeys(options, GRANT_OPTION_KEYS, 'grant');
     return this.#call(() => this.#grants.create(region.id, options));
   }
 
@@ -458,6 +509,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     try {
       this.#assertOpen();
       if (op !== 'READ' && op !== 'WRITE') throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `op must be READ or WRITE, not ${String(op)}`);
+      checkOptionKeys(options, TRANSFER_OPTION_KEYS, op === 'READ' ? 'read' : 'write');
       const p = this.#peer(peer);
       const packed = packDescriptors(descriptors, this.#regions);
       const note = options.notification === undefined ? undefined : notificationBytes(options.notification);
@@ -488,6 +540,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
         throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'post() needs a PreparedTransfer of this agent');
       }
       prepared.assertUsable();
+      checkOptionKeys(options, POST_OPTION_KEYS, 'post');
       const p = this.#peer(prepared.peer);
       const indices = options.indices === undefined ? undefined : options.indices instanceof Uint32Array ? options.indices : Uint32Array.from(options.indices);
       const note = options.notification === undefined ? undefined : notificationBytes(options.notification);
