@@ -42,15 +42,18 @@ bool Release(CUdeviceptr ptr, uint64_t serial) {
 }
 
 CUdeviceptr PointerArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (info.Length() <= i || !info[i].IsBigInt()) ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + ": ptr must be a bigint");
+  if (info.Length() <= i || !info[i].IsBigInt())
+    ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + ": ptr must be a bigint");
   bool lossless = false;
   uint64_t v = info[i].As<Napi::BigInt>().Uint64Value(&lossless);
-  if (!lossless) ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + ": ptr must be a bigint from 0 to 2^64-1");
+  if (!lossless)
+    ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + ": ptr must be a bigint from 0 to 2^64-1");
   return v;
 }
 
 size_t LengthArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (info.Length() <= i || !info[i].IsNumber()) ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + ": length must be a number");
+  if (info.Length() <= i || !info[i].IsNumber())
+    ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + ": length must be a number");
   double v = info[i].As<Napi::Number>().DoubleValue();
   if (!(v >= 0) || v > kMaxSafeInteger || v != static_cast<double>(static_cast<uint64_t>(v))) {
     ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + ": length must be an integer from 0 to 2^53-1");
@@ -59,7 +62,8 @@ size_t LengthArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
 }
 
 Napi::Uint8Array BytesArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (info.Length() <= i || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+  if (info.Length() <= i || !info[i].IsTypedArray() ||
+      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
     ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + ": host memory must be a Uint8Array");
   }
   return info[i].As<Napi::Uint8Array>();
@@ -89,7 +93,8 @@ Napi::Value Status(const Napi::CallbackInfo& info) {
 // cudaAllocate(device, bytes) -> { ptr: bigint, bytes, device }
 Napi::Value Allocate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) ThrowCoded(env, code::kInvalidArgument, "cudaAllocate(device, bytes): device must be a number");
+  if (info.Length() < 1 || !info[0].IsNumber())
+    ThrowCoded(env, code::kInvalidArgument, "cudaAllocate(device, bytes): device must be a number");
   double device = info[0].As<Napi::Number>().DoubleValue();
   if (!(device >= 0) || device > 1024 || device != static_cast<double>(static_cast<int>(device))) {
     ThrowCoded(env, code::kInvalidArgument, "cudaAllocate: device must be an integer ≥ 0");
@@ -134,7 +139,9 @@ Napi::Value Free(const Napi::CallbackInfo& info) {
   } catch (const Error& e) {
     Rethrow(env, e);
   }
-  if (!freed) ThrowCoded(env, code::kInvalidArgument, "cudaFree: the pointer is not a live allocation of cudaAllocate (freed already?)");
+  if (!freed)
+    ThrowCoded(env, code::kInvalidArgument,
+               "cudaFree: the pointer is not a live allocation of cudaAllocate (freed already?)");
   return env.Undefined();
 }
 
@@ -187,7 +194,8 @@ Napi::Value CheckRange(const Napi::CallbackInfo& info) {
 // libfabricHmem(provider) -> { hmem: boolean, library?: string, error?: string }
 Napi::Value LibfabricHmem(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsString()) ThrowCoded(env, code::kInvalidArgument, "libfabricHmem(provider): provider must be a string");
+  if (info.Length() < 1 || !info[0].IsString())
+    ThrowCoded(env, code::kInvalidArgument, "libfabricHmem(provider): provider must be a string");
   HmemProbe p = ProbeHmem(info[0].As<Napi::String>().Utf8Value());
   Napi::Object out = Napi::Object::New(env);
   out.Set("hmem", p.hmem);

@@ -56,10 +56,10 @@ struct Api {
   CUresult (*StreamDestroy)(CUstream) = nullptr;
   CUresult (*StreamSynchronize)(CUstream) = nullptr;
 
-  std::string error;   // why CUDA cannot be used; empty when it can
-  int version = 0;     // cuDriverGetVersion, when the library loaded
-  int count = 0;       // devices, after cuInit
-  std::mutex mutex;    // guards contexts
+  std::string error;                // why CUDA cannot be used; empty when it can
+  int version = 0;                  // cuDriverGetVersion, when the library loaded
+  int count = 0;                    // devices, after cuInit
+  std::mutex mutex;                 // guards contexts
   std::vector<CUcontext> contexts;  // per device: its primary context, retained once for the process's life
 };
 
@@ -117,7 +117,8 @@ void Load(Api& api) {
     *s.slot = dlsym(lib, s.name);
     if (*s.slot == nullptr) {
       for (const Symbol& t : table) *t.slot = nullptr;
-      api.error = std::string("no CUDA driver: ") + path + " lacks " + s.name + " (driver too old?)";
+      api.error =
+          std::string("no CUDA driver: ") + path + " lacks " + s.name + " (not the CUDA driver, or one too old)";
       return;
     }
   }
@@ -157,7 +158,8 @@ Api& Driver() {
 
 std::string ErrorText(Api& api, CUresult rc) {
   const char* text = nullptr;
-  if (api.GetErrorString == nullptr || api.GetErrorString(rc, &text) != kSuccess || text == nullptr) text = "unknown error";
+  if (api.GetErrorString == nullptr || api.GetErrorString(rc, &text) != kSuccess || text == nullptr)
+    text = "unknown error";
   return text;
 }
 
@@ -171,8 +173,8 @@ void Check(Api& api, CUresult rc, const std::string& what, const char* code = co
 void CheckDevice(Api& api, int device) {
   if (device < 0 || device >= api.count) {
     throw Error(code::kInvalidArgument, "no CUDA device " + std::to_string(device) + ": this host has " +
-                                            std::to_string(api.count) + " (cuda:0 to cuda:" +
-                                            std::to_string(api.count - 1) + ")");
+                                            std::to_string(api.count) +
+                                            " (cuda:0 to cuda:" + std::to_string(api.count - 1) + ")");
   }
 }
 
@@ -186,7 +188,8 @@ void MakeCurrent(Api& api, int device) {
     if (slot == nullptr) {
       CUdevice dev = 0;
       Check(api, api.DeviceGet(&dev, device), "cuDeviceGet(" + std::to_string(device) + ")");
-      Check(api, api.DevicePrimaryCtxRetain(&slot, dev), "cuDevicePrimaryCtxRetain(cuda:" + std::to_string(device) + ")");
+      Check(api, api.DevicePrimaryCtxRetain(&slot, dev),
+            "cuDevicePrimaryCtxRetain(cuda:" + std::to_string(device) + ")");
     }
     ctx = slot;
   }
@@ -273,8 +276,8 @@ DeviceRange CheckDeviceRange(CUdeviceptr ptr, size_t length) {
   uint64_t offset = ptr - r.base;
   if (ptr < r.base || offset >= r.size || length > r.size - offset) {
     throw Error(code::kOutOfRange, "device range [" + Hex(ptr) + ", +" + std::to_string(length) +
-                                       ") runs past its allocation [" + Hex(r.base) + ", +" +
-                                       std::to_string(r.size) + ") on cuda:" + std::to_string(r.device));
+                                       ") runs past its allocation [" + Hex(r.base) + ", +" + std::to_string(r.size) +
+                                       ") on cuda:" + std::to_string(r.device));
   }
   return r;
 }

@@ -33,8 +33,8 @@ struct CudaDevice {
 
 struct CudaStatus {
   bool available = false;
-  std::string reason;       // why not, when !available
-  int driver_version = 0;   // 13000 = CUDA 13.0; 0 when the driver did not load
+  std::string reason;      // why not, when !available
+  int driver_version = 0;  // 13000 = CUDA 13.0; 0 when the driver did not load
   std::vector<CudaDevice> devices;
 };
 
