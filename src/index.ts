@@ -1,6 +1,15 @@
-export { Agent, type AgentOptions, type PostOptions, type TransferOptions, type TransferReport, type TransferOp } from './fabric/agent.js';
+export {
+  Agent,
+  type AgentOptions,
+  type AllocateOptions,
+  type PostOptions,
+  type TransferOptions,
+  type TransferReport,
+  type TransferOp,
+} from './fabric/agent.js';
 export { PreparedTransfer } from './fabric/prepared.js';
 export { MemoryRegion, type MemoryInput } from './fabric/memory.js';
+export { DeviceBuffer, cudaStatus, parseDevice, type CudaDevice, type CudaStatus } from './fabric/gpu.js';
 export { RemotePeer, type RemoteRegionInfo } from './fabric/peer.js';
 export { Grant, GRANT_VERSION, decodeGrant, encodeGrant, type GrantAccess, type GrantDescription } from './fabric/grants.js';
 export type { GrantOptions } from './fabric/grant-book.js';

@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path';
 import { describe, test } from 'node:test';
 
 import { renderTable, runDoctor, type CheckResult, type DoctorOptions, type DoctorReport } from '../src/doctor/index.js';
+import type { CudaProbe } from '../src/doctor/types.js';
 import { CLI } from './helpers/serve.js';
 
 /** A directory tree: 'file' → contents, 'dir/' → empty directory, '->target' → symlink. */
@@ -330,6 +331,73 @@ describe('doctor: GPUs (/dev stand-in)', () => {
     );
     assert.equal(row(await gpus({ 'dev/nvidia0': '' }, { FI_PROVIDER: 'efa' }), 'GPUDirect RDMA').status, 'warn');
     assert.equal(row(await gpus({ 'dev/nvidia0': '', 'sys/module/nvidia_peermem/': '' }, { FI_PROVIDER: 'efa' }), 'GPUDirect RDMA').status, 'ok');
+  });
+});
+
+describe('doctor: the CUDA driver and FI_HMEM', () => {
+  const h100 = { index: 0, name: 'NVIDIA H100 80GB HBM3', totalMemory: 85_045_542_912, pciBusId: '00000000:3B:00.0' };
+  const probe = (status: ReturnType<CudaProbe['status']>, hmem: ReturnType<CudaProbe['hmem']> = { hmem: false, error: 'No data available' }): CudaProbe => ({
+    status: () => status,
+    hmem: () => hmem,
+  });
+  const gpuRows = async (spec: Record<string, string>, cuda: CudaProbe | undefined, env: NodeJS.ProcessEnv = {}) =>
+    (await runDoctor({ env: { PATH: noPath, ...env }, root: tree(spec), openAgent: false, ...(cuda ? { cuda } : {}) })).checks.filter((c) => c.group === 'gpu');
+
+  test('no driver: skip without device nodes, warn with them', async () => {
+    const none = probe({ available: false, reason: 'no CUDA driver: libcuda.so.1: cannot open shared object file', devices: [] });
+    const bare = await gpuRows({}, none);
+    assert.deepEqual(
+      bare.map((r) => [r.name, r.status]),
+      [
+        ['GPUs', 'skip'],
+        ['CUDA driver', 'skip'],
+      ],
+    );
+    assert.match(row(bare, 'CUDA driver').detail, /libcuda\.so\.1.*KVF_ERR_NO_GPU/);
+    const nodes = await gpuRows({ 'dev/nvidia0': '' }, none);
+    assert.equal(row(nodes, 'CUDA driver').status, 'warn');
+    assert.match(row(nodes, 'CUDA driver').fix ?? '', /KVF_LIBCUDA/);
+  });
+
+  test('a driver: version and devices; FI_HMEM with CUDA ok, without CUDA or absent staged (warn on efa)', async () => {
+    const noCudaLib = tree({ 'lib/libfabric.so.1': 'a libfabric without hmem_cuda' });
+    const cudaLib = tree({ 'lib/libfabric.so.1': 'x\0cuPointerGetAttribute\0libcuda.so.1\0' });
+    const card = { available: true, driverVersion: 13000, devices: [h100] };
+    const ok = await gpuRows({ 'dev/nvidia0': '' }, probe(card, { hmem: true, library: join(cudaLib, 'lib/libfabric.so.1') }));
+    assert.deepEqual(
+      ok.map((r) => [r.name, r.status]),
+      [
+        ['GPUs', 'ok'],
+        ['CUDA driver', 'ok'],
+        ['FI_HMEM', 'ok'],
+      ],
+    );
+    assert.match(row(ok, 'CUDA driver').detail, /^CUDA 13\.0, 1 device\(s\): cuda:0 NVIDIA H100 80GB HBM3 \(79\.2 GiB, 00000000:3B:00\.0\)/);
+    assert.match(row(ok, 'FI_HMEM').detail, /tcp;ofi_rxm offers FI_HMEM .*built with CUDA/);
+    // FI_HMEM from a libfabric built without CUDA (host memory only): staged; a warning only where efa is meant.
+    const hostOnly = { hmem: true, library: join(noCudaLib, 'lib/libfabric.so.1') };
+    assert.equal(row(await gpuRows({ 'dev/nvidia0': '' }, probe(card, hostOnly), { FI_PROVIDER: 'shm' }), 'FI_HMEM').status, 'skip');
+    const efaHostOnly = row(await gpuRows({ 'dev/nvidia0': '' }, probe(card, hostOnly), { FI_PROVIDER: 'efa' }), 'FI_HMEM');
+    assert.equal(efaHostOnly.status, 'warn');
+    assert.match(efaHostOnly.detail, /no CUDA support.*staged/);
+    assert.match(efaHostOnly.fix ?? '', /KVF_LIBFABRIC=/);
+    // No FI_HMEM at all.
+    const absent = row(await gpuRows({ 'dev/nvidia0': '' }, probe(card), { FI_PROVIDER: 'efa' }), 'FI_HMEM');
+    assert.equal(absent.status, 'warn');
+    assert.match(absent.detail, /efa offers no FI_HMEM .*No data available.*staged/);
+    assert.equal(row(await gpuRows({ 'dev/nvidia0': '' }, probe(card), { FI_PROVIDER: 'tcp' }), 'FI_HMEM').status, 'skip');
+    // GPUDirect RDMA is still checked with efa.
+    assert.equal(row(await gpuRows({ 'dev/nvidia0': '' }, probe(card), { FI_PROVIDER: 'efa' }), 'GPUDirect RDMA').status, 'warn');
+  });
+
+  test('the real addon: the CUDA driver row says what this host has', async () => {
+    const { gpuAddon } = await import('../src/fabric/gpu-native.js');
+    const real: CudaProbe = { status: () => gpuAddon.cudaStatus(), hmem: (p) => gpuAddon.libfabricHmem(p) };
+    const rows = await gpuRows({}, real, { FI_PROVIDER: 'tcp' });
+    const driver = row(rows, 'CUDA driver');
+    const s = gpuAddon.cudaStatus();
+    if (s.available) assert.equal(driver.status, 'ok');
+    else assert.ok(driver.detail.startsWith(s.reason ?? '?'), driver.detail);
   });
 });
 

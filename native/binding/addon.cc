@@ -3,6 +3,7 @@
 #include <rdma/fabric.h>
 
 #include "binding/agent_wrap.h"
+#include "binding/cuda_wrap.h"
 #include "binding/engine_wrap.h"
 #include "binding/js_error.h"
 #include "binding/js_number.h"
@@ -62,6 +63,7 @@ static Napi::Object InitKvfabric(Napi::Env env, Napi::Object exports) {
   exports.Set("allocate", Napi::Function::New(env, kvf::Allocate));
   exports.Set("libfabricVersion", Napi::Function::New(env, kvf::LibfabricVersion));
   exports.Set("recordLayout", kvf::RecordLayoutObject(env));
+  kvf::InitCuda(env, exports);
   return exports;
 }
 

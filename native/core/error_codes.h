@@ -28,5 +28,7 @@ inline constexpr char kUnsupportedTensorType[] = "KVF_ERR_UNSUPPORTED_TENSOR_TYP
 inline constexpr char kPoolExhausted[] = "KVF_ERR_POOL_EXHAUSTED";
 inline constexpr char kContextOverflow[] = "KVF_ERR_CONTEXT_OVERFLOW";
 inline constexpr char kCancelled[] = "KVF_ERR_CANCELLED";
+inline constexpr char kNoGpu[] = "KVF_ERR_NO_GPU";
+inline constexpr char kCuda[] = "KVF_ERR_CUDA";
 
 }  // namespace kvf::code

@@ -27,6 +27,7 @@ struct Api {
   const char* (*strerror)(int) = nullptr;
   uint32_t (*version)() = nullptr;
   std::string error;
+  std::string path;  // the file fi_getinfo came from (dladdr), when it loaded
 };
 
 Api LoadApi() {
@@ -53,7 +54,11 @@ Api LoadApi() {
   if (!api.getinfo || !api.freeinfo || !api.dupinfo || !api.fabric || !api.strerror || !api.version) {
     api = Api{};
     api.error = std::string(path) + " lacks libfabric's entry points";
+    return api;
   }
+  Dl_info where;
+  if (dladdr(reinterpret_cast<void*>(api.getinfo), &where) != 0 && where.dli_fname != nullptr)
+    api.path = where.dli_fname;
   return api;
 }
 
@@ -69,6 +74,8 @@ const Api& Fi() {
 namespace kvf {
 // Empty when libfabric loaded; otherwise why not (shown in KVF_ERR_PROVIDER_UNAVAILABLE).
 const std::string& LibfabricLoadError() { return Fi().error; }
+// The loaded library's file (e.g. /opt/amazon/efa/lib/libfabric.so.1), or nullptr when unknown.
+const char* LibfabricPath() { return Fi().path.empty() ? nullptr : Fi().path.c_str(); }
 }  // namespace kvf
 
 extern "C" {

@@ -17,16 +17,20 @@ const program = new Command('kvfabric').description('KV-cache transfer over libf
 
 program
   .command('info')
-  .description('open an agent as a worker would and print the backend, provider, fabric, domains, rails and the address peers dial')
+  .description(
+    'open an agent as a worker would and print the backend, provider, fabric, domains, rails, the address peers dial and the GPUs (CUDA driver, FI_HMEM)',
+  )
   .option('-p, --provider <name>', 'tcp | shm | efa | a libfabric provider name (default: FI_PROVIDER, else efa, else tcp)')
   .option('-r, --rails <n>', 'number of rails', (v) => Number.parseInt(v, 10))
   .option('--listen <host:port>', "the worker's gRPC listen address (default: KVF_LISTEN, else 127.0.0.1:0)")
   .option('--advertise <host:port>', "the worker's advertised gRPC address (default: KVF_ADVERTISE)")
   .option('--fabric-address <ip>', 'tcp provider: the address the fabric endpoints bind (default: KVF_FABRIC_ADDRESS, else derived as a worker does)')
   .action(async (opts: { provider?: string; rails?: number; listen?: string; advertise?: string; fabricAddress?: string }) => {
-    const [{ Agent }, { addon }, { endpointsOf }, { workerFabricAddress, loopbackWarning }] = await Promise.all([
+    const [{ Agent }, { addon }, { gpuAddon }, { mentionsCuda }, { endpointsOf }, { workerFabricAddress, loopbackWarning }] = await Promise.all([
       import('../fabric/agent.js'),
       import('../fabric/native.js'),
+      import('../fabric/gpu-native.js'),
+      import('../doctor/gpu.js'),
       import('../fabric/address.js'),
       import('../serve/fabric-address.js'),
     ]);
@@ -44,6 +48,14 @@ program
     const { info } = agent;
     const fabricAddresses = endpointsOf(agent.provider, info.addresses);
     const warning = loopbackWarning(fabricAddresses, advertise ?? listen);
+    // The CUDA driver as the addon loads it (libcuda.so.1 or KVF_LIBCUDA), whether this provider offers FI_HMEM, and
+    // whether the loaded libfabric was built with CUDA (without it, FI_HMEM means host memory only).
+    const hmem = gpuAddon.libfabricHmem(agent.provider);
+    const gpu = {
+      ...gpuAddon.cudaStatus(),
+      fiHmem: hmem.hmem,
+      ...(hmem.library ? { libfabricPath: hmem.library, libfabricCuda: mentionsCuda(hmem.library) ?? null } : {}),
+    };
     console.log(
       JSON.stringify(
         {
@@ -60,6 +72,7 @@ program
           fabricAddresses,
           fabricAddressFrom: fabric.source,
           grpcAddress: advertise ?? listen,
+          gpu,
           warnings: warning ? [warning] : [],
         },
         null,

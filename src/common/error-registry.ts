@@ -116,6 +116,12 @@ export const ERROR_REGISTRY = {
     http: 502,
     grpc: 'PERMISSION_DENIED',
   },
+  KVF_ERR_NO_GPU: {
+    message: 'GPU memory was asked for on a host where the CUDA driver (libcuda.so.1) does not load or sees no device.',
+    http: 500,
+    grpc: 'FAILED_PRECONDITION',
+  },
+  KVF_ERR_CUDA: { message: "A CUDA driver call failed; the message and providerMessage carry the driver's error text.", http: 500, grpc: 'INTERNAL' },
 } as const satisfies Record<`KVF_ERR_${string}`, ErrorEntry>;
 
 export type ErrorCode = keyof typeof ERROR_REGISTRY;

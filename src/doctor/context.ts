@@ -5,7 +5,7 @@ import { existsSync, readdirSync, readFileSync, realpathSync } from 'node:fs';
 import { basename, delimiter, dirname, join } from 'node:path';
 
 import { requestedProvider } from '../fabric/config.js';
-import type { DoctorOptions } from './types.js';
+import type { CudaProbe, DoctorOptions } from './types.js';
 
 export interface Context {
   env: NodeJS.ProcessEnv;
@@ -27,6 +27,8 @@ export interface Context {
   gpus(): string[];
   /** `fi_info -l` and `fi_info -e` of the libfabric kvfabric loads (next to KVF_LIBFABRIC if there, else on PATH). */
   fiInfo(): Promise<FiInfo>;
+  /** The CUDA driver and FI_HMEM probes (the addon's), or undefined when they are not to run (openAgent false). */
+  cuda(): Promise<CudaProbe | undefined>;
 }
 
 export interface FiInfo {
@@ -56,6 +58,7 @@ export function makeContext(o: DoctorOptions = {}): Context {
   let efa: string[] | undefined;
   let gpus: string[] | undefined;
   let fiInfo: Promise<FiInfo> | undefined;
+  let cuda: Promise<CudaProbe | undefined> | undefined;
   const ctx: Context = {
     env,
     at: (...p) => join(root, ...p),
@@ -68,12 +71,24 @@ export function makeContext(o: DoctorOptions = {}): Context {
     efaDevices: () => (efa ??= listEfa(join(sysRoot, 'class', 'infiniband'))),
     usesEfa: () => (provider === undefined ? ctx.efaDevices().length > 0 : provider === 'efa'),
     fiInfo: () => (fiInfo ??= readFiInfo(env)),
+    cuda: () => (cuda ??= o.cuda ? Promise.resolve(o.cuda) : (o.openAgent ?? true) ? loadCudaProbe() : Promise.resolve(undefined)),
     gpus: () =>
       (gpus ??= list(devRoot)
         .filter((n) => /^nvidia\d+$/.test(n))
         .sort((a, b) => Number(a.slice(6)) - Number(b.slice(6)))),
   };
   return ctx;
+}
+
+/** The addon's probes; a missing or broken addon becomes a probe that says so, not a crash of the doctor. */
+async function loadCudaProbe(): Promise<CudaProbe> {
+  try {
+    const { gpuAddon } = await import('../fabric/gpu-native.js');
+    return { status: () => gpuAddon.cudaStatus(), hmem: (p) => gpuAddon.libfabricHmem(p) };
+  } catch (err) {
+    const reason = `the kvfabric addon did not load: ${(err as Error).message}`;
+    return { status: () => ({ available: false, reason, devices: [] }), hmem: () => ({ hmem: false, error: reason }) };
+  }
 }
 
 async function readFiInfo(env: NodeJS.ProcessEnv): Promise<FiInfo> {

@@ -31,6 +31,23 @@ export interface DoctorOptions {
   sysRoot?: string;
   /** The provider a worker would be started with (--provider); default FI_PROVIDER / KVF_PROVIDER, else automatic. */
   provider?: string;
-  /** Open a libfabric agent as a worker would (default true). */
+  /**
+   * Open a libfabric agent as a worker would (default true). False also skips the other probes that load the
+   * addon (the CUDA driver and FI_HMEM), unless `cuda` is given.
+   */
   openAgent?: boolean;
+  /** What the CUDA and FI_HMEM checks ask; default the addon's cudaStatus() and libfabricHmem() (tests pass stand-ins). */
+  cuda?: CudaProbe;
+}
+
+/** The addon's GPU probes (src/fabric/gpu-native.ts), as the doctor uses them. */
+export interface CudaProbe {
+  status(): {
+    available: boolean;
+    reason?: string;
+    driverVersion?: number;
+    devices: { index: number; name: string; totalMemory: number; pciBusId: string }[];
+  };
+  /** fi_getinfo for the provider with FI_HMEM; `library` is the libfabric file that answered. */
+  hmem(provider: string): { hmem: boolean; library?: string; error?: string };
 }

@@ -1,6 +1,7 @@
 // The options a user hands the Agent (AgentOptions for Agent.create, TransferOptions and PostOptions for a
 // transfer), their checks, and how AgentOptions becomes the addon's NativeAgentOptions, provider choice
 // included. Kept apart from agent.ts so the class holds state and the API's inputs are read in one place.
+import { checkOptionKeys } from './options.js';
 import { MAX_BUSY_POLL_US, tcpBinding } from './config.js';
 import { KvfError, fromNative } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
@@ -70,11 +71,29 @@ export interface PostOptions extends TransferOptions {
   indices?: Uint32Array | readonly number[];
 }
 
+const AGENT_OPTION_KEYS = [
+  'name',
+  'provider',
+  'rails',
+  'address',
+  'domain',
+  'backend',
+  'logger',
+  'closeTimeoutMs',
+  'stripeThreshold',
+  'expressMaxBytes',
+  'busyPollUs',
+  'fastPath',
+] as const satisfies readonly (keyof AgentOptions)[];
+export const TRANSFER_OPTION_KEYS = ['notification', 'timeoutMs'] as const satisfies readonly (keyof TransferOptions)[];
+export const POST_OPTION_KEYS = [...TRANSFER_OPTION_KEYS, 'indices'] as const satisfies readonly (keyof PostOptions)[];
+
 /** Throws KVF_ERR_INVALID_ARGUMENT for the first option Agent.create cannot use; before anything is opened. */
 export function checkAgentOptions(options: AgentOptions): void {
   if (options === null || typeof options !== 'object' || typeof options.name !== 'string' || options.name === '') {
     throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'Agent.create needs options.name (a non-empty string)');
   }
+  checkOptionKeys(options, AGENT_OPTION_KEYS, 'Agent.create');
   if (options.rails !== undefined && (!Number.isInteger(options.rails) || options.rails < 1 || options.rails > METADATA_LIMITS.maxRails)) {
     throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `options.rails must be an integer from 1 to ${METADATA_LIMITS.maxRails}`);
   }

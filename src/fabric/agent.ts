@@ -16,16 +16,26 @@ import { addon, type NativeAgent, type NativeAgentInfo, type NativeErrorObject, 
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer, type GrantReader } from './peer.js';
 import type { Grant } from './grants.js';
-import { GrantBook, type GrantOptions } from './grant-book.js';
+import { GRANT_OPTION_KEYS, GrantBook, type GrantOptions } from './grant-book.js';
 import { PreparedTransfer, type PreparedOwner } from './prepared.js';
 import { fastPathEnabled } from './host.js';
-import { checkAgentOptions, notificationBytes, openNativeAgent, type AgentOptions, type PostOptions, type TransferOptions } from './agent-options.js';
+import {
+  POST_OPTION_KEYS,
+  TRANSFER_OPTION_KEYS,
+  checkAgentOptions,
+  notificationBytes,
+  openNativeAgent,
+  type AgentOptions,
+  type PostOptions,
+  type TransferOptions,
+} from './agent-options.js';
+import { checkOptionKeys } from './options.js';
 import { readReport, type Posted, type TransferOp, type TransferReport } from './transfer-report.js';
 import { checkPeer, localDescription, logRefusedPaths, sameHostArg } from './metadata-exchange.js';
 import { KeepAlive, armTimeout, type Pending } from './in-flight.js';
 
 // The API's types live with what reads them; they are exported from here too, where users of Agent look.
-export type { AgentOptions, PostOptions, TransferOptions, TransferOp, TransferReport };
+export type { AgentOptions, AllocateOptions, PostOptions, TransferOptions, TransferOp, TransferReport };
 
 export interface AgentEvents {
   notification: [Notification];
@@ -137,6 +147,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    */
   registerMemory(memory: MemoryInput, options: { remoteAccess?: boolean } = {}): MemoryRegion {
     this.#assertOpen();
+    checkOptionKeys(options, ['remoteAccess'], 'registerMemory');
     const bytes = toBytes(memory);
     const remoteAccess = options.remoteAccess ?? true;
     const id = this.#call(() => this.#native.registerMemory(bytes, remoteAccess));
@@ -192,6 +203,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     if (!(region instanceof MemoryRegion) || this.#regions.get(region.id) !== region) {
       throw new KvfError('KVF_ERR_UNKNOWN_REGION', `grant() needs a region registered with agent ${this.name}`);
     }
+    checkOptionKeys(options, GRANT_OPTION_KEYS, 'grant');
     return this.#call(() => this.#grants.create(region.id, options));
   }
 
@@ -274,6 +286,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     try {
       this.#assertOpen();
       if (op !== 'READ' && op !== 'WRITE') throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `op must be READ or WRITE, not ${String(op)}`);
+      checkOptionKeys(options, TRANSFER_OPTION_KEYS, op === 'READ' ? 'read' : 'write');
       const p = this.#peer(peer);
       const packed = packDescriptors(descriptors, this.#regions);
       const note = options.notification === undefined ? undefined : notificationBytes(options.notification);
@@ -304,6 +317,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
         throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'post() needs a PreparedTransfer of this agent');
       }
       prepared.assertUsable();
+      checkOptionKeys(options, POST_OPTION_KEYS, 'post');
       const p = this.#peer(prepared.peer);
       const indices = options.indices === undefined ? undefined : options.indices instanceof Uint32Array ? options.indices : Uint32Array.from(options.indices);
       const note = options.notification === undefined ? undefined : notificationBytes(options.notification);

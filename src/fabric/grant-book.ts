@@ -12,6 +12,8 @@ export interface GrantOptions {
   access: GrantAccess;
 }
 
+export const GRANT_OPTION_KEYS = ['offset', 'length', 'access'] as const satisfies readonly (keyof GrantOptions)[];
+
 export class GrantBook {
   #live = new Map<number, Grant>();
 

@@ -1,4 +1,6 @@
 // Registered memory as the user sees it (an id, a length, and the bytes), and the addon's allocation behind Agent.allocate.
+import { parseDevice, requireDevice } from './gpu.js';
+import { checkOptionKeys } from './options.js';
 import { KvfError } from '../common/errors.js';
 import { addon } from './native.js';
 
@@ -20,13 +22,32 @@ export function toBytes(mem: MemoryInput): Uint8Array {
 
 /** Agent.allocate's options (documented there). */
 export interface AllocateOptions {
+  /** Reserved 2 MiB hugepages: true = if available, 'require' = or fail. Default false. */
   hugepages?: boolean | 'require';
+  /** Listed in this agent's metadata for peers to read and write. Default true. */
   remoteAccess?: boolean;
+  /** Memory same-host peers can map (see Agent.allocate()). Default 'auto'. */
   shared?: boolean | 'auto';
+  /**
+   * 'cuda:N' asks for device memory. Not in this version: agents register host memory only until the GPU
+   * transfer paths (cuda-ipc, staged) arrive; KVF_ERR_NO_GPU on a host without a CUDA driver or device,
+   * KVF_ERR_INVALID_ARGUMENT elsewhere. DeviceBuffer allocates and fills device memory meanwhile.
+   */
+  device?: string;
 }
+
+const ALLOCATE_OPTION_KEYS = ['hugepages', 'remoteAccess', 'shared', 'device'] as const satisfies readonly (keyof AllocateOptions)[];
 
 /** Checks Agent.allocate's arguments and allocates the memory in the addon; the caller registers it. */
 export function allocateBytes(length: number, options: AllocateOptions): { bytes: Uint8Array; hugepages: boolean; shared: boolean } {
+  checkOptionKeys(options, ALLOCATE_OPTION_KEYS, 'allocate');
+  if (options.device !== undefined) {
+    requireDevice(parseDevice(options.device));
+    throw new KvfError(
+      'KVF_ERR_INVALID_ARGUMENT',
+      `allocate({ device: '${options.device}' }): agents register host memory only in this version; device regions arrive with the GPU transfer paths (cuda-ipc, staged). DeviceBuffer allocates and fills device memory meanwhile.`,
+    );
+  }
   if (!Number.isSafeInteger(length) || length <= 0) {
     throw new KvfError(length === 0 ? 'KVF_ERR_ZERO_LENGTH' : 'KVF_ERR_INVALID_ARGUMENT', 'length must be a positive integer');
   }
