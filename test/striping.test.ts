@@ -177,6 +177,18 @@ describe('prepared descriptor lists', () => {
     peer = a.loadRemoteMetadata(b.getLocalMetadata());
   });
 
+  test('the most rails an agent may have: a report names all 64 (the rails mask is wider than a double holds exactly)', async () => {
+    const many = await Agent.create({ name: 'stripe-64', provider: 'shm', rails: 64, logger: false });
+    const one = await Agent.create({ name: 'stripe-64-peer', provider: 'shm', logger: false });
+    agents.push(many, one);
+    one.allocate(4096);
+    const r = await many.warmup(many.loadRemoteMetadata(one.getLocalMetadata()));
+    assert.deepEqual(
+      r.rails,
+      Array.from({ length: 64 }, (_, i) => i),
+    );
+  });
+
   test('warmup connects every rail; the internal scratch region is not advertised', async () => {
     const { a: c, b: d } = await pair('tcp', 3);
     d.allocate(4096);

@@ -26,7 +26,8 @@ enum RecordField : uint8_t {
   kRecId,
   kRecBytes,
   kRecDurationNs,
-  kRecRailsMask,
+  kRecRailsLow,   // rails that carried ops: bits 0-31 of the mask (a double holds 53 bits, the mask 64)
+  kRecRailsHigh,  // bits 32-63
   kRecPostNs,
   kRecProviderPostNs,
   kRecOps,
@@ -34,7 +35,7 @@ enum RecordField : uint8_t {
   kRecordFields,
 };
 inline constexpr const char* kRecordFieldNames[kRecordFields] = {
-    "id", "bytes", "durationNs", "railsMask", "postNs", "providerPostNs", "ops", "flags",
+    "id", "bytes", "durationNs", "railsLow", "railsHigh", "postNs", "providerPostNs", "ops", "flags",
 };
 
 enum RecordFlag : uint8_t { kFlagCma = 1, kFlagExpress = 2, kFlagMapped = 4 };
@@ -50,7 +51,8 @@ inline void WriteRecord(const Event& e, double* r) {
   r[kRecId] = static_cast<double>(e.transfer_id);
   r[kRecBytes] = static_cast<double>(e.bytes);
   r[kRecDurationNs] = static_cast<double>(e.duration_ns);
-  r[kRecRailsMask] = static_cast<double>(e.rails_mask);
+  r[kRecRailsLow] = static_cast<double>(e.rails_mask & 0xffffffffu);
+  r[kRecRailsHigh] = static_cast<double>(e.rails_mask >> 32);
   r[kRecPostNs] = static_cast<double>(e.post_ns);
   r[kRecProviderPostNs] = static_cast<double>(e.provider_post_ns);
   r[kRecOps] = static_cast<double>(e.ops);

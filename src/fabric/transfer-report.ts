@@ -53,7 +53,7 @@ export function readReport(r: Float64Array, i: number, t: Posted, backend: Backe
     peer: t.peer,
     backend,
     provider,
-    rails: railsFromMask(r[i + F.railsMask]!),
+    rails: railsFromMask(r[i + F.railsLow]!, r[i + F.railsHigh]!),
     descriptors: t.descriptors,
     bytes,
     durationMs,
@@ -67,12 +67,10 @@ export function readReport(r: Float64Array, i: number, t: Posted, backend: Backe
   };
 }
 
-/** The rails a transfer used, from its record's mask (one bit per rail, carried as a double: bit operators would cut it to 32 bits). */
-export function railsFromMask(mask: number): number[] {
+/** The rails a transfer used, from its record's mask, carried as two 32-bit halves (a double holds 53 bits; rails go to 64). */
+export function railsFromMask(low: number, high: number): number[] {
   const out: number[] = [];
-  for (let r = 0; r < 53 && mask > 0; r++) {
-    if (mask % 2 === 1) out.push(r);
-    mask = Math.floor(mask / 2);
-  }
+  for (let r = 0; r < 32; r++) if ((low >>> r) & 1) out.push(r);
+  for (let r = 0; r < 32; r++) if ((high >>> r) & 1) out.push(32 + r);
   return out;
 }
