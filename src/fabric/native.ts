@@ -146,7 +146,17 @@ export interface RecordLayout {
   headerSize: number;
   stride: number;
   header: { count: number; eventsWaiting: number };
-  fields: { id: number; bytes: number; durationNs: number; railsLow: number; railsHigh: number; postNs: number; providerPostNs: number; ops: number; flags: number };
+  fields: {
+    id: number;
+    bytes: number;
+    durationNs: number;
+    railsLow: number;
+    railsHigh: number;
+    postNs: number;
+    providerPostNs: number;
+    ops: number;
+    flags: number;
+  };
   flags: { cma: number; express: number; mapped: number };
 }
 
