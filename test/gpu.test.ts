@@ -18,6 +18,9 @@ const noGpu = gpu ? false : `no GPU here: ${status.reason ?? 'unknown'}`;
 const onlyWithout = gpu ? `a GPU is present (${status.devices[0]?.name ?? 'cuda:0'})` : false;
 const root = fileURLToPath(new URL('..', import.meta.url));
 
+// npm run test:gpu and scripts/gpu-run.sh set it: there a missing GPU is a failure, not a reason to skip.
+if (process.env.KVF_REQUIRE_GPU === '1') test('a GPU is present (KVF_REQUIRE_GPU=1)', () => assert.ok(gpu, String(noGpu)));
+
 /** Asserts that f throws a coded error (KvfError or the addon's Error) with one of `codes`. */
 function throwsCode(f: () => unknown, codes: string | string[], message?: RegExp): void {
   const want = Array.isArray(codes) ? codes : [codes];

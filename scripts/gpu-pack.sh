@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Packs what a GPU machine without Node or npm needs to run the GPU tests (the workplace's device machines:
+# their tool carries the working tree plus named ignored paths, 64 MiB in all): node, xz-compressed; the addon;
+# and each GPU test bundled with everything it imports into one .mjs. There: bash scripts/gpu-run.sh.
+# A GPU machine with Node and this checkout built needs none of this: npm run test:gpu.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=.gpu
+rm -rf "$out"
+mkdir -p "$out"
+[ -f build/Release/kvfabric.node ] || npm run build:native
+cp build/Release/kvfabric.node "$out/"
+xz -T0 -6 -c "$(command -v node)" >"$out/node.xz"
+# CommonJS dependencies inside an ES module bundle call require(): give them one.
+banner="import { createRequire as kvfCreateRequire } from 'node:module'; const require = kvfCreateRequire(import.meta.url);"
+for t in test/gpu*.test.ts; do
+  node_modules/.bin/esbuild "$t" --bundle --platform=node --format=esm --log-level=warning \
+    --outfile="$out/$(basename "$t" .ts).mjs" --banner:js="$banner"
+done
+du -sh "$out"
