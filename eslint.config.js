@@ -5,7 +5,17 @@ import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
   {
-    ignores: ['dist/**', 'build*/**', 'node_modules/**', 'prebuilds/**', 'fuzz/node_modules/**', 'benchmarks/out/**', 'benchmarks/crosscheck/**', 'models/**'],
+    ignores: [
+      'dist/**',
+      'build*/**',
+      'node_modules/**',
+      'prebuilds/**',
+      'fuzz/node_modules/**',
+      'benchmarks/out/**',
+      'benchmarks/crosscheck/**',
+      'models/**',
+      '.gpu/**',
+    ],
   },
   js.configs.recommended,
   ...tseslint.configs.recommended,

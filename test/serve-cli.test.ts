@@ -3,7 +3,9 @@
 // one that cannot come back stops the stack. Also the standalone process commands' configuration errors.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { unlinkSync } from 'node:fs';
+import { mkdtempSync, rmSync, unlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, test } from 'node:test';
 
@@ -15,6 +17,35 @@ const run = promisify(execFile);
 const model = tinyModel();
 
 describe('kvfabric serve', () => {
+  test('without --model it fetches the default model first; when that fails it says why in one line, serves the tiny model and says so', async () => {
+    // An empty cache and a Python that cannot run pip: the fetch fails at once, without the network.
+    const cache = mkdtempSync(join(tmpdir(), 'kvf-model-cache-'));
+    const serve = await startCli(['serve', '--provider', 'shm', '--listen', '127.0.0.1:0', '--threads', '1'], {
+      KVF_MODEL_CACHE: cache,
+      KVF_PYTHON: '/bin/false',
+    });
+    try {
+      assert.ok(
+        serve.logs.some((l) => /fetching the default model SmolLM2/.test(l)),
+        serve.logs.join('\n'),
+      );
+      assert.ok(
+        serve.logs.some((l) => /^fetch-model: /.test(l)),
+        'the reason, in one line',
+      );
+      assert.ok(
+        serve.logs.some((l) => l.includes('tiny deterministic test model')),
+        'the warning in the log',
+      );
+      const models = (await (await fetch(`${serve.ready.address}/v1/models`)).json()) as { data: { id: string; kvfabric_warning?: string }[] };
+      assert.equal(models.data[0]!.id, 'tiny-llama');
+      assert.match(models.data[0]!.kvfabric_warning ?? '', /not language/);
+    } finally {
+      await stop(serve);
+      rmSync(cache, { recursive: true, force: true });
+    }
+  });
+
   test('starts prefill and decode workers and the frontend; SIGTERM drains a stream in flight, then all exit 0', async () => {
     const serve = await startCli(['serve', '--model', model, '--provider', 'shm', '--listen', '127.0.0.1:0', '--threads', '1']);
     const url = serve.ready.address;

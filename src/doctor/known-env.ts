@@ -13,14 +13,18 @@ export const KVFABRIC_ENV: readonly string[] = [
   // process level (README "Configuration")
   'KVF_ADDRESS',
   'KVF_LIBFABRIC',
+  'KVF_LIBCUDA',
   'KVF_LOG_LEVEL',
   'KVF_ADDON',
   'KVF_MODEL_CACHE',
+  // kvfabric serve: no download of the default model
+  'KVF_OFFLINE',
   'KVF_FAST_PATH',
   // native/engine/qdot.cc: caps the engine's instruction set (scalar|avx2)
   'KVF_ENGINE_ISA',
   // scripts and test tooling (fetch-model, test-inference.sh, the suites), so a developer's shell is not flagged
   'KVF_PYTHON',
+  'KVF_REQUIRE_GPU',
   'KVF_URL',
   'KVF_TEST_LOG',
   'KVF_TEST_SEED',

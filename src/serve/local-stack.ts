@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { KvfError } from '../common/errors.js';
 import { defaultLogger, type Logger } from '../common/logger.js';
 import { frontendConfig, type ServeMode } from './config.js';
+import { TINY_MODEL_WARNING, fetchDefaultModel, isTinyModel } from './default-model.js';
 import { Frontend } from './frontend/frontend.js';
 import { announce, onShutdown } from './processes.js';
 import { DEFAULT_RESTART_POLICY, Supervisor, type RestartPolicy } from './supervisor.js';
@@ -31,6 +32,8 @@ export interface LocalStackOptions {
 
 export async function runLocalStack(options: LocalStackOptions, log: Logger = defaultLogger()): Promise<void> {
   const cli = process.argv[1]!;
+  options = { ...options, model: options.model ?? (await fetchDefaultModel()) };
+  if (isTinyModel(options.model!)) log.warn({ model: options.model }, TINY_MODEL_WARNING);
   const shared = [
     ...(options.model ? ['--model', options.model] : []),
     '--provider',

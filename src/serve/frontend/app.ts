@@ -20,6 +20,8 @@ import { statusRoutes } from './routes/status.js';
 
 export interface AppOptions {
   modelName: string;
+  /** Said in /v1/models beside the model (the tiny test model's). */
+  modelWarning?: string;
   contextLength: number;
   tokenizer: Tokenizer;
   template: ChatTemplate | undefined;

@@ -1,5 +1,6 @@
 // The frontend process: tokenizer and chat template from the model file (the weights stay with the
 // workers), a router fed by static addresses, etcd and/or the registry, and the HTTP API.
+import { TINY_MODEL_WARNING, isTinyModel } from '../default-model.js';
 import { basename } from 'node:path';
 
 import type { FastifyInstance } from 'fastify';
@@ -60,6 +61,7 @@ export class Frontend {
       const metrics = new ServeMetrics(router);
       const app = buildApp({
         modelName,
+        ...(isTinyModel(config.model) ? { modelWarning: TINY_MODEL_WARNING } : {}),
         contextLength,
         tokenizer,
         template,

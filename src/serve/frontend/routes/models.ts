@@ -5,7 +5,13 @@ import { KvfError } from '../../../common/errors.js';
 import type { RouteContext } from './context.js';
 
 export function modelRoutes(app: FastifyInstance, { options }: RouteContext): void {
-  const model = { id: options.modelName, object: 'model', created: Math.floor(Date.now() / 1000), owned_by: 'kvfabric' };
+  const model = {
+    id: options.modelName,
+    object: 'model',
+    created: Math.floor(Date.now() / 1000),
+    owned_by: 'kvfabric',
+    ...(options.modelWarning ? { kvfabric_warning: options.modelWarning } : {}),
+  };
   app.get('/v1/models', () => ({ object: 'list', data: [model] }));
   app.get<{ Params: { id: string } }>('/v1/models/:id', (req) => {
     if (req.params.id !== model.id)
