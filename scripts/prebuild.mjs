@@ -2,6 +2,7 @@
 // Builds the addon with cmake-js and stores it in the prebuildify layout that node-gyp-build loads:
 // prebuilds/<platform>-<arch>/node.napi.<libc>.node. (prebuildify itself drives node-gyp only.)
 // The binary is Node-API, so one build serves every Node.js ≥ 20 on the platform.
+// --from-build: take build/Release as it is instead of rebuilding (the prebuilt-install test).
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -12,7 +13,7 @@ const run = (cmd, args) => {
   const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit' });
   if (r.status !== 0) process.exit(r.status ?? 1);
 };
-run('npx', ['cmake-js', 'rebuild', '--CDKVF_WERROR=ON']);
+if (!process.argv.includes('--from-build')) run('npx', ['cmake-js', 'rebuild', '--CDKVF_WERROR=ON']);
 const libc = process.report?.getReport().header.glibcVersionRuntime ? 'glibc' : 'musl';
 const dir = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
 mkdirSync(dir, { recursive: true });
