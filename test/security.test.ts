@@ -257,14 +257,18 @@ describe('trust boundary', () => {
   });
 
   test("remote access ends with the request, and freed blocks are cleared: the prefill pool holds no finished request's K/V", async () => {
-    const p: PrefillResponse = await unary(prefill, prefill.prefill, { requestId: 'clear-1', tokens: PROMPT }, 5000);
-    const kv = p.kv!;
-    const size = kv.layout!.blockBytes;
-    const bytes = kv.blocks.length * size;
-    // A fabric peer with the prefill agent's metadata and the request's grants reads the blocks while held ...
+    // The reader process is up before the prefill: the stack caps leases at MAX_LEASE_MS, and starting a process
+    // (slow under the sanitizer) must not eat into the hold it is to read within.
     const reader = await PeerProcess.spawn('reader');
+    let grants: Uint8Array[] = [];
     try {
       await reader.create('reader', 'tcp');
+      const p: PrefillResponse = await unary(prefill, prefill.prefill, { requestId: 'clear-1', tokens: PROMPT }, 5000);
+      const kv = p.kv!;
+      grants = kv.grants;
+      const size = kv.layout!.blockBytes;
+      const bytes = kv.blocks.length * size;
+      // A fabric peer with the prefill agent's metadata and the request's grants reads the blocks while held ...
       await reader.alloc('sink', bytes, 'zero');
       const peer = await reader.request({ cmd: 'load', metadata: Buffer.from(kv.agentMetadata).toString('base64') });
       assert.deepEqual(peer.regions, [], 'the pool itself is not advertised');
@@ -294,7 +298,7 @@ describe('trust boundary', () => {
     }
     // The worker's own memory (read from outside through /proc): zeros once the blocks are back in the pool.
     await poolAtBaseline(stack.prefill.ready.address);
-    for (const g of kv.grants) {
+    for (const g of grants) {
       const { base, length } = decodeGrant(g);
       assert.ok(
         readProcessMemory(stack.prefill.child.pid!, base, length).every((b) => b === 0),
