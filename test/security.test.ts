@@ -260,7 +260,7 @@ describe('trust boundary', () => {
     // The reader process is up before the prefill: the stack caps leases at MAX_LEASE_MS, and starting a process
     // (slow under the sanitizer) must not eat into the hold it is to read within.
     const reader = await PeerProcess.spawn('reader');
-    let grants: Uint8Array[] = [];
+    let grants: Uint8Array[] | undefined;
     try {
       await reader.create('reader', 'tcp');
       const p: PrefillResponse = await unary(prefill, prefill.prefill, { requestId: 'clear-1', tokens: PROMPT }, 5000);
@@ -298,7 +298,7 @@ describe('trust boundary', () => {
     }
     // The worker's own memory (read from outside through /proc): zeros once the blocks are back in the pool.
     await poolAtBaseline(stack.prefill.ready.address);
-    for (const g of grants) {
+    for (const g of grants!) {
       const { base, length } = decodeGrant(g);
       assert.ok(
         readProcessMemory(stack.prefill.child.pid!, base, length).every((b) => b === 0),
