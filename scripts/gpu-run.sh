@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 node=/tmp/kvf-node
 [ -x "$node" ] || { xz -dc .gpu/node.xz >"$node" && chmod +x "$node"; }
-export KVF_ADDON="$PWD/.gpu/kvfabric.node" KVF_REQUIRE_GPU=1
+export KVF_ADDON="$PWD/.gpu/kvfabric.node" KVF_PEER_FIXTURE="$PWD/.gpu/peer.mjs" KVF_REQUIRE_GPU=1
 exec "$node" --test --test-reporter=spec .gpu/*.test.mjs

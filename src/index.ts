@@ -8,7 +8,9 @@ export {
   type TransferOp,
 } from './fabric/agent.js';
 export { PreparedTransfer } from './fabric/prepared.js';
-export { MemoryRegion, type MemoryInput } from './fabric/memory.js';
+export { MemoryRegion, type MemoryInput, type DeviceMemoryInput } from './fabric/memory.js';
+export { DeviceRegion } from './fabric/device-region.js';
+export type { StagingOptions } from './fabric/staging-options.js';
 export { DeviceBuffer, cudaStatus, parseDevice, type CudaDevice, type CudaStatus } from './fabric/gpu.js';
 export { RemotePeer, type RemoteRegionInfo } from './fabric/peer.js';
 export { Grant, GRANT_VERSION, decodeGrant, encodeGrant, type GrantAccess, type GrantDescription } from './fabric/grants.js';

@@ -110,7 +110,7 @@ describe('the CUDA driver, loaded at run time', () => {
 });
 
 describe('options objects refuse unknown keys', () => {
-  test('allocate: unknown keys, bad device names, and device memory not yet registrable', () => {
+  test('allocate: unknown keys, bad device names, device and stand-in regions', () => {
     throwsCode(() => agent.allocate(4096, { devcie: 'cuda:0' } as never), 'KVF_ERR_INVALID_ARGUMENT', /unknown option 'devcie'/);
     throwsCode(() => agent.allocate(4096, { device: 'gpu0' }), 'KVF_ERR_INVALID_ARGUMENT', /cuda:N/);
     throwsCode(() => agent.allocate(4096, 'shared' as never), 'KVF_ERR_INVALID_ARGUMENT', /options must be an object/);
@@ -118,8 +118,24 @@ describe('options objects refuse unknown keys', () => {
     const region = agent.allocate(4096, { hugepages: undefined, device: undefined });
     assert.equal(region.length, 4096);
     region.deregister();
-    if (gpu) throwsCode(() => agent.allocate(4096, { device: 'cuda:0' }), 'KVF_ERR_INVALID_ARGUMENT', /GPU transfer paths/);
-    else throwsCode(() => agent.allocate(4096, { device: 'cuda:0' }), 'KVF_ERR_NO_GPU');
+    if (gpu) {
+      const dev = agent.allocate(4096, { device: 'cuda:0' });
+      assert.equal(dev.device, 'cuda:0');
+      dev.deregister();
+    } else throwsCode(() => agent.allocate(4096, { device: 'cuda:0' }), 'KVF_ERR_NO_GPU');
+    // Host memory standing in for a device: the same region kind, copies by memcpy.
+    const standIn = agent.allocate(4099, { device: 'stand-in' });
+    assert.equal(standIn.kind, 'stand-in');
+    const bytes = Buffer.from('standing in for a GPU');
+    standIn.copyFrom(bytes, 4099 - bytes.length);
+    const back = Buffer.alloc(bytes.length);
+    standIn.copyTo(back, 4099 - bytes.length);
+    assert.deepEqual(back, bytes);
+    throwsCode(() => standIn.copyTo(Buffer.alloc(2), 4098), 'KVF_ERR_OUT_OF_RANGE');
+    standIn.deregister();
+    throwsCode(() => standIn.copyTo(back), 'KVF_ERR_CLOSED');
+    throwsCode(() => agent.allocate(4096, { device: 'stand-in', hugepages: true }), 'KVF_ERR_INVALID_ARGUMENT', /host memory/);
+    throwsCode(() => agent.allocate(0, { device: 'stand-in' }), 'KVF_ERR_ZERO_LENGTH');
   });
 
   test('Agent.create, registerMemory, grant, read and write', async () => {
@@ -218,9 +234,28 @@ describe('device memory (GPU only)', () => {
     throwsCode(() => gpuAddon.cudaFree(ptr), 'KVF_ERR_INVALID_ARGUMENT');
   });
 
-  test('a device that does not exist, and agent.allocate({ device }) until the transfer paths', { skip: noGpu }, () => {
+  test('a device that does not exist', { skip: noGpu }, () => {
     throwsCode(() => DeviceBuffer.allocate(`cuda:${status.devices.length}`, 16), 'KVF_ERR_INVALID_ARGUMENT', /no device/);
     throwsCode(() => gpuAddon.cudaAllocate(status.devices.length, 16), 'KVF_ERR_INVALID_ARGUMENT');
     throwsCode(() => DeviceBuffer.allocate('cuda:0', 0), 'KVF_ERR_ZERO_LENGTH');
+    throwsCode(() => agent.allocate(16, { device: `cuda:${status.devices.length}` }), 'KVF_ERR_INVALID_ARGUMENT', /no device/);
+  });
+
+  test('registerMemory of device memory someone else owns: checked with the driver', { skip: noGpu }, () => {
+    const buf = DeviceBuffer.allocate('cuda:0', 1 << 20);
+    const region = agent.registerMemory({ ptr: buf.ptr + 4096n, length: 8192, device: 'cuda:0' });
+    const data = Buffer.alloc(8192, 0x5a);
+    region.copyFrom(data);
+    const host = Buffer.alloc(8192);
+    buf.copyTo(host, 4096);
+    assert.deepEqual(host, data, 'the region is a view of the caller’s allocation');
+    region.deregister();
+    assert.equal(buf.freed, false, 'deregistering does not free memory the agent did not allocate');
+    throwsCode(() => agent.registerMemory({ ptr: buf.ptr, length: (1 << 20) + 1, device: 'cuda:0' }), 'KVF_ERR_OUT_OF_RANGE');
+    throwsCode(() => agent.registerMemory({ ptr: 0x1234n, length: 16, device: 'cuda:0' }), 'KVF_ERR_INVALID_ARGUMENT');
+    throwsCode(() => agent.registerMemory({ ptr: buf.ptr, length: 0, device: 'cuda:0' }), 'KVF_ERR_ZERO_LENGTH');
+    const freed = buf.ptr;
+    buf.free();
+    throwsCode(() => agent.registerMemory({ ptr: freed, length: 16, device: 'cuda:0' }), 'KVF_ERR_INVALID_ARGUMENT');
   });
 });

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { decodeGrant, decodeMetadata, encodeGrant, encodeMetadata, type GrantDescription } from '../src/index.js';
-import { PeerError, PeerProcess, closePeers, spawnOwnerAndReaders, zeroHash, type TransferSpec } from './helpers/peers.js';
+import { PeerProcess, failsWith, closePeers, spawnOwnerAndReaders, zeroHash, type TransferSpec } from './helpers/peers.js';
 
 const KiB = 1024;
 const POOL = 1024 * KiB;
@@ -37,15 +37,6 @@ const spec = (op: 'READ' | 'WRITE', peer: string, local: string, remote: number,
   descs: [{ local, localOffset: 0, remote, remoteOffset, length }],
   timeoutMs: 10_000,
 });
-
-async function failsWith(p: Promise<unknown>, codes: string[], label: string): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  assert.ok(err instanceof PeerError, `${label}: accepted`);
-  assert.ok(codes.includes(err.remote.code ?? ''), `${label}: expected ${codes.join(' or ')}, got ${err.remote.code}: ${err.message}`);
-}
 
 for (const provider of ['tcp', 'shm'] as const) {
   describe(`grants over ${provider}`, { timeout: TIMEOUT }, () => {

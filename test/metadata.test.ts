@@ -91,9 +91,12 @@ class BlobBuilder {
     this.parts.push(Buffer.from(v));
     return this;
   }
-  /** The v4 host section's tail when the agent publishes no region table: fd 0xffffffff, inode 0, zero nonce. */
+  /**
+   * The host section's tail when the agent publishes no region table (fd 0xffffffff, inode 0, zero nonce),
+   * then an empty device section (staging chunk size 0, no device regions): the end of a host-only blob.
+   */
   noTable(): this {
-    return this.u32(0xffffffff).u64(0n).bytes(new Uint8Array(16));
+    return this.u32(0xffffffff).u64(0n).bytes(new Uint8Array(16)).u32(0).u32(0);
   }
   /** u8 length + bytes */
   str(v: Uint8Array | string): this {
@@ -177,7 +180,7 @@ describe('crc32', () => {
 });
 
 describe('metadata wire format', () => {
-  test('v3 layout is pinned byte for byte', () => {
+  test('the layout is pinned byte for byte', () => {
     const blob = encodeMetadata({
       name: 'a',
       provider: 'shm',
@@ -192,9 +195,9 @@ describe('metadata wire format', () => {
     // prettier-ignore
     const body = [
       0x4b, 0x56, 0x46, 0x4d, // "KVFM"
-      0x04, 0x00,             // version 4
+      0x05, 0x00,             // version 5
       0x01, 0x00,             // flags: virtAddr
-      162, 0, 0, 0,           // total length
+      170, 0, 0, 0,           // total length
       1, 0x61,                // name "a"
       3, 0x73, 0x68, 0x6d,    // provider "shm"
       1, 4, 1, 2, 3, 4,       // 1 rail, 4-byte address
@@ -218,11 +221,13 @@ describe('metadata wire format', () => {
       0xff, 0xff, 0xff, 0xff, // no region table
       0, 0, 0, 0, 0, 0, 0, 0, // table inode
       ...new Array<number>(16).fill(0), // table nonce
+      0, 0, 0, 0,             // staging chunk size: none
+      0, 0, 0, 0,             // no device regions
     ];
     const expected = Buffer.alloc(body.length + 4);
     expected.set(body);
     expected.writeUInt32LE(crc32(expected, 0, body.length), body.length);
-    assert.equal(expected.length, 162);
+    assert.equal(expected.length, 170);
     assert.deepStrictEqual(blob, expected);
     assert.deepEqual(decodeMetadata(blob).regions[1]!.share, { fd: 21, inode: 0x99n, offset: 0x1000 });
     assert.equal(decodeMetadata(blob).regions[0]!.share, undefined);
@@ -379,13 +384,13 @@ describe('decodeMetadata rejects', () => {
   });
 
   test('wrong version', () => {
-    for (const version of [0, 1, 2, 3, 5, 0xffff]) {
+    for (const version of [0, 1, 2, 3, 4, 6, 0xffff]) {
       const blob = Buffer.from(small);
       blob.writeUInt16LE(version, 4);
-      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 4\\)`));
+      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 5\\)`));
     }
     // A future version is reported as such even if its layout differs entirely.
-    expectBad(new BlobBuilder(5).bytes('whatever v5 holds').finish(), /unsupported metadata version 5 \(this build reads 4\)/);
+    expectBad(new BlobBuilder(6).bytes('whatever v6 holds').finish(), /unsupported metadata version 6 \(this build reads 5\)/);
   });
 
   test('a corrupted CRC', () => {
@@ -399,7 +404,7 @@ describe('decodeMetadata rejects', () => {
     blob.write('KVFM', 0, 'latin1');
     blob.writeUInt16LE(METADATA_VERSION, 4);
     blob.writeUInt32LE(20, 8);
-    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v4 blob \(60 bytes\)/);
+    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v5 blob \(68 bytes\)/);
   });
 
   test('unknown flag bits', () => {
@@ -417,23 +422,23 @@ describe('decodeMetadata rejects', () => {
       .noTable()
       .bytes(new Uint8Array([0, 0, 0]))
       .finish();
-    expectBad(trailing, /3 unexpected trailing byte\(s\) at offset 61/);
+    expectBad(trailing, /3 unexpected trailing byte\(s\) at offset 69/);
   });
 
   test('duplicate region ids (with a correct CRC)', () => {
     const desc = sampleDesc(2, 3); // ids 1, 4, 7
     const blob = encodeMetadata(desc);
     const regionBytes = 40 + 8 * 2;
-    const firstRegion = blob.length - 4 - 33 - 3 * regionBytes; // CRC, empty host section (id, pid, no table)
+    const firstRegion = blob.length - 4 - 8 - 33 - 3 * regionBytes; // CRC, empty device section, empty host section (id, pid, no table)
     blob.writeUInt32LE(1, firstRegion + 2 * regionBytes); // region[2].id := region[0].id
     expectBad(withCrc(blob), new RegExp(`region\\[2\\] at offset ${firstRegion + 2 * regionBytes} repeats id 1 of region\\[0\\]`));
   });
 
   test('a key count that disagrees with the rail count', () => {
-    // Five regions, so that the missing keys (8 bytes each) outweigh the 33-byte host section after them.
+    // Six regions, so that the missing keys (8 bytes each) outweigh the 41-byte host and device sections after them.
     const region = (keys: number) => {
-      const b = craftPrefix(2).u32(5);
-      for (let i = 0; i < 5; i++) {
+      const b = craftPrefix(2).u32(6);
+      for (let i = 0; i < 6; i++) {
         b.u32(5 + i)
           .u64(4096n)
           .u64(0n)
@@ -445,7 +450,7 @@ describe('decodeMetadata rejects', () => {
       return b.u8(0).u32(0).noTable().finish();
     };
     assert.doesNotThrow(() => decodeMetadata(region(2)));
-    expectBad(region(1), /region table at offset \d+ needs 5 x 56 = 280 bytes \(id, length, base, share and 2 key\(s\) each\), but only 273 remain/);
+    expectBad(region(1), /region table at offset \d+ needs 6 x 56 = 336 bytes \(id, length, base, share and 2 key\(s\) each\), but only 329 remain/);
     const threeKeys = craftPrefix(2).u32(1).u32(5).u64(4096n).u64(0n).u32(0xffffffff).u64(0n).u64(0n).u64(0n).u64(1n).u64(2n);
     expectBad(threeKeys.u8(0).u32(0).noTable().finish(), /unexpected trailing byte\(s\)/);
   });
@@ -536,6 +541,79 @@ describe('decodeMetadata rejects', () => {
   });
 });
 
+describe('device regions (v5)', () => {
+  const token = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
+  const handle = Uint8Array.from({ length: 64 }, (_, i) => i);
+  const devices = [
+    { id: 0x8000_0000, length: 7 * 1024 * 1024 + 3, kind: 'cuda' as const, device: 3, token, ipc: { handle, offset: 4096 } },
+    { id: 0x8000_0001, length: 1, kind: 'stand-in' as const, device: 0, token },
+  ];
+  const withDevices = { ...sampleDesc(2, 2), devices, stagingChunkBytes: 1 << 20 };
+
+  test('round-trip with and without an IPC handle; none is the default', () => {
+    roundTrip(withDevices);
+    const plain = decodeMetadata(encodeMetadata(sampleDesc(1, 1)));
+    assert.equal(plain.devices, undefined);
+    assert.equal(plain.stagingChunkBytes, undefined);
+  });
+
+  test('hostile device sections are refused with the field named', () => {
+    const blob = encodeMetadata(withDevices);
+    // The last device region (stand-in, no IPC) ends just before the CRC: id, length, kind, flags, device, token.
+    const last = blob.length - 4 - 32;
+    const patched = (at: number, write: (b: Buffer) => void): Buffer => {
+      const b = Buffer.from(blob);
+      write(b.subarray(at));
+      return withCrc(b);
+    };
+    expectBad(
+      patched(last + 12, (b) => b.writeUInt8(9)),
+      /device\[1\] \(id 2147483649\) kind is 9/,
+    );
+    expectBad(
+      patched(last + 13, (b) => b.writeUInt8(2)),
+      /flags are 0x02/,
+    );
+    expectBad(
+      patched(last + 13, (b) => b.writeUInt8(1)),
+      /stand-in memory but carries a CUDA IPC handle|needs 64 byte/,
+    );
+    expectBad(
+      patched(last + 4, (b) => b.writeBigUInt64LE(0n)),
+      /length is 0/,
+    );
+    expectBad(
+      patched(last, (b) => b.writeUInt32LE(withDevices.regions[0]!.id)),
+      /repeats region id/,
+    );
+    expectBad(
+      patched(last, (b) => b.writeUInt32LE(0x8000_0000)),
+      /repeats region id/,
+    );
+    const countAt = last - (32 + 72) - 4;
+    expectBad(
+      patched(countAt, (b) => b.writeUInt32LE(70_000)),
+      /device region count .* is 70000/,
+    );
+    expectBad(
+      patched(countAt, (b) => b.writeUInt32LE(60_000)),
+      /need at least/,
+    );
+    expectBad(
+      patched(countAt - 4, (b) => b.writeUInt32LE(0)),
+      /staging chunk size is 0/,
+    );
+  });
+
+  test('encodeMetadata refuses what it cannot represent', () => {
+    expectInvalid({ ...withDevices, devices: [{ ...devices[0]!, token: new Uint8Array(15) }] }, /devices\[0\]\.token must be 16 bytes/);
+    expectInvalid({ ...withDevices, devices: [{ ...devices[0]!, kind: 'rocm' }] }, /kind must be 'cuda' or 'stand-in'/);
+    expectInvalid({ ...withDevices, devices: [{ ...devices[0]!, ipc: { handle: new Uint8Array(63), offset: 0 } }] }, /ipc\.handle must be 64 bytes/);
+    expectInvalid({ ...withDevices, devices: [devices[0]!, devices[0]!] }, /repeats another region's id/);
+    expectInvalid({ ...withDevices, devices: [{ ...devices[1]!, id: withDevices.regions[0]!.id }] }, /repeats another region's id/);
+  });
+});
+
 describe('host section (v2)', () => {
   test('the region table location round-trips; absent is the default; a half-absent one is refused', () => {
     const table = { fd: 42, inode: 0xdead_beef_cafen, nonce: Uint8Array.from({ length: 16 }, (_, i) => i + 1) };
@@ -543,10 +621,13 @@ describe('host section (v2)', () => {
     assert.deepEqual(decodeMetadata(encodeMetadata(desc)).host, { id: 'h', pid: 7, table });
     assert.equal(decodeMetadata(encodeMetadata(sampleDesc(1, 0))).host?.table, undefined);
     expectBad(
-      craftPrefix().u32(0).u8(0).u32(0).u32(0xffffffff).u64(5n).bytes(new Uint8Array(16)).finish(),
+      craftPrefix().u32(0).u8(0).u32(0).u32(0xffffffff).u64(5n).bytes(new Uint8Array(16)).u32(0).u32(0).finish(),
       /region table at offset \d+ is absent but carries an inode or nonce/,
     );
-    expectBad(craftPrefix().u32(0).u8(0).u32(0).u32(0x80000000).u64(5n).bytes(new Uint8Array(16)).finish(), /region table fd at offset \d+ is 2147483648/);
+    expectBad(
+      craftPrefix().u32(0).u8(0).u32(0).u32(0x80000000).u64(5n).bytes(new Uint8Array(16)).u32(0).u32(0).finish(),
+      /region table fd at offset \d+ is 2147483648/,
+    );
     expectInvalid({ ...desc, host: { id: 'h', pid: 7, table: { ...table, nonce: new Uint8Array(15) } } }, /host.table.nonce must be 16 bytes/);
     expectInvalid({ ...desc, host: { id: 'h', pid: 7, table: { ...table, fd: -1 } } }, /host.table.fd must be an integer/);
   });

@@ -5,6 +5,7 @@
 #include "binding/cuda_wrap.h"
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <mutex>
 
@@ -69,6 +70,13 @@ Napi::Uint8Array BytesArg(const Napi::CallbackInfo& info, size_t i, const char* 
   return info[i].As<Napi::Uint8Array>();
 }
 
+int DeviceArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  double v = info.Length() > i && info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : -1;
+  if (!(v >= 0) || v > 1024 || v != static_cast<double>(static_cast<int>(v)))
+    ThrowCoded(info.Env(), code::kInvalidArgument, std::string(what) + ": device must be an integer ≥ 0");
+  return static_cast<int>(v);
+}
+
 Napi::Value Status(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CudaStatus s = GetCudaStatus();
@@ -93,16 +101,11 @@ Napi::Value Status(const Napi::CallbackInfo& info) {
 // cudaAllocate(device, bytes) -> { ptr: bigint, bytes, device }
 Napi::Value Allocate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber())
-    ThrowCoded(env, code::kInvalidArgument, "cudaAllocate(device, bytes): device must be a number");
-  double device = info[0].As<Napi::Number>().DoubleValue();
-  if (!(device >= 0) || device > 1024 || device != static_cast<double>(static_cast<int>(device))) {
-    ThrowCoded(env, code::kInvalidArgument, "cudaAllocate: device must be an integer ≥ 0");
-  }
+  int device = DeviceArg(info, 0, "cudaAllocate");
   size_t bytes = LengthArg(info, 1, "cudaAllocate");
   Live entry;
   try {
-    entry.allocation = AllocateDevice(static_cast<int>(device), bytes);
+    entry.allocation = AllocateDevice(device, bytes);
   } catch (const Error& e) {
     Rethrow(env, e);
   }
@@ -145,32 +148,87 @@ Napi::Value Free(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// cudaCopyToDevice(ptr, bytes: Uint8Array): the whole array to [ptr, ptr + length).
-Napi::Value CopyTo(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  CUdeviceptr ptr = PointerArg(info, 0, "cudaCopyToDevice");
-  Napi::Uint8Array bytes = BytesArg(info, 1, "cudaCopyToDevice");
-  if (bytes.ByteLength() == 0) return env.Undefined();
+// Runs `f` and turns a coded core error into a JS exception.
+template <typename F>
+void Guard(Napi::Env env, F&& f) {
   try {
-    CopyToDevice(ptr, bytes.Data(), bytes.ByteLength());
+    f();
   } catch (const Error& e) {
     Rethrow(env, e);
   }
-  return env.Undefined();
+}
+
+// cudaCopyToDevice(ptr, bytes: Uint8Array): the whole array to [ptr, ptr + length).
+Napi::Value CopyTo(const Napi::CallbackInfo& info) {
+  CUdeviceptr ptr = PointerArg(info, 0, "cudaCopyToDevice");
+  Napi::Uint8Array bytes = BytesArg(info, 1, "cudaCopyToDevice");
+  if (bytes.ByteLength() > 0) Guard(info.Env(), [&] { CopyToDevice(ptr, bytes.Data(), bytes.ByteLength()); });
+  return info.Env().Undefined();
 }
 
 // cudaCopyFromDevice(ptr, bytes: Uint8Array): [ptr, ptr + length) into the whole array.
 Napi::Value CopyFrom(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
   CUdeviceptr ptr = PointerArg(info, 0, "cudaCopyFromDevice");
   Napi::Uint8Array bytes = BytesArg(info, 1, "cudaCopyFromDevice");
-  if (bytes.ByteLength() == 0) return env.Undefined();
-  try {
-    CopyFromDevice(bytes.Data(), ptr, bytes.ByteLength());
-  } catch (const Error& e) {
-    Rethrow(env, e);
-  }
-  return env.Undefined();
+  if (bytes.ByteLength() > 0) Guard(info.Env(), [&] { CopyFromDevice(bytes.Data(), ptr, bytes.ByteLength()); });
+  return info.Env().Undefined();
+}
+
+// cudaCopyDeviceToDevice(dst, src, length)
+Napi::Value CopyDevice(const Napi::CallbackInfo& info) {
+  CUdeviceptr dst = PointerArg(info, 0, "cudaCopyDeviceToDevice");
+  CUdeviceptr src = PointerArg(info, 1, "cudaCopyDeviceToDevice");
+  size_t length = LengthArg(info, 2, "cudaCopyDeviceToDevice");
+  if (length > 0) Guard(info.Env(), [&] { CopyDeviceToDevice(dst, src, length); });
+  return info.Env().Undefined();
+}
+
+// cudaIpcExport(ptr, length) -> { handle: Buffer(64), offset, device }
+Napi::Value IpcExportJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CUdeviceptr ptr = PointerArg(info, 0, "cudaIpcExport");
+  size_t length = LengthArg(info, 1, "cudaIpcExport");
+  IpcExport x;
+  Guard(env, [&] { x = ExportIpc(ptr, length); });
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("handle", Napi::Buffer<char>::Copy(env, x.handle.reserved, sizeof x.handle.reserved));
+  out.Set("offset", static_cast<double>(x.offset));
+  out.Set("device", x.device);
+  return out;
+}
+
+// cudaIpcOpen(device, handle: Uint8Array(64)) -> bigint, the mapping's base
+Napi::Value IpcOpenJs(const Napi::CallbackInfo& info) {
+  int device = DeviceArg(info, 0, "cudaIpcOpen");
+  Napi::Uint8Array bytes = BytesArg(info, 1, "cudaIpcOpen");
+  CUipcMemHandle handle;
+  if (bytes.ByteLength() != sizeof handle.reserved)
+    ThrowCoded(info.Env(), code::kInvalidArgument, "cudaIpcOpen: an IPC handle is 64 bytes");
+  std::memcpy(handle.reserved, bytes.Data(), sizeof handle.reserved);
+  CUdeviceptr mapped = 0;
+  Guard(info.Env(), [&] { mapped = OpenIpc(device, handle); });
+  return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(mapped));
+}
+
+// cudaIpcClose(device, mapped)
+Napi::Value IpcCloseJs(const Napi::CallbackInfo& info) {
+  int device = DeviceArg(info, 0, "cudaIpcClose");
+  CUdeviceptr mapped = PointerArg(info, 1, "cudaIpcClose");
+  Guard(info.Env(), [&] { CloseIpc(device, mapped); });
+  return info.Env().Undefined();
+}
+
+// cudaPinHost(bytes: Uint8Array) / cudaUnpinHost(bytes)
+Napi::Value PinHostJs(const Napi::CallbackInfo& info) {
+  Napi::Uint8Array bytes = BytesArg(info, 0, "cudaPinHost");
+  if (bytes.ByteLength() > 0) Guard(info.Env(), [&] { PinHost(bytes.Data(), bytes.ByteLength()); });
+  return info.Env().Undefined();
+}
+
+Napi::Value UnpinHostJs(const Napi::CallbackInfo& info) {
+  Napi::Uint8Array bytes = BytesArg(info, 0, "cudaUnpinHost");
+  if (bytes.ByteLength() > 0) Guard(info.Env(), [&] { UnpinHost(bytes.Data()); });
+  return info.Env().Undefined();
 }
 
 // cudaCheckRange(ptr, length) -> { device, base: bigint, size }
@@ -213,6 +271,12 @@ void InitCuda(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaCopyToDevice", Napi::Function::New(env, CopyTo));
   exports.Set("cudaCopyFromDevice", Napi::Function::New(env, CopyFrom));
   exports.Set("cudaCheckRange", Napi::Function::New(env, CheckRange));
+  exports.Set("cudaCopyDeviceToDevice", Napi::Function::New(env, CopyDevice));
+  exports.Set("cudaIpcExport", Napi::Function::New(env, IpcExportJs));
+  exports.Set("cudaIpcOpen", Napi::Function::New(env, IpcOpenJs));
+  exports.Set("cudaIpcClose", Napi::Function::New(env, IpcCloseJs));
+  exports.Set("cudaPinHost", Napi::Function::New(env, PinHostJs));
+  exports.Set("cudaUnpinHost", Napi::Function::New(env, UnpinHostJs));
   exports.Set("libfabricHmem", Napi::Function::New(env, LibfabricHmem));
 }
 

@@ -25,6 +25,8 @@ constexpr int kPointerAttrDeviceOrdinal = 9;
 constexpr int kPointerAttrRangeStartAddr = 11;
 constexpr int kPointerAttrRangeSize = 12;
 constexpr unsigned kMemoryTypeDevice = 2;
+constexpr unsigned kIpcLazyEnablePeerAccess = 1;
+constexpr CUresult kErrorHostMemoryAlreadyRegistered = 712;
 
 struct Api {
   CUresult (*Init)(unsigned) = nullptr;
@@ -294,6 +296,55 @@ void CopyFromDevice(void* dst, CUdeviceptr src, size_t bytes) {
   Api& api = Driver();
   MakeCurrent(api, r.device);
   Check(api, api.MemcpyDtoH(dst, src, bytes), "cuMemcpyDtoH(" + Hex(src) + ", " + std::to_string(bytes) + " bytes)");
+}
+
+void CopyDeviceToDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+  DeviceRange to = CheckDeviceRange(dst, bytes);
+  CheckDeviceRange(src, bytes);
+  Api& api = Driver();
+  MakeCurrent(api, to.device);
+  Check(api, api.MemcpyDtoD(dst, src, bytes),
+        "cuMemcpyDtoD(" + Hex(dst) + ", " + Hex(src) + ", " + std::to_string(bytes) + " bytes)");
+}
+
+IpcExport ExportIpc(CUdeviceptr ptr, size_t length) {
+  DeviceRange r = CheckDeviceRange(ptr, length);
+  Api& api = Driver();
+  MakeCurrent(api, r.device);
+  IpcExport out;
+  Check(api, api.IpcGetMemHandle(&out.handle, r.base), "cuIpcGetMemHandle(" + Hex(r.base) + ")");
+  out.offset = ptr - r.base;
+  out.device = r.device;
+  return out;
+}
+
+CUdeviceptr OpenIpc(int device, const CUipcMemHandle& handle) {
+  Api& api = Driver();
+  MakeCurrent(api, device);
+  CUdeviceptr mapped = 0;
+  Check(api, api.IpcOpenMemHandle(&mapped, handle, kIpcLazyEnablePeerAccess),
+        "cuIpcOpenMemHandle(on cuda:" + std::to_string(device) + ")");
+  return mapped;
+}
+
+void CloseIpc(int device, CUdeviceptr mapped) {
+  Api& api = Driver();
+  MakeCurrent(api, device);
+  Check(api, api.IpcCloseMemHandle(mapped), "cuIpcCloseMemHandle(" + Hex(mapped) + ")");
+}
+
+void PinHost(void* p, size_t bytes) {
+  Api& api = Driver();
+  MakeCurrent(api, 0);
+  CUresult rc = api.MemHostRegister(p, bytes, 0);
+  if (rc == kErrorHostMemoryAlreadyRegistered) return;
+  Check(api, rc, "cuMemHostRegister(" + std::to_string(bytes) + " bytes)");
+}
+
+void UnpinHost(void* p) {
+  Api& api = Driver();
+  MakeCurrent(api, 0);
+  Check(api, api.MemHostUnregister(p), "cuMemHostUnregister");
 }
 
 }  // namespace kvf

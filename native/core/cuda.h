@@ -71,4 +71,22 @@ struct DeviceRange {
 // runs past the allocation's end, KVF_ERR_ZERO_LENGTH for length 0. Returns the allocation that holds it.
 DeviceRange CheckDeviceRange(CUdeviceptr ptr, size_t length);
 
+// A device-to-device copy (synchronous); both ranges are checked first. Either may be an IPC mapping.
+void CopyDeviceToDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes);
+
+// The IPC handle of the allocation that holds ptr, and ptr's offset in it (an IPC handle names an allocation).
+struct IpcExport {
+  CUipcMemHandle handle{};
+  uint64_t offset = 0;
+  int device = -1;
+};
+IpcExport ExportIpc(CUdeviceptr ptr, size_t length);
+// Maps another process's allocation here (cuIpcOpenMemHandle, peer access enabled lazily); the mapping's base.
+CUdeviceptr OpenIpc(int device, const CUipcMemHandle& handle);
+void CloseIpc(int device, CUdeviceptr mapped);
+
+// Page-locks host memory for fast, asynchronous-capable copies (cuMemHostRegister) and undoes it.
+void PinHost(void* p, size_t bytes);
+void UnpinHost(void* p);
+
 }  // namespace kvf

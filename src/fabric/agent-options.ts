@@ -6,6 +6,7 @@ import { MAX_BUSY_POLL_US, tcpBinding } from './config.js';
 import { KvfError, fromNative } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { METADATA_LIMITS } from './metadata.js';
+import { stagingOptions, type StagingOptions } from './staging-options.js';
 import { addon, type NativeAgent, type NativeAgentOptions, type NativeEvent } from './native.js';
 
 export interface AgentOptions {
@@ -57,6 +58,8 @@ export interface AgentOptions {
    * every transfer on the fabric.
    */
   fastPath?: boolean;
+  /** The staged path's chunk size, window, chunks lent to peers and deadlines (staging-options.ts). */
+  staging?: StagingOptions;
 }
 
 export interface TransferOptions {
@@ -84,6 +87,7 @@ const AGENT_OPTION_KEYS = [
   'expressMaxBytes',
   'busyPollUs',
   'fastPath',
+  'staging',
 ] as const satisfies readonly (keyof AgentOptions)[];
 export const TRANSFER_OPTION_KEYS = ['notification', 'timeoutMs'] as const satisfies readonly (keyof TransferOptions)[];
 export const POST_OPTION_KEYS = [...TRANSFER_OPTION_KEYS, 'indices'] as const satisfies readonly (keyof PostOptions)[];
@@ -106,6 +110,7 @@ export function checkAgentOptions(options: AgentOptions): void {
   if (options.busyPollUs !== undefined && !(Number.isInteger(options.busyPollUs) && options.busyPollUs >= 0 && options.busyPollUs <= MAX_BUSY_POLL_US)) {
     throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `options.busyPollUs must be an integer from 0 to ${MAX_BUSY_POLL_US} (µs)`);
   }
+  stagingOptions(options.staging);
   const timeout = options.closeTimeoutMs;
   if (timeout !== undefined && (!Number.isInteger(timeout) || timeout < 0 || timeout > 2 ** 31 - 1)) {
     throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.closeTimeoutMs must be an integer from 0 to 2^31-1');

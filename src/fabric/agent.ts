@@ -8,7 +8,17 @@ import { resolveBackend, requestedProvider, type Backend } from './config.js';
 import { packDescriptors, type TransferDescriptor } from './descriptors.js';
 import { KvfError, fromNative } from '../common/errors.js';
 import { defaultLogger, type Logger } from '../common/logger.js';
-import { MemoryRegion, allocateBytes, toBytes, type AllocateOptions, type MemoryInput, type RegionOwner } from './memory.js';
+import {
+  MemoryRegion,
+  allocateBytes,
+  checkAllocateOptions,
+  isDeviceMemoryInput,
+  toBytes,
+  type AllocateOptions,
+  type DeviceMemoryInput,
+  type MemoryInput,
+  type RegionOwner,
+} from './memory.js';
 import { decodeMetadata, encodeMetadata } from './metadata.js';
 import { CompletionPoller } from './completion-poller.js';
 import { RECORD_FIELD as F, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_STRIDE, newRecordsBuffer } from './records.js';
@@ -33,6 +43,9 @@ import { checkOptionKeys } from './options.js';
 import { readReport, type Posted, type TransferOp, type TransferReport } from './transfer-report.js';
 import { checkPeer, localDescription, logRefusedPaths, sameHostArg } from './metadata-exchange.js';
 import { KeepAlive, armTimeout, type Pending } from './in-flight.js';
+import { AgentDevices } from './agent-devices.js';
+import { DeviceRegion } from './device-region.js';
+import { stagingOptions } from './staging-options.js';
 
 // The API's types live with what reads them; they are exported from here too, where users of Agent look.
 export type { AgentOptions, AllocateOptions, PostOptions, TransferOptions, TransferOp, TransferReport };
@@ -71,6 +84,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   #poller: CompletionPoller | undefined;
   // Shared with the addon, which writes completions into it (records.ts).
   #records: Float64Array;
+  #devices: AgentDevices;
 
   private constructor(native: NativeAgent, records: Float64Array, backend: Backend, options: AgentOptions, log: Logger | undefined) {
     super();
@@ -96,6 +110,20 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
           );
     this.#log = log;
     this.#grants = new GrantBook(native, this.name, this.info.regionTable?.nonce ?? new Uint8Array(16), () => this.#state !== 'closed');
+    this.#devices = new AgentDevices(
+      {
+        name: this.name,
+        backend,
+        provider: this.provider,
+        log,
+        allocateHost: (length) => this.allocate(length, { remoteAccess: false, shared: false }),
+        grant: (region, o) => this.grant(region, o),
+        hostTransfer: (op, p, d, timeoutMs, note) => this.#postHost(op, p, d, timeoutMs, note),
+        sendNotification: (p, data, timeoutMs) => this.#notifyPeer(p, data, timeoutMs),
+        hostRegion: (local) => this.#hostRegion(local),
+      },
+      stagingOptions(options.staging),
+    );
   }
 
   static async create(options: AgentOptions): Promise<Agent> {
@@ -145,9 +173,16 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    * Registers memory with every rail. The buffer is pinned (kept alive) until deregister() or close().
    * `remoteAccess: false` keeps the region out of getLocalMetadata(): usable as a local source or sink only.
    */
-  registerMemory(memory: MemoryInput, options: { remoteAccess?: boolean } = {}): MemoryRegion {
+  registerMemory(memory: MemoryInput, options?: { remoteAccess?: boolean }): MemoryRegion;
+  /** Device memory someone else owns (a device pointer, its length and 'cuda:N'), checked with the CUDA driver. */
+  registerMemory(memory: DeviceMemoryInput, options?: { remoteAccess?: boolean }): DeviceRegion;
+  registerMemory(memory: MemoryInput | DeviceMemoryInput, options: { remoteAccess?: boolean } = {}): MemoryRegion | DeviceRegion {
     this.#assertOpen();
     checkOptionKeys(options, ['remoteAccess'], 'registerMemory');
+    if (isDeviceMemoryInput(memory)) {
+      const { ptr, length, device } = memory;
+      return this.#devices.register(ptr, length, device, options.remoteAccess ?? true);
+    }
     const bytes = toBytes(memory);
     const remoteAccess = options.remoteAccess ?? true;
     const id = this.#call(() => this.#native.registerMemory(bytes, remoteAccess));
@@ -168,8 +203,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
    * shared memory (shmem_enabled). Elsewhere shared memory is 4 KiB pages and large copies run slower, so true
    * is then a choice for small transfers.
    */
-  allocate(length: number, options: AllocateOptions = {}): MemoryRegion {
+  allocate(length: number, options: AllocateOptions & { device: string }): DeviceRegion;
+  allocate(length: number, options?: AllocateOptions): MemoryRegion;
+  allocate(length: number, options: AllocateOptions = {}): MemoryRegion | DeviceRegion {
     this.#assertOpen();
+    if (options?.device !== undefined) {
+      checkAllocateOptions(options);
+      return this.#devices.allocate(length, options.device, options.remoteAccess ?? true);
+    }
     const { bytes, hugepages, shared } = this.#call(() => allocateBytes(length, options));
     const remoteAccess = options.remoteAccess ?? true;
     const id = this.#call(() => this.#native.registerMemory(bytes, remoteAccess));
@@ -232,7 +273,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   getLocalMetadata(): Buffer {
     this.#assertOpen();
     const regions = this.#call(() => this.#native.regions()).filter((r) => this.#regions.get(r.id)?.remoteAccess);
-    return encodeMetadata(localDescription(this.info, regions));
+    return encodeMetadata({ ...localDescription(this.info, regions), ...this.#devices.describe() });
   }
 
   /** Parses a peer's blob (strictly; it came from the network) and connects every rail to every peer rail. */
@@ -247,10 +288,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     logRefusedPaths(this.#log, this.name, desc.name, added);
     const previous = this.#peers.get(desc.name);
     if (previous) this.invalidateRemoteMetadata(previous);
-    const regions = desc.regions.map((r) => ({ id: r.id, length: r.length }));
+    const regions = [
+      ...desc.regions.map((r) => ({ id: r.id, length: r.length })),
+      ...(desc.devices ?? []).map((d) => ({ id: d.id, length: d.length, kind: d.kind })),
+    ];
     const digest = desc.host?.table?.nonce ?? new Uint8Array(16);
     const peer = new RemotePeer(this, id, desc.name, desc.provider, desc.rails.length, regions, added.path, added.fastPathRefused, added.mappedRegions, digest);
     this.#peers.set(desc.name, peer);
+    this.#devices.peerLoaded(desc, hostArg !== undefined && this.#fastPath);
     const endpoints = endpointsOf(this.provider, desc.rails);
     if (endpoints.length > 0) this.#endpoints.set(desc.name, endpoints.join(', '));
     return peer;
@@ -263,6 +308,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     this.#call(() => this.#native.removePeer(p.id));
     this.#peers.delete(p.name);
     this.#endpoints.delete(p.name);
+    this.#devices.peerForgotten(p.name);
     p.markInvalid();
   }
 
@@ -288,19 +334,33 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       if (op !== 'READ' && op !== 'WRITE') throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `op must be READ or WRITE, not ${String(op)}`);
       checkOptionKeys(options, TRANSFER_OPTION_KEYS, op === 'READ' ? 'read' : 'write');
       const p = this.#peer(peer);
-      const packed = packDescriptors(descriptors, this.#regions);
       const note = options.notification === undefined ? undefined : notificationBytes(options.notification);
-      const id = this.#call(() => this.#native.post(op === 'WRITE' ? 0 : 1, p.id, packed, note), { peer: p.name });
-      return this.#track(id, op, p.name, descriptors.length, note !== undefined, options.timeoutMs);
+      if (this.#devices.involves(p, descriptors)) return this.#devices.transfer(op, p, descriptors, options.timeoutMs, note);
+      return this.#postHost(op, p, descriptors, options.timeoutMs, note);
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  #postHost(
+    op: TransferOp,
+    p: RemotePeer,
+    descriptors: readonly TransferDescriptor[],
+    timeoutMs: number | undefined,
+    note?: Uint8Array,
+  ): Promise<TransferReport> {
+    const packed = packDescriptors(descriptors, this.#regions);
+    const id = this.#call(() => this.#native.post(op === 'WRITE' ? 0 : 1, p.id, packed, note), { peer: p.name });
+    return this.#track(id, op, p.name, descriptors.length, note !== undefined, timeoutMs);
   }
 
   /** Validates descriptors once for repeated posting with post(); release() it when done (close() frees all). */
   prepare(peer: RemotePeer | string, descriptors: readonly TransferDescriptor[]): PreparedTransfer {
     this.#assertOpen();
     const p = this.#peer(peer);
+    if (this.#devices.involves(p, descriptors)) {
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'prepared lists carry host memory only; move device regions with read() and write()');
+    }
     const packed = packDescriptors(descriptors, this.#regions);
     const id = this.#call(() => this.#native.prepare(p.id, packed), { peer: p.name });
     let bytes = 0;
@@ -348,11 +408,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
 
   /** Sends bytes to the peer; resolves when the provider reports the send complete. */
   async sendNotification(peer: RemotePeer | string, data: Uint8Array | string): Promise<void> {
+    return this.#notifyPeer(peer, notificationBytes(data), undefined);
+  }
+
+  async #notifyPeer(peer: RemotePeer | string, bytes: Uint8Array, timeoutMs: number | undefined): Promise<void> {
     this.#assertOpen();
     const p = this.#peer(peer);
-    const bytes = notificationBytes(data);
     const id = this.#call(() => this.#native.notify(p.id, bytes), { peer: p.name });
-    await this.#track(id, 'NOTIFY', p.name, 0, true, undefined);
+    await this.#track(id, 'NOTIFY', p.name, 0, true, timeoutMs);
   }
 
   /** Notifications from peers, in arrival order, as an async iterator; ends when the agent closes. */
@@ -429,6 +492,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
   }
 
   #notify(n: Notification): void {
+    if (this.#devices.onNotification(n.from, n.data)) return;
     this.#notifications.push(n);
     this.emit('notification', n);
   }
@@ -438,6 +502,7 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     for (const region of this.#regions.values()) region.markDeregistered();
     this.#regions.clear();
     this.#grants.endAll();
+    this.#devices.close();
     for (const peer of this.#peers.values()) peer.markInvalid();
     this.#peers.clear();
     this.#endpoints.clear();
@@ -476,6 +541,14 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       this.#poller?.afterPost();
     }
     return settled;
+  }
+
+  #hostRegion(local: MemoryRegion | number): MemoryRegion {
+    const r = this.#regions.get(typeof local === 'number' ? local : ((local as MemoryRegion | undefined)?.id ?? -1));
+    if (!r || (typeof local !== 'number' && r !== local)) {
+      throw new KvfError('KVF_ERR_UNKNOWN_REGION', `descriptor names a region that is not registered with agent ${this.name}`);
+    }
+    return r;
   }
 
   #peer(peer: RemotePeer | string): RemotePeer {

@@ -1,10 +1,11 @@
 // Descriptors name what moves: a range of a local region and a range of a peer's region of equal length.
 import { KvfError } from '../common/errors.js';
 import { MemoryRegion } from './memory.js';
+import type { DeviceRegion } from './device-region.js';
 
 export interface TransferDescriptor {
-  /** Local region (or its id). */
-  local: MemoryRegion | number;
+  /** Local region (or its id): host memory, or a device region (agent.allocate with `device`). */
+  local: MemoryRegion | DeviceRegion | number;
   localOffset: number;
   /** The peer's region id, as listed in RemotePeer.regions. */
   remote: number | { id: number };

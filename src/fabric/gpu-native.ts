@@ -42,6 +42,16 @@ export interface GpuAddon {
    * the driver knows, KVF_ERR_OUT_OF_RANGE when the range runs past the allocation's end.
    */
   cudaCheckRange(ptr: bigint, length: number): { device: number; base: bigint; size: number };
+  /** A synchronous device-to-device copy of `length` bytes; both ranges are checked first (either may be an IPC mapping). */
+  cudaCopyDeviceToDevice(dst: bigint, src: bigint, length: number): void;
+  /** The IPC handle of the allocation holding [ptr, ptr + length), ptr's offset in it and its device. */
+  cudaIpcExport(ptr: bigint, length: number): { handle: Buffer; offset: number; device: number };
+  /** Maps another process's allocation on `device`; returns the mapping's base. Close it with cudaIpcClose. */
+  cudaIpcOpen(device: number, handle: Uint8Array): bigint;
+  cudaIpcClose(device: number, mapped: bigint): void;
+  /** Page-locks host memory (cuMemHostRegister) for fast device copies; cudaUnpinHost undoes it. */
+  cudaPinHost(bytes: Uint8Array): void;
+  cudaUnpinHost(bytes: Uint8Array): void;
   /** Whether the loaded libfabric offers `provider` with FI_HMEM (fi_getinfo), and which file it loaded. */
   libfabricHmem(provider: string): { hmem: boolean; library?: string; error?: string };
 }

@@ -38,7 +38,8 @@ export function requireDevice(index: number): CudaDevice {
   return dev;
 }
 
-function call<T>(f: () => T): T {
+/** Runs an addon call, its errors as KvfError. */
+export function call<T>(f: () => T): T {
   try {
     return f();
   } catch (err) {

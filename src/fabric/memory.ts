@@ -1,5 +1,4 @@
 // Registered memory as the user sees it (an id, a length, and the bytes), and the addon's allocation behind Agent.allocate.
-import { parseDevice, requireDevice } from './gpu.js';
 import { checkOptionKeys } from './options.js';
 import { KvfError } from '../common/errors.js';
 import { addon } from './native.js';
@@ -29,25 +28,38 @@ export interface AllocateOptions {
   /** Memory same-host peers can map (see Agent.allocate()). Default 'auto'. */
   shared?: boolean | 'auto';
   /**
-   * 'cuda:N' asks for device memory. Not in this version: agents register host memory only until the GPU
-   * transfer paths (cuda-ipc, staged) arrive; KVF_ERR_NO_GPU on a host without a CUDA driver or device,
-   * KVF_ERR_INVALID_ARGUMENT elsewhere. DeviceBuffer allocates and fills device memory meanwhile.
+   * 'cuda:N': device memory (a DeviceRegion; KVF_ERR_NO_GPU on a host without a CUDA driver or device).
+   * 'stand-in': host memory that transfers treat as device memory (the staged path, with memcpy where a GPU
+   * would copy), so the GPU paths run on machines without one. `hugepages` and `shared` do not apply.
    */
   device?: string;
 }
 
+/** Device memory someone else owns, for Agent.registerMemory. */
+export interface DeviceMemoryInput {
+  ptr: bigint;
+  length: number;
+  /** 'cuda:N' */
+  device: string;
+}
+
+export function isDeviceMemoryInput(m: unknown): m is DeviceMemoryInput {
+  return typeof m === 'object' && m !== null && !ArrayBuffer.isView(m) && typeof (m as { ptr?: unknown }).ptr === 'bigint';
+}
+
 const ALLOCATE_OPTION_KEYS = ['hugepages', 'remoteAccess', 'shared', 'device'] as const satisfies readonly (keyof AllocateOptions)[];
 
-/** Checks Agent.allocate's arguments and allocates the memory in the addon; the caller registers it. */
-export function allocateBytes(length: number, options: AllocateOptions): { bytes: Uint8Array; hugepages: boolean; shared: boolean } {
+/** Checks Agent.allocate's options; with a device, only remoteAccess goes with it. */
+export function checkAllocateOptions(options: AllocateOptions): void {
   checkOptionKeys(options, ALLOCATE_OPTION_KEYS, 'allocate');
-  if (options.device !== undefined) {
-    requireDevice(parseDevice(options.device));
-    throw new KvfError(
-      'KVF_ERR_INVALID_ARGUMENT',
-      `allocate({ device: '${options.device}' }): agents register host memory only in this version; device regions arrive with the GPU transfer paths (cuda-ipc, staged). DeviceBuffer allocates and fills device memory meanwhile.`,
-    );
+  if (options.device !== undefined && (options.hugepages !== undefined || options.shared !== undefined)) {
+    throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'allocate: hugepages and shared apply to host memory, not to a device region');
   }
+}
+
+/** Checks Agent.allocate's arguments and allocates host memory in the addon; the caller registers it. */
+export function allocateBytes(length: number, options: AllocateOptions): { bytes: Uint8Array; hugepages: boolean; shared: boolean } {
+  checkAllocateOptions(options);
   if (!Number.isSafeInteger(length) || length <= 0) {
     throw new KvfError(length === 0 ? 'KVF_ERR_ZERO_LENGTH' : 'KVF_ERR_INVALID_ARGUMENT', 'length must be a positive integer');
   }

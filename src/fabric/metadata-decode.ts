@@ -17,7 +17,14 @@ import {
   U64_LIMIT,
   crc32,
   hex,
+  DEVICE_FIXED_BYTES,
+  DEVICE_FLAG_IPC,
+  DEVICE_KIND_CODES,
+  DEVICE_TOKEN_BYTES,
+  IPC_HANDLE_BYTES,
   type AgentDescription,
+  type DeviceKind,
+  type DeviceRegionDescription,
   type RegionDescription,
   type TableDescription,
 } from './metadata-format.js';
@@ -59,6 +66,13 @@ class Reader {
     this.need(field, 4);
     const v = this.view.getUint32(this.offset, true);
     this.offset += 4;
+    return v;
+  }
+
+  u16(field: string): number {
+    this.need(field, 2);
+    const v = this.view.getUint16(this.offset, true);
+    this.offset += 2;
     return v;
   }
 
@@ -235,8 +249,12 @@ function decodeChecked(input: unknown): AgentDescription {
     throw bad(`region table at offset ${tableAt} is absent but carries an inode or nonce`);
   }
 
+  const stagingChunkBytes = rd.u32('staging chunk bytes');
+  const devices = readDevices(rd, firstIndex);
+  if (devices.length > 0 && stagingChunkBytes === 0) throw bad('device regions are listed but the staging chunk size is 0');
+
   if (rd.remaining !== 0) {
-    throw bad(`${rd.remaining} unexpected trailing byte(s) at offset ${rd.offset}, after the host section and before the CRC`);
+    throw bad(`${rd.remaining} unexpected trailing byte(s) at offset ${rd.offset}, after the device regions and before the CRC`);
   }
 
   return {
@@ -246,5 +264,46 @@ function decodeChecked(input: unknown): AgentDescription {
     rails,
     regions,
     host: table ? { id: hostId, pid, table } : { id: hostId, pid },
+    ...(devices.length > 0 ? { devices } : {}),
+    ...(stagingChunkBytes > 0 ? { stagingChunkBytes } : {}),
   };
+}
+
+const DEVICE_KINDS = new Map<number, DeviceKind>(Object.entries(DEVICE_KIND_CODES).map(([k, v]) => [v, k as DeviceKind]));
+
+/** The device regions section (v5); `hostIds` are the host regions' ids, which a device region must not repeat. */
+function readDevices(rd: Reader, hostIds: ReadonlyMap<number, number>): DeviceRegionDescription[] {
+  const countAt = rd.offset;
+  const count = rd.u32('device region count');
+  if (count > METADATA_LIMITS.maxDeviceRegions)
+    throw bad(`device region count at offset ${countAt} is ${count}, expected at most ${METADATA_LIMITS.maxDeviceRegions}`);
+  if (count * DEVICE_FIXED_BYTES > rd.remaining)
+    throw bad(`${count} device regions at offset ${rd.offset} need at least ${count * DEVICE_FIXED_BYTES} bytes, but only ${rd.remaining} remain`);
+  const out: DeviceRegionDescription[] = [];
+  const ids = new Set<number>();
+  for (let i = 0; i < count; i++) {
+    const at = rd.offset;
+    const id = rd.u32(`device[${i}].id`);
+    if (hostIds.has(id) || ids.has(id)) throw bad(`device[${i}] at offset ${at} repeats region id ${id}`);
+    ids.add(id);
+    const length = rd.u64(`device[${i}].length`);
+    if (length === 0n || length > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`device[${i}] (id ${id}) length is ${length}, expected 1..2^53-1`);
+    const kindCode = rd.u8(`device[${i}].kind`);
+    const kind = DEVICE_KINDS.get(kindCode);
+    if (kind === undefined) throw bad(`device[${i}] (id ${id}) kind is ${kindCode}, expected 1 (cuda) or 2 (stand-in)`);
+    const flags = rd.u8(`device[${i}].flags`);
+    if ((flags & ~DEVICE_FLAG_IPC) !== 0) throw bad(`device[${i}] (id ${id}) flags are ${hex(flags, 2)}; only bit0 (IPC handle) is defined`);
+    const device = rd.u16(`device[${i}].device`);
+    const token = rd.take(`device[${i}].token`, DEVICE_TOKEN_BYTES);
+    const d: DeviceRegionDescription = { id, length: Number(length), kind, device, token };
+    if (flags & DEVICE_FLAG_IPC) {
+      if (kind !== 'cuda') throw bad(`device[${i}] (id ${id}) is ${kind} memory but carries a CUDA IPC handle`);
+      const handle = rd.take(`device[${i}].ipc.handle`, IPC_HANDLE_BYTES);
+      const offset = rd.u64(`device[${i}].ipc.offset`);
+      if (offset > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`device[${i}] (id ${id}) IPC offset is ${offset}, expected at most 2^53-1`);
+      d.ipc = { handle, offset: Number(offset) };
+    }
+    out.push(d);
+  }
+  return out;
 }

@@ -16,7 +16,14 @@ import {
   U64_LIMIT,
   crc32,
   hex,
+  DEVICE_FIXED_BYTES,
+  DEVICE_FLAG_IPC,
+  DEVICE_IPC_BYTES,
+  DEVICE_KIND_CODES,
+  DEVICE_TOKEN_BYTES,
+  IPC_HANDLE_BYTES,
   type AgentDescription,
+  type DeviceRegionDescription,
   type RegionDescription,
 } from './metadata-format.js';
 
@@ -122,9 +129,28 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
     }
   }
 
+  const devices = checkDevices(desc.devices ?? [], seen);
+  const chunkBytes = desc.stagingChunkBytes ?? 0;
+  if (!Number.isInteger(chunkBytes) || chunkBytes < 0 || chunkBytes > 0xffffffff) throw invalid('stagingChunkBytes must be a u32');
+  const deviceBytes = devices.reduce((n, d) => n + DEVICE_FIXED_BYTES + (d.ipc ? DEVICE_IPC_BYTES : 0), 0);
   const regionBytes = REGION_FIXED_BYTES + 8 * addrs.length;
   const total =
-    HEADER_BYTES + 1 + nameBytes + 1 + providerBytes + 1 + railBytes + 4 + checked.length * regionBytes + 1 + hostBytes + HOST_FIXED_BYTES + CRC_BYTES;
+    HEADER_BYTES +
+    1 +
+    nameBytes +
+    1 +
+    providerBytes +
+    1 +
+    railBytes +
+    4 +
+    checked.length * regionBytes +
+    1 +
+    hostBytes +
+    HOST_FIXED_BYTES +
+    4 +
+    4 +
+    deviceBytes +
+    CRC_BYTES;
   // Cannot happen within the limits above (the largest blob is ~560 MB), but the field is a u32.
   if (total > 0xffffffff) throw invalid(`metadata would be ${total} bytes, more than a u32 length can describe`);
 
@@ -161,7 +187,46 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
   off = buf.writeBigUInt64LE(table?.inode ?? 0n, off);
   if (table) buf.set(table.nonce, off);
   off += TABLE_NONCE_BYTES;
+  off = buf.writeUInt32LE(chunkBytes, off);
+  off = buf.writeUInt32LE(devices.length, off);
+  for (const d of devices) {
+    off = buf.writeUInt32LE(d.id, off);
+    off = buf.writeBigUInt64LE(BigInt(d.length), off);
+    off = buf.writeUInt8(DEVICE_KIND_CODES[d.kind], off);
+    off = buf.writeUInt8(d.ipc ? DEVICE_FLAG_IPC : 0, off);
+    off = buf.writeUInt16LE(d.device, off);
+    buf.set(d.token, off);
+    off += DEVICE_TOKEN_BYTES;
+    if (d.ipc) {
+      buf.set(d.ipc.handle, off);
+      off += IPC_HANDLE_BYTES;
+      off = buf.writeBigUInt64LE(BigInt(d.ipc.offset), off);
+    }
+  }
   off = buf.writeUInt32LE(crc32(buf, 0, off), off);
   if (off !== total) throw new Error(`encodeMetadata internal error: wrote ${off} of ${total} bytes`);
   return buf;
+}
+
+/** The device regions, checked; `seen` holds the host regions' ids, which a device region must not repeat. */
+function checkDevices(devices: readonly DeviceRegionDescription[], seen: Map<number, number>): DeviceRegionDescription[] {
+  if (!Array.isArray(devices)) throw invalid('devices must be an array');
+  if (devices.length > METADATA_LIMITS.maxDeviceRegions) throw invalid(`at most ${METADATA_LIMITS.maxDeviceRegions} device regions fit in metadata`);
+  const ids = new Set<number>();
+  return devices.map((d: DeviceRegionDescription, i) => {
+    const { id, length, kind, device, token, ipc } = d ?? ({} as DeviceRegionDescription);
+    if (!Number.isInteger(id) || id < 0 || id > 0xffffffff) throw invalid(`devices[${i}].id must be a u32`);
+    if (seen.has(id) || ids.has(id)) throw invalid(`devices[${i}].id ${id} repeats another region's id`);
+    ids.add(id);
+    if (!Number.isSafeInteger(length) || length <= 0) throw invalid(`devices[${i}].length must be an integer in 1..2^53-1`);
+    if (!Object.hasOwn(DEVICE_KIND_CODES, kind)) throw invalid(`devices[${i}].kind must be 'cuda' or 'stand-in'`);
+    if (!Number.isInteger(device) || device < 0 || device > 0xffff) throw invalid(`devices[${i}].device must be a u16`);
+    if (!(token instanceof Uint8Array) || token.length !== DEVICE_TOKEN_BYTES) throw invalid(`devices[${i}].token must be ${DEVICE_TOKEN_BYTES} bytes`);
+    if (ipc !== undefined) {
+      if (!(ipc.handle instanceof Uint8Array) || ipc.handle.length !== IPC_HANDLE_BYTES)
+        throw invalid(`devices[${i}].ipc.handle must be ${IPC_HANDLE_BYTES} bytes`);
+      if (!Number.isSafeInteger(ipc.offset) || ipc.offset < 0) throw invalid(`devices[${i}].ipc.offset must be an integer ≥ 0`);
+    }
+    return { id, length, kind, device, token, ...(ipc ? { ipc: { handle: ipc.handle, offset: ipc.offset } } : {}) };
+  });
 }

@@ -2,7 +2,7 @@
 // seals it. The codec (metadata-encode.ts, metadata-decode.ts) is written against these definitions;
 // metadata.ts is the module the rest of kvfabric imports.
 //
-// Format v4, all integers little-endian:
+// Format v5, all integers little-endian:
 //
 //   offset  size  field
 //   0       4     magic, ASCII "KVFM"
@@ -22,6 +22,11 @@
 //           4     u32 region table fd (0xffffffff: no table)
 //           8     u64 region table inode (0 unless a table)
 //           16    region table nonce (zeros unless a table)
+//           4     u32 stagingChunkBytes: the most one staging request of this agent's device regions moves
+//           4     u32 deviceRegionCount (0..65_536)
+//                 per device region: u32 id, u64 length (1..2^53-1), u8 kind (1 cuda, 2 stand-in),
+//                   u8 flags (bit0: an IPC handle follows), u16 device ordinal (0 for stand-in),
+//                   16-byte stage token, [64-byte CUDA IPC handle, u64 offset of the region in its allocation]
 //           4     u32 CRC-32 (IEEE / zlib polynomial) of every preceding byte
 //
 // v2 added the host identity and pid (the same-host fast path: peers with the same identity can copy by
@@ -33,10 +38,14 @@
 // which regions are advertised right now, checked by inode and a random nonce before anything of the pid is
 // touched; the same-host paths and the shm provider are used only once it is confirmed.
 //
+// v5 added device regions (GPU memory, or host memory standing in for it): not registered with the rails, so
+// not in the region list; a peer moves them through the owner (the staged path asks the owner, presenting the
+// region's token, to copy through a pinned chunk) or, on one host, through the CUDA IPC handle.
+//
 // A reader accepts only the version it was built for: a layout change must bump METADATA_VERSION,
 // and an older peer then reports "unsupported metadata version N" instead of misreading fields.
 
-export const METADATA_VERSION = 4;
+export const METADATA_VERSION = 5;
 
 export interface RegionDescription {
   /** Region id, unique within one agent (u32). */
@@ -49,6 +58,22 @@ export interface RegionDescription {
   keys: bigint[];
   /** Shared memory (a memfd) a same-host peer may map: the owner's fd number, the file's inode, the region's offset in it. */
   share?: ShareDescription;
+}
+
+export type DeviceKind = 'cuda' | 'stand-in';
+
+/** A device region a peer may READ and WRITE through the GPU paths (device-region.ts). */
+export interface DeviceRegionDescription {
+  /** Region id (u32), distinct from every host region's id. */
+  id: number;
+  length: number;
+  kind: DeviceKind;
+  /** CUDA device ordinal (0 for stand-in). */
+  device: number;
+  /** What a staging request must present (16 bytes): region ids are small integers, tokens are not guessable. */
+  token: Uint8Array;
+  /** The allocation's CUDA IPC handle (64 bytes) and the region's offset in it, for peers on this host. */
+  ipc?: { handle: Uint8Array; offset: number };
 }
 
 export interface ShareDescription {
@@ -71,6 +96,10 @@ export interface AgentDescription {
   rails: Uint8Array[];
   /** 0..1_048_576 regions; each region's keys.length equals rails.length. */
   regions: RegionDescription[];
+  /** Device regions (v5); default none. */
+  devices?: DeviceRegionDescription[];
+  /** The most one staging request of those regions may move (the owner's chunk size; u32, 0 = none). */
+  stagingChunkBytes?: number;
   /** Where the agent runs: a host identity (same string = same kernel and pid namespace) and its pid. Default unknown. */
   host?: HostDescription;
 }
@@ -95,12 +124,13 @@ export interface TableDescription {
 
 export const TABLE_NONCE_BYTES = 16;
 
-/** Limits of format v4. */
+/** Limits of format v5. */
 export const METADATA_LIMITS = Object.freeze({
   maxStringBytes: 255,
   maxRails: 64,
   maxRailAddressBytes: 255,
   maxRegions: 1_048_576,
+  maxDeviceRegions: 65_536,
 });
 
 export const MAGIC = [0x4b, 0x56, 0x46, 0x4d] as const; // "KVFM"
@@ -110,11 +140,19 @@ export const HEADER_BYTES = 12;
 export const CRC_BYTES = 4;
 /** The host section's fixed part after the host id: u32 pid, u32 table fd, u64 table inode, the nonce. */
 export const HOST_FIXED_BYTES = 4 + 4 + 8 + TABLE_NONCE_BYTES;
-/** Smallest well-formed v4 blob: 1-byte name, 1-byte provider, one 1-byte rail, no regions, no host id. */
-export const MIN_BLOB_BYTES = HEADER_BYTES + (1 + 1) + (1 + 1) + 1 + (1 + 1) + 4 + 1 + HOST_FIXED_BYTES + CRC_BYTES;
+/** Smallest well-formed blob: 1-byte name, 1-byte provider, one 1-byte rail, no regions, no host id, no device regions. */
+export const MIN_BLOB_BYTES = HEADER_BYTES + (1 + 1) + (1 + 1) + 1 + (1 + 1) + 4 + 1 + HOST_FIXED_BYTES + 4 + 4 + CRC_BYTES;
 /** A region's fixed part: u32 id, u64 length, u64 base, u32 share fd, u64 share inode, u64 share offset (the keys follow). */
 export const REGION_FIXED_BYTES = 4 + 8 + 8 + 4 + 8 + 8;
 export const NOT_SHARED = 0xffffffff;
+/** A device region's fixed part: u32 id, u64 length, u8 kind, u8 flags, u16 device, the token. */
+export const DEVICE_FIXED_BYTES = 4 + 8 + 1 + 1 + 2 + 16;
+export const DEVICE_TOKEN_BYTES = 16;
+export const IPC_HANDLE_BYTES = 64;
+/** The IPC part of a device region: the handle and a u64 offset. */
+export const DEVICE_IPC_BYTES = IPC_HANDLE_BYTES + 8;
+export const DEVICE_KIND_CODES: Readonly<Record<DeviceKind, number>> = Object.freeze({ cuda: 1, 'stand-in': 2 });
+export const DEVICE_FLAG_IPC = 0x01;
 export const U64_LIMIT = 1n << 64n;
 
 // ---------------------------------------------------------------------------------------------

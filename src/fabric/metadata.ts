@@ -8,6 +8,8 @@ export {
   METADATA_VERSION,
   crc32,
   type AgentDescription,
+  type DeviceKind,
+  type DeviceRegionDescription,
   type HostDescription,
   type RegionDescription,
   type ShareDescription,

@@ -2,6 +2,8 @@
 export interface RemoteRegionInfo {
   id: number;
   length: number;
+  /** Device regions only: 'cuda', or 'stand-in' (host memory the peer treats as a device's). */
+  kind?: 'cuda' | 'stand-in';
 }
 
 /** @internal what RemotePeer needs of its agent for grants. */

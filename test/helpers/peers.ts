@@ -2,12 +2,13 @@
 // Agent) and drives it with request/reply messages over the IPC channel; it can also freeze a child
 // (SIGSTOP) and read its memory through /proc. Children are tracked so that closePeers() (from `after`)
 // and a last-resort 'exit' hook never leave one running.
+import assert from 'node:assert/strict';
 import { fork, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-import type { TransferReport } from '../../src/index.js';
+import type { StagingOptions, TransferReport } from '../../src/index.js';
 import { prng } from './random.js';
 
 export { prng };
@@ -88,8 +89,8 @@ export interface CheckRequest {
 }
 
 export type Request =
-  | { cmd: 'create'; name: string; provider: string; fastPath?: boolean; address?: string }
-  | { cmd: 'alloc'; region: string; length: number; fill: 'random' | 'zero'; shared?: boolean; remoteAccess?: boolean }
+  | { cmd: 'create'; name: string; provider: string; fastPath?: boolean; address?: string; staging?: StagingOptions }
+  | { cmd: 'alloc'; region: string; length: number; fill: 'random' | 'zero'; shared?: boolean; remoteAccess?: boolean; device?: string }
   | { cmd: 'free'; region: string }
   | { cmd: 'fill'; region: string; ranges: Range[] }
   | { cmd: 'hash'; region: string; ranges: Range[] }
@@ -141,7 +142,9 @@ export interface WireError {
 
 // ---- parent side ------------------------------------------------------------------------------------
 
-const FIXTURE = fileURLToPath(new URL('../fixtures/peer.ts', import.meta.url));
+// A machine without npm (the GPU machine, scripts/gpu-pack.sh) runs the fixture bundled: KVF_PEER_FIXTURE names it.
+const BUNDLED_FIXTURE = process.env.KVF_PEER_FIXTURE;
+const FIXTURE = BUNDLED_FIXTURE ?? fileURLToPath(new URL('../fixtures/peer.ts', import.meta.url));
 const live = new Set<ChildProcess>();
 process.once('exit', () => {
   for (const c of live) c.kill('SIGKILL');
@@ -156,6 +159,17 @@ export class PeerError extends Error {
     super(`peer ${peer}: ${cmd} failed: ${remote.code ? remote.code + ': ' : ''}${remote.message}`);
     this.name = 'PeerError';
   }
+}
+
+/** Asserts that `p` fails in the peer with one of `codes`. */
+export async function failsWith(p: Promise<unknown>, codes: string[], label: string): Promise<PeerError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof PeerError, `${label}: accepted`);
+  assert.ok(codes.includes(err.remote.code ?? ''), `${label}: expected ${codes.join(' or ')}, got ${err.remote.code}: ${err.message}`);
+  return err;
 }
 
 export class PeerProcess {
@@ -179,7 +193,7 @@ export class PeerProcess {
     const [execPath, ...pre] = [...prefix, process.execPath];
     this.#child = fork(FIXTURE, [label], {
       execPath: execPath!,
-      execArgv: [...pre, '--import', 'tsx'],
+      execArgv: BUNDLED_FIXTURE ? pre : [...pre, '--import', 'tsx'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       env: { ...process.env, KVF_LOG_LEVEL: process.env.KVF_LOG_LEVEL ?? 'warn' },
     });
@@ -260,7 +274,7 @@ export class PeerProcess {
 
   // ---- conveniences -------------------------------------------------------------------------------
 
-  async create(name: string, provider: string, options: { fastPath?: boolean; address?: string } = {}): Promise<CreatedAgent> {
+  async create(name: string, provider: string, options: { fastPath?: boolean; address?: string; staging?: StagingOptions } = {}): Promise<CreatedAgent> {
     this.agent = await this.request({ cmd: 'create', name, provider, ...options });
     return this.agent;
   }
@@ -275,6 +289,13 @@ export class PeerProcess {
       ...(shared !== undefined ? { shared } : {}),
       ...(remoteAccess !== undefined ? { remoteAccess } : {}),
     });
+    this.regions.set(region, r.id);
+    return r.id;
+  }
+
+  /** A device region ('cuda:N', or 'stand-in': host memory the agent treats as a device's), filled like alloc(). */
+  async allocDevice(region: string, length: number, fill: 'random' | 'zero', device: string): Promise<number> {
+    const r = await this.request({ cmd: 'alloc', region, length, fill, device });
     this.regions.set(region, r.id);
     return r.id;
   }

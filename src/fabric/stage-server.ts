@@ -1,0 +1,172 @@
+// The owner's side of remote staging (stage-protocol.ts): it answers peers' requests for its device regions by
+// copying through its own pinned chunks, each lent to one request under a one-shot grant with fresh keys.
+// Requests come from the network: a request must name a remotely accessible device region with its token and a
+// range inside it no longer than a chunk; a peer holds at most `perPeer` chunks; a chunk's lease ends after
+// `leaseMs` whatever the peer does, and a chunk taken back that way rests for `quarantineMs` before reuse (an
+// operation the provider accepted before the revoke may still finish).
+import { timingSafeEqual } from 'node:crypto';
+
+import { KvfError } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import type { BouncePool, Chunk } from './bounce-pool.js';
+import type { DeviceRegion } from './device-region.js';
+import type { Grant } from './grants.js';
+import { STAGE, encodeStage, type StageMessage } from './stage-protocol.js';
+
+export interface StageServerHost {
+  readonly name: string;
+  deviceRegion(id: number): DeviceRegion | undefined;
+  /** The pool chunks are lent from (made on first use). */
+  servePool(): BouncePool;
+  grantChunk(pool: BouncePool, chunk: Chunk, length: number, access: 'read' | 'write'): Grant;
+  /** Sends to a loaded peer; rejects when the peer is not loaded. */
+  send(peer: string, data: Buffer): Promise<void>;
+  log?: Logger;
+}
+
+export interface StageServerLimits {
+  leaseMs: number;
+  perPeer: number;
+  quarantineMs: number;
+}
+
+interface Lease {
+  peer: string;
+  req: number;
+  dir: 'out' | 'in';
+  region: DeviceRegion;
+  offset: number;
+  length: number;
+  chunk: Chunk;
+  grant: Grant;
+  timer: NodeJS.Timeout;
+}
+
+export class StageServer {
+  #leases = new Map<string, Lease>();
+  #perPeer = new Map<string, number>();
+  #timers = new Set<NodeJS.Timeout>();
+  #closed = false;
+
+  constructor(
+    private readonly host: StageServerHost,
+    private readonly limits: StageServerLimits,
+  ) {}
+
+  get leases(): number {
+    return this.#leases.size;
+  }
+
+  /** True while the region is lent out in a chunk (deregistering it then is refused). */
+  busy(region: DeviceRegion): boolean {
+    for (const l of this.#leases.values()) if (l.region === region) return true;
+    return false;
+  }
+
+  /** A request, commit or release from `peer` (the requester side's messages go to StagedTransfers). */
+  handle(peer: string, m: StageMessage): void {
+    if (this.#closed) return;
+    try {
+      if (m.type === STAGE.out || m.type === STAGE.in) this.#lend(peer, m);
+      else if (m.type === STAGE.commit) this.#commit(peer, m.req);
+      else if (m.type === STAGE.release) this.#end(this.#leases.get(key(peer, m.req)), false);
+    } catch (err) {
+      const e = err instanceof KvfError ? err : new KvfError('KVF_ERR_CUDA', String(err));
+      this.#reply(peer, { type: STAGE.error, req: m.req, code: e.code, message: e.message });
+    }
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const l of this.#leases.values()) clearTimeout(l.timer);
+    for (const t of this.#timers) clearTimeout(t);
+    this.#leases.clear();
+    this.#timers.clear();
+  }
+
+  #lend(peer: string, m: Extract<StageMessage, { type: typeof STAGE.out | typeof STAGE.in }>): void {
+    const region = this.host.deviceRegion(m.region);
+    if (!region || !region.remoteAccess || !region.registered || !sameToken(region.token, m.token)) {
+      throw new KvfError('KVF_ERR_REMOTE_ACCESS', `${this.host.name} has no device region ${m.region} open to peers with that token`);
+    }
+    if (m.offset + m.length > region.length) {
+      throw new KvfError('KVF_ERR_OUT_OF_RANGE', `[${m.offset}, ${m.offset + m.length}) is outside device region ${m.region} (${region.length} bytes)`);
+    }
+    const pool = this.host.servePool();
+    if (m.length > pool.chunkBytes) throw new KvfError('KVF_ERR_TOO_LARGE', `a staging request moves at most ${pool.chunkBytes} bytes`);
+    const k = key(peer, m.req);
+    if (this.#leases.has(k)) throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `request ${m.req} is already staged`);
+    const held = this.#perPeer.get(peer) ?? 0;
+    const chunk = held < this.limits.perPeer ? pool.tryAcquire() : undefined;
+    if (!chunk) throw new KvfError('KVF_ERR_OVERLOADED', `${this.host.name} has no staging chunk free for ${peer} now`);
+    let grant: Grant;
+    try {
+      const view = chunk.bytes.subarray(0, m.length);
+      if (m.type === STAGE.out) region.copyTo(view, m.offset);
+      grant = this.host.grantChunk(pool, chunk, m.length, m.type === STAGE.out ? 'read' : 'write');
+    } catch (err) {
+      pool.release(chunk);
+      throw err;
+    }
+    const dir = m.type === STAGE.out ? 'out' : 'in';
+    const timer = setTimeout(() => this.#end(this.#leases.get(k), true), this.limits.leaseMs);
+    this.#leases.set(k, { peer, req: m.req, dir, region, offset: m.offset, length: m.length, chunk, grant, timer });
+    this.#perPeer.set(peer, held + 1);
+    // Unsent, the grant reached no one: the chunk can go back at once.
+    this.#reply(peer, { type: STAGE.granted, req: m.req, grant: grant.bytes }, () => this.#end(this.#leases.get(k), false));
+  }
+
+  #commit(peer: string, req: number): void {
+    const lease = this.#leases.get(key(peer, req));
+    if (!lease || lease.dir !== 'in') throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `no chunk is lent for writing to request ${req}`);
+    // Revoked before the copy: nothing the peer sends can change the chunk while it is copied in.
+    lease.grant.revoke();
+    try {
+      if (!lease.region.registered) throw new KvfError('KVF_ERR_CLOSED', `device region ${lease.region.id} was deregistered`);
+      lease.region.copyFrom(lease.chunk.bytes.subarray(0, lease.length), lease.offset);
+    } finally {
+      this.#end(lease, false);
+    }
+    this.#reply(peer, { type: STAGE.done, req });
+  }
+
+  /** Ends a lease: the grant revoked, the chunk back in the pool (after a rest when the peer never said it was done). */
+  #end(lease: Lease | undefined, expired: boolean): void {
+    if (!lease) return;
+    const k = key(lease.peer, lease.req);
+    if (this.#leases.get(k) !== lease) return;
+    this.#leases.delete(k);
+    clearTimeout(lease.timer);
+    const held = (this.#perPeer.get(lease.peer) ?? 1) - 1;
+    if (held > 0) this.#perPeer.set(lease.peer, held);
+    else this.#perPeer.delete(lease.peer);
+    lease.grant.revoke();
+    const pool = this.host.servePool();
+    if (!expired) {
+      pool.release(lease.chunk);
+      return;
+    }
+    this.host.log?.warn({ agent: this.host.name, peer: lease.peer, req: lease.req }, 'staging lease expired: the chunk was taken back');
+    const t = setTimeout(() => {
+      this.#timers.delete(t);
+      pool.release(lease.chunk);
+    }, this.limits.quarantineMs);
+    this.#timers.add(t);
+  }
+
+  #reply(peer: string, m: StageMessage, unsent?: () => void): void {
+    // A peer this agent has not loaded cannot be answered; its requester's deadline ends its wait.
+    this.host.send(peer, encodeStage(m)).catch((err: unknown) => {
+      this.host.log?.debug({ agent: this.host.name, peer, err }, 'staging reply not sent');
+      unsent?.();
+    });
+  }
+}
+
+function key(peer: string, req: number): string {
+  return `${peer}\u0000${req}`;
+}
+
+function sameToken(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}

@@ -1,0 +1,235 @@
+// The requester's side of the staged path: a transfer with device memory on either side, cut into pieces of
+// at most one chunk, `window` pieces in flight, so that the device copy of one piece (on this thread) overlaps
+// the fabric operations of the others (on the rail threads). A local device side goes through this agent's
+// pinned chunks; a remote device side through the owner's, asked for and answered on the notification channel
+// (stage-protocol.ts). The transfer resolves once every byte is in the destination's memory, device included.
+import { KvfError } from '../common/errors.js';
+import type { BouncePool, Chunk } from './bounce-pool.js';
+import { DeviceRegion } from './device-region.js';
+import type { MemoryRegion } from './memory.js';
+import type { DeviceRegionDescription } from './metadata.js';
+import type { RemotePeer } from './peer.js';
+import { STAGE, encodeStage, type StageMessage } from './stage-protocol.js';
+import type { TransferOp, TransferReport } from './transfer-report.js';
+
+/** One side of a piece: a host region, a local device region, or the peer's device region. */
+export interface StagedPiece {
+  local: MemoryRegion | DeviceRegion;
+  localOffset: number;
+  /** The peer's host region id, or its device region. */
+  remote: number | DeviceRegionDescription;
+  remoteOffset: number;
+  length: number;
+}
+
+export interface StagedHost {
+  readonly name: string;
+  requestPool(): BouncePool;
+  /** The host path: one READ or WRITE of host ranges (the agent's transfer()). */
+  fabric(op: TransferOp, peer: RemotePeer, d: HostDescriptor, timeoutMs: number, notification?: Uint8Array): Promise<TransferReport>;
+  /** A notification to the peer, failing after `timeoutMs`. */
+  send(peer: RemotePeer, data: Buffer, timeoutMs: number): Promise<void>;
+}
+
+export interface HostDescriptor {
+  local: MemoryRegion;
+  localOffset: number;
+  remote: number;
+  remoteOffset: number;
+  length: number;
+}
+
+interface Waiter {
+  resolve: (m: StageMessage) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+/** What the pieces' fabric operations add up to, for the transfer's report. */
+export interface StagedTotals {
+  rails: Set<number>;
+  ops: number;
+  providerPostMs: number;
+}
+
+export class StagedRequester {
+  #waiters = new Map<string, Waiter>();
+  #nextReq = 1;
+  #closed = false;
+
+  constructor(
+    private readonly host: StagedHost,
+    /** How long a release may take to send (the owner's lease ends the loan anyway). */
+    private readonly releaseTimeoutMs: number,
+  ) {}
+
+  /** An owner's answer (GRANTED, DONE, ERROR) from `peer`; anything unasked for is dropped. */
+  answer(peer: string, m: StageMessage): void {
+    const w = this.#waiters.get(key(peer, m.req));
+    if (!w) return;
+    this.#waiters.delete(key(peer, m.req));
+    clearTimeout(w.timer);
+    if (m.type === STAGE.error) w.reject(new KvfError(m.code as never, `${peer}: ${m.message}`, { peer }));
+    else w.resolve(m);
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const w of this.#waiters.values()) {
+      clearTimeout(w.timer);
+      w.reject(new KvfError('KVF_ERR_CLOSED', 'the agent closed while a staging request waited'));
+    }
+    this.#waiters.clear();
+  }
+
+  /** Runs every piece, `window` at a time; the first failure stops new pieces and is thrown once the others settle. */
+  async run(op: TransferOp, peer: RemotePeer, pieces: StagedPiece[], window: number, deadline: number): Promise<StagedTotals> {
+    const totals: StagedTotals = { rails: new Set(), ops: 0, providerPostMs: 0 };
+    let next = 0;
+    let failure: unknown;
+    const worker = async (): Promise<void> => {
+      while (failure === undefined && next < pieces.length) {
+        const p = pieces[next++]!;
+        try {
+          for (const r of await this.#piece(op, peer, p, deadline)) {
+            for (const rail of r.rails) totals.rails.add(rail);
+            totals.ops += r.ops;
+            totals.providerPostMs += r.providerPostMs;
+          }
+        } catch (err) {
+          failure ??= err;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(window, pieces.length) }, worker));
+    if (failure !== undefined) throw failure;
+    return totals;
+  }
+
+  async #piece(op: TransferOp, peer: RemotePeer, p: StagedPiece, deadline: number): Promise<TransferReport[]> {
+    if (typeof p.remote === 'number') return [await this.#viaLocalChunk(op, peer, p, p.remote, deadline)];
+    const remote = p.remote;
+    const dir = op === 'READ' ? STAGE.out : STAGE.in;
+    const req = this.#nextReq++;
+    const granted = await this.#ask(peer, { type: dir, req, region: remote.id, token: remote.token, offset: p.remoteOffset, length: p.length }, deadline);
+    if (granted.type !== STAGE.granted) throw new KvfError('KVF_ERR_BAD_METADATA', `${peer.name} answered a staging request with message ${granted.type}`);
+    let grantId: number;
+    try {
+      grantId = peer.addGrant(granted.grant);
+    } catch (err) {
+      this.#release(peer, req); // nothing of ours can touch a chunk we never had the keys of
+      throw err;
+    }
+    let ok = false;
+    try {
+      let r: TransferReport;
+      if (op === 'READ') r = await this.#viaLocalChunk(op, peer, p, grantId, deadline);
+      else {
+        // The commit rides on the WRITE itself: the owner sees it only after the bytes have landed.
+        const done = this.#expect(peer.name, req, deadline);
+        r = await this.#viaLocalChunk(op, peer, p, grantId, deadline, encodeStage({ type: STAGE.commit, req }));
+        await done;
+      }
+      ok = true;
+      return [r];
+    } finally {
+      this.#forget(peer.name, req);
+      peer.removeGrant(grantId);
+      // After a failure the owner's lease takes the chunk back, and rests it: an operation of ours may be late.
+      if (ok && op === 'READ') this.#release(peer, req);
+    }
+  }
+
+  /**
+   * One fabric operation between the local side and the remote host range `remote` (a host region id, or a
+   * grant's id for the owner's chunk):
+   * directly when the local side is host memory, through a local chunk when it is a device region.
+   */
+  async #viaLocalChunk(op: TransferOp, peer: RemotePeer, p: StagedPiece, remote: number, deadline: number, notification?: Uint8Array): Promise<TransferReport> {
+    // A grant counts from its first byte.
+    const rOff = typeof p.remote === 'number' ? p.remoteOffset : 0;
+    if (!(p.local instanceof DeviceRegion)) {
+      const d = { local: p.local, localOffset: p.localOffset, remote, remoteOffset: rOff, length: p.length };
+      return this.host.fabric(op, peer, d, remaining(deadline), notification);
+    }
+    const pool = this.host.requestPool();
+    const chunk = await pool.acquire(remaining(deadline));
+    let reusable = true;
+    try {
+      const view = chunk.bytes.subarray(0, p.length);
+      if (op === 'WRITE') p.local.copyTo(view, p.localOffset);
+      const d = { local: pool.region, localOffset: chunk.offset, remote, remoteOffset: rOff, length: p.length };
+      let r: TransferReport;
+      try {
+        r = await this.host.fabric(op, peer, d, remaining(deadline), notification);
+      } catch (err) {
+        // Timed out, the operation may still touch the chunk: it leaves the pool for good.
+        if ((err as KvfError).code === 'KVF_ERR_TIMEOUT') reusable = false;
+        throw err;
+      }
+      if (op === 'READ') p.local.copyFrom(view, p.localOffset);
+      return r;
+    } finally {
+      if (reusable) pool.release(chunk as Chunk);
+    }
+  }
+
+  /** Sends a request and waits for its answer; an owner without a free chunk (OVERLOADED) is asked again. */
+  async #ask(peer: RemotePeer, m: StageMessage, deadline: number): Promise<StageMessage> {
+    for (let backoffMs = 1; ; backoffMs = Math.min(backoffMs * 2, 50)) {
+      const answer = this.#expect(peer.name, m.req, deadline);
+      try {
+        await this.host.send(peer, encodeStage(m), remaining(deadline));
+        return await answer;
+      } catch (err) {
+        this.#forget(peer.name, m.req);
+        if ((err as KvfError).code !== 'KVF_ERR_OVERLOADED' || remaining(deadline) <= backoffMs) throw err;
+        await new Promise((resolve) => setTimeout(resolve, backoffMs));
+      }
+    }
+  }
+
+  /** The answer to `req`, by the deadline. Marked handled: a caller that failed first may never await it. */
+  #expect(peer: string, req: number, deadline: number): Promise<StageMessage> {
+    const answer = this.#wait(peer, req, deadline);
+    answer.catch(() => {});
+    return answer;
+  }
+
+  #wait(peer: string, req: number, deadline: number): Promise<StageMessage> {
+    if (this.#closed) return Promise.reject(new KvfError('KVF_ERR_CLOSED', 'the agent is closing'));
+    return new Promise((resolve, reject) => {
+      const ms = remaining(deadline);
+      const timer = setTimeout(() => {
+        this.#waiters.delete(key(peer, req));
+        reject(
+          new KvfError('KVF_ERR_TIMEOUT', `${peer} did not answer staging request ${req} within ${ms} ms (it must have loaded this agent's metadata)`, {
+            peer,
+          }),
+        );
+      }, ms);
+      this.#waiters.set(key(peer, req), { resolve, reject, timer });
+    });
+  }
+
+  #forget(peer: string, req: number): void {
+    const w = this.#waiters.get(key(peer, req));
+    if (!w) return;
+    clearTimeout(w.timer);
+    this.#waiters.delete(key(peer, req));
+  }
+
+  #release(peer: RemotePeer, req: number): void {
+    this.host.send(peer, encodeStage({ type: STAGE.release, req }), this.releaseTimeoutMs).catch(() => {
+      // The owner's lease ends the chunk's loan anyway.
+    });
+  }
+}
+
+function key(peer: string, req: number): string {
+  return `${peer}\u0000${req}`;
+}
+
+function remaining(deadline: number): number {
+  return Math.max(1, Math.ceil(deadline - performance.now()));
+}
