@@ -14,7 +14,7 @@ ARG NODE_IMAGE=node:20-bookworm-slim
 FROM ${NODE_IMAGE} AS build
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libfabric-dev libfabric-bin libgtest-dev pkg-config cmake make g++ etcd-server curl openssl iproute2 nftables \
+ && apt-get install -y --no-install-recommends libfabric-dev libfabric-bin libgtest-dev pkg-config cmake make g++ etcd-server curl openssl iproute2 nftables chromium \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/kvfabric
 COPY . .

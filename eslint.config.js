@@ -1,5 +1,5 @@
-// Lint for the TypeScript (src, tests, benchmarks, examples, scripts): ESLint's and typescript-eslint's
-// recommended rules; formatting is prettier's job (npm run format), not the linter's.
+// Lint for the TypeScript (src, tests, benchmarks, examples, scripts) and the dashboard's browser script (web/):
+// ESLint's and typescript-eslint's recommended rules; formatting is prettier's job (npm run format), not the linter's.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
@@ -47,6 +47,22 @@ export default tseslint.config(
       'prefer-const': ['error', { ignoreReadBeforeAssign: true }],
       // `_name` marks a value taken apart on purpose and not used.
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', destructuredArrayIgnorePattern: '^_' }],
+    },
+  },
+  {
+    // The dashboard's page script runs in the browser as a classic script (web/dashboard/index.html).
+    files: ['web/**/*.js'],
+    languageOptions: {
+      sourceType: 'script',
+      globals: {
+        document: 'readonly',
+        fetch: 'readonly',
+        Node: 'readonly',
+        TextDecoderStream: 'readonly',
+        AbortController: 'readonly',
+        setTimeout: 'readonly',
+        clearTimeout: 'readonly',
+      },
     },
   },
 );

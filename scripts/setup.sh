@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # iproute2 and nftables: the simulated-hosts tests (test/helpers/hosts.ts: namespaces, veths, tc; nft drops packets
-# where the kernel has no sch_netem). util-linux (unshare) is essential on Debian.
-packages=(libfabric-dev libfabric-bin libgtest-dev pkg-config cmake make g++ etcd-server curl openssl iproute2 nftables)
+# where the kernel has no sch_netem). util-linux (unshare) is essential on Debian. chromium: the dashboard's test
+# drives the page in a headless browser (test/dashboard.test.ts).
+packages=(libfabric-dev libfabric-bin libgtest-dev pkg-config cmake make g++ etcd-server curl openssl iproute2 nftables chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,7 @@
 // The OpenAI-compatible HTTP API (fastify): completions and chat completions, streaming (SSE in OpenAI's
-// chunk format) and not, models, health, liveness and Prometheus metrics. Requests are validated by JSON
-// schema; every error is an OpenAI-style error object whose `code` is a stable kvfabric code (errors.ts).
+// chunk format) and not, models, health, liveness, Prometheus metrics, and the dashboard page with its feed.
+// Requests are validated by JSON schema; every error is an OpenAI-style error object whose `code` is a stable
+// kvfabric code (errors.ts).
 // The routes live in routes/, one module per purpose; this file builds the server they share.
 import { createServer } from 'node:http';
 
@@ -13,8 +14,10 @@ import type { FlowContext } from '../flow.js';
 import type { ServeMetrics } from '../metrics.js';
 import { Admission } from './admission.js';
 import { installErrorHandlers } from './errors.js';
+import { RecentRequests } from './recent.js';
 import { completionRoutes } from './routes/completions.js';
 import type { RouteContext } from './routes/context.js';
+import { dashboardRoutes } from './routes/dashboard.js';
 import { modelRoutes } from './routes/models.js';
 import { statusRoutes } from './routes/status.js';
 
@@ -62,9 +65,10 @@ export function buildApp(options: AppOptions): FastifyInstance {
     metrics.requests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
     done();
   });
-  const ctx: RouteContext = { options, admission: new Admission(options.maxInflight) };
+  const ctx: RouteContext = { options, admission: new Admission(options.maxInflight), recent: new RecentRequests() };
   statusRoutes(app, ctx);
   modelRoutes(app, ctx);
   completionRoutes(app, ctx);
+  dashboardRoutes(app, ctx);
   return app;
 }

@@ -112,11 +112,12 @@ async function serve(ctx: RouteContext, reply: FastifyReply, p: Prepared): Promi
 
 /** Runs the request, calling onText with each final piece; ends at a stop sequence by cancelling the flow. */
 async function run(ctx: RouteContext, p: Prepared, reply: FastifyReply, onText: (text: string) => void): Promise<Result> {
-  const { options } = ctx;
+  const { options, recent } = ctx;
   const { metrics, tokenizer } = options;
   const endTokens = [tokenizer.eosId, tokenizer.eotId].filter((t): t is number => t !== undefined);
   const started = performance.now();
   let last = 0;
+  let ttftMs: number | null = null;
   const text = new TextStream(tokenizer, p.stops);
   let tokens = 0;
   const cancel = new AbortController();
@@ -130,12 +131,31 @@ async function run(ctx: RouteContext, p: Prepared, reply: FastifyReply, onText: 
   reply.raw.on('close', onClose);
   metrics.inflight.inc();
   metrics.inputTokens.inc(p.prompt.length);
+  // What the dashboard lists (recent.ts), whether the request completed or not.
+  const finished = (error: string | null, proof: KvProof | null) =>
+    recent.add({
+      id: p.id,
+      kind: p.kind,
+      finished_at: Date.now(),
+      stream: p.stream,
+      prompt_tokens: p.prompt.length,
+      completion_tokens: tokens,
+      ttft_ms: ttftMs === null ? null : Math.round(ttftMs * 1000) / 1000,
+      duration_ms: Math.round((performance.now() - started) * 1000) / 1000,
+      error,
+      kvfabric: proof,
+    });
   try {
     const request = { requestId: p.id, prompt: p.prompt, sampling: p.sampling, maxTokens: p.maxTokens, endTokens, signal: cancel.signal };
     const outcome = await runFlow(options.flow, request, (token) => {
       const now = performance.now();
-      if (tokens === 0) metrics.ttft.observe((now - started) / 1000);
-      else metrics.itl.observe((now - last) / 1000);
+      if (tokens === 0) {
+        ttftMs = now - started;
+        metrics.ttft.observe(ttftMs / 1000);
+      } else {
+        metrics.itl.observe((now - last) / 1000);
+        recent.interTokenGap(now - last);
+      }
       last = now;
       tokens++;
       const piece = text.push(token);
@@ -146,7 +166,11 @@ async function run(ctx: RouteContext, p: Prepared, reply: FastifyReply, onText: 
     if (rest) onText(rest);
     record(ctx, p.id, outcome.proof);
     metrics.outputTokens.inc(tokens);
+    finished(null, outcome.proof);
     return { text: text.text, finishReason: outcome.finishReason, completionTokens: tokens, proof: outcome.proof };
+  } catch (err) {
+    finished(asKvf(err).code, null);
+    throw err;
   } finally {
     clearTimeout(timeout);
     reply.raw.off('close', onClose);

@@ -1,28 +1,36 @@
 // Liveness, readiness (with each worker's state) and Prometheus metrics: what probes and scrapers read.
 import type { FastifyInstance } from 'fastify';
 
+import type { Router } from '../../router.js';
 import type { RouteContext } from './context.js';
+
+/**
+ * The workers as /health (and the dashboard) show them. No addresses: these routes are unauthenticated, and where
+ * workers listen is nobody else's business.
+ */
+export function workerViews(router: Router) {
+  return router.workers().map((w) => ({
+    id: w.status?.workerId ?? null,
+    role: w.role,
+    source: w.source,
+    healthy: w.healthy,
+    provider: w.status?.provider ?? null,
+    rails: w.status?.rails ?? null,
+    total_blocks: w.status?.totalBlocks ?? null,
+    free_blocks: w.status?.freeBlocks ?? null,
+    inflight: w.status?.inflight ?? null,
+    queued_tokens: w.status?.queuedTokens ?? null,
+    streams: w.status?.streams ?? null,
+    prefill_tokens_per_s: w.status ? Math.round(w.status.prefillTokensPerS) : null,
+    last_error: w.lastError === undefined ? null : w.lastError.replaceAll(w.address, '<worker>'),
+  }));
+}
 
 export function statusRoutes(app: FastifyInstance, { options, admission }: RouteContext): void {
   const { metrics } = options;
   app.get('/live', () => ({ status: 'ok' }));
   app.get('/health', (_req, reply) => {
-    // No addresses: /health is unauthenticated, and where workers listen is nobody else's business.
-    const workers = options.flow.router.workers().map((w) => ({
-      id: w.status?.workerId ?? null,
-      role: w.role,
-      source: w.source,
-      healthy: w.healthy,
-      provider: w.status?.provider ?? null,
-      rails: w.status?.rails ?? null,
-      total_blocks: w.status?.totalBlocks ?? null,
-      free_blocks: w.status?.freeBlocks ?? null,
-      inflight: w.status?.inflight ?? null,
-      queued_tokens: w.status?.queuedTokens ?? null,
-      streams: w.status?.streams ?? null,
-      prefill_tokens_per_s: w.status ? Math.round(w.status.prefillTokensPerS) : null,
-      last_error: w.lastError === undefined ? null : w.lastError.replaceAll(w.address, '<worker>'),
-    }));
+    const workers = workerViews(options.flow.router);
     const ready = workers.some((w) => w.role === 'decode' && w.healthy);
     void reply.code(ready ? 200 : 503);
     return {
