@@ -27,6 +27,10 @@ export function benchOptions(cmd: Command): Command {
     .option('--express <bytes>', "initiator: transfers up to this size are posted and reaped on the event loop; 0 off (default: the agent's, 64K)")
     .option('--prepared', 'post prepared descriptor lists by index (the default)')
     .option('--no-prepared', 'validate and post the descriptors anew on every transfer')
+    .option(
+      '--device <d>',
+      "where the pools live: host, cuda:N, or stand-in (host memory moved as device memory: the staged path without a GPU); 'initiator,target' for one side each (default: host)",
+    )
     .option('--latency', 'latency mode: one descriptor per transfer, one transfer in flight (READ 4K unless --op/--block-sizes)')
     .option('--json <file>', 'write machine, options and every point as JSON')
     .option('--chart <file>', 'draw GB/s against block size to .svg or .png (needs the optional vega, vega-lite, @resvg/resvg-js)')

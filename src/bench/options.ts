@@ -37,6 +37,8 @@ export interface BenchOptions {
   /** tcp provider: the address the fabric endpoints bind (two hosts need a routable one). */
   fabricAddress: string | undefined;
   connect: HostPort | undefined;
+  /** Where each side's pool lives: 'host', 'stand-in' or 'cuda:N'. */
+  device: { initiator: string; target: string };
 }
 
 export interface TargetOptions {
@@ -50,6 +52,8 @@ export interface TargetOptions {
   fabricAddress: string | undefined;
   /** undefined: forked by an initiator, metadata over IPC. */
   listen: HostPort | undefined;
+  /** 'host', 'stand-in' or 'cuda:N'. */
+  device: string;
 }
 
 export interface HostPort {
@@ -78,6 +82,7 @@ export interface RawBenchOptions {
   busyPoll?: string;
   express?: string;
   prepared?: boolean;
+  device?: string;
   latency?: boolean;
   json?: string;
   chart?: string;
@@ -210,7 +215,10 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchOptions {
     progress: raw.progress ?? true,
     fabricAddress: raw.fabricAddress,
     connect: raw.connect === undefined ? undefined : parseHostPort(raw.connect, '--connect'),
+    device: devices(raw.device),
   };
+  // Prepared lists carry host memory only: device pools post their descriptors anew.
+  if (options.device.initiator !== 'host' || options.device.target !== 'host') options.prepared = false;
   if (raw.duration !== undefined) {
     const d = Number(raw.duration);
     if (!Number.isFinite(d) || d <= 0 || raw.duration.trim() === '') bad(`--duration must be a positive number of seconds, not '${raw.duration}'`);
@@ -241,5 +249,20 @@ export function parseTargetOptions(raw: RawBenchOptions): TargetOptions {
     busyPollUs: busyPoll(raw.busyPoll, false),
     fabricAddress: raw.fabricAddress,
     listen: raw.listen === undefined ? undefined : parseHostPort(raw.listen, '--listen'),
+    device: device(raw.device ?? 'host', '--device'),
   };
+}
+
+function device(text: string, what: string): string {
+  const v = text.trim();
+  if (v === 'host' || v === 'stand-in' || /^cuda:(0|[1-9]\d{0,3})$/.test(v)) return v;
+  return bad(`${what} must be host, stand-in or cuda:N, not '${text}'`);
+}
+
+/** --device d (both sides) or --device initiator,target. */
+function devices(text: string | undefined): { initiator: string; target: string } {
+  const parts = (text ?? 'host').split(',');
+  if (parts.length > 2) bad(`--device takes one device or initiator,target, not '${text}'`);
+  const initiator = device(parts[0]!, '--device');
+  return { initiator, target: parts.length === 2 ? device(parts[1]!, '--device') : initiator };
 }

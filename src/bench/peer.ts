@@ -5,13 +5,33 @@ import { fork } from 'node:child_process';
 import { connect } from 'node:net';
 
 import { formatSize, type BenchOptions } from './options.js';
-import { isTargetHello, readFrames, writeFrame, type TargetHello } from './wire.js';
+import { isIntroduced, isTargetHello, readFrames, writeFrame, type TargetHello } from './wire.js';
 
 export interface TargetHandle {
   hello: TargetHello;
   /** 'fork' or the host:port connected to. */
   where: string;
+  /** Hands the target this agent's metadata (base64) and waits until it has loaded it. */
+  introduce(metadata: string): Promise<void>;
   done(): Promise<void>;
+}
+
+/** Waits for the target's answer to an introduction; `send` sends it, `onMessage` subscribes to what comes back. */
+function introduction(send: () => void, onMessage: (f: (m: unknown) => void) => () => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`bench: the target did not load this agent's metadata within ${HELLO_TIMEOUT_MS / 1000} s`));
+    }, HELLO_TIMEOUT_MS);
+    const off = onMessage((m) => {
+      if (!isIntroduced(m)) return;
+      clearTimeout(timer);
+      off();
+      if (m.error) reject(new Error(`bench: the target refused this agent's metadata: ${m.error}`));
+      else resolve();
+    });
+    send();
+  });
 }
 
 // Opening an agent and registering 256 MiB takes well under a second; a minute means something is wrong.
@@ -29,6 +49,7 @@ function forkTarget(options: BenchOptions): Promise<TargetHandle> {
   args.push('--shared-pool', options.sharedPool === 'auto' ? 'auto' : options.sharedPool ? 'on' : 'off');
   if (options.hugepages) args.push('--hugepages');
   args.push('--busy-poll', String(options.busyPollUs));
+  args.push('--device', options.device.target);
   if (options.fabricAddress !== undefined) args.push('--fabric-address', options.fabricAddress);
   // process.argv[1] is this CLI (dist/cli/main.js, or src/cli/main.ts under tsx: execArgv carries the loader).
   const child = fork(process.argv[1]!, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
@@ -50,6 +71,14 @@ function forkTarget(options: BenchOptions): Promise<TargetHandle> {
       resolve({
         hello: m,
         where: 'fork',
+        introduce: (metadata) =>
+          introduction(
+            () => child.send({ cmd: 'peer', metadata }),
+            (f) => {
+              child.on('message', f);
+              return () => child.off('message', f);
+            },
+          ),
         async done() {
           if (child.connected) child.send({ cmd: 'done' });
           // It closes its agent and exits; don't leave a stuck one behind.
@@ -77,8 +106,12 @@ function connectTarget(options: BenchOptions): Promise<TargetHandle> {
       clearTimeout(timer);
       if (!got) reject(new Error(`bench: target ${where} closed the connection before sending its metadata`));
     });
+    const listeners = new Set<(m: unknown) => void>();
     readFrames(socket, (m) => {
-      if (got) return;
+      if (got) {
+        for (const f of listeners) f(m);
+        return;
+      }
       got = true;
       clearTimeout(timer);
       if (!isTargetHello(m)) {
@@ -95,6 +128,14 @@ function connectTarget(options: BenchOptions): Promise<TargetHandle> {
       resolve({
         hello: m,
         where,
+        introduce: (metadata) =>
+          introduction(
+            () => writeFrame(socket, { cmd: 'peer', metadata }),
+            (f) => {
+              listeners.add(f);
+              return () => listeners.delete(f);
+            },
+          ),
         done: () =>
           new Promise<void>((r) => {
             writeFrame(socket, { cmd: 'done' });

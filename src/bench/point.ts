@@ -5,6 +5,7 @@ import { performance } from 'node:perf_hooks';
 
 import type { Agent, TransferOp, TransferReport } from '../fabric/agent.js';
 import type { TransferDescriptor } from '../fabric/descriptors.js';
+import type { DeviceRegion } from '../fabric/device-region.js';
 import type { MemoryRegion } from '../fabric/memory.js';
 import type { RemotePeer } from '../fabric/peer.js';
 import type { PreparedTransfer } from '../fabric/prepared.js';
@@ -59,7 +60,7 @@ export class Layout {
   constructor(
     readonly agent: Agent,
     readonly peer: RemotePeer,
-    local: MemoryRegion,
+    local: MemoryRegion | DeviceRegion,
     remoteRegion: number,
     span: number,
     readonly block: number,

@@ -4,7 +4,8 @@ import { openAgent } from './agent.js';
 import { loadChartWriter, type ChartWriter } from './chart.js';
 import { describeMachine } from './machine.js';
 import { batchFor, formatSize, parseBenchOptions, parseTargetOptions, type BenchOptions, type RawBenchOptions } from './options.js';
-import { openTarget } from './peer.js';
+import { openTarget, type TargetHandle } from './peer.js';
+import { allocatePool } from './pool.js';
 import { Layout, runPoint, type PointResult } from './point.js';
 import { createProgress, pointLabel } from './progress.js';
 import { renderTable, writeJson, type BenchResult } from './report.js';
@@ -30,7 +31,7 @@ export async function runBench(options: BenchOptions, chart?: ChartWriter): Prom
   let result: BenchResult;
   try {
     agent = await openAgent('initiator', options);
-    result = await measure(agent, options, target.hello, target.where);
+    result = await measure(agent, options, target);
   } finally {
     await agent?.close();
     await target.done();
@@ -40,7 +41,8 @@ export async function runBench(options: BenchOptions, chart?: ChartWriter): Prom
   return result;
 }
 
-async function measure(agent: Agent, options: BenchOptions, hello: Awaited<ReturnType<typeof openTarget>>['hello'], where: string): Promise<BenchResult> {
+async function measure(agent: Agent, options: BenchOptions, target: TargetHandle): Promise<BenchResult> {
+  const { hello, where, introduce } = target;
   const span = Math.min(options.pool, hello.poolBytes);
   for (const block of options.blockSizes) {
     const b = batchFor(options, block);
@@ -51,10 +53,15 @@ async function measure(agent: Agent, options: BenchOptions, hello: Awaited<Retur
       );
     }
   }
-  const local = agent.allocate(options.pool, { shared: options.sharedPool, hugepages: options.hugepages });
-  local.bytes.fill(1); // fault every page in before anything is timed
+  const local = allocatePool(agent, { ...options, device: options.device.initiator }, 1);
   const peer = agent.loadRemoteMetadata(Buffer.from(hello.metadata, 'base64'));
-  await agent.warmup(peer);
+  // A target staging device memory answers this agent on the notification channel: it needs our metadata.
+  if (options.device.target === 'host') await agent.warmup(peer);
+  else {
+    await introduce(agent.getLocalMetadata().toString('base64'));
+    // warmup() reads host regions; a device pool is warmed (rails connected, staging chunks made) by one small READ.
+    await agent.read(peer, [{ local, localOffset: 0, remote: hello.region, remoteOffset: 0, length: 4096 }], { timeoutMs: 60_000 });
+  }
 
   // The baseline: the same loop with the agent open and idle, for as long as a point (at most a second).
   const idle = await idleLoopDelay(Math.min(1000, options.duration * 1000));

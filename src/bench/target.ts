@@ -6,13 +6,13 @@ import { createServer, type Socket } from 'node:net';
 import { openAgent } from './agent.js';
 import { describeMachine } from './machine.js';
 import { formatSize, type TargetOptions } from './options.js';
-import { readFrames, writeFrame, type TargetHello } from './wire.js';
+import { allocatePool } from './pool.js';
+import { isPeerMessage, readFrames, writeFrame, type IntroducedMessage, type PeerMessage, type TargetHello } from './wire.js';
 
 export async function runTarget(options: TargetOptions): Promise<void> {
   const agent = await openAgent('target', options);
-  const pool = agent.allocate(options.pool, { shared: options.sharedPool, hugepages: options.hugepages });
-  // Touch every page now, so the first timed transfers do not pay the page faults.
-  pool.bytes.fill(7);
+  // Every page touched now, so the first timed transfers do not pay the page faults.
+  const pool = allocatePool(agent, options, 7);
   const hello: TargetHello = {
     metadata: agent.getLocalMetadata().toString('base64'),
     region: pool.id,
@@ -21,12 +21,21 @@ export async function runTarget(options: TargetOptions): Promise<void> {
     rails: agent.rails,
     machine: describeMachine(),
   };
-  await (options.listen === undefined ? serveIpc(hello) : serveTcp(hello, options));
+  // The initiator's metadata, when it sends it: a device pool is staged for the initiator, answered on the notification channel.
+  const introduce = (m: PeerMessage): IntroducedMessage => {
+    try {
+      agent.loadRemoteMetadata(Buffer.from(m.metadata, 'base64'));
+      return { cmd: 'introduced' };
+    } catch (err) {
+      return { cmd: 'introduced', error: String((err as Error).message) };
+    }
+  };
+  await (options.listen === undefined ? serveIpc(hello, introduce) : serveTcp(hello, options, introduce));
   await agent.close();
 }
 
 /** Forked: the hello goes up the IPC channel; "done" or the parent going away ends it. */
-function serveIpc(hello: TargetHello): Promise<void> {
+function serveIpc(hello: TargetHello, introduce: (m: PeerMessage) => IntroducedMessage): Promise<void> {
   if (!process.send) throw new Error('bench: --target without --listen must be forked by `kvfabric bench` (or give --listen host:port)');
   return new Promise((resolve) => {
     const finish = () => {
@@ -38,6 +47,7 @@ function serveIpc(hello: TargetHello): Promise<void> {
     };
     const onMessage = (m: unknown) => {
       if ((m as { cmd?: string } | null)?.cmd === 'done') finish();
+      else if (isPeerMessage(m)) process.send!(introduce(m));
     };
     process.on('message', onMessage);
     process.on('disconnect', finish);
@@ -49,7 +59,7 @@ function serveIpc(hello: TargetHello): Promise<void> {
  * Standalone: every connection gets the hello; a "done" frame ends the target. A connection that closes
  * without "done" (an initiator that crashed or was interrupted) leaves it up for the next one.
  */
-function serveTcp(hello: TargetHello, options: TargetOptions): Promise<void> {
+function serveTcp(hello: TargetHello, options: TargetOptions, introduce: (m: PeerMessage) => IntroducedMessage): Promise<void> {
   const listen = options.listen!;
   return new Promise((resolve, reject) => {
     const sockets = new Set<Socket>();
@@ -58,6 +68,7 @@ function serveTcp(hello: TargetHello, options: TargetOptions): Promise<void> {
       socket.on('close', () => sockets.delete(socket));
       socket.on('error', () => {}); // a peer resetting its socket is not the target's failure
       readFrames(socket, (m) => {
+        if (isPeerMessage(m)) return writeFrame(socket, introduce(m));
         if ((m as { cmd?: string } | null)?.cmd !== 'done') return;
         server.close(() => resolve());
         for (const s of sockets) s.end();

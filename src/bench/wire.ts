@@ -19,6 +19,27 @@ export interface DoneMessage {
   cmd: 'done';
 }
 
+/** The initiator's metadata, for a target that must answer it (a device pool is staged on request). */
+export interface PeerMessage {
+  cmd: 'peer';
+  metadata: string;
+}
+
+export interface IntroducedMessage {
+  cmd: 'introduced';
+  error?: string;
+}
+
+export function isPeerMessage(m: unknown): m is PeerMessage {
+  const p = m as Partial<PeerMessage> | null;
+  return typeof p === 'object' && p !== null && p.cmd === 'peer' && typeof p.metadata === 'string';
+}
+
+export function isIntroduced(m: unknown): m is IntroducedMessage {
+  const p = m as Partial<IntroducedMessage> | null;
+  return typeof p === 'object' && p !== null && p.cmd === 'introduced';
+}
+
 // Metadata blobs are kilobytes; anything this large is not a bench peer talking.
 const MAX_FRAME = 16 << 20;
 
