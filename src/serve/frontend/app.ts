@@ -13,6 +13,7 @@ import type { FlowContext } from '../flow.js';
 import type { ServeMetrics } from '../metrics.js';
 import { Admission } from './admission.js';
 import { installErrorHandlers } from './errors.js';
+import { traceRequests } from './request-trace.js';
 import { completionRoutes } from './routes/completions.js';
 import type { RouteContext } from './routes/context.js';
 import { modelRoutes } from './routes/models.js';
@@ -58,6 +59,7 @@ export function buildApp(options: AppOptions): FastifyInstance {
   });
   app.server.maxConnections = options.maxConnections;
   installErrorHandlers(app, log as FastifyBaseLogger);
+  traceRequests(app);
   app.addHook('onResponse', (req, reply, done) => {
     metrics.requests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
     done();
