@@ -8,6 +8,7 @@
 // prefill timed out (running it again elsewhere would double the wait), the decode worker prefills locally and
 // the step says why.
 import { KvfError } from '../common/errors.js';
+import { ATTR, ROOT_CONTEXT, rpcAttributes, spanFailed, SpanKind, startSpan, withSpan, type Span } from '../common/tracing.js';
 import type { ServeMode } from './config.js';
 import type { FlowContext, FlowRequest } from './flow.js';
 import { fromServiceError } from './grpc-errors.js';
@@ -33,10 +34,10 @@ type Steps = ReturnType<typeof stepsFor>;
 
 const BEFORE_DECODE: Record<ServeMode, (s: Steps) => Promise<void>> = {
   aggregated: async () => {},
-  pull: (s) => s.onReplicas((entry) => s.prefill(entry, null)),
+  pull: (s) => s.onReplicas((entry, attempt) => s.prefill(entry, null, attempt)),
   push: async (s) => {
     const pushTo = await s.reserve();
-    await s.onReplicas((entry) => s.prefill(entry, pushTo));
+    await s.onReplicas((entry, attempt) => s.prefill(entry, pushTo, attempt));
   },
 };
 
@@ -56,6 +57,7 @@ function stepsFor(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step:
   return {
     /** Push mode: blocks on the decode worker for the prompt's K/V, reserved once whatever the replica; null when refused. */
     async reserve(): Promise<KvHandle | null> {
+      const span = workerSpan('reserve', 'Reserve', decode, req, { [ATTR.promptTokens]: req.prompt.length });
       try {
         step.reserved = await unary(
           decode.client,
@@ -63,24 +65,44 @@ function stepsFor(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step:
           { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs },
           ctx.prefillTimeoutMs,
           req.signal,
+          withSpan(req.trace ?? ROOT_CONTEXT, span),
         );
+        span.setAttribute(ATTR.kvBlocks, step.reserved.blocks.length);
       } catch (err) {
-        if (req.signal.aborted) throw abortError(req.signal);
-        const e = fromServiceError(err, `decode worker ${decode.status?.workerId ?? decode.address}`);
+        const e = req.signal.aborted ? abortError(req.signal) : fromServiceError(err, `decode worker ${decode.status?.workerId ?? decode.address}`);
+        spanFailed(span, e);
+        if (req.signal.aborted) throw e;
+        span.setAttribute(ATTR.fallbackReason, 'reserve failed; the prompt goes by pull');
         ctx.log.warn({ requestId: req.requestId, err: e.message }, 'reserve failed; the prompt goes by pull');
+      } finally {
+        span.end();
       }
       return step.reserved;
     },
-    async prefill(entry: WorkerEntry, pushTo: KvHandle | null): Promise<void> {
-      step.response = await unary(
-        entry.client,
-        entry.client.prefill,
-        { requestId: req.requestId, tokens: req.prompt, sampling: req.sampling, leaseMs: ctx.leaseMs, pushTo },
-        ctx.prefillTimeoutMs,
-        req.signal,
-      );
+    async prefill(entry: WorkerEntry, pushTo: KvHandle | null, attempt: number): Promise<void> {
+      const span = workerSpan('prefill', 'Prefill', entry, req, {
+        [ATTR.promptTokens]: req.prompt.length,
+        [ATTR.kvMode]: pushTo ? 'push' : 'pull',
+        [ATTR.attempt]: attempt,
+      });
+      try {
+        step.response = await unary(
+          entry.client,
+          entry.client.prefill,
+          { requestId: req.requestId, tokens: req.prompt, sampling: req.sampling, leaseMs: ctx.leaseMs, pushTo },
+          ctx.prefillTimeoutMs,
+          req.signal,
+          withSpan(req.trace ?? ROOT_CONTEXT, span),
+        );
+        span.setAttribute('kvfabric.prefill_ms', step.response.prefillMs);
+      } catch (err) {
+        spanFailed(span, req.signal.aborted ? abortError(req.signal) : fromServiceError(err, `prefill worker ${entry.status?.workerId ?? entry.address}`));
+        throw err;
+      } finally {
+        span.end();
+      }
     },
-    onReplicas: (attempt: (entry: WorkerEntry) => Promise<void>) => onReplicas(ctx, req, step, attempt),
+    onReplicas: (attempt: (entry: WorkerEntry, n: number) => Promise<void>) => onReplicas(ctx, req, step, attempt),
   };
 }
 
@@ -89,13 +111,13 @@ function stepsFor(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step:
  * fails too, records why local prefill follows. Overloaded everywhere: KVF_ERR_OVERLOADED for the client, since
  * prefilling on the decode worker would only move the overload there.
  */
-async function onReplicas(ctx: FlowContext, req: FlowRequest, step: PrefillStep, attempt: (entry: WorkerEntry) => Promise<void>): Promise<void> {
+async function onReplicas(ctx: FlowContext, req: FlowRequest, step: PrefillStep, attempt: (entry: WorkerEntry, n: number) => Promise<void>): Promise<void> {
   let failed: string | undefined;
   let overloaded: KvfError | undefined;
   for (let n = 0; n < 2; n++) {
     let entry: WorkerEntry;
     try {
-      entry = ctx.router.pick('prefill', failed);
+      entry = ctx.router.pick('prefill', failed, req.trace);
     } catch (err) {
       if (overloaded) throw overloaded;
       step.fallbackReason ||= (err as Error).message;
@@ -104,7 +126,7 @@ async function onReplicas(ctx: FlowContext, req: FlowRequest, step: PrefillStep,
     step.entry = entry;
     entry.active++;
     try {
-      await attempt(entry);
+      await attempt(entry, n + 1);
       step.fallbackReason = '';
       return;
     } catch (err) {
@@ -125,6 +147,23 @@ async function onReplicas(ctx: FlowContext, req: FlowRequest, step: PrefillStep,
       entry.active--;
     }
   }
+}
+
+/** A Worker RPC of the request, as a CLIENT span under its trace (the worker's SERVER span becomes its child). */
+export function workerSpan(
+  name: string,
+  method: string,
+  entry: WorkerEntry,
+  req: FlowRequest,
+  attributes: Record<string, string | number | boolean> = {},
+): Span {
+  return startSpan(name, req.trace ?? ROOT_CONTEXT, SpanKind.CLIENT, () => ({
+    ...rpcAttributes(method),
+    'server.address': entry.address,
+    [ATTR.workerId]: entry.status?.workerId ?? '',
+    [ATTR.requestId]: req.requestId,
+    ...attributes,
+  }));
 }
 
 /** What a request cancelled by its signal fails with: the signal's KvfError (timeout), else the client going away. */

@@ -11,11 +11,22 @@
 // either side are released here, and leases catch what a dead frontend leaves.
 import { KvfError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
+import { ATTR, ROOT_CONTEXT, spanFailed, withSpan, type Context } from '../common/tracing.js';
 import type { ServeMode } from './config.js';
-import { abortError, noPrefill, prefillStep, WORKER_FAULTS } from './flow-prefill.js';
+import { abortError, noPrefill, prefillStep, WORKER_FAULTS, workerSpan } from './flow-prefill.js';
 import { fromServiceError } from './grpc-errors.js';
 import type { Router, WorkerEntry } from './router.js';
-import { grpc, unary, type DecodeDone, type DecodeEvent, type DecodeRequest, type DecodeStarted, type Sampling, type WorkerClient } from './rpc.js';
+import {
+  grpc,
+  traceMetadata,
+  unary,
+  type DecodeDone,
+  type DecodeEvent,
+  type DecodeRequest,
+  type DecodeStarted,
+  type Sampling,
+  type WorkerClient,
+} from './rpc.js';
 
 export interface FlowRequest {
   requestId: string;
@@ -25,6 +36,8 @@ export interface FlowRequest {
   endTokens: number[];
   /** Aborted by the client going away or the request timeout. */
   signal: AbortSignal;
+  /** The request's trace context: its span is the parent of the router's and the worker calls' spans. */
+  trace?: Context;
 }
 
 /** A decode worker that failed mid-stream, and how far it had got. */
@@ -102,7 +115,7 @@ class RequestFlow {
     readonly req: FlowRequest,
     readonly onToken: (token: number) => boolean,
   ) {
-    this.#decode = ctx.router.pick('decode');
+    this.#decode = ctx.router.pick('decode', undefined, req.trace);
   }
 
   async run(): Promise<FlowOutcome> {
@@ -170,37 +183,53 @@ class RequestFlow {
   /** Streams one Decode call's tokens to the client; resolves with its end, or null when the client's stop matched. */
   async #stream(decode: WorkerEntry, request: Partial<DecodeRequest>): Promise<DecodeDone | null> {
     const { req } = this;
-    const stream = decode.client.decode(request);
+    const span = workerSpan('decode', 'Decode', decode, req, {
+      [ATTR.attempt]: this.#migrations.length + 1,
+      'kvfabric.resumed_tokens': request.generated?.length ?? 0,
+    });
+    const stream = decode.client.decode(request, traceMetadata(withSpan(req.trace ?? ROOT_CONTEXT, span)));
     const cancel = (): void => stream.cancel();
     req.signal.addEventListener('abort', cancel);
     let done: DecodeDone | undefined;
+    let tokens = 0;
     try {
       for await (const ev of stream as AsyncIterable<DecodeEvent>) {
         if (ev.event === 'started') {
           this.#started = ev.started;
           this.#firstStarted ??= ev.started;
+          span.setAttributes({ [ATTR.workerId]: ev.started.workerId, 'kvfabric.local_prefill': ev.started.localPrefill });
+          if (ev.started.fallbackReason) span.setAttribute(ATTR.fallbackReason, ev.started.fallbackReason);
           // Pulled: the prefill worker frees its blocks on the READ's notification. Otherwise nobody will.
           if (ev.started.transfer?.op !== 'READ') this.#releasePrefill();
           else this.#prefillReleased = true;
           this.#prefill.reserved = null; // the decode worker took its reservation over
         } else if (ev.event === 'token') {
+          tokens++;
           if (!this.#deliver(ev.token, ev.samplerState)) {
             stream.cancel();
+            span.setAttribute(ATTR.finishReason, 'stop');
             return null;
           }
         } else if (ev.event === 'done') done = ev.done;
       }
-    } catch (err) {
       if (req.signal.aborted) throw abortError(req.signal);
+      if (!done) throw new KvfError('KVF_ERR_WORKER_FAILED', `decode worker ${decode.status?.workerId ?? decode.address} ended the stream without finishing`);
+      span.setAttribute(ATTR.finishReason, done.finishReason);
+      return done;
+    } catch (err) {
       // The call's own failure says something about the worker; anything else (the client's side) does not.
-      if (typeof (err as Partial<grpc.ServiceError>).code !== 'number') throw err;
-      throw fromServiceError(err, `decode worker ${decode.status?.workerId ?? decode.address}`);
+      const e = req.signal.aborted
+        ? abortError(req.signal)
+        : typeof (err as Partial<grpc.ServiceError>).code !== 'number'
+          ? err
+          : fromServiceError(err, `decode worker ${decode.status?.workerId ?? decode.address}`);
+      spanFailed(span, e);
+      throw e;
     } finally {
       req.signal.removeEventListener('abort', cancel);
+      span.setAttribute('kvfabric.streamed_tokens', tokens);
+      span.end();
     }
-    if (req.signal.aborted) throw abortError(req.signal);
-    if (!done) throw new KvfError('KVF_ERR_WORKER_FAILED', `decode worker ${decode.status?.workerId ?? decode.address} ended the stream without finishing`);
-    return done;
   }
 
   /** Another decode worker to continue on after `failed` failed with `err`, or undefined when the error stands. */
@@ -211,7 +240,7 @@ class RequestFlow {
     if (this.#migrations.length >= this.ctx.maxMigrations) return undefined;
     let next: WorkerEntry;
     try {
-      next = this.ctx.router.pick('decode', failed.address);
+      next = this.ctx.router.pick('decode', failed.address, this.req.trace);
     } catch {
       return undefined;
     }

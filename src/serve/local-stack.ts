@@ -6,12 +6,14 @@
 // of waiting on a dead port. A worker that keeps failing to come back stops the stack with exit 1: a local tool
 // should fail loudly, not limp on forever. The stack's cluster token and handle key are made here, fresh for
 // each run, unless the environment gives them: only these three processes (and the restarted workers, with the
-// same environment) hold them.
+// same environment) hold them. The workers inherit this process's environment, OTEL_* included: with an OTLP
+// endpoint configured, each of the three exports its own spans (common/tracing.ts), one trace per request.
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 
 import { KvfError } from '../common/errors.js';
 import { defaultLogger, type Logger } from '../common/logger.js';
+import { initTracing, shutdownTracing } from '../common/tracing.js';
 import { frontendConfig, type ServeMode } from './config.js';
 import { TINY_MODEL_WARNING, fetchDefaultModel, isTinyModel } from './default-model.js';
 import { Frontend } from './frontend/frontend.js';
@@ -32,6 +34,7 @@ export interface LocalStackOptions {
 
 export async function runLocalStack(options: LocalStackOptions, log: Logger = defaultLogger()): Promise<void> {
   const cli = process.argv[1]!;
+  await initTracing('frontend', log);
   options = { ...options, model: options.model ?? (await fetchDefaultModel()) };
   if (isTinyModel(options.model!)) log.warn({ model: options.model }, TINY_MODEL_WARNING);
   const shared = [
@@ -82,6 +85,7 @@ export async function runLocalStack(options: LocalStackOptions, log: Logger = de
     (stopping ??= (async () => {
       await frontend?.close();
       await Promise.all(workers.map((w) => w.stop()));
+      await shutdownTracing();
       process.exit(code);
     })());
   try {

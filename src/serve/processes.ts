@@ -1,9 +1,11 @@
 // Process wrappers for the CLI: start a worker or frontend from its configuration, announce readiness
 // (one JSON line on stdout, and an IPC message when a parent forked us), and shut down gracefully on
-// SIGTERM/SIGINT: stop taking work, drain what is in flight, close the fabric agent, exit.
+// SIGTERM/SIGINT: stop taking work, drain what is in flight, close the fabric agent, flush the traces, exit.
+// Each process exports its own spans (service.name kvfabric-<role>) when OTLP is configured (common/tracing.ts).
 import { networkInterfaces } from 'node:os';
 
 import { defaultLogger, type Logger } from '../common/logger.js';
+import { initTracing, shutdownTracing } from '../common/tracing.js';
 import type { FrontendConfig, WorkerConfig } from './config.js';
 import { publishToEtcd, publishToRegistry, type Publication } from './discovery.js';
 import { Frontend, splitHostPort } from './frontend/frontend.js';
@@ -19,6 +21,7 @@ export interface Ready {
 }
 
 export async function runWorker(config: WorkerConfig, log: Logger = defaultLogger()): Promise<Worker> {
+  await initTracing(config.role, log, { 'kvfabric.worker.id': config.id });
   const worker = await Worker.start(config, log);
   const address = config.advertise ?? advertised(worker.address);
   const announcement = { workerId: worker.id, role: worker.role, address };
@@ -45,6 +48,7 @@ export async function runWorker(config: WorkerConfig, log: Logger = defaultLogge
 }
 
 export async function runFrontend(config: FrontendConfig, log: Logger = defaultLogger()): Promise<Frontend> {
+  await initTracing('frontend', log);
   const frontend = await Frontend.start(config, log);
   announce({ event: 'ready', role: 'frontend', pid: process.pid, address: frontend.url });
   onShutdown(log, () => frontend.close());
@@ -56,7 +60,10 @@ export function announce(ready: Ready): void {
   process.send?.(ready);
 }
 
-/** Runs `close` once on SIGTERM or SIGINT, then exits (0, or 1 if closing failed); a second signal exits at once. */
+/**
+ * Runs `close` once on SIGTERM or SIGINT, flushes the spans not yet exported (a few seconds at most), then exits
+ * (0, or 1 if closing failed); a second signal exits at once.
+ */
 export function onShutdown(log: Logger, close: () => Promise<void>): void {
   let stopping = false;
   const handler = (signal: NodeJS.Signals): void => {
@@ -64,10 +71,10 @@ export function onShutdown(log: Logger, close: () => Promise<void>): void {
     stopping = true;
     log.info({ signal }, 'shutting down: draining requests in flight');
     close().then(
-      () => process.exit(0),
+      () => shutdownTracing().then(() => process.exit(0)),
       (err: unknown) => {
         log.error({ err }, 'shutdown failed');
-        process.exit(1);
+        return shutdownTracing().then(() => process.exit(1));
       },
     );
   };

@@ -4,6 +4,7 @@
 // back when its health check passes again.
 import { KvfError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
+import { ATTR, ROOT_CONTEXT, spanFailed, startSpan, type Context } from '../common/tracing.js';
 import type { Role } from './config.js';
 import { unary, workerClient, type WorkerClient, type WorkerStatus } from './rpc.js';
 import type { ClusterAuth } from './security/auth.js';
@@ -98,21 +99,44 @@ export class Router {
     return [...this.#entries.values()];
   }
 
-  /** The worker to use for a role; KVF_ERR_NO_WORKER when none is healthy. `exclude` skips one that just failed. */
-  pick(role: Role, exclude?: string): WorkerEntry {
-    const candidates = this.workers().filter((e) => e.role === role && e.healthy && e.address !== exclude);
-    if (candidates.length === 0) {
-      const known = this.workers().filter((e) => e.role === role);
-      throw new KvfError(
-        'KVF_ERR_NO_WORKER',
-        known.length === 0
-          ? `no ${role} worker is registered`
-          : `none of the ${known.length} ${role} worker(s) is healthy (${known.map((e) => `${e.address}: ${e.lastError ?? 'starting'}`).join('; ')})`,
-      );
+  /**
+   * The worker to use for a role; KVF_ERR_NO_WORKER when none is healthy. `exclude` skips one that just failed.
+   * `trace`: the request's context, under which the choice is a `router.pick` span (chosen worker, reason).
+   */
+  pick(role: Role, exclude?: string, trace: Context = ROOT_CONTEXT): WorkerEntry {
+    const span = startSpan('router.pick', trace, undefined, () => ({ [ATTR.role]: role }));
+    try {
+      const candidates = this.workers().filter((e) => e.role === role && e.healthy && e.address !== exclude);
+      if (candidates.length === 0) {
+        const known = this.workers().filter((e) => e.role === role);
+        throw new KvfError(
+          'KVF_ERR_NO_WORKER',
+          known.length === 0
+            ? `no ${role} worker is registered`
+            : `none of the ${known.length} ${role} worker(s) is healthy (${known.map((e) => `${e.address}: ${e.lastError ?? 'starting'}`).join('; ')})`,
+        );
+      }
+      const least = Math.min(...candidates.map((e) => e.active));
+      const tied = candidates.filter((e) => e.active === least);
+      const chosen = tied[this.#turn[role]++ % tied.length]!;
+      if (span.isRecording()) {
+        span.setAttributes({
+          [ATTR.workerId]: chosen.status?.workerId ?? '',
+          'server.address': chosen.address,
+          'kvfabric.router.candidates': candidates.length,
+          'kvfabric.router.active': least,
+          'kvfabric.router.reason':
+            candidates.length === 1 ? 'only healthy worker' : tied.length === 1 ? 'fewest in flight' : `round-robin among ${tied.length} tied`,
+          ...(exclude ? { 'kvfabric.router.excluded': exclude } : {}),
+        });
+      }
+      return chosen;
+    } catch (err) {
+      spanFailed(span, err);
+      throw err;
+    } finally {
+      span.end();
     }
-    const least = Math.min(...candidates.map((e) => e.active));
-    const tied = candidates.filter((e) => e.active === least);
-    return tied[this.#turn[role]++ % tied.length]!;
   }
 
   /** Marks a worker unhealthy after a failed call; the health loop brings it back. */

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
+import { injectMetadata, ROOT_CONTEXT, type Context } from '../common/tracing.js';
 import type { KvLayoutMsg } from '../kv/layout.js';
 import type { ClusterAuth } from './security/auth.js';
 
@@ -126,11 +127,17 @@ export interface WorkerStatus {
   ttlMs: number;
 }
 
-type Unary<Req, Res> = (req: Req, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => grpc.ClientUnaryCall;
+type Unary<Req, Res> = (
+  req: Req,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions,
+  cb: (err: grpc.ServiceError | null, res?: Res) => void,
+) => grpc.ClientUnaryCall;
 
 export interface WorkerClient extends grpc.Client {
   prefill: Unary<Partial<PrefillRequest>, PrefillResponse>;
   decode(req: Partial<DecodeRequest>, options?: grpc.CallOptions): grpc.ClientReadableStream<DecodeEvent>;
+  decode(req: Partial<DecodeRequest>, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<DecodeEvent>;
   reserve: Unary<Partial<ReserveRequest>, KvHandle>;
   release: Unary<{ requestId: string }, { released: boolean }>;
   health: Unary<Record<string, never>, WorkerStatus>;
@@ -157,15 +164,30 @@ export function registryClient(address: string, auth: ClusterAuth): RegistryClie
   return new pkg.Registry!(address, credentials, options) as unknown as RegistryClient;
 }
 
+/** A call's metadata carrying the trace context of `trace` (its span becomes the parent of the worker's). */
+export function traceMetadata(trace: Context = ROOT_CONTEXT): grpc.Metadata {
+  const md = new grpc.Metadata();
+  injectMetadata(trace, md);
+  return md;
+}
+
 /**
  * Calls a unary method as a promise, with a deadline; `signal` cancels the call (it then rejects with gRPC's
- * CANCELLED, or with the signal's reason when it was aborted before the call began).
+ * CANCELLED, or with the signal's reason when it was aborted before the call began). `trace`: the context whose
+ * span the call belongs to (sent as W3C traceparent metadata).
  */
-export function unary<Req, Res>(client: grpc.Client, method: Unary<Req, Res>, req: Req, timeoutMs: number, signal?: AbortSignal): Promise<Res> {
+export function unary<Req, Res>(
+  client: grpc.Client,
+  method: Unary<Req, Res>,
+  req: Req,
+  timeoutMs: number,
+  signal?: AbortSignal,
+  trace?: Context,
+): Promise<Res> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
     const onAbort = (): void => call.cancel();
-    const call = method.call(client, req, { deadline: Date.now() + timeoutMs }, (err, res) => {
+    const call = method.call(client, req, traceMetadata(trace), { deadline: Date.now() + timeoutMs }, (err, res) => {
       signal?.removeEventListener('abort', onAbort);
       if (err) reject(err);
       else resolve(res!);

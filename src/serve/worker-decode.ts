@@ -1,18 +1,23 @@
 // A decode worker's Decode RPC: the sequence's K/V pulled, pushed or computed here (local prefill, or a
 // migrated request rebuilt), then tokens streamed until a stop token, the token limit or the context's end.
 import { KvfError } from '../common/errors.js';
+import { ATTR, spanFailed, startSpan, type Traced } from '../common/tracing.js';
 import { contextRoom, decodeLoop } from '../engine/decode-loop.js';
 import { Sampler } from '../engine/sampling.js';
 import { blocksFor } from '../kv/plan.js';
 import type { grpc, DecodeEvent, DecodeRequest, TransferReportMsg } from './rpc.js';
 import type { HandOff } from './security/hand-off.js';
 import { samplingOptions, whileCalled, type WorkerParts } from './worker-call.js';
+import { pullFallbackReason } from './worker-kv.js';
 
-export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>): Promise<void> {
+export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>, trace: Traced): Promise<void> {
   const req = call.request;
   const live = whileCalled(call);
   const ctx = w.engine.model.contextLength;
   const resumed = req.generated.length;
+  const { span } = trace;
+  span.setAttributes({ [ATTR.promptTokens]: req.prompt.length, 'kvfabric.resumed_tokens': resumed });
+  if (req.fallbackReason) span.setAttribute(ATTR.fallbackReason, req.fallbackReason);
   if (req.prompt.length === 0) {
     throw new KvfError('KVF_ERR_CONTEXT_OVERFLOW', `the prompt has 0 tokens (and ${resumed} generated); the context holds ${ctx}`);
   }
@@ -20,14 +25,24 @@ export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<Dec
   if (resumed > 0 && (req.prefill || req.reserved))
     throw new KvfError('KVF_ERR_BAD_REQUEST', 'a resumed Decode carries no prefill result or reservation: this worker rebuilds the K/V itself');
   const handOff = w.handOffs.check(req);
+  span.setAttribute('kvfabric.hand_off', handOff);
   const streamEnded = w.work.admitStream();
   let blocks = req.reserved ? w.kv.leases.take(req.requestId) : undefined;
   // The sequence so far and the next position; the rest grows with generation (growFor), so a request that
   // may generate up to the context does not hold the whole context's blocks from its start.
   const start = req.prompt.length + resumed;
-  blocks ??= w.engine.allocateBlocks(blocksFor(w.kv.layout, Math.min(start + 1, ctx)));
   try {
-    const first = await begin(w, req, handOff, blocks, live);
+    blocks ??= w.engine.allocateBlocks(blocksFor(w.kv.layout, Math.min(start + 1, ctx)));
+  } catch (err) {
+    // A pool without room for the sequence (KVF_ERR_POOL_EXHAUSTED): the stream's slot goes back.
+    streamEnded();
+    throw err;
+  }
+  span.setAttribute(ATTR.kvBlocks, blocks.length);
+  try {
+    const first = await begin(w, req, handOff, blocks, live, trace);
+    span.setAttribute('kvfabric.local_prefill', first.transfer === null);
+    if (first.fallbackReason) span.setAttribute(ATTR.fallbackReason, first.fallbackReason);
     if (call.cancelled) return;
     const { sampler } = first;
     const token = first.token;
@@ -59,6 +74,7 @@ export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<Dec
         },
       });
     }
+    span.setAttributes({ [ATTR.completionTokens]: done.count, [ATTR.finishReason]: done.finishReason });
     if (!call.cancelled) call.write({ event: 'done', done: { finishReason: done.finishReason, completionTokens: done.count } });
   } finally {
     streamEnded();
@@ -79,16 +95,15 @@ async function begin(
   handOff: HandOff,
   blocks: number[],
   live: AbortSignal,
+  trace: Traced,
 ): Promise<{ token: number; delivered: boolean; sampler: Sampler; transfer: TransferReportMsg | null; fallbackReason: string }> {
   let transfer: TransferReportMsg | null = null;
   let fallbackReason = req.fallbackReason;
   if (handOff === 'pull') {
     try {
-      transfer = await w.kv.pull(req.requestId, req.prefill!.kv!, blocks);
+      transfer = await w.kv.pull(req.requestId, req.prefill!.kv!, blocks, trace.context);
     } catch (err) {
-      // The code leads, so that a client (and a test) can tell a partition (KVF_ERR_TIMEOUT) from a misconfigured peer.
-      const code = (err as KvfError).code;
-      fallbackReason = `pulling KV from ${req.prefill!.workerId} failed: ${code ? `${code}: ` : ''}${(err as Error).message}`;
+      fallbackReason = pullFallbackReason(req.prefill!.workerId, err);
       w.log.warn({ workerId: w.id, requestId: req.requestId, err }, 'KV pull failed; prefilling locally');
       w.kv.replaceAbandoned(blocks, err);
     }
@@ -101,6 +116,13 @@ async function begin(
   if (prefilled && transfer) return { ...prefilled, transfer, fallbackReason };
   const resumed = req.generated;
   const sampler = new Sampler({ ...samplingOptions(req.sampling), ...(resumed.length > 0 ? { state: req.samplerState } : {}) });
+  // The K/V computed here: the prompt (local prefill), then the tokens of a migrated request.
+  const span = startSpan('prefill.local', trace.context, undefined, () => ({
+    [ATTR.workerId]: w.id,
+    [ATTR.promptTokens]: req.prompt.length,
+    'kvfabric.resumed_tokens': resumed.length,
+    ...(fallbackReason ? { [ATTR.fallbackReason]: fallbackReason } : {}),
+  }));
   const done = w.work.admitPrefill(req.prompt.length, Infinity);
   try {
     let logits = await w.engine.prefill(req.prompt, blocks, 0, live);
@@ -113,7 +135,11 @@ async function begin(
       logits = await w.engine.decode(resumed[i]!, blocks, pos, live);
     }
     return { token: sampler.sample(logits), delivered: false, sampler, transfer, fallbackReason };
+  } catch (err) {
+    spanFailed(span, err);
+    throw err;
   } finally {
     done(false);
+    span.end();
   }
 }

@@ -6,6 +6,7 @@
 import type { Agent, TransferReport } from '../fabric/agent.js';
 import type { TransferDescriptor } from '../fabric/descriptors.js';
 import { KvfError } from '../common/errors.js';
+import { ATTR, inSpan, ROOT_CONTEXT, startSpan, type Context, type Span } from '../common/tracing.js';
 import type { Grant } from '../fabric/grants.js';
 import type { Logger } from '../common/logger.js';
 import type { MemoryRegion } from '../fabric/memory.js';
@@ -111,23 +112,51 @@ export class WorkerKv {
     this.#engine.freeBlocks(blocks);
   }
 
-  /** Pull mode: RDMA READ of the prompt's K/V from the prefill worker's blocks into ours; the notification tells it to free them. */
-  async pull(requestId: string, kv: KvHandle, blocks: number[]): Promise<TransferReportMsg> {
-    const ranges = planKvCopy(this.layout, kv.blocks, blocks, kv.tokens);
-    const notification = JSON.stringify({ release: requestId, mac: Buffer.from(kv.mac!).toString('hex') });
-    const report = await this.#throughGrants(kv, ranges, 'src', (peer, descs) =>
-      this.#agent.read(peer, descs, { notification, timeoutMs: this.#config.transferTimeoutMs }),
-    );
-    return this.#report(requestId, report, kv.workerId, kv.tokens);
+  /**
+   * Pull mode: RDMA READ of the prompt's K/V from the prefill worker's blocks into ours; the notification tells it
+   * to free them. A `kv.transfer` span under `trace`; when it fails the decode worker prefills locally (the
+   * span's fallback reason says so, as pullFallbackReason words it).
+   */
+  async pull(requestId: string, kv: KvHandle, blocks: number[], trace: Context = ROOT_CONTEXT): Promise<TransferReportMsg> {
+    const span = this.#transferSpan(trace, 'pull', 'READ', kv.workerId, kv.blocks.length, kv.tokens);
+    return inSpan(span, async () => {
+      try {
+        const ranges = planKvCopy(this.layout, kv.blocks, blocks, kv.tokens);
+        const notification = JSON.stringify({ release: requestId, mac: Buffer.from(kv.mac!).toString('hex') });
+        const report = await this.#throughGrants(kv, ranges, 'src', (peer, descs) =>
+          this.#agent.read(peer, descs, { notification, timeoutMs: this.#config.transferTimeoutMs }),
+        );
+        return this.#report(requestId, report, kv.workerId, kv.tokens, span);
+      } catch (err) {
+        span.setAttribute(ATTR.fallbackReason, pullFallbackReason(kv.workerId, err));
+        throw err;
+      }
+    });
   }
 
-  /** Push mode: RDMA WRITE of the prompt's K/V into blocks the decode worker reserved. */
-  async push(requestId: string, target: KvHandle, blocks: number[], tokens: number): Promise<TransferReportMsg> {
-    const ranges = planKvCopy(this.layout, blocks, target.blocks, tokens);
-    const report = await this.#throughGrants(target, ranges, 'dst', (peer, descs) =>
-      this.#agent.write(peer, descs, { timeoutMs: this.#config.transferTimeoutMs }),
-    );
-    return this.#report(requestId, report, target.workerId, tokens);
+  /** Push mode: RDMA WRITE of the prompt's K/V into blocks the decode worker reserved (a `kv.transfer` span under `trace`). */
+  async push(requestId: string, target: KvHandle, blocks: number[], tokens: number, trace: Context = ROOT_CONTEXT): Promise<TransferReportMsg> {
+    const span = this.#transferSpan(trace, 'push', 'WRITE', target.workerId, blocks.length, tokens);
+    return inSpan(span, async () => {
+      const ranges = planKvCopy(this.layout, blocks, target.blocks, tokens);
+      const report = await this.#throughGrants(target, ranges, 'dst', (peer, descs) =>
+        this.#agent.write(peer, descs, { timeoutMs: this.#config.transferTimeoutMs }),
+      );
+      return this.#report(requestId, report, target.workerId, tokens, span);
+    });
+  }
+
+  #transferSpan(trace: Context, mode: 'pull' | 'push', op: 'READ' | 'WRITE', peerWorker: string, blocks: number, tokens: number): Span {
+    return startSpan('kv.transfer', trace, undefined, () => ({
+      [ATTR.kvMode]: mode,
+      [ATTR.kvOp]: op,
+      [ATTR.workerId]: this.#id,
+      [ATTR.kvPeerWorker]: peerWorker,
+      [ATTR.kvBlocks]: blocks,
+      [ATTR.kvTokens]: tokens,
+      [ATTR.kvProvider]: this.#agent.provider,
+      [ATTR.kvBackend]: this.#agent.backend,
+    }));
   }
 
   /**
@@ -162,7 +191,7 @@ export class WorkerKv {
     }
   }
 
-  #report(requestId: string, report: TransferReport, peerWorker: string, tokens: number): TransferReportMsg {
+  #report(requestId: string, report: TransferReport, peerWorker: string, tokens: number, span: Span): TransferReportMsg {
     const msg = {
       op: report.op,
       backend: report.backend,
@@ -175,6 +204,18 @@ export class WorkerKv {
       path: report.path,
     };
     this.#log.info({ requestId, workerId: this.#id, peerWorker, ...msg, gbps: report.gbps, expectedBytes: kvBytesFor(this.layout, tokens) }, 'kv transfer');
+    if (span.isRecording())
+      span.setAttributes({
+        [ATTR.kvBytes]: report.bytes,
+        [ATTR.kvPath]: report.path,
+        [ATTR.kvProvider]: report.provider,
+        [ATTR.kvBackend]: report.backend,
+        [ATTR.kvRails]: report.rails,
+        [ATTR.kvDescriptors]: report.descriptors,
+        [ATTR.kvDurationMs]: report.durationMs,
+        [ATTR.kvGbps]: report.gbps,
+        [ATTR.kvExpress]: report.express,
+      });
     return msg;
   }
 
@@ -219,4 +260,10 @@ export class WorkerKv {
       this.#log.debug({ workerId: this.#id, requestId, from }, 'blocks pulled; freed');
     }
   }
+}
+
+/** Why a decode worker prefills locally after its pull failed; the code leads, so a partition (KVF_ERR_TIMEOUT) reads apart from a misconfigured peer. */
+export function pullFallbackReason(fromWorker: string, err: unknown): string {
+  const code = (err as KvfError).code;
+  return `pulling KV from ${fromWorker} failed: ${code ? `${code}: ` : ''}${(err as Error).message}`;
 }

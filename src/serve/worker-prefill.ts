@@ -1,13 +1,20 @@
 // A worker's Prefill and Reserve RPCs: the prompt's K/V computed into fresh blocks and held for the decode
 // worker to pull (or pushed into the blocks it reserved), and, on a decode worker, blocks reserved for a push.
 import type { KvfError } from '../common/errors.js';
+import { ATTR, type Traced } from '../common/tracing.js';
 import { Sampler } from '../engine/sampling.js';
 import { blocksFor } from '../kv/plan.js';
 import type { grpc, KvHandle, PrefillRequest, PrefillResponse, ReserveRequest } from './rpc.js';
 import { deadlineOf, samplingOptions, whileCalled, type WorkerParts } from './worker-call.js';
 
-export async function prefill(w: WorkerParts, req: PrefillRequest, call: grpc.ServerUnaryCall<PrefillRequest, PrefillResponse>): Promise<PrefillResponse> {
+export async function prefill(
+  w: WorkerParts,
+  req: PrefillRequest,
+  call: grpc.ServerUnaryCall<PrefillRequest, PrefillResponse>,
+  trace: Traced,
+): Promise<PrefillResponse> {
   const started = performance.now();
+  trace.span.setAttributes({ [ATTR.promptTokens]: req.tokens.length, [ATTR.kvMode]: req.pushTo ? 'push' : 'pull' });
   // A push target is checked before any work: only a handle its decode worker issued for this request.
   const pushTo = req.pushTo ? w.signer.verify(req.pushTo, { access: 'write', requestId: req.requestId }) : null;
   const sampler = new Sampler(samplingOptions(req.sampling));
@@ -15,9 +22,12 @@ export async function prefill(w: WorkerParts, req: PrefillRequest, call: grpc.Se
   let blocks: number[] = [];
   let held = false;
   try {
-    blocks = w.engine.allocateBlocks(blocksFor(w.kv.layout, req.tokens.length));
+    const need = blocksFor(w.kv.layout, req.tokens.length);
+    trace.span.setAttribute(ATTR.kvBlocks, need);
+    blocks = w.engine.allocateBlocks(need);
     const logits = await w.engine.prefill(req.tokens, blocks, 0, whileCalled(call));
     done(true);
+    trace.span.setAttribute('kvfabric.prefill_ms', performance.now() - started);
     const firstToken = sampler.sample(logits);
     const base = { firstToken, samplerState: sampler.state, workerId: w.id, kv: null, push: null };
     const sign = (res: Omit<PrefillResponse, 'mac' | 'prefillMs'>): PrefillResponse =>
@@ -25,7 +35,7 @@ export async function prefill(w: WorkerParts, req: PrefillRequest, call: grpc.Se
     if (call.cancelled) return sign(base);
     if (pushTo) {
       try {
-        return sign({ ...base, push: await w.kv.push(req.requestId, pushTo, blocks, req.tokens.length) });
+        return sign({ ...base, push: await w.kv.push(req.requestId, pushTo, blocks, req.tokens.length, trace.context) });
       } catch (err) {
         // WRITEs that timed out may still read these blocks: they go back to the pool when those have ended.
         const settled = (err as KvfError).settled;
@@ -47,9 +57,11 @@ export async function prefill(w: WorkerParts, req: PrefillRequest, call: grpc.Se
 }
 
 /** Push mode: blocks for the prompt's K/V and the first generated position; Decode grows them as it generates. */
-export function reserve(w: WorkerParts, req: ReserveRequest): KvHandle {
+export function reserve(w: WorkerParts, req: ReserveRequest, trace: Traced): KvHandle {
   const total = Math.min(req.tokens + 1, w.engine.model.contextLength);
-  const blocks = w.engine.allocateBlocks(blocksFor(w.kv.layout, total));
+  const need = blocksFor(w.kv.layout, total);
+  trace.span.setAttributes({ [ATTR.promptTokens]: req.tokens, [ATTR.kvBlocks]: need });
+  const blocks = w.engine.allocateBlocks(need);
   try {
     return w.kv.holdFor(req.requestId, 'write', blocks, 0, req.leaseMs);
   } catch (err) {

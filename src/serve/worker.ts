@@ -11,6 +11,7 @@ import { basename } from 'node:path';
 import { Agent } from '../fabric/agent.js';
 import { KvfError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
+import { ATTR, extractMetadata, NOT_TRACED, rpcAttributes, spanFailed, SpanKind, startTraced, type Traced } from '../common/tracing.js';
 import type { MemoryRegion } from '../fabric/memory.js';
 import { ReferenceEngine } from '../engine/engine.js';
 import type { KvLayout } from '../kv/layout.js';
@@ -162,40 +163,61 @@ export class Worker {
     return this.#closing;
   }
 
+  /** The SERVER span of a call, child of the caller's span when the call carried its trace context. */
+  #serverSpan(method: string, call: { metadata: grpc.Metadata; request: unknown }): Traced {
+    return startTraced(method.toLowerCase(), extractMetadata(call.metadata), SpanKind.SERVER, () => ({
+      ...rpcAttributes(method),
+      [ATTR.workerId]: this.id,
+      [ATTR.role]: this.role,
+      [ATTR.requestId]: (call.request as { requestId?: string }).requestId ?? '',
+    }));
+  }
+
   #handlers(): grpc.UntypedServiceImplementation {
+    /** `traced`: the RPC's name, when its calls get a span (a request's work; not Health nor Release). */
     const unary =
-      <Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res> | Res, counted = true) =>
+      <Req, Res>(fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>, trace: Traced) => Promise<Res> | Res, counted = true, traced?: string) =>
       (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => {
         if (counted) this.#inflight++;
+        const trace = traced ? this.#serverSpan(traced, call) : NOT_TRACED;
         Promise.resolve()
-          .then(() => fn(call.request, call))
+          .then(() => fn(call.request, call, trace))
           .then(
             (res) => cb(null, res),
             (err: unknown) => {
               const cancelled = (err as KvfError).code === 'KVF_ERR_CANCELLED';
               this.#log[cancelled ? 'debug' : 'warn']({ workerId: this.id, err }, 'call failed');
+              spanFailed(trace.span, err);
               cb(toServiceError(err));
             },
           )
-          .finally(() => counted && this.#inflight--);
+          .finally(() => {
+            trace.span.end();
+            if (counted) this.#inflight--;
+          });
       };
     return {
-      Prefill: unary((req: PrefillRequest, call) => prefill(this.#parts, req, call)),
-      Reserve: unary((req: ReserveRequest) => reserve(this.#parts, req)),
+      Prefill: unary((req: PrefillRequest, call, trace) => prefill(this.#parts, req, call, trace), true, 'Prefill'),
+      Reserve: unary((req: ReserveRequest, _call, trace) => reserve(this.#parts, req, trace), true, 'Reserve'),
       Release: unary((req: { requestId: string }) => ({ released: this.#kv.leases.release(req.requestId) })),
       Health: unary(() => this.status(), false),
       Decode: (call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>) => {
         this.#inflight++;
-        decode(this.#parts, call)
+        const trace = this.#serverSpan('Decode', call);
+        decode(this.#parts, call, trace)
           .then(
             () => call.end(),
             (err: unknown) => {
               if (!call.cancelled) this.#log.warn({ workerId: this.id, requestId: call.request.requestId, err }, 'decode failed');
+              spanFailed(trace.span, err);
               // 'error' ends the stream with this status; destroy() would drop the call without one.
               call.emit('error', toServiceError(err));
             },
           )
-          .finally(() => this.#inflight--);
+          .finally(() => {
+            trace.span.end();
+            this.#inflight--;
+          });
       },
     };
   }

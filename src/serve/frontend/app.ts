@@ -15,6 +15,7 @@ import type { ServeMetrics } from '../metrics.js';
 import { Admission } from './admission.js';
 import { installErrorHandlers } from './errors.js';
 import { RecentRequests } from './recent.js';
+import { traceRequests } from './request-trace.js';
 import { completionRoutes } from './routes/completions.js';
 import type { RouteContext } from './routes/context.js';
 import { dashboardRoutes } from './routes/dashboard.js';
@@ -61,6 +62,7 @@ export function buildApp(options: AppOptions): FastifyInstance {
   });
   app.server.maxConnections = options.maxConnections;
   installErrorHandlers(app, log as FastifyBaseLogger);
+  traceRequests(app);
   app.addHook('onResponse', (req, reply, done) => {
     metrics.requests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
     done();

@@ -5,6 +5,7 @@ import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply } f
 
 import { KvfError } from '../../common/errors.js';
 import { ERROR_REGISTRY, isErrorCode } from '../../common/error-registry.js';
+import { requestFailed } from './request-trace.js';
 
 /** The code's HTTP status from the registry; 500 for anything that is not a registered code. */
 function httpStatus(code: string): number {
@@ -49,6 +50,7 @@ export function errorObject(err: KvfError, param: string | null) {
 
 function sendError(reply: FastifyReply, err: Error, param: string | null = null, status?: number): FastifyReply {
   const e = asKvf(err);
+  requestFailed(reply.request, e);
   if (e.code === 'KVF_ERR_OVERLOADED') void reply.header('retry-after', '1');
   return reply.code(status ?? httpStatus(e.code)).send({ error: errorObject(e, param) });
 }

@@ -6,10 +6,12 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 
 import { KvfError } from '../../../common/errors.js';
+import { ATTR, type Span } from '../../../common/tracing.js';
 import { contextRoom } from '../../../engine/decode-loop.js';
 import { TextStream } from '../../../engine/text-stream.js';
 import { runFlow, type KvProof } from '../../flow.js';
 import { asKvf, errorObject } from '../errors.js';
+import { requestFailed, requestTrace } from '../request-trace.js';
 import { chatBody, completionBody, type ChatBody, type CompletionBody, type SamplingBody } from '../schemas.js';
 import { sseStream } from '../sse.js';
 import type { RouteContext } from './context.js';
@@ -145,8 +147,25 @@ async function run(ctx: RouteContext, p: Prepared, reply: FastifyReply, onText: 
       error,
       kvfabric: proof,
     });
+  const trace = requestTrace(reply.request);
+  if (trace?.span.isRecording())
+    trace.span.setAttributes({
+      [ATTR.requestId]: p.id,
+      'gen_ai.request.model': options.modelName,
+      'gen_ai.usage.input_tokens': p.prompt.length,
+      'gen_ai.request.max_tokens': p.maxTokens,
+      'kvfabric.stream': p.stream,
+    });
   try {
-    const request = { requestId: p.id, prompt: p.prompt, sampling: p.sampling, maxTokens: p.maxTokens, endTokens, signal: cancel.signal };
+    const request = {
+      requestId: p.id,
+      prompt: p.prompt,
+      sampling: p.sampling,
+      maxTokens: p.maxTokens,
+      endTokens,
+      signal: cancel.signal,
+      ...(trace ? { trace: trace.context } : {}),
+    };
     const outcome = await runFlow(options.flow, request, (token) => {
       const now = performance.now();
       if (tokens === 0) {
@@ -165,6 +184,7 @@ async function run(ctx: RouteContext, p: Prepared, reply: FastifyReply, onText: 
     const rest = text.finish();
     if (rest) onText(rest);
     record(ctx, p.id, outcome.proof);
+    if (trace) traceOutcome(trace.span, outcome.proof, tokens, outcome.finishReason);
     metrics.outputTokens.inc(tokens);
     finished(null, outcome.proof);
     return { text: text.text, finishReason: outcome.finishReason, completionTokens: tokens, proof: outcome.proof };
@@ -187,6 +207,25 @@ function record({ options }: RouteContext, requestId: string, proof: KvProof): v
   }
   if (proof.mode === 'fallback') metrics.fallbacks.inc();
   log.info({ requestId, ...proof }, 'request served');
+}
+
+/** The request's span gets what the response says: tokens, finish reason and the proof of transport. */
+function traceOutcome(span: Span, proof: KvProof, tokens: number, finishReason: string): void {
+  if (!span.isRecording()) return;
+  span.setAttributes({
+    'gen_ai.usage.output_tokens': tokens,
+    'gen_ai.response.finish_reasons': [finishReason],
+    [ATTR.mode]: proof.mode,
+    [ATTR.kvBytes]: proof.bytes,
+    [ATTR.kvProvider]: proof.provider,
+    [ATTR.kvRails]: proof.rails,
+    'kvfabric.decode_worker': proof.decode_worker,
+    'kvfabric.migrations': proof.migrations.length,
+  });
+  if (proof.path) span.setAttribute(ATTR.kvPath, proof.path);
+  if (proof.op) span.setAttribute(ATTR.kvOp, proof.op);
+  if (proof.prefill_worker) span.setAttribute('kvfabric.prefill_worker', proof.prefill_worker);
+  if (proof.fallback_reason) span.setAttribute(ATTR.fallbackReason, proof.fallback_reason);
 }
 
 const usage = (p: Prepared, r: Result) => ({
@@ -233,6 +272,7 @@ async function respondStreaming(ctx: RouteContext, reply: FastifyReply, p: Prepa
   } catch (err) {
     if (!sse.started) throw err;
     const e = asKvf(err);
+    requestFailed(reply.request, e);
     if (!sse.destroyed) {
       sse.send({ error: errorObject(e, null) });
       sse.end();
