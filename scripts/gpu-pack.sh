@@ -13,9 +13,12 @@ cp build/Release/kvfabric.node "$out/"
 xz -T0 -6 -c "$(command -v node)" >"$out/node.xz"
 # CommonJS dependencies inside an ES module bundle call require(): give them one.
 banner="import { createRequire as kvfCreateRequire } from 'node:module'; const require = kvfCreateRequire(import.meta.url);"
-# The GPU tests, the device-memory transfer tests (run on cuda:0 there too) and the peer process they start.
-for t in test/gpu*.test.ts test/staging.test.ts test/fixtures/peer.ts; do
-  node_modules/.bin/esbuild "$t" --bundle --platform=node --format=esm --log-level=warning \
-    --outfile="$out/$(basename "$t" .ts).mjs" --banner:js="$banner"
-done
+# The GPU tests, the device-memory transfer tests (run on cuda:0 there too) and the peer process they start;
+# the CLI and the GPU benchmark (bash scripts/gpu-run.sh bench).
+bundle() {
+  node_modules/.bin/esbuild "$1" --bundle --platform=node --format=esm --log-level=warning --outfile="$out/$2" --banner:js="$banner"
+}
+for t in test/gpu*.test.ts test/staging.test.ts test/fixtures/peer.ts; do bundle "$t" "$(basename "$t" .ts).mjs"; done
+bundle src/cli/main.ts kvfabric.mjs
+bundle benchmarks/gpu.ts bench-gpu.mjs
 du -sh "$out"
