@@ -237,11 +237,7 @@ Napi::Value CheckRange(const Napi::CallbackInfo& info) {
   CUdeviceptr ptr = PointerArg(info, 0, "cudaCheckRange");
   size_t length = LengthArg(info, 1, "cudaCheckRange");
   DeviceRange r;
-  try {
-    r = CheckDeviceRange(ptr, length);
-  } catch (const Error& e) {
-    Rethrow(env, e);
-  }
+  Guard(env, [&] { r = CheckDeviceRange(ptr, length); });
   Napi::Object out = Napi::Object::New(env);
   out.Set("device", r.device);
   out.Set("base", Napi::BigInt::New(env, static_cast<uint64_t>(r.base)));

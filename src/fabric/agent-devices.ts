@@ -146,6 +146,7 @@ export class AgentDevices {
   /** Whether a transfer touches device memory on either side. */
   involves(peer: RemotePeer, descriptors: readonly TransferDescriptor[]): boolean {
     const remote = this.#peers.get(peer.name)?.regions;
+    if (!Array.isArray(descriptors)) return false; // the host path refuses it with its message
     for (const d of descriptors) {
       if (d?.local instanceof DeviceRegion || (typeof d?.local === 'number' && this.#regions.has(d.local))) return true;
       const id = typeof d?.remote === 'object' && d.remote !== null ? d.remote.id : d?.remote;
