@@ -131,6 +131,19 @@ describe('a. close() with transfers in flight', { concurrency: 2 }, () => {
       needMarker(r, 'DONE');
     });
 
+    // libfabric 1.17's tcp provider completes a READ twice when its endpoint is closed while the READ's response
+    // is arriving, the second time with a null context that ofi_rxm dereferences: close() crashed (SIGSEGV in
+    // fi_close) in about half of these runs on a loaded machine, until closing let in-flight READs finish first
+    // (Rail::Quiesce). A few runs, since one run is a coin toss.
+    test(`${provider}: 32 x 8 MiB READs, closeTimeoutMs 0, 3 runs: each resolves or rejects with KVF_ERR_CLOSED`, { timeout: 90_000 }, async () => {
+      for (let run = 0; run < 3; run++) {
+        const r = await runFixture('close-inflight.ts', [provider, '0', '32', '8', 'read']);
+        assertExit(r, 0);
+        settled(r, 32, ['resolved', 'KVF_ERR_CLOSED']);
+        needMarker(r, 'DONE');
+      }
+    });
+
     // 8 MiB transfers go through the rail threads, 16 KiB ones through the express lane (the JS thread) on tcp.
     for (const [order, mib] of [
       ['kill-then-close', '8'],

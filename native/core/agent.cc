@@ -20,6 +20,9 @@ const std::string& LibfabricLoadError();  // libfabric_loader.cc
 namespace {
 
 constexpr std::chrono::milliseconds kRailStopTimeout{2000};
+// How long closing waits for READs still in flight when the provider cannot close under them (Rail::Quiesce);
+// rails whose READs outlast it are leaked rather than closed.
+constexpr std::chrono::milliseconds kReadDrainTimeout{2000};
 
 std::atomic<uint32_t> g_agent_counter{0};
 
@@ -386,6 +389,19 @@ void Agent::Shutdown() {
   }
   if (table_) table_->WithdrawAll();
   StopRails();
+  // A forced close abandons whatever is in flight. Where closing an endpoint under an arriving READ response
+  // crashes the provider (libfabric < 1.18, tcp: Rail::Quiesce), those READs are let finish first, without
+  // their owners (the transfers still fail with KVF_ERR_CLOSED below); a rail whose READs do not finish in
+  // time is leaked like one whose thread is stuck: its endpoint is never closed nor driven again, so nothing
+  // is written into its buffers (or the JS memory it pointed at) after close resolves.
+  const auto drain_deadline = std::chrono::steady_clock::now() + kReadDrainTimeout;
+  for (auto& rail : rails_) {
+    if (!rail->Quiesce(drain_deadline)) {
+      leaked_rails_.insert(rail->index());
+      (void)rail.release();
+    }
+  }
+  rails_.erase(std::remove(rails_.begin(), rails_.end(), nullptr), rails_.end());
   std::vector<RailMr> mrs;
   {
     std::lock_guard<std::mutex> lock(regions_mu_);

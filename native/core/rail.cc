@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -79,6 +80,7 @@ Rail::Rail(uint32_t index, fi_info* info, RailOwner* owner, size_t receive_buffe
     tx_depth_ = info_->tx_attr->size > 0 ? info_->tx_attr->size : 128;
     const char* prov = info_->fabric_attr->prov_name;
     retry_dropped_ = prov != nullptr && std::strstr(prov, "tcp") != nullptr;
+    reads_block_close_ = retry_dropped_ && FI_VERSION_LT(fi_version(), FI_VERSION(1, 18));
     max_msg_size_ = info_->ep_attr->max_msg_size > 0 ? info_->ep_attr->max_msg_size : (1ull << 30);
 
     if (receive_size_ > 0) {
@@ -136,6 +138,54 @@ bool Rail::JoinWithin(std::chrono::milliseconds timeout) {
   orphaned_ = true;
   thread_.detach();
   return false;
+}
+
+void Rail::Posted(const Op* op) {
+  ++inflight_;
+  if (op->kind == OpKind::kRead) ++reads_inflight_;
+}
+
+void Rail::Retired(const Op* op) {
+  --inflight_;
+  if (op->kind == OpKind::kRead) --reads_inflight_;
+}
+
+size_t Rail::DropCompletions(fid_cq* cq) {
+  size_t reads = 0;
+  fi_cq_data_entry entries[kCqBatch];
+  const ssize_t n = fi_cq_read(cq, entries, kCqBatch);
+  for (ssize_t i = 0; i < n; ++i) {
+    const Op* op = static_cast<const Op*>(entries[i].op_context);
+    if (!(entries[i].flags & FI_RECV) && op != nullptr && op->kind == OpKind::kRead) ++reads;
+  }
+  if (n == -FI_EAVAIL) {
+    fi_cq_err_entry err{};
+    if (fi_cq_readerr(cq, &err, 0) > 0) {
+      const Op* op = static_cast<const Op*>(err.op_context);
+      if (!(err.flags & FI_RECV) && op != nullptr && op->kind == OpKind::kRead) ++reads;
+    }
+  }
+  return reads;
+}
+
+bool Rail::Quiesce(std::chrono::steady_clock::time_point deadline) {
+  if (!reads_block_close_ || orphaned_) return true;
+  // The ops' contexts are still valid: the owner abandons their transfers only after the endpoints are closed.
+  while (reads_inflight_ > 0 && std::chrono::steady_clock::now() < deadline) {
+    const size_t done = DropCompletions(cq_);
+    reads_inflight_ -= std::min(done, reads_inflight_);
+    if (done == 0) sched_yield();
+  }
+  std::lock_guard<std::mutex> lock(express_mu_);
+  while (express_cq_ != nullptr && express_reads_ > 0 && std::chrono::steady_clock::now() < deadline) {
+    const size_t done = DropCompletions(express_cq_);
+    express_reads_ -= std::min(done, express_reads_);
+    if (done == 0) sched_yield();
+  }
+  if (reads_inflight_ == 0 && (express_cq_ == nullptr || express_reads_ == 0)) return true;
+  // With automatic data progress a provider thread would go on driving a leaked endpoint, into memory the owner
+  // is about to release: close it anyway. Manual progress (ofi_rxm's default): leak it.
+  return info_->domain_attr->data_progress != FI_PROGRESS_MANUAL;
 }
 
 void Rail::CloseEndpoint() {
@@ -272,7 +322,7 @@ void Rail::HandleCompletion(const fi_cq_data_entry& entry) {
     if (!force_) PostReceive(static_cast<size_t>(op - receive_ops_.data()));
     return;
   }
-  --inflight_;
+  Retired(op);
   if (op == probing_) {
     ProbeSucceeded(op);
     return;
@@ -292,7 +342,7 @@ void Rail::HandleCqError() {
     if (!force_) PostReceive(static_cast<size_t>(op - receive_ops_.data()));
     return;
   }
-  --inflight_;
+  Retired(op);
   const char* prov = fi_cq_strerror(cq_, err.prov_errno, err.err_data, nullptr, 0);
   ErrorInfo info = ProviderError("rail " + std::to_string(index_) + " operation failed", -err.err);
   if (prov != nullptr && *prov != '\0') info.provider_message = prov;
@@ -383,7 +433,7 @@ void Rail::RunLoop() {
       pending.pop_front();
       worked = true;
       if (rc == 0) {
-        ++inflight_;
+        Posted(op);
         owner_->OnOpPosted(op, std::chrono::duration_cast<std::chrono::nanoseconds>(posted - posting).count());
       } else if (!Suspect(op, rc)) {
         ErrorInfo info = ProviderError("posting on rail " + std::to_string(index_), rc);

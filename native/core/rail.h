@@ -65,7 +65,17 @@ class Rail {
   // is detached instead and the rail orphaned: it never calls its owner again. Returns false then, and the
   // caller must leak the rail, since that thread may still be inside its endpoint.
   bool JoinWithin(std::chrono::milliseconds timeout);
-  // Closes the endpoint (after Join): no provider code touches our buffers or op contexts afterwards.
+  // Before CloseEndpoint, with the thread joined: makes closing the endpoint safe where the provider needs it.
+  // libfabric before 1.18, tcp provider: an endpoint closed (or dropped) while a READ's response is arriving
+  // completes that READ twice, the second time as a freed entry with a null context, on which ofi_rxm
+  // dereferences null (a SIGSEGV inside fi_close; fixed upstream by ofiwg/libfabric a74ea0fcd, "prov/tcp:
+  // Suspicion of bug where RX entry is freed twice"). So the endpoints (the rail's and the express lane's) are
+  // driven here, their completions read and dropped (the owner abandons those transfers), until none of our
+  // READs is in flight, or until `deadline`. Returns false if READs are still in flight then: the endpoint
+  // must not be closed, and the caller leaks the rail (and its MRs). Nothing touches a leaked endpoint's buffers
+  // afterwards: its progress is manual (checked here), and nobody drives it any more.
+  bool Quiesce(std::chrono::steady_clock::time_point deadline);
+  // Closes the endpoint (after Join, and Quiesce): no provider code touches our buffers or op contexts afterwards.
   void CloseEndpoint();
 
   uint32_t index() const { return index_; }
@@ -119,6 +129,11 @@ class Rail {
   void HandleCqError();
   // Handles what a CQ read returned (completions or an error entry); true if there was anything.
   bool HandleRead(ssize_t n, const fi_cq_data_entry* entries);
+  // An op accepted by the provider, and one whose completion (or error) has been read (progress thread).
+  void Posted(const Op* op);
+  void Retired(const Op* op);
+  // Quiesce: reads `cq` once, dropping what it finds; returns the READs of ours among them.
+  static size_t DropCompletions(fid_cq* cq);
   // What ended an idle wait: nothing (timeout), the endpoint waking without a completion, or completions.
   enum class IdleEnd { kNothing, kEndpoint, kCompletion };
   IdleEnd WaitIdle();
@@ -168,6 +183,10 @@ class Rail {
   bool exited_ = false;
   std::thread thread_;
   size_t inflight_ = 0;  // progress thread only
+  // READs among them (the progress thread's, then Quiesce's once it has been joined).
+  size_t reads_inflight_ = 0;
+  // Closing with a READ in flight may crash the provider (see Quiesce): libfabric < 1.18, tcp.
+  bool reads_block_close_ = false;
 
   std::mutex express_mu_;                 // express posts and reaps against closing (from the closer thread)
   fid_fabric* express_fabric_ = nullptr;  // own fabric, domain and AV unless local MRs are needed
@@ -188,6 +207,7 @@ class Rail {
   std::chrono::steady_clock::time_point next_probe_{};
   std::deque<Op*> express_backlog_;          // refused with -FI_EAGAIN, posted by ReapExpress in order
   std::atomic<size_t> express_inflight_{0};  // posted or in the backlog
+  size_t express_reads_ = 0;                 // READs posted on the express lane, not yet reaped (express_mu_)
 };
 
 }  // namespace kvf

@@ -91,6 +91,7 @@ void Rail::CloseExpress() {
   CloseExpressFids();
   express_backlog_.clear();
   express_inflight_ = 0;  // their transfers are abandoned by the owner
+  express_reads_ = 0;
 }
 
 int Rail::PostExpress(Op* op) {
@@ -107,6 +108,7 @@ int Rail::PostExpress(Op* op) {
     const int rc = Post(express_ep_, op);
     if (rc != -FI_EAGAIN) {
       if (rc != 0) --express_inflight_;
+      if (rc == 0 && op->kind == OpKind::kRead) ++express_reads_;
       return rc;
     }
   }
@@ -123,13 +125,16 @@ size_t Rail::ReapExpress() {
   if (n > 0) {
     for (ssize_t i = 0; i < n; ++i) {
       --express_inflight_;
-      owner_->OnOpComplete(reinterpret_cast<Op*>(entries[i].op_context), nullptr);
+      Op* op = reinterpret_cast<Op*>(entries[i].op_context);
+      if (op->kind == OpKind::kRead) --express_reads_;
+      owner_->OnOpComplete(op, nullptr);
     }
   } else if (n == -FI_EAVAIL) {
     fi_cq_err_entry err{};
     if (fi_cq_readerr(express_cq_, &err, 0) > 0 && err.op_context != nullptr) {
       --express_inflight_;
       Op* op = reinterpret_cast<Op*>(err.op_context);
+      if (op->kind == OpKind::kRead) --express_reads_;
       if (retry_dropped_ && !express_closed_ &&
           (err.err == FI_ENOTCONN || err.err == FI_ECANCELED || err.err == FI_ECONNRESET ||
            err.err == FI_ECONNABORTED || err.err == FI_EIO)) {
@@ -152,6 +157,7 @@ size_t Rail::ReapExpress() {
     if (rc == -FI_EAGAIN) break;
     express_backlog_.pop_front();
     if (rc == 0) {
+      if (op->kind == OpKind::kRead) ++express_reads_;
       owner_->OnOpPosted(
           op, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - posting).count());
     } else {

@@ -63,7 +63,7 @@ void Rail::DriveRecovery() {
   if (rc == -FI_EAGAIN) return;
   if (rc == 0) {
     probe_posted_ = true;
-    ++inflight_;
+    Posted(probing_);
     return;
   }
   ProbeFailed(probing_, ProviderError("posting on rail " + std::to_string(index_), rc));
