@@ -479,7 +479,7 @@ for (const { name: provider, other } of PROVIDERS) {
       bad.push(['one byte appended', Buffer.concat([blob, Buffer.from([0])])]);
       bad.push(['blob twice', Buffer.concat([blob, blob])]);
       // Well-checksummed but wrong: version, flags, total length.
-      for (const version of [0, 1, 2, 3, 5, 0xffff]) {
+      for (const version of [0, 1, 2, 3, 4, METADATA_VERSION + 1, 0xffff]) {
         const b = Buffer.from(blob);
         b.writeUInt16LE(version, 4);
         bad.push([`version ${version}`, withCrc(b)]);
