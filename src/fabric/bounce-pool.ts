@@ -43,6 +43,11 @@ export class BouncePool {
     }
   }
 
+  /** Chunks the pool was made with. */
+  get size(): number {
+    return Math.floor(this.region.length / this.chunkBytes);
+  }
+
   get available(): number {
     return this.#free.length;
   }

@@ -1,9 +1,11 @@
 // The owner's side of remote staging (stage-protocol.ts): it answers peers' requests for its device regions by
 // copying through its own pinned chunks, each lent to one request under a one-shot grant with fresh keys.
 // Requests come from the network: a request must name a remotely accessible device region with its token and a
-// range inside it no longer than a chunk; a peer holds at most `perPeer` chunks; a chunk's lease ends after
-// `leaseMs` whatever the peer does, and a chunk taken back that way rests for `quarantineMs` before reuse (an
-// operation the provider accepted before the revoke may still finish).
+// range inside it no longer than a chunk; a peer holds at most `perPeer` chunks; a request that finds no chunk
+// for it waits in a bounded queue (at most `leaseMs`; a full queue answers OVERLOADED and the requester asks
+// again), served in arrival order as chunks come back; a chunk's lease ends after `leaseMs` whatever the peer
+// does, and a chunk taken back that way rests for `quarantineMs` before reuse (an operation the provider
+// accepted before the revoke may still finish).
 import { timingSafeEqual } from 'node:crypto';
 
 import { KvfError } from '../common/errors.js';
@@ -30,6 +32,15 @@ export interface StageServerLimits {
   quarantineMs: number;
 }
 
+type Request = Extract<StageMessage, { type: typeof STAGE.out | typeof STAGE.in }>;
+
+interface Waiting {
+  peer: string;
+  m: Request;
+  region: DeviceRegion;
+  since: number;
+}
+
 interface Lease {
   peer: string;
   req: number;
@@ -42,10 +53,14 @@ interface Lease {
   timer: NodeJS.Timeout;
 }
 
+/** Requests that may wait for a chunk, per chunk of the pool (beyond: OVERLOADED, asked again later). */
+const QUEUE_PER_CHUNK = 4;
+
 export class StageServer {
   #leases = new Map<string, Lease>();
   #perPeer = new Map<string, number>();
   #timers = new Set<NodeJS.Timeout>();
+  #waiting: Waiting[] = [];
   #closed = false;
 
   constructor(
@@ -82,9 +97,11 @@ export class StageServer {
     for (const t of this.#timers) clearTimeout(t);
     this.#leases.clear();
     this.#timers.clear();
+    this.#waiting = [];
   }
 
-  #lend(peer: string, m: Extract<StageMessage, { type: typeof STAGE.out | typeof STAGE.in }>): void {
+  /** Checks a request; lends a chunk at once, or queues it until one comes back. */
+  #lend(peer: string, m: Request): void {
     const region = this.host.deviceRegion(m.region);
     if (!region || !region.remoteAccess || !region.registered || !sameToken(region.token, m.token)) {
       throw new KvfError('KVF_ERR_REMOTE_ACCESS', `${this.host.name} has no device region ${m.region} open to peers with that token`);
@@ -95,10 +112,55 @@ export class StageServer {
     const pool = this.host.servePool();
     if (m.length > pool.chunkBytes) throw new KvfError('KVF_ERR_TOO_LARGE', `a staging request moves at most ${pool.chunkBytes} bytes`);
     const k = key(peer, m.req);
-    if (this.#leases.has(k)) throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `request ${m.req} is already staged`);
+    if (this.#leases.has(k) || this.#waiting.some((w) => w.peer === peer && w.m.req === m.req)) {
+      throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `request ${m.req} is already staged`);
+    }
+    if (this.#waiting.length >= QUEUE_PER_CHUNK * pool.size)
+      throw new KvfError('KVF_ERR_OVERLOADED', `${this.host.name} has too many staging requests waiting`);
+    this.#waiting.push({ peer, m, region, since: performance.now() });
+    this.#drain();
+  }
+
+  /** Serves queued requests in order while chunks are free; drops (answers) those that waited a lease. */
+  #drain(): void {
+    const now = performance.now();
+    for (let i = 0; i < this.#waiting.length;) {
+      const w = this.#waiting[i]!;
+      if (now - w.since > this.limits.leaseMs) {
+        this.#waiting.splice(i, 1);
+        this.#reply(w.peer, {
+          type: STAGE.error,
+          req: w.m.req,
+          code: 'KVF_ERR_OVERLOADED',
+          message: `${this.host.name} found no staging chunk within ${this.limits.leaseMs} ms`,
+        });
+        continue;
+      }
+      if (this.host.servePool().available === 0) return;
+      let served: boolean;
+      try {
+        served = this.#serve(w.peer, w.m, w.region);
+      } catch (err) {
+        served = true;
+        const e = err instanceof KvfError ? err : new KvfError('KVF_ERR_CUDA', String(err));
+        this.#reply(w.peer, { type: STAGE.error, req: w.m.req, code: e.code, message: e.message });
+      }
+      if (served) this.#waiting.splice(i, 1);
+      else i++; // that peer holds all it may; a later request of another peer may go first
+    }
+  }
+
+  /** Lends a chunk to a checked request if the peer may hold another and one is free; false if not now. */
+  #serve(peer: string, m: Request, region: DeviceRegion): boolean {
+    const pool = this.host.servePool();
+    const k = key(peer, m.req);
     const held = this.#perPeer.get(peer) ?? 0;
     const chunk = held < this.limits.perPeer ? pool.tryAcquire() : undefined;
-    if (!chunk) throw new KvfError('KVF_ERR_OVERLOADED', `${this.host.name} has no staging chunk free for ${peer} now`);
+    if (!chunk) return false;
+    if (!region.registered) {
+      pool.release(chunk);
+      throw new KvfError('KVF_ERR_CLOSED', `device region ${region.id} was deregistered`);
+    }
     let grant: Grant;
     try {
       const view = chunk.bytes.subarray(0, m.length);
@@ -114,6 +176,7 @@ export class StageServer {
     this.#perPeer.set(peer, held + 1);
     // Unsent, the grant reached no one: the chunk can go back at once.
     this.#reply(peer, { type: STAGE.granted, req: m.req, grant: grant.bytes }, () => this.#end(this.#leases.get(k), false));
+    return true;
   }
 
   #commit(peer: string, req: number): void {
@@ -144,12 +207,14 @@ export class StageServer {
     const pool = this.host.servePool();
     if (!expired) {
       pool.release(lease.chunk);
+      this.#drain();
       return;
     }
     this.host.log?.warn({ agent: this.host.name, peer: lease.peer, req: lease.req }, 'staging lease expired: the chunk was taken back');
     const t = setTimeout(() => {
       this.#timers.delete(t);
       pool.release(lease.chunk);
+      this.#drain();
     }, this.limits.quarantineMs);
     this.#timers.add(t);
   }

@@ -5,11 +5,11 @@ import { checkOptionKeys } from './options.js';
 export interface StagingOptions {
   /** Bytes per bounce chunk: the unit of a device copy and of its fabric operation. Default 1 MiB. */
   chunkBytes?: number;
-  /** Chunks of one transfer in flight at once (copy of one overlapping the fabric operation of others). Default 4. */
+  /** Chunks of one transfer in flight at once (copy of one overlapping the fabric operation of others). Default 8. */
   window?: number;
-  /** Chunks this agent lends to peers staging its device regions. Default 16. */
+  /** Chunks this agent lends to peers staging its device regions. Default 32. */
   serveChunks?: number;
-  /** Chunks one peer may hold at once. Default 8. */
+  /** Chunks one peer may hold at once (its further requests wait their turn). Default 16. */
   perPeer?: number;
   /** How long a peer may hold a lent chunk before it is taken back. Default 10 s. */
   leaseMs?: number;
@@ -19,9 +19,9 @@ export interface StagingOptions {
 
 export const STAGING_DEFAULTS = Object.freeze({
   chunkBytes: 1 << 20,
-  window: 4,
-  serveChunks: 16,
-  perPeer: 8,
+  window: 8,
+  serveChunks: 32,
+  perPeer: 16,
   leaseMs: 10_000,
   replyTimeoutMs: 30_000,
   /** A chunk taken back from a peer rests this long before reuse (an operation accepted before the revoke may finish). */
