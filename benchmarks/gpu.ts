@@ -7,6 +7,7 @@
 //   (GPU machine without npm: scripts/gpu-pack.sh, then bash scripts/gpu-run.sh bench)
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -23,7 +24,7 @@ const card = status.devices[0]!.name;
 
 /** `kvfabric bench` with these arguments; its JSON result. KVF_CLI names a bundled CLI (the GPU machine's). */
 function bench(args: string[]): { points: { op: string; path: string; blockBytes: number; gbps: number; latencyMs: { p50: number; p99: number } }[] } {
-  const json = join(dirname(values.out), `bench-${process.pid}-${Math.random().toString(36).slice(2)}.json`);
+  const json = join(tmpdir(), `kvfabric-bench-${process.pid}-${Math.random().toString(36).slice(2)}.json`);
   const cli = process.env.KVF_CLI;
   const argv = cli ? [cli] : ['--import', 'tsx', 'src/cli/main.ts'];
   execFileSync(process.execPath, [...argv, 'bench', ...args, '--duration', values.duration, '--no-progress', '--json', json], {
@@ -32,7 +33,7 @@ function bench(args: string[]): { points: { op: string; path: string; blockBytes
   return JSON.parse(readFileSync(json, 'utf8'));
 }
 
-/** A device-to-device copy between two buffers of one process, `bytes` at a time, GB/s. */
+/** A device-to-device copy between two buffers of one process, `bytes` at a time (each one finished before the next), GB/s. */
 function deviceCopyGbps(bytes: number): number {
   const a = DeviceBuffer.allocate('cuda:0', bytes);
   const b = DeviceBuffer.allocate('cuda:0', bytes);

@@ -53,6 +53,9 @@ describe('the dashboard in a browser', { skip: SKIP, timeout: 180_000 }, () => {
       headless: true,
       // --no-sandbox: CI and containers run as root, where Chromium's sandbox will not start.
       args: ['--no-sandbox', '--headless=new', '--disable-gpu', '--disable-dev-shm-usage'],
+      // The browser is not under test: under `npm run test:asan` the sanitizer runtime preloaded into every child
+      // would hang Chromium's start.
+      env: withoutSanitizers(process.env),
       timeout: STEP_MS,
       protocolTimeout: STEP_MS,
     });
@@ -190,3 +193,9 @@ describe('the dashboard in a browser', { skip: SKIP, timeout: 180_000 }, () => {
     await page.waitForFunction(() => document.getElementById('feed-status')?.getAttribute('data-state') !== 'live', { timeout: 10_000 });
   });
 });
+
+function withoutSanitizers(env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && !['LD_PRELOAD', 'ASAN_OPTIONS', 'UBSAN_OPTIONS'].includes(k)) out[k] = v;
+  return out;
+}

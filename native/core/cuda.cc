@@ -305,6 +305,8 @@ void CopyDeviceToDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
   MakeCurrent(api, to.device);
   Check(api, api.MemcpyDtoD(dst, src, bytes),
         "cuMemcpyDtoD(" + Hex(dst) + ", " + Hex(src) + ", " + std::to_string(bytes) + " bytes)");
+  // A device-to-device cuMemcpy returns before the copy is done: done means the bytes are there.
+  Check(api, api.StreamSynchronize(nullptr), "cuStreamSynchronize after cuMemcpyDtoD");
 }
 
 IpcExport ExportIpc(CUdeviceptr ptr, size_t length) {

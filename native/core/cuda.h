@@ -71,7 +71,7 @@ struct DeviceRange {
 // runs past the allocation's end, KVF_ERR_ZERO_LENGTH for length 0. Returns the allocation that holds it.
 DeviceRange CheckDeviceRange(CUdeviceptr ptr, size_t length);
 
-// A device-to-device copy (synchronous); both ranges are checked first. Either may be an IPC mapping.
+// A device-to-device copy, returning once it is done; both ranges are checked first. Either may be an IPC mapping.
 void CopyDeviceToDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes);
 
 // The IPC handle of the allocation that holds ptr, and ptr's offset in it (an IPC handle names an allocation).
