@@ -29,6 +29,7 @@ run('npx', ['tsc', '-p', 'tsconfig.json']);
 // Tests that exercise only TypeScript (no addon) are skipped under the sanitizer build.
 const PURE_TS = new Set([
   'metadata.test.ts',
+  'stage-protocol.test.ts',
   'errors-registry.test.ts',
   'limits.test.ts',
   'config.test.ts',

@@ -15,7 +15,7 @@ import type { Grant } from './grants.js';
 import { MemoryRegion } from './memory.js';
 import type { AgentDescription, DeviceRegionDescription } from './metadata.js';
 import type { RemotePeer } from './peer.js';
-import { STAGE, decodeStage, isStageMessage } from './stage-protocol.js';
+import { MAX_STAGE_RANGES, STAGE, decodeStage, isStageMessage } from './stage-protocol.js';
 import { StageServer } from './stage-server.js';
 import { StagedRequester, type StagedPiece } from './staged-transfer.js';
 import type { Staging } from './staging-options.js';
@@ -53,7 +53,13 @@ interface PeerDevices {
 }
 
 /** A descriptor with both sides resolved. */
-interface Resolved extends StagedPiece {
+interface Resolved {
+  local: MemoryRegion | DeviceRegion;
+  localOffset: number;
+  /** The peer's host region id, or its device region. */
+  remote: number | DeviceRegionDescription;
+  remoteOffset: number;
+  length: number;
   path: PathName | 'host';
   reason: string;
 }
@@ -88,7 +94,7 @@ export class AgentDevices {
       {
         name: host.name,
         requestPool: () => (this.#requestPool ??= this.#pool(2 * staging.window)),
-        fabric: (op, peer, d, timeoutMs, notification) => host.hostTransfer(op, peer, [d], timeoutMs, notification),
+        fabric: (op, peer, ds, timeoutMs, notification) => host.hostTransfer(op, peer, ds, timeoutMs, notification),
         send: (peer, data, timeoutMs) => host.sendNotification(peer, data, timeoutMs),
       },
       staging.leaseMs,
@@ -185,7 +191,7 @@ export class AgentDevices {
       hostRun?.catch(() => {}); // awaited below, after the device parts
       for (const r of ipc) copyIpc(op, r.local, r.localOffset, this.#ipcAddress(peer, r), r.length);
       const remoteChunk = this.#peers.get(peer.name)?.chunkBytes || this.staging.chunkBytes;
-      const pieces = staged.flatMap((r) => split(r, typeof r.remote === 'object' ? Math.min(this.staging.chunkBytes, remoteChunk) : this.staging.chunkBytes));
+      const pieces = intoPieces(staged, (r) => (typeof r.remote === 'object' ? Math.min(this.staging.chunkBytes, remoteChunk) : this.staging.chunkBytes));
       const totals = await this.#requester.run(op, peer, pieces, this.staging.window, deadline);
       const hostReport = await hostRun;
       if (note !== undefined) await this.host.sendNotification(peer, note, remainingMs(deadline));
@@ -292,19 +298,34 @@ function toHostDescriptor(r: Resolved): TransferDescriptor {
   return { local: r.local as MemoryRegion, localOffset: r.localOffset, remote: r.remote as number, remoteOffset: r.remoteOffset, length: r.length };
 }
 
-/** A descriptor cut into pieces of at most one chunk. */
-function split(r: StagedPiece, chunkBytes: number): StagedPiece[] {
+/**
+ * The staged descriptors as chunk-sized pieces: consecutive blocks between the same two regions share a piece
+ * (one staging request, one grant, one fabric operation for all of them) while they fit; a block larger than a
+ * chunk is cut into pieces of its own.
+ */
+function intoPieces(staged: readonly Resolved[], limitOf: (r: Resolved) => number): StagedPiece[] {
   const out: StagedPiece[] = [];
-  for (let at = 0; at < r.length; at += chunkBytes) {
-    out.push({
-      local: r.local,
-      localOffset: r.localOffset + at,
-      remote: r.remote,
-      remoteOffset: r.remoteOffset + at,
-      length: Math.min(chunkBytes, r.length - at),
-    });
+  let open: StagedPiece | undefined;
+  for (const r of staged) {
+    const limit = limitOf(r);
+    const fits =
+      open && open.local === r.local && sameRemote(open.remote, r.remote) && open.length + r.length <= limit && open.segments.length < MAX_STAGE_RANGES;
+    if (fits) {
+      open!.segments.push({ localOffset: r.localOffset, remoteOffset: r.remoteOffset, length: r.length });
+      open!.length += r.length;
+      continue;
+    }
+    for (let at = 0; at < r.length; at += limit) {
+      const length = Math.min(limit, r.length - at);
+      open = { local: r.local, remote: r.remote, segments: [{ localOffset: r.localOffset + at, remoteOffset: r.remoteOffset + at, length }], length };
+      out.push(open);
+    }
   }
   return out;
+}
+
+function sameRemote(a: StagedPiece['remote'], b: StagedPiece['remote']): boolean {
+  return typeof a === 'number' ? a === b : typeof b === 'object' && a.id === b.id;
 }
 
 function remainingMs(deadline: number): number {

@@ -10,9 +10,9 @@
 const MAGIC = Buffer.from([0x4b, 0x56, 0x46, 0x53, 0x01]);
 
 export const STAGE = Object.freeze({
-  /** requester → owner: copy [offset, offset + length) of region into a chunk and grant it for reading. */
+  /** requester → owner: copy ranges of a region, one after another, into a chunk and grant it for reading. */
   out: 1,
-  /** requester → owner: lend a chunk for writing [offset, offset + length) of region. */
+  /** requester → owner: lend a chunk for writing ranges of a region (laid out one after another in the chunk). */
   in: 2,
   /** owner → requester: the chunk's grant bytes. */
   granted: 3,
@@ -26,13 +26,24 @@ export const STAGE = Object.freeze({
   error: 7,
 });
 
+/** A range of the owner's region; a request's ranges follow each other in the chunk. */
+export interface StageRange {
+  offset: number;
+  length: number;
+}
+
+/** Ranges one request may carry: KV blocks of a chunk (a 1 MiB chunk holds 64 blocks of 16 KiB). */
+export const MAX_STAGE_RANGES = 256;
+
 export type StageMessage =
-  | { type: typeof STAGE.out | typeof STAGE.in; req: number; region: number; token: Uint8Array; offset: number; length: number }
+  | { type: typeof STAGE.out | typeof STAGE.in; req: number; region: number; token: Uint8Array; ranges: StageRange[] }
   | { type: typeof STAGE.granted; req: number; grant: Uint8Array }
   | { type: typeof STAGE.commit | typeof STAGE.release | typeof STAGE.done; req: number }
   | { type: typeof STAGE.error; req: number; code: string; message: string };
 
 const HEADER = MAGIC.length + 1 + 4; // magic, type, u32 request id
+/** A request's fixed part: u32 region, the token, u16 range count (then u64 offset, u64 length per range). */
+const REQUEST_FIXED = 4 + 16 + 2;
 const TOKEN_BYTES = 16;
 const MAX_TEXT = 1024;
 
@@ -54,11 +65,15 @@ function bodyOf(m: StageMessage): Buffer {
   switch (m.type) {
     case STAGE.out:
     case STAGE.in: {
-      const b = Buffer.alloc(4 + TOKEN_BYTES + 8 + 8);
+      const b = Buffer.alloc(REQUEST_FIXED + 16 * m.ranges.length);
       b.writeUInt32LE(m.region, 0);
       b.set(m.token, 4);
-      b.writeBigUInt64LE(BigInt(m.offset), 4 + TOKEN_BYTES);
-      b.writeBigUInt64LE(BigInt(m.length), 12 + TOKEN_BYTES);
+      b.writeUInt16LE(m.ranges.length, 4 + TOKEN_BYTES);
+      let at = REQUEST_FIXED;
+      for (const r of m.ranges) {
+        at = b.writeBigUInt64LE(BigInt(r.offset), at);
+        at = b.writeBigUInt64LE(BigInt(r.length), at);
+      }
       return b;
     }
     case STAGE.granted:
@@ -83,12 +98,18 @@ export function decodeStage(data: Uint8Array): StageMessage | undefined {
   switch (type) {
     case STAGE.out:
     case STAGE.in: {
-      if (body.length !== 4 + TOKEN_BYTES + 16) return undefined;
-      const offset = body.readBigUInt64LE(4 + TOKEN_BYTES);
-      const length = body.readBigUInt64LE(12 + TOKEN_BYTES);
-      if (offset > BigInt(Number.MAX_SAFE_INTEGER) || length === 0n || length > BigInt(Number.MAX_SAFE_INTEGER)) return undefined;
+      if (body.length < REQUEST_FIXED) return undefined;
+      const count = body.readUInt16LE(4 + TOKEN_BYTES);
+      if (count === 0 || count > MAX_STAGE_RANGES || body.length !== REQUEST_FIXED + 16 * count) return undefined;
+      const ranges: StageRange[] = [];
+      for (let i = 0, at = REQUEST_FIXED; i < count; i++, at += 16) {
+        const offset = body.readBigUInt64LE(at);
+        const length = body.readBigUInt64LE(at + 8);
+        if (offset > BigInt(Number.MAX_SAFE_INTEGER) || length === 0n || length > BigInt(Number.MAX_SAFE_INTEGER)) return undefined;
+        ranges.push({ offset: Number(offset), length: Number(length) });
+      }
       const token = new Uint8Array(body.subarray(4, 4 + TOKEN_BYTES));
-      return { type, req, region: body.readUInt32LE(0), token, offset: Number(offset), length: Number(length) };
+      return { type, req, region: body.readUInt32LE(0), token, ranges };
     }
     case STAGE.granted:
       return body.length > 0 && body.length <= 4096 ? { type, req, grant: new Uint8Array(body) } : undefined;

@@ -1,7 +1,7 @@
 // The owner's side of remote staging (stage-protocol.ts): it answers peers' requests for its device regions by
 // copying through its own pinned chunks, each lent to one request under a one-shot grant with fresh keys.
-// Requests come from the network: a request must name a remotely accessible device region with its token and a
-// range inside it no longer than a chunk; a peer holds at most `perPeer` chunks; a request that finds no chunk
+// Requests come from the network: a request must name a remotely accessible device region with its token and
+// ranges inside it that fit one chunk together; a peer holds at most `perPeer` chunks; a request that finds no chunk
 // for it waits in a bounded queue (at most `leaseMs`; a full queue answers OVERLOADED and the requester asks
 // again), served in arrival order as chunks come back; a chunk's lease ends after `leaseMs` whatever the peer
 // does, and a chunk taken back that way rests for `quarantineMs` before reuse (an operation the provider
@@ -13,7 +13,7 @@ import type { Logger } from '../common/logger.js';
 import type { BouncePool, Chunk } from './bounce-pool.js';
 import type { DeviceRegion } from './device-region.js';
 import type { Grant } from './grants.js';
-import { STAGE, encodeStage, type StageMessage } from './stage-protocol.js';
+import { STAGE, encodeStage, type StageMessage, type StageRange } from './stage-protocol.js';
 
 export interface StageServerHost {
   readonly name: string;
@@ -46,7 +46,8 @@ interface Lease {
   req: number;
   dir: 'out' | 'in';
   region: DeviceRegion;
-  offset: number;
+  ranges: StageRange[];
+  /** The ranges' total: the chunk's bytes in use. */
   length: number;
   chunk: Chunk;
   grant: Grant;
@@ -106,11 +107,15 @@ export class StageServer {
     if (!region || !region.remoteAccess || !region.registered || !sameToken(region.token, m.token)) {
       throw new KvfError('KVF_ERR_REMOTE_ACCESS', `${this.host.name} has no device region ${m.region} open to peers with that token`);
     }
-    if (m.offset + m.length > region.length) {
-      throw new KvfError('KVF_ERR_OUT_OF_RANGE', `[${m.offset}, ${m.offset + m.length}) is outside device region ${m.region} (${region.length} bytes)`);
+    let total = 0;
+    for (const r of m.ranges) {
+      if (r.offset + r.length > region.length) {
+        throw new KvfError('KVF_ERR_OUT_OF_RANGE', `[${r.offset}, ${r.offset + r.length}) is outside device region ${m.region} (${region.length} bytes)`);
+      }
+      total += r.length;
     }
     const pool = this.host.servePool();
-    if (m.length > pool.chunkBytes) throw new KvfError('KVF_ERR_TOO_LARGE', `a staging request moves at most ${pool.chunkBytes} bytes`);
+    if (total > pool.chunkBytes) throw new KvfError('KVF_ERR_TOO_LARGE', `a staging request moves at most ${pool.chunkBytes} bytes`);
     const k = key(peer, m.req);
     if (this.#leases.has(k) || this.#waiting.some((w) => w.peer === peer && w.m.req === m.req)) {
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `request ${m.req} is already staged`);
@@ -161,18 +166,18 @@ export class StageServer {
       pool.release(chunk);
       throw new KvfError('KVF_ERR_CLOSED', `device region ${region.id} was deregistered`);
     }
+    const length = m.ranges.reduce((n, r) => n + r.length, 0);
     let grant: Grant;
     try {
-      const view = chunk.bytes.subarray(0, m.length);
-      if (m.type === STAGE.out) region.copyTo(view, m.offset);
-      grant = this.host.grantChunk(pool, chunk, m.length, m.type === STAGE.out ? 'read' : 'write');
+      if (m.type === STAGE.out) eachRange(m.ranges, (r, at) => region.copyTo(chunk.bytes.subarray(at, at + r.length), r.offset));
+      grant = this.host.grantChunk(pool, chunk, length, m.type === STAGE.out ? 'read' : 'write');
     } catch (err) {
       pool.release(chunk);
       throw err;
     }
     const dir = m.type === STAGE.out ? 'out' : 'in';
     const timer = setTimeout(() => this.#end(this.#leases.get(k), true), this.limits.leaseMs);
-    this.#leases.set(k, { peer, req: m.req, dir, region, offset: m.offset, length: m.length, chunk, grant, timer });
+    this.#leases.set(k, { peer, req: m.req, dir, region, ranges: m.ranges, length, chunk, grant, timer });
     this.#perPeer.set(peer, held + 1);
     // Unsent, the grant reached no one: the chunk can go back at once.
     this.#reply(peer, { type: STAGE.granted, req: m.req, grant: grant.bytes }, () => this.#end(this.#leases.get(k), false));
@@ -186,7 +191,8 @@ export class StageServer {
     lease.grant.revoke();
     try {
       if (!lease.region.registered) throw new KvfError('KVF_ERR_CLOSED', `device region ${lease.region.id} was deregistered`);
-      lease.region.copyFrom(lease.chunk.bytes.subarray(0, lease.length), lease.offset);
+      const { region, chunk } = lease;
+      eachRange(lease.ranges, (r, at) => region.copyFrom(chunk.bytes.subarray(at, at + r.length), r.offset));
     } finally {
       this.#end(lease, false);
     }
@@ -225,6 +231,15 @@ export class StageServer {
       this.host.log?.debug({ agent: this.host.name, peer, err }, 'staging reply not sent');
       unsent?.();
     });
+  }
+}
+
+/** Calls f with each range and where it starts in the chunk (the ranges follow each other there). */
+function eachRange(ranges: readonly StageRange[], f: (r: StageRange, at: number) => void): void {
+  let at = 0;
+  for (const r of ranges) {
+    f(r, at);
+    at += r.length;
   }
 }
 

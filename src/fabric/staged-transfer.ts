@@ -1,5 +1,5 @@
 // The requester's side of the staged path: a transfer with device memory on either side, cut into pieces of
-// at most one chunk, `window` pieces in flight, so that the device copy of one piece (on this thread) overlaps
+// at most one chunk (small blocks batched into one piece, large ones cut), `window` pieces in flight, so that the device copy of one piece (on this thread) overlaps
 // the fabric operations of the others (on the rail threads). A local device side goes through this agent's
 // pinned chunks; a remote device side through the owner's, asked for and answered on the notification channel
 // (stage-protocol.ts). The transfer resolves once every byte is in the destination's memory, device included.
@@ -12,13 +12,20 @@ import type { RemotePeer } from './peer.js';
 import { STAGE, encodeStage, type StageMessage } from './stage-protocol.js';
 import type { TransferOp, TransferReport } from './transfer-report.js';
 
-/** One side of a piece: a host region, a local device region, or the peer's device region. */
-export interface StagedPiece {
-  local: MemoryRegion | DeviceRegion;
+export interface Segment {
   localOffset: number;
+  remoteOffset: number;
+  length: number;
+}
+
+/** What one chunk carries: segments between one local region and one of the peer's, at most a chunk in all. */
+export interface StagedPiece {
+  /** A host region, or a local device region. */
+  local: MemoryRegion | DeviceRegion;
   /** The peer's host region id, or its device region. */
   remote: number | DeviceRegionDescription;
-  remoteOffset: number;
+  segments: Segment[];
+  /** The segments' total. */
   length: number;
 }
 
@@ -26,7 +33,7 @@ export interface StagedHost {
   readonly name: string;
   requestPool(): BouncePool;
   /** The host path: one READ or WRITE of host ranges (the agent's transfer()). */
-  fabric(op: TransferOp, peer: RemotePeer, d: HostDescriptor, timeoutMs: number, notification?: Uint8Array): Promise<TransferReport>;
+  fabric(op: TransferOp, peer: RemotePeer, d: HostDescriptor[], timeoutMs: number, notification?: Uint8Array): Promise<TransferReport>;
   /** A notification to the peer, failing after `timeoutMs`. */
   send(peer: RemotePeer, data: Buffer, timeoutMs: number): Promise<void>;
 }
@@ -107,11 +114,23 @@ export class StagedRequester {
   }
 
   async #piece(op: TransferOp, peer: RemotePeer, p: StagedPiece, deadline: number): Promise<TransferReport[]> {
-    if (typeof p.remote === 'number') return [await this.#viaLocalChunk(op, peer, p, p.remote, deadline)];
+    if (typeof p.remote === 'number') {
+      return [
+        await this.#viaLocalChunk(
+          op,
+          peer,
+          p,
+          p.remote,
+          p.segments.map((g) => g.remoteOffset),
+          deadline,
+        ),
+      ];
+    }
     const remote = p.remote;
     const dir = op === 'READ' ? STAGE.out : STAGE.in;
     const req = this.#nextReq++;
-    const granted = await this.#ask(peer, { type: dir, req, region: remote.id, token: remote.token, offset: p.remoteOffset, length: p.length }, deadline);
+    const ranges = p.segments.map((g) => ({ offset: g.remoteOffset, length: g.length }));
+    const granted = await this.#ask(peer, { type: dir, req, region: remote.id, token: remote.token, ranges }, deadline);
     if (granted.type !== STAGE.granted) throw new KvfError('KVF_ERR_BAD_METADATA', `${peer.name} answered a staging request with message ${granted.type}`);
     let grantId: number;
     try {
@@ -120,14 +139,16 @@ export class StagedRequester {
       this.#release(peer, req); // nothing of ours can touch a chunk we never had the keys of
       throw err;
     }
+    // The owner laid the ranges out one after another in its chunk: the grant counts from the first.
+    const inGrant = runningOffsets(p.segments);
     let ok = false;
     try {
       let r: TransferReport;
-      if (op === 'READ') r = await this.#viaLocalChunk(op, peer, p, grantId, deadline);
+      if (op === 'READ') r = await this.#viaLocalChunk(op, peer, p, grantId, inGrant, deadline);
       else {
         // The commit rides on the WRITE itself: the owner sees it only after the bytes have landed.
         const done = this.#expect(peer.name, req, deadline);
-        r = await this.#viaLocalChunk(op, peer, p, grantId, deadline, encodeStage({ type: STAGE.commit, req }));
+        r = await this.#viaLocalChunk(op, peer, p, grantId, inGrant, deadline, encodeStage({ type: STAGE.commit, req }));
         await done;
       }
       ok = true;
@@ -141,33 +162,47 @@ export class StagedRequester {
   }
 
   /**
-   * One fabric operation between the local side and the remote host range `remote` (a host region id, or a
-   * grant's id for the owner's chunk):
-   * directly when the local side is host memory, through a local chunk when it is a device region.
+   * One fabric operation between the piece's local side and `remote` (a host region id, or a grant's id for the
+   * owner's chunk) at `remoteOffsets`: straight from and to a local host region, through a local chunk (its
+   * segments one after another) for a local device region.
    */
-  async #viaLocalChunk(op: TransferOp, peer: RemotePeer, p: StagedPiece, remote: number, deadline: number, notification?: Uint8Array): Promise<TransferReport> {
-    // A grant counts from its first byte.
-    const rOff = typeof p.remote === 'number' ? p.remoteOffset : 0;
-    if (!(p.local instanceof DeviceRegion)) {
-      const d = { local: p.local, localOffset: p.localOffset, remote, remoteOffset: rOff, length: p.length };
-      return this.host.fabric(op, peer, d, remaining(deadline), notification);
+  async #viaLocalChunk(
+    op: TransferOp,
+    peer: RemotePeer,
+    p: StagedPiece,
+    remote: number,
+    remoteOffsets: number[],
+    deadline: number,
+    notification?: Uint8Array,
+  ): Promise<TransferReport> {
+    const local = p.local;
+    if (!(local instanceof DeviceRegion)) {
+      const ds = p.segments.map((g, i) => ({ local, localOffset: g.localOffset, remote, remoteOffset: remoteOffsets[i]!, length: g.length }));
+      return this.host.fabric(op, peer, ds, remaining(deadline), notification);
     }
     const pool = this.host.requestPool();
     const chunk = await pool.acquire(remaining(deadline));
+    const inChunk = runningOffsets(p.segments);
     let reusable = true;
     try {
-      const view = chunk.bytes.subarray(0, p.length);
-      if (op === 'WRITE') p.local.copyTo(view, p.localOffset);
-      const d = { local: pool.region, localOffset: chunk.offset, remote, remoteOffset: rOff, length: p.length };
+      const view = (i: number) => chunk.bytes.subarray(inChunk[i]!, inChunk[i]! + p.segments[i]!.length);
+      if (op === 'WRITE') p.segments.forEach((g, i) => local.copyTo(view(i), g.localOffset));
+      const ds = p.segments.map((g, i) => ({
+        local: pool.region,
+        localOffset: chunk.offset + inChunk[i]!,
+        remote,
+        remoteOffset: remoteOffsets[i]!,
+        length: g.length,
+      }));
       let r: TransferReport;
       try {
-        r = await this.host.fabric(op, peer, d, remaining(deadline), notification);
+        r = await this.host.fabric(op, peer, ds, remaining(deadline), notification);
       } catch (err) {
         // Timed out, the operation may still touch the chunk: it leaves the pool for good.
         if ((err as KvfError).code === 'KVF_ERR_TIMEOUT') reusable = false;
         throw err;
       }
-      if (op === 'READ') p.local.copyFrom(view, p.localOffset);
+      if (op === 'READ') p.segments.forEach((g, i) => local.copyFrom(view(i), g.localOffset));
       return r;
     } finally {
       if (reusable) pool.release(chunk as Chunk);
@@ -224,6 +259,16 @@ export class StagedRequester {
       // The owner's lease ends the chunk's loan anyway.
     });
   }
+}
+
+/** Where each segment starts when they follow each other: 0, len0, len0 + len1, … */
+function runningOffsets(segments: readonly Segment[]): number[] {
+  let at = 0;
+  return segments.map((g) => {
+    const o = at;
+    at += g.length;
+    return o;
+  });
 }
 
 function key(peer: string, req: number): string {

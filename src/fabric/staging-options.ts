@@ -3,13 +3,13 @@ import { KvfError } from '../common/errors.js';
 import { checkOptionKeys } from './options.js';
 
 export interface StagingOptions {
-  /** Bytes per bounce chunk: the unit of a device copy and of its fabric operation. Default 1 MiB. */
+  /** Bytes per bounce chunk: what one staging request and one fabric operation carry (blocks batched). Default 4 MiB. */
   chunkBytes?: number;
-  /** Chunks of one transfer in flight at once (copy of one overlapping the fabric operation of others). Default 8. */
+  /** Chunks of one transfer in flight at once (copy of one overlapping the fabric operation of others). Default 4. */
   window?: number;
-  /** Chunks this agent lends to peers staging its device regions. Default 32. */
+  /** Chunks this agent lends to peers staging its device regions. Default 16. */
   serveChunks?: number;
-  /** Chunks one peer may hold at once (its further requests wait their turn). Default 16. */
+  /** Chunks one peer may hold at once (its further requests wait their turn). Default 8. */
   perPeer?: number;
   /** How long a peer may hold a lent chunk before it is taken back. Default 10 s. */
   leaseMs?: number;
@@ -18,10 +18,10 @@ export interface StagingOptions {
 }
 
 export const STAGING_DEFAULTS = Object.freeze({
-  chunkBytes: 1 << 20,
-  window: 8,
-  serveChunks: 32,
-  perPeer: 16,
+  chunkBytes: 4 << 20,
+  window: 4,
+  serveChunks: 16,
+  perPeer: 8,
   leaseMs: 10_000,
   replyTimeoutMs: 30_000,
   /** A chunk taken back from a peer rests this long before reuse (an operation accepted before the revoke may finish). */
