@@ -183,6 +183,53 @@ Napi::Value CopyDevice(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Asynchronous copies in flight, by the number JS holds (never a pointer JS could forge).
+std::mutex copies_mutex;
+std::map<uint32_t, CUevent> copies;
+uint32_t next_copy = 1;
+
+// cudaCopyDeviceAsync(dst, src, length) -> number: a copy queued on the destination's copy stream.
+Napi::Value CopyDeviceAsync(const Napi::CallbackInfo& info) {
+  CUdeviceptr dst = PointerArg(info, 0, "cudaCopyDeviceAsync");
+  CUdeviceptr src = PointerArg(info, 1, "cudaCopyDeviceAsync");
+  size_t length = LengthArg(info, 2, "cudaCopyDeviceAsync");
+  if (length == 0) ThrowCoded(info.Env(), code::kZeroLength, "cudaCopyDeviceAsync: length is 0");
+  CUevent done = nullptr;
+  Guard(info.Env(), [&] { done = CopyDeviceToDeviceAsync(dst, src, length); });
+  std::lock_guard<std::mutex> lock(copies_mutex);
+  uint32_t id = next_copy++;
+  if (next_copy == 0) next_copy = 1;
+  copies[id] = done;
+  return Napi::Number::New(info.Env(), id);
+}
+
+// cudaCopyFinished(id) -> boolean; true once (the copy is done and forgotten), or throws the copy's error.
+Napi::Value CopyFinishedJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  double v = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
+  uint32_t id = v >= 1 && v <= 4294967295.0 ? static_cast<uint32_t>(v) : 0;
+  CUevent done = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(copies_mutex);
+    auto it = copies.find(id);
+    if (it == copies.end()) ThrowCoded(env, code::kInvalidArgument, "cudaCopyFinished: no such copy in flight");
+    done = it->second;
+  }
+  bool finished = false;
+  try {
+    finished = CopyFinished(done);
+  } catch (const Error& e) {
+    std::lock_guard<std::mutex> lock(copies_mutex);
+    copies.erase(id);
+    Rethrow(env, e);
+  }
+  if (finished) {
+    std::lock_guard<std::mutex> lock(copies_mutex);
+    copies.erase(id);
+  }
+  return Napi::Boolean::New(env, finished);
+}
+
 // cudaIpcExport(ptr, length) -> { handle: Buffer(64), offset, device }
 Napi::Value IpcExportJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -268,6 +315,8 @@ void InitCuda(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaCopyFromDevice", Napi::Function::New(env, CopyFrom));
   exports.Set("cudaCheckRange", Napi::Function::New(env, CheckRange));
   exports.Set("cudaCopyDeviceToDevice", Napi::Function::New(env, CopyDevice));
+  exports.Set("cudaCopyDeviceAsync", Napi::Function::New(env, CopyDeviceAsync));
+  exports.Set("cudaCopyFinished", Napi::Function::New(env, CopyFinishedJs));
   exports.Set("cudaIpcExport", Napi::Function::New(env, IpcExportJs));
   exports.Set("cudaIpcOpen", Napi::Function::New(env, IpcOpenJs));
   exports.Set("cudaIpcClose", Napi::Function::New(env, IpcCloseJs));

@@ -27,6 +27,9 @@ constexpr int kPointerAttrRangeSize = 12;
 constexpr unsigned kMemoryTypeDevice = 2;
 constexpr unsigned kIpcLazyEnablePeerAccess = 1;
 constexpr CUresult kErrorHostMemoryAlreadyRegistered = 712;
+constexpr CUresult kErrorNotReady = 600;
+constexpr unsigned kStreamNonBlocking = 1;
+constexpr unsigned kEventDisableTiming = 2;
 
 struct Api {
   CUresult (*Init)(unsigned) = nullptr;
@@ -57,12 +60,18 @@ struct Api {
   CUresult (*StreamCreate)(CUstream*, unsigned) = nullptr;
   CUresult (*StreamDestroy)(CUstream) = nullptr;
   CUresult (*StreamSynchronize)(CUstream) = nullptr;
+  CUresult (*MemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream) = nullptr;
+  CUresult (*EventCreate)(CUevent*, unsigned) = nullptr;
+  CUresult (*EventRecord)(CUevent, CUstream) = nullptr;
+  CUresult (*EventQuery)(CUevent) = nullptr;
+  CUresult (*EventDestroy)(CUevent) = nullptr;
 
   std::string error;                // why CUDA cannot be used; empty when it can
   int version = 0;                  // cuDriverGetVersion, when the library loaded
   int count = 0;                    // devices, after cuInit
   std::mutex mutex;                 // guards contexts
   std::vector<CUcontext> contexts;  // per device: its primary context, retained once for the process's life
+  std::vector<CUstream> streams;    // per device: the stream asynchronous copies go on, made on first use
 };
 
 // Every entry point, by the symbol the driver exports, and where it goes.
@@ -106,6 +115,11 @@ void Load(Api& api) {
       {"cuStreamCreate", Slot(api.StreamCreate)},
       {"cuStreamDestroy_v2", Slot(api.StreamDestroy)},
       {"cuStreamSynchronize", Slot(api.StreamSynchronize)},
+      {"cuMemcpyDtoDAsync_v2", Slot(api.MemcpyDtoDAsync)},
+      {"cuEventCreate", Slot(api.EventCreate)},
+      {"cuEventRecord", Slot(api.EventRecord)},
+      {"cuEventQuery", Slot(api.EventQuery)},
+      {"cuEventDestroy_v2", Slot(api.EventDestroy)},
   };
   const char* path = std::getenv("KVF_LIBCUDA");
   if (path == nullptr || *path == '\0') path = "libcuda.so.1";
@@ -142,6 +156,7 @@ void Load(Api& api) {
     return;
   }
   api.contexts.assign(static_cast<size_t>(api.count), nullptr);
+  api.streams.assign(static_cast<size_t>(api.count), nullptr);
 }
 
 Api& Cu() {
@@ -347,6 +362,44 @@ void UnpinHost(void* p) {
   Api& api = Driver();
   MakeCurrent(api, 0);
   Check(api, api.MemHostUnregister(p), "cuMemHostUnregister");
+}
+
+namespace {
+// The device's copy stream, made on first use (non-blocking: it does not wait on the legacy default stream).
+CUstream CopyStream(Api& api, int device) {
+  std::lock_guard<std::mutex> lock(api.mutex);
+  CUstream& slot = api.streams[static_cast<size_t>(device)];
+  if (slot == nullptr)
+    Check(api, api.StreamCreate(&slot, kStreamNonBlocking), "cuStreamCreate(cuda:" + std::to_string(device) + ")");
+  return slot;
+}
+}  // namespace
+
+CUevent CopyDeviceToDeviceAsync(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+  DeviceRange to = CheckDeviceRange(dst, bytes);
+  CheckDeviceRange(src, bytes);
+  Api& api = Driver();
+  MakeCurrent(api, to.device);
+  CUstream stream = CopyStream(api, to.device);
+  Check(api, api.MemcpyDtoDAsync(dst, src, bytes, stream),
+        "cuMemcpyDtoDAsync(" + Hex(dst) + ", " + Hex(src) + ", " + std::to_string(bytes) + " bytes)");
+  CUevent done = nullptr;
+  Check(api, api.EventCreate(&done, kEventDisableTiming), "cuEventCreate");
+  CUresult rc = api.EventRecord(done, stream);
+  if (rc != kSuccess) {
+    api.EventDestroy(done);
+    Check(api, rc, "cuEventRecord");
+  }
+  return done;
+}
+
+bool CopyFinished(CUevent done) {
+  Api& api = Driver();
+  CUresult rc = api.EventQuery(done);
+  if (rc == kErrorNotReady) return false;
+  api.EventDestroy(done);
+  Check(api, rc, "an asynchronous device copy");
+  return true;
 }
 
 }  // namespace kvf

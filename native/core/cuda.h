@@ -20,6 +20,7 @@ using CUdevice = int;
 using CUdeviceptr = uint64_t;
 using CUcontext = struct CUctx_st*;
 using CUstream = struct CUstream_st*;
+using CUevent = struct CUevent_st*;
 struct CUipcMemHandle {
   char reserved[64];
 };
@@ -73,6 +74,11 @@ DeviceRange CheckDeviceRange(CUdeviceptr ptr, size_t length);
 
 // A device-to-device copy, returning once it is done; both ranges are checked first. Either may be an IPC mapping.
 void CopyDeviceToDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes);
+
+// A device-to-device copy queued on the destination device's copy stream; returns the event that marks its end.
+// Poll it with CopyFinished, which frees the event once it reports true (or throws the copy's error).
+CUevent CopyDeviceToDeviceAsync(CUdeviceptr dst, CUdeviceptr src, size_t bytes);
+bool CopyFinished(CUevent done);
 
 // The IPC handle of the allocation that holds ptr, and ptr's offset in it (an IPC handle names an allocation).
 struct IpcExport {

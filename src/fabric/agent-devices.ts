@@ -5,7 +5,7 @@ import { KvfError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { BouncePool } from './bounce-pool.js';
 import type { Backend } from './config.js';
-import { CudaIpcCache, copyIpc } from './cuda-ipc.js';
+import { CudaIpcCache, copiesDone, copyIpc } from './cuda-ipc.js';
 import type { TransferDescriptor } from './descriptors.js';
 import { DEVICE_REGION_ID_BASE, DeviceRegion, type DeviceBacking } from './device-region.js';
 import { DeviceBuffer, call, parseDevice, requireDevice } from './gpu.js';
@@ -189,10 +189,11 @@ export class AgentDevices {
     try {
       const hostRun = host.length === 0 ? undefined : this.host.hostTransfer(op, peer, host.map(toHostDescriptor), timeoutMs);
       hostRun?.catch(() => {}); // awaited below, after the device parts
-      for (const r of ipc) copyIpc(op, r.local, r.localOffset, this.#ipcAddress(peer, r), r.length);
+      const queued = ipc.flatMap((r) => copyIpc(op, r.local, r.localOffset, this.#ipcAddress(peer, r), r.length) ?? []);
       const remoteChunk = this.#peers.get(peer.name)?.chunkBytes || this.staging.chunkBytes;
       const pieces = intoPieces(staged, (r) => (typeof r.remote === 'object' ? Math.min(this.staging.chunkBytes, remoteChunk) : this.staging.chunkBytes));
       const totals = await this.#requester.run(op, peer, pieces, this.staging.window, deadline);
+      await copiesDone(queued, deadline);
       const hostReport = await hostRun;
       if (note !== undefined) await this.host.sendNotification(peer, note, remainingMs(deadline));
       const bytes = resolved.reduce((n, r) => n + r.length, 0);

@@ -52,16 +52,34 @@ export class CudaIpcCache {
   }
 }
 
-/** One descriptor's copy between the local side and the peer's mapped range `remote` (its byte at remoteOffset). */
-export function copyIpc(op: TransferOp, local: MemoryRegion | DeviceRegion, localOffset: number, remote: bigint, length: number): void {
+/**
+ * One descriptor's copy between the local side and the peer's mapped range `remote`. Device to device, the copy
+ * is queued on the device's copy stream and its number returned (await them with copiesDone): the event loop
+ * goes on while the GPU copies, so transfers in flight overlap. With host memory here, it is done on return.
+ */
+export function copyIpc(op: TransferOp, local: MemoryRegion | DeviceRegion, localOffset: number, remote: bigint, length: number): number | undefined {
   if (local instanceof DeviceRegion && local.ptr !== undefined) {
     const here = local.ptr + BigInt(localOffset);
-    call(() => (op === 'READ' ? gpuAddon.cudaCopyDeviceToDevice(here, remote, length) : gpuAddon.cudaCopyDeviceToDevice(remote, here, length)));
-    return;
+    return call(() => (op === 'READ' ? gpuAddon.cudaCopyDeviceAsync(here, remote, length) : gpuAddon.cudaCopyDeviceAsync(remote, here, length)));
   }
   // Host memory here (a host region, or host memory standing in for a device).
   const bytes = local instanceof DeviceRegion ? local.standInBytes(localOffset, length) : local.bytes.subarray(localOffset, localOffset + length);
   call(() => (op === 'READ' ? gpuAddon.cudaCopyFromDevice(remote, bytes) : gpuAddon.cudaCopyToDevice(remote, bytes)));
+  return undefined;
+}
+
+/** Resolves once every queued copy is done (polled between turns of the event loop); KVF_ERR_TIMEOUT at `deadline`. */
+export async function copiesDone(copies: readonly number[], deadline: number): Promise<void> {
+  // Each device's stream runs its copies in order, so the last is polled first; each is forgotten once done.
+  const pending = [...copies];
+  while (pending.length > 0) {
+    if (call(() => gpuAddon.cudaCopyFinished(pending[pending.length - 1]!))) {
+      pending.pop();
+      continue;
+    }
+    if (performance.now() > deadline) throw new KvfError('KVF_ERR_TIMEOUT', `device copies did not finish by the transfer's deadline`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
 }
 
 function closeQuietly(m: Mapping): void {

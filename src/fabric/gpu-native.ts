@@ -44,6 +44,10 @@ export interface GpuAddon {
   cudaCheckRange(ptr: bigint, length: number): { device: number; base: bigint; size: number };
   /** A synchronous device-to-device copy of `length` bytes; both ranges are checked first (either may be an IPC mapping). */
   cudaCopyDeviceToDevice(dst: bigint, src: bigint, length: number): void;
+  /** Queues a device-to-device copy on the destination device's copy stream; returns its number for cudaCopyFinished. */
+  cudaCopyDeviceAsync(dst: bigint, src: bigint, length: number): number;
+  /** Whether a queued copy is done (true once: it is then forgotten); throws the copy's error. */
+  cudaCopyFinished(copy: number): boolean;
   /** The IPC handle of the allocation holding [ptr, ptr + length), ptr's offset in it and its device. */
   cudaIpcExport(ptr: bigint, length: number): { handle: Buffer; offset: number; device: number };
   /** Maps another process's allocation on `device`; returns the mapping's base. Close it with cudaIpcClose. */
