@@ -241,6 +241,16 @@ describe('device memory (GPU only)', () => {
     throwsCode(() => agent.allocate(16, { device: `cuda:${status.devices.length}` }), 'KVF_ERR_INVALID_ARGUMENT', /no device/);
   });
 
+  test('device memory an agent allocated is freed when the agent closes', { skip: noGpu }, async () => {
+    const owner = await Agent.create({ name: `gpu-close-${process.pid}`, provider: 'tcp', logger: false });
+    const region = owner.allocate(1 << 20, { device: 'cuda:0' });
+    const ptr = region.ptr!;
+    assert.equal(gpuAddon.cudaCheckRange(ptr, 1 << 20).size, 1 << 20);
+    await owner.close();
+    throwsCode(() => gpuAddon.cudaCheckRange(ptr, 1), 'KVF_ERR_INVALID_ARGUMENT', /not memory the CUDA driver knows/);
+    throwsCode(() => region.copyTo(Buffer.alloc(1)), 'KVF_ERR_CLOSED');
+  });
+
   test('registerMemory of device memory someone else owns: checked with the driver', { skip: noGpu }, () => {
     const buf = DeviceBuffer.allocate('cuda:0', 1 << 20);
     const region = agent.registerMemory({ ptr: buf.ptr + 4096n, length: 8192, device: 'cuda:0' });
