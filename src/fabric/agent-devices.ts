@@ -186,14 +186,20 @@ export class AgentDevices {
     const staged = resolved.filter((r) => r.path === 'staged');
     const locals = resolved.flatMap((r) => (r.local instanceof DeviceRegion ? [r.local] : []));
     for (const l of locals) this.#inUse.set(l, (this.#inUse.get(l) ?? 0) + 1);
+    // Device copies queued on a stream: awaited before the regions are let go, whatever else failed.
+    let queued: number[] = [];
     try {
       const hostRun = host.length === 0 ? undefined : this.host.hostTransfer(op, peer, host.map(toHostDescriptor), timeoutMs);
       hostRun?.catch(() => {}); // awaited below, after the device parts
-      const queued = ipc.flatMap((r) => copyIpc(op, r.local, r.localOffset, this.#ipcAddress(peer, r), r.length) ?? []);
+      for (const r of ipc) {
+        const copy = copyIpc(op, r.local, r.localOffset, this.#ipcAddress(peer, r), r.length);
+        if (copy !== undefined) queued.push(copy);
+      }
       const remoteChunk = this.#peers.get(peer.name)?.chunkBytes || this.staging.chunkBytes;
       const pieces = intoPieces(staged, (r) => (typeof r.remote === 'object' ? Math.min(this.staging.chunkBytes, remoteChunk) : this.staging.chunkBytes));
       const totals = await this.#requester.run(op, peer, pieces, this.staging.window, deadline);
       await copiesDone(queued, deadline);
+      queued = [];
       const hostReport = await hostRun;
       if (note !== undefined) await this.host.sendNotification(peer, note, remainingMs(deadline));
       const bytes = resolved.reduce((n, r) => n + r.length, 0);
@@ -218,6 +224,7 @@ export class AgentDevices {
         express: false,
       };
     } finally {
+      if (queued.length > 0) await copiesDone(queued, deadline).catch(() => {});
       for (const l of locals) {
         const n = this.#inUse.get(l)! - 1;
         if (n > 0) this.#inUse.set(l, n);
