@@ -305,8 +305,13 @@ describe('serving: etcd discovery', { skip: ETCD ? false : 'no etcd binary (/usr
     const proxy = await tcpProxy(Number(new URL(etcd.url).port));
     t.after(() => proxy.close());
     // Entries of workers that do not exist: the router lists them (unhealthy), which is all this test reads.
+    // Nobody listens on their ports, so freePort() may hand the same one out twice: each entry gets its own.
+    const used = new Set<number>();
     const entry = async (name: string, role: 'prefill' | 'decode'): Promise<string> => {
-      const address = `127.0.0.1:${await freePort()}`;
+      let port = await freePort();
+      while (used.has(port)) port = await freePort();
+      used.add(port);
+      const address = `127.0.0.1:${port}`;
       await kv.put(s.prefix + name).value(JSON.stringify({ workerId: name, role, address }));
       return address;
     };
