@@ -4,6 +4,7 @@
 // pinned chunks; a remote device side through the owner's, asked for and answered on the notification channel
 // (stage-protocol.ts). The transfer resolves once every byte is in the destination's memory, device included.
 import { KvfError } from '../common/errors.js';
+import { isErrorCode } from '../common/error-registry.js';
 import type { BouncePool, Chunk } from './bounce-pool.js';
 import { DeviceRegion } from './device-region.js';
 import type { MemoryRegion } from './memory.js';
@@ -76,8 +77,10 @@ export class StagedRequester {
     if (!w) return;
     this.#waiters.delete(key(peer, m.req));
     clearTimeout(w.timer);
-    if (m.type === STAGE.error) w.reject(new KvfError(m.code as never, `${peer}: ${m.message}`, { peer }));
-    else w.resolve(m);
+    if (m.type !== STAGE.error) return w.resolve(m);
+    // The code came from the network: one this build does not know is reported as a refusal.
+    const code = isErrorCode(m.code) ? m.code : 'KVF_ERR_REMOTE_ACCESS';
+    w.reject(new KvfError(code, `${peer}: ${m.message}`, { peer }));
   }
 
   close(): void {
