@@ -195,7 +195,7 @@ describe('metadata wire format', () => {
     // prettier-ignore
     const body = [
       0x4b, 0x56, 0x46, 0x4d, // "KVFM"
-      0x05, 0x00,             // version 5
+      0x06, 0x00,             // version 6
       0x01, 0x00,             // flags: virtAddr
       170, 0, 0, 0,           // total length
       1, 0x61,                // name "a"
@@ -384,13 +384,13 @@ describe('decodeMetadata rejects', () => {
   });
 
   test('wrong version', () => {
-    for (const version of [0, 1, 2, 3, 4, 6, 0xffff]) {
+    for (const version of [0, 1, 2, 3, 4, 5, 7, 0xffff]) {
       const blob = Buffer.from(small);
       blob.writeUInt16LE(version, 4);
-      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 5\\)`));
+      expectBad(withCrc(blob), new RegExp(`unsupported metadata version ${version} \\(this build reads 6\\)`));
     }
     // A future version is reported as such even if its layout differs entirely.
-    expectBad(new BlobBuilder(6).bytes('whatever v6 holds').finish(), /unsupported metadata version 6 \(this build reads 5\)/);
+    expectBad(new BlobBuilder(7).bytes('whatever v7 holds').finish(), /unsupported metadata version 7 \(this build reads 6\)/);
   });
 
   test('a corrupted CRC', () => {
@@ -404,7 +404,7 @@ describe('decodeMetadata rejects', () => {
     blob.write('KVFM', 0, 'latin1');
     blob.writeUInt16LE(METADATA_VERSION, 4);
     blob.writeUInt32LE(20, 8);
-    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v5 blob \(68 bytes\)/);
+    expectBad(withCrc(blob), /blob is 20 bytes, shorter than the smallest valid v6 blob \(68 bytes\)/);
   });
 
   test('unknown flag bits', () => {
@@ -541,7 +541,7 @@ describe('decodeMetadata rejects', () => {
   });
 });
 
-describe('device regions (v5)', () => {
+describe('device regions (v5, v6)', () => {
   const token = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
   const handle = Uint8Array.from({ length: 64 }, (_, i) => i);
   const devices = [
@@ -571,8 +571,12 @@ describe('device regions (v5)', () => {
       /device\[1\] \(id 2147483649\) kind is 9/,
     );
     expectBad(
+      patched(last + 13, (b) => b.writeUInt8(4)),
+      /flags are 0x04/,
+    );
+    expectBad(
       patched(last + 13, (b) => b.writeUInt8(2)),
-      /flags are 0x02/,
+      /fabric registration runs past the blob/,
     );
     expectBad(
       patched(last + 13, (b) => b.writeUInt8(1)),
@@ -603,6 +607,38 @@ describe('device regions (v5)', () => {
       patched(countAt - 4, (b) => b.writeUInt32LE(0)),
       /staging chunk size is 0/,
     );
+  });
+
+  test('a fabric registration (v6) round-trips, with the IPC handle or without; hostile ones are refused', () => {
+    const fabric = { id: 77, base: 0x7f00_0000_1000n, keys: [0x11n, 0x22n] };
+    const registered = {
+      ...withDevices,
+      devices: [
+        { ...devices[0]!, fabric },
+        { ...devices[1]!, fabric: { ...fabric, id: 78 } },
+      ],
+    };
+    roundTrip(registered);
+    const blob = encodeMetadata(registered);
+    // The last device region ends with its fabric part (u32 id, u64 base, two keys) just before the CRC.
+    const fabricAt = blob.length - 4 - (4 + 8 + 16);
+    const patched = (write: (b: Buffer) => void): Buffer => {
+      const b = Buffer.from(blob);
+      write(b.subarray(fabricAt));
+      return withCrc(b);
+    };
+    expectBad(
+      patched((b) => b.writeUInt32LE(77)),
+      /fabric id 77 repeats a region id/,
+    );
+    expectBad(
+      patched((b) => b.writeUInt32LE(registered.regions[0]!.id)),
+      /repeats a region id/,
+    );
+    expectBad(withCrc(Buffer.concat([blob.subarray(0, blob.length - 12), blob.subarray(blob.length - 4)])), /total length|past the blob|truncated|need/);
+    expectInvalid({ ...registered, devices: [{ ...devices[0]!, fabric: { ...fabric, keys: [1n] } }] }, /one key per rail/);
+    expectInvalid({ ...registered, devices: [{ ...devices[0]!, fabric: { ...fabric, id: registered.regions[0]!.id } }] }, /fabric\.id .* repeats/);
+    expectInvalid({ ...registered, devices: [{ ...devices[0]!, fabric: { ...fabric, base: -1n } }] }, /fabric\.base/);
   });
 
   test('encodeMetadata refuses what it cannot represent', () => {

@@ -1,18 +1,22 @@
-// Device memory between two processes: the staged path (pinned chunks, the owner staging its side on request)
-// and, with a GPU, the cuda-ipc path. Without a GPU every case runs with host memory standing in for the device
-// ('stand-in' regions), over tcp and shm, so chunking, the window, the remote-staging protocol and its errors
-// run with real providers; with a GPU (npm run test:gpu) the same cases run on cuda:0 too. Every byte is
-// checked by sha256 in the process that owns it.
+// Device memory between two processes: the staged path (pinned chunks, the owner staging its side on request),
+// the hmem path (the provider registers the device memory through FI_HMEM) and, with a GPU, the cuda-ipc path.
+// Without a GPU every case runs with host memory standing in for the device ('stand-in' regions), over tcp and
+// shm, so chunking, the window, the remote-staging protocol and its errors run with real providers; hmem runs
+// where the provider offers FI_HMEM (shm here: host memory only, as libfabric is built without CUDA), with the
+// stand-in registered through fi_mr_regattr as device memory would be. With a GPU (npm run test:gpu) the same
+// cases run on cuda:0 too. Every byte is checked by sha256 in the process that owns it.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { cudaStatus, decodeMetadata, encodeMetadata, type TransferReport } from '../src/index.js';
+import { gpuAddon } from '../src/fabric/gpu-native.js';
 import { PeerProcess, closePeers, connectAll, failsWith, prng, randomInt, spawnPeers, zeroHash, type Range, type WireDescriptor } from './helpers/peers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const SEED = Number(process.env.KVF_TEST_SEED ?? 0x57a9e);
 const gpu = cudaStatus().available;
+const libfabricHmem = (provider: string) => gpuAddon.libfabricHmem(provider === 'tcp' ? 'tcp;ofi_rxm' : provider);
 /** Odd sizes at odd offsets: one byte, a page less one, a chunk-crossing 128 KiB + 1, 7 MiB + 3. */
 const SIZES = [1, 4095, 128 * KiB + 1, 7 * MiB + 3];
 
@@ -22,10 +26,13 @@ interface Kinds {
   /** Whether peers on this host may take the same-host paths (cuda-ipc with a GPU). */
   fastPath: boolean;
   path: TransferReport['path'];
+  /** AgentOptions.hmem; such kinds run only over providers that offer FI_HMEM. */
+  hmem?: boolean;
 }
 
 const KINDS: Kinds[] = [
   { label: 'stand-in', device: 'stand-in', fastPath: true, path: 'staged' },
+  { label: 'stand-in hmem', device: 'stand-in', fastPath: true, path: 'hmem', hmem: true },
   ...(gpu
     ? [
         { label: 'cuda:0 staged', device: 'cuda:0', fastPath: false, path: 'staged' as const },
@@ -53,7 +60,8 @@ const zeroHashOf = (ranges: Range[]): string => zeroHash(ranges.reduce((n, [, le
 
 for (const provider of ['tcp', 'shm'] as const) {
   for (const kinds of KINDS) {
-    describe(`device memory over ${provider}, ${kinds.label}`, { timeout: 240_000 }, () => {
+    const skip = kinds.hmem && !libfabricHmem(provider).hmem ? `${provider} offers no FI_HMEM here` : false;
+    describe(`device memory over ${provider}, ${kinds.label}`, { timeout: 240_000, skip }, () => {
       const spawned: PeerProcess[] = [];
       let a: PeerProcess;
       let b: PeerProcess;
@@ -65,7 +73,7 @@ for (const provider of ['tcp', 'shm'] as const) {
           ['A', 'B'].map(async (n) => {
             const p = await PeerProcess.spawn(`${provider}-${kinds.label.replace(/[^a-z0-9]+/gi, '-')}-${n}`);
             spawned.push(p);
-            await p.create(p.label, provider, { fastPath: kinds.fastPath, staging });
+            await p.create(p.label, provider, { fastPath: kinds.fastPath, staging, ...(kinds.hmem ? { hmem: true } : {}) });
             return p;
           }),
         )) as [PeerProcess, PeerProcess];
@@ -99,8 +107,8 @@ for (const provider of ['tcp', 'shm'] as const) {
 
           const w = await a.transfer({ op: 'WRITE', peer: b.name, descs: descs(`${tag}.src`, src.offsets), timeoutMs: 60_000 });
           assert.equal(w.bytes, total);
-          // CUDA IPC reaches a peer's device memory only: a host region there is staged.
-          const path = side.remote === 'host' ? 'staged' : kinds.path;
+          // CUDA IPC reaches a peer's device memory only: a host region there is staged. hmem reaches both.
+          const path = side.remote === 'host' && kinds.path !== 'hmem' ? 'staged' : kinds.path;
           assert.equal(w.path, path, `WRITE path (${w.pathReason ?? ''})`);
           assert.equal(await b.hash(`${tag}.dst`, ranges(dst.offsets)), await a.hash(`${tag}.src`, ranges(src.offsets)), 'WRITE landed byte-exact');
 
@@ -130,15 +138,18 @@ for (const provider of ['tcp', 'shm'] as const) {
         await b.allocDevice('e.remote', MiB, 'random', kinds.device);
         await connectAll([a, b]);
         const remote = b.regionId('e.remote');
-        const read = (remoteOffset: number, length: number) =>
-          a.transfer({ op: 'READ', peer: b.name, descs: [{ local: 'e.local', localOffset: 0, remote, remoteOffset, length }], timeoutMs: 20_000 });
+        const read = (remoteOffset: number, length: number, timeoutMs = 20_000) =>
+          a.transfer({ op: 'READ', peer: b.name, descs: [{ local: 'e.local', localOffset: 0, remote, remoteOffset, length }], timeoutMs });
         await failsWith(read(MiB - 10, 11), ['KVF_ERR_OUT_OF_RANGE'], 'a range past the end');
         await failsWith(read(0, MiB + 1), ['KVF_ERR_OUT_OF_RANGE'], 'a range longer than the region');
-        // A peer that claims another token (its metadata forged) is refused by the owner itself.
+        // A peer that claims another token (its metadata forged) is refused by the owner itself. On the hmem path the
+        // fabric registration is the capability: across hosts the owner's NIC checks its keys; on this host (shm
+        // checks no key) the owner's region table refuses a registration it does not advertise, here moved by a page.
         const desc = decodeMetadata(Buffer.from(await b.metadata(), 'base64'));
-        const forged = { ...desc, devices: desc.devices!.map((d) => ({ ...d, token: new Uint8Array(16).fill(7), ipc: undefined })) };
-        await a.load(encodeMetadata(forged).toString('base64'));
-        await failsWith(read(0, 100), ['KVF_ERR_REMOTE_ACCESS'], 'a forged token');
+        const forge = (d: NonNullable<typeof desc.devices>[number]) =>
+          d.fabric ? { ...d, fabric: { ...d.fabric, base: d.fabric.base + 4096n } } : { ...d, token: new Uint8Array(16).fill(7), ipc: undefined };
+        await a.load(encodeMetadata({ ...desc, devices: desc.devices!.map(forge) }).toString('base64'));
+        await failsWith(read(0, 100), ['KVF_ERR_REMOTE_ACCESS'], 'forged credentials');
         await connectAll([a, b]);
         const ok = await read(0, MiB);
         assert.equal(ok.bytes, MiB);

@@ -41,6 +41,10 @@ AgentOptions AgentOptionsFrom(const Napi::Object& o) {
   options.stripe_threshold = IntegerOption(o, "stripeThreshold", kMaxSafeInteger, options.stripe_threshold);
   options.express_max_bytes = IntegerOption(o, "expressMaxBytes", kMaxSafeInteger, options.express_max_bytes);
   options.busy_poll_us = static_cast<uint32_t>(IntegerOption(o, "busyPollUs", kMaxBusyPollUs, options.busy_poll_us));
+  Napi::Value hmem = o.Get("hmem");
+  if (!hmem.IsUndefined() && !hmem.IsBoolean())
+    ThrowCoded(o.Env(), code::kInvalidArgument, "option 'hmem' must be a boolean");
+  options.hmem = hmem.IsBoolean() && hmem.As<Napi::Boolean>().Value();
   return options;
 }
 

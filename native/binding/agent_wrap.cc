@@ -10,6 +10,7 @@
 #include "binding/agent_options.h"
 #include "binding/descriptors.h"
 #include "binding/js_error.h"
+#include "binding/js_number.h"
 #include "binding/records.h"
 #include "core/error_codes.h"
 
@@ -58,6 +59,7 @@ Napi::Function AgentWrap::Init(Napi::Env env) {
                      {
                          InstanceMethod<&AgentWrap::Info>("info"),
                          InstanceMethod<&AgentWrap::RegisterMemory>("registerMemory"),
+                         InstanceMethod<&AgentWrap::RegisterDevice>("registerDevice"),
                          InstanceMethod<&AgentWrap::DeregisterMemory>("deregisterMemory"),
                          InstanceMethod<&AgentWrap::Regions>("regions"),
                          InstanceMethod<&AgentWrap::AddPeer>("addPeer"),
@@ -148,6 +150,7 @@ Napi::Value AgentWrap::Info(const Napi::CallbackInfo& info) {
   o.Set("domains", domains);
   o.Set("addresses", addresses);
   o.Set("virtAddr", rails[0]->virt_addr());
+  o.Set("hmem", a.hmem());
   o.Set("mrMode", static_cast<double>(rails[0]->info()->domain_attr->mr_mode));
   const TableLocation table = a.table_location();
   if (table.fd >= 0) {
@@ -183,6 +186,50 @@ Napi::Value AgentWrap::RegisterMemory(const Napi::CallbackInfo& info) {
   p.buffer = Napi::Persistent(view.buffer);
   p.detachable = view.buffer.IsArrayBuffer();
   return Napi::Number::New(env, id);
+}
+
+// registerDevice(memory: bigint device address | Uint8Array standing in, length, cudaDevice, remoteAccess)
+//   -> { id, base: bigint, keys: bigint[] }: device memory registered with every rail through FI_HMEM.
+Napi::Value AgentWrap::RegisterDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Agent& a = CoreOrThrow(env);
+  if (info.Length() < 4 || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsBoolean())
+    ThrowCoded(env, code::kInvalidArgument, "registerDevice(memory, length, cudaDevice, remoteAccess)");
+  HmemTarget target;
+  void* data = nullptr;
+  const double length = info[1].As<Napi::Number>().DoubleValue();
+  if (!(length > 0) || length > kMaxSafeInteger || length != static_cast<double>(static_cast<uint64_t>(length)))
+    ThrowCoded(env, code::kInvalidArgument, "registerDevice: length must be a positive integer");
+  if (info[0].IsBigInt()) {
+    bool lossless = true;
+    data = reinterpret_cast<void*>(static_cast<uintptr_t>(info[0].As<Napi::BigInt>().Uint64Value(&lossless)));
+    if (!lossless || data == nullptr) ThrowCoded(env, code::kInvalidArgument, "registerDevice: bad device address");
+    target.iface = FI_HMEM_CUDA;
+    target.device = info[2].As<Napi::Number>().Int32Value();
+  } else {
+    View view = ViewArgument(env, info[0], "memory");
+    if (view.length < static_cast<size_t>(length))
+      ThrowCoded(env, code::kOutOfRange, "registerDevice: length runs past the memory");
+    data = view.data;
+  }
+  uint32_t id;
+  try {
+    id = a.RegisterDeviceMemory(data, static_cast<size_t>(length), target, info[3].As<Napi::Boolean>().Value());
+  } catch (const Error& e) {
+    Rethrow(env, e);
+  }
+  if (!info[0].IsBigInt()) pinned_[id].view = Napi::Persistent(info[0]);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("id", id);
+  out.Set("base", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(data))));
+  Napi::Array keys = Napi::Array::New(env);
+  for (const Region* r : a.ListRegions()) {
+    if (r->id != id) continue;
+    for (size_t k = 0; k < r->mrs.size(); ++k)
+      keys.Set(static_cast<uint32_t>(k), Napi::BigInt::New(env, r->mrs[k].key));
+  }
+  out.Set("keys", keys);
+  return out;
 }
 
 Napi::Value AgentWrap::DeregisterMemory(const Napi::CallbackInfo& info) {
@@ -282,6 +329,7 @@ Napi::Value AgentWrap::AddPeer(const Napi::CallbackInfo& info) {
       if (!key.IsBigInt()) ThrowCoded(env, code::kBadMetadata, "region key is not a bigint");
       rr.keys.push_back(key.As<Napi::BigInt>().Uint64Value(&lossless));
     }
+    rr.device = r.Get("device").IsBoolean() && r.Get("device").As<Napi::Boolean>().Value();
     Napi::Value share = r.Get("share");
     if (share.IsObject()) {
       Napi::Object sh = share.As<Napi::Object>();

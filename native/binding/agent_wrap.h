@@ -29,6 +29,7 @@ class AgentWrap : public Napi::ObjectWrap<AgentWrap> {
 
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value RegisterMemory(const Napi::CallbackInfo& info);
+  Napi::Value RegisterDevice(const Napi::CallbackInfo& info);
   Napi::Value DeregisterMemory(const Napi::CallbackInfo& info);
   Napi::Value Regions(const Napi::CallbackInfo& info);
   Napi::Value AddPeer(const Napi::CallbackInfo& info);

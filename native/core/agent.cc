@@ -67,6 +67,11 @@ void Agent::OpenRails(const AgentOptions& options) {
   hints->mode = FI_CONTEXT | FI_CONTEXT2;
   hints->ep_attr->type = FI_EP_RDM;
   hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
+  if (options.hmem) {
+    hints->caps |= FI_HMEM;
+    hints->domain_attr->mr_mode |= FI_MR_HMEM;
+  }
+  hmem_ = options.hmem;
   hints->domain_attr->threading = FI_THREAD_SAFE;
   hints->fabric_attr->prov_name = strdup(options.provider.c_str());
   if (!options.domain.empty()) hints->domain_attr->name = strdup(options.domain.c_str());
@@ -77,6 +82,7 @@ void Agent::OpenRails(const AgentOptions& options) {
   fi_freeinfo(hints);
   if (rc != 0 || list == nullptr) {
     std::string what = "no libfabric provider '" + options.provider + "' with FI_EP_RDM, RMA and messaging";
+    if (options.hmem) what += " and FI_HMEM";
     if (node != nullptr) what += " bound to " + options.node;
     if (!options.domain.empty()) what += " in domain " + options.domain;
     throw Error(code::kProviderUnavailable, what + (rc != 0 ? std::string(": ") + fi_strerror(-rc) : ""),
@@ -125,18 +131,31 @@ std::vector<std::string> Agent::domain_names() const {
 }
 
 uint32_t Agent::RegisterMemory(void* data, size_t length, bool remote_access) {
+  return AddRegion(data, length, remote_access, nullptr);
+}
+
+uint32_t Agent::RegisterDeviceMemory(void* data, size_t length, const HmemTarget& target, bool remote_access) {
+  if (!hmem_) {
+    throw Error(code::kInvalidArgument, "agent '" + name_ + "' was opened without FI_HMEM: " + provider_ +
+                                            " cannot register device memory here");
+  }
+  return AddRegion(data, length, remote_access, &target);
+}
+
+uint32_t Agent::AddRegion(void* data, size_t length, bool remote_access, const HmemTarget* hmem) {
   if (closing()) throw Error(code::kClosed, "agent is closed");
   if (length == 0) throw Error(code::kZeroLength, "cannot register an empty buffer");
   auto region = std::make_unique<Region>();
   region->data = static_cast<uint8_t*>(data);
   region->length = length;
   region->remote_access = remote_access;
-  FindShared(data, length, &region->share);
+  region->device = hmem != nullptr;
+  if (hmem == nullptr) FindShared(data, length, &region->share);
   std::lock_guard<std::mutex> lock(regions_mu_);
   region->id = remote_access ? NextTableIdLocked() : next_region_++;
   try {
     const uint64_t flags = remote_access ? FI_REMOTE_READ | FI_REMOTE_WRITE : 0;
-    for (auto& rail : rails_) region->mrs.push_back(rail->RegisterMemory(data, length, flags));
+    for (auto& rail : rails_) region->mrs.push_back(rail->RegisterMemory(data, length, flags, true, hmem));
   } catch (...) {
     for (auto& mr : region->mrs) Rail::CloseMr(mr);
     throw;

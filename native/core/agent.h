@@ -43,6 +43,9 @@ struct AgentOptions {
   // reaped on the calling thread through ReapExpress(). 0: every transfer goes through the rail threads.
   uint64_t express_max_bytes = 64 * 1024;
   uint32_t busy_poll_us = 0;  // see Rail(): keep polling this long after the endpoint wakes; 0: off, ≤ kMaxBusyPollUs
+  // Open the rails with FI_HMEM (and FI_MR_HMEM), so that device memory can be registered with them; the agent
+  // fails to open where the provider does not offer it.
+  bool hmem = false;
 };
 
 // The longest busy polling an agent takes (µs). TypeScript checks options against the same figure
@@ -94,6 +97,9 @@ class Agent final : public RailOwner, public LiveAgent {
 
   // `remote_access` false: registered without FI_REMOTE_READ/WRITE and never advertised (local use only).
   uint32_t RegisterMemory(void* data, size_t length, bool remote_access = true);
+  // Device memory registered with every rail through FI_HMEM (the rails must have been opened with `hmem`).
+  uint32_t RegisterDeviceMemory(void* data, size_t length, const HmemTarget& target, bool remote_access);
+  bool hmem() const { return hmem_; }
   void DeregisterMemory(uint32_t id);
   std::vector<const Region*> ListRegions() const;
   // Grants (agent_grants.cc): scoped, revocable remote access to [offset, offset + length) of a region, read or
@@ -218,7 +224,9 @@ class Agent final : public RailOwner, public LiveAgent {
   std::map<uint32_t, std::unique_ptr<PreparedList>> prepared_;  // owner thread only
   uint32_t next_prepared_ = 1;
   uint64_t stripe_threshold_ = 0;
+  uint32_t AddRegion(void* data, size_t length, bool remote_access, const HmemTarget* hmem);
   uint64_t express_max_bytes_ = 0;  // the fabric's express lane (0 on shm)
+  bool hmem_ = false;               // rails opened with FI_HMEM (AgentOptions::hmem)
   // Transfers this small are latency work (expressMaxBytes as asked, also on shm): same-host copies run on the
   // calling thread, and the owner thread may spin for one a rail thread carries (awaited_in_flight).
   uint64_t small_max_bytes_ = 0;

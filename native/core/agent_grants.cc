@@ -36,6 +36,9 @@ GrantInfo Agent::Grant(uint32_t region_id, uint64_t offset, uint64_t length, uin
     throw Error(code::kUnknownRegion, "region " + std::to_string(region_id) + " is not registered");
   }
   const Region& region = *it->second;
+  if (region.device)
+    throw Error(code::kInvalidArgument,
+                "region " + std::to_string(region_id) + " is device memory: it cannot be granted");
   if (offset > region.length || length > region.length - offset) {
     throw Error(code::kOutOfRange, "grant [" + std::to_string(offset) + ", " + std::to_string(offset + length) +
                                        ") exceeds region " + std::to_string(region_id) + " of " +

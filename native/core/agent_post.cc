@@ -45,6 +45,7 @@ PreparedList Agent::Resolve(uint32_t peer_id, const Descriptor* d, size_t count)
       }
       local = lit->second.get();
       last_local = local;
+      list.device = list.device || local->device;
       if (std::none_of(list.regions.begin(), list.regions.end(), [&](const auto& r) { return r.second == local; })) {
         list.regions.emplace_back(local->id, local);
       }
@@ -69,6 +70,7 @@ PreparedList Agent::Resolve(uint32_t peer_id, const Descriptor* d, size_t count)
     if (std::none_of(list.remote_regions.begin(), list.remote_regions.end(),
                      [&](const auto& r) { return r.second == &rit->second; })) {
       list.remote_regions.emplace_back(static_cast<uint32_t>(rregion), &rit->second);
+      list.device = list.device || rit->second.device;
     }
     list.bytes += len;
   }
@@ -122,7 +124,8 @@ uint64_t Agent::Submit(OpKind kind, const PreparedList& list, const uint32_t* in
   CheckAdvertised(peer, kind, list, indices, count);
   if (has_notification) AttachNotification(*t, peer, notification, notification_length);
   PinRegions(*t, list);
-  if (peer.cma_pid != 0) return LaunchCopy(std::move(t), peer, list, indices, count);
+  // Device memory is the NIC's to read and write (FI_HMEM); a same-host copy would hand its address to the CPU.
+  if (peer.cma_pid != 0 && !list.device) return LaunchCopy(std::move(t), peer, list, indices, count);
   return LaunchFabric(std::move(t), peer, list, indices, count);
 }
 
@@ -197,7 +200,7 @@ uint64_t Agent::LaunchFabric(std::unique_ptr<Transfer> t, const Peer& peer, cons
   plan.next_rail = next_rail_;
   PlanOps(*t, t->kind, peer, list, indices, count, plan);
   next_rail_ = plan.next_rail;
-  if (!t->notify_op && t->bytes <= express_max_bytes_ && t->ops.size() <= kExpressMaxOps) {
+  if (!list.device && !t->notify_op && t->bytes <= express_max_bytes_ && t->ops.size() <= kExpressMaxOps) {
     for (Op& op : t->ops) op.express = true;
   } else if (t->bytes <= small_max_bytes_ && t->ops.size() <= kExpressMaxOps) {
     t->pickup = Pickup::kSpin;

@@ -198,7 +198,7 @@ void Rail::Wake() {
   if (cq_can_wait_ && cq_ != nullptr) fi_cq_signal(cq_);
 }
 
-RailMr Rail::RegisterMemory(void* data, size_t length, uint64_t remote_flags, bool local) {
+RailMr Rail::RegisterMemory(void* data, size_t length, uint64_t remote_flags, bool local, const HmemTarget* hmem) {
   RailMr out;
   const uint64_t access =
       (local ? FI_READ | FI_WRITE | FI_SEND | FI_RECV : 0) | (remote_flags & (FI_REMOTE_READ | FI_REMOTE_WRITE));
@@ -206,9 +206,24 @@ RailMr Rail::RegisterMemory(void* data, size_t length, uint64_t remote_flags, bo
   // clash with a key this domain already holds (the provider answers -FI_ENOKEY).
   int rc = -FI_ENOKEY;
   for (int attempt = 0; attempt < 4 && rc == -FI_ENOKEY; ++attempt) {
-    rc = fi_mr_reg(domain_, data, length, access, 0, provider_keys() ? 0 : RandomKey(), 0, &out.mr, nullptr);
+    const uint64_t key = provider_keys() ? 0 : RandomKey();
+    if (hmem == nullptr) {
+      rc = fi_mr_reg(domain_, data, length, access, 0, key, 0, &out.mr, nullptr);
+      continue;
+    }
+    // libfabric's CUDA support registers through dma-buf itself where the driver and NIC allow it
+    // (FI_HMEM_CUDA_USE_DMABUF), else through nvidia_peermem: the interface and device are all it needs here.
+    const iovec iov{data, length};
+    fi_mr_attr attr{};
+    attr.mr_iov = &iov;
+    attr.iov_count = 1;
+    attr.access = access;
+    attr.requested_key = key;
+    attr.iface = hmem->iface;
+    attr.device.cuda = hmem->device;
+    rc = fi_mr_regattr(domain_, &attr, 0, &out.mr);
   }
-  CheckFi(rc, "fi_mr_reg");
+  CheckFi(rc, hmem == nullptr ? "fi_mr_reg" : "fi_mr_regattr (FI_HMEM)");
   if (info_->domain_attr->mr_mode & FI_MR_ENDPOINT) {
     int rc = fi_mr_bind(out.mr, &ep_->fid, 0);
     if (rc == 0) rc = fi_mr_enable(out.mr);

@@ -38,6 +38,13 @@ class RailOwner {
   virtual bool owner_spinning() const = 0;
 };
 
+// Where registered memory lives when it is not host memory: libfabric's FI_HMEM interface and device ordinal.
+// FI_HMEM_SYSTEM with the rails opened for FI_HMEM is host memory standing in for a device (tests, CI).
+struct HmemTarget {
+  fi_hmem_iface iface = FI_HMEM_SYSTEM;
+  int device = 0;
+};
+
 struct RailMr {
   fid_mr* mr = nullptr;
   void* desc = nullptr;
@@ -92,7 +99,9 @@ class Rail {
   // (RandomKey), so that it cannot be guessed from the region id.
   // `local` false: never a local buffer of our own ops (a grant), so no FI_READ/WRITE/SEND/RECV either: rxm adds
   // FI_REMOTE_READ to registrations that may be sent from (its rendezvous protocol reads them).
-  RailMr RegisterMemory(void* data, size_t length, uint64_t remote_flags, bool local = true);
+  // `hmem`: device memory, registered with fi_mr_regattr and its interface (the rails must have FI_HMEM).
+  RailMr RegisterMemory(void* data, size_t length, uint64_t remote_flags, bool local = true,
+                        const HmemTarget* hmem = nullptr);
   bool provider_keys() const { return (info_->domain_attr->mr_mode & FI_MR_PROV_KEY) != 0; }
   static void CloseMr(RailMr& mr);
   fi_addr_t InsertAddress(const uint8_t* address, size_t length);

@@ -20,6 +20,9 @@ struct Region {
   std::atomic<uint32_t> inflight{0};
   bool internal = false;      // the agent's own scratch memory: never advertised to peers
   bool remote_access = true;  // registered with FI_REMOTE_READ/WRITE and advertised (else local use only)
+  // Device memory (or host memory standing in for it) registered through FI_HMEM: only the NIC touches it, so
+  // transfers of it take neither the same-host copy nor the express lane, and it is never granted.
+  bool device = false;
 };
 
 }  // namespace kvf

@@ -18,6 +18,7 @@ struct RemoteRegion {
   // Checked before posting; the owner's provider (its MR flags) and table are what enforce it.
   uint64_t access = kAccessRead | kAccessWrite;
   std::vector<uint64_t> keys;            // per remote rail
+  bool device = false;                   // the peer's device memory (FI_HMEM): the fabric alone may move it
   SharedLocation share;                  // valid: the peer says it can be mapped, and where
   std::shared_ptr<PeerMapping> mapping;  // mapped here (same-host peer): transfers copy with memcpy
 };

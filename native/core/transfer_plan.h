@@ -35,6 +35,7 @@ struct PreparedList {
   std::vector<std::pair<uint32_t, const RemoteRegion*>> remote_regions;
   std::vector<PreparedItem> items;
   uint64_t bytes = 0;
+  bool device = false;  // a local or remote region is device memory: fabric ops only (Region::device)
   // Non-empty when destinations overlap for that direction: the error to report when posting it whole.
   std::string read_overlap;   // local ranges overlap
   std::string write_overlap;  // remote ranges overlap

@@ -30,7 +30,7 @@ program
       import('../fabric/agent.js'),
       import('../fabric/native.js'),
       import('../fabric/gpu-native.js'),
-      import('../doctor/gpu.js'),
+      import('../fabric/hmem.js'),
       import('../fabric/address.js'),
       import('../serve/fabric-address.js'),
     ]);
@@ -55,6 +55,8 @@ program
       ...gpuAddon.cudaStatus(),
       fiHmem: hmem.hmem,
       ...(hmem.library ? { libfabricPath: hmem.library, libfabricCuda: mentionsCuda(hmem.library) ?? null } : {}),
+      // Whether this agent opened its rails with FI_HMEM (AgentOptions.hmem 'auto'): device regions then take `hmem`.
+      agentHmem: agent.info.hmem,
     };
     console.log(
       JSON.stringify(

@@ -2,8 +2,9 @@
 // kvfabric loads it (libcuda.so.1 or KVF_LIBCUDA: version and devices, or why none), whether the loaded libfabric
 // offers FI_HMEM with CUDA for the provider a worker would use, and — with efa — whether GPUDirect RDMA can work
 // (nvidia-peermem loaded, or dma-buf, which needs no module).
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 
+import { mentionsCuda } from '../fabric/hmem.js';
 import type { Context } from './context.js';
 import { probe, which } from './context.js';
 import type { CheckResult, CudaProbe } from './types.js';
@@ -104,18 +105,4 @@ function checkCuda(ctx: Context, cuda: CudaProbe, deviceNodes: boolean): CheckRe
     out.push({ group, name: 'FI_HMEM', status: 'ok', detail: `${provider} offers FI_HMEM (${which}): device memory can be registered with the provider` });
   }
   return out;
-}
-
-/**
- * Whether a libfabric file names the CUDA driver entry points its CUDA support resolves (hmem_cuda.c dlopens
- * libcuda and looks up cuPointerGetAttribute; a build without CUDA has stubs and no such name). undefined when
- * the file cannot be read.
- */
-export function mentionsCuda(library: string): boolean | undefined {
-  try {
-    const bytes = readFileSync(library);
-    return bytes.includes('cuPointerGetAttribute') || bytes.includes('cudaMemcpy');
-  } catch {
-    return undefined;
-  }
 }

@@ -13,7 +13,7 @@ import { gpuAddon } from './gpu-native.js';
 import { choosePath, type PathName } from './gpu-path.js';
 import type { Grant } from './grants.js';
 import { MemoryRegion } from './memory.js';
-import type { AgentDescription, DeviceRegionDescription } from './metadata.js';
+import type { AgentDescription, DeviceRegionDescription, FabricRegistration } from './metadata.js';
 import type { RemotePeer } from './peer.js';
 import { MAX_STAGE_RANGES, STAGE, decodeStage, isStageMessage } from './stage-protocol.js';
 import { StageServer } from './stage-server.js';
@@ -42,6 +42,9 @@ export interface DevicesHost {
   sendNotification(peer: RemotePeer | string, data: Uint8Array, timeoutMs?: number): Promise<void>;
   /** The agent's host region for a descriptor's `local` (KVF_ERR_UNKNOWN_REGION if none). */
   hostRegion(local: MemoryRegion | number): MemoryRegion;
+  /** Registers device memory (or stand-in bytes) with the rails through FI_HMEM; absent when the agent has no FI_HMEM. */
+  registerWithFabric?: (memory: bigint | Uint8Array, length: number, cudaDevice: number, remoteAccess: boolean) => FabricRegistration;
+  deregisterFromFabric(id: number): void;
 }
 
 interface PeerDevices {
@@ -129,6 +132,7 @@ export class AgentDevices {
     if (this.#regions.get(region.id) !== region)
       throw new KvfError('KVF_ERR_UNKNOWN_REGION', `device region ${region.id} does not belong to agent ${this.host.name}`);
     if (this.#inUse.has(region) || this.#server.busy(region)) throw new KvfError('KVF_ERR_BUSY', `device region ${region.id} is in use by a transfer`);
+    if (region.fabric) this.host.deregisterFromFabric(region.fabric.id);
     this.#regions.delete(region.id);
   }
 
@@ -181,7 +185,8 @@ export class AgentDevices {
     const started = performance.now();
     const deadline = started + (timeoutMs ?? this.staging.replyTimeoutMs);
     const resolved = descriptors.map((d, i) => this.#resolve(peer, d, i));
-    const host = resolved.filter((r) => r.path === 'host');
+    // Host ranges and device ranges the providers registered both go to the addon, in one fabric transfer.
+    const host = resolved.filter((r) => r.path === 'host' || r.path === 'hmem');
     const ipc = resolved.filter((r) => r.path === 'cuda-ipc');
     const staged = resolved.filter((r) => r.path === 'staged');
     const locals = resolved.flatMap((r) => (r.local instanceof DeviceRegion ? [r.local] : []));
@@ -189,7 +194,7 @@ export class AgentDevices {
     // Device copies queued on a stream: awaited before the regions are let go, whatever else failed.
     let queued: number[] = [];
     try {
-      const hostRun = host.length === 0 ? undefined : this.host.hostTransfer(op, peer, host.map(toHostDescriptor), timeoutMs);
+      const hostRun = host.length === 0 ? undefined : this.host.hostTransfer(op, peer, host.map(toFabricDescriptor), timeoutMs);
       hostRun?.catch(() => {}); // awaited below, after the device parts
       for (const r of ipc) {
         const copy = copyIpc(op, r.local, r.localOffset, this.#ipcAddress(peer, r), r.length);
@@ -219,7 +224,7 @@ export class AgentDevices {
         ops: totals.ops + (hostReport?.ops ?? 0),
         postMs: 0,
         providerPostMs: totals.providerPostMs + (hostReport?.providerPostMs ?? 0),
-        path: staged.length > 0 ? 'staged' : 'cuda-ipc',
+        path: staged.length > 0 ? 'staged' : ipc.length > 0 ? 'cuda-ipc' : 'hmem',
         pathReason: [...new Set(resolved.map((r) => r.reason).filter((r) => r !== ''))].join('; '),
         express: false,
       };
@@ -245,7 +250,16 @@ export class AgentDevices {
   }
 
   #add(length: number, backing: DeviceBacking, remoteAccess: boolean): DeviceRegion {
-    const region = new DeviceRegion({ deregisterDevice: (r) => this.deregister(r) }, this.#nextId++, length, backing, remoteAccess);
+    // With FI_HMEM the provider registers the memory too, and peers' NICs reach it directly (the hmem path).
+    let fabric: FabricRegistration | undefined;
+    try {
+      const memory = backing.kind === 'cuda' ? backing.ptr : backing.bytes;
+      fabric = this.host.registerWithFabric?.(memory, length, backing.kind === 'cuda' ? backing.device : 0, remoteAccess);
+    } catch (err) {
+      if (backing.kind === 'cuda') backing.owned?.free();
+      throw err;
+    }
+    const region = new DeviceRegion({ deregisterDevice: (r) => this.deregister(r) }, this.#nextId++, length, backing, remoteAccess, fabric);
     this.#regions.set(region.id, region);
     return region;
   }
@@ -288,11 +302,12 @@ export class AgentDevices {
       fastPath: true,
       remoteShared: false,
       remoteIpc: typeof remote === 'object' && remote.ipc !== undefined,
-      // Registering device memory with the provider (FI_HMEM with CUDA) is not built yet: no provider here offers it.
-      providerHmemCuda: false,
+      localHmem: localRegion instanceof DeviceRegion && localRegion.fabric !== undefined,
+      remoteHmem: typeof remote === 'object' && remote.fabric !== undefined,
       provider: this.host.provider,
     });
-    return { ...base, path: choice.path === 'cuda-ipc' ? 'cuda-ipc' : 'staged', reason: choice.reason };
+    const path = choice.path === 'cuda-ipc' || choice.path === 'hmem' ? choice.path : 'staged';
+    return { ...base, path, reason: choice.reason };
   }
 
   #ipcAddress(peer: RemotePeer, r: Resolved): bigint {
@@ -302,8 +317,11 @@ export class AgentDevices {
   }
 }
 
-function toHostDescriptor(r: Resolved): TransferDescriptor {
-  return { local: r.local as MemoryRegion, localOffset: r.localOffset, remote: r.remote as number, remoteOffset: r.remoteOffset, length: r.length };
+/** A host or hmem descriptor as the addon takes it: device regions named by their fabric registration's id. */
+function toFabricDescriptor(r: Resolved): TransferDescriptor {
+  const local = r.local instanceof DeviceRegion ? r.local.fabric!.id : r.local;
+  const remote = typeof r.remote === 'object' ? r.remote.fabric!.id : r.remote;
+  return { local, localOffset: r.localOffset, remote, remoteOffset: r.remoteOffset, length: r.length };
 }
 
 /**

@@ -7,6 +7,7 @@ import { KvfError, fromNative } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { METADATA_LIMITS } from './metadata.js';
 import { stagingOptions, type StagingOptions } from './staging-options.js';
+import { openWithHmem, type HmemOption } from './hmem.js';
 import { addon, type NativeAgent, type NativeAgentOptions, type NativeEvent } from './native.js';
 
 export interface AgentOptions {
@@ -60,6 +61,13 @@ export interface AgentOptions {
   fastPath?: boolean;
   /** The staged path's chunk size, window, chunks lent to peers and deadlines (staging-options.ts). */
   staging?: StagingOptions;
+  /**
+   * Open the rails with FI_HMEM, so that the provider registers device regions itself and peers' NICs move them
+   * directly (`path: 'hmem'`, GPUDirect RDMA). 'auto' (default): where that can work (a GPU, a libfabric with
+   * CUDA offering FI_HMEM for the provider, FI_HMEM_DISABLE_P2P and FI_EFA_USE_DEVICE_RDMA not forbidding it);
+   * true: required (KVF_ERR_PROVIDER_UNAVAILABLE without it; stand-in regions then take the path too); false: never.
+   */
+  hmem?: HmemOption;
 }
 
 export interface TransferOptions {
@@ -88,6 +96,7 @@ const AGENT_OPTION_KEYS = [
   'busyPollUs',
   'fastPath',
   'staging',
+  'hmem',
 ] as const satisfies readonly (keyof AgentOptions)[];
 export const TRANSFER_OPTION_KEYS = ['notification', 'timeoutMs'] as const satisfies readonly (keyof TransferOptions)[];
 export const POST_OPTION_KEYS = [...TRANSFER_OPTION_KEYS, 'indices'] as const satisfies readonly (keyof PostOptions)[];
@@ -111,6 +120,9 @@ export function checkAgentOptions(options: AgentOptions): void {
     throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `options.busyPollUs must be an integer from 0 to ${MAX_BUSY_POLL_US} (µs)`);
   }
   stagingOptions(options.staging);
+  if (options.hmem !== undefined && typeof options.hmem !== 'boolean' && options.hmem !== 'auto') {
+    throw new KvfError('KVF_ERR_INVALID_ARGUMENT', "options.hmem must be true, false or 'auto'");
+  }
   const timeout = options.closeTimeoutMs;
   if (timeout !== undefined && (!Number.isInteger(timeout) || timeout < 0 || timeout > 2 ** 31 - 1)) {
     throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'options.closeTimeoutMs must be an integer from 0 to 2^31-1');
@@ -130,6 +142,7 @@ export function openNativeAgent(options: AgentOptions, wanted: string | undefine
     if (options.stripeThreshold !== undefined) native.stripeThreshold = options.stripeThreshold;
     if (options.expressMaxBytes !== undefined) native.expressMaxBytes = options.expressMaxBytes;
     if (options.busyPollUs !== undefined) native.busyPollUs = options.busyPollUs;
+    if (openWithHmem(options.hmem, provider)) native.hmem = true;
     if (provider.startsWith('tcp')) Object.assign(native, tcpBinding(options.address, options.domain));
     else if (options.domain !== undefined) native.domain = options.domain;
     try {

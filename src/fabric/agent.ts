@@ -19,10 +19,10 @@ import {
   type MemoryInput,
   type RegionOwner,
 } from './memory.js';
-import { decodeMetadata, encodeMetadata } from './metadata.js';
+import { decodeMetadata, encodeMetadata, type AgentDescription } from './metadata.js';
 import { CompletionPoller } from './completion-poller.js';
 import { RECORD_FIELD as F, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_STRIDE, newRecordsBuffer } from './records.js';
-import { addon, type NativeAgent, type NativeAgentInfo, type NativeErrorObject, type NativeEvent } from './native.js';
+import { addon, type NativeAgent, type NativeAgentInfo, type NativeErrorObject, type NativeEvent, type NativeRegion } from './native.js';
 import { NotificationQueue, type Notification } from './notifications.js';
 import { RemotePeer, type GrantReader } from './peer.js';
 import type { Grant } from './grants.js';
@@ -121,6 +121,10 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
         hostTransfer: (op, p, d, timeoutMs, note) => this.#postHost(op, p, d, timeoutMs, note),
         sendNotification: (p, data, timeoutMs) => this.#notifyPeer(p, data, timeoutMs),
         hostRegion: (local) => this.#hostRegion(local),
+        registerWithFabric: this.info.hmem
+          ? (memory, length, device, remoteAccess) => this.#call(() => native.registerDevice(memory, length, device, remoteAccess))
+          : undefined,
+        deregisterFromFabric: (id) => this.#call(() => native.deregisterMemory(id)),
       },
       stagingOptions(options.staging),
     );
@@ -283,7 +287,8 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
     checkPeer(desc, this.info);
     // Add the new peer first: if the blob is refused, the peer loaded before stays usable.
     const hostArg = sameHostArg(desc, this.#fastPath);
-    const added = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, desc.regions, hostArg), { peer: desc.name });
+    const fabricRegions = [...desc.regions, ...fabricRegistered(desc)];
+    const added = this.#call(() => this.#native.addPeer(desc.name, desc.virtAddr, desc.rails, fabricRegions, hostArg), { peer: desc.name });
     const id = added.id;
     logRefusedPaths(this.#log, this.name, desc.name, added);
     const previous = this.#peers.get(desc.name);
@@ -571,6 +576,11 @@ export class Agent extends EventEmitter<AgentEvents> implements RegionOwner, Pre
       throw fromNative(err, { ...extra, provider: this.provider });
     }
   }
+}
+
+/** A peer's device regions its provider registered (FI_HMEM), as regions the addon moves by fabric alone. */
+function fabricRegistered(desc: AgentDescription): NativeRegion[] {
+  return (desc.devices ?? []).flatMap((d) => (d.fabric ? [{ id: d.fabric.id, length: d.length, base: d.fabric.base, keys: d.fabric.keys, device: true }] : []));
 }
 
 function rethrowLater(err: unknown): void {

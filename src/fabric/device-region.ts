@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { KvfError } from '../common/errors.js';
 import { DeviceBuffer, call } from './gpu.js';
 import { gpuAddon } from './gpu-native.js';
-import type { DeviceKind, DeviceRegionDescription } from './metadata.js';
+import type { DeviceKind, DeviceRegionDescription, FabricRegistration } from './metadata.js';
 
 /** Device region ids start here, above any id the addon gives host regions and grants. */
 export const DEVICE_REGION_ID_BASE = 0x8000_0000;
@@ -35,6 +35,8 @@ export class DeviceRegion {
     backing: DeviceBacking,
     /** Listed in this agent's metadata for peers to read and write. */
     readonly remoteAccess: boolean,
+    /** The region as the agent's provider registered it (FI_HMEM), when it did. */
+    readonly fabric?: FabricRegistration,
   ) {
     this.#owner = owner;
     this.#backing = backing;
@@ -109,6 +111,7 @@ export class DeviceRegion {
       device: b.kind === 'cuda' ? b.device : 0,
       token: this.token,
       ...(this.#ipc ? { ipc: this.#ipc } : {}),
+      ...(this.fabric && this.remoteAccess ? { fabric: this.fabric } : {}),
     };
   }
 

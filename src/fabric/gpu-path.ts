@@ -17,8 +17,10 @@ export interface PathInputs {
   remoteShared: boolean;
   /** The remote cuda region came with a CUDA IPC handle. */
   remoteIpc: boolean;
-  /** The agent's provider registers CUDA memory (FI_HMEM with a libfabric built with CUDA). */
-  providerHmemCuda: boolean;
+  /** The local device region is registered with this agent's provider (FI_HMEM; device-side only). */
+  localHmem: boolean;
+  /** The remote device region came registered with the peer's provider (metadata v6; device-side only). */
+  remoteHmem: boolean;
   provider: string;
   env?: NodeJS.ProcessEnv;
 }
@@ -53,8 +55,11 @@ export function choosePath(i: PathInputs): PathChoice {
     if (reachable) return { path: 'cuda-ipc', reason: '' };
     reasons.push(i.remote === 'cuda' ? 'the peer sent no CUDA IPC handle for the region' : 'the peer’s host region is not in shared memory');
   } else if (i.sameHost) reasons.push('the same-host fast path is off');
-  if (!i.providerHmemCuda) reasons.push(`${i.provider} does not register CUDA memory here (FI_HMEM without CUDA)`);
-  else {
+  const localReady = i.local === 'host' || i.localHmem;
+  const remoteReady = i.remote === 'host' || i.remoteHmem;
+  if (!localReady) reasons.push(`${i.provider} does not register device memory here (the agent has no FI_HMEM with CUDA)`);
+  if (!remoteReady) reasons.push('the peer did not register the region with its provider');
+  if (localReady && remoteReady) {
     const refusal = hmemRefusal(i.provider, i.env);
     if (!refusal) return { path: 'hmem', reason: reasons.join('; ') };
     reasons.push(refusal);

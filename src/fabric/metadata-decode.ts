@@ -18,6 +18,8 @@ import {
   crc32,
   hex,
   DEVICE_FIXED_BYTES,
+  DEVICE_FABRIC_FIXED_BYTES,
+  DEVICE_FLAG_FABRIC,
   DEVICE_FLAG_IPC,
   DEVICE_KIND_CODES,
   DEVICE_TOKEN_BYTES,
@@ -250,7 +252,7 @@ function decodeChecked(input: unknown): AgentDescription {
   }
 
   const stagingChunkBytes = rd.u32('staging chunk bytes');
-  const devices = readDevices(rd, firstIndex);
+  const devices = readDevices(rd, firstIndex, railCount);
   if (devices.length > 0 && stagingChunkBytes === 0) throw bad('device regions are listed but the staging chunk size is 0');
 
   if (rd.remaining !== 0) {
@@ -271,8 +273,8 @@ function decodeChecked(input: unknown): AgentDescription {
 
 const DEVICE_KINDS = new Map<number, DeviceKind>(Object.entries(DEVICE_KIND_CODES).map(([k, v]) => [v, k as DeviceKind]));
 
-/** The device regions section (v5); `hostIds` are the host regions' ids, which a device region must not repeat. */
-function readDevices(rd: Reader, hostIds: ReadonlyMap<number, number>): DeviceRegionDescription[] {
+/** The device regions section; `hostIds` are the host regions' ids, which a device region (or its fabric id) must not repeat. */
+function readDevices(rd: Reader, hostIds: ReadonlyMap<number, number>, rails: number): DeviceRegionDescription[] {
   const countAt = rd.offset;
   const count = rd.u32('device region count');
   if (count > METADATA_LIMITS.maxDeviceRegions)
@@ -292,7 +294,8 @@ function readDevices(rd: Reader, hostIds: ReadonlyMap<number, number>): DeviceRe
     const kind = DEVICE_KINDS.get(kindCode);
     if (kind === undefined) throw bad(`device[${i}] (id ${id}) kind is ${kindCode}, expected 1 (cuda) or 2 (stand-in)`);
     const flags = rd.u8(`device[${i}].flags`);
-    if ((flags & ~DEVICE_FLAG_IPC) !== 0) throw bad(`device[${i}] (id ${id}) flags are ${hex(flags, 2)}; only bit0 (IPC handle) is defined`);
+    if ((flags & ~(DEVICE_FLAG_IPC | DEVICE_FLAG_FABRIC)) !== 0)
+      throw bad(`device[${i}] (id ${id}) flags are ${hex(flags, 2)}; only bit0 (IPC handle) and bit1 (fabric registration) are defined`);
     const device = rd.u16(`device[${i}].device`);
     const token = rd.take(`device[${i}].token`, DEVICE_TOKEN_BYTES);
     const d: DeviceRegionDescription = { id, length: Number(length), kind, device, token };
@@ -302,6 +305,15 @@ function readDevices(rd: Reader, hostIds: ReadonlyMap<number, number>): DeviceRe
       const offset = rd.u64(`device[${i}].ipc.offset`);
       if (offset > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`device[${i}] (id ${id}) IPC offset is ${offset}, expected at most 2^53-1`);
       d.ipc = { handle, offset: Number(offset) };
+    }
+    if (flags & DEVICE_FLAG_FABRIC) {
+      if (rd.remaining < DEVICE_FABRIC_FIXED_BYTES + 8 * rails) throw bad(`device[${i}] (id ${id}) fabric registration runs past the blob`);
+      const fabricId = rd.u32(`device[${i}].fabric.id`);
+      if (hostIds.has(fabricId) || ids.has(fabricId)) throw bad(`device[${i}] (id ${id}) fabric id ${fabricId} repeats a region id`);
+      ids.add(fabricId);
+      const base = rd.u64(`device[${i}].fabric.base`);
+      const keys = Array.from({ length: rails }, (_, k) => rd.u64(`device[${i}].fabric.keys[${k}]`));
+      d.fabric = { id: fabricId, base, keys };
     }
     out.push(d);
   }

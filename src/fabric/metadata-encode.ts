@@ -17,6 +17,8 @@ import {
   crc32,
   hex,
   DEVICE_FIXED_BYTES,
+  DEVICE_FABRIC_FIXED_BYTES,
+  DEVICE_FLAG_FABRIC,
   DEVICE_FLAG_IPC,
   DEVICE_IPC_BYTES,
   DEVICE_KIND_CODES,
@@ -129,10 +131,11 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
     }
   }
 
-  const devices = checkDevices(desc.devices ?? [], seen);
+  const devices = checkDevices(desc.devices ?? [], seen, addrs.length);
   const chunkBytes = desc.stagingChunkBytes ?? 0;
   if (!Number.isInteger(chunkBytes) || chunkBytes < 0 || chunkBytes > 0xffffffff) throw invalid('stagingChunkBytes must be a u32');
-  const deviceBytes = devices.reduce((n, d) => n + DEVICE_FIXED_BYTES + (d.ipc ? DEVICE_IPC_BYTES : 0), 0);
+  const fabricBytes = DEVICE_FABRIC_FIXED_BYTES + 8 * addrs.length;
+  const deviceBytes = devices.reduce((n, d) => n + DEVICE_FIXED_BYTES + (d.ipc ? DEVICE_IPC_BYTES : 0) + (d.fabric ? fabricBytes : 0), 0);
   const regionBytes = REGION_FIXED_BYTES + 8 * addrs.length;
   const total =
     HEADER_BYTES +
@@ -193,7 +196,7 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
     off = buf.writeUInt32LE(d.id, off);
     off = buf.writeBigUInt64LE(BigInt(d.length), off);
     off = buf.writeUInt8(DEVICE_KIND_CODES[d.kind], off);
-    off = buf.writeUInt8(d.ipc ? DEVICE_FLAG_IPC : 0, off);
+    off = buf.writeUInt8((d.ipc ? DEVICE_FLAG_IPC : 0) | (d.fabric ? DEVICE_FLAG_FABRIC : 0), off);
     off = buf.writeUInt16LE(d.device, off);
     buf.set(d.token, off);
     off += DEVICE_TOKEN_BYTES;
@@ -202,19 +205,27 @@ export function encodeMetadata(desc: AgentDescription): Buffer {
       off += IPC_HANDLE_BYTES;
       off = buf.writeBigUInt64LE(BigInt(d.ipc.offset), off);
     }
+    if (d.fabric) {
+      off = buf.writeUInt32LE(d.fabric.id, off);
+      off = buf.writeBigUInt64LE(d.fabric.base, off);
+      for (const key of d.fabric.keys) off = buf.writeBigUInt64LE(key, off);
+    }
   }
   off = buf.writeUInt32LE(crc32(buf, 0, off), off);
   if (off !== total) throw new Error(`encodeMetadata internal error: wrote ${off} of ${total} bytes`);
   return buf;
 }
 
-/** The device regions, checked; `seen` holds the host regions' ids, which a device region must not repeat. */
-function checkDevices(devices: readonly DeviceRegionDescription[], seen: Map<number, number>): DeviceRegionDescription[] {
+/**
+ * The device regions, checked; `seen` holds the host regions' ids, which a device region (and its fabric
+ * registration) must not repeat; a fabric registration has a key per rail.
+ */
+function checkDevices(devices: readonly DeviceRegionDescription[], seen: Map<number, number>, rails: number): DeviceRegionDescription[] {
   if (!Array.isArray(devices)) throw invalid('devices must be an array');
   if (devices.length > METADATA_LIMITS.maxDeviceRegions) throw invalid(`at most ${METADATA_LIMITS.maxDeviceRegions} device regions fit in metadata`);
   const ids = new Set<number>();
   return devices.map((d: DeviceRegionDescription, i) => {
-    const { id, length, kind, device, token, ipc } = d ?? ({} as DeviceRegionDescription);
+    const { id, length, kind, device, token, ipc, fabric } = d ?? ({} as DeviceRegionDescription);
     if (!Number.isInteger(id) || id < 0 || id > 0xffffffff) throw invalid(`devices[${i}].id must be a u32`);
     if (seen.has(id) || ids.has(id)) throw invalid(`devices[${i}].id ${id} repeats another region's id`);
     ids.add(id);
@@ -227,6 +238,16 @@ function checkDevices(devices: readonly DeviceRegionDescription[], seen: Map<num
         throw invalid(`devices[${i}].ipc.handle must be ${IPC_HANDLE_BYTES} bytes`);
       if (!Number.isSafeInteger(ipc.offset) || ipc.offset < 0) throw invalid(`devices[${i}].ipc.offset must be an integer ≥ 0`);
     }
-    return { id, length, kind, device, token, ...(ipc ? { ipc: { handle: ipc.handle, offset: ipc.offset } } : {}) };
+    const out: DeviceRegionDescription = { id, length, kind, device, token, ...(ipc ? { ipc: { handle: ipc.handle, offset: ipc.offset } } : {}) };
+    if (fabric !== undefined) {
+      const fid = fabric?.id;
+      if (!Number.isInteger(fid) || fid < 0 || fid > 0xffffffff) throw invalid(`devices[${i}].fabric.id must be a u32`);
+      if (seen.has(fid) || ids.has(fid)) throw invalid(`devices[${i}].fabric.id ${fid} repeats another region's id`);
+      ids.add(fid);
+      if (!Array.isArray(fabric.keys) || fabric.keys.length !== rails) throw invalid(`devices[${i}].fabric.keys must have one key per rail (${rails})`);
+      const keys = fabric.keys.map((key, k) => checkU64(`devices[${i}].fabric.keys[${k}]`, key));
+      out.fabric = { id: fid, base: checkU64(`devices[${i}].fabric.base`, fabric.base), keys };
+    }
+    return out;
   });
 }

@@ -2,7 +2,7 @@
 // seals it. The codec (metadata-encode.ts, metadata-decode.ts) is written against these definitions;
 // metadata.ts is the module the rest of kvfabric imports.
 //
-// Format v5, all integers little-endian:
+// Format v6, all integers little-endian:
 //
 //   offset  size  field
 //   0       4     magic, ASCII "KVFM"
@@ -25,8 +25,10 @@
 //           4     u32 stagingChunkBytes: the most one staging request of this agent's device regions moves
 //           4     u32 deviceRegionCount (0..65_536)
 //                 per device region: u32 id, u64 length (1..2^53-1), u8 kind (1 cuda, 2 stand-in),
-//                   u8 flags (bit0: an IPC handle follows), u16 device ordinal (0 for stand-in),
-//                   16-byte stage token, [64-byte CUDA IPC handle, u64 offset of the region in its allocation]
+//                   u8 flags (bit0: an IPC handle follows, bit1: a fabric registration follows),
+//                   u16 device ordinal (0 for stand-in), 16-byte stage token,
+//                   [64-byte CUDA IPC handle, u64 offset of the region in its allocation],
+//                   [u32 fabric region id, u64 base, railCount x u64 key]
 //           4     u32 CRC-32 (IEEE / zlib polynomial) of every preceding byte
 //
 // v2 added the host identity and pid (the same-host fast path: peers with the same identity can copy by
@@ -42,10 +44,13 @@
 // not in the region list; a peer moves them through the owner (the staged path asks the owner, presenting the
 // region's token, to copy through a pinned chunk) or, on one host, through the CUDA IPC handle.
 //
+// v6 added a device region's fabric registration (FI_HMEM): where the owner's provider registered the device
+// memory itself, a peer's NIC reads and writes it directly (the `hmem` path), under its own region id.
+//
 // A reader accepts only the version it was built for: a layout change must bump METADATA_VERSION,
 // and an older peer then reports "unsupported metadata version N" instead of misreading fields.
 
-export const METADATA_VERSION = 5;
+export const METADATA_VERSION = 6;
 
 export interface RegionDescription {
   /** Region id, unique within one agent (u32). */
@@ -74,6 +79,16 @@ export interface DeviceRegionDescription {
   token: Uint8Array;
   /** The allocation's CUDA IPC handle (64 bytes) and the region's offset in it, for peers on this host. */
   ipc?: { handle: Uint8Array; offset: number };
+  /** The region registered with the owner's rails through FI_HMEM (v6): its fabric id, base and a key per rail. */
+  fabric?: FabricRegistration;
+}
+
+/** A device region as the owner's provider registered it: named like a host region in fabric operations. */
+export interface FabricRegistration {
+  /** u32, distinct from every other region's id. */
+  id: number;
+  base: bigint;
+  keys: bigint[];
 }
 
 export interface ShareDescription {
@@ -124,7 +139,7 @@ export interface TableDescription {
 
 export const TABLE_NONCE_BYTES = 16;
 
-/** Limits of format v5. */
+/** Limits of format v6. */
 export const METADATA_LIMITS = Object.freeze({
   maxStringBytes: 255,
   maxRails: 64,
@@ -153,6 +168,9 @@ export const IPC_HANDLE_BYTES = 64;
 export const DEVICE_IPC_BYTES = IPC_HANDLE_BYTES + 8;
 export const DEVICE_KIND_CODES: Readonly<Record<DeviceKind, number>> = Object.freeze({ cuda: 1, 'stand-in': 2 });
 export const DEVICE_FLAG_IPC = 0x01;
+export const DEVICE_FLAG_FABRIC = 0x02;
+/** The fabric part of a device region, before its keys: u32 id, u64 base. */
+export const DEVICE_FABRIC_FIXED_BYTES = 4 + 8;
 export const U64_LIMIT = 1n << 64n;
 
 // ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ export {
   type AgentDescription,
   type DeviceKind,
   type DeviceRegionDescription,
+  type FabricRegistration,
   type HostDescription,
   type RegionDescription,
   type ShareDescription,

@@ -20,6 +20,8 @@ export interface NativeAgentOptions {
   stripeThreshold?: number;
   expressMaxBytes?: number;
   busyPollUs?: number;
+  /** Open the rails with FI_HMEM (registerDevice needs it). */
+  hmem?: boolean;
 }
 
 export interface NativeAgentInfo {
@@ -35,6 +37,8 @@ export interface NativeAgentInfo {
   maxNotificationBytes: number;
   /** The express lane's limit in effect (0: none, e.g. on shm). */
   expressMaxBytes: number;
+  /** The rails were opened with FI_HMEM: device memory can be registered with them (registerDevice). */
+  hmem: boolean;
   /** Where same-host peers find the region table (absent: none could be created). */
   regionTable?: RegionTableLocation;
 }
@@ -76,6 +80,8 @@ export interface NativeRemoteGrant {
   access: 1 | 2;
   keys: bigint[];
   share?: { fd: number; inode: bigint; offset: number };
+  /** A peer's device memory registered through FI_HMEM: moved by the fabric alone (never copied by the CPU). */
+  device?: boolean;
 }
 
 export declare class NativeAgent {
@@ -83,6 +89,11 @@ export declare class NativeAgent {
   info(): NativeAgentInfo;
   /** remoteAccess false: registered without FI_REMOTE_READ/WRITE and left out of regions(). Default true. */
   registerMemory(view: Uint8Array, remoteAccess?: boolean): number;
+  /**
+   * Device memory registered with every rail through FI_HMEM (the agent must have been opened with `hmem`): a
+   * CUDA address on `cudaDevice`, or host bytes standing in for device memory. deregisterMemory(id) undoes it.
+   */
+  registerDevice(memory: bigint | Uint8Array, length: number, cudaDevice: number, remoteAccess: boolean): { id: number; base: bigint; keys: bigint[] };
   deregisterMemory(id: number): void;
   regions(): NativeRegion[];
   /**

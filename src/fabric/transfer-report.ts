@@ -28,9 +28,10 @@ export interface TransferReport {
   /**
    * What carried the bytes: the libfabric provider ('fabric'), or the same-host fast path: cross-memory attach
    * ('cma') or a memcpy through the peer's shared memory mapped here ('mapped'). With device memory on a side:
-   * CUDA IPC on one host ('cuda-ipc'), or pinned chunks and the provider ('staged').
+   * CUDA IPC on one host ('cuda-ipc'), the provider reading and writing the device memory it registered
+   * ('hmem', FI_HMEM), or pinned chunks and the provider ('staged').
    */
-  path: 'fabric' | 'cma' | 'mapped' | 'cuda-ipc' | 'staged';
+  path: 'fabric' | 'cma' | 'mapped' | 'cuda-ipc' | 'hmem' | 'staged';
   /** Device transfers: why not a faster path, when one was ruled out. */
   pathReason?: string;
   /** Posted and completed on the calling thread (the express lane, see AgentOptions.expressMaxBytes). */

@@ -89,7 +89,7 @@ export interface CheckRequest {
 }
 
 export type Request =
-  | { cmd: 'create'; name: string; provider: string; fastPath?: boolean; address?: string; staging?: StagingOptions }
+  | { cmd: 'create'; name: string; provider: string; fastPath?: boolean; address?: string; staging?: StagingOptions; hmem?: boolean }
   | { cmd: 'alloc'; region: string; length: number; fill: 'random' | 'zero'; shared?: boolean; remoteAccess?: boolean; device?: string }
   | { cmd: 'free'; region: string }
   | { cmd: 'fill'; region: string; ranges: Range[] }
@@ -274,7 +274,11 @@ export class PeerProcess {
 
   // ---- conveniences -------------------------------------------------------------------------------
 
-  async create(name: string, provider: string, options: { fastPath?: boolean; address?: string; staging?: StagingOptions } = {}): Promise<CreatedAgent> {
+  async create(
+    name: string,
+    provider: string,
+    options: { fastPath?: boolean; address?: string; staging?: StagingOptions; hmem?: boolean } = {},
+  ): Promise<CreatedAgent> {
     this.agent = await this.request({ cmd: 'create', name, provider, ...options });
     return this.agent;
   }
