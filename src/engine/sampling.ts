@@ -64,33 +64,95 @@ export class Sampler {
     return this.#prng.a;
   }
 
+  /**
+   * Candidates ranked by logit (ties: lower id first): the top k of them (all when k is 0), weighted by softmax at
+   * the temperature; top-p keeps the shortest ranked prefix whose weight reaches p of theirs; the draw walks the
+   * kept prefix in rank order to a uniform point of its weight. Nothing is sorted whole (a vocabulary-wide sort
+   * cost tens of ms a token): the walks partition around pivots (rankedWalk).
+   */
   sample(logits: ArrayLike<number>): number {
     if (this.temperature === 0) return argmax(logits);
-    // Candidates sorted by logit; truncate by top-k, softmax at temperature, truncate by top-p, draw.
-    let ids = Array.from({ length: logits.length }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]!);
-    if (this.topK > 0) ids = ids.slice(0, this.topK);
-    const max = logits[ids[0]!]!;
-    const weights = ids.map((i) => Math.exp((logits[i]! - max) / this.temperature));
-    const total = weights.reduce((s, w) => s + w, 0);
-    let keep = ids.length;
+    const u = mulberry32Next(this.#prng);
+    const max = logits[argmax(logits)]!;
+    const weight = new Float64Array(logits.length);
+    for (let i = 0; i < weight.length; i++) weight[i] = Math.exp((logits[i]! - max) / this.temperature);
+    const outranks = (a: number, b: number): boolean => logits[a]! > logits[b]! || (logits[a] === logits[b] && a < b);
+    let ids = this.topK > 0 ? topK(logits.length, this.topK, outranks) : range(logits.length);
     if (this.topP < 1) {
-      let mass = 0;
-      for (let j = 0; j < ids.length; j++) {
-        mass += weights[j]! / total;
-        if (mass >= this.topP) {
-          keep = j + 1;
-          break;
-        }
-      }
+      const cut = rankedWalk(ids, weight, outranks, this.topP * massOf(ids, weight));
+      ids = ids.filter((i) => i === cut || outranks(i, cut));
     }
-    const kept = weights.slice(0, keep).reduce((s, w) => s + w, 0);
-    let r = mulberry32Next(this.#prng) * kept;
-    for (let j = 0; j < keep; j++) {
-      r -= weights[j]!;
-      if (r <= 0) return ids[j]!;
-    }
-    return ids[keep - 1]!;
+    return rankedWalk(ids, weight, outranks, u * massOf(ids, weight));
   }
+}
+
+function range(n: number): number[] {
+  const out = new Array<number>(n);
+  for (let i = 0; i < n; i++) out[i] = i;
+  return out;
+}
+
+function massOf(ids: readonly number[], weight: Float64Array): number {
+  let m = 0;
+  for (const i of ids) m += weight[i]!;
+  return m;
+}
+
+/**
+ * The id at which the weight of `ids`, taken in rank order, first reaches `target` (the lowest-ranked id when
+ * rounding leaves it short). Partitions around a median-of-three pivot, keeping the side the target falls in,
+ * until few ids are left, then walks those sorted: expected linear time, and the same answer on every machine.
+ */
+function rankedWalk(ids: readonly number[], weight: Float64Array, outranks: (a: number, b: number) => boolean, target: number): number {
+  let set = ids;
+  let need = target;
+  while (set.length > 32) {
+    const [a, b, c] = [set[0]!, set[set.length >> 1]!, set[set.length - 1]!];
+    const pivot = outranks(a, b) === outranks(b, c) ? b : outranks(a, b) === outranks(c, a) ? a : c;
+    const upper: number[] = [];
+    const lower: number[] = [];
+    for (const i of set) (i === pivot || outranks(i, pivot) ? upper : lower).push(i);
+    const upperMass = massOf(upper, weight);
+    if (upperMass >= need || lower.length === 0) set = upper;
+    else {
+      need -= upperMass;
+      set = lower;
+    }
+  }
+  const sorted = [...set].sort((x, y) => (outranks(x, y) ? -1 : outranks(y, x) ? 1 : 0));
+  for (const i of sorted) {
+    need -= weight[i]!;
+    if (need <= 0) return i;
+  }
+  return sorted[sorted.length - 1]!;
+}
+
+/** The k best-ranked ids, by a bounded heap: O(n log k). */
+function topK(n: number, k: number, outranks: (a: number, b: number) => boolean): number[] {
+  if (k >= n) return range(n);
+  // A heap whose root is the worst-ranked of the best k so far.
+  const heap: number[] = [];
+  const swap = (x: number, y: number): void => void ([heap[x], heap[y]] = [heap[y]!, heap[x]!]);
+  for (let i = 0; i < n; i++) {
+    if (heap.length < k) {
+      heap.push(i);
+      for (let at = heap.length - 1; at > 0 && outranks(heap[(at - 1) >> 1]!, heap[at]!); at = (at - 1) >> 1) swap(at, (at - 1) >> 1);
+      continue;
+    }
+    if (!outranks(i, heap[0]!)) continue;
+    heap[0] = i;
+    for (let at = 0; ;) {
+      const l = 2 * at + 1;
+      const r = l + 1;
+      let worst = at;
+      if (l < k && outranks(heap[worst]!, heap[l]!)) worst = l;
+      if (r < k && outranks(heap[worst]!, heap[r]!)) worst = r;
+      if (worst === at) break;
+      swap(at, worst);
+      at = worst;
+    }
+  }
+  return heap;
 }
 
 /**
