@@ -45,8 +45,7 @@ void Session::Validate(const SeqBatch& seq) const {
   pool_.CheckTable(table);
   for (int64_t i = 0; i < n; ++i)
     if (seq.tokens[i] < 0 || seq.tokens[i] >= hp.n_vocab)
-      Invalid("token id " + std::to_string(seq.tokens[i]) + " outside the vocabulary of " +
-              std::to_string(hp.n_vocab));
+      Invalid("token id " + std::to_string(seq.tokens[i]) + " outside the vocabulary of " + std::to_string(hp.n_vocab));
 }
 
 std::vector<SeqResult> Session::Step(const std::vector<SeqBatch>& batch) {

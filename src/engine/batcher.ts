@@ -19,6 +19,10 @@ export interface NativeStepEntry {
 /** Per entry: its logits, null when it asked for none, or the error that dropped it (the others ran on). */
 export type NativeStep = (entries: NativeStepEntry[]) => Promise<Array<Float32Array | null | Error>>;
 
+/** Defaults of the batching limits (ReferenceEngineOptions, the worker's --max-batch-sequences, --max-step-tokens). */
+export const DEFAULT_MAX_BATCH_SEQUENCES = 32;
+export const DEFAULT_MAX_STEP_TOKENS = 256;
+
 export interface BatchLimits {
   /** Sequences in one step at most. */
   maxBatchSequences: number;

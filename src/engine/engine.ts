@@ -5,9 +5,9 @@ import { KvfError, fromNative } from '../common/errors.js';
 import { addon, type NativeEngine, type NativeEngineInfo } from '../common/addon.js';
 import type { KvLayout } from '../kv/layout.js';
 import { DEFAULT_TOKENS_PER_BLOCK } from '../kv/plan.js';
-import { StepBatcher, type BatchStats } from './batcher.js';
+import { DEFAULT_MAX_BATCH_SEQUENCES, DEFAULT_MAX_STEP_TOKENS, StepBatcher, type BatchStats } from './batcher.js';
 
-export type { BatchStats } from './batcher.js';
+export { DEFAULT_MAX_BATCH_SEQUENCES, DEFAULT_MAX_STEP_TOKENS, type BatchStats } from './batcher.js';
 
 export type ModelInfo = Pick<NativeEngineInfo, 'layers' | 'embedding' | 'heads' | 'kvHeads' | 'headDim' | 'vocab' | 'contextLength'>;
 
@@ -44,10 +44,6 @@ export interface StepEntry {
   startPos: number;
   signal?: AbortSignal;
 }
-
-/** Defaults of the batching limits (ReferenceEngineOptions). */
-export const DEFAULT_MAX_BATCH_SEQUENCES = 32;
-export const DEFAULT_MAX_STEP_TOKENS = 256;
 
 export interface ReferenceEngineOptions {
   modelPath: string;
