@@ -5,11 +5,12 @@
 // with them in integers (qdot.h); F32/F16/BF16 weights are converted to float and dotted with the float
 // activations. Prefill runs a batch of positions at once: each tile of weight rows is unpacked once per
 // batch and dotted with every token, which is what makes it faster than token-by-token decoding. Decode
-// is a batch of one through the same code. Every (row, token) product is computed by the same sequence of
-// operations whatever the batch, tile or thread count, and every position's K/V goes into the pool
-// (rounded to the pool's dtype) before attention reads it back through the block table, so a prompt gives
-// the same logits whether it was prefilled in one batch, in chunks or decoded token by token, and blocks
-// copied to other ids (or pulled from another process) give the same logits too.
+// is a batch of one through the same code, and Step (session_step.cc) runs the rows of many sequences (decodes
+// and prompt chunks of different requests) as one batch, each with its own block table (continuous batching). Every
+// (row, token) product is computed by the same sequence of operations whatever the batch, tile or thread count, and
+// every position's K/V goes into the pool (rounded to the pool's dtype) before attention reads it back through the
+// block table, so a prompt gives the same logits whether it was prefilled in one batch, in chunks or decoded token by
+// token, and blocks copied to other ids (or pulled from another process) give the same logits too.
 //
 // Math follows llama.cpp's LLAMA graph: RMSNorm (sum of squares in double), RoPE of type NORM
 // (rotation of adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/rope_dim), theta built iteratively in
