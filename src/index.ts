@@ -21,7 +21,7 @@ export { KvfError } from './common/errors.js';
 export { ERROR_CODES, type ErrorCode } from './common/error-registry.js';
 export { METADATA_VERSION, decodeMetadata, encodeMetadata, type AgentDescription } from './fabric/metadata.js';
 export { SUPPORTED_BACKENDS, type Backend } from './fabric/config.js';
-export { ReferenceEngine, type Engine, type ModelInfo, type ReferenceEngineOptions } from './engine/engine.js';
+export { ReferenceEngine, type BatchStats, type Engine, type ModelInfo, type ReferenceEngineOptions, type StepEntry } from './engine/engine.js';
 export type { KvLayout } from './kv/layout.js';
 export { generate, type GenerateOptions, type Generation } from './engine/generate.js';
 export { Sampler, type SamplingOptions } from './engine/sampling.js';

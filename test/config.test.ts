@@ -120,6 +120,12 @@ test('worker busyPollUs: from --busy-poll-us or KVF_BUSY_POLL_US, checked', asyn
   assert.equal(workerConfig({ flags: { role: 'decode', busyPollUs: '0' }, env: {} }).busyPollUs, 0);
   assert.equal(workerConfig({ flags: { role: 'decode' }, env: {} }).busyPollUs, undefined);
   assert.throws(() => workerConfig({ flags: { role: 'prefill' }, env: { KVF_BUSY_POLL_US: '-1' } }), { code: 'KVF_ERR_BAD_CONFIG' });
+  // Continuous batching limits: defaults, flags, and nothing below one.
+  const batching = workerConfig({ flags: { role: 'decode' }, env: {} });
+  assert.deepEqual([batching.maxBatchSequences, batching.maxStepTokens], [32, 256]);
+  const set = workerConfig({ flags: { role: 'decode', maxBatchSequences: '4', maxStepTokens: '64' }, env: {} });
+  assert.deepEqual([set.maxBatchSequences, set.maxStepTokens], [4, 64]);
+  assert.throws(() => workerConfig({ flags: { role: 'decode', maxStepTokens: '0' }, env: {} }), { code: 'KVF_ERR_BAD_CONFIG' });
 });
 
 test('flags come from the config schema: every key but NO_FLAG has one, and the established names stay', async () => {

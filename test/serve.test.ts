@@ -14,7 +14,7 @@ import { kvBytesFor } from '../src/kv/plan.js';
 import type { KvProof } from '../src/serve/flow.js';
 import { frontendConfig } from '../src/serve/config.js';
 import { Frontend } from '../src/serve/frontend/frontend.js';
-import { CLUSTER, SMOLLM2, SMOLLM2_SKIP, curl, poolAtBaseline, quietLog, startStack, tinyModel, type Stack } from './helpers/serve.js';
+import { CLUSTER, SMOLLM2, SMOLLM2_SKIP, curl, poolAtBaseline, quietLog, startStack, tinyModel, waitFor, type Stack } from './helpers/serve.js';
 
 const tiny = tinyModel();
 let model = tiny;
@@ -43,6 +43,13 @@ async function aggregated(prompt: string | number[], options: { maxTokens: numbe
   } finally {
     await engine.close();
   }
+}
+
+async function streamedText(client: OpenAI, model: string, prompt: string | number[]): Promise<string> {
+  const stream = await client.completions.create({ model, prompt, max_tokens: 24, temperature: 0, stream: true });
+  let text = '';
+  for await (const chunk of stream) text += chunk.choices[0]?.text ?? '';
+  return text;
 }
 
 function assertProof(proof: KvProof, expected: { op: string; provider: string; bytes: number; stack: Stack }) {
@@ -169,6 +176,27 @@ describe('serving over tcp, pull mode', () => {
     }
   });
 
+  test('16 concurrent requests, batched in both workers, give the aggregated output each gives alone; pools back to baseline', async () => {
+    const prompts = PROMPTS.slice(0, 16);
+    const refs: Awaited<ReturnType<typeof aggregated>>[] = [];
+    for (const prompt of prompts) refs.push(await aggregated(prompt, { maxTokens: 24 }));
+    const before = await workerBatch(stack.decode.ready.workerId!);
+    const results = await Promise.all(
+      prompts.map((prompt, i) =>
+        i % 2 === 0
+          ? client.completions.create({ model: stack.modelName, prompt, max_tokens: 24, temperature: 0 }).then((r) => r.choices[0]!.text)
+          : streamedText(client, stack.modelName, prompt),
+      ),
+    );
+    results.forEach((text, i) => assert.equal(text, refs[i]!.text, `request ${i} (prompt of ${refs[i]!.promptTokens} tokens)`));
+    await poolAtBaseline(stack.prefill.ready.address);
+    await poolAtBaseline(stack.decode.ready.address);
+    // The decode worker ran the streams' tokens together: more sequences than steps since the test began.
+    await waitFor(async () => (await workerBatch(stack.decode.ready.workerId!)).steps > before.steps, '/health catching up');
+    const after = await workerBatch(stack.decode.ready.workerId!);
+    assert.ok(after.sequences - before.sequences > after.steps - before.steps, JSON.stringify({ before, after }));
+  });
+
   test('seeded sampling continues across the two workers exactly as in one process', async () => {
     for (const [i, prompt] of PROMPTS.slice(0, 6).entries()) {
       const ref = await aggregated(prompt, { maxTokens: 20, temperature: 0.9, seed: 11 + i });
@@ -225,6 +253,13 @@ describe('serving over tcp, pull mode', () => {
     );
   });
 
+  /** A decode worker's batching as /health shows it, in counts: steps, and the sequences they carried. */
+  async function workerBatch(id: string): Promise<{ steps: number; sequences: number }> {
+    const h = (await (await fetch(`${stack.url}/health`)).json()) as { workers: { id: string; batch: { steps: number; avg_sequences: number } | null }[] };
+    const b = h.workers.find((w) => w.id === id)!.batch!;
+    return { steps: b.steps, sequences: Math.round(b.steps * b.avg_sequences) };
+  }
+
   test('/health lists the workers, /live answers, /metrics counts tokens and KV bytes', async () => {
     const healthRes = await fetch(`${stack.url}/health`);
     assert.equal(healthRes.status, 200);
@@ -245,6 +280,10 @@ describe('serving over tcp, pull mode', () => {
       'kvfabric_kv_bytes_moved_total{backend="LIBFABRIC",provider="tcp;ofi_rxm",op="READ"}',
       'kvfabric_kv_transfer_seconds_count',
       'kvfabric_kv_blocks_used',
+      'kvfabric_worker_engine_steps{worker=',
+      'kvfabric_worker_batch_sequences{worker=',
+      'kvfabric_worker_batch_occupancy{worker=',
+      'kvfabric_worker_step_tokens{worker=',
     ]) {
       assert.ok(metrics.includes(name), name);
     }

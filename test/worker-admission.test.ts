@@ -19,7 +19,7 @@ interface Body {
   error?: { code: string; message: string };
 }
 
-async function complete(stack: Stack, prompt: string, maxTokens: number): Promise<{ status: number; retryAfter: string | null; body: Body }> {
+async function complete(stack: Stack, prompt: string | number[], maxTokens: number): Promise<{ status: number; retryAfter: string | null; body: Body }> {
   const res = await fetch(`${stack.url}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -127,6 +127,50 @@ describe('worker admission', { skip: SLOW_MODEL_SKIP }, () => {
     const metrics = await (await fetch(`${stack.url}/metrics`)).text();
     assert.match(metrics, /^kvfabric_worker_decode_streams\{worker="decode-tcp",role="decode"\} \d+$/m);
     assert.match(metrics, /^kvfabric_worker_queued_prompt_tokens\{worker="prefill-tcp",role="prefill"\} \d+$/m);
+    await poolAtBaseline(stack.decode.ready.address);
+    await poolAtBaseline(stack.prefill.ready.address);
+  });
+});
+
+describe('continuous batching in the workers', { skip: SLOW_MODEL_SKIP }, () => {
+  let stack: Stack | undefined;
+  afterEach(async () => {
+    await stack?.close();
+    stack = undefined;
+  });
+
+  test('streams up to --max-streams run batched; the next gets 429 with Retry-After; the admitted ones give their output alone', async () => {
+    stack = await startStack(model, 'tcp', {}, { extra: ['--blocks', '400', '--max-streams', '4'] });
+    const prompts = [0, 1, 2, 3].map((i) => `${i} the quick brown fox`);
+    const running = prompts.map((p) => complete(stack!, p, 1000));
+    await waitFor(async () => (await health(stack!.decode.ready.address)).streams === 4, 'four streams running');
+    const refused = await complete(stack, 'the lazy dog', 8);
+    assert.equal(refused.status, 429);
+    assert.equal(refused.body.error?.code, 'KVF_ERR_OVERLOADED');
+    assert.equal(refused.retryAfter, '1');
+    const batched = await Promise.all(running);
+    const status = await health(stack.decode.ready.address);
+    assert.ok(status.stepSequences > status.engineSteps, `the streams shared steps: ${status.stepSequences} sequences in ${status.engineSteps} steps`);
+    for (const [i, r] of batched.entries()) {
+      assert.equal(r.status, 200, JSON.stringify(r.body.error));
+      const alone = await complete(stack, prompts[i]!, 1000);
+      assert.equal(r.body.choices![0]!.text, alone.body.choices![0]!.text, `stream ${i}`);
+    }
+    await poolAtBaseline(stack.decode.ready.address);
+    await poolAtBaseline(stack.prefill.ready.address);
+  });
+
+  test('requests that find the pools full wait for blocks instead of failing; all complete as alone', async () => {
+    // Two blocks of 16 positions per worker: two sequences at a time; each fits one block (no growth).
+    stack = await startStack(tinyModel(), 'tcp', {}, { extra: ['--blocks', '2'] });
+    const prompts = [0, 1, 2, 3, 4, 5].map((i) => [3 + i, 7, 11, 13]);
+    const alone: Awaited<ReturnType<typeof complete>>[] = [];
+    for (const p of prompts) alone.push(await complete(stack, p, 8));
+    const together = await Promise.all(prompts.map((p) => complete(stack!, p, 8)));
+    together.forEach((r, i) => {
+      assert.equal(r.status, 200, JSON.stringify(r.body.error));
+      assert.equal(r.body.choices![0]!.text, alone[i]!.body.choices![0]!.text, `request ${i}`);
+    });
     await poolAtBaseline(stack.decode.ready.address);
     await poolAtBaseline(stack.prefill.ready.address);
   });

@@ -84,6 +84,83 @@ class ForwardWorker : public Napi::AsyncWorker {
   ErrorInfo error_;
 };
 
+// Runs one batched step (Session::Step) off the event loop; resolves with one entry per sequence: its logits
+// (Float32Array), null when it asked for none, or the Error that dropped it (the others are unaffected).
+class StepWorker : public Napi::AsyncWorker {
+ public:
+  struct Entry {
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> table;
+    int64_t start = 0;
+    bool logits = true;
+    engine::CancelFlag cancel;
+  };
+
+  StepWorker(Napi::Env env, engine::Session& session, bool* busy, std::vector<Entry> entries, Napi::Object keep_alive,
+             Napi::Array cancel_words)
+      : Napi::AsyncWorker(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        session_(session),
+        busy_(busy),
+        entries_(std::move(entries)),
+        keep_alive_(Napi::Persistent(keep_alive)),
+        cancel_refs_(Napi::Persistent(cancel_words.As<Napi::Object>())) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    std::vector<engine::SeqBatch> batch;
+    batch.reserve(entries_.size());
+    for (const Entry& e : entries_)
+      batch.push_back({e.tokens.data(), static_cast<int64_t>(e.tokens.size()), &e.table, e.start, e.logits, e.cancel});
+    try {
+      results_ = session_.Step(batch);
+    } catch (const Error& e) {
+      error_ = e.info();
+    } catch (const std::exception& e) {
+      error_ = ErrorInfo{code::kInvalidArgument, e.what(), 0, {}};
+    }
+  }
+
+  void OnOK() override {
+    *busy_ = false;
+    Napi::Env env = Env();
+    if (!error_.ok()) {
+      deferred_.Reject(ErrorObject(env, error_));
+      return;
+    }
+    Napi::Array out = Napi::Array::New(env, results_.size());
+    for (size_t i = 0; i < results_.size(); ++i) {
+      const engine::SeqResult& r = results_[i];
+      if (!r.error.ok()) {
+        out.Set(static_cast<uint32_t>(i), ErrorObject(env, r.error));
+      } else if (r.logits.empty()) {
+        out.Set(static_cast<uint32_t>(i), env.Null());
+      } else {
+        Napi::Float32Array logits = Napi::Float32Array::New(env, r.logits.size());
+        std::copy(r.logits.begin(), r.logits.end(), logits.Data());
+        out.Set(static_cast<uint32_t>(i), logits);
+      }
+    }
+    deferred_.Resolve(out);
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  engine::Session& session_;
+  bool* busy_;
+  std::vector<Entry> entries_;
+  Napi::ObjectReference keep_alive_;   // the engine object, so it is not collected mid-computation
+  Napi::ObjectReference cancel_refs_;  // the entries' cancel words (JS Int32Arrays), alive for the step
+  std::vector<engine::SeqResult> results_;
+  ErrorInfo error_;
+};
+
+bool IsCancelWord(const Napi::Value& v) {
+  return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array &&
+         v.As<Napi::TypedArray>().ElementLength() >= 1;
+}
+
 }  // namespace
 
 // NativeEngine.blockBytes(modelPath, tokensPerBlock, f32): the pool size a caller must provide per block.
@@ -111,6 +188,7 @@ Napi::Function EngineWrap::Init(Napi::Env env) {
                          InstanceMethod<&EngineWrap::Free>("free"),
                          InstanceMethod<&EngineWrap::Claim>("claim"),
                          InstanceMethod<&EngineWrap::Forward>("forward"),
+                         InstanceMethod<&EngineWrap::Step>("step"),
                          InstanceMethod<&EngineWrap::Close>("close"),
                      });
 }
@@ -222,6 +300,40 @@ Napi::Value EngineWrap::Forward(const Napi::CallbackInfo& info) {
   }
   auto* worker = new ForwardWorker(env, session, &busy_, std::move(tokens), std::move(table),
                                    info[2].As<Napi::Number>().Int64Value(), info.This().As<Napi::Object>(), cancel);
+  busy_ = true;
+  worker->Queue();
+  return worker->Promise();
+}
+
+// step([{ tokens: Int32Array, table: Int32Array, startPos, logits?: boolean, cancel?: Int32Array }]) ->
+// Promise<Array<Float32Array | null | Error>>: one batched forward step over all the sequences (Session::Step).
+Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  engine::Session& session = SessionOrThrow(env);
+  if (busy_) ThrowCoded(env, code::kBusy, "a forward pass is already running on this engine");
+  if (info.Length() < 1 || !info[0].IsArray()) ThrowCoded(env, code::kInvalidArgument, "step(entries)");
+  Napi::Array list = info[0].As<Napi::Array>();
+  std::vector<StepWorker::Entry> entries(list.Length());
+  Napi::Array words = Napi::Array::New(env);
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    Napi::Value v = list.Get(i);
+    if (!v.IsObject()) ThrowCoded(env, code::kInvalidArgument, "each step entry must be an object");
+    Napi::Object o = v.As<Napi::Object>();
+    StepWorker::Entry& e = entries[i];
+    e.tokens = Int32Vector(env, o.Get("tokens"), "tokens");
+    e.table = Int32Vector(env, o.Get("table"), "block table");
+    if (!o.Get("startPos").IsNumber()) ThrowCoded(env, code::kInvalidArgument, "a step entry needs startPos");
+    e.start = o.Get("startPos").As<Napi::Number>().Int64Value();
+    e.logits = o.Get("logits").IsUndefined() || o.Get("logits").ToBoolean();
+    Napi::Value cancel = o.Get("cancel");
+    if (cancel.IsUndefined()) continue;
+    if (!IsCancelWord(cancel))
+      ThrowCoded(env, code::kInvalidArgument, "a step entry's cancel word must be an Int32Array");
+    // The word lives in a JS Int32Array; the reference held in `words` keeps its memory for the step.
+    e.cancel = engine::CancelFlag(cancel.As<Napi::Int32Array>().Data());
+    words.Set(words.Length(), cancel);
+  }
+  auto* worker = new StepWorker(env, session, &busy_, std::move(entries), info.This().As<Napi::Object>(), words);
   busy_ = true;
   worker->Queue();
   return worker->Promise();

@@ -1,5 +1,6 @@
 // NativeEngine: the reference Llama engine over a KV pool in JS-visible (typically fabric-registered) memory.
-// Forward passes run on a libuv worker (AsyncWorker), one at a time per engine (TS serialises them), so the
+// Forward passes and batched steps run on a libuv worker (AsyncWorker), one at a time per engine (TS batches
+// concurrent calls into one step), so the
 // event loop stays free while the model computes.
 #pragma once
 
@@ -24,6 +25,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value Free(const Napi::CallbackInfo& info);
   Napi::Value Claim(const Napi::CallbackInfo& info);
   Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value Step(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   engine::Session& SessionOrThrow(Napi::Env env);

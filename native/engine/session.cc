@@ -144,38 +144,6 @@ Session::Session(const Model& model, KvPool& pool, const SessionOptions& options
   unpacked_.resize(static_cast<size_t>(pool_threads_.size()));
 }
 
-std::vector<float> Session::Prefill(const std::vector<int32_t>& tokens, const BlockTable& table, int64_t start_pos,
-                                    CancelFlag cancel) {
-  if (tokens.empty()) Invalid("prefill needs at least one token");
-  const LlamaHparams& hp = model_.hparams();
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  if (start_pos < 0) Invalid("negative start position " + std::to_string(start_pos));
-  if (start_pos + n > hp.n_ctx)
-    throw Error(code::kContextOverflow, "positions " + std::to_string(start_pos) + ".." +
-                                            std::to_string(start_pos + n - 1) + " exceed the context length " +
-                                            std::to_string(hp.n_ctx));
-  const int64_t covered = static_cast<int64_t>(table.size()) * pool_.layout().tokens_per_block;
-  if (covered < start_pos + n)
-    Invalid("block table of " + std::to_string(table.size()) + " blocks covers " + std::to_string(covered) +
-            " positions, " + std::to_string(start_pos + n) + " needed");
-  pool_.CheckTable(table);
-  for (int32_t t : tokens)
-    if (t < 0 || t >= hp.n_vocab)
-      Invalid("token id " + std::to_string(t) + " outside the vocabulary of " + std::to_string(hp.n_vocab));
-
-  std::vector<float> logits(static_cast<size_t>(hp.n_vocab));
-  for (int64_t done = 0; done < n;) {
-    const int64_t b = std::min<int64_t>(options_.max_batch, n - done);
-    Forward(tokens.data() + done, b, table, start_pos + done, done + b == n ? logits.data() : nullptr, cancel);
-    done += b;
-  }
-  return logits;
-}
-
-std::vector<float> Session::Decode(int32_t token, const BlockTable& table, int64_t pos, CancelFlag cancel) {
-  return Prefill(std::vector<int32_t>{token}, table, pos, cancel);
-}
-
 void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens) {
   int64_t total = 0;
   bool quantized = false;
@@ -219,7 +187,7 @@ void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_t
   });
 }
 
-void Session::StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n) {
+void Session::StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n, const float* k, const float* v) {
   const LlamaHparams& hp = model_.hparams();
   const KvLayout& l = pool_.layout();
   const int64_t hd = hp.head_dim, tpb = l.tokens_per_block, kv_dim = static_cast<int64_t>(hp.n_head_kv) * hd;
@@ -229,7 +197,7 @@ void Session::StoreKv(int layer, const BlockTable& table, int64_t start, int64_t
     const int64_t slot = pos % tpb;
     for (int kv = 0; kv < 2; ++kv) {
       uint8_t* section = pool_.base() + l.Offset(block, layer, kv);
-      const float* src = (kv == 0 ? k_.data() : v_.data()) + t * kv_dim;
+      const float* src = (kv == 0 ? k : v) + t * kv_dim;
       for (int h = 0; h < hp.n_head_kv; ++h) {
         const int64_t elem = (h * tpb + slot) * hd;
         const float* s = src + h * hd;
@@ -246,7 +214,7 @@ void Session::StoreKv(int layer, const BlockTable& table, int64_t start, int64_t
   }
 }
 
-void Session::Attention(int layer, const BlockTable& table, int64_t start, int64_t n) {
+void Session::Attention(int layer, const BlockTable& table, int64_t start, int64_t n, const float* q, float* out) {
   const LlamaHparams& hp = model_.hparams();
   const KvLayout& l = pool_.layout();
   const int64_t hd = hp.head_dim, tpb = l.tokens_per_block, q_dim = static_cast<int64_t>(hp.n_head) * hd;
@@ -277,40 +245,47 @@ void Session::Attention(int layer, const BlockTable& table, int64_t start, int64
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / hp.n_head;
       const int h = static_cast<int>(item % hp.n_head), kvh = h / group;
-      AttendHead(q_.data() + t * q_dim + h * hd, kf_.data() + kvh * hd, vf_.data() + kvh * hd, kv_dim, start + t + 1,
-                 hd, scale, scores, attn_.data() + t * q_dim + h * hd);
+      AttendHead(q + t * q_dim + h * hd, kf_.data() + kvh * hd, vf_.data() + kvh * hd, kv_dim, start + t + 1, hd, scale,
+                 scores, out + t * q_dim + h * hd);
     }
   });
 }
 
-void Session::Forward(const int32_t* tokens, int64_t n, const BlockTable& table, int64_t start, float* logits,
-                      CancelFlag cancel) {
+void Session::Forward(const std::vector<Segment>& segs) {
   const LlamaHparams& hp = model_.hparams();
   const int64_t E = hp.n_embd, F = hp.n_ff, hd = hp.head_dim;
   const int64_t q_dim = static_cast<int64_t>(hp.n_head) * hd, kv_dim = static_cast<int64_t>(hp.n_head_kv) * hd;
   const int half = hp.rope_dim / 2;
+  int64_t n = 0;  // rows of all segments
+  for (const Segment& s : segs) n += s.n;
   auto size = [n](std::vector<float>& v, int64_t per_token) { v.resize(static_cast<size_t>(n * per_token)); };
   size(x_, E), size(xn_, E), size(q_, q_dim), size(k_, kv_dim), size(v_, kv_dim), size(attn_, q_dim);
   size(tmp_, E), size(gate_, F), size(up_, F), size(rope_cos_, half), size(rope_sin_, half);
 
+  // Embeddings and RoPE angles per row, as ggml_rope_cache_init (ext_factor 0, freq_scale 1, attn_factor 1):
+  // each depends on the row's own token and position only.
   const GgufTensor& embd = model_.token_embd();
-  for (int64_t t = 0; t < n; ++t) DequantizeRow(embd, static_cast<uint64_t>(tokens[t]), x_.data() + t * E);
-
-  // RoPE angles per position, as ggml_rope_cache_init (ext_factor 0, freq_scale 1, attn_factor 1).
   const float theta_scale = std::pow(hp.rope_freq_base, -2.0f / static_cast<float>(hp.rope_dim));
-  for (int64_t t = 0; t < n; ++t) {
-    float theta = static_cast<float>(start + t);
-    for (int i = 0; i < half; ++i) {
-      rope_cos_[static_cast<size_t>(t * half + i)] = std::cos(theta);
-      rope_sin_[static_cast<size_t>(t * half + i)] = std::sin(theta);
-      theta *= theta_scale;
+  std::vector<int64_t> first(segs.size()), last_rows;
+  int64_t row = 0;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    first[i] = row;
+    for (int64_t t = 0; t < segs[i].n; ++t, ++row) {
+      DequantizeRow(embd, static_cast<uint64_t>(segs[i].tokens[t]), x_.data() + row * E);
+      float theta = static_cast<float>(segs[i].start + t);
+      for (int j = 0; j < half; ++j) {
+        rope_cos_[static_cast<size_t>(row * half + j)] = std::cos(theta);
+        rope_sin_[static_cast<size_t>(row * half + j)] = std::sin(theta);
+        theta *= theta_scale;
+      }
     }
+    if (segs[i].logits) last_rows.push_back(row - 1);
   }
 
   for (int layer = 0; layer < hp.n_layer; ++layer) {
-    if (cancel.raised())
-      throw Error(code::kCancelled, "forward pass cancelled at layer " + std::to_string(layer) + " of positions " +
-                                        std::to_string(start) + ".." + std::to_string(start + n - 1));
+    // Only when every sequence of the pass has ended: one request's cancel must not fail the others.
+    if (std::all_of(segs.begin(), segs.end(), [](const Segment& s) { return s.cancel.raised(); }))
+      throw Error(code::kCancelled, "forward pass cancelled at layer " + std::to_string(layer));
     const LlamaLayer& L = model_.layers()[static_cast<size_t>(layer)];
     for (int64_t t = 0; t < n; ++t) RmsNorm(x_.data() + t * E, L.attn_norm.data(), E, hp.rms_eps, xn_.data() + t * E);
     const MatJob qkv[3] = {{L.wq, q_.data()}, {L.wk, k_.data()}, {L.wv, v_.data()}};
@@ -321,8 +296,12 @@ void Session::Forward(const int32_t* tokens, int64_t n, const BlockTable& table,
       Rope(q_.data() + t * q_dim, hp.n_head, hp.head_dim, hp.rope_dim, cs, sn);
       Rope(k_.data() + t * kv_dim, hp.n_head_kv, hp.head_dim, hp.rope_dim, cs, sn);
     }
-    StoreKv(layer, table, start, n);
-    Attention(layer, table, start, n);
+    for (size_t i = 0; i < segs.size(); ++i) {
+      const Segment& s = segs[i];
+      const int64_t r = first[i];
+      StoreKv(layer, *s.table, s.start, s.n, k_.data() + r * kv_dim, v_.data() + r * kv_dim);
+      Attention(layer, *s.table, s.start, s.n, q_.data() + r * q_dim, attn_.data() + r * q_dim);
+    }
     const MatJob wo{L.wo, tmp_.data()};
     MatMul(&wo, 1, attn_.data(), n);
     for (int64_t i = 0; i < n * E; ++i) x_[static_cast<size_t>(i)] += tmp_[static_cast<size_t>(i)];
@@ -338,11 +317,22 @@ void Session::Forward(const int32_t* tokens, int64_t n, const BlockTable& table,
     MatMul(&down, 1, gate_.data(), n);
     for (int64_t i = 0; i < n * E; ++i) x_[static_cast<size_t>(i)] += tmp_[static_cast<size_t>(i)];
   }
+  if (!last_rows.empty()) Logits(segs, last_rows);
+}
 
-  if (!logits) return;
-  RmsNorm(x_.data() + (n - 1) * E, model_.output_norm().data(), E, hp.rms_eps, xn_.data());
-  const MatJob out{&model_.output(), logits};
-  MatMul(&out, 1, xn_.data(), 1);
+// The output head over the last row of each segment that wants logits, as one batch of rows.
+void Session::Logits(const std::vector<Segment>& segs, const std::vector<int64_t>& last_rows) {
+  const LlamaHparams& hp = model_.hparams();
+  const int64_t E = hp.n_embd, V = hp.n_vocab, m = static_cast<int64_t>(last_rows.size());
+  for (int64_t i = 0; i < m; ++i)
+    RmsNorm(x_.data() + last_rows[static_cast<size_t>(i)] * E, model_.output_norm().data(), E, hp.rms_eps,
+            xn_.data() + i * E);
+  out_.resize(static_cast<size_t>(m * V));
+  const MatJob out{&model_.output(), out_.data()};
+  MatMul(&out, 1, xn_.data(), m);
+  int64_t i = 0;
+  for (const Segment& s : segs)
+    if (s.logits) std::memcpy(s.logits, out_.data() + (i++) * V, static_cast<size_t>(V) * sizeof(float));
 }
 
 }  // namespace kvf::engine

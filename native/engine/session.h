@@ -5,11 +5,12 @@
 // with them in integers (qdot.h); F32/F16/BF16 weights are converted to float and dotted with the float
 // activations. Prefill runs a batch of positions at once: each tile of weight rows is unpacked once per
 // batch and dotted with every token, which is what makes it faster than token-by-token decoding. Decode
-// is a batch of one through the same code. Every (row, token) product is computed by the same sequence of
-// operations whatever the batch, tile or thread count, and every position's K/V goes into the pool
-// (rounded to the pool's dtype) before attention reads it back through the block table, so a prompt gives
-// the same logits whether it was prefilled in one batch, in chunks or decoded token by token, and blocks
-// copied to other ids (or pulled from another process) give the same logits too.
+// is a batch of one through the same code, and Step (session_step.cc) runs the rows of many sequences (decodes
+// and prompt chunks of different requests) as one batch, each with its own block table (continuous batching). Every
+// (row, token) product is computed by the same sequence of operations whatever the batch, tile or thread count, and
+// every position's K/V goes into the pool (rounded to the pool's dtype) before attention reads it back through the
+// block table, so a prompt gives the same logits whether it was prefilled in one batch, in chunks or decoded token by
+// token, and blocks copied to other ids (or pulled from another process) give the same logits too.
 //
 // Math follows llama.cpp's LLAMA graph: RMSNorm (sum of squares in double), RoPE of type NORM
 // (rotation of adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/rope_dim), theta built iteratively in
@@ -24,6 +25,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/error.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/qdot.h"
@@ -52,6 +54,24 @@ class CancelFlag {
   const int32_t* word_ = nullptr;
 };
 
+// One sequence of a batched step (Session::Step): `n` tokens at positions start_pos.., written through `table`
+// (which must cover positions [0, start_pos + n)). Pointers are the caller's and must outlive the call.
+struct SeqBatch {
+  const int32_t* tokens = nullptr;
+  int64_t n = 0;
+  const BlockTable* table = nullptr;
+  int64_t start_pos = 0;
+  bool logits = true;  // whether the last token's logits are wanted (not for a prompt's inner chunks)
+  CancelFlag cancel;
+};
+
+// A sequence's outcome in a step: its last token's logits (when wanted), or the error that dropped it
+// (invalid arguments, context overflow, or KVF_ERR_CANCELLED when its cancel word was raised).
+struct SeqResult {
+  std::vector<float> logits;
+  ErrorInfo error;
+};
+
 // Not thread-safe: one forward pass at a time per Session. Several Sessions may share a Model, and a
 // pool when their block tables do not overlap.
 class Session {
@@ -67,6 +87,16 @@ class Session {
   // Prefill of one token.
   std::vector<float> Decode(int32_t token, const BlockTable& table, int64_t pos, CancelFlag cancel = {});
 
+  // One batched step over many sequences: their rows are concatenated into one activation batch, so each
+  // weight tile is unpacked once for all of them; K/V store and attention run per sequence through its own
+  // table. A row's computation depends only on its own token, position and its sequence's cached K/V, so a
+  // sequence's logits are bit-identical whatever else shares the step. More than max_batch rows run as several
+  // passes (a sequence may be split between them). A sequence that fails validation, or whose block table
+  // touches a block another (earlier) sequence of the step writes, gets its error and does not run; one whose
+  // cancel word is raised is dropped at the next pass boundary, or the pass stops when all of its sequences
+  // are cancelled. The others are unaffected.
+  std::vector<SeqResult> Step(const std::vector<SeqBatch>& batch);
+
   int threads() const { return pool_threads_.size(); }
   const Model& model() const { return model_; }
 
@@ -75,11 +105,24 @@ class Session {
     const GgufTensor* w;
     float* y;  // [n_tokens][rows]
   };
-  void Forward(const int32_t* tokens, int64_t n, const BlockTable& table, int64_t start, float* logits,
-               CancelFlag cancel);
+  // One sequence's rows in a pass: `n` tokens from `start`; `logits` receives the last row's (or null).
+  struct Segment {
+    const int32_t* tokens;
+    int64_t n;
+    const BlockTable* table;
+    int64_t start;
+    float* logits;
+    CancelFlag cancel;
+  };
+  // One pass over the segments' rows, concatenated; KVF_ERR_CANCELLED when all their cancel words are raised.
+  void Forward(const std::vector<Segment>& segs);
+  void Logits(const std::vector<Segment>& segs, const std::vector<int64_t>& last_rows);
+  void Validate(const SeqBatch& seq) const;
   void MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens);
-  void Attention(int layer, const BlockTable& table, int64_t start, int64_t n);
-  void StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n);
+  // Attention of one sequence's n query rows (q: its first row, [n][n_head * head_dim]) into out (same shape).
+  void Attention(int layer, const BlockTable& table, int64_t start, int64_t n, const float* q, float* out);
+  // Stores one sequence's n K and V rows (k, v: its first row, [n][n_head_kv * head_dim]) into the pool.
+  void StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n, const float* k, const float* v);
 
   const Model& model_;
   KvPool& pool_;
@@ -91,6 +134,7 @@ class Session {
   // Activations for one batch, [token][...].
   std::vector<float> x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_;
   std::vector<float> rope_cos_, rope_sin_;   // [token][rope_dim / 2]
+  std::vector<float> out_;                   // the output head's rows, [sequence][n_vocab]
   std::vector<float> kf_, vf_;               // the layer's cached K and V as float, [position][kv head][head_dim]
   std::vector<std::vector<float>> scratch_;  // per thread
 };

@@ -139,6 +139,8 @@ const SERVE_KEYS = {
   tokensPerBlock: 'worker',
   kvDtype: 'worker',
   threads: 'worker',
+  maxBatchSequences: 'worker',
+  maxStepTokens: 'worker',
 } as const;
 type ServeKey = keyof typeof SERVE_KEYS;
 const SERVE_DEFAULTED = new Set<ServeKey>(['provider', 'mode', 'listen']);

@@ -32,6 +32,13 @@ export declare class NativeEngine {
   /** Logits of the last token; one token decodes, several prefill. */
   /** cancel[0] set non-zero stops the pass at its next layer (KVF_ERR_CANCELLED). */
   forward(tokens: Int32Array, table: Int32Array, startPos: number, cancel?: Int32Array): Promise<Float32Array>;
+  /**
+   * One batched step over several sequences; per entry its last token's logits, null when `logits` is false, or
+   * the Error that dropped it (cancel[0] raised, invalid arguments) while the others ran.
+   */
+  step(
+    entries: Array<{ tokens: Int32Array; table: Int32Array; startPos: number; logits?: boolean; cancel?: Int32Array }>,
+  ): Promise<Array<Float32Array | null | Error>>;
   close(): void;
 }
 

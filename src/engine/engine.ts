@@ -5,6 +5,9 @@ import { KvfError, fromNative } from '../common/errors.js';
 import { addon, type NativeEngine, type NativeEngineInfo } from '../common/addon.js';
 import type { KvLayout } from '../kv/layout.js';
 import { DEFAULT_TOKENS_PER_BLOCK } from '../kv/plan.js';
+import { DEFAULT_MAX_BATCH_SEQUENCES, DEFAULT_MAX_STEP_TOKENS, StepBatcher, type BatchStats } from './batcher.js';
+
+export { DEFAULT_MAX_BATCH_SEQUENCES, DEFAULT_MAX_STEP_TOKENS, type BatchStats } from './batcher.js';
 
 export type ModelInfo = Pick<NativeEngineInfo, 'layers' | 'embedding' | 'heads' | 'kvHeads' | 'headDim' | 'vocab' | 'contextLength'>;
 
@@ -23,7 +26,23 @@ export interface Engine {
   prefill(tokens: readonly number[], blocks: readonly number[], startPos?: number, signal?: AbortSignal): Promise<Float32Array>;
   /** One token at `pos`; resolves with its logits. `signal` as for prefill. */
   decode(token: number, blocks: readonly number[], pos: number, signal?: AbortSignal): Promise<Float32Array>;
+  /**
+   * A batch of sequences, each with its own tokens, block table and start position, run together (decodes and
+   * prompt chunks in the same steps); resolves with each one's last-token logits, in order. Logits are
+   * bit-identical to running each sequence alone. Rejects with the first entry's error once all have ended
+   * (the others still ran). Concurrent prefill/decode/step calls share steps too.
+   */
+  step(batch: readonly StepEntry[]): Promise<Float32Array[]>;
+  /** Steps run and the sequences and tokens they carried (batch occupancy). */
+  readonly stats: BatchStats;
   close(): Promise<void>;
+}
+
+export interface StepEntry {
+  tokens: readonly number[];
+  blocks: readonly number[];
+  startPos: number;
+  signal?: AbortSignal;
 }
 
 export interface ReferenceEngineOptions {
@@ -33,14 +52,21 @@ export interface ReferenceEngineOptions {
   tokensPerBlock?: number;
   dtype?: 'f16' | 'f32';
   threads?: number;
+  /** Sequences in one batched step at most (default 32). */
+  maxBatchSequences?: number;
+  /**
+   * Tokens in one step at most (default 256): decodes take one each, prompts are cut into chunks that fill the
+   * rest, so a long prompt does not stall the decodes running beside it for its whole prefill.
+   */
+  maxStepTokens?: number;
 }
 
 export class ReferenceEngine implements Engine {
   readonly model: ModelInfo;
   readonly layout: KvLayout;
   #native: NativeEngine | undefined;
-  // The native engine runs one forward pass at a time; calls queue here.
-  #queue: Promise<unknown> = Promise.resolve();
+  // The native engine runs one step at a time; calls that arrive meanwhile join the next one.
+  readonly #batcher: StepBatcher;
 
   /** Bytes of one KV block for this model, to size the pool before loading. */
   static blockBytes(modelPath: string, options: { tokensPerBlock?: number; dtype?: 'f16' | 'f32' } = {}): number {
@@ -76,6 +102,15 @@ export class ReferenceEngine implements Engine {
       dtype: info.dtype,
       blockBytes: info.blockBytes,
     };
+    const limits = {
+      maxBatchSequences: options.maxBatchSequences ?? DEFAULT_MAX_BATCH_SEQUENCES,
+      maxStepTokens: options.maxStepTokens ?? DEFAULT_MAX_STEP_TOKENS,
+    };
+    this.#batcher = new StepBatcher(limits, info.tokensPerBlock, (entries) => this.#engine().step(entries));
+  }
+
+  get stats(): BatchStats {
+    return this.#batcher.stats;
   }
 
   get freeBlockCount(): number {
@@ -102,32 +137,33 @@ export class ReferenceEngine implements Engine {
     return this.#forward(Int32Array.of(token), blocks, pos, signal);
   }
 
+  async step(batch: readonly StepEntry[]): Promise<Float32Array[]> {
+    const runs = await Promise.allSettled(batch.map((e) => this.#forward(Int32Array.from(e.tokens), e.blocks, e.startPos, e.signal)));
+    const failed = runs.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    return runs.map((r) => (r as PromiseFulfilledResult<Float32Array>).value);
+  }
+
   async close(): Promise<void> {
-    await this.#queue.catch(() => {});
+    await this.#batcher.idle();
     this.#native?.close();
     this.#native = undefined;
   }
 
   #forward(tokens: Int32Array, blocks: readonly number[], pos: number, signal?: AbortSignal): Promise<Float32Array> {
     if (!this.#native) return Promise.reject(new KvfError('KVF_ERR_CLOSED', 'engine is closed'));
-    const engine = this.#native;
-    const table = Int32Array.from(blocks);
-    // The word the pass checks between layers; an abort raises it whether the pass has started or not.
-    const cancel = new Int32Array(1);
-    const onAbort = (): void => void (cancel[0] = 1);
-    signal?.addEventListener('abort', onAbort, { once: true });
-    const run = this.#queue
-      .catch(() => {})
-      .then(() => {
-        if (signal?.aborted) throw new KvfError('KVF_ERR_CANCELLED', 'forward pass dropped before it ran: its request ended');
-        return engine.forward(tokens, table, pos, cancel);
-      })
-      .catch((e: unknown) => {
-        throw fromNative(e);
-      })
-      .finally(() => signal?.removeEventListener('abort', onAbort));
-    this.#queue = run;
-    return run;
+    // Checked whole before the first chunk runs (each chunk's step checks its own positions again).
+    const end = pos + tokens.length;
+    if (Number.isInteger(pos) && pos >= 0 && end > this.model.contextLength) {
+      const msg = `positions ${pos}..${end - 1} exceed the context length ${this.model.contextLength}`;
+      return Promise.reject(new KvfError('KVF_ERR_CONTEXT_OVERFLOW', msg));
+    }
+    const covered = blocks.length * this.layout.tokensPerBlock;
+    if (covered < end) {
+      const msg = `block table of ${blocks.length} blocks covers ${covered} positions, ${end} needed`;
+      return Promise.reject(new KvfError('KVF_ERR_INVALID_ARGUMENT', msg));
+    }
+    return this.#batcher.submit(tokens, Int32Array.from(blocks), pos, signal);
   }
 
   #engine(): NativeEngine {

@@ -3,6 +3,7 @@
 // so that the CLI can declare its flags without loading the validator (config.ts compiles these schemas).
 import type { JSONSchemaType } from 'ajv';
 
+import { DEFAULT_MAX_BATCH_SEQUENCES, DEFAULT_MAX_STEP_TOKENS } from '../engine/batcher.js';
 import { MAX_BUSY_POLL_US } from '../fabric/config.js';
 import { METADATA_LIMITS } from '../fabric/metadata.js';
 import { MAX_LEASE_MS } from '../kv/leases.js';
@@ -49,6 +50,10 @@ export interface WorkerConfig extends Common {
   tokensPerBlock: number;
   kvDtype: 'f16' | 'f32';
   threads?: number;
+  /** Sequences in one batched engine step at most (continuous batching). */
+  maxBatchSequences: number;
+  /** Tokens in one engine step at most: decodes one each, prompt chunks fill the rest (chunked prefill). */
+  maxStepTokens: number;
   hugepages: boolean;
   leaseMs: number;
   /** The longest lease this worker grants, whatever a caller asks for. */
@@ -133,6 +138,8 @@ export const workerSchema: JSONSchemaType<WorkerConfig> = {
     'blocks',
     'tokensPerBlock',
     'kvDtype',
+    'maxBatchSequences',
+    'maxStepTokens',
     'hugepages',
     'leaseMs',
     'maxLeaseMs',
@@ -164,6 +171,20 @@ export const workerSchema: JSONSchemaType<WorkerConfig> = {
     tokensPerBlock: { type: 'integer', minimum: 1, maximum: 4096, default: DEFAULT_TOKENS_PER_BLOCK, description: 'positions per KV block' },
     kvDtype: { type: 'string', enum: ['f16', 'f32'], default: 'f16', description: 'KV cache element type' },
     threads: { type: 'integer', minimum: 1, maximum: 1024, nullable: true, description: 'engine threads' },
+    maxBatchSequences: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 1024,
+      default: DEFAULT_MAX_BATCH_SEQUENCES,
+      description: 'sequences in one batched engine step at most (continuous batching)',
+    },
+    maxStepTokens: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 65536,
+      default: DEFAULT_MAX_STEP_TOKENS,
+      description: 'tokens in one engine step at most: decodes one each, prompt chunks fill the rest (chunked prefill)',
+    },
     hugepages: { type: 'boolean', default: false, description: 'put the KV pool on 2 MiB hugepages' },
     leaseMs: { type: 'integer', minimum: 1, maximum: MAX_LEASE_MS, default: 30_000, description: 'free blocks not pulled within this' },
     maxLeaseMs: {

@@ -30,6 +30,8 @@ export interface LocalStackOptions {
   tokensPerBlock?: string;
   kvDtype?: string;
   threads?: string;
+  maxBatchSequences?: string;
+  maxStepTokens?: string;
 }
 
 export async function runLocalStack(options: LocalStackOptions, log: Logger = defaultLogger()): Promise<void> {
@@ -45,6 +47,8 @@ export async function runLocalStack(options: LocalStackOptions, log: Logger = de
     ...(options.tokensPerBlock ? ['--tokens-per-block', options.tokensPerBlock] : []),
     ...(options.kvDtype ? ['--kv-dtype', options.kvDtype] : []),
     ...(options.threads ? ['--threads', options.threads] : []),
+    ...(options.maxBatchSequences ? ['--max-batch-sequences', options.maxBatchSequences] : []),
+    ...(options.maxStepTokens ? ['--max-step-tokens', options.maxStepTokens] : []),
   ];
   const policy = restartPolicy();
   const secrets = {

@@ -84,6 +84,17 @@ export class ServeMetrics {
       'Measured prefill rate per worker, which its admission sizes the queue by',
       (s) => s.prefillTokensPerS,
     );
+    // Continuous batching: rate(steps) and rate(sequences) / rate(steps) give steps per second and the average
+    // batch; the last step's sequences over the limit is the batch occupancy now.
+    poolGauge('kvfabric_worker_engine_steps', 'Batched engine steps run per worker (a count since it started)', (s) => s.engineSteps);
+    poolGauge('kvfabric_worker_step_sequences', 'Sequences the engine steps carried in all per worker (a count since it started)', (s) => s.stepSequences);
+    poolGauge('kvfabric_worker_step_tokens', 'Tokens the engine steps carried in all per worker (a count since it started)', (s) => s.stepTokens);
+    poolGauge('kvfabric_worker_batch_sequences', 'Sequences in the running (or last) engine step per worker', (s) => s.batchSequences);
+    poolGauge('kvfabric_worker_batch_tokens', 'Tokens in the running (or last) engine step per worker', (s) => s.stepTokensLast);
+    poolGauge('kvfabric_worker_batch_occupancy', 'Sequences in the running (or last) step over --max-batch-sequences', (s) =>
+      s.maxBatchSequences ? s.batchSequences / s.maxBatchSequences : 0,
+    );
+    poolGauge('kvfabric_worker_waiting_passes', 'Prefill and decode calls waiting for an engine step per worker', (s) => s.waitingPasses);
     new Gauge({
       name: 'kvfabric_workers_healthy',
       help: 'Healthy workers per role',

@@ -124,6 +124,15 @@ export interface WorkerStatus {
   queuedTokens: number;
   streams: number;
   prefillTokensPerS: number;
+  /** Continuous batching (engine stats): steps run, the sequences and tokens they carried in all, the last step's. */
+  engineSteps: number;
+  stepSequences: number;
+  stepTokens: number;
+  batchSequences: number;
+  stepTokensLast: number;
+  maxBatchSequences: number;
+  maxStepTokens: number;
+  waitingPasses: number;
   ttlMs: number;
 }
 

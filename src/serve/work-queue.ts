@@ -1,5 +1,5 @@
-// A worker's admission control. The engine runs one forward pass at a time, so a prompt admitted behind others
-// waits for all of theirs: this tracks the prompt tokens admitted and not yet prefilled, measures how fast the
+// A worker's admission control. The engine batches requests but prefills prompts in arrival order (a chunked
+// prompt keeps the step's token budget until it is done), so a prompt admitted behind others waits for all of theirs: this tracks the prompt tokens admitted and not yet prefilled, measures how fast the
 // engine prefills (tokens per second, a moving average of finished prefills), and refuses at once with
 // KVF_ERR_OVERLOADED a prompt that could not be done before its caller's deadline at that rate, instead of
 // starting work that would be cancelled half-way. Decode streams are capped in number: each adds a pass to

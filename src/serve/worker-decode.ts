@@ -7,7 +7,7 @@ import { Sampler } from '../engine/sampling.js';
 import { blocksFor } from '../kv/plan.js';
 import type { grpc, DecodeEvent, DecodeRequest, TransferReportMsg } from './rpc.js';
 import type { HandOff } from './security/hand-off.js';
-import { samplingOptions, whileCalled, type WorkerParts } from './worker-call.js';
+import { deadlineOf, samplingOptions, whileCalled, type WorkerParts } from './worker-call.js';
 import { pullFallbackReason } from './worker-kv.js';
 
 export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>, trace: Traced): Promise<void> {
@@ -32,9 +32,10 @@ export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<Dec
   // may generate up to the context does not hold the whole context's blocks from its start.
   const start = req.prompt.length + resumed;
   try {
-    blocks ??= w.engine.allocateBlocks(blocksFor(w.kv.layout, Math.min(start + 1, ctx)));
+    // A pool without room waits for blocks while the call lasts (WorkerKv.allocate).
+    blocks ??= await w.kv.allocate(blocksFor(w.kv.layout, Math.min(start + 1, ctx)), live, deadlineOf(call));
   } catch (err) {
-    // A pool without room for the sequence (KVF_ERR_POOL_EXHAUSTED): the stream's slot goes back.
+    // No room for the sequence in time (KVF_ERR_POOL_EXHAUSTED), or the call ended: the stream's slot goes back.
     streamEnded();
     throw err;
   }

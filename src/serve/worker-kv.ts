@@ -27,7 +27,13 @@ import type { HandleAccess, HandleSigner } from './security/handles.js';
  */
 const QUARANTINE_MS = 1000;
 
-type KvConfig = Pick<WorkerConfig, 'id' | 'leaseMs' | 'maxLeaseMs' | 'peerIdleMs' | 'transferTimeoutMs'>;
+type KvConfig = Pick<WorkerConfig, 'id' | 'leaseMs' | 'maxLeaseMs' | 'peerIdleMs' | 'transferTimeoutMs' | 'maxQueueMs'>;
+
+/** A request waiting for the blocks of its sequence (allocate). */
+interface BlockWaiter {
+  count: number;
+  grant: (blocks: number[]) => void;
+}
 
 export class WorkerKv {
   readonly leases: BlockLeases;
@@ -41,6 +47,8 @@ export class WorkerKv {
   readonly #signer: HandleSigner;
   // This agent's own blob, sent with every KV handle: its regions never change after start, so encode it once.
   readonly #metadata: Buffer;
+  // Requests waiting for blocks, served in arrival order as blocks are freed.
+  readonly #waiters: BlockWaiter[] = [];
 
   constructor(config: KvConfig, log: Logger, agent: Agent, region: MemoryRegion, engine: ReferenceEngine, signer: HandleSigner) {
     this.#id = config.id;
@@ -87,6 +95,58 @@ export class WorkerKv {
   }
 
   /**
+   * Blocks for a request's sequence. When the pool has too few free blocks the request waits (behind the
+   * requests waiting before it) until others free theirs, while its call lasts (`signal`: KVF_ERR_CANCELLED) and
+   * until its deadline or --max-queue-ms, whichever comes first (then KVF_ERR_POOL_EXHAUSTED). A waiting request
+   * holds no blocks, so waiting cannot deadlock; a sequence larger than the whole pool fails at once.
+   */
+  async allocate(count: number, signal: AbortSignal, deadline = Infinity): Promise<number[]> {
+    const total = this.layout.numBlocks;
+    if (count > total) throw new KvfError('KVF_ERR_POOL_EXHAUSTED', `the sequence needs ${count} KV blocks; the pool has ${total}`);
+    if (this.#waiters.length === 0 && this.#engine.freeBlockCount >= count) return this.#engine.allocateBlocks(count);
+    if (signal.aborted) throw new KvfError('KVF_ERR_CANCELLED', 'the request ended while waiting for KV blocks');
+    const waitMs = Math.max(0, Math.min(deadline - Date.now(), this.#config.maxQueueMs));
+    return new Promise<number[]>((resolve, reject) => {
+      const leave = (): void => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        const at = this.#waiters.indexOf(waiter);
+        if (at >= 0) this.#waiters.splice(at, 1);
+        // The next in line may fit where this one did not.
+        if (at === 0) this.#wake();
+      };
+      const waiter: BlockWaiter = {
+        count,
+        grant: (blocks) => {
+          leave();
+          resolve(blocks);
+        },
+      };
+      const onAbort = (): void => {
+        leave();
+        reject(new KvfError('KVF_ERR_CANCELLED', 'the request ended while waiting for KV blocks'));
+      };
+      const timer = setTimeout(() => {
+        leave();
+        const free = this.#engine.freeBlockCount;
+        reject(new KvfError('KVF_ERR_POOL_EXHAUSTED', `no ${count} free KV blocks within ${waitMs} ms (${free} of ${total} free); retry later`));
+      }, waitMs);
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#waiters.push(waiter);
+    });
+  }
+
+  /** Requests waiting for blocks now. */
+  get waiting(): number {
+    return this.#waiters.length;
+  }
+
+  #wake(): void {
+    const head = this.#waiters[0];
+    if (head && this.#engine.freeBlockCount >= head.count) head.grant(this.#engine.allocateBlocks(head.count));
+  }
+
+  /**
    * Adds a block to a sequence's table when position `pos` lies past its end. A pool without a free block
    * fails the request here with KVF_ERR_POOL_EXHAUSTED, which reaches its client at once.
    */
@@ -110,6 +170,7 @@ export class WorkerKv {
     const size = this.layout.blockBytes;
     for (const b of blocks) this.#region.bytes.fill(0, b * size, (b + 1) * size);
     this.#engine.freeBlocks(blocks);
+    this.#wake();
   }
 
   /**

@@ -19,13 +19,14 @@ export async function prefill(
   const pushTo = req.pushTo ? w.signer.verify(req.pushTo, { access: 'write', requestId: req.requestId }) : null;
   const sampler = new Sampler(samplingOptions(req.sampling));
   const done = w.work.admitPrefill(req.tokens.length, deadlineOf(call));
+  const live = whileCalled(call);
   let blocks: number[] = [];
   let held = false;
   try {
     const need = blocksFor(w.kv.layout, req.tokens.length);
     trace.span.setAttribute(ATTR.kvBlocks, need);
-    blocks = w.engine.allocateBlocks(need);
-    const logits = await w.engine.prefill(req.tokens, blocks, 0, whileCalled(call));
+    blocks = await w.kv.allocate(need, live, deadlineOf(call));
+    const logits = await w.engine.prefill(req.tokens, blocks, 0, live);
     done(true);
     trace.span.setAttribute('kvfabric.prefill_ms', performance.now() - started);
     const firstToken = sampler.sample(logits);
@@ -56,12 +57,15 @@ export async function prefill(
   }
 }
 
-/** Push mode: blocks for the prompt's K/V and the first generated position; Decode grows them as it generates. */
-export function reserve(w: WorkerParts, req: ReserveRequest, trace: Traced): KvHandle {
+/**
+ * Push mode: blocks for the prompt's K/V and the first generated position; Decode grows them as it generates. A
+ * pool without room waits for blocks while the call lasts (WorkerKv.allocate).
+ */
+export async function reserve(w: WorkerParts, req: ReserveRequest, call: grpc.ServerUnaryCall<ReserveRequest, KvHandle>, trace: Traced): Promise<KvHandle> {
   const total = Math.min(req.tokens + 1, w.engine.model.contextLength);
   const need = blocksFor(w.kv.layout, total);
   trace.span.setAttributes({ [ATTR.promptTokens]: req.tokens, [ATTR.kvBlocks]: need });
-  const blocks = w.engine.allocateBlocks(need);
+  const blocks = await w.kv.allocate(need, whileCalled(call), deadlineOf(call));
   try {
     return w.kv.holdFor(req.requestId, 'write', blocks, 0, req.leaseMs);
   } catch (err) {

@@ -13,7 +13,7 @@ import { KvfError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { ATTR, extractMetadata, NOT_TRACED, rpcAttributes, spanFailed, SpanKind, startTraced, type Traced } from '../common/tracing.js';
 import type { MemoryRegion } from '../fabric/memory.js';
-import { ReferenceEngine } from '../engine/engine.js';
+import { ReferenceEngine, type BatchStats } from '../engine/engine.js';
 import type { KvLayout } from '../kv/layout.js';
 import { toServiceError } from './grpc-errors.js';
 import { ClusterAuth, guardService, secretFrom } from './security/auth.js';
@@ -22,7 +22,17 @@ import { workerFabricAddress } from './fabric-address.js';
 import { endpointsOf } from '../fabric/address.js';
 import { HandOffGate } from './security/hand-off.js';
 import { HandleSigner } from './security/handles.js';
-import { bindServer, grpc, WorkerService, type DecodeEvent, type DecodeRequest, type PrefillRequest, type ReserveRequest, type WorkerStatus } from './rpc.js';
+import {
+  bindServer,
+  grpc,
+  WorkerService,
+  type DecodeEvent,
+  type DecodeRequest,
+  type KvHandle,
+  type PrefillRequest,
+  type ReserveRequest,
+  type WorkerStatus,
+} from './rpc.js';
 import type { Role, WorkerConfig } from './config.js';
 import type { WorkerParts } from './worker-call.js';
 import { decode } from './worker-decode.js';
@@ -86,6 +96,8 @@ export class Worker {
         pool: region.bytes,
         ...layoutOptions,
         ...(config.threads !== undefined ? { threads: config.threads } : {}),
+        maxBatchSequences: config.maxBatchSequences,
+        maxStepTokens: config.maxStepTokens,
       });
       // The seed's proof lines, printed only now that LIBFABRIC is what will carry this worker's KV.
       if (agent.backend === 'LIBFABRIC') {
@@ -139,6 +151,7 @@ export class Worker {
       queuedTokens: this.#work.queuedTokens,
       streams: this.#work.streams,
       prefillTokensPerS: this.#work.prefillTokensPerSecond,
+      ...batchStatus(this.#engine.stats),
       ttlMs: 0,
     };
   }
@@ -198,7 +211,11 @@ export class Worker {
       };
     return {
       Prefill: unary((req: PrefillRequest, call, trace) => prefill(this.#parts, req, call, trace), true, 'Prefill'),
-      Reserve: unary((req: ReserveRequest, _call, trace) => reserve(this.#parts, req, trace), true, 'Reserve'),
+      Reserve: unary(
+        (req: ReserveRequest, call: grpc.ServerUnaryCall<ReserveRequest, KvHandle>, trace) => reserve(this.#parts, req, call, trace),
+        true,
+        'Reserve',
+      ),
       Release: unary((req: { requestId: string }) => ({ released: this.#kv.leases.release(req.requestId) })),
       Health: unary(() => this.status(), false),
       Decode: (call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>) => {
@@ -221,4 +238,22 @@ export class Worker {
       },
     };
   }
+}
+
+function batchStatus(
+  s: BatchStats,
+): Pick<
+  WorkerStatus,
+  'engineSteps' | 'stepSequences' | 'stepTokens' | 'batchSequences' | 'stepTokensLast' | 'maxBatchSequences' | 'maxStepTokens' | 'waitingPasses'
+> {
+  return {
+    engineSteps: s.steps,
+    stepSequences: s.sequences,
+    stepTokens: s.tokens,
+    batchSequences: s.lastSequences,
+    stepTokensLast: s.lastTokens,
+    maxBatchSequences: s.maxBatchSequences,
+    maxStepTokens: s.maxStepTokens,
+    waitingPasses: s.waiting,
+  };
 }

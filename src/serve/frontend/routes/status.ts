@@ -2,6 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 
 import type { Router } from '../../router.js';
+import type { WorkerStatus } from '../../rpc.js';
 import type { RouteContext } from './context.js';
 
 /**
@@ -22,8 +23,25 @@ export function workerViews(router: Router) {
     queued_tokens: w.status?.queuedTokens ?? null,
     streams: w.status?.streams ?? null,
     prefill_tokens_per_s: w.status ? Math.round(w.status.prefillTokensPerS) : null,
+    batch: w.status ? batchView(w.status) : null,
     last_error: w.lastError === undefined ? null : w.lastError.replaceAll(w.address, '<worker>'),
   }));
+}
+
+/** The engine's continuous batching: the last step, averages over all steps, the limits. */
+function batchView(s: WorkerStatus) {
+  const per = (n: number) => (s.engineSteps ? Math.round((n / s.engineSteps) * 100) / 100 : 0);
+  return {
+    sequences: s.batchSequences,
+    tokens: s.stepTokensLast,
+    occupancy: s.maxBatchSequences ? s.batchSequences / s.maxBatchSequences : 0,
+    waiting: s.waitingPasses,
+    steps: s.engineSteps,
+    avg_sequences: per(s.stepSequences),
+    avg_tokens: per(s.stepTokens),
+    max_sequences: s.maxBatchSequences,
+    max_step_tokens: s.maxStepTokens,
+  };
 }
 
 export function statusRoutes(app: FastifyInstance, { options, admission }: RouteContext): void {
