@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/attention.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/qdot.h"
@@ -68,6 +69,12 @@ class Session {
   std::vector<float> Decode(int32_t token, const BlockTable& table, int64_t pos, CancelFlag cancel = {});
 
   int threads() const { return pool_threads_.size(); }
+  // Wall time spent in the matrix products and in attention since the Session was made (two clock reads
+  // per call), to show where the time goes as the context grows.
+  struct Timings {
+    uint64_t matmul_ns = 0, attention_ns = 0;
+  };
+  const Timings& timings() const { return timings_; }
   const Model& model() const { return model_; }
 
  private:
@@ -78,7 +85,9 @@ class Session {
   void Forward(const int32_t* tokens, int64_t n, const BlockTable& table, int64_t start, float* logits,
                CancelFlag cancel);
   void MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens);
-  void Attention(int layer, const BlockTable& table, int64_t start, int64_t n);
+  // Attention of one sequence: q points at its first query row ([n][n_head * head_dim]), out at its first
+  // output row (same shape).
+  void Attention(int layer, const BlockTable& table, int64_t start, int64_t n, const float* q, float* out);
   void StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n);
 
   const Model& model_;
@@ -91,8 +100,9 @@ class Session {
   // Activations for one batch, [token][...].
   std::vector<float> x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_;
   std::vector<float> rope_cos_, rope_sin_;   // [token][rope_dim / 2]
-  std::vector<float> kf_, vf_;               // the layer's cached K and V as float, [position][kv head][head_dim]
   std::vector<std::vector<float>> scratch_;  // per thread
+  AttentionScratch attn_scratch_;
+  Timings timings_;
 };
 
 // Index of the largest logit (the first on ties).
