@@ -40,7 +40,7 @@ Kernels KernelsFor(QdotIsa isa, int hd) {
 #if defined(__x86_64__)
   const bool simd = hd % kAttnLanes == 0 && hd <= 256;
   if (simd && isa == QdotIsa::kAvx512Vnni) return {AttnTileStepAvx512, AttnHalfToFloatAvx512};
-  if (simd && isa != QdotIsa::kScalar) return {AttnTileStepAvx2, AttnHalfToFloatAvx2};
+  if (simd && isa != QdotIsa::kScalar && AttnAvx2Usable()) return {AttnTileStepAvx2, AttnHalfToFloatAvx2};
   if (isa != QdotIsa::kScalar) return {AttnTileStepScalar, AttnHalfToFloatAvx2};
 #endif
   return {AttnTileStepScalar, HalfToFloatScalar};
@@ -88,7 +88,7 @@ void AttnTileStepScalar(const float* q, const float* k, const float* v, int n_ke
     float a[kAttnLanes];
     for (int i = 0; i < kAttnLanes; ++i) a[i] = i < hd ? q[i] * kj[i] : 0.0f;
     for (int c = kAttnLanes; c < hd; c += kAttnLanes)
-      for (int i = 0; i < kAttnLanes && c + i < hd; ++i) a[i] = a[i] + q[c + i] * kj[c + i];
+      for (int i = 0; i < kAttnLanes && c + i < hd; ++i) a[i] = std::fma(q[c + i], kj[c + i], a[i]);
     s[j] = Tree16(a) * scale;
     mt = std::max(mt, s[j]);
   }
@@ -107,7 +107,7 @@ void AttnTileStepScalar(const float* q, const float* k, const float* v, int n_ke
   *l = *l + lt;
   for (int j = 0; j < n_keys; ++j) {
     const float* vj = v + static_cast<int64_t>(j) * hd;
-    for (int i = 0; i < hd; ++i) acc[i] = acc[i] + p[j] * vj[i];
+    for (int i = 0; i < hd; ++i) acc[i] = std::fma(p[j], vj[i], acc[i]);
   }
   *m = mx;
 }
@@ -128,7 +128,8 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratc
   for (int64_t qt = n_qt - 1; qt >= 0; --qt) {  // the longest first
     const int64_t last = a.start + std::min(a.n, (qt + 1) * kQueryTile);
     for (int kvh = 0; kvh < n_kv; ++kvh) {
-      if (!split) items.push_back({kvh, qt, 0, chunks_for(last)});
+      if (!split)
+        items.push_back({kvh, qt, 0, chunks_for(last)});
       else
         for (int64_t c = 0; c < chunks_for(last); ++c) items.push_back({kvh, qt, c, c + 1});
     }
@@ -148,8 +149,10 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratc
       const int64_t slot = pos % tpb, run = std::min(j1 - pos, tpb - slot);
       const uint8_t* src = a.pool->base() + lay.Offset(table[static_cast<size_t>(pos / tpb)], a.layer, kv) +
                            static_cast<size_t>((kvh * tpb + slot) * hd) * lay.elem_bytes();
-      if (lay.dtype == KvDtype::F16) kern.half(reinterpret_cast<const uint16_t*>(src), run * hd, dst);
-      else std::memcpy(dst, src, static_cast<size_t>(run * hd) * sizeof(float));
+      if (lay.dtype == KvDtype::F16)
+        kern.half(reinterpret_cast<const uint16_t*>(src), run * hd, dst);
+      else
+        std::memcpy(dst, src, static_cast<size_t>(run * hd) * sizeof(float));
       dst += run * hd;
       pos += run;
     }
@@ -219,8 +222,10 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratc
     }
   };
   const int64_t n_rows = a.n * a.n_head;
-  if (n_rows * n_chunks < 1024) merge_rows(0, n_rows, 0);
-  else threads.ParallelFor(n_rows, merge_rows);
+  if (n_rows * n_chunks < 1024)
+    merge_rows(0, n_rows, 0);
+  else
+    threads.ParallelFor(n_rows, merge_rows);
 }
 
 }  // namespace kvf::engine

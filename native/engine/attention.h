@@ -32,9 +32,9 @@
 
 namespace kvf::engine {
 
-constexpr int kKvTile = 64;       // positions per tile
-constexpr int kChunk = 256;       // positions per chunk (a multiple of kKvTile)
-constexpr int kQueryTile = 16;    // queries of a prefill batch sharing each converted tile
+constexpr int kKvTile = 64;     // positions per tile
+constexpr int kChunk = 256;     // positions per chunk (a multiple of kKvTile)
+constexpr int kQueryTile = 16;  // queries of a prefill batch sharing each converted tile
 
 // Buffers reused from call to call (one per Session).
 struct AttentionScratch {
@@ -46,9 +46,9 @@ struct AttentionArgs {
   const KvPool* pool = nullptr;
   int layer = 0;
   const BlockTable* table = nullptr;
-  int n_head = 0;     // query heads; the pool layout gives the KV heads and the head size
-  int64_t start = 0;  // position of the first query
-  int64_t n = 0;      // queries, at positions start .. start + n - 1
+  int n_head = 0;            // query heads; the pool layout gives the KV heads and the head size
+  int64_t start = 0;         // position of the first query
+  int64_t n = 0;             // queries, at positions start .. start + n - 1
   const float* q = nullptr;  // [n][n_head * head_dim], RoPE applied
   float* out = nullptr;      // [n][n_head * head_dim]
   float scale = 1.0f;        // applied to q . k

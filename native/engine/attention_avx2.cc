@@ -1,4 +1,4 @@
-// AVX2 + F16C TileStep and f16 conversion (attention_kernels.h): the contract's 16 lanes are two 256-bit
+// AVX2 + F16C + FMA TileStep and f16 conversion (attention_kernels.h): the contract's 16 lanes are two 256-bit
 // registers, lanes 0-7 and 8-15, so Tree16 starts by adding them.
 #include "engine/attention_kernels.h"
 
@@ -8,7 +8,7 @@
 #include <cmath>
 
 #pragma GCC push_options
-#pragma GCC target("avx2,f16c")
+#pragma GCC target("avx2,f16c,fma")
 
 namespace kvf::engine {
 namespace {
@@ -54,8 +54,8 @@ void Step(const float* q, const float* k, const float* v, int n_keys, int hd, fl
     __m256 lo = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kj));
     __m256 hi = _mm256_mul_ps(qv[1], _mm256_loadu_ps(kj + 8));
     for (int r = 2; r < R; r += 2) {
-      lo = _mm256_add_ps(lo, _mm256_mul_ps(qv[r], _mm256_loadu_ps(kj + 8 * r)));
-      hi = _mm256_add_ps(hi, _mm256_mul_ps(qv[r + 1], _mm256_loadu_ps(kj + 8 * r + 8)));
+      lo = _mm256_fmadd_ps(qv[r], _mm256_loadu_ps(kj + 8 * r), lo);
+      hi = _mm256_fmadd_ps(qv[r + 1], _mm256_loadu_ps(kj + 8 * r + 8), hi);
     }
     s[j] = Tree16(lo, hi) * scale;
     mt = std::fmax(mt, s[j]);
@@ -88,13 +88,18 @@ void Step(const float* q, const float* k, const float* v, int n_keys, int hd, fl
   for (int j = 0; j < n_keys; ++j) {
     const __m256 pj = _mm256_set1_ps(p[j]);
     const float* vj = v + j * hd;
-    for (int r = 0; r < R; ++r) av[r] = _mm256_add_ps(av[r], _mm256_mul_ps(pj, _mm256_loadu_ps(vj + 8 * r)));
+    for (int r = 0; r < R; ++r) av[r] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * r), av[r]);
   }
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(acc + 8 * r, av[r]);
   *m = mx;
 }
 
 }  // namespace
+
+bool AttnAvx2Usable() {
+  static const bool fma = __builtin_cpu_supports("fma");
+  return fma;
+}
 
 void AttnTileStepAvx2(const float* q, const float* k, const float* v, int n_keys, int hd, float scale, float* m,
                       float* l, float* acc) {

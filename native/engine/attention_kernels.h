@@ -1,16 +1,18 @@
 // The per-ISA kernels behind PagedAttention (attention.h), on raw pointers. The SIMD ones live in files
-// compiled for their target with a pragma (like qdot_kernels.h's); all are built with -ffp-contract=off.
+// compiled for their target with a pragma (like qdot_kernels.h's); all are built with -ffp-contract=off, so
+// the only fused multiply-adds are the explicit ones below (std::fma in plain C: one rounding, like the
+// instruction, so every kernel still gets the same bits).
 //
 // TileStep: one query row q (hd floats) over one tile of n_keys (1..kKvTile) keys whose K and V rows (hd
 // floats each) are contiguous, updating the row's state (m, l, acc[hd]); l == 0 means "empty" (m = -inf,
 // acc = 0). The operations, in this order, are the contract every kernel keeps:
-//   s[j]  = Tree16(a) * scale, a[i] = q[i] * k_j[i] then a[i] += q[16c + i] * k_j[16c + i] for c = 1, 2, ...
+//   s[j]  = Tree16(a) * scale, a[i] = q[i] * k_j[i] then a[i] = fma(q[16c + i], k_j[16c + i], a[i]) for c = 1, 2, ...
 //   M     = max(m, max_j s[j])
 //   p[j]  = ExpNeg(s[j] - M), and 0 for j >= n_keys up to kKvTile
 //   lt    = Tree16(u), u[i] = p[i] + p[16 + i] + p[32 + i] + p[48 + i] (left to right)
 //   if l > 0 and M > m:  c = ExpNeg(m - M); l = l * c; acc[i] = acc[i] * c
 //   l     = l + lt
-//   acc[i] = acc[i] + p[j] * v_j[i], for j = 0, 1, ... in order
+//   acc[i] = fma(p[j], v_j[i], acc[i]), for j = 0, 1, ... in order
 //   m     = M
 // Tree16(a): b[i] = a[i] + a[i + 8] (i < 8), c[i] = b[i] + b[i + 4] (i < 4), d[i] = c[i] + c[i + 2] (i < 2),
 // d[0] + d[1]: the natural horizontal sum of one 512-bit register (or of two 256-bit ones, added first).
@@ -59,7 +61,8 @@ static inline float ExpNeg(float x) {
 
 void AttnTileStepScalar(const float* q, const float* k, const float* v, int n_keys, int hd, float scale, float* m,
                         float* l, float* acc);
-// hd a multiple of 16, at most 256.
+// hd a multiple of 16, at most 256. The AVX2 level needs FMA besides (AttnAvx2Usable).
+bool AttnAvx2Usable();
 void AttnTileStepAvx2(const float* q, const float* k, const float* v, int n_keys, int hd, float scale, float* m,
                       float* l, float* acc);
 void AttnTileStepAvx512(const float* q, const float* k, const float* v, int n_keys, int hd, float scale, float* m,
