@@ -71,12 +71,6 @@ inline void Finish(const float* t, int hd, float* out) {
   for (int i = 0; i < hd; ++i) out[i] = t[2 + i] * inv;
 }
 
-struct Item {
-  int kvh;
-  int64_t qt;      // query tile
-  int64_t c0, c1;  // chunks [c0, c1)
-};
-
 }  // namespace
 
 void AttnTileStepScalar(const float* q, const float* k, const float* v, int n_keys, int hd, float scale, float* m,
@@ -124,7 +118,8 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratc
   const int64_t n_chunks = chunks_for(a.start + a.n);
   // Split by chunk when (KV head, query tile) items are too few for the threads; the results are the same.
   const bool split = n_chunks > 1 && n_kv * n_qt < 4 * threads.size();
-  std::vector<Item> items;
+  std::vector<AttentionScratch::Item>& items = scratch.items;
+  items.clear();
   for (int64_t qt = n_qt - 1; qt >= 0; --qt) {  // the longest first
     const int64_t last = a.start + std::min(a.n, (qt + 1) * kQueryTile);
     for (int kvh = 0; kvh < n_kv; ++kvh) {
@@ -158,7 +153,7 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratc
     }
   };
 
-  auto run_item = [&](const Item& it, int thread) {
+  auto run_item = [&](const AttentionScratch::Item& it, int thread) {
     float* buf = scratch.per_thread[static_cast<size_t>(thread)].data();
     float *kt = buf, *vt = buf + tile_floats, *S = vt + tile_floats, *T = S + rows * stride;
     const int64_t t0 = it.qt * kQueryTile, t1 = std::min(a.n, t0 + kQueryTile);

@@ -38,6 +38,12 @@ constexpr int kQueryTile = 16;  // queries of a prefill batch sharing each conve
 
 // Buffers reused from call to call (one per Session).
 struct AttentionScratch {
+  struct Item {
+    int kvh;
+    int64_t qt;      // query tile
+    int64_t c0, c1;  // chunks [c0, c1)
+  };
+  std::vector<Item> items;
   std::vector<std::vector<float>> per_thread;
   std::vector<float> partial;  // chunk states of the split path, [query][head][chunk][m, l, acc...]
 };

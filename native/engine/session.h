@@ -14,7 +14,8 @@
 // Math follows llama.cpp's LLAMA graph: RMSNorm (sum of squares in double), RoPE of type NORM
 // (rotation of adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/rope_dim), theta built iteratively in
 // float as ggml_rope_cache_init does; GGUF's llama Q/K weights are permuted at conversion for this),
-// grouped-query attention with a causal mask and float softmax, SwiGLU FFN, final norm, output head.
+// grouped-query causal attention (attention.h: tiled online softmax over the paged K/V, with one fixed order of
+// operations), SwiGLU FFN, final norm, output head.
 //
 // Errors: KVF_ERR_CONTEXT_OVERFLOW (positions past llama.context_length), KVF_ERR_INVALID_ARGUMENT
 // (no tokens, token id outside the vocabulary, negative position, block table too short or with ids
