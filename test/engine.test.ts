@@ -68,6 +68,20 @@ test('whole-prompt prefill and token-by-token decode agree (greedy tokens equal,
   await engine.close();
 });
 
+test('timings count matrix products and attention, and only grow', async () => {
+  const { engine } = engineOn(a);
+  const t0 = engine.timings;
+  assert.deepEqual(t0, { matmulSeconds: 0, attentionSeconds: 0 });
+  const blocks = engine.allocateBlocks(Math.ceil((prompt.length + 1) / TPB));
+  await engine.prefill(prompt, blocks);
+  const t1 = engine.timings;
+  assert.ok(t1.matmulSeconds > 0 && t1.attentionSeconds > 0, JSON.stringify(t1));
+  await engine.decode(5, blocks, prompt.length);
+  const t2 = engine.timings;
+  assert.ok(t2.matmulSeconds > t1.matmulSeconds && t2.attentionSeconds > t1.attentionSeconds, JSON.stringify(t2));
+  await engine.close();
+});
+
 test('KV blocks READ over the fabric into other block ids continue generation identically', async () => {
   const { engine: prefill, region: prefillPool } = engineOn(a);
   const { engine: decode, region: decodePool } = engineOn(b);

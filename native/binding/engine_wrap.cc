@@ -1,5 +1,6 @@
 #include "binding/engine_wrap.h"
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -245,6 +246,10 @@ Napi::Value EngineWrap::Info(const Napi::CallbackInfo& info) {
   o.Set("numBlocks", static_cast<double>(pool_->num_blocks()));
   o.Set("freeBlocks", static_cast<double>(pool_->free_blocks()));
   o.Set("threads", session_->threads());
+  // The worker thread writes the counters during a pass: NaN then rather than a racy read.
+  const double nan = std::nan("");
+  o.Set("matmulSeconds", busy_ ? nan : static_cast<double>(session_->timings().matmul_ns) * 1e-9);
+  o.Set("attentionSeconds", busy_ ? nan : static_cast<double>(session_->timings().attention_ns) * 1e-9);
   return o;
 }
 

@@ -1,6 +1,7 @@
 #include "engine/session.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -34,12 +35,6 @@ inline void DotRows(const float* const* w, const float* __restrict x, int64_t n,
     for (int l = 0; l < kLanes; ++l) s += acc[r][l];
     out[r] = s;
   }
-}
-
-inline float Dot(const float* a, const float* b, int64_t n) {
-  float r;
-  DotRows<1>(&a, b, n, &r);
-  return r;
 }
 
 // y = x / rms(x) * w, as ggml_compute_forward_rms_norm_f32 followed by the weight multiply.
@@ -81,30 +76,10 @@ __attribute__((target_clones("avx2", "default"))) void TileDots(const float* w, 
   }
 }
 
-// One query head over positions 0..n_pos-1 (causal): scores, float softmax, weighted sum of V rows. k and v
-// point at position 0's row of the head, rows `stride` floats apart. Cloned for AVX2 like TileDots (no FMA,
-// so the same results as the baseline clone).
-__attribute__((target_clones("avx2", "default"))) void AttendHead(const float* q, const float* k, const float* v,
-                                                                  int64_t stride, int64_t n_pos, int64_t hd,
-                                                                  float scale, float* scores, float* out) {
-  float mx = -INFINITY;
-  for (int64_t j = 0; j < n_pos; ++j) {
-    const float s = Dot(q, k + j * stride, hd) * scale;
-    scores[j] = s;
-    mx = std::max(mx, s);
-  }
-  double sum = 0;
-  for (int64_t j = 0; j < n_pos; ++j) {
-    scores[j] = std::exp(scores[j] - mx);
-    sum += scores[j];
-  }
-  const float inv = static_cast<float>(1.0 / sum);
-  std::fill(out, out + hd, 0.0f);
-  for (int64_t j = 0; j < n_pos; ++j) {
-    const float* vj = v + j * stride;
-    const float p = scores[j] * inv;
-    for (int64_t i = 0; i < hd; ++i) out[i] += p * vj[i];
-  }
+uint64_t NowNs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
 }
 
 [[noreturn]] void Invalid(const std::string& msg) { throw Error(code::kInvalidArgument, msg); }
@@ -138,13 +113,14 @@ Session::Session(const Model& model, KvPool& pool, const SessionOptions& options
             ", " + std::to_string(hp.n_head_kv) + ", " + std::to_string(hp.head_dim) + ")");
   if (options_.max_batch <= 0) options_.max_batch = 512;
   const int64_t max_k = std::max({hp.n_embd, hp.n_ff, hp.n_head * hp.head_dim});
-  // Per thread: a tile of dequantized weight rows, or attention scores over the context.
-  const int64_t need = std::max<int64_t>(kTile * max_k, hp.n_ctx);
+  // Per thread: a tile of dequantized weight rows.
+  const int64_t need = kTile * max_k;
   scratch_.assign(static_cast<size_t>(pool_threads_.size()), std::vector<float>(static_cast<size_t>(need)));
   unpacked_.resize(static_cast<size_t>(pool_threads_.size()));
 }
 
 void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens) {
+  const uint64_t t0 = NowNs();
   int64_t total = 0;
   bool quantized = false;
   for (int j = 0; j < n_jobs; ++j) {
@@ -185,6 +161,7 @@ void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_t
       job_start += rows;
     }
   });
+  timings_.matmul_ns += NowNs() - t0;
 }
 
 void Session::StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n, const float* k, const float* v) {
@@ -215,40 +192,21 @@ void Session::StoreKv(int layer, const BlockTable& table, int64_t start, int64_t
 }
 
 void Session::Attention(int layer, const BlockTable& table, int64_t start, int64_t n, const float* q, float* out) {
+  const uint64_t t0 = NowNs();
   const LlamaHparams& hp = model_.hparams();
-  const KvLayout& l = pool_.layout();
-  const int64_t hd = hp.head_dim, tpb = l.tokens_per_block, q_dim = static_cast<int64_t>(hp.n_head) * hd;
-  const int64_t kv_dim = static_cast<int64_t>(hp.n_head_kv) * hd, n_ctx = start + n;
-  const int group = hp.n_head / hp.n_head_kv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const GgmlType row_type = l.dtype == KvDtype::F16 ? GgmlType::F16 : GgmlType::F32;
-  const size_t row_bytes = static_cast<size_t>(hd) * l.elem_bytes();
-  const uint8_t* base = pool_.base();
-
-  // Every cached K/V row this batch reads, converted to float once (exactly) rather than once per query
-  // head and token. Read back from the pool, so the values are the pool's whichever path stored them.
-  kf_.resize(static_cast<size_t>(n_ctx * kv_dim));
-  vf_.resize(static_cast<size_t>(n_ctx * kv_dim));
-  pool_threads_.ParallelFor(n_ctx, [&](int64_t begin, int64_t end, int) {
-    for (int64_t j = begin; j < end; ++j) {
-      const int32_t block = table[static_cast<size_t>(j / tpb)];
-      for (int kvh = 0; kvh < hp.n_head_kv; ++kvh) {
-        const size_t at = static_cast<size_t>(kvh * tpb + j % tpb) * row_bytes;
-        DequantizeRow(row_type, base + l.Offset(block, layer, 0) + at, kf_.data() + j * kv_dim + kvh * hd, hd);
-        DequantizeRow(row_type, base + l.Offset(block, layer, 1) + at, vf_.data() + j * kv_dim + kvh * hd, hd);
-      }
-    }
-  });
-
-  pool_threads_.ParallelFor(n * hp.n_head, [&](int64_t begin, int64_t end, int thread) {
-    float* scores = scratch_[static_cast<size_t>(thread)].data();
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t t = item / hp.n_head;
-      const int h = static_cast<int>(item % hp.n_head), kvh = h / group;
-      AttendHead(q + t * q_dim + h * hd, kf_.data() + kvh * hd, vf_.data() + kvh * hd, kv_dim, start + t + 1, hd, scale,
-                 scores, out + t * q_dim + h * hd);
-    }
-  });
+  AttentionArgs args;
+  args.pool = &pool_;
+  args.layer = layer;
+  args.table = &table;
+  args.n_head = hp.n_head;
+  args.start = start;
+  args.n = n;
+  args.q = q;
+  args.out = out;
+  args.scale = 1.0f / std::sqrt(static_cast<float>(hp.head_dim));
+  args.isa = isa_;
+  PagedAttention(args, pool_threads_, attn_scratch_);
+  timings_.attention_ns += NowNs() - t0;
 }
 
 void Session::Forward(const std::vector<Segment>& segs) {

@@ -15,7 +15,8 @@
 // Math follows llama.cpp's LLAMA graph: RMSNorm (sum of squares in double), RoPE of type NORM
 // (rotation of adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/rope_dim), theta built iteratively in
 // float as ggml_rope_cache_init does; GGUF's llama Q/K weights are permuted at conversion for this),
-// grouped-query attention with a causal mask and float softmax, SwiGLU FFN, final norm, output head.
+// grouped-query causal attention (attention.h: tiled online softmax over the paged K/V, with one fixed order of
+// operations), SwiGLU FFN, final norm, output head.
 //
 // Errors: KVF_ERR_CONTEXT_OVERFLOW (positions past llama.context_length), KVF_ERR_INVALID_ARGUMENT
 // (no tokens, token id outside the vocabulary, negative position, block table too short or with ids
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "engine/attention.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/qdot.h"
@@ -98,6 +100,12 @@ class Session {
   std::vector<SeqResult> Step(const std::vector<SeqBatch>& batch);
 
   int threads() const { return pool_threads_.size(); }
+  // Wall time spent in the matrix products and in attention since the Session was made (two clock reads
+  // per call), to show where the time goes as the context grows.
+  struct Timings {
+    uint64_t matmul_ns = 0, attention_ns = 0;
+  };
+  const Timings& timings() const { return timings_; }
   const Model& model() const { return model_; }
 
  private:
@@ -135,8 +143,9 @@ class Session {
   std::vector<float> x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_;
   std::vector<float> rope_cos_, rope_sin_;   // [token][rope_dim / 2]
   std::vector<float> out_;                   // the output head's rows, [sequence][n_vocab]
-  std::vector<float> kf_, vf_;               // the layer's cached K and V as float, [position][kv head][head_dim]
   std::vector<std::vector<float>> scratch_;  // per thread
+  AttentionScratch attn_scratch_;
+  Timings timings_;
 };
 
 // Index of the largest logit (the first on ties).

@@ -20,6 +20,9 @@ export interface NativeEngineInfo {
   numBlocks: number;
   freeBlocks: number;
   threads: number;
+  /** Wall seconds spent in matrix products and in attention since the engine was made (NaN while a forward pass runs). */
+  matmulSeconds: number;
+  attentionSeconds: number;
 }
 
 export declare class NativeEngine {

@@ -117,6 +117,12 @@ export class ReferenceEngine implements Engine {
     return this.#engine().info().freeBlocks;
   }
 
+  /** Wall seconds the forward passes spent so far in matrix products and in attention (the rest: norms, RoPE, K/V stores); NaN during a pass. */
+  get timings(): { matmulSeconds: number; attentionSeconds: number } {
+    const info = this.#engine().info();
+    return { matmulSeconds: info.matmulSeconds, attentionSeconds: info.attentionSeconds };
+  }
+
   allocateBlocks(count: number): number[] {
     return Array.from(call(() => this.#engine().allocate(count)));
   }

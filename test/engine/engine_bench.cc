@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
     const double decode_s = std::chrono::duration<double>(t2 - t1).count();
     std::printf("model      %s\nthreads    %d\nprefill    %d tokens  %.3f s  %.1f tok/s\ndecode     %d tokens  %.3f s  %.1f tok/s\n",
                 argv[1], s.threads(), n_prompt, prefill_s, n_prompt / prefill_s, n_decode, decode_s, n_decode / decode_s);
+    std::printf("attention  %.3f s, matmul %.3f s (prefill and decode together)\n", s.timings().attention_ns * 1e-9,
+                s.timings().matmul_ns * 1e-9);
     std::printf("{\"threads\":%d,\"prompt_tokens\":%d,\"prefill_tok_s\":%.2f,\"decode_tokens\":%d,\"decode_tok_s\":%.2f}\n",
                 s.threads(), n_prompt, n_prompt / prefill_s, n_decode, n_decode / decode_s);
   } catch (const kvf::Error& e) {

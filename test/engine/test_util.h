@@ -27,6 +27,16 @@ inline std::string TinyModelPath() {
 #endif
 }
 
+// The tiny model with a 4096-position context: $KVF_TINY_LONG_MODEL, else the one the build generated.
+inline std::string TinyLongModelPath() {
+  if (const char* e = std::getenv("KVF_TINY_LONG_MODEL")) return e;
+#ifdef KVF_TINY_LONG_MODEL_PATH
+  return KVF_TINY_LONG_MODEL_PATH;
+#else
+  return "models/tiny-llama-long.gguf";
+#endif
+}
+
 // SmolLM2-135M-Instruct.Q4_1.gguf as `npm run fetch-model` caches it ($KVF_MODEL_CACHE or
 // ~/.cache/kvfabric/models), or $KVF_REAL_MODEL; "" when absent (the tests using it are skipped).
 inline std::string RealModelPath() {

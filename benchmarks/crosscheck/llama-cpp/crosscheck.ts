@@ -9,7 +9,8 @@
 // Our own free-running greedy continuation is generated too, to show both texts.
 // Also compares our tokenizer with llama.cpp's model.tokenize on a few strings.
 //
-//   node --import tsx benchmarks/crosscheck/llama-cpp/crosscheck.ts [--model PATH] [--tokens 64] [--threads 2] [--out FILE]
+//   node --import tsx benchmarks/crosscheck/llama-cpp/crosscheck.ts [--model PATH] [--tokens 64] [--threads 2]
+//        [--long-prompt N] [--out FILE]
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -32,12 +33,16 @@ const { values: args } = parseArgs({
     model: { type: 'string', default: join(process.env.KVF_MODEL_CACHE ?? join(homedir(), '.cache', 'kvfabric', 'models'), 'SmolLM2-135M-Instruct.Q4_1.gguf') },
     tokens: { type: 'string', default: '64' },
     threads: { type: 'string', default: '2' },
+    // A seventh prompt of about this many tokens (a passage repeated, then a question about it), for the
+    // agreement on a long context; 0: none.
+    'long-prompt': { type: 'string', default: '0' },
     out: { type: 'string', default: join(repoRoot, 'benchmarks', 'out', 'crosscheck-llama-cpp.json') },
   },
 });
 const modelPath = args.model!;
 const maxNew = Number(args.tokens);
 const threads = Number(args.threads);
+const longPrompt = Number(args['long-prompt']);
 
 const PROMPTS = [
   'What is the capital of France?',
@@ -47,6 +52,12 @@ const PROMPTS = [
   'List the planets of the solar system in order from the Sun.',
   'Why is the sky blue?',
 ];
+
+const PASSAGE =
+  'The history of computing is a story of abstraction layered upon abstraction. Early machines were programmed by ' +
+  'rewiring panels and flipping switches; later, stored programs let the same hardware run different tasks. ' +
+  'Assembly languages gave names to instructions, compilers translated high-level languages into machine code, ' +
+  'and operating systems shared one machine among many users. ';
 
 const TOKENIZE_STRINGS = [
   'Hello, world!',
@@ -70,12 +81,21 @@ const template = ChatTemplate.fromGguf(meta);
 const nlcVersion = (JSON.parse(readFileSync(join(here, 'node_modules', 'node-llama-cpp', 'package.json'), 'utf8')) as { version: string }).version;
 const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
 const lmodel = await llama.loadModel({ modelPath });
-const lctx = await lmodel.createContext({ contextSize: 1024, threads, sequences: 1 });
+if (longPrompt > 0) {
+  const perPassage = tokenizer.encode(PASSAGE, { addBos: false }).length;
+  PROMPTS.push(PASSAGE.repeat(Math.max(1, Math.round(longPrompt / perPassage))) + '\nWhat is this text about?');
+}
+// Room for the longest prompt (chat template included) and its continuation.
+const contextSize = Math.min(
+  meta.getInt('llama.context_length'),
+  Math.max(1024, Math.ceil((Math.max(...PROMPTS.map((q) => template.encode(tokenizer, [{ role: 'user', content: q }]).length)) + maxNew) / 32) * 32),
+);
+const lctx = await lmodel.createContext({ contextSize, threads, sequences: 1 });
 const seq = lctx.getSequence();
 
 const tokensPerBlock = 32;
 const blockBytes = ReferenceEngine.blockBytes(modelPath, { tokensPerBlock });
-const numBlocks = 32; // 1024 positions
+const numBlocks = contextSize / tokensPerBlock;
 const engine = new ReferenceEngine({ modelPath, pool: new Uint8Array(numBlocks * blockBytes), tokensPerBlock, threads });
 const blocks = engine.allocateBlocks(numBlocks);
 
@@ -228,7 +248,8 @@ for (const question of PROMPTS) {
     greedyBothLength: [llamaTokens.length, oursTokens.length],
   };
   results.push(r);
-  console.log(`\n### ${JSON.stringify(question)} (${prompt.length} prompt tokens)`);
+  const shown = question.length > 100 ? `${question.slice(0, 60)}…${question.slice(-30)}` : question;
+  console.log(`\n### ${JSON.stringify(shown)} (${prompt.length} prompt tokens)`);
   console.log(`  teacher-forced top-1 agreement: ${agree}/${steps.length} = ${(100 * r.agreement).toFixed(1)}%`);
   console.log(`  |log-softmax diff|: max ${r.maxAbsLogprobDiff.toExponential(3)}, mean ${r.meanAbsLogprobDiff.toExponential(3)}`);
   for (const m of r.mismatches) {
@@ -266,6 +287,7 @@ writeFileSync(
       nodeLlamaCpp: nlcVersion,
       llamaCpp: llama.llamaCppRelease,
       threads,
+      contextSize,
       maxNewTokens: maxNew,
       kvDtype: { ours: engine.layout.dtype },
       tokenization: { cases: tokCases.length, mismatches: tokMismatches },
