@@ -106,30 +106,40 @@ void AttnTileStepScalar(const float* q, const float* k, const float* v, int n_ke
   *m = mx;
 }
 
-void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratch& scratch) {
-  const KvLayout& lay = a.pool->layout();
-  const int hd = lay.head_dim, n_kv = lay.num_kv_heads, group = a.n_head / n_kv;
-  const int64_t tpb = lay.tokens_per_block, q_dim = static_cast<int64_t>(a.n_head) * hd, stride = hd + 2;
-  const Kernels kern = KernelsFor(a.isa, hd);
-  const BlockTable& table = *a.table;
+void PagedAttention(const AttentionArgs* seqs, int count, ThreadPool& threads, AttentionScratch& scratch) {
+  if (count == 0) return;
+  // What every sequence of the call shares: the pool (its layout), the layer, the heads, the scale and the ISA.
+  const AttentionArgs& common = seqs[0];
+  const KvLayout& lay = common.pool->layout();
+  const int hd = lay.head_dim, n_kv = lay.num_kv_heads, group = common.n_head / n_kv;
+  const int64_t tpb = lay.tokens_per_block, q_dim = static_cast<int64_t>(common.n_head) * hd, stride = hd + 2;
+  const Kernels kern = KernelsFor(common.isa, hd);
   auto chunks_for = [](int64_t positions) { return (positions + kChunk - 1) / kChunk; };
 
-  const int64_t n_qt = (a.n + kQueryTile - 1) / kQueryTile;
-  const int64_t n_chunks = chunks_for(a.start + a.n);
-  // Split by chunk when (KV head, query tile) items are too few for the threads; the results are the same.
-  const bool split = n_chunks > 1 && n_kv * n_qt < 4 * threads.size();
+  // Items of every sequence. A sequence is split by chunk when its (KV head, query tile) items are too few for
+  // the threads; the results are the same either way.
   std::vector<AttentionScratch::Item>& items = scratch.items;
   items.clear();
-  for (int64_t qt = n_qt - 1; qt >= 0; --qt) {  // the longest first
-    const int64_t last = a.start + std::min(a.n, (qt + 1) * kQueryTile);
-    for (int kvh = 0; kvh < n_kv; ++kvh) {
-      if (!split)
-        items.push_back({kvh, qt, 0, chunks_for(last)});
-      else
-        for (int64_t c = 0; c < chunks_for(last); ++c) items.push_back({kvh, qt, c, c + 1});
+  scratch.partial_at.assign(static_cast<size_t>(count) + 1, 0);
+  std::vector<bool> split(static_cast<size_t>(count));
+  for (int s = 0; s < count; ++s) {
+    const AttentionArgs& a = seqs[s];
+    const int64_t n_qt = (a.n + kQueryTile - 1) / kQueryTile, n_chunks = chunks_for(a.start + a.n);
+    split[static_cast<size_t>(s)] = n_chunks > 1 && n_kv * n_qt < 4 * threads.size();
+    scratch.partial_at[static_cast<size_t>(s) + 1] =
+        scratch.partial_at[static_cast<size_t>(s)] +
+        (split[static_cast<size_t>(s)] ? static_cast<size_t>(a.n * a.n_head * n_chunks * stride) : 0);
+    for (int64_t qt = n_qt - 1; qt >= 0; --qt) {  // the longest first
+      const int64_t last = a.start + std::min(a.n, (qt + 1) * kQueryTile);
+      for (int kvh = 0; kvh < n_kv; ++kvh) {
+        if (!split[static_cast<size_t>(s)])
+          items.push_back({s, kvh, qt, 0, chunks_for(last)});
+        else
+          for (int64_t c = 0; c < chunks_for(last); ++c) items.push_back({s, kvh, qt, c, c + 1});
+      }
     }
   }
-  if (split) scratch.partial.resize(static_cast<size_t>(a.n * a.n_head * n_chunks * stride));
+  scratch.partial.resize(scratch.partial_at.back());
 
   const int64_t rows = static_cast<int64_t>(kQueryTile) * group;
   const size_t tile_floats = static_cast<size_t>(kKvTile) * hd;
@@ -138,8 +148,9 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratc
   for (auto& buf : scratch.per_thread)
     if (buf.size() < need) buf.resize(need);
 
-  // K (kv 0) or V rows of positions [j0, j1) of KV head kvh, as floats.
-  auto gather = [&](int kv, int kvh, int64_t j0, int64_t j1, float* dst) {
+  // K (kv 0) or V rows of positions [j0, j1) of KV head kvh of sequence a, as floats.
+  auto gather = [&](const AttentionArgs& a, int kv, int kvh, int64_t j0, int64_t j1, float* dst) {
+    const BlockTable& table = *a.table;
     for (int64_t pos = j0; pos < j1;) {
       const int64_t slot = pos % tpb, run = std::min(j1 - pos, tpb - slot);
       const uint8_t* src = a.pool->base() + lay.Offset(table[static_cast<size_t>(pos / tpb)], a.layer, kv) +
@@ -154,6 +165,10 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratc
   };
 
   auto run_item = [&](const AttentionScratch::Item& it, int thread) {
+    const AttentionArgs& a = seqs[it.seq];
+    const bool split_seq = split[static_cast<size_t>(it.seq)];
+    const int64_t n_chunks = chunks_for(a.start + a.n);
+    float* partial = scratch.partial.data() + scratch.partial_at[static_cast<size_t>(it.seq)];
     float* buf = scratch.per_thread[static_cast<size_t>(thread)].data();
     float *kt = buf, *vt = buf + tile_floats, *S = vt + tile_floats, *T = S + rows * stride;
     const int64_t t0 = it.qt * kQueryTile, t1 = std::min(a.n, t0 + kQueryTile);
@@ -167,8 +182,8 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratc
         for (int g = 0; g < group; ++g) Reset(state(S, t, g), hd);
       for (int64_t j0 = cs; j0 < ce; j0 += kKvTile) {
         const int64_t j1 = std::min(j0 + kKvTile, ce);
-        gather(0, it.kvh, j0, j1, kt);
-        gather(1, it.kvh, j0, j1, vt);
+        gather(a, 0, it.kvh, j0, j1, kt);
+        gather(a, 1, it.kvh, j0, j1, vt);
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t seen = a.start + t + 1;
           if (seen <= j0) continue;
@@ -184,15 +199,15 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratc
         if (a.start + t + 1 <= cs) continue;
         for (int g = 0; g < group; ++g) {
           const int h = it.kvh * group + g;
-          if (split)
-            std::memcpy(scratch.partial.data() + ((t * a.n_head + h) * n_chunks + c) * stride, state(S, t, g),
+          if (split_seq)
+            std::memcpy(partial + ((t * a.n_head + h) * n_chunks + c) * stride, state(S, t, g),
                         static_cast<size_t>(stride) * sizeof(float));
           else
             Merge(state(T, t, g), state(S, t, g), hd);
         }
       }
     }
-    if (split) return;
+    if (split_seq) return;
     for (int64_t t = t0; t < t1; ++t)
       for (int g = 0; g < group; ++g)
         Finish(state(T, t, g), hd, a.out + t * q_dim + static_cast<int64_t>(it.kvh * group + g) * hd);
@@ -203,24 +218,28 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& threads, AttentionScratc
   threads.ParallelFor(workers, [&](int64_t, int64_t, int thread) {
     for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < items.size();) run_item(items[i], thread);
   });
-  if (!split) return;
 
-  // Chunk states merged in chunk order, one (query, head) row at a time.
-  auto merge_rows = [&](int64_t begin, int64_t end, int thread) {
-    float* T = scratch.per_thread[static_cast<size_t>(thread)].data();
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t t = r / a.n_head;
-      Reset(T, hd);
-      for (int64_t c = 0; c < chunks_for(a.start + t + 1); ++c)
-        Merge(T, scratch.partial.data() + (r * n_chunks + c) * stride, hd);
-      Finish(T, hd, a.out + r * hd);
-    }
-  };
-  const int64_t n_rows = a.n * a.n_head;
-  if (n_rows * n_chunks < 1024)
-    merge_rows(0, n_rows, 0);
-  else
-    threads.ParallelFor(n_rows, merge_rows);
+  // The split sequences' chunk states merged in chunk order, one (query, head) row at a time.
+  for (int s = 0; s < count; ++s) {
+    if (!split[static_cast<size_t>(s)]) continue;
+    const AttentionArgs& a = seqs[s];
+    const int64_t n_chunks = chunks_for(a.start + a.n);
+    const float* partial = scratch.partial.data() + scratch.partial_at[static_cast<size_t>(s)];
+    auto merge_rows = [&](int64_t begin, int64_t end, int thread) {
+      float* T = scratch.per_thread[static_cast<size_t>(thread)].data();
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t t = r / a.n_head;
+        Reset(T, hd);
+        for (int64_t c = 0; c < chunks_for(a.start + t + 1); ++c) Merge(T, partial + (r * n_chunks + c) * stride, hd);
+        Finish(T, hd, a.out + r * hd);
+      }
+    };
+    const int64_t n_rows = a.n * a.n_head;
+    if (n_rows * n_chunks < 1024)
+      merge_rows(0, n_rows, 0);
+    else
+      threads.ParallelFor(n_rows, merge_rows);
+  }
 }
 
 }  // namespace kvf::engine

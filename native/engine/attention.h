@@ -39,13 +39,16 @@ constexpr int kQueryTile = 16;  // queries of a prefill batch sharing each conve
 // Buffers reused from call to call (one per Session).
 struct AttentionScratch {
   struct Item {
+    int seq;  // which of the call's sequences
     int kvh;
     int64_t qt;      // query tile
     int64_t c0, c1;  // chunks [c0, c1)
   };
   std::vector<Item> items;
   std::vector<std::vector<float>> per_thread;
-  std::vector<float> partial;  // chunk states of the split path, [query][head][chunk][m, l, acc...]
+  // Chunk states of the split path, per sequence from partial_at[seq]: [query][head][chunk][m, l, acc...].
+  std::vector<float> partial;
+  std::vector<size_t> partial_at;
 };
 
 struct AttentionArgs {
@@ -61,7 +64,9 @@ struct AttentionArgs {
   QdotIsa isa = QdotIsa::kScalar;
 };
 
-// Positions 0 .. start + n - 1 of the table must have been stored. Uses every thread of `threads`.
-void PagedAttention(const AttentionArgs& args, ThreadPool& threads, AttentionScratch& scratch);
+// Positions 0 .. start + n - 1 of each table must have been stored. The work items of all `count` sequences
+// share one dispatch over every thread of `threads` (a batched decode step has many one-row sequences); an
+// item's operations do not depend on which others share it.
+void PagedAttention(const AttentionArgs* seqs, int count, ThreadPool& threads, AttentionScratch& scratch);
 
 }  // namespace kvf::engine

@@ -191,21 +191,25 @@ void Session::StoreKv(int layer, const BlockTable& table, int64_t start, int64_t
   }
 }
 
-void Session::Attention(int layer, const BlockTable& table, int64_t start, int64_t n, const float* q, float* out) {
+void Session::Attention(int layer, const std::vector<Segment>& segs, const std::vector<int64_t>& first) {
   const uint64_t t0 = NowNs();
   const LlamaHparams& hp = model_.hparams();
-  AttentionArgs args;
-  args.pool = &pool_;
-  args.layer = layer;
-  args.table = &table;
-  args.n_head = hp.n_head;
-  args.start = start;
-  args.n = n;
-  args.q = q;
-  args.out = out;
-  args.scale = 1.0f / std::sqrt(static_cast<float>(hp.head_dim));
-  args.isa = isa_;
-  PagedAttention(args, pool_threads_, attn_scratch_);
+  const int64_t q_dim = static_cast<int64_t>(hp.n_head) * hp.head_dim;
+  attn_args_.resize(segs.size());
+  for (size_t i = 0; i < segs.size(); ++i) {
+    AttentionArgs& a = attn_args_[i];
+    a.pool = &pool_;
+    a.layer = layer;
+    a.table = segs[i].table;
+    a.n_head = hp.n_head;
+    a.start = segs[i].start;
+    a.n = segs[i].n;
+    a.q = q_.data() + first[i] * q_dim;
+    a.out = attn_.data() + first[i] * q_dim;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(hp.head_dim));
+    a.isa = isa_;
+  }
+  PagedAttention(attn_args_.data(), static_cast<int>(attn_args_.size()), pool_threads_, attn_scratch_);
   timings_.attention_ns += NowNs() - t0;
 }
 
@@ -254,12 +258,11 @@ void Session::Forward(const std::vector<Segment>& segs) {
       Rope(q_.data() + t * q_dim, hp.n_head, hp.head_dim, hp.rope_dim, cs, sn);
       Rope(k_.data() + t * kv_dim, hp.n_head_kv, hp.head_dim, hp.rope_dim, cs, sn);
     }
-    for (size_t i = 0; i < segs.size(); ++i) {
-      const Segment& s = segs[i];
-      const int64_t r = first[i];
-      StoreKv(layer, *s.table, s.start, s.n, k_.data() + r * kv_dim, v_.data() + r * kv_dim);
-      Attention(layer, *s.table, s.start, s.n, q_.data() + r * q_dim, attn_.data() + r * q_dim);
-    }
+    // Every sequence's K/V first, then their attention in one dispatch (their blocks do not overlap).
+    for (size_t i = 0; i < segs.size(); ++i)
+      StoreKv(layer, *segs[i].table, segs[i].start, segs[i].n, k_.data() + first[i] * kv_dim,
+              v_.data() + first[i] * kv_dim);
+    Attention(layer, segs, first);
     const MatJob wo{L.wo, tmp_.data()};
     MatMul(&wo, 1, attn_.data(), n);
     for (int64_t i = 0; i < n * E; ++i) x_[static_cast<size_t>(i)] += tmp_[static_cast<size_t>(i)];

@@ -127,8 +127,8 @@ class Session {
   void Logits(const std::vector<Segment>& segs, const std::vector<int64_t>& last_rows);
   void Validate(const SeqBatch& seq) const;
   void MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens);
-  // Attention of one sequence's n query rows (q: its first row, [n][n_head * head_dim]) into out (same shape).
-  void Attention(int layer, const BlockTable& table, int64_t start, int64_t n, const float* q, float* out);
+  // Attention of every segment's query rows (q_ from row first[i]) into attn_ (same rows), in one dispatch.
+  void Attention(int layer, const std::vector<Segment>& segs, const std::vector<int64_t>& first);
   // Stores one sequence's n K and V rows (k, v: its first row, [n][n_head_kv * head_dim]) into the pool.
   void StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n, const float* k, const float* v);
 
@@ -145,6 +145,7 @@ class Session {
   std::vector<float> out_;                   // the output head's rows, [sequence][n_vocab]
   std::vector<std::vector<float>> scratch_;  // per thread
   AttentionScratch attn_scratch_;
+  std::vector<AttentionArgs> attn_args_;
   Timings timings_;
 };
 

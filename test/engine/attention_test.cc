@@ -85,7 +85,7 @@ class Fixture {
     a.out = out.data();
     a.scale = 1.0f / std::sqrt(static_cast<float>(c_.hd));
     a.isa = isa;
-    PagedAttention(a, tp, scratch);
+    PagedAttention(&a, 1, tp, scratch);
     return out;
   }
 
