@@ -20,6 +20,7 @@ import { parseArgs } from 'node:util';
 import { getLlama, LlamaLogLevel, type Token } from 'node-llama-cpp';
 
 import { describeMachine } from '../../lib/machine.js';
+import { measured as measuredRun, waitQuiet } from '../../lib/quiet.js';
 import { ReferenceEngine } from '../../../src/engine/engine.js';
 import { readGgufMetadata } from '../../../src/engine/gguf-metadata.js';
 import { argmax } from '../../../src/engine/sampling.js';
@@ -107,32 +108,9 @@ interface Run {
 // Other processes on a small machine (tests running beside us) change the numbers a lot — llama.cpp's
 // spinning thread barrier suffers most when its threads are descheduled — so each run records how much CPU
 // everything else took, and the program waits (up to --max-wait-s) for a quiet machine before it starts.
-function procBusySeconds(): number {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  const [user, nice, system, , , irq, softirq, steal] = f as [number, number, number, number, number, number, number, number];
-  return (user + nice + system + irq + softirq + (steal ?? 0)) / 100; // USER_HZ = 100 on Linux
-}
 async function measured(fn: () => Promise<Run>): Promise<Run> {
-  const b0 = procBusySeconds();
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
-  const run = await fn();
-  const wall = (performance.now() - t0) / 1000;
-  const c = process.cpuUsage(c0);
-  const foreign = procBusySeconds() - b0 - (c.user + c.system) / 1e6;
-  return { ...run, foreignCores: Math.max(0, foreign / wall) };
-}
-async function waitQuiet(maxWaitS: number): Promise<number> {
-  const start = performance.now();
-  for (;;) {
-    const b0 = procBusySeconds();
-    const c0 = process.cpuUsage();
-    await new Promise((r) => setTimeout(r, 2000));
-    const c = process.cpuUsage(c0);
-    const foreign = (procBusySeconds() - b0 - (c.user + c.system) / 1e6) / 2;
-    if (foreign < 0.15 || (performance.now() - start) / 1000 > maxWaitS) return foreign;
-    console.log(`waiting for a quiet machine: other processes use ${foreign.toFixed(2)} cores`);
-  }
+  const m = await measuredRun(fn);
+  return { ...m.result, foreignCores: m.foreignCores };
 }
 
 async function runOurs(prompt: number[]): Promise<Run> {
