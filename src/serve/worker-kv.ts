@@ -65,6 +65,7 @@ export class WorkerKv {
   /** Full blocks shared across requests by their chained hash (undefined: --prefix-cache off). */
   readonly cache: PrefixCache | undefined;
   readonly #eventListeners = new Set<(ev: KvEventMsg) => void>();
+  readonly #pending: KvEventMsg[] = [];
 
   constructor(config: KvConfig, log: Logger, agent: Agent, region: MemoryRegion, engine: ReferenceEngine, signer: HandleSigner, modelName = '') {
     this.#id = config.id;
@@ -198,8 +199,21 @@ export class WorkerKv {
     return { snapshot: this.cache?.hashes() ?? [], unsubscribe: () => this.#eventListeners.delete(listener) };
   }
 
+  // Events of one turn of the event loop go out together: consecutive ones of the same kind merge (in order, so
+  // a hash stored and then evicted is evicted at the end).
   #emit(ev: KvEventMsg): void {
-    for (const listener of this.#eventListeners) listener(ev);
+    if (this.#eventListeners.size === 0) return;
+    const last = this.#pending.at(-1);
+    if (last && last.stored.length > 0 === ev.stored.length > 0) {
+      last.stored.push(...ev.stored);
+      last.evicted.push(...ev.evicted);
+    } else this.#pending.push({ stored: [...ev.stored], evicted: [...ev.evicted] });
+    if (!last) queueMicrotask(() => this.#flush());
+  }
+
+  #flush(): void {
+    const events = this.#pending.splice(0);
+    for (const ev of events) for (const listener of this.#eventListeners) listener(ev);
   }
 
   /** Takes `count` free blocks, evicting idle cached ones (least recently used) when the free list is short. */
