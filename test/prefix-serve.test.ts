@@ -15,14 +15,14 @@ import { kvBytesFor } from '../src/kv/plan.js';
 import type { KvLayout } from '../src/kv/layout.js';
 import type { KvProof } from '../src/serve/flow.js';
 import type { Frontend } from '../src/serve/frontend/frontend.js';
-import { health, startFrontend, startStack, stop, tinyModel, waitFor, type Stack } from './helpers/serve.js';
+import { health, SMOLLM2, SMOLLM2_SKIP, startFrontend, startStack, stop, tinyModel, waitFor, type Stack } from './helpers/serve.js';
 
-const model = tinyModel();
+const tiny = tinyModel();
 const TPB = 16;
 const ids = (n: number, seed: number): number[] => Array.from({ length: n }, (_, j) => 3 + ((j * 37 + seed * 101) % 290));
 
 /** The reference: the engine in this process, no cache, no fabric. */
-async function reference(prompt: number[], maxTokens: number): Promise<{ text: string; tokens: number[]; layout: KvLayout }> {
+async function reference(prompt: number[], maxTokens: number, model = tiny): Promise<{ text: string; tokens: number[]; layout: KvLayout }> {
   const tokenizer = await Tokenizer.fromFile(model);
   const engine = new ReferenceEngine({
     modelPath: model,
@@ -45,6 +45,7 @@ async function complete(url: string, name: string, prompt: number[], maxTokens: 
 }
 
 describe('prefix cache and kv routing over tcp', () => {
+  const model = tiny;
   let stack: Stack;
   const frontends: Frontend[] = [];
   const other = async (flags: Record<string, unknown>): Promise<Frontend> => {
@@ -107,6 +108,19 @@ describe('prefix cache and kv routing over tcp', () => {
     assert.ok(res.proof.decode_reused_blocks >= 3);
   });
 
+  test('push mode: the prefill worker reuses its cache and writes the whole prompt into fresh reserved blocks', async () => {
+    const f = await other({ mode: 'push', localPrefillTokens: 0 });
+    const ref = await reference(P2, 10);
+    const res = await complete(f.url, stack.modelName, P2, 10);
+    assert.equal(res.text, ref.text);
+    assert.equal(res.proof.mode, 'push');
+    assert.equal(res.proof.op, 'WRITE');
+    assert.equal(res.proof.prefill_reused_blocks, 3);
+    // A reservation is written by a peer: it never holds shared blocks, so the whole prompt moves.
+    assert.equal(res.proof.decode_reused_blocks, 0);
+    assert.equal(res.proof.bytes, kvBytesFor(ref.layout, P2.length));
+  });
+
   test('conditional disaggregation: a prompt the decode worker holds all but a few tokens of is prefilled there, and the report says why', async () => {
     const f = await other({ localPrefillTokens: 64 });
     await waitFor(() => (f.router.index?.size(stack.decode.ready.address) ?? 0) > 0, 'the index of the decode worker');
@@ -121,6 +135,9 @@ describe('prefix cache and kv routing over tcp', () => {
     const metrics = await (await fetch(`${f.url}/metrics`)).text();
     assert.match(metrics, /kvfabric_local_prefills_total\{reason="cached-prefix"\} 1/);
     assert.match(metrics, /kvfabric_router_decisions_total\{role="decode",reason="only"\} 1/);
+    const h = (await (await fetch(`${f.url}/health`)).json()) as { workers: { role: string; prefix_cache: { blocks: number; indexed_blocks: number } }[] };
+    const decode = h.workers.find((w) => w.role === 'decode')!;
+    assert.ok(decode.prefix_cache.blocks > 0);
   });
 
   test('eviction under pool pressure never takes a block in use: concurrent prompts larger than the pool all come out right', async () => {
@@ -147,5 +164,26 @@ describe('prefix cache and kv routing over tcp', () => {
     assert.equal(fresh.router.index?.size(stack.prefill.ready.address), (await health(stack.prefill.ready.address)).cachedBlocks);
     await stop(stack.decode);
     await waitFor(() => fresh.router.index?.size(address) === 0, "the dead worker's entries to go");
+  });
+});
+
+describe('prefix cache with SmolLM2', { skip: SMOLLM2_SKIP }, () => {
+  let stack: Stack;
+  before(async () => {
+    stack = await startStack(SMOLLM2, 'tcp', { localPrefillTokens: 0 }, { extra: ['--prefix-cache', 'on'] });
+  });
+  after(() => stack?.close());
+
+  test('a second turn gives the uncached output and moves only what the decode worker lacks', async () => {
+    const P1 = ids(70, 5);
+    const ref1 = await reference(P1, 12, SMOLLM2);
+    assert.equal((await complete(stack.url, stack.modelName, P1, 12)).text, ref1.text);
+    const P2 = [...P1, ...ref1.tokens, ...ids(20, 6)];
+    const ref2 = await reference(P2, 12, SMOLLM2);
+    const t2 = await complete(stack.url, stack.modelName, P2, 12);
+    assert.equal(t2.text, ref2.text);
+    assert.ok(t2.proof.decode_reused_blocks >= 4, JSON.stringify(t2.proof));
+    assert.equal(t2.proof.prefill_reused_blocks, 4);
+    assert.equal(t2.proof.bytes, kvBytesFor(ref2.layout, P2.length - t2.proof.decode_reused_blocks * TPB));
   });
 });
