@@ -108,7 +108,7 @@ describe('prefix cache and kv routing over tcp', () => {
     assert.ok(res.proof.decode_reused_blocks >= 3);
   });
 
-  test('push mode: the prefill worker reuses its cache and writes the whole prompt into fresh reserved blocks', async () => {
+  test('push mode: the prefill worker reuses its cache and writes only what the decode worker lacks', async () => {
     const f = await other({ mode: 'push', localPrefillTokens: 0 });
     const ref = await reference(P2, 10);
     const res = await complete(f.url, stack.modelName, P2, 10);
@@ -116,9 +116,9 @@ describe('prefix cache and kv routing over tcp', () => {
     assert.equal(res.proof.mode, 'push');
     assert.equal(res.proof.op, 'WRITE');
     assert.equal(res.proof.prefill_reused_blocks, 3);
-    // A reservation is written by a peer: it never holds shared blocks, so the whole prompt moves.
-    assert.equal(res.proof.decode_reused_blocks, 0);
-    assert.equal(res.proof.bytes, kvBytesFor(ref.layout, P2.length));
+    // The reservation holds the decode worker's cached blocks ungranted; the WRITE covers the rest.
+    assert.equal(res.proof.decode_reused_blocks, 3);
+    assert.equal(res.proof.bytes, kvBytesFor(ref.layout, P2.length - 3 * TPB));
   });
 
   test('conditional disaggregation: a prompt the decode worker holds all but a few tokens of is prefilled there, and the report says why', async () => {

@@ -156,6 +156,11 @@ export class PrefixCache {
     return true;
   }
 
+  /** True when each of `blocks` is cached under the hash at the same place in `hashes` (and as many). */
+  holds(hashes: readonly string[], blocks: readonly number[]): boolean {
+    return hashes.length === blocks.length && blocks.every((b, i) => this.#byBlock.get(b)?.hash === hashes[i]);
+  }
+
   /** True when the block is cached (shared, read-only). */
   has(block: number): boolean {
     return this.#byBlock.has(block);

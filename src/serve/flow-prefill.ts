@@ -62,7 +62,7 @@ function stepsFor(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step:
         step.reserved = await unary(
           decode.client,
           decode.client.reserve,
-          { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs },
+          { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs, prompt: req.prompt },
           ctx.prefillTimeoutMs,
           req.signal,
           withSpan(req.trace ?? ROOT_CONTEXT, span),

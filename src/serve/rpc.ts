@@ -118,6 +118,8 @@ export interface ReserveRequest {
   tokens: number;
   maxTokens: number;
   leaseMs: number;
+  /** Optional: leading blocks of it cached on the decode worker are not reserved (the handle's tokens say how many positions). */
+  prompt: number[];
 }
 
 export interface WorkerStatus {

@@ -34,11 +34,15 @@ export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<Dec
   let seq: SequenceBlocks;
   try {
     // A pool without room waits for blocks while the call lasts (WorkerKv.allocate). The prompt's leading blocks
-    // come from the prefix cache where this worker holds them (not into a reservation, which a peer WRITEs).
-    seq = taken ? { blocks: taken, reused: 0 } : await w.kv.sequence(req.prompt, blocksFor(w.kv.layout, Math.min(start + 1, ctx)), live, deadlineOf(call));
+    // come from the prefix cache where this worker holds them (a reservation holds them already, ungranted).
+    seq = taken
+      ? { blocks: taken, reused: w.kv.heldPrefix(req.prompt, taken) }
+      : await w.kv.sequence(req.prompt, blocksFor(w.kv.layout, Math.min(start + 1, ctx)), live, deadlineOf(call));
   } catch (err) {
-    // No room for the sequence in time (KVF_ERR_POOL_EXHAUSTED), or the call ended: the stream's slot goes back.
+    // No room for the sequence in time (KVF_ERR_POOL_EXHAUSTED), the call ended, or a reservation for another
+    // prompt: the stream's slot and the reservation go back.
     streamEnded();
+    if (taken) w.kv.free(taken);
     throw err;
   }
   const { blocks } = seq;

@@ -103,14 +103,16 @@ export class WorkerKv {
    * maximum), grants remote `access` to exactly them (one grant per run of consecutive blocks) and returns the
    * signed handle. However the hold ends, the grants are revoked first. On failure nothing stays held.
    */
-  holdFor(requestId: string, access: HandleAccess, blocks: number[], tokens: number, askedLeaseMs: number): KvHandle {
+  holdFor(requestId: string, access: HandleAccess, blocks: number[], tokens: number, askedLeaseMs: number, grantFrom = 0): KvHandle {
     const { expiresAt } = this.leases.hold(requestId, blocks, Math.min(askedLeaseMs || this.#config.leaseMs, this.#config.maxLeaseMs));
     const grants: Grant[] = [];
     const revoke = (): void => grants.forEach((g) => g.revoke());
     try {
+      // A reservation's leading cached blocks (grantFrom) are held with it but never granted: peers only write the rest.
+      const granted = blocks.slice(grantFrom);
       const size = this.layout.blockBytes;
-      for (const run of blockRuns(blocks)) grants.push(this.#agent.grant(this.#region, { offset: run.start * size, length: run.count * size, access }));
-      const handle = this.#handle(requestId, access, blocks, tokens, expiresAt, grants);
+      for (const run of blockRuns(granted)) grants.push(this.#agent.grant(this.#region, { offset: run.start * size, length: run.count * size, access }));
+      const handle = this.#handle(requestId, access, granted, tokens, expiresAt, grants);
       this.leases.bind(requestId, handle.mac!, revoke);
       return handle;
     } catch (err) {
@@ -186,6 +188,18 @@ export class WorkerKv {
     if (!this.cache) return;
     const hashes = this.cache.hashesOf(tokens.slice(0, written));
     for (const [i, hash] of hashes.entries()) if (!this.cache.has(blocks[i]!)) this.cache.insert(hash, blocks[i]!);
+  }
+
+  /**
+   * How many leading blocks of a reservation are shared cached blocks, checked against the prompt the Decode brings:
+   * a reservation made for another prompt is refused (KVF_ERR_BAD_HANDLE).
+   */
+  heldPrefix(prompt: readonly number[], blocks: readonly number[]): number {
+    let n = 0;
+    while (n < blocks.length && this.cache?.has(blocks[n]!)) n++;
+    if (n > 0 && !this.cache!.holds(this.cache!.hashesOf(prompt, n), blocks.slice(0, n)))
+      throw new KvfError('KVF_ERR_BAD_HANDLE', 'the reservation was made for another prompt');
+    return n;
   }
 
   /** Blocks a request could get now: free ones and idle cached ones (evicted on demand). */
@@ -300,6 +314,12 @@ export class WorkerKv {
 
   /** Push mode: RDMA WRITE of the prompt's K/V into blocks the decode worker reserved (a `kv.transfer` span under `trace`). */
   async push(requestId: string, target: KvHandle, blocks: number[], tokens: number, trace: Context = ROOT_CONTEXT): Promise<TransferReportMsg> {
+    // A reservation whose worker holds the first positions already names only the blocks after them.
+    const held = target.tokens;
+    const tpb = this.layout.tokensPerBlock;
+    if (held % tpb !== 0 || held >= tokens) throw new KvfError('KVF_ERR_BAD_HANDLE', `the reservation holds ${held} of ${tokens} positions already`);
+    blocks = blocks.slice(held / tpb);
+    tokens -= held;
     const span = this.#transferSpan(trace, 'push', 'WRITE', target.workerId, blocks.length, tokens);
     return inSpan(span, async () => {
       const ranges = planKvCopy(this.layout, blocks, target.blocks, tokens);

@@ -71,9 +71,13 @@ export async function reserve(w: WorkerParts, req: ReserveRequest, call: grpc.Se
   const total = Math.min(req.tokens + 1, w.engine.model.contextLength);
   const need = blocksFor(w.kv.layout, total);
   trace.span.setAttributes({ [ATTR.promptTokens]: req.tokens, [ATTR.kvBlocks]: need });
-  const blocks = await w.kv.allocate(need, whileCalled(call), deadlineOf(call));
+  // The prompt's leading blocks this worker has cached are held with the reservation but not granted: the handle
+  // names the blocks after them, and its tokens the positions held (the prefill worker writes from there).
+  const prompt = req.prompt.length === req.tokens ? req.prompt : [];
+  const { blocks, reused } = await w.kv.sequence(prompt, need, whileCalled(call), deadlineOf(call));
+  trace.span.setAttribute('kvfabric.reused_blocks', reused);
   try {
-    return w.kv.holdFor(req.requestId, 'write', blocks, 0, req.leaseMs);
+    return w.kv.holdFor(req.requestId, 'write', blocks, reused * w.kv.layout.tokensPerBlock, req.leaseMs, reused);
   } catch (err) {
     w.kv.free(blocks);
     throw err;
