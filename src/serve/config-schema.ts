@@ -104,7 +104,7 @@ export interface FrontendConfig extends Common {
   router: RouterPolicy;
   /** kv router: the cost of one prompt block a worker would have to compute or receive. */
   routerOverlapWeight: number;
-  /** kv router: the cost of one request in flight on the worker (and of its queue, per block of queued tokens). */
+  /** kv router: the cost of one prompt block of this frontend's requests in flight on the worker (its load). */
   routerLoadWeight: number;
   /** A prompt whose part the decode worker lacks is at most this many tokens: the decode worker prefills it (0: never). */
   localPrefillTokens: number;
@@ -304,7 +304,7 @@ export const frontendSchema: JSONSchemaType<FrontendConfig> = {
       description: 'pick workers by cached prefix overlap and load (kv), or by fewest in flight, round-robin among equals',
     },
     routerOverlapWeight: { type: 'number', minimum: 0, default: 1, description: 'kv router: cost of each prompt block a worker lacks' },
-    routerLoadWeight: { type: 'number', minimum: 0, default: 1, description: 'kv router: cost of each request in flight on a worker' },
+    routerLoadWeight: { type: 'number', minimum: 0, default: 1, description: 'kv router: cost of each prompt block of the requests in flight on a worker' },
     localPrefillTokens: {
       type: 'integer',
       minimum: 0,

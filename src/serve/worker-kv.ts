@@ -167,11 +167,11 @@ export class WorkerKv {
   /**
    * Blocks for a sequence of `count` blocks whose first tokens are `tokens`: its leading full blocks from the prefix
    * cache where they are cached (shared, read-only: only blocks strictly before the last prompt token's block), the
-   * rest fresh (allocate: waiting as it says). `reuse` false takes all fresh (a reservation others WRITE into).
+   * rest fresh (allocate: waiting as it says).
    */
-  async sequence(tokens: readonly number[], count: number, signal: AbortSignal, deadline = Infinity, reuse = true): Promise<SequenceBlocks> {
+  async sequence(tokens: readonly number[], count: number, signal: AbortSignal, deadline = Infinity): Promise<SequenceBlocks> {
     const tpb = this.layout.tokensPerBlock;
-    const shared = reuse && this.cache ? this.cache.acquire(this.cache.hashesOf(tokens, Math.min(reusableBlocks(tokens.length, tpb), count - 1))) : [];
+    const shared = this.cache ? this.cache.acquire(this.cache.hashesOf(tokens, Math.min(reusableBlocks(tokens.length, tpb), count - 1))) : [];
     try {
       return { blocks: [...shared, ...(await this.allocate(count - shared.length, signal, deadline))], reused: shared.length };
     } catch (err) {
