@@ -141,6 +141,8 @@ const SERVE_KEYS = {
   threads: 'worker',
   maxBatchSequences: 'worker',
   maxStepTokens: 'worker',
+  prefixCache: 'worker',
+  router: 'frontend',
 } as const;
 type ServeKey = keyof typeof SERVE_KEYS;
 const SERVE_DEFAULTED = new Set<ServeKey>(['provider', 'mode', 'listen']);

@@ -70,6 +70,8 @@ export interface WorkerConfig extends Common {
   transferTimeoutMs: number;
   /** Frontend registry (host:port) to register with. */
   register?: string;
+  /** Prefix cache: share full KV blocks across requests by their chained token hash (on), or never (off). */
+  prefixCache: 'on' | 'off';
   /** etcd lease TTL of this worker's registration, seconds. */
   etcdTtl: number;
 }
@@ -98,7 +100,19 @@ export interface FrontendConfig extends Common {
   maxMigrations: number;
   /** A worker that leaves a keepalive ping of an open call unanswered this long is taken for dead (frozen, or cut off). */
   keepaliveMs: number;
+  /** How workers are picked: by cached prefix overlap and load (kv), or fewest in flight then round-robin. */
+  router: RouterPolicy;
+  /** kv router: the cost of one prompt block a worker would have to compute or receive. */
+  routerOverlapWeight: number;
+  /** kv router: the cost of one prompt block of this frontend's requests in flight on the worker (its load). */
+  routerLoadWeight: number;
+  /** A prompt whose part the decode worker lacks is at most this many tokens: the decode worker prefills it (0: never). */
+  localPrefillTokens: number;
+  /** Requests in flight per prefill worker at which every one counts as saturated: the decode worker prefills (0: never). */
+  prefillSaturation: number;
 }
+
+export type RouterPolicy = 'kv' | 'round-robin';
 
 const common = {
   model: { type: 'string', minLength: 1, description: 'GGUF model (default: SmolLM2 when fetched, else the tiny test model)' },
@@ -150,6 +164,7 @@ export const workerSchema: JSONSchemaType<WorkerConfig> = {
     'etcdPrefix',
     'etcdTtl',
     'tlsClientAuth',
+    'prefixCache',
   ],
   properties: {
     ...common,
@@ -212,6 +227,12 @@ export const workerSchema: JSONSchemaType<WorkerConfig> = {
     transferTimeoutMs: { type: 'integer', minimum: 1, default: 10_000, description: 'fail a KV transfer after this' },
     register: { ...hostPort, nullable: true, description: 'register with this frontend registry' },
     etcdTtl: { type: 'integer', minimum: 1, maximum: 3600, default: 5, description: 'etcd lease TTL, seconds' },
+    prefixCache: {
+      type: 'string',
+      enum: ['on', 'off'],
+      default: 'on',
+      description: 'share full KV blocks across requests whose prompts start alike (prefix cache), evicting idle ones LRU',
+    },
   },
 };
 
@@ -237,6 +258,11 @@ export const frontendSchema: JSONSchemaType<FrontendConfig> = {
     'keepaliveMs',
     'etcdPrefix',
     'tlsClientAuth',
+    'router',
+    'routerOverlapWeight',
+    'routerLoadWeight',
+    'localPrefillTokens',
+    'prefillSaturation',
   ],
   properties: {
     ...common,
@@ -270,6 +296,26 @@ export const frontendSchema: JSONSchemaType<FrontendConfig> = {
       minimum: 100,
       default: 10_000,
       description: 'a worker that leaves a ping of an open call unanswered this long is taken for dead',
+    },
+    router: {
+      type: 'string',
+      enum: ['kv', 'round-robin'],
+      default: 'kv',
+      description: 'pick workers by cached prefix overlap and load (kv), or by fewest in flight, round-robin among equals',
+    },
+    routerOverlapWeight: { type: 'number', minimum: 0, default: 1, description: 'kv router: cost of each prompt block a worker lacks' },
+    routerLoadWeight: { type: 'number', minimum: 0, default: 1, description: 'kv router: cost of each prompt block of the requests in flight on a worker' },
+    localPrefillTokens: {
+      type: 'integer',
+      minimum: 0,
+      default: 64,
+      description: 'kv router: the decode worker prefills a prompt it holds all but this many tokens of itself (0: never)',
+    },
+    prefillSaturation: {
+      type: 'integer',
+      minimum: 0,
+      default: 0,
+      description: 'requests in flight on every prefill worker at which the decode worker prefills instead (0: never)',
     },
   },
 };

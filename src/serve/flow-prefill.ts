@@ -49,11 +49,11 @@ export function noPrefill(): PrefillStep {
  * Runs the request's mode's steps before Decode on `decode`, the decode worker it starts on, recording them in
  * `step` as they happen: when a later step throws, the caller still knows what an earlier one holds.
  */
-export function prefillStep(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step: PrefillStep): Promise<void> {
-  return BEFORE_DECODE[ctx.mode](stepsFor(ctx, req, decode, step));
+export function prefillStep(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step: PrefillStep, onRoute?: (reason: string) => void): Promise<void> {
+  return BEFORE_DECODE[ctx.mode](stepsFor(ctx, req, decode, step, onRoute));
 }
 
-function stepsFor(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step: PrefillStep) {
+function stepsFor(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step: PrefillStep, onRoute?: (reason: string) => void) {
   return {
     /** Push mode: blocks on the decode worker for the prompt's K/V, reserved once whatever the replica; null when refused. */
     async reserve(): Promise<KvHandle | null> {
@@ -62,7 +62,7 @@ function stepsFor(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step:
         step.reserved = await unary(
           decode.client,
           decode.client.reserve,
-          { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs },
+          { requestId: req.requestId, tokens: req.prompt.length, maxTokens: req.maxTokens, leaseMs: ctx.leaseMs, prompt: req.prompt },
           ctx.prefillTimeoutMs,
           req.signal,
           withSpan(req.trace ?? ROOT_CONTEXT, span),
@@ -102,7 +102,7 @@ function stepsFor(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step:
         span.end();
       }
     },
-    onReplicas: (attempt: (entry: WorkerEntry, n: number) => Promise<void>) => onReplicas(ctx, req, step, attempt),
+    onReplicas: (attempt: (entry: WorkerEntry, n: number) => Promise<void>) => onReplicas(ctx, req, step, attempt, onRoute),
   };
 }
 
@@ -111,20 +111,30 @@ function stepsFor(ctx: FlowContext, req: FlowRequest, decode: WorkerEntry, step:
  * fails too, records why local prefill follows. Overloaded everywhere: KVF_ERR_OVERLOADED for the client, since
  * prefilling on the decode worker would only move the overload there.
  */
-async function onReplicas(ctx: FlowContext, req: FlowRequest, step: PrefillStep, attempt: (entry: WorkerEntry, n: number) => Promise<void>): Promise<void> {
+async function onReplicas(
+  ctx: FlowContext,
+  req: FlowRequest,
+  step: PrefillStep,
+  attempt: (entry: WorkerEntry, n: number) => Promise<void>,
+  onRoute?: (reason: string) => void,
+): Promise<void> {
   let failed: string | undefined;
   let overloaded: KvfError | undefined;
   for (let n = 0; n < 2; n++) {
     let entry: WorkerEntry;
     try {
-      entry = ctx.router.pick('prefill', failed, req.trace);
+      const choice = ctx.router.choose('prefill', { prompt: req.prompt, ...(failed ? { exclude: failed } : {}), ...(req.trace ? { trace: req.trace } : {}) });
+      entry = choice.entry;
+      onRoute?.(choice.reason);
     } catch (err) {
       if (overloaded) throw overloaded;
       step.fallbackReason ||= (err as Error).message;
       return;
     }
     step.entry = entry;
+    const blocks = ctx.router.promptBlocks(entry, req.prompt);
     entry.active++;
+    entry.activeBlocks += blocks;
     try {
       await attempt(entry, n + 1);
       step.fallbackReason = '';
@@ -145,6 +155,7 @@ async function onReplicas(ctx: FlowContext, req: FlowRequest, step: PrefillStep,
       failed = entry.address;
     } finally {
       entry.active--;
+      entry.activeBlocks -= blocks;
     }
   }
 }

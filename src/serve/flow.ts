@@ -15,7 +15,7 @@ import { ATTR, ROOT_CONTEXT, spanFailed, withSpan, type Context } from '../commo
 import type { ServeMode } from './config.js';
 import { abortError, noPrefill, prefillStep, WORKER_FAULTS, workerSpan } from './flow-prefill.js';
 import { fromServiceError } from './grpc-errors.js';
-import type { Router, WorkerEntry } from './router.js';
+import type { RouteChoice, Router, WorkerEntry } from './router.js';
 import {
   grpc,
   traceMetadata,
@@ -50,7 +50,8 @@ export interface Migration {
 
 /** What carried the request's KV: the `kvfabric` object of every response. */
 export interface KvProof {
-  mode: ServeMode | 'fallback';
+  /** 'fallback': remote prefill failed; 'local': the router had the decode worker prefill (conditional disaggregation). */
+  mode: ServeMode | 'fallback' | 'local';
   backend: string;
   provider: string;
   rails: number[];
@@ -65,6 +66,13 @@ export interface KvProof {
   fallback_reason: string | null;
   /** Decode workers the request left (their K/V was rebuilt by the next one, not carried). */
   migrations: Migration[];
+  /** Prefix cache: leading prompt blocks (and their K/V bytes) found cached, neither computed nor moved, on each side. */
+  prefill_reused_blocks: number;
+  prefill_reused_bytes: number;
+  decode_reused_blocks: number;
+  decode_reused_bytes: number;
+  /** Why the router chose the workers it did. */
+  route: { decode: string; prefill: string | null };
 }
 
 export interface FlowOutcome {
@@ -80,6 +88,9 @@ export interface FlowContext {
   leaseMs: number;
   /** Decode workers a request may move to after the one it started on fails. */
   maxMigrations: number;
+  /** Conditional disaggregation (0: never): see localPrefillReason. */
+  localPrefillTokens?: number;
+  prefillSaturation?: number;
   log: Logger;
 }
 
@@ -109,28 +120,43 @@ class RequestFlow {
   #started: DecodeStarted | null = null;
   #firstStarted: DecodeStarted | null = null;
   readonly #migrations: Migration[] = [];
+  readonly #route: KvProof['route'];
+  /** Why the decode worker prefills although the mode disaggregates ('' when it does not). */
+  readonly #local: string;
 
   constructor(
     readonly ctx: FlowContext,
     readonly req: FlowRequest,
     readonly onToken: (token: number) => boolean,
   ) {
-    this.#decode = ctx.router.pick('decode', undefined, req.trace);
+    const choice = ctx.router.choose('decode', { prompt: req.prompt, ...(req.trace ? { trace: req.trace } : {}) });
+    this.#decode = choice.entry;
+    this.#route = { decode: choice.reason, prefill: null };
+    this.#local = ctx.mode === 'aggregated' ? '' : localPrefillReason(ctx, req.prompt, choice);
   }
 
   async run(): Promise<FlowOutcome> {
-    this.#decode.active++;
+    this.#busy(this.#decode, 1);
     try {
-      await prefillStep(this.ctx, this.req, this.#decode, this.#prefill);
+      if (this.#local) {
+        this.#prefill.fallbackReason = this.#local;
+        this.ctx.log.debug({ requestId: this.req.requestId, reason: this.#local }, 'prefilled on the decode worker');
+      } else await prefillStep(this.ctx, this.req, this.#decode, this.#prefill, (reason) => (this.#route.prefill = reason));
       const early = this.#deliverFirst();
       return this.#finish(early ?? (await this.#decodeMigrating()));
     } finally {
-      this.#decode.active--;
+      this.#busy(this.#decode, -1);
       // Blocks nobody will take any more: the prefill worker's when no decode pulled them, the decode
       // worker's reservation when its Decode never ran.
       this.#releasePrefill();
       if (this.#prefill.reserved) void release(this.#decode.client, this.req.requestId);
     }
+  }
+
+  /** Counts the request in (1) or out (-1) of a worker's load: its requests and their prompts' blocks in flight. */
+  #busy(entry: WorkerEntry, by: 1 | -1): void {
+    entry.active += by;
+    entry.activeBlocks += by * this.ctx.router.promptBlocks(entry, this.req.prompt);
   }
 
   /** The prefill worker's first token, if any, to the client; the finish reason when the request ends with it. */
@@ -154,9 +180,9 @@ class RequestFlow {
       } catch (err) {
         const next = this.#migrationTarget(this.#decode, err);
         if (!next) throw err;
-        this.#decode.active--;
+        this.#busy(this.#decode, -1);
         this.#decode = next;
-        this.#decode.active++;
+        this.#busy(this.#decode, 1);
       }
     }
   }
@@ -279,11 +305,12 @@ class RequestFlow {
     const t = first?.transfer ?? prefill?.push ?? null;
     const local = first?.localPrefill ?? false;
     const reason = first?.fallbackReason || this.#prefill.fallbackReason;
+    const mode = local && ctx.mode !== 'aggregated' ? (this.#local && reason === this.#local ? 'local' : 'fallback') : ctx.mode;
     return {
       finishReason,
       completionTokens: this.#progress.tokens.length,
       proof: {
-        mode: local && ctx.mode !== 'aggregated' ? 'fallback' : ctx.mode,
+        mode,
         backend: t?.backend ?? decode.status?.backend ?? 'LIBFABRIC',
         provider: t?.provider ?? decode.status?.provider ?? '',
         rails: t?.rails ?? [],
@@ -296,9 +323,36 @@ class RequestFlow {
         prefill_ms: local ? null : (prefill?.prefillMs ?? null),
         fallback_reason: reason || null,
         migrations: this.#migrations,
+        prefill_reused_blocks: local ? 0 : (prefill?.reusedBlocks ?? 0),
+        prefill_reused_bytes: local ? 0 : (prefill?.reusedBytes ?? 0),
+        decode_reused_blocks: first?.reusedBlocks ?? 0,
+        decode_reused_bytes: first?.reusedBytes ?? 0,
+        route: this.#route,
       },
     };
   }
+}
+
+/**
+ * Conditional disaggregation: why the decode worker should prefill this prompt itself ('' when a prefill worker
+ * should): it holds all but a few of the prompt's tokens cached (--local-prefill-tokens; a transfer would cost
+ * more than computing them), or every prefill worker has --prefill-saturation requests in flight.
+ */
+export function localPrefillReason(ctx: FlowContext, prompt: readonly number[], decode: RouteChoice): string {
+  const tpb = ctx.router.index?.tokensPerBlock(decode.entry.address);
+  const limit = ctx.localPrefillTokens ?? 0;
+  if (tpb && decode.overlap > 0 && limit > 0) {
+    const lacking = prompt.length - decode.overlap * tpb;
+    if (lacking <= limit)
+      return `cached prefix: the decode worker holds ${decode.overlap * tpb} of ${prompt.length} prompt tokens; ${lacking} to compute (at most ${limit})`;
+  }
+  const saturation = ctx.prefillSaturation ?? 0;
+  if (saturation > 0) {
+    const prefill = ctx.router.workers().filter((e) => e.role === 'prefill' && e.healthy);
+    if (prefill.length > 0 && prefill.every((e) => e.active >= saturation))
+      return `prefill saturated: every prefill worker has ${saturation} or more requests in flight`;
+  }
+  return '';
 }
 
 /** Frees what a worker holds for the request; best effort (its lease frees it otherwise). */

@@ -32,6 +32,8 @@ export interface LocalStackOptions {
   threads?: string;
   maxBatchSequences?: string;
   maxStepTokens?: string;
+  prefixCache?: string;
+  router?: string;
 }
 
 export async function runLocalStack(options: LocalStackOptions, log: Logger = defaultLogger()): Promise<void> {
@@ -49,6 +51,7 @@ export async function runLocalStack(options: LocalStackOptions, log: Logger = de
     ...(options.threads ? ['--threads', options.threads] : []),
     ...(options.maxBatchSequences ? ['--max-batch-sequences', options.maxBatchSequences] : []),
     ...(options.maxStepTokens ? ['--max-step-tokens', options.maxStepTokens] : []),
+    ...(options.prefixCache ? ['--prefix-cache', options.prefixCache] : []),
   ];
   const policy = restartPolicy();
   const secrets = {
@@ -97,7 +100,15 @@ export async function runLocalStack(options: LocalStackOptions, log: Logger = de
     // No addresses in the configuration: route() gives the router the workers' current ones (one may have
     // died and restarted since it announced itself).
     const config = frontendConfig({
-      flags: { model: options.model, listen: options.listen, prefill: [], decode: [], mode: options.mode, clusterToken: secrets.KVF_CLUSTER_TOKEN },
+      flags: {
+        model: options.model,
+        listen: options.listen,
+        prefill: [],
+        decode: [],
+        mode: options.mode,
+        clusterToken: secrets.KVF_CLUSTER_TOKEN,
+        ...(options.router ? { router: options.router } : {}),
+      },
     });
     frontend = await Frontend.start(config, log);
     workers.forEach(route);

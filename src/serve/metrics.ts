@@ -50,6 +50,31 @@ export class ServeMetrics {
     registers: [this.registry],
   });
 
+  readonly routeDecisions = new Counter({
+    name: 'kvfabric_router_decisions_total',
+    help: 'Workers chosen by the router, by role and why: cache (most cached prefix at least cost), load, round-robin (tied), only',
+    labelNames: ['role', 'reason'],
+    registers: [this.registry],
+  });
+  readonly routeCachedBlocks = new Counter({
+    name: 'kvfabric_router_cached_blocks_total',
+    help: 'Prompt blocks the chosen worker held in its prefix cache (by the index), by role',
+    labelNames: ['role'],
+    registers: [this.registry],
+  });
+  readonly localPrefills = new Counter({
+    name: 'kvfabric_local_prefills_total',
+    help: 'Requests the router had the decode worker prefill (conditional disaggregation), by reason',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
+  readonly reusedBytes = new Counter({
+    name: 'kvfabric_kv_bytes_reused_total',
+    help: 'KV bytes of prompt blocks found in a prefix cache (neither computed nor moved), by side',
+    labelNames: ['side'],
+    registers: [this.registry],
+  });
+
   /**
    * The exposition text without NaN samples: prom-client writes 'Nan' (not Prometheus's 'NaN') for the event-loop
    * lag's mean and deviation when two scrapes come within its sampling interval, and scrapers reject the page.
@@ -64,6 +89,10 @@ export class ServeMetrics {
 
   constructor(router: Router) {
     collectDefaultMetrics({ register: this.registry, prefix: 'kvfabric_frontend_' });
+    router.onChoice = (role, choice) => {
+      this.routeDecisions.inc({ role, reason: choice.kind });
+      this.routeCachedBlocks.inc({ role }, choice.overlap);
+    };
     const poolGauge = (name: string, help: string, pick: (s: WorkerStatus) => number) =>
       new Gauge({
         name,
@@ -93,6 +122,10 @@ export class ServeMetrics {
     poolGauge('kvfabric_worker_batch_tokens', 'Tokens in the running (or last) engine step per worker', (s) => s.stepTokensLast);
     poolGauge('kvfabric_worker_batch_occupancy', 'Sequences in the running (or last) step over --max-batch-sequences', (s) =>
       s.maxBatchSequences ? s.batchSequences / s.maxBatchSequences : 0,
+    );
+    poolGauge('kvfabric_worker_cached_blocks', 'Blocks in the prefix cache per worker (last health check)', (s) => s.cachedBlocks);
+    poolGauge('kvfabric_worker_cache_hit_ratio', 'Prompt blocks found in the prefix cache over those looked up, per worker', (s) =>
+      s.cacheLookups ? s.cacheHits / s.cacheLookups : 0,
     );
     poolGauge('kvfabric_worker_waiting_passes', 'Prefill and decode calls waiting for an engine step per worker', (s) => s.waitingPasses);
     new Gauge({

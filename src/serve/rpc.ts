@@ -68,6 +68,9 @@ export interface PrefillResponse {
   workerId: string;
   prefillMs: number;
   mac: Uint8Array | null;
+  /** Prefix cache: leading prompt blocks the prefill worker had cached, and their bytes. */
+  reusedBlocks: number;
+  reusedBytes: number;
 }
 
 export interface DecodeRequest {
@@ -89,6 +92,17 @@ export interface DecodeStarted {
   transfer: TransferReportMsg | null;
   localPrefill: boolean;
   fallbackReason: string;
+  /** Prefix cache: leading prompt blocks the decode worker held already, and their bytes. */
+  reusedBlocks: number;
+  reusedBytes: number;
+}
+
+export interface KvEvent {
+  snapshot: boolean;
+  stored: string[];
+  evicted: string[];
+  salt: string;
+  tokensPerBlock: number;
 }
 
 export interface DecodeDone {
@@ -104,6 +118,8 @@ export interface ReserveRequest {
   tokens: number;
   maxTokens: number;
   leaseMs: number;
+  /** Optional: leading blocks of it cached on the decode worker are not reserved (the handle's tokens say how many positions). */
+  prompt: number[];
 }
 
 export interface WorkerStatus {
@@ -133,6 +149,11 @@ export interface WorkerStatus {
   maxBatchSequences: number;
   maxStepTokens: number;
   waitingPasses: number;
+  cachedBlocks: number;
+  idleCachedBlocks: number;
+  cacheLookups: number;
+  cacheHits: number;
+  cacheEvictions: number;
   ttlMs: number;
 }
 
@@ -150,6 +171,7 @@ export interface WorkerClient extends grpc.Client {
   reserve: Unary<Partial<ReserveRequest>, KvHandle>;
   release: Unary<{ requestId: string }, { released: boolean }>;
   health: Unary<Record<string, never>, WorkerStatus>;
+  kvEvents(req: Record<string, never>, metadata?: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<KvEvent>;
 }
 
 export interface RegistryClient extends grpc.Client {

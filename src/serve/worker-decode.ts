@@ -4,11 +4,11 @@ import { KvfError } from '../common/errors.js';
 import { ATTR, spanFailed, startSpan, type Traced } from '../common/tracing.js';
 import { contextRoom, decodeLoop } from '../engine/decode-loop.js';
 import { Sampler } from '../engine/sampling.js';
-import { blocksFor } from '../kv/plan.js';
+import { blocksFor, kvBytesFor } from '../kv/plan.js';
 import type { grpc, DecodeEvent, DecodeRequest, TransferReportMsg } from './rpc.js';
 import type { HandOff } from './security/hand-off.js';
 import { deadlineOf, samplingOptions, whileCalled, type WorkerParts } from './worker-call.js';
-import { pullFallbackReason } from './worker-kv.js';
+import { pullFallbackReason, type SequenceBlocks } from './worker-kv.js';
 
 export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>, trace: Traced): Promise<void> {
   const req = call.request;
@@ -27,30 +27,48 @@ export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<Dec
   const handOff = w.handOffs.check(req);
   span.setAttribute('kvfabric.hand_off', handOff);
   const streamEnded = w.work.admitStream();
-  let blocks = req.reserved ? w.kv.leases.take(req.requestId) : undefined;
+  const taken = req.reserved ? w.kv.leases.take(req.requestId) : undefined;
   // The sequence so far and the next position; the rest grows with generation (growFor), so a request that
   // may generate up to the context does not hold the whole context's blocks from its start.
   const start = req.prompt.length + resumed;
+  let seq: SequenceBlocks;
   try {
-    // A pool without room waits for blocks while the call lasts (WorkerKv.allocate).
-    blocks ??= await w.kv.allocate(blocksFor(w.kv.layout, Math.min(start + 1, ctx)), live, deadlineOf(call));
+    // A pool without room waits for blocks while the call lasts (WorkerKv.allocate). The prompt's leading blocks
+    // come from the prefix cache where this worker holds them (a reservation holds them already, ungranted).
+    seq = taken
+      ? { blocks: taken, reused: w.kv.heldPrefix(req.prompt, taken) }
+      : await w.kv.sequence(req.prompt, blocksFor(w.kv.layout, Math.min(start + 1, ctx)), live, deadlineOf(call));
   } catch (err) {
-    // No room for the sequence in time (KVF_ERR_POOL_EXHAUSTED), or the call ended: the stream's slot goes back.
+    // No room for the sequence in time (KVF_ERR_POOL_EXHAUSTED), the call ended, or a reservation for another
+    // prompt: the stream's slot and the reservation go back.
     streamEnded();
+    if (taken) w.kv.free(taken);
     throw err;
   }
-  span.setAttribute(ATTR.kvBlocks, blocks.length);
+  const { blocks } = seq;
+  span.setAttributes({ [ATTR.kvBlocks]: blocks.length, 'kvfabric.reused_blocks': seq.reused });
+  // The tokens whose K/V the sequence holds, for the prefix cache when it ends: the prompt, then what is fed.
+  const fed = [...req.prompt, ...req.generated];
   try {
-    const first = await begin(w, req, handOff, blocks, live, trace);
+    const first = await begin(w, req, handOff, seq, live, trace);
     span.setAttribute('kvfabric.local_prefill', first.transfer === null);
     if (first.fallbackReason) span.setAttribute(ATTR.fallbackReason, first.fallbackReason);
     if (call.cancelled) return;
     const { sampler } = first;
     const token = first.token;
+    const reusedBytes = kvBytesFor(w.kv.layout, seq.reused * w.kv.layout.tokensPerBlock);
     call.write({
       event: 'started',
-      started: { workerId: w.id, transfer: first.transfer, localPrefill: first.transfer === null, fallbackReason: first.fallbackReason },
+      started: {
+        workerId: w.id,
+        transfer: first.transfer,
+        localPrefill: first.transfer === null,
+        fallbackReason: first.fallbackReason,
+        reusedBlocks: seq.reused,
+        reusedBytes,
+      },
     });
+    fed.push(token);
     const ends = new Set(req.endTokens);
     let done = { finishReason: 'length' as 'stop' | 'length', count: 0 };
     // The first token: the client has it already when a prefill worker sampled it.
@@ -70,6 +88,7 @@ export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<Dec
         grow: (pos) => w.kv.growFor(blocks, pos),
         signal: live,
         onToken: (t) => {
+          fed.push(t);
           call.write({ event: 'token', token: t, samplerState: sampler.state });
           return true;
         },
@@ -79,6 +98,9 @@ export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<Dec
     if (!call.cancelled) call.write({ event: 'done', done: { finishReason: done.finishReason, completionTokens: done.count } });
   } finally {
     streamEnded();
+    // Every token but the last one fed has its K/V written (a pass that failed or stopped wrote its position
+    // only in part: its token never reached `fed`), so the next turn of the conversation finds this one cached.
+    if (fed.length > start) w.kv.publish(fed, blocks, fed.length - 1);
     w.kv.free(blocks);
   }
 }
@@ -94,19 +116,22 @@ async function begin(
   w: WorkerParts,
   req: DecodeRequest,
   handOff: HandOff,
-  blocks: number[],
+  seq: SequenceBlocks,
   live: AbortSignal,
   trace: Traced,
 ): Promise<{ token: number; delivered: boolean; sampler: Sampler; transfer: TransferReportMsg | null; fallbackReason: string }> {
+  const { blocks } = seq;
   let transfer: TransferReportMsg | null = null;
   let fallbackReason = req.fallbackReason;
   if (handOff === 'pull') {
     try {
-      transfer = await w.kv.pull(req.requestId, req.prefill!.kv!, blocks, trace.context);
+      // Only the blocks this worker does not hold already move.
+      transfer = await w.kv.pull(req.requestId, req.prefill!.kv!, blocks, trace.context, seq.reused);
+      w.kv.publish(req.prompt, blocks, req.prompt.length);
     } catch (err) {
       fallbackReason = pullFallbackReason(req.prefill!.workerId, err);
       w.log.warn({ workerId: w.id, requestId: req.requestId, err }, 'KV pull failed; prefilling locally');
-      w.kv.replaceAbandoned(blocks, err);
+      if (w.kv.replaceAbandoned(blocks, err)) seq.reused = 0;
     }
   } else if (handOff === 'push') {
     transfer = req.prefill!.push;
@@ -126,7 +151,10 @@ async function begin(
   }));
   const done = w.work.admitPrefill(req.prompt.length, Infinity);
   try {
-    let logits = await w.engine.prefill(req.prompt, blocks, 0, live);
+    // Cached leading blocks are read, never written: the prompt runs from the first position past them.
+    const from = seq.reused * w.kv.layout.tokensPerBlock;
+    let logits = await w.engine.prefill(req.prompt.slice(from), blocks, from, live);
+    w.kv.publish(req.prompt, blocks, req.prompt.length);
     done(true);
     if (prefilled) return { ...prefilled, transfer, fallbackReason };
     for (let i = 0; i < resumed.length; i++) {

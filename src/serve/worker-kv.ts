@@ -14,6 +14,7 @@ import type { RemotePeer } from '../fabric/peer.js';
 import type { ReferenceEngine } from '../engine/engine.js';
 import { geometryFromMsg, layoutToMsg, type KvLayout } from '../kv/layout.js';
 import { BlockLeases } from '../kv/leases.js';
+import { PrefixCache, prefixSalt, reusableBlocks } from '../kv/prefix-cache.js';
 import { blockRuns, kvBytesFor, planKvCopy, rangesInRuns, sameGeometry, type KvRange } from '../kv/plan.js';
 import type { WorkerConfig } from './config.js';
 import { PeerCache } from './peer-cache.js';
@@ -27,7 +28,19 @@ import type { HandleAccess, HandleSigner } from './security/handles.js';
  */
 const QUARANTINE_MS = 1000;
 
-type KvConfig = Pick<WorkerConfig, 'id' | 'leaseMs' | 'maxLeaseMs' | 'peerIdleMs' | 'transferTimeoutMs' | 'maxQueueMs'>;
+type KvConfig = Pick<WorkerConfig, 'id' | 'leaseMs' | 'maxLeaseMs' | 'peerIdleMs' | 'transferTimeoutMs' | 'maxQueueMs' | 'prefixCache'>;
+
+/** A KV event: hashes this worker's prefix cache stored or evicted (the router's index follows them). */
+export interface KvEventMsg {
+  stored: string[];
+  evicted: string[];
+}
+
+/** A sequence's blocks: `blocks[0..reused)` are shared cached blocks (read-only), the rest are its own. */
+export interface SequenceBlocks {
+  blocks: number[];
+  reused: number;
+}
 
 /** A request waiting for the blocks of its sequence (allocate). */
 interface BlockWaiter {
@@ -49,8 +62,12 @@ export class WorkerKv {
   readonly #metadata: Buffer;
   // Requests waiting for blocks, served in arrival order as blocks are freed.
   readonly #waiters: BlockWaiter[] = [];
+  /** Full blocks shared across requests by their chained hash (undefined: --prefix-cache off). */
+  readonly cache: PrefixCache | undefined;
+  readonly #eventListeners = new Set<(ev: KvEventMsg) => void>();
+  readonly #pending: KvEventMsg[] = [];
 
-  constructor(config: KvConfig, log: Logger, agent: Agent, region: MemoryRegion, engine: ReferenceEngine, signer: HandleSigner) {
+  constructor(config: KvConfig, log: Logger, agent: Agent, region: MemoryRegion, engine: ReferenceEngine, signer: HandleSigner, modelName = '') {
     this.#id = config.id;
     this.#config = config;
     this.#log = log;
@@ -65,6 +82,15 @@ export class WorkerKv {
     });
     this.peers = new PeerCache(agent, config.peerIdleMs);
     this.#metadata = agent.getLocalMetadata();
+    if (config.prefixCache !== 'off') {
+      this.cache = new PrefixCache({
+        salt: prefixSalt({ name: modelName, ...engine.model }, engine.layout),
+        tokensPerBlock: engine.layout.tokensPerBlock,
+        evict: (blocks) => this.#clearAndFree(blocks),
+        onStored: (stored) => this.#emit({ stored, evicted: [] }),
+        onEvicted: (evicted) => this.#emit({ stored: [], evicted }),
+      });
+    }
     agent.on('notification', (n) => this.#onNotification(n.from, n.data));
   }
 
@@ -77,14 +103,16 @@ export class WorkerKv {
    * maximum), grants remote `access` to exactly them (one grant per run of consecutive blocks) and returns the
    * signed handle. However the hold ends, the grants are revoked first. On failure nothing stays held.
    */
-  holdFor(requestId: string, access: HandleAccess, blocks: number[], tokens: number, askedLeaseMs: number): KvHandle {
+  holdFor(requestId: string, access: HandleAccess, blocks: number[], tokens: number, askedLeaseMs: number, grantFrom = 0): KvHandle {
     const { expiresAt } = this.leases.hold(requestId, blocks, Math.min(askedLeaseMs || this.#config.leaseMs, this.#config.maxLeaseMs));
     const grants: Grant[] = [];
     const revoke = (): void => grants.forEach((g) => g.revoke());
     try {
+      // A reservation's leading cached blocks (grantFrom) are held with it but never granted: peers only write the rest.
+      const granted = blocks.slice(grantFrom);
       const size = this.layout.blockBytes;
-      for (const run of blockRuns(blocks)) grants.push(this.#agent.grant(this.#region, { offset: run.start * size, length: run.count * size, access }));
-      const handle = this.#handle(requestId, access, blocks, tokens, expiresAt, grants);
+      for (const run of blockRuns(granted)) grants.push(this.#agent.grant(this.#region, { offset: run.start * size, length: run.count * size, access }));
+      const handle = this.#handle(requestId, access, granted, tokens, expiresAt, grants);
       this.leases.bind(requestId, handle.mac!, revoke);
       return handle;
     } catch (err) {
@@ -103,7 +131,7 @@ export class WorkerKv {
   async allocate(count: number, signal: AbortSignal, deadline = Infinity): Promise<number[]> {
     const total = this.layout.numBlocks;
     if (count > total) throw new KvfError('KVF_ERR_POOL_EXHAUSTED', `the sequence needs ${count} KV blocks; the pool has ${total}`);
-    if (this.#waiters.length === 0 && this.#engine.freeBlockCount >= count) return this.#engine.allocateBlocks(count);
+    if (this.#waiters.length === 0 && this.available >= count) return this.#take(count);
     if (signal.aborted) throw new KvfError('KVF_ERR_CANCELLED', 'the request ended while waiting for KV blocks');
     const waitMs = Math.max(0, Math.min(deadline - Date.now(), this.#config.maxQueueMs));
     return new Promise<number[]>((resolve, reject) => {
@@ -128,12 +156,85 @@ export class WorkerKv {
       };
       const timer = setTimeout(() => {
         leave();
-        const free = this.#engine.freeBlockCount;
+        const free = this.available;
         reject(new KvfError('KVF_ERR_POOL_EXHAUSTED', `no ${count} free KV blocks within ${waitMs} ms (${free} of ${total} free); retry later`));
       }, waitMs);
       signal.addEventListener('abort', onAbort, { once: true });
       this.#waiters.push(waiter);
     });
+  }
+
+  /**
+   * Blocks for a sequence of `count` blocks whose first tokens are `tokens`: its leading full blocks from the prefix
+   * cache where they are cached (shared, read-only: only blocks strictly before the last prompt token's block), the
+   * rest fresh (allocate: waiting as it says).
+   */
+  async sequence(tokens: readonly number[], count: number, signal: AbortSignal, deadline = Infinity): Promise<SequenceBlocks> {
+    const tpb = this.layout.tokensPerBlock;
+    const shared = this.cache ? this.cache.acquire(this.cache.hashesOf(tokens, Math.min(reusableBlocks(tokens.length, tpb), count - 1))) : [];
+    try {
+      return { blocks: [...shared, ...(await this.allocate(count - shared.length, signal, deadline))], reused: shared.length };
+    } catch (err) {
+      this.free(shared);
+      throw err;
+    }
+  }
+
+  /**
+   * Offers the full blocks of a sequence whose positions [0, written) hold K/V for `tokens` to the prefix cache;
+   * from then on they are shared and never written again (the sequence writes only positions past them).
+   */
+  publish(tokens: readonly number[], blocks: readonly number[], written: number): void {
+    if (!this.cache) return;
+    const hashes = this.cache.hashesOf(tokens.slice(0, written));
+    for (const [i, hash] of hashes.entries()) if (!this.cache.has(blocks[i]!)) this.cache.insert(hash, blocks[i]!);
+  }
+
+  /**
+   * How many leading blocks of a reservation are shared cached blocks, checked against the prompt the Decode brings:
+   * a reservation made for another prompt is refused (KVF_ERR_BAD_HANDLE).
+   */
+  heldPrefix(prompt: readonly number[], blocks: readonly number[]): number {
+    let n = 0;
+    while (n < blocks.length && this.cache?.has(blocks[n]!)) n++;
+    if (n > 0 && !this.cache!.holds(this.cache!.hashesOf(prompt, n), blocks.slice(0, n)))
+      throw new KvfError('KVF_ERR_BAD_HANDLE', 'the reservation was made for another prompt');
+    return n;
+  }
+
+  /** Blocks a request could get now: free ones and idle cached ones (evicted on demand). */
+  get available(): number {
+    return this.#engine.freeBlockCount + (this.cache?.evictable ?? 0);
+  }
+
+  /** Cached hashes now, and a listener for what changes (the KV event stream); returns its unsubscribe. */
+  subscribe(listener: (ev: KvEventMsg) => void): { snapshot: string[]; unsubscribe: () => void } {
+    this.#eventListeners.add(listener);
+    return { snapshot: this.cache?.hashes() ?? [], unsubscribe: () => this.#eventListeners.delete(listener) };
+  }
+
+  // Events of one turn of the event loop go out together: consecutive ones of the same kind merge (in order, so
+  // a hash stored and then evicted is evicted at the end).
+  #emit(ev: KvEventMsg): void {
+    if (this.#eventListeners.size === 0) return;
+    const last = this.#pending.at(-1);
+    if (last && last.stored.length > 0 === ev.stored.length > 0) {
+      last.stored.push(...ev.stored);
+      last.evicted.push(...ev.evicted);
+    } else this.#pending.push({ stored: [...ev.stored], evicted: [...ev.evicted] });
+    if (!last) queueMicrotask(() => this.#flush());
+  }
+
+  #flush(): void {
+    const events = this.#pending.splice(0);
+    for (const ev of events) for (const listener of this.#eventListeners) listener(ev);
+  }
+
+  /** Takes `count` free blocks, evicting idle cached ones (least recently used) when the free list is short. */
+  #take(count: number): number[] {
+    const short = count - this.#engine.freeBlockCount;
+    if (short > 0) this.cache?.evict(short);
+    return this.#engine.allocateBlocks(count);
   }
 
   /** Requests waiting for blocks now. */
@@ -143,7 +244,7 @@ export class WorkerKv {
 
   #wake(): void {
     const head = this.#waiters[0];
-    if (head && this.#engine.freeBlockCount >= head.count) head.grant(this.#engine.allocateBlocks(head.count));
+    if (head && this.available >= head.count) head.grant(this.#take(head.count));
   }
 
   /**
@@ -151,26 +252,38 @@ export class WorkerKv {
    * fails the request here with KVF_ERR_POOL_EXHAUSTED, which reaches its client at once.
    */
   growFor(blocks: number[], pos: number): void {
-    if (pos >= blocks.length * this.layout.tokensPerBlock) blocks.push(...this.#engine.allocateBlocks(1));
+    if (pos >= blocks.length * this.layout.tokensPerBlock) blocks.push(...this.#take(1));
   }
 
   /**
    * After a transfer that timed out, its READs may still land in `blocks`: the sequence moves to fresh blocks (the
    * array is updated in place) and the old ones return to the pool only once the abandoned transfer has ended.
    */
-  replaceAbandoned(blocks: number[], err: unknown): void {
+  replaceAbandoned(blocks: number[], err: unknown): boolean {
     const settled = (err as KvfError).settled;
-    if (!settled) return;
-    const abandoned = blocks.splice(0, blocks.length, ...this.#engine.allocateBlocks(blocks.length));
+    if (!settled) return false;
+    const abandoned = blocks.splice(0, blocks.length, ...this.#take(blocks.length));
     void settled.then(() => this.free(abandoned));
+    return true;
   }
 
-  /** Returns blocks to the pool, cleared: whatever the next request leaves unwritten reads as zeros, not as this one's K/V. */
-  free(blocks: number[]): void {
+  /**
+   * Ends a sequence's hold on its blocks: a cached block loses one reference (it stays cached, for the next prompt
+   * that starts the same way), the others return to the pool cleared. Last blocks first, so a chain's first
+   * blocks are the most recently used and its tail is evicted before them.
+   */
+  free(blocks: readonly number[]): void {
+    const own = [...blocks].reverse().filter((b) => !this.cache?.release(b));
+    this.#clearAndFree(own);
+    this.#wake();
+  }
+
+  /** Returns blocks to the pool, cleared: whatever the next request leaves unwritten reads as zeros, not as another one's K/V. */
+  #clearAndFree(blocks: readonly number[]): void {
+    if (blocks.length === 0) return;
     const size = this.layout.blockBytes;
     for (const b of blocks) this.#region.bytes.fill(0, b * size, (b + 1) * size);
     this.#engine.freeBlocks(blocks);
-    this.#wake();
   }
 
   /**
@@ -178,16 +291,20 @@ export class WorkerKv {
    * to free them. A `kv.transfer` span under `trace`; when it fails the decode worker prefills locally (the
    * span's fallback reason says so, as pullFallbackReason words it).
    */
-  async pull(requestId: string, kv: KvHandle, blocks: number[], trace: Context = ROOT_CONTEXT): Promise<TransferReportMsg> {
-    const span = this.#transferSpan(trace, 'pull', 'READ', kv.workerId, kv.blocks.length, kv.tokens);
+  async pull(requestId: string, kv: KvHandle, blocks: number[], trace: Context = ROOT_CONTEXT, skip = 0): Promise<TransferReportMsg> {
+    const span = this.#transferSpan(trace, 'pull', 'READ', kv.workerId, kv.blocks.length - skip, kv.tokens);
     return inSpan(span, async () => {
       try {
-        const ranges = planKvCopy(this.layout, kv.blocks, blocks, kv.tokens);
+        // The first `skip` blocks are in our prefix cache already: only the rest moves.
+        const from = skip * this.layout.tokensPerBlock;
+        if (!Number.isInteger(skip) || skip < 0 || from >= kv.tokens)
+          throw new KvfError('KVF_ERR_INVALID_ARGUMENT', `cannot skip ${skip} blocks of ${kv.tokens} tokens`);
+        const ranges = planKvCopy(this.layout, kv.blocks.slice(skip), blocks.slice(skip), kv.tokens - from);
         const notification = JSON.stringify({ release: requestId, mac: Buffer.from(kv.mac!).toString('hex') });
         const report = await this.#throughGrants(kv, ranges, 'src', (peer, descs) =>
           this.#agent.read(peer, descs, { notification, timeoutMs: this.#config.transferTimeoutMs }),
         );
-        return this.#report(requestId, report, kv.workerId, kv.tokens, span);
+        return this.#report(requestId, report, kv.workerId, kv.tokens - from, span);
       } catch (err) {
         span.setAttribute(ATTR.fallbackReason, pullFallbackReason(kv.workerId, err));
         throw err;
@@ -197,6 +314,12 @@ export class WorkerKv {
 
   /** Push mode: RDMA WRITE of the prompt's K/V into blocks the decode worker reserved (a `kv.transfer` span under `trace`). */
   async push(requestId: string, target: KvHandle, blocks: number[], tokens: number, trace: Context = ROOT_CONTEXT): Promise<TransferReportMsg> {
+    // A reservation whose worker holds the first positions already names only the blocks after them.
+    const held = target.tokens;
+    const tpb = this.layout.tokensPerBlock;
+    if (held % tpb !== 0 || held >= tokens) throw new KvfError('KVF_ERR_BAD_HANDLE', `the reservation holds ${held} of ${tokens} positions already`);
+    blocks = blocks.slice(held / tpb);
+    tokens -= held;
     const span = this.#transferSpan(trace, 'push', 'WRITE', target.workerId, blocks.length, tokens);
     return inSpan(span, async () => {
       const ranges = planKvCopy(this.layout, blocks, target.blocks, tokens);

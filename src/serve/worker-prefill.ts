@@ -3,7 +3,7 @@
 import type { KvfError } from '../common/errors.js';
 import { ATTR, type Traced } from '../common/tracing.js';
 import { Sampler } from '../engine/sampling.js';
-import { blocksFor } from '../kv/plan.js';
+import { blocksFor, kvBytesFor } from '../kv/plan.js';
 import type { grpc, KvHandle, PrefillRequest, PrefillResponse, ReserveRequest } from './rpc.js';
 import { deadlineOf, samplingOptions, whileCalled, type WorkerParts } from './worker-call.js';
 
@@ -25,12 +25,18 @@ export async function prefill(
   try {
     const need = blocksFor(w.kv.layout, req.tokens.length);
     trace.span.setAttribute(ATTR.kvBlocks, need);
-    blocks = await w.kv.allocate(need, live, deadlineOf(call));
-    const logits = await w.engine.prefill(req.tokens, blocks, 0, live);
+    // Leading blocks this worker has cached are not computed again: the prompt runs from the first uncached position.
+    const seq = await w.kv.sequence(req.tokens, need, live, deadlineOf(call));
+    blocks = seq.blocks;
+    const from = seq.reused * w.kv.layout.tokensPerBlock;
+    trace.span.setAttribute('kvfabric.reused_blocks', seq.reused);
+    const logits = await w.engine.prefill(req.tokens.slice(from), blocks, from, live);
+    w.kv.publish(req.tokens, blocks, req.tokens.length);
     done(true);
     trace.span.setAttribute('kvfabric.prefill_ms', performance.now() - started);
     const firstToken = sampler.sample(logits);
-    const base = { firstToken, samplerState: sampler.state, workerId: w.id, kv: null, push: null };
+    const reused = { reusedBlocks: seq.reused, reusedBytes: kvBytesFor(w.kv.layout, from) };
+    const base = { firstToken, samplerState: sampler.state, workerId: w.id, kv: null, push: null, ...reused };
     const sign = (res: Omit<PrefillResponse, 'mac' | 'prefillMs'>): PrefillResponse =>
       w.signer.signResponse({ ...res, prefillMs: performance.now() - started }, req.requestId);
     if (call.cancelled) return sign(base);
@@ -65,9 +71,13 @@ export async function reserve(w: WorkerParts, req: ReserveRequest, call: grpc.Se
   const total = Math.min(req.tokens + 1, w.engine.model.contextLength);
   const need = blocksFor(w.kv.layout, total);
   trace.span.setAttributes({ [ATTR.promptTokens]: req.tokens, [ATTR.kvBlocks]: need });
-  const blocks = await w.kv.allocate(need, whileCalled(call), deadlineOf(call));
+  // The prompt's leading blocks this worker has cached are held with the reservation but not granted: the handle
+  // names the blocks after them, and its tokens the positions held (the prefill worker writes from there).
+  const prompt = req.prompt.length === req.tokens ? req.prompt : [];
+  const { blocks, reused } = await w.kv.sequence(prompt, need, whileCalled(call), deadlineOf(call));
+  trace.span.setAttribute('kvfabric.reused_blocks', reused);
   try {
-    return w.kv.holdFor(req.requestId, 'write', blocks, 0, req.leaseMs);
+    return w.kv.holdFor(req.requestId, 'write', blocks, reused * w.kv.layout.tokensPerBlock, req.leaseMs, reused);
   } catch (err) {
     w.kv.free(blocks);
     throw err;

@@ -15,6 +15,7 @@ import { ATTR, extractMetadata, NOT_TRACED, rpcAttributes, spanFailed, SpanKind,
 import type { MemoryRegion } from '../fabric/memory.js';
 import { ReferenceEngine, type BatchStats } from '../engine/engine.js';
 import type { KvLayout } from '../kv/layout.js';
+import type { PrefixCacheStats } from '../kv/prefix-cache.js';
 import { toServiceError } from './grpc-errors.js';
 import { ClusterAuth, guardService, secretFrom } from './security/auth.js';
 import { WorkQueue } from './work-queue.js';
@@ -28,6 +29,7 @@ import {
   WorkerService,
   type DecodeEvent,
   type DecodeRequest,
+  type KvEvent,
   type KvHandle,
   type PrefillRequest,
   type ReserveRequest,
@@ -41,8 +43,8 @@ import { prefill, reserve } from './worker-prefill.js';
 
 /** The RPCs each role serves; any other is refused with KVF_ERR_WRONG_ROLE before it runs. */
 const ROLE_METHODS: Record<Role, ReadonlySet<string>> = {
-  prefill: new Set(['Prefill', 'Release', 'Health']),
-  decode: new Set(['Decode', 'Reserve', 'Release', 'Health']),
+  prefill: new Set(['Prefill', 'Release', 'Health', 'KvEvents']),
+  decode: new Set(['Decode', 'Reserve', 'Release', 'Health', 'KvEvents']),
 };
 
 export class Worker {
@@ -59,6 +61,8 @@ export class Worker {
   readonly #parts: WorkerParts;
   #inflight = 0;
   #closing: Promise<void> | undefined;
+  // Open KV event streams, ended when the worker starts draining (they would hold the server's shutdown open).
+  readonly #eventStreams = new Set<() => void>();
 
   private constructor(config: WorkerConfig, log: Logger, agent: Agent, region: MemoryRegion, engine: ReferenceEngine, signer: HandleSigner) {
     this.id = config.id;
@@ -67,7 +71,7 @@ export class Worker {
     this.#log = log;
     this.#agent = agent;
     this.#engine = engine;
-    this.#kv = new WorkerKv(config, log, agent, region, engine, signer);
+    this.#kv = new WorkerKv(config, log, agent, region, engine, signer, this.modelName);
     this.#work = new WorkQueue({ maxStreams: config.maxStreams, maxQueueMs: config.maxQueueMs });
     const handOffs = new HandOffGate(signer, { workerId: config.id, agentName: agent.name }, this.#kv.leases);
     this.#parts = { id: this.id, log, engine, work: this.#work, kv: this.#kv, signer, handOffs };
@@ -144,7 +148,6 @@ export class Worker {
       provider: this.#agent.provider,
       rails: this.#agent.rails,
       totalBlocks: this.#engine.layout.numBlocks,
-      freeBlocks: this.#closing ? 0 : this.#engine.freeBlockCount,
       inflight: this.#inflight,
       heldRequests: this.#kv.leases.size,
       peers: this.#kv.peers.size,
@@ -152,6 +155,9 @@ export class Worker {
       streams: this.#work.streams,
       prefillTokensPerS: this.#work.prefillTokensPerSecond,
       ...batchStatus(this.#engine.stats),
+      ...cacheStatus(this.#kv.cache?.stats),
+      // Idle cached blocks count as free: any request may have them (they are evicted on demand).
+      freeBlocks: this.#closing ? 0 : this.#kv.available,
       ttlMs: 0,
     };
   }
@@ -160,6 +166,7 @@ export class Worker {
   close(drainMs = 30_000): Promise<void> {
     this.#closing ??= (async () => {
       this.#log.info({ workerId: this.id, inflight: this.#inflight }, 'worker draining');
+      for (const end of [...this.#eventStreams]) end();
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => this.#server.forceShutdown(), drainMs);
         this.#server.tryShutdown(() => {
@@ -174,6 +181,24 @@ export class Worker {
       this.#log.info({ workerId: this.id }, 'worker closed');
     })();
     return this.#closing;
+  }
+
+  /**
+   * A frontend's KV event stream: the full snapshot of the prefix cache first, then what it stores and evicts,
+   * until the frontend cancels (or this worker closes).
+   */
+  #kvEvents(call: grpc.ServerWritableStream<Record<string, never>, KvEvent>): void {
+    const base = { salt: this.#kv.cache?.salt ?? '', tokensPerBlock: this.#engine.layout.tokensPerBlock };
+    const { snapshot, unsubscribe } = this.#kv.subscribe((ev) => call.write({ snapshot: false, ...ev, ...base }));
+    call.write({ snapshot: true, stored: snapshot, evicted: [], ...base });
+    const end = (): void => {
+      if (!this.#eventStreams.delete(end)) return;
+      unsubscribe();
+      call.end();
+    };
+    this.#eventStreams.add(end);
+    call.once('cancelled', end);
+    call.once('error', end);
   }
 
   /** The SERVER span of a call, child of the caller's span when the call carried its trace context. */
@@ -218,6 +243,7 @@ export class Worker {
       ),
       Release: unary((req: { requestId: string }) => ({ released: this.#kv.leases.release(req.requestId) })),
       Health: unary(() => this.status(), false),
+      KvEvents: (call: grpc.ServerWritableStream<Record<string, never>, KvEvent>) => this.#kvEvents(call),
       Decode: (call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>) => {
         this.#inflight++;
         const trace = this.#serverSpan('Decode', call);
@@ -238,6 +264,18 @@ export class Worker {
       },
     };
   }
+}
+
+function cacheStatus(
+  s: PrefixCacheStats | undefined,
+): Pick<WorkerStatus, 'cachedBlocks' | 'idleCachedBlocks' | 'cacheLookups' | 'cacheHits' | 'cacheEvictions'> {
+  return {
+    cachedBlocks: s?.blocks ?? 0,
+    idleCachedBlocks: s?.idle ?? 0,
+    cacheLookups: s?.lookups ?? 0,
+    cacheHits: s?.hits ?? 0,
+    cacheEvictions: s?.evictions ?? 0,
+  };
 }
 
 function batchStatus(

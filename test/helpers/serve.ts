@@ -140,7 +140,9 @@ export function startWorker(role: 'prefill' | 'decode', o: WorkerOptions): Promi
     '--threads',
     '1',
   ];
-  return startCli([...args, ...(o.extra ?? [])], o.env, o.prefix);
+  // The prefix cache is off unless a test asks for it: most tests check that each response moved its whole prompt.
+  const cache = o.extra?.includes('--prefix-cache') ? [] : ['--prefix-cache', 'off'];
+  return startCli([...args, ...cache, ...(o.extra ?? [])], o.env, o.prefix);
 }
 
 /** A tcp worker on a simulated host: listening on the host's address, inside its namespaces. */

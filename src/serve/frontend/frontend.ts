@@ -41,7 +41,14 @@ export class Frontend {
     const modelName = config.modelName ?? basename(config.model).replace(/\.gguf$/i, '');
 
     const auth = ClusterAuth.fromConfig(config);
-    const router = new Router({ healthIntervalMs: config.healthIntervalMs, keepaliveMs: config.keepaliveMs, auth, log });
+    const router = new Router({
+      healthIntervalMs: config.healthIntervalMs,
+      keepaliveMs: config.keepaliveMs,
+      auth,
+      log,
+      policy: config.router,
+      weights: { overlapWeight: config.routerOverlapWeight, loadWeight: config.routerLoadWeight },
+    });
     for (const address of config.prefill) router.upsert(address, 'prefill', 'static');
     for (const address of config.decode) router.upsert(address, 'decode', 'static');
     const closers: (() => Promise<void>)[] = [];
@@ -65,7 +72,16 @@ export class Frontend {
         contextLength,
         tokenizer,
         template,
-        flow: { router, mode: config.mode, prefillTimeoutMs: config.prefillTimeoutMs, leaseMs: config.leaseMs, maxMigrations: config.maxMigrations, log },
+        flow: {
+          router,
+          mode: config.mode,
+          prefillTimeoutMs: config.prefillTimeoutMs,
+          leaseMs: config.leaseMs,
+          maxMigrations: config.maxMigrations,
+          localPrefillTokens: config.router === 'kv' ? config.localPrefillTokens : 0,
+          prefillSaturation: config.prefillSaturation,
+          log,
+        },
         metrics,
         requestTimeoutMs: config.requestTimeoutMs,
         bodyLimit: config.bodyLimit,

@@ -89,7 +89,18 @@ function canonicalResponse(r: Omit<PrefillResponse, 'mac'>, requestId: string): 
   const p = r.push;
   const kvMac = r.kv?.mac?.length ? Buffer.from(r.kv.mac).toString('hex') : null;
   const push = p ? [p.op, p.backend, p.provider, p.rails, p.bytes, p.durationMs, p.descriptors, p.initiator, p.path] : null;
-  return JSON.stringify([RESPONSE_VERSION, requestId, r.workerId, r.firstToken, r.samplerState, kvMac, push, r.prefillMs]);
+  return JSON.stringify([
+    RESPONSE_VERSION,
+    requestId,
+    r.workerId,
+    r.firstToken,
+    r.samplerState,
+    kvMac,
+    push,
+    r.prefillMs,
+    r.reusedBlocks ?? 0,
+    r.reusedBytes ?? 0,
+  ]);
 }
 
 function sha256(bytes: Uint8Array | null | undefined): string {

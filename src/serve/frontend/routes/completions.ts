@@ -206,6 +206,10 @@ function record({ options }: RouteContext, requestId: string, proof: KvProof): v
     metrics.kvTransfer.observe({ provider: proof.provider, op: proof.op }, proof.transfer_ms / 1000);
   }
   if (proof.mode === 'fallback') metrics.fallbacks.inc();
+  if (proof.mode === 'local')
+    metrics.localPrefills.inc({ reason: proof.fallback_reason?.startsWith('prefill saturated') ? 'prefill-saturated' : 'cached-prefix' });
+  if (proof.prefill_reused_bytes) metrics.reusedBytes.inc({ side: 'prefill' }, proof.prefill_reused_bytes);
+  if (proof.decode_reused_bytes) metrics.reusedBytes.inc({ side: 'decode' }, proof.decode_reused_bytes);
   log.info({ requestId, ...proof }, 'request served');
 }
 

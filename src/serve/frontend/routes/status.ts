@@ -24,8 +24,22 @@ export function workerViews(router: Router) {
     streams: w.status?.streams ?? null,
     prefill_tokens_per_s: w.status ? Math.round(w.status.prefillTokensPerS) : null,
     batch: w.status ? batchView(w.status) : null,
+    prefix_cache: w.status ? cacheView(w.status, router.index?.size(w.address) ?? null) : null,
     last_error: w.lastError === undefined ? null : w.lastError.replaceAll(w.address, '<worker>'),
   }));
+}
+
+/** The worker's prefix cache (its own count, and what this frontend's index holds of it), and the hit rate so far. */
+function cacheView(s: WorkerStatus, indexed: number | null) {
+  return {
+    blocks: s.cachedBlocks,
+    idle_blocks: s.idleCachedBlocks,
+    indexed_blocks: indexed,
+    lookups: s.cacheLookups,
+    hits: s.cacheHits,
+    hit_rate: s.cacheLookups ? Math.round((s.cacheHits / s.cacheLookups) * 1000) / 1000 : 0,
+    evictions: s.cacheEvictions,
+  };
 }
 
 /** The engine's continuous batching: the last step, averages over all steps, the limits. */
