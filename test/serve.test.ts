@@ -191,10 +191,12 @@ describe('serving over tcp, pull mode', () => {
     results.forEach((text, i) => assert.equal(text, refs[i]!.text, `request ${i} (prompt of ${refs[i]!.promptTokens} tokens)`));
     await poolAtBaseline(stack.prefill.ready.address);
     await poolAtBaseline(stack.decode.ready.address);
-    // The decode worker ran the streams' tokens together: more sequences than steps since the test began.
+    // The decode worker's steps show in /health. Whether two streams shared a step depends on timing (the tiny
+    // model decodes a stream in a few ms, so prefill decides how much they overlap): test/engine-batch.test.ts
+    // covers the batching itself deterministically.
     await waitFor(async () => (await workerBatch(stack.decode.ready.workerId!)).steps > before.steps, '/health catching up');
     const after = await workerBatch(stack.decode.ready.workerId!);
-    assert.ok(after.sequences - before.sequences > after.steps - before.steps, JSON.stringify({ before, after }));
+    assert.ok(after.sequences - before.sequences >= after.steps - before.steps, JSON.stringify({ before, after }));
   });
 
   test('seeded sampling continues across the two workers exactly as in one process', async () => {

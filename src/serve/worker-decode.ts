@@ -31,13 +31,16 @@ export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<Dec
   // The sequence so far and the next position; the rest grows with generation (growFor), so a request that
   // may generate up to the context does not hold the whole context's blocks from its start.
   const start = req.prompt.length + resumed;
+  // Room for the rest of the sequence (its max_tokens, within the context) is set aside at admission, so a running
+  // sequence never fails for want of a block (WorkerKv.growFor).
+  const now = blocksFor(w.kv.layout, Math.min(start + 1, ctx));
+  const growth = blocksFor(w.kv.layout, Math.min(start + req.maxTokens, ctx)) - now;
   let seq: SequenceBlocks;
   try {
     // A pool without room waits for blocks while the call lasts (WorkerKv.allocate). The prompt's leading blocks
     // come from the prefix cache where this worker holds them (a reservation holds them already, ungranted).
-    seq = taken
-      ? { blocks: taken, reused: w.kv.heldPrefix(req.prompt, taken) }
-      : await w.kv.sequence(req.prompt, blocksFor(w.kv.layout, Math.min(start + 1, ctx)), live, deadlineOf(call));
+    seq = taken ? { blocks: taken, reused: w.kv.heldPrefix(req.prompt, taken) } : await w.kv.sequence(req.prompt, now, live, deadlineOf(call), growth);
+    if (taken) w.kv.promiseGrowth(taken, growth);
   } catch (err) {
     // No room for the sequence in time (KVF_ERR_POOL_EXHAUSTED), the call ended, or a reservation for another
     // prompt: the stream's slot and the reservation go back.

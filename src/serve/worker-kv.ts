@@ -45,6 +45,8 @@ export interface SequenceBlocks {
 /** A request waiting for the blocks of its sequence (allocate). */
 interface BlockWaiter {
   count: number;
+  /** Blocks set aside beside `count` for the sequence to grow into (see #growth). */
+  growth: number;
   grant: (blocks: number[]) => void;
 }
 
@@ -62,6 +64,11 @@ export class WorkerKv {
   readonly #metadata: Buffer;
   // Requests waiting for blocks, served in arrival order as blocks are freed.
   readonly #waiters: BlockWaiter[] = [];
+  // Blocks promised to running sequences for their growth, by sequence (its block array), and in all: they stay
+  // in the free list but count as taken, so a sequence admitted with room for its whole length never fails for
+  // want of a block half-way (there is no preemption).
+  readonly #growth = new WeakMap<readonly number[], number>();
+  #promised = 0;
   /** Full blocks shared across requests by their chained hash (undefined: --prefix-cache off). */
   readonly cache: PrefixCache | undefined;
   readonly #eventListeners = new Set<(ev: KvEventMsg) => void>();
@@ -128,10 +135,12 @@ export class WorkerKv {
    * until its deadline or --max-queue-ms, whichever comes first (then KVF_ERR_POOL_EXHAUSTED). A waiting request
    * holds no blocks, so waiting cannot deadlock; a sequence larger than the whole pool fails at once.
    */
-  async allocate(count: number, signal: AbortSignal, deadline = Infinity): Promise<number[]> {
+  async allocate(count: number, signal: AbortSignal, deadline = Infinity, growth = 0): Promise<number[]> {
     const total = this.layout.numBlocks;
     if (count > total) throw new KvfError('KVF_ERR_POOL_EXHAUSTED', `the sequence needs ${count} KV blocks; the pool has ${total}`);
-    if (this.#waiters.length === 0 && this.available >= count) return this.#take(count);
+    // Growth beyond the whole pool cannot be promised; such a sequence may still fail when it grows that far.
+    growth = Math.max(0, Math.min(growth, total - count));
+    if (this.#waiters.length === 0 && this.available >= count + growth) return this.#grant(count, growth);
     if (signal.aborted) throw new KvfError('KVF_ERR_CANCELLED', 'the request ended while waiting for KV blocks');
     const waitMs = Math.max(0, Math.min(deadline - Date.now(), this.#config.maxQueueMs));
     return new Promise<number[]>((resolve, reject) => {
@@ -145,6 +154,7 @@ export class WorkerKv {
       };
       const waiter: BlockWaiter = {
         count,
+        growth,
         grant: (blocks) => {
           leave();
           resolve(blocks);
@@ -169,11 +179,14 @@ export class WorkerKv {
    * cache where they are cached (shared, read-only: only blocks strictly before the last prompt token's block), the
    * rest fresh (allocate: waiting as it says).
    */
-  async sequence(tokens: readonly number[], count: number, signal: AbortSignal, deadline = Infinity): Promise<SequenceBlocks> {
+  async sequence(tokens: readonly number[], count: number, signal: AbortSignal, deadline = Infinity, growth = 0): Promise<SequenceBlocks> {
     const tpb = this.layout.tokensPerBlock;
     const shared = this.cache ? this.cache.acquire(this.cache.hashesOf(tokens, Math.min(reusableBlocks(tokens.length, tpb), count - 1))) : [];
     try {
-      return { blocks: [...shared, ...(await this.allocate(count - shared.length, signal, deadline))], reused: shared.length };
+      const fresh = await this.allocate(count - shared.length, signal, deadline, growth);
+      const blocks = [...shared, ...fresh];
+      this.#moveGrowth(fresh, blocks);
+      return { blocks, reused: shared.length };
     } catch (err) {
       this.free(shared);
       throw err;
@@ -202,9 +215,33 @@ export class WorkerKv {
     return n;
   }
 
-  /** Blocks a request could get now: free ones and idle cached ones (evicted on demand). */
+  /** Blocks a request could get now: free ones and idle cached ones (evicted on demand), less those promised. */
   get available(): number {
-    return this.#engine.freeBlockCount + (this.cache?.evictable ?? 0);
+    return this.#engine.freeBlockCount + (this.cache?.evictable ?? 0) - this.#promised;
+  }
+
+  /** Sets aside up to `growth` blocks for a sequence that already has its blocks (a reservation), as far as there is room. */
+  promiseGrowth(blocks: readonly number[], growth: number): void {
+    const n = Math.max(0, Math.min(growth, this.available));
+    if (n === 0) return;
+    this.#growth.set(blocks, (this.#growth.get(blocks) ?? 0) + n);
+    this.#promised += n;
+  }
+
+  #grant(count: number, growth: number): number[] {
+    const blocks = this.#take(count);
+    if (growth > 0) {
+      this.#growth.set(blocks, growth);
+      this.#promised += growth;
+    }
+    return blocks;
+  }
+
+  #moveGrowth(from: readonly number[], to: readonly number[]): void {
+    const n = this.#growth.get(from);
+    if (n === undefined) return;
+    this.#growth.delete(from);
+    this.#growth.set(to, n);
   }
 
   /** Cached hashes now, and a listener for what changes (the KV event stream); returns its unsubscribe. */
@@ -244,15 +281,22 @@ export class WorkerKv {
 
   #wake(): void {
     const head = this.#waiters[0];
-    if (head && this.available >= head.count) head.grant(this.#take(head.count));
+    if (head && this.available >= head.count + head.growth) head.grant(this.#grant(head.count, head.growth));
   }
 
   /**
-   * Adds a block to a sequence's table when position `pos` lies past its end. A pool without a free block
-   * fails the request here with KVF_ERR_POOL_EXHAUSTED, which reaches its client at once.
+   * Adds a block to a sequence's table when position `pos` lies past its end, from the blocks promised to it when
+   * it was admitted. Past its promise, a pool without a free block fails the request here with
+   * KVF_ERR_POOL_EXHAUSTED, which reaches its client at once.
    */
   growFor(blocks: number[], pos: number): void {
-    if (pos >= blocks.length * this.layout.tokensPerBlock) blocks.push(...this.#take(1));
+    if (pos < blocks.length * this.layout.tokensPerBlock) return;
+    const promised = this.#growth.get(blocks) ?? 0;
+    if (promised > 0) {
+      this.#growth.set(blocks, promised - 1);
+      this.#promised--;
+    }
+    blocks.push(...this.#take(1));
   }
 
   /**
@@ -273,6 +317,8 @@ export class WorkerKv {
    * blocks are the most recently used and its tail is evicted before them.
    */
   free(blocks: readonly number[]): void {
+    this.#promised -= this.#growth.get(blocks) ?? 0;
+    this.#growth.delete(blocks);
     const own = [...blocks].reverse().filter((b) => !this.cache?.release(b));
     this.#clearAndFree(own);
     this.#wake();
