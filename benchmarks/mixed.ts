@@ -11,13 +11,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { frontendConfig, type ServeMode } from '../src/serve/config.js';
+import type { ServeMode } from '../src/serve/config.js';
 import { defaultModelPath } from '../src/serve/default-model.js';
-import { Frontend } from '../src/serve/frontend/frontend.js';
-import { CLUSTER, quietLog, startWorker, stop, type Proc } from '../test/helpers/serve.js';
 import { QUESTIONS, percentile, sseChunks } from './lib/load.js';
 import { describeMachine } from './lib/machine.js';
 import { procBusySeconds } from './lib/quiet.js';
+import { withStack } from './lib/stack.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({
@@ -96,70 +95,47 @@ async function chat(url: string, content: string, max: number): Promise<Timed> {
   return { ttftMs: (first ?? performance.now()) - started, gaps, tokens, promptTokens, status: 200 };
 }
 
-async function runMode(mode: ServeMode) {
-  const workers: Proc[] = [];
+function runMode(mode: ServeMode) {
   const pin = (core: number) => ['taskset', '-c', String(core)];
-  const extra = ['--blocks', '1024'];
-  try {
-    if (mode === 'aggregated') {
-      for (const core of [0, 1]) workers.push(await startWorker('decode', { model, provider: values.provider!, id: `agg-${core}`, extra, prefix: pin(core) }));
-    } else {
-      workers.push(await startWorker('prefill', { model, provider: values.provider!, id: 'prefill-0', extra, prefix: pin(0) }));
-      workers.push(await startWorker('decode', { model, provider: values.provider!, id: 'decode-0', extra, prefix: pin(1) }));
+  return withStack({ model, provider: values.provider!, mode, extra: ['--blocks', '1024'], prefix: pin }, async (url) => {
+    await chat(url, QUESTIONS[0]!, 4); // warm-up
+    const busy0 = procBusySeconds();
+    const started = performance.now();
+    const end = started + seconds * 1000;
+    const decoding: Timed[] = [];
+    const long: Timed[] = [];
+    const clients = Array.from({ length: streams }, async (_, c) => {
+      for (let i = c; performance.now() < end; i += streams) decoding.push(await chat(url, QUESTIONS[i % QUESTIONS.length]!, maxTokens));
+    });
+    const arrivals: Promise<void>[] = [];
+    for (let i = 0; performance.now() + everyMs <= end; i++) {
+      arrivals.push(chat(url, longPrompt(i), 4).then((t) => void long.push(t)));
+      await new Promise((r) => setTimeout(r, everyMs));
     }
-    const byRole = (role: string) => workers.filter((w) => w.ready.role === role).map((w) => w.ready.address);
-    const frontend = await Frontend.start(
-      frontendConfig({
-        flags: { ...CLUSTER, model, listen: '127.0.0.1:0', prefill: byRole('prefill'), decode: byRole('decode'), mode, healthIntervalMs: 500 },
-        env: {},
-      }),
-      quietLog,
-    );
-    try {
-      await frontend.workersReady(mode === 'aggregated' ? ['decode'] : ['prefill', 'decode']);
-      await chat(frontend.url, QUESTIONS[0]!, 4); // warm-up
-      const busy0 = procBusySeconds();
-      const started = performance.now();
-      const end = started + seconds * 1000;
-      const decoding: Timed[] = [];
-      const long: Timed[] = [];
-      const clients = Array.from({ length: streams }, async (_, c) => {
-        for (let i = c; performance.now() < end; i += streams) decoding.push(await chat(frontend.url, QUESTIONS[i % QUESTIONS.length]!, maxTokens));
-      });
-      const arrivals: Promise<void>[] = [];
-      for (let i = 0; performance.now() + everyMs <= end; i++) {
-        arrivals.push(chat(frontend.url, longPrompt(i), 4).then((t) => void long.push(t)));
-        await new Promise((r) => setTimeout(r, everyMs));
-      }
-      await Promise.all([...clients, ...arrivals]);
-      const wall = (performance.now() - started) / 1000;
-      const ok = decoding.filter((t) => t.status === 200);
-      const gaps = ok.flatMap((t) => t.gaps).sort((a, b) => a - b);
-      const ttft = ok.map((t) => t.ttftMs).sort((a, b) => a - b);
-      const longOk = long.filter((t) => t.status === 200);
-      const longTtft = longOk.map((t) => t.ttftMs).sort((a, b) => a - b);
-      const tokens = ok.reduce((n, t) => n + t.tokens, 0) + longOk.reduce((n, t) => n + t.tokens, 0);
-      return {
-        mode,
-        decodeRequests: ok.length,
-        refused: decoding.length - ok.length + long.length - longOk.length,
-        ttftP50Ms: percentile(ttft, 0.5),
-        ttftP99Ms: percentile(ttft, 0.99),
-        itlP50Ms: percentile(gaps, 0.5),
-        itlP99Ms: percentile(gaps, 0.99),
-        longPrompts: longOk.length,
-        longPromptTokens: longOk[0]?.promptTokens ?? 0,
-        longTtftP50Ms: percentile(longTtft, 0.5),
-        longTtftP99Ms: percentile(longTtft, 0.99),
-        outputTokensPerS: tokens / wall,
-        machineBusyCores: (procBusySeconds() - busy0) / wall,
-      };
-    } finally {
-      await frontend.close();
-    }
-  } finally {
-    await Promise.all(workers.map(stop));
-  }
+    await Promise.all([...clients, ...arrivals]);
+    const wall = (performance.now() - started) / 1000;
+    const ok = decoding.filter((t) => t.status === 200);
+    const gaps = ok.flatMap((t) => t.gaps).sort((a, b) => a - b);
+    const ttft = ok.map((t) => t.ttftMs).sort((a, b) => a - b);
+    const longOk = long.filter((t) => t.status === 200);
+    const longTtft = longOk.map((t) => t.ttftMs).sort((a, b) => a - b);
+    const tokens = ok.reduce((n, t) => n + t.tokens, 0) + longOk.reduce((n, t) => n + t.tokens, 0);
+    return {
+      mode,
+      decodeRequests: ok.length,
+      refused: decoding.length - ok.length + long.length - longOk.length,
+      ttftP50Ms: percentile(ttft, 0.5),
+      ttftP99Ms: percentile(ttft, 0.99),
+      itlP50Ms: percentile(gaps, 0.5),
+      itlP99Ms: percentile(gaps, 0.99),
+      longPrompts: longOk.length,
+      longPromptTokens: longOk[0]?.promptTokens ?? 0,
+      longTtftP50Ms: percentile(longTtft, 0.5),
+      longTtftP99Ms: percentile(longTtft, 0.99),
+      outputTokensPerS: tokens / wall,
+      machineBusyCores: (procBusySeconds() - busy0) / wall,
+    };
+  });
 }
 
 const disaggregated = await runMode('pull');

@@ -10,12 +10,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { frontendConfig, type ServeMode } from '../src/serve/config.js';
+import type { ServeMode } from '../src/serve/config.js';
 import { defaultModelPath } from '../src/serve/default-model.js';
-import { Frontend } from '../src/serve/frontend/frontend.js';
-import { CLUSTER, quietLog, startWorker, stop, type Proc } from '../test/helpers/serve.js';
 import { loadLevel, streamOne } from './lib/load.js';
 import { describeMachine } from './lib/machine.js';
+import { withStack } from './lib/stack.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({
@@ -38,40 +37,17 @@ const modelName = model
   .pop()!
   .replace(/\.gguf$/, '');
 
-async function runMode(mode: ServeMode) {
-  const workers: Proc[] = [];
-  const extra = ['--blocks', '512'];
-  try {
-    if (mode === 'aggregated') {
-      for (const id of ['agg-0', 'agg-1']) workers.push(await startWorker('decode', { model, provider, id, extra }));
-    } else {
-      workers.push(await startWorker('prefill', { model, provider, id: 'prefill-0', extra }));
-      workers.push(await startWorker('decode', { model, provider, id: 'decode-0', extra }));
+function runMode(mode: ServeMode) {
+  return withStack({ model, provider, mode, extra: ['--blocks', '512'] }, async (url) => {
+    const load = { url, modelName, maxTokens };
+    await streamOne(load, 0); // warm-up
+    const rows = [];
+    for (const c of levels) {
+      rows.push({ mode, ...(await loadLevel(load, c, Math.max(minRequests, 2 * c))) });
+      process.stderr.write(`${mode} c=${c} done\n`);
     }
-    const byRole = (role: string) => workers.filter((w) => w.ready.role === role).map((w) => w.ready.address);
-    const frontend = await Frontend.start(
-      frontendConfig({
-        flags: { ...CLUSTER, model, listen: '127.0.0.1:0', prefill: byRole('prefill'), decode: byRole('decode'), mode, healthIntervalMs: 500 },
-        env: {},
-      }),
-      quietLog,
-    );
-    try {
-      await frontend.workersReady(mode === 'aggregated' ? ['decode'] : ['prefill', 'decode']);
-      const load = { url: frontend.url, modelName, maxTokens };
-      await streamOne(load, 0); // warm-up
-      const rows = [];
-      for (const c of levels) {
-        rows.push({ mode, ...(await loadLevel(load, c, Math.max(minRequests, 2 * c))) });
-        process.stderr.write(`${mode} c=${c} done\n`);
-      }
-      return rows;
-    } finally {
-      await frontend.close();
-    }
-  } finally {
-    await Promise.all(workers.map(stop));
-  }
+    return rows;
+  });
 }
 
 const disaggregated = await runMode(provider === 'none' ? 'aggregated' : 'pull');
