@@ -8,7 +8,6 @@
 // Each sequence is a different slice of one text (--prompt-tokens long), prefilled first (not timed); then every
 // sequence decodes --decode-tokens greedy tokens, all at once. tok/s = sequences × decode tokens / wall time.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -17,6 +16,7 @@ import { getLlama, LlamaLogLevel, type Token } from 'node-llama-cpp';
 import { describeMachine } from '../../lib/machine.js';
 import { measured, waitQuiet } from '../../lib/quiet.js';
 import { ReferenceEngine } from '../../../src/engine/engine.js';
+import { SMOLLM2_FILE, modelCacheDir } from '../../../src/serve/default-model.js';
 import { readGgufMetadata } from '../../../src/engine/gguf-metadata.js';
 import { argmax } from '../../../src/engine/sampling.js';
 import { Tokenizer } from '../../../src/engine/tokenizer.js';
@@ -25,7 +25,7 @@ const here = dirname(new URL(import.meta.url).pathname);
 const repoRoot = resolve(here, '../../..');
 const { values: args } = parseArgs({
   options: {
-    model: { type: 'string', default: join(process.env.KVF_MODEL_CACHE ?? join(homedir(), '.cache', 'kvfabric', 'models'), 'SmolLM2-135M-Instruct.Q4_1.gguf') },
+    model: { type: 'string', default: join(modelCacheDir(), SMOLLM2_FILE) },
     threads: { type: 'string', default: '2' },
     concurrency: { type: 'string', default: '1,4,16,32' },
     'prompt-tokens': { type: 'string', default: '32' },

@@ -13,7 +13,6 @@
 //        [--reps-long 1] [--prompt-tokens 128,512,1024,2048,4096,8192] [--decode-tokens 64] [--context N]
 //        [--out benchmarks/out/engine-bench.json]
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -22,6 +21,7 @@ import { getLlama, LlamaLogLevel, type Token } from 'node-llama-cpp';
 import { describeMachine } from '../../lib/machine.js';
 import { measured as measuredRun, waitQuiet } from '../../lib/quiet.js';
 import { ReferenceEngine } from '../../../src/engine/engine.js';
+import { SMOLLM2_FILE, modelCacheDir } from '../../../src/serve/default-model.js';
 import { readGgufMetadata } from '../../../src/engine/gguf-metadata.js';
 import { argmax } from '../../../src/engine/sampling.js';
 import { Tokenizer } from '../../../src/engine/tokenizer.js';
@@ -31,7 +31,7 @@ const repoRoot = resolve(here, '../../..');
 
 const { values: args } = parseArgs({
   options: {
-    model: { type: 'string', default: join(process.env.KVF_MODEL_CACHE ?? join(homedir(), '.cache', 'kvfabric', 'models'), 'SmolLM2-135M-Instruct.Q4_1.gguf') },
+    model: { type: 'string', default: join(modelCacheDir(), SMOLLM2_FILE) },
     threads: { type: 'string', default: '2' },
     // Repetitions per prompt length (best of), and for lengths >= 2048, whose prefill takes seconds.
     reps: { type: 'string', default: '3' },
