@@ -39,7 +39,7 @@ struct Kernels {
 Kernels KernelsFor(QdotIsa isa, int hd) {
 #if defined(__x86_64__)
   const bool simd = hd % kAttnLanes == 0 && hd <= 256;
-  if (simd && isa == QdotIsa::kAvx512Vnni) return {AttnTileStepAvx512, AttnHalfToFloatAvx512};
+  if (simd && (isa == QdotIsa::kAvx512Vnni || isa == QdotIsa::kAmx)) return {AttnTileStepAvx512, AttnHalfToFloatAvx512};
   if (simd && isa != QdotIsa::kScalar && AttnAvx2Usable()) return {AttnTileStepAvx2, AttnHalfToFloatAvx2};
   if (isa != QdotIsa::kScalar) return {AttnTileStepScalar, AttnHalfToFloatAvx2};
 #endif

@@ -113,7 +113,20 @@ std::unique_ptr<Model> Model::FromGguf(std::unique_ptr<GgufFile> file) {
     L.ffn_up = &Tensor(f, p + "ffn_up.weight", E, F);
     L.ffn_down = &Tensor(f, p + "ffn_down.weight", F, E);
   }
+  // Matrices of the 32-element block types are multiplied from 16-row panels, packed once here.
+  std::vector<const GgufTensor*> matrices{m->output_};
+  for (const LlamaLayer& L : m->layers_)
+    matrices.insert(matrices.end(), {L.wq, L.wk, L.wv, L.wo, L.ffn_gate, L.ffn_up, L.ffn_down});
+  for (const GgufTensor* t : matrices)
+    if (Packable(t->type) && m->packed_.count(t) == 0)
+      m->packed_.emplace(t, PackMatrix(t->type, t->data, static_cast<int64_t>(t->rows()),
+                                       static_cast<int64_t>(t->row_length()), t->row_bytes()));
   return m;
+}
+
+const PackedMatrix* Model::packed(const GgufTensor& t) const {
+  const auto it = packed_.find(&t);
+  return it == packed_.end() ? nullptr : &it->second;
 }
 
 }  // namespace kvf::engine

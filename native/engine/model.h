@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/gguf.h"
+#include "engine/packed.h"
 
 namespace kvf::engine {
 
@@ -51,6 +53,8 @@ class Model {
   bool tied_output() const { return output_ == token_embd_; }
   const std::vector<float>& output_norm() const { return output_norm_; }
   const std::vector<LlamaLayer>& layers() const { return layers_; }
+  // The matrix repacked into 16-row panels (packed.h), or null for a type that is not packed.
+  const PackedMatrix* packed(const GgufTensor& t) const;
 
  private:
   Model() = default;
@@ -60,6 +64,7 @@ class Model {
   const GgufTensor* output_ = nullptr;
   std::vector<float> output_norm_;
   std::vector<LlamaLayer> layers_;
+  std::unordered_map<const GgufTensor*, PackedMatrix> packed_;
 };
 
 }  // namespace kvf::engine

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/error_codes.h"
 #include "engine/half.h"
+#include "engine/packed_kernels.h"
 #include "engine/qdot_kernels.h"
 
 namespace kvf::engine {
@@ -135,7 +136,7 @@ QdotIsa DetectIsa() {
   __builtin_cpu_init();
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c")) return QdotIsa::kScalar;
   if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
-    return QdotIsa::kAvx512Vnni;
+    return AmxUsable() ? QdotIsa::kAmx : QdotIsa::kAvx512Vnni;
   return QdotIsa::kAvx2;
 #endif
   return QdotIsa::kScalar;
@@ -164,6 +165,7 @@ void QuantizedActivations::Resize(int64_t tokens, int64_t k) {
   q.resize(static_cast<size_t>(n_tokens * n_blocks * kQBlock));
   d.resize(static_cast<size_t>(n_tokens * n_blocks));
   s.resize(static_cast<size_t>(n_tokens * n_blocks));
+  sum.resize(static_cast<size_t>(n_tokens * n_blocks));
 }
 
 // ggml's quantize_row_q8_1, rounding half to even as its AVX2 version does (_mm256_round_ps), with the
@@ -173,7 +175,7 @@ void QuantizedActivations::Quantize(const float* x, int64_t begin, int64_t end, 
   if (isa != QdotIsa::kScalar) {
     const int64_t first = begin * n_blocks;
     QQuantizeAvx2(x + first * kQBlock, (end - begin) * n_blocks, q.data() + first * kQBlock, d.data() + first,
-                  s.data() + first);
+                  s.data() + first, sum.data() + first);
     return;
   }
   for (int64_t i = begin * n_blocks; i < end * n_blocks; ++i) {
@@ -196,6 +198,7 @@ void QuantizedActivations::Quantize(const float* x, int64_t begin, int64_t end, 
     }
     d[static_cast<size_t>(i)] = ViaHalf(dd);
     s[static_cast<size_t>(i)] = ViaHalf(static_cast<float>(sum) * dd);
+    this->sum[static_cast<size_t>(i)] = sum;
   }
 }
 
@@ -253,12 +256,10 @@ void QTileScalar(const QTileView& v) {
 QdotIsa BestQdotIsa() {
   static const QdotIsa best = [] {
     QdotIsa isa = DetectIsa();
-    // KVF_ENGINE_ISA=scalar|avx2 caps the choice, to run the fallbacks on a bigger CPU.
+    // KVF_ENGINE_ISA=scalar|avx2|avx512vnni caps the choice, to run the fallbacks on a bigger CPU.
     if (const char* cap = std::getenv("KVF_ENGINE_ISA")) {
-      if (std::strcmp(cap, "scalar") == 0)
-        isa = QdotIsa::kScalar;
-      else if (std::strcmp(cap, "avx2") == 0 && isa == QdotIsa::kAvx512Vnni)
-        isa = QdotIsa::kAvx2;
+      for (QdotIsa c : {QdotIsa::kScalar, QdotIsa::kAvx2, QdotIsa::kAvx512Vnni})
+        if (std::strcmp(cap, QdotIsaName(c)) == 0 && static_cast<int>(c) < static_cast<int>(isa)) isa = c;
     }
     return isa;
   }();
@@ -275,6 +276,8 @@ const char* QdotIsaName(QdotIsa isa) {
       return "avx2";
     case QdotIsa::kAvx512Vnni:
       return "avx512vnni";
+    case QdotIsa::kAmx:
+      return "amx";
   }
   return "?";
 }
@@ -287,6 +290,7 @@ void QuantizedTileDots(const UnpackedRows& w, const QuantizedActivations& x, flo
   const QTileView v{w.rows,     w.n_blocks, w.with_min, w.q.data(), w.scale.data(), w.min.data(), x.n_tokens,
                     x.q.data(), x.d.data(), x.s.data(), y,          y_stride};
   switch (isa) {
+    case QdotIsa::kAmx:  // AMX serves the packed types only (packed.h)
     case QdotIsa::kAvx512Vnni:
       QTileAvx512Vnni(v);
       return;

@@ -29,10 +29,12 @@ namespace kvf::engine {
 constexpr int64_t kQBlock = 32;  // elements per quantized block (activations and unpacked weights)
 constexpr int kQTileRows = 4;    // weight rows unpacked and dotted together
 
-// kAvx2 means AVX2 + F16C; kAvx512Vnni means AVX-512 F/BW/VL/VNNI besides.
-enum class QdotIsa { kScalar, kAvx2, kAvx512Vnni };
+// kAvx2 means AVX2 + F16C; kAvx512Vnni means AVX-512 F/BW/VL/VNNI besides; kAmx means AMX-INT8 tiles besides,
+// with the kernel's permission to use them (packed.h; elsewhere it counts as kAvx512Vnni).
+enum class QdotIsa { kScalar, kAvx2, kAvx512Vnni, kAmx };
 
-// The best kernel this CPU runs (checked once, at the first call; $KVF_ENGINE_ISA=scalar or avx2 caps it).
+// The best kernel this CPU runs (checked once, at the first call; $KVF_ENGINE_ISA=scalar, avx2 or avx512vnni
+// caps it).
 QdotIsa BestQdotIsa();
 bool QdotIsaSupported(QdotIsa isa);
 const char* QdotIsaName(QdotIsa isa);
@@ -45,6 +47,7 @@ struct QuantizedActivations {
   int64_t n_tokens = 0, n_blocks = 0;  // n_blocks per token
   std::vector<int8_t> q;               // [token][block][32], in [-127, 127]
   std::vector<float> d, s;             // [token][block]
+  std::vector<int32_t> sum;            // [token][block]: sum of the block's q
 
   // Quantizes tokens [begin, end) of x (already sized by Resize). isa picks the code; the result is the same.
   void Resize(int64_t n_tokens, int64_t k);

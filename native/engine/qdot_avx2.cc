@@ -48,7 +48,7 @@ inline float ViaHalf(float f) { return _cvtsh_ss(_cvtss_sh(f, _MM_FROUND_TO_NEAR
 
 void QTileAvx2(const QTileView& v) { TileAny<Avx2Products>(v); }
 
-void QQuantizeAvx2(const float* x, int64_t n_blocks, int8_t* q, float* d, float* s) {
+void QQuantizeAvx2(const float* x, int64_t n_blocks, int8_t* q, float* d, float* s, int32_t* sums) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
   for (int64_t i = 0; i < n_blocks; ++i, x += 32, q += 32) {
@@ -84,6 +84,7 @@ void QQuantizeAvx2(const float* x, int64_t n_blocks, int8_t* q, float* d, float*
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), p8);
     d[i] = ViaHalf(dd);
     s[i] = ViaHalf(static_cast<float>(sum) * dd);
+    sums[i] = sum;
   }
 }
 
@@ -126,6 +127,6 @@ namespace kvf::engine {
 // Never selected off x86.
 void QTileAvx2(const QTileView& v) { QTileScalar(v); }
 bool QUnpackAvx2(QUnpackKind, const uint8_t*, uint64_t, int, int64_t, int8_t*, float*, float*) { return false; }
-void QQuantizeAvx2(const float*, int64_t, int8_t*, float*, float*) {}
+void QQuantizeAvx2(const float*, int64_t, int8_t*, float*, float*, int32_t*) {}
 }  // namespace kvf::engine
 #endif

@@ -29,7 +29,7 @@ bool QUnpackAvx2(QUnpackKind kind, const uint8_t* first, uint64_t row_bytes, int
                  float* scale, float* min);
 
 // QuantizedActivations::Quantize's blocks with AVX2 + F16C: n_blocks blocks of 32 floats from x.
-void QQuantizeAvx2(const float* x, int64_t n_blocks, int8_t* q, float* d, float* s);
+void QQuantizeAvx2(const float* x, int64_t n_blocks, int8_t* q, float* d, float* s, int32_t* sum);
 
 void QTileScalar(const QTileView& v);
 void QTileAvx2(const QTileView& v);

@@ -117,14 +117,18 @@ Session::Session(const Model& model, KvPool& pool, const SessionOptions& options
   const int64_t need = kTile * max_k;
   scratch_.assign(static_cast<size_t>(pool_threads_.size()), std::vector<float>(static_cast<size_t>(need)));
   unpacked_.resize(static_cast<size_t>(pool_threads_.size()));
+  packed_scratch_.resize(static_cast<size_t>(pool_threads_.size()));
 }
 
+// Work is split between threads in units: a 16-row panel of a packed matrix, or kTile rows of another.
 void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens) {
   const uint64_t t0 = NowNs();
   int64_t total = 0;
   bool quantized = false;
   for (int j = 0; j < n_jobs; ++j) {
-    total += static_cast<int64_t>(jobs[j].w->rows());
+    const PackedMatrix* p = model_.packed(*jobs[j].w);
+    const int64_t rows = static_cast<int64_t>(jobs[j].w->rows());
+    total += p ? p->n_panels : (rows + kTile - 1) / kTile;
     quantized = quantized || HasQuantizedDot(jobs[j].w->type);
   }
   if (quantized) {
@@ -133,35 +137,43 @@ void Session::MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_t
     pool_threads_.ParallelFor(n_tokens, [&](int64_t begin, int64_t end, int) { xq_.Quantize(x, begin, end); });
   }
   pool_threads_.ParallelFor(total, [&](int64_t begin, int64_t end, int thread) {
-    float* scratch = scratch_[static_cast<size_t>(thread)].data();
-    UnpackedRows& unpacked = unpacked_[static_cast<size_t>(thread)];
     int64_t job_start = 0;
     for (int j = 0; j < n_jobs && begin < end; ++j) {
       const GgufTensor& w = *jobs[j].w;
-      const int64_t rows = static_cast<int64_t>(w.rows()), K = static_cast<int64_t>(w.row_length());
-      const uint64_t row_bytes = w.row_bytes();
-      const int64_t lo = std::max(begin, job_start) - job_start, hi = std::min(end, job_start + rows) - job_start;
-      for (int64_t r = lo; r < hi; r += kTile) {
-        const int tile = static_cast<int>(std::min<int64_t>(kTile, hi - r));
-        if (HasQuantizedDot(w.type)) {
-          // The next tile's bytes, while this one is unpacked and dotted (decode streams every weight
-          // from memory once per token).
-          const int64_t next_lo = r + kTile, next_hi = std::min(next_lo + kTile, hi);
-          for (uint64_t o = static_cast<uint64_t>(next_lo) * row_bytes; o < static_cast<uint64_t>(next_hi) * row_bytes;
-               o += 64)
-            __builtin_prefetch(w.data + o);
-          unpacked.Unpack(w.type, w.data + static_cast<uint64_t>(r) * row_bytes, row_bytes, tile, K);
-          QuantizedTileDots(unpacked, xq_, jobs[j].y + r, rows, isa_);
-          continue;
-        }
-        for (int i = 0; i < tile; ++i)
-          DequantizeRow(w.type, w.data + static_cast<uint64_t>(r + i) * row_bytes, scratch + i * K, K);
-        TileDots(scratch, tile, x, n_tokens, K, jobs[j].y + r, rows);
-      }
-      job_start += rows;
+      const PackedMatrix* packed = model_.packed(w);
+      const int64_t rows = static_cast<int64_t>(w.rows());
+      const int64_t units = packed ? packed->n_panels : (rows + kTile - 1) / kTile;
+      const int64_t lo = std::max(begin, job_start) - job_start, hi = std::min(end, job_start + units) - job_start;
+      job_start += units;
+      if (lo >= hi) continue;
+      if (packed)
+        PackedDots(*packed, lo, hi, xq_, jobs[j].y, rows, isa_, packed_scratch_[static_cast<size_t>(thread)]);
+      else
+        RowTiles(w, lo * kTile, std::min(rows, hi * kTile), x, n_tokens, jobs[j].y, thread);
     }
   });
   timings_.matmul_ns += NowNs() - t0;
+}
+
+// Rows [lo, hi) of a matrix that is not packed, kTile at a time: unpacked for the lane-wise quantized dot
+// (qdot.h), or dequantized to float.
+void Session::RowTiles(const GgufTensor& w, int64_t lo, int64_t hi, const float* x, int64_t n_tokens, float* y,
+                       int thread) {
+  const int64_t rows = static_cast<int64_t>(w.rows()), K = static_cast<int64_t>(w.row_length());
+  const uint64_t row_bytes = w.row_bytes();
+  float* scratch = scratch_[static_cast<size_t>(thread)].data();
+  UnpackedRows& unpacked = unpacked_[static_cast<size_t>(thread)];
+  for (int64_t r = lo; r < hi; r += kTile) {
+    const int tile = static_cast<int>(std::min<int64_t>(kTile, hi - r));
+    if (HasQuantizedDot(w.type)) {
+      unpacked.Unpack(w.type, w.data + static_cast<uint64_t>(r) * row_bytes, row_bytes, tile, K);
+      QuantizedTileDots(unpacked, xq_, y + r, rows, isa_);
+      continue;
+    }
+    for (int i = 0; i < tile; ++i)
+      DequantizeRow(w.type, w.data + static_cast<uint64_t>(r + i) * row_bytes, scratch + i * K, K);
+    TileDots(scratch, tile, x, n_tokens, K, y + r, rows);
+  }
 }
 
 void Session::StoreKv(int layer, const BlockTable& table, int64_t start, int64_t n, const float* k, const float* v) {

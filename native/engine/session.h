@@ -30,6 +30,7 @@
 #include "engine/attention.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "engine/packed.h"
 #include "engine/qdot.h"
 #include "engine/thread_pool.h"
 
@@ -127,6 +128,7 @@ class Session {
   void Logits(const std::vector<Segment>& segs, const std::vector<int64_t>& last_rows);
   void Validate(const SeqBatch& seq) const;
   void MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens);
+  void RowTiles(const GgufTensor& w, int64_t lo, int64_t hi, const float* x, int64_t n_tokens, float* y, int thread);
   // Attention of every segment's query rows (q_ from row first[i]) into attn_ (same rows), in one dispatch.
   void Attention(int layer, const std::vector<Segment>& segs, const std::vector<int64_t>& first);
   // Stores one sequence's n K and V rows (k, v: its first row, [n][n_head_kv * head_dim]) into the pool.
@@ -137,8 +139,9 @@ class Session {
   SessionOptions options_;
   ThreadPool pool_threads_;
   QdotIsa isa_;
-  QuantizedActivations xq_;             // the current MatMul's x, for quantized weights
-  std::vector<UnpackedRows> unpacked_;  // per thread
+  QuantizedActivations xq_;                    // the current MatMul's x, for quantized weights
+  std::vector<UnpackedRows> unpacked_;         // per thread
+  std::vector<PackedScratch> packed_scratch_;  // per thread
   // Activations for one batch, [token][...].
   std::vector<float> x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_;
   std::vector<float> rope_cos_, rope_sin_;   // [token][rope_dim / 2]

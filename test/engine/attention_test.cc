@@ -136,7 +136,7 @@ class Fixture {
 
 std::vector<QdotIsa> Isas() {
   std::vector<QdotIsa> v;
-  for (QdotIsa isa : {QdotIsa::kScalar, QdotIsa::kAvx2, QdotIsa::kAvx512Vnni})
+  for (QdotIsa isa : {QdotIsa::kScalar, QdotIsa::kAvx2, QdotIsa::kAvx512Vnni, QdotIsa::kAmx})
     if (QdotIsaSupported(isa)) v.push_back(isa);
   return v;
 }

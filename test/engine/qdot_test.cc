@@ -53,7 +53,7 @@ std::vector<float> RandomActivations(std::mt19937& rng, int64_t n) {
 
 std::vector<QdotIsa> SupportedIsas() {
   std::vector<QdotIsa> out;
-  for (QdotIsa isa : {QdotIsa::kScalar, QdotIsa::kAvx2, QdotIsa::kAvx512Vnni})
+  for (QdotIsa isa : {QdotIsa::kScalar, QdotIsa::kAvx2, QdotIsa::kAvx512Vnni, QdotIsa::kAmx})
     if (QdotIsaSupported(isa)) out.push_back(isa);
   return out;
 }
