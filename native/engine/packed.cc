@@ -99,8 +99,12 @@ void PackedDots(const PackedMatrix& w, int64_t panel_begin, int64_t panel_end, c
     throw Error(code::kInvalidArgument, "packed rows of " + std::to_string(w.n_blocks) +
                                             " blocks against activations of " + std::to_string(x.n_blocks));
   if (!QdotIsaSupported(isa)) throw Error(code::kInvalidArgument, std::string("CPU lacks ") + QdotIsaName(isa));
-  if (isa == QdotIsa::kAmx && scratch.tiles.size() < static_cast<size_t>(w.n_blocks * 512))
-    scratch.tiles.resize(static_cast<size_t>(w.n_blocks * 512));
+  uint8_t* tiles = nullptr;
+  if (isa == QdotIsa::kAmx) {
+    const size_t need = static_cast<size_t>(w.n_blocks * kAmxScratchPerBlock) + 64;
+    if (scratch.tiles.size() < need) scratch.tiles.resize(need);
+    tiles = scratch.tiles.data() + (64 - reinterpret_cast<uintptr_t>(scratch.tiles.data()) % 64) % 64;
+  }
   void (*kernel)(const PackedView&) = PackedPanelScalar;
   if (isa == QdotIsa::kAmx)
     kernel = PackedPanelAmx;
@@ -111,7 +115,7 @@ void PackedDots(const PackedMatrix& w, int64_t panel_begin, int64_t panel_end, c
   for (int64_t g = panel_begin; g < panel_end; ++g) {
     const int rows = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - g * kPanelRows));
     kernel({w.kind, w.n_blocks, w.Panel(g), rows, x.n_tokens, x.q.data(), x.d.data(), x.s.data(), x.sum.data(),
-            y + g * kPanelRows, y_stride, scratch.tiles.data()});
+            y + g * kPanelRows, y_stride, tiles});
   }
 }
 

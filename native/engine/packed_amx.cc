@@ -43,8 +43,7 @@ namespace kvf::engine {
 namespace {
 
 constexpr int kTileTokens = 16;
-// Tile registers: GCC's AMX intrinsics paste the register number into the asm, so the calls spell it.
-constexpr int kTileA = 0, kTileB = 1, kTileC = 2;  // tmm0: activations, tmm1: weights, tmm2: sums
+// GCC's AMX intrinsics paste the tile register number into the asm, so the calls spell it.
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
@@ -55,63 +54,115 @@ struct alignas(64) TileConfig {
 };
 static_assert(sizeof(TileConfig) == 64, "LDTILECFG reads 64 bytes");
 
+// Two sets, used by alternate blocks: tmm0 / tmm3 activations, tmm1 / tmm4 weights, tmm2 / tmm5 sums.
 void Configure() {
   TileConfig cfg;
-  cfg.rows[kTileA] = kTileTokens, cfg.colsb[kTileA] = 32;  // 16 tokens x 32 activation bytes
-  cfg.rows[kTileB] = 8, cfg.colsb[kTileB] = 64;            // 8 groups of 4 elements x 16 rows
-  cfg.rows[kTileC] = kTileTokens, cfg.colsb[kTileC] = 64;  // 16 tokens x 16 int32
+  for (int set = 0; set < 2; ++set) {
+    cfg.rows[3 * set] = kTileTokens, cfg.colsb[3 * set] = 32;          // 16 tokens x 32 activation bytes
+    cfg.rows[3 * set + 1] = 8, cfg.colsb[3 * set + 1] = 64;            // 8 groups of 4 elements x 16 rows
+    cfg.rows[3 * set + 2] = kTileTokens, cfg.colsb[3 * set + 2] = 64;  // 16 tokens x 16 int32
+  }
   _tile_loadconfig(&cfg);
 }
 
-// Tile B of each block of a Q4_x panel, unsigned nibbles: groups 0-3 from the low nibbles, 4-7 from the high.
-void UnpackNibbles(const PackedView& v, const PackedLayout& L) {
+// The kernel's part of PackedView::tiles (kAmxScratchPerBlock bytes per block, 64-byte aligned).
+struct AmxScratch {
+  uint8_t* b;    // [block][512]: tile B
+  int32_t* c;    // [block][16][16]: tile C
+  float* scale;  // [block][16]
+  float* min;    // [block][16]
+  static AmxScratch In(uint8_t* base, int64_t n_blocks) {
+    AmxScratch s;
+    s.b = base;
+    s.c = reinterpret_cast<int32_t*>(base + n_blocks * 512);
+    s.scale = reinterpret_cast<float*>(base + n_blocks * (512 + 1024));
+    s.min = s.scale + n_blocks * 16;
+    return s;
+  }
+};
+static_assert(kAmxScratchPerBlock == 512 + 1024 + 64 + 64, "tile B, tile C, scales and mins of one block");
+
+// Per panel: tile B of each block (Q4_x: unsigned nibbles, groups 0-3 from the low nibbles, 4-7 from the high;
+// Q8_0 is loaded from the panel as it is) and the block's scales and mins as floats.
+template <PackedKind K>
+void Prepare(const PackedView& v, const PackedLayout& L, const AmxScratch& s) {
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t b = 0; b < v.n_blocks; ++b) {
-    const uint8_t* q = v.panel + b * L.bytes + L.quants;
-    uint8_t* out = v.tiles + b * 512;
+    const uint8_t* blk = v.panel + b * L.bytes;
+    _mm512_store_ps(s.scale + 16 * b,
+                    _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + L.scales))));
+    if constexpr (K == PackedKind::kQ4_1)
+      _mm512_store_ps(s.min + 16 * b,
+                      _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + L.mins))));
+    if constexpr (K == PackedKind::kQ8_0) continue;
+    uint8_t* out = s.b + b * 512;
     for (int c = 0; c < 4; ++c) {
-      const __m512i raw = _mm512_loadu_si512(q + 64 * c);
-      _mm512_storeu_si512(out + 64 * c, _mm512_and_si512(raw, m4));
-      _mm512_storeu_si512(out + 64 * (c + 4), _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4));
+      const __m512i raw = _mm512_loadu_si512(blk + L.quants + 64 * c);
+      _mm512_store_si512(out + 64 * c, _mm512_and_si512(raw, m4));
+      _mm512_store_si512(out + 64 * (c + 4), _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4));
     }
   }
 }
 
+// The float part for tokens t .. t+kFloatTokens-1 (rows i.. of the C tiles), interleaved so that their
+// dependency chains (one add per block) overlap.
+constexpr int kFloatTokens = 4;
+static_assert(kTileTokens % kFloatTokens == 0, "the float part covers a token tile exactly");
+
 template <PackedKind K>
-void TokenTile(const PackedView& v, const PackedLayout& L, int64_t t0) {
+void FloatPart(const PackedView& v, const AmxScratch& s, int64_t t, int i) {
   const int64_t nb = v.n_blocks;
-  alignas(64) int32_t c[kTileTokens][16];
-  __m512 acc[kTileTokens], summ[kTileTokens];
-  for (int i = 0; i < kTileTokens; ++i) acc[i] = summ[i] = _mm512_setzero_ps();
+  __m512 acc[kFloatTokens], summ[kFloatTokens];
+  for (int j = 0; j < kFloatTokens; ++j) acc[j] = summ[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* blk = v.panel + b * L.bytes;
-    _tile_zero(2);
-    _tile_loadd(0, v.xq + (t0 * nb + b) * 32, nb * 32);
-    if constexpr (K == PackedKind::kQ8_0) {
-      _tile_loadd(1, blk + L.quants, 64);
-      _tile_dpbssd(2, 0, 1);
-    } else {
-      _tile_loadd(1, v.tiles + b * 512, 64);
-      _tile_dpbsud(2, 0, 1);
-    }
-    _tile_stored(2, c, 64);
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + L.scales)));
-    __m512 m = _mm512_setzero_ps();
-    if constexpr (K == PackedKind::kQ4_1)
-      m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + L.mins)));
-    for (int i = 0; i < kTileTokens; ++i) {
-      const int64_t tb = (t0 + i) * nb + b;
-      __m512i s = _mm512_load_si512(c[i]);
-      if constexpr (K == PackedKind::kQ4_0) s = _mm512_sub_epi32(s, _mm512_set1_epi32(8 * v.xsum[tb]));
-      acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_mul_ps(d, _mm512_set1_ps(v.xd[tb])), _mm512_cvtepi32_ps(s)));
+    const __m512 scale = _mm512_load_ps(s.scale + 16 * b);
+    for (int j = 0; j < kFloatTokens; ++j) {
+      const int64_t tb = (t + j) * nb + b;
+      __m512i sum = _mm512_load_si512(s.c + b * 256 + (i + j) * 16);
+      if constexpr (K == PackedKind::kQ4_0) sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(8 * v.xsum[tb]));
+      acc[j] =
+          _mm512_add_ps(acc[j], _mm512_mul_ps(_mm512_mul_ps(scale, _mm512_set1_ps(v.xd[tb])), _mm512_cvtepi32_ps(sum)));
       if constexpr (K == PackedKind::kQ4_1)
-        summ[i] = _mm512_add_ps(summ[i], _mm512_mul_ps(m, _mm512_set1_ps(v.xs[tb])));
+        summ[j] = _mm512_add_ps(summ[j], _mm512_mul_ps(_mm512_load_ps(s.min + 16 * b), _mm512_set1_ps(v.xs[tb])));
     }
   }
   const __mmask16 rows = static_cast<__mmask16>((1u << v.rows) - 1);
-  for (int i = 0; i < kTileTokens; ++i)
-    _mm512_mask_storeu_ps(v.y + (t0 + i) * v.y_stride, rows,
-                          K == PackedKind::kQ4_1 ? _mm512_add_ps(acc[i], summ[i]) : acc[i]);
+  for (int j = 0; j < kFloatTokens; ++j)
+    _mm512_mask_storeu_ps(v.y + (t + j) * v.y_stride, rows,
+                          K == PackedKind::kQ4_1 ? _mm512_add_ps(acc[j], summ[j]) : acc[j]);
+}
+
+// Tokens t0..t0+15: first every block's tile product into s.c (two C tiles in turn, so that one block's
+// product overlaps the other's store), then the float part, blocks in order.
+template <PackedKind K>
+void TokenTile(const PackedView& v, const PackedLayout& L, const AmxScratch& s, int64_t t0) {
+  const int64_t nb = v.n_blocks;
+  const int8_t* a = v.xq + t0 * nb * 32;
+  for (int64_t b = 0; b < nb; ++b) {
+    const void* wb = K == PackedKind::kQ8_0 ? static_cast<const void*>(v.panel + b * L.bytes + L.quants)
+                                            : static_cast<const void*>(s.b + b * 512);
+    int32_t* c = s.c + b * 256;
+    if (b % 2 == 0) {
+      _tile_zero(2);
+      _tile_loadd(0, a + b * 32, nb * 32);
+      _tile_loadd(1, wb, 64);
+      if constexpr (K == PackedKind::kQ8_0)
+        _tile_dpbssd(2, 0, 1);
+      else
+        _tile_dpbsud(2, 0, 1);
+      _tile_stored(2, c, 64);
+    } else {
+      _tile_zero(5);
+      _tile_loadd(3, a + b * 32, nb * 32);
+      _tile_loadd(4, wb, 64);
+      if constexpr (K == PackedKind::kQ8_0)
+        _tile_dpbssd(5, 3, 4);
+      else
+        _tile_dpbsud(5, 3, 4);
+      _tile_stored(5, c, 64);
+    }
+  }
+  for (int i = 0; i < kTileTokens; i += kFloatTokens) FloatPart<K>(v, s, t0 + i, i);
 }
 
 template <PackedKind K>
@@ -119,10 +170,18 @@ int64_t TileTokens(const PackedView& v) {
   const int64_t full = v.n_tokens / kTileTokens * kTileTokens;
   if (full == 0) return 0;
   const PackedLayout& L = LayoutOf(K);
+  const AmxScratch s = AmxScratch::In(v.tiles, v.n_blocks);
+  // The thread may be shared with another AMX user (llama.cpp in the same process configures its tiles once
+  // per thread and counts on them staying so): its configuration is put back afterwards.
+  TileConfig saved;
+  _tile_storeconfig(&saved);
   Configure();
-  if constexpr (K != PackedKind::kQ8_0) UnpackNibbles(v, L);
-  for (int64_t t0 = 0; t0 < full; t0 += kTileTokens) TokenTile<K>(v, L, t0);
-  _tile_release();
+  Prepare<K>(v, L, s);
+  for (int64_t t0 = 0; t0 < full; t0 += kTileTokens) TokenTile<K>(v, L, s, t0);
+  if (saved.palette != 0)
+    _tile_loadconfig(&saved);
+  else
+    _tile_release();
   return full;
 }
 

@@ -8,6 +8,8 @@
 
 namespace kvf::engine {
 
+constexpr int64_t kAmxScratchPerBlock = 1664;
+
 struct PackedView {
   PackedKind kind;
   int64_t n_blocks;
@@ -20,7 +22,7 @@ struct PackedView {
   const int32_t* xsum;  // [token][block]: sum of the block's q
   float* y;             // y[t * y_stride + r]
   int64_t y_stride;
-  uint8_t* tiles;  // AMX only: n_blocks * 512 bytes
+  uint8_t* tiles;  // AMX only: n_blocks * kAmxScratchPerBlock bytes, 64-byte aligned
 };
 
 void PackedPanelScalar(const PackedView& v);

@@ -261,15 +261,15 @@ void Session::Forward(const std::vector<Segment>& segs) {
     if (std::all_of(segs.begin(), segs.end(), [](const Segment& s) { return s.cancel.raised(); }))
       throw Error(code::kCancelled, "forward pass cancelled at layer " + std::to_string(layer));
     const LlamaLayer& L = model_.layers()[static_cast<size_t>(layer)];
-    for (int64_t t = 0; t < n; ++t) RmsNorm(x_.data() + t * E, L.attn_norm.data(), E, hp.rms_eps, xn_.data() + t * E);
+    PerToken(n, [&](int64_t t) { RmsNorm(x_.data() + t * E, L.attn_norm.data(), E, hp.rms_eps, xn_.data() + t * E); });
     const MatJob qkv[3] = {{L.wq, q_.data()}, {L.wk, k_.data()}, {L.wv, v_.data()}};
     MatMul(qkv, 3, xn_.data(), n);
-    for (int64_t t = 0; t < n; ++t) {
+    PerToken(n, [&](int64_t t) {
       const float* cs = rope_cos_.data() + t * half;
       const float* sn = rope_sin_.data() + t * half;
       Rope(q_.data() + t * q_dim, hp.n_head, hp.head_dim, hp.rope_dim, cs, sn);
       Rope(k_.data() + t * kv_dim, hp.n_head_kv, hp.head_dim, hp.rope_dim, cs, sn);
-    }
+    });
     // Every sequence's K/V first, then their attention in one dispatch (their blocks do not overlap).
     for (size_t i = 0; i < segs.size(); ++i)
       StoreKv(layer, *segs[i].table, segs[i].start, segs[i].n, k_.data() + first[i] * kv_dim,
@@ -277,18 +277,23 @@ void Session::Forward(const std::vector<Segment>& segs) {
     Attention(layer, segs, first);
     const MatJob wo{L.wo, tmp_.data()};
     MatMul(&wo, 1, attn_.data(), n);
-    for (int64_t i = 0; i < n * E; ++i) x_[static_cast<size_t>(i)] += tmp_[static_cast<size_t>(i)];
-
-    for (int64_t t = 0; t < n; ++t) RmsNorm(x_.data() + t * E, L.ffn_norm.data(), E, hp.rms_eps, xn_.data() + t * E);
+    PerToken(n, [&](int64_t t) {
+      for (int64_t i = t * E; i < (t + 1) * E; ++i) x_[static_cast<size_t>(i)] += tmp_[static_cast<size_t>(i)];
+      RmsNorm(x_.data() + t * E, L.ffn_norm.data(), E, hp.rms_eps, xn_.data() + t * E);
+    });
     const MatJob gu[2] = {{L.ffn_gate, gate_.data()}, {L.ffn_up, up_.data()}};
     MatMul(gu, 2, xn_.data(), n);
-    for (int64_t i = 0; i < n * F; ++i) {
-      const float g = gate_[static_cast<size_t>(i)];
-      gate_[static_cast<size_t>(i)] = g / (1.0f + std::exp(-g)) * up_[static_cast<size_t>(i)];
-    }
+    PerToken(n, [&](int64_t t) {
+      for (int64_t i = t * F; i < (t + 1) * F; ++i) {
+        const float g = gate_[static_cast<size_t>(i)];
+        gate_[static_cast<size_t>(i)] = g / (1.0f + std::exp(-g)) * up_[static_cast<size_t>(i)];
+      }
+    });
     const MatJob down{L.ffn_down, tmp_.data()};
     MatMul(&down, 1, gate_.data(), n);
-    for (int64_t i = 0; i < n * E; ++i) x_[static_cast<size_t>(i)] += tmp_[static_cast<size_t>(i)];
+    PerToken(n, [&](int64_t t) {
+      for (int64_t i = t * E; i < (t + 1) * E; ++i) x_[static_cast<size_t>(i)] += tmp_[static_cast<size_t>(i)];
+    });
   }
   if (!last_rows.empty()) Logits(segs, last_rows);
 }

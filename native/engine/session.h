@@ -128,6 +128,13 @@ class Session {
   void Logits(const std::vector<Segment>& segs, const std::vector<int64_t>& last_rows);
   void Validate(const SeqBatch& seq) const;
   void MatMul(const MatJob* jobs, int n_jobs, const float* x, int64_t n_tokens);
+  // fn(t) for every row t < n, rows split between the threads (each row's arithmetic is its own).
+  template <class Fn>
+  void PerToken(int64_t n, const Fn& fn) {
+    pool_threads_.ParallelFor(n, [&](int64_t begin, int64_t end, int) {
+      for (int64_t t = begin; t < end; ++t) fn(t);
+    });
+  }
   void RowTiles(const GgufTensor& w, int64_t lo, int64_t hi, const float* x, int64_t n_tokens, float* y, int thread);
   // Attention of every segment's query rows (q_ from row first[i]) into attn_ (same rows), in one dispatch.
   void Attention(int layer, const std::vector<Segment>& segs, const std::vector<int64_t>& first);

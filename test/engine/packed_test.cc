@@ -4,8 +4,12 @@
 //   - at any number of rows (panels cut short), tokens (AMX tiles of 16 and the rest) and block counts;
 //   - a (row, token) result does not depend on which panels or which other tokens are computed with it;
 //   - weights at the ends of their ranges (Q8_0 -128 and 127, nibbles 0 and 15, zero and subnormal scales);
-//   - the result is close to the float dot of the dequantized row with the unquantized activations.
+//   - the result is close to the float dot of the dequantized row with the unquantized activations;
+//   - the AMX kernel leaves the thread's tile configuration as it found it (another library may own it).
 #include <gtest/gtest.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <cmath>
 #include <cstring>
@@ -207,6 +211,40 @@ TEST(Packed, RefusesWhatItCannotPack) {
   EXPECT_EQ(ThrownCode([&] { PackedDots(m, 0, 1, x, y.data(), 1, QdotIsa::kScalar, scratch); }),
             "KVF_ERR_INVALID_ARGUMENT");
 }
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("amx-tile")
+struct alignas(64) Config {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+TEST(Packed, AmxKernelPutsBackTheThreadsTileConfiguration) {
+  if (!QdotIsaSupported(QdotIsa::kAmx)) GTEST_SKIP() << "no AMX here";
+  std::mt19937 rng(5);
+  const Format& f = kFormats[2];
+  const std::vector<uint8_t> raw = RandomMatrix(rng, f, 16, 2);
+  const PackedMatrix m = PackMatrix(f.type, raw.data(), 16, 64, 40);
+  const QuantizedActivations x = Activations(rng, 16, 64);
+  std::vector<float> y(16 * 16);
+  PackedScratch scratch;
+  Config theirs{};
+  theirs.palette = 1;
+  theirs.rows[7] = 3, theirs.colsb[7] = 12;  // a shape the kernel never uses
+  _tile_loadconfig(&theirs);
+  PackedDots(m, 0, 1, x, y.data(), 16, QdotIsa::kAmx, scratch);
+  Config after{};
+  _tile_storeconfig(&after);
+  EXPECT_EQ(std::memcmp(&after, &theirs, sizeof(Config)), 0);
+  _tile_release();
+  PackedDots(m, 0, 1, x, y.data(), 16, QdotIsa::kAmx, scratch);
+  _tile_storeconfig(&after);
+  EXPECT_EQ(after.palette, 0) << "a thread without a configuration is left without one";
+}
+#pragma GCC pop_options
+#endif
 
 }  // namespace
 }  // namespace kvf::engine
