@@ -191,3 +191,20 @@ test('Engine.step runs a batch of sequences together; the native step drops a ca
     native.close();
   }
 });
+
+test("the engine's step clock: decode-only steps counted apart from prefill steps, compute and hand-off both timed", async () => {
+  const engine = open(tiny, 16, 16, { threads: 1 });
+  try {
+    const zero = engine.stats;
+    assert.deepEqual([zero.stepSeconds, zero.handOffSeconds, zero.decodeSteps, zero.decodeStepSeconds], [0, 0, 0, 0]);
+    await greedy(engine, [1, 2, 3, 4, 5], 9); // one prefill step, then 8 decode steps
+    const s = engine.stats;
+    assert.equal(s.steps, 9);
+    assert.equal(s.decodeSteps, 8);
+    assert.ok(s.decodeStepSeconds > 0, 'decode steps took time');
+    assert.ok(s.stepSeconds > s.decodeStepSeconds, 'the prefill step is in the total, not in the decode steps');
+    assert.ok(s.handOffSeconds > 0, 'handing a step to the thread and back takes time');
+  } finally {
+    await engine.close();
+  }
+});

@@ -1,5 +1,6 @@
 #include "binding/engine_wrap.h"
 
+#include <chrono>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -97,12 +98,14 @@ class StepWorker : public Napi::AsyncWorker {
     engine::CancelFlag cancel;
   };
 
-  StepWorker(Napi::Env env, engine::Session& session, bool* busy, std::vector<Entry> entries, Napi::Object keep_alive,
-             Napi::Array cancel_words)
+  StepWorker(Napi::Env env, engine::Session& session, bool* busy, StepTimes* times, std::vector<Entry> entries,
+             Napi::Object keep_alive, Napi::Array cancel_words)
       : Napi::AsyncWorker(env),
         deferred_(Napi::Promise::Deferred::New(env)),
         session_(session),
         busy_(busy),
+        times_(times),
+        queued_(Clock::now()),
         entries_(std::move(entries)),
         keep_alive_(Napi::Persistent(keep_alive)),
         cancel_refs_(Napi::Persistent(cancel_words.As<Napi::Object>())) {}
@@ -110,6 +113,7 @@ class StepWorker : public Napi::AsyncWorker {
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
   void Execute() override {
+    started_ = Clock::now();
     std::vector<engine::SeqBatch> batch;
     batch.reserve(entries_.size());
     for (const Entry& e : entries_)
@@ -121,10 +125,14 @@ class StepWorker : public Napi::AsyncWorker {
     } catch (const std::exception& e) {
       error_ = ErrorInfo{code::kInvalidArgument, e.what(), 0, {}};
     }
+    finished_ = Clock::now();
   }
 
   void OnOK() override {
     *busy_ = false;
+    const Clock::time_point now = Clock::now();
+    times_->compute_seconds = Seconds(finished_ - started_);
+    times_->hand_off_seconds = Seconds(started_ - queued_) + Seconds(now - finished_);
     Napi::Env env = Env();
     if (!error_.ok()) {
       deferred_.Reject(ErrorObject(env, error_));
@@ -147,9 +155,16 @@ class StepWorker : public Napi::AsyncWorker {
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
+  static double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
   Napi::Promise::Deferred deferred_;
   engine::Session& session_;
   bool* busy_;
+  StepTimes* times_;  // the engine's; it outlives the step (keep_alive_)
+  Clock::time_point queued_;
+  Clock::time_point started_;
+  Clock::time_point finished_;
   std::vector<Entry> entries_;
   Napi::ObjectReference keep_alive_;   // the engine object, so it is not collected mid-computation
   Napi::ObjectReference cancel_refs_;  // the entries' cancel words (JS Int32Arrays), alive for the step
@@ -185,6 +200,7 @@ Napi::Function EngineWrap::Init(Napi::Env env) {
                      {
                          StaticMethod<&BlockBytes>("blockBytes"),
                          InstanceMethod<&EngineWrap::Info>("info"),
+                         InstanceMethod<&EngineWrap::LastStepTimes>("lastStepTimes"),
                          InstanceMethod<&EngineWrap::Allocate>("allocate"),
                          InstanceMethod<&EngineWrap::Free>("free"),
                          InstanceMethod<&EngineWrap::Claim>("claim"),
@@ -250,6 +266,15 @@ Napi::Value EngineWrap::Info(const Napi::CallbackInfo& info) {
   const double nan = std::nan("");
   o.Set("matmulSeconds", busy_ ? nan : static_cast<double>(session_->timings().matmul_ns) * 1e-9);
   o.Set("attentionSeconds", busy_ ? nan : static_cast<double>(session_->timings().attention_ns) * 1e-9);
+  return o;
+}
+
+// lastStepTimes() -> { computeSeconds, handOffSeconds } of the last batched step that ended (zeros before any).
+Napi::Value EngineWrap::LastStepTimes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("computeSeconds", last_step_.compute_seconds);
+  o.Set("handOffSeconds", last_step_.hand_off_seconds);
   return o;
 }
 
@@ -338,7 +363,8 @@ Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
     e.cancel = engine::CancelFlag(cancel.As<Napi::Int32Array>().Data());
     words.Set(words.Length(), cancel);
   }
-  auto* worker = new StepWorker(env, session, &busy_, std::move(entries), info.This().As<Napi::Object>(), words);
+  auto* worker =
+      new StepWorker(env, session, &busy_, &last_step_, std::move(entries), info.This().As<Napi::Object>(), words);
   busy_ = true;
   worker->Queue();
   return worker->Promise();

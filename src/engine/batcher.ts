@@ -19,6 +19,9 @@ export interface NativeStepEntry {
 /** Per entry: its logits, null when it asked for none, or the error that dropped it (the others ran on). */
 export type NativeStep = (entries: NativeStepEntry[]) => Promise<Array<Float32Array | null | Error>>;
 
+/** Where the last step's time went (the native step's own clock): the model's compute, and the thread hand-off. */
+export type StepClock = () => { computeSeconds: number; handOffSeconds: number };
+
 /** Defaults of the batching limits (ReferenceEngineOptions, the worker's --max-batch-sequences, --max-step-tokens). */
 export const DEFAULT_MAX_BATCH_SEQUENCES = 32;
 export const DEFAULT_MAX_STEP_TOKENS = 256;
@@ -39,6 +42,14 @@ export interface BatchStats {
   /** The step running now, or the last one. */
   lastSequences: number;
   lastTokens: number;
+  /**
+   * Seconds the engine computed in all steps, and spent handing steps to its thread and back; the same for the
+   * steps that carried only decodes (one token per sequence), whose mean is the engine's decode step.
+   */
+  stepSeconds: number;
+  handOffSeconds: number;
+  decodeSteps: number;
+  decodeStepSeconds: number;
   /** Calls waiting for a step (not in the one running). */
   waiting: number;
   maxBatchSequences: number;
@@ -68,14 +79,16 @@ export class StepBatcher {
   #busy = false;
   #scheduled = false;
   #idle: Array<() => void> = [];
-  #stats = { steps: 0, sequences: 0, tokens: 0, lastSequences: 0, lastTokens: 0 };
+  readonly #clock: StepClock | undefined;
+  #stats = { steps: 0, sequences: 0, tokens: 0, lastSequences: 0, lastTokens: 0, stepSeconds: 0, handOffSeconds: 0, decodeSteps: 0, decodeStepSeconds: 0 };
 
-  constructor(limits: BatchLimits, tokensPerBlock: number, run: NativeStep) {
+  constructor(limits: BatchLimits, tokensPerBlock: number, run: NativeStep, clock?: StepClock) {
     if (!(limits.maxBatchSequences >= 1) || !(limits.maxStepTokens >= 1))
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'maxBatchSequences and maxStepTokens must be at least 1');
     this.#limits = limits;
     this.#tokensPerBlock = tokensPerBlock;
     this.#run = run;
+    this.#clock = clock;
   }
 
   get stats(): BatchStats {
@@ -132,6 +145,7 @@ export class StepBatcher {
     let results: Array<Float32Array | null | Error>;
     try {
       results = await this.#run(entries);
+      this.#timed(this.#stats.lastTokens === chosen.length);
     } catch (err) {
       results = chosen.map(() => err as Error);
     }
@@ -139,6 +153,16 @@ export class StepBatcher {
     chosen.forEach((p, i) => this.#after(p, results[i]!));
     this.#drained();
     this.#schedule();
+  }
+
+  #timed(decodesOnly: boolean): void {
+    if (!this.#clock) return;
+    const { computeSeconds, handOffSeconds } = this.#clock();
+    this.#stats.stepSeconds += computeSeconds;
+    this.#stats.handOffSeconds += handOffSeconds;
+    if (!decodesOnly) return;
+    this.#stats.decodeSteps++;
+    this.#stats.decodeStepSeconds += computeSeconds;
   }
 
   #after(p: Pending, result: Float32Array | null | Error): void {
