@@ -78,6 +78,11 @@ export class StepBatcher {
   #waiting: Pending[] = [];
   #busy = false;
   #scheduled = false;
+  #soon = false;
+  // Calls the last step resolved (their callers may come straight back with their next call), and the calls that
+  // arrived since it ended.
+  #resolved = 0;
+  #arrived = 0;
   #idle: Array<() => void> = [];
   readonly #clock: StepClock | undefined;
   #stats = { steps: 0, sequences: 0, tokens: 0, lastSequences: 0, lastTokens: 0, stepSeconds: 0, handOffSeconds: 0, decodeSteps: 0, decodeStepSeconds: 0 };
@@ -109,6 +114,7 @@ export class StepBatcher {
       };
       signal?.addEventListener('abort', p.onAbort, { once: true });
       this.#waiting.push(p);
+      this.#arrived++;
       this.#schedule();
     });
   }
@@ -119,13 +125,26 @@ export class StepBatcher {
     return new Promise((resolve) => this.#idle.push(resolve));
   }
 
-  // The next step starts after the callers of the last one had their turn (their next calls join it).
+  // The next step starts after the callers of the last one had their turn (their next calls join it): once as many
+  // calls came back as it resolved, at once (so what those callers do next, such as writing the token out, overlaps
+  // the engine's compute instead of delaying the step); else after this turn of the event loop (a caller that
+  // ended does not come back).
   #schedule(): void {
-    if (this.#scheduled || this.#busy || this.#waiting.length === 0) return;
+    if (this.#busy || this.#waiting.length === 0) return;
+    if (this.#resolved > 0 && this.#arrived >= this.#resolved) {
+      if (this.#soon) return;
+      this.#soon = true;
+      queueMicrotask(() => {
+        this.#soon = false;
+        if (!this.#busy) void this.#step();
+      });
+      return;
+    }
+    if (this.#scheduled) return;
     this.#scheduled = true;
     setImmediate(() => {
       this.#scheduled = false;
-      void this.#step();
+      if (!this.#busy) void this.#step();
     });
   }
 
@@ -150,6 +169,8 @@ export class StepBatcher {
       results = chosen.map(() => err as Error);
     }
     this.#busy = false;
+    this.#resolved = 0;
+    this.#arrived = 0;
     chosen.forEach((p, i) => this.#after(p, results[i]!));
     this.#drained();
     this.#schedule();
@@ -169,8 +190,10 @@ export class StepBatcher {
     p.done += p.running;
     p.running = 0;
     if (result instanceof Error) this.#settle(p, fromNative(result));
-    else if (p.done === p.tokens.length) this.#settle(p, result!);
-    else if (p.signal?.aborted) this.#settle(p, new KvfError('KVF_ERR_CANCELLED', 'prefill stopped between chunks: its request ended'));
+    else if (p.done === p.tokens.length) {
+      this.#settle(p, result!);
+      this.#resolved++;
+    } else if (p.signal?.aborted) this.#settle(p, new KvfError('KVF_ERR_CANCELLED', 'prefill stopped between chunks: its request ended'));
   }
 
   /**
