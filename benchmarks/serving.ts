@@ -5,7 +5,7 @@
 // Beside each level, the decode workers' own engine time over it (their step counters): the mean decode step is
 // the floor under ITL, so ITL p50 / step says what serving adds per token. Prints tables and writes JSON.
 //
-//   npm run bench:serving -- [--model path] [--provider tcp|shm] [--concurrency 1,4,16] [--max-tokens 32]
+//   npm run bench:serving -- [--model path] [--provider tcp|shm] [--concurrency 1,4,16] [--max-tokens 32] [--threads 1]
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +26,8 @@ const { values } = parseArgs({
     concurrency: { type: 'string', default: '1,4,16' },
     'max-tokens': { type: 'string', default: '32' },
     'min-requests': { type: 'string', default: '8' },
+    // Engine threads per worker (the workers share this machine's cores with each other and with the frontend).
+    threads: { type: 'string', default: '1' },
     out: { type: 'string', default: join(here, 'out', 'serving.json') },
   },
 });
@@ -40,7 +42,7 @@ const modelName = model
   .replace(/\.gguf$/, '');
 
 function runMode(mode: ServeMode) {
-  return withStack({ model, provider, mode, extra: ['--blocks', '512'] }, async (url) => {
+  return withStack({ model, provider, mode, extra: ['--blocks', '512', '--threads', values.threads!] }, async (url) => {
     const load = { url, modelName, maxTokens };
     await streamOne(load, 0); // warm-up
     const rows = [];
@@ -59,7 +61,9 @@ function runMode(mode: ServeMode) {
 const disaggregated = await runMode(provider === 'none' ? 'aggregated' : 'pull');
 const aggregated = await runMode('aggregated');
 const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
-console.log(`\nServing: ${modelName}, provider ${provider}, max_tokens ${maxTokens}, greedy, streamed chat completions`);
+console.log(
+  `\nServing: ${modelName}, provider ${provider}, max_tokens ${maxTokens}, ${values.threads} engine thread(s) per worker, greedy, streamed chat completions`,
+);
 console.log('| mode | concurrency | requests | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | output tok/s | req/s | KV bytes/req |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const r of [...disaggregated, ...aggregated]) {
@@ -89,5 +93,8 @@ for (const d of disaggregated) {
   );
 }
 mkdirSync(dirname(values.out!), { recursive: true });
-writeFileSync(values.out!, JSON.stringify({ machine: describeMachine(), model, provider, maxTokens, disaggregated, aggregated }, null, 2));
+writeFileSync(
+  values.out!,
+  JSON.stringify({ machine: describeMachine(), model, provider, maxTokens, threads: Number(values.threads), disaggregated, aggregated }, null, 2),
+);
 console.log(`\nwrote ${values.out}`);
