@@ -191,3 +191,42 @@ test('Engine.step runs a batch of sequences together; the native step drops a ca
     native.close();
   }
 });
+
+test("the engine's step clock: decode-only steps counted apart from prefill steps, compute and hand-off both timed", async () => {
+  const engine = open(tiny, 16, 16, { threads: 1 });
+  try {
+    const zero = engine.stats;
+    assert.deepEqual([zero.stepSeconds, zero.handOffSeconds, zero.decodeSteps, zero.decodeStepSeconds], [0, 0, 0, 0]);
+    await greedy(engine, [1, 2, 3, 4, 5], 9); // one prefill step, then 8 decode steps
+    const s = engine.stats;
+    assert.equal(s.steps, 9);
+    assert.equal(s.decodeSteps, 8);
+    assert.ok(s.decodeStepSeconds > 0, 'decode steps took time');
+    assert.ok(s.stepSeconds > s.decodeStepSeconds, 'the prefill step is in the total, not in the decode steps');
+    assert.ok(s.handOffSeconds > 0, 'handing a step to the thread and back takes time');
+  } finally {
+    await engine.close();
+  }
+});
+
+test("a decode's next step starts as soon as the callers of the last one came back, before work they queued for later", async () => {
+  const engine = open(tiny, 16, 16, { threads: 1 });
+  try {
+    const blocks = engine.allocateBlocks(2);
+    await engine.prefill([1, 2, 3], blocks, 0);
+    let pos = 3;
+    for (let i = 0; i < 5; i++) {
+      await engine.decode(4, blocks, pos++);
+      // What the decode worker does with each token: its write waits for the end of this turn of the event loop,
+      // and the step that carries the next token must already have started by then.
+      const before = engine.stats.steps;
+      const seen = new Promise<number>((resolve) => setImmediate(() => resolve(engine.stats.steps)));
+      const next = engine.decode(4, blocks, pos);
+      assert.equal(await seen, before + 1, `step ${i}: the next step started before the queued write ran`);
+      await next;
+      pos++;
+    }
+  } finally {
+    await engine.close();
+  }
+});

@@ -10,6 +10,10 @@ test('greedy picks the argmax', () => {
   assert.equal(argmax(logits), 1);
   assert.equal(new Sampler().sample(logits), 1);
   assert.equal(new Sampler({ temperature: 0, seed: 9 }).sample(logits), 1);
+  // Ties go to the first; the last element counts; a one-element vector is its own argmax.
+  assert.equal(argmax(Float32Array.of(0, 5, 5, -1)), 1);
+  assert.equal(argmax(Float32Array.of(-3, -2, -1)), 2);
+  assert.equal(argmax(Float32Array.of(7)), 0);
 });
 
 test('same seed, same tokens; top-k 1 is greedy; top-k limits the choice', () => {

@@ -197,6 +197,8 @@ describe('serving over tcp, pull mode', () => {
     await waitFor(async () => (await workerBatch(stack.decode.ready.workerId!)).steps > before.steps, '/health catching up');
     const after = await workerBatch(stack.decode.ready.workerId!);
     assert.ok(after.sequences - before.sequences >= after.steps - before.steps, JSON.stringify({ before, after }));
+    // The streams decoded (pulled K/V, nothing to prefill here): the engine's clock counted decode steps.
+    assert.ok(after.decodeSteps > before.decodeSteps && after.decodeStepSeconds > before.decodeStepSeconds, JSON.stringify({ before, after }));
   });
 
   test('seeded sampling continues across the two workers exactly as in one process', async () => {
@@ -256,10 +258,11 @@ describe('serving over tcp, pull mode', () => {
   });
 
   /** A decode worker's batching as /health shows it, in counts: steps, and the sequences they carried. */
-  async function workerBatch(id: string): Promise<{ steps: number; sequences: number }> {
-    const h = (await (await fetch(`${stack.url}/health`)).json()) as { workers: { id: string; batch: { steps: number; avg_sequences: number } | null }[] };
+  async function workerBatch(id: string): Promise<{ steps: number; sequences: number; decodeSteps: number; decodeStepSeconds: number }> {
+    type Batch = { steps: number; step_sequences: number; decode_steps: number; decode_step_seconds: number };
+    const h = (await (await fetch(`${stack.url}/health`)).json()) as { workers: { id: string; batch: Batch | null }[] };
     const b = h.workers.find((w) => w.id === id)!.batch!;
-    return { steps: b.steps, sequences: Math.round(b.steps * b.avg_sequences) };
+    return { steps: b.steps, sequences: b.step_sequences, decodeSteps: b.decode_steps, decodeStepSeconds: b.decode_step_seconds };
   }
 
   test('/health lists the workers, /live answers, /metrics counts tokens and KV bytes', async () => {
@@ -286,6 +289,7 @@ describe('serving over tcp, pull mode', () => {
       'kvfabric_worker_batch_sequences{worker=',
       'kvfabric_worker_batch_occupancy{worker=',
       'kvfabric_worker_step_tokens{worker=',
+      'kvfabric_worker_decode_step_seconds{worker=',
     ]) {
       assert.ok(metrics.includes(name), name);
     }

@@ -4,6 +4,9 @@ import { frontendConfig, type ServeMode } from '../../src/serve/config.js';
 import { Frontend } from '../../src/serve/frontend/frontend.js';
 import { CLUSTER, quietLog, startWorker, stop, type Proc } from '../../test/helpers/serve.js';
 
+/** How often the frontend asks each worker for its health (and counters). */
+export const HEALTH_INTERVAL_MS = 500;
+
 export interface StackOptions {
   model: string;
   provider: string;
@@ -28,7 +31,15 @@ export async function withStack<T>(o: StackOptions, fn: (url: string) => Promise
     const byRole = (role: string) => workers.filter((w) => w.ready.role === role).map((w) => w.ready.address);
     const frontend = await Frontend.start(
       frontendConfig({
-        flags: { ...CLUSTER, model: o.model, listen: '127.0.0.1:0', prefill: byRole('prefill'), decode: byRole('decode'), mode: o.mode, healthIntervalMs: 500 },
+        flags: {
+          ...CLUSTER,
+          model: o.model,
+          listen: '127.0.0.1:0',
+          prefill: byRole('prefill'),
+          decode: byRole('decode'),
+          mode: o.mode,
+          healthIntervalMs: HEALTH_INTERVAL_MS,
+        },
         env: {},
       }),
       quietLog,

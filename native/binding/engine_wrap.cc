@@ -1,5 +1,6 @@
 #include "binding/engine_wrap.h"
 
+#include <chrono>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -17,6 +18,15 @@ std::vector<int32_t> Int32Vector(Napi::Env env, const Napi::Value& v, const char
   }
   Napi::Int32Array a = v.As<Napi::Int32Array>();
   return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// The logits handed to JS in place: the vector the step filled becomes the array's memory (freed when JS collects
+// it), so a step's result costs no zero-filled allocation and copy of a vocabulary's floats on the event loop.
+Napi::Float32Array AdoptFloats(Napi::Env env, std::vector<float>&& v) {
+  auto* held = new std::vector<float>(std::move(v));
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(
+      env, held->data(), held->size() * sizeof(float), [](Napi::Env, void*, std::vector<float>* h) { delete h; }, held);
+  return Napi::Float32Array::New(env, held->size(), buffer, 0);
 }
 
 Napi::Int32Array ToInt32Array(Napi::Env env, const std::vector<int32_t>& v) {
@@ -97,12 +107,14 @@ class StepWorker : public Napi::AsyncWorker {
     engine::CancelFlag cancel;
   };
 
-  StepWorker(Napi::Env env, engine::Session& session, bool* busy, std::vector<Entry> entries, Napi::Object keep_alive,
-             Napi::Array cancel_words)
+  StepWorker(Napi::Env env, engine::Session& session, bool* busy, StepTimes* times, std::vector<Entry> entries,
+             Napi::Object keep_alive, Napi::Array cancel_words)
       : Napi::AsyncWorker(env),
         deferred_(Napi::Promise::Deferred::New(env)),
         session_(session),
         busy_(busy),
+        times_(times),
+        queued_(Clock::now()),
         entries_(std::move(entries)),
         keep_alive_(Napi::Persistent(keep_alive)),
         cancel_refs_(Napi::Persistent(cancel_words.As<Napi::Object>())) {}
@@ -110,6 +122,7 @@ class StepWorker : public Napi::AsyncWorker {
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
   void Execute() override {
+    started_ = Clock::now();
     std::vector<engine::SeqBatch> batch;
     batch.reserve(entries_.size());
     for (const Entry& e : entries_)
@@ -121,10 +134,14 @@ class StepWorker : public Napi::AsyncWorker {
     } catch (const std::exception& e) {
       error_ = ErrorInfo{code::kInvalidArgument, e.what(), 0, {}};
     }
+    finished_ = Clock::now();
   }
 
   void OnOK() override {
     *busy_ = false;
+    const Clock::time_point now = Clock::now();
+    times_->compute_seconds = Seconds(finished_ - started_);
+    times_->hand_off_seconds = Seconds(started_ - queued_) + Seconds(now - finished_);
     Napi::Env env = Env();
     if (!error_.ok()) {
       deferred_.Reject(ErrorObject(env, error_));
@@ -132,24 +149,29 @@ class StepWorker : public Napi::AsyncWorker {
     }
     Napi::Array out = Napi::Array::New(env, results_.size());
     for (size_t i = 0; i < results_.size(); ++i) {
-      const engine::SeqResult& r = results_[i];
+      engine::SeqResult& r = results_[i];
       if (!r.error.ok()) {
         out.Set(static_cast<uint32_t>(i), ErrorObject(env, r.error));
       } else if (r.logits.empty()) {
         out.Set(static_cast<uint32_t>(i), env.Null());
       } else {
-        Napi::Float32Array logits = Napi::Float32Array::New(env, r.logits.size());
-        std::copy(r.logits.begin(), r.logits.end(), logits.Data());
-        out.Set(static_cast<uint32_t>(i), logits);
+        out.Set(static_cast<uint32_t>(i), AdoptFloats(env, std::move(r.logits)));
       }
     }
     deferred_.Resolve(out);
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
+  static double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
   Napi::Promise::Deferred deferred_;
   engine::Session& session_;
   bool* busy_;
+  StepTimes* times_;  // the engine's; it outlives the step (keep_alive_)
+  Clock::time_point queued_;
+  Clock::time_point started_;
+  Clock::time_point finished_;
   std::vector<Entry> entries_;
   Napi::ObjectReference keep_alive_;   // the engine object, so it is not collected mid-computation
   Napi::ObjectReference cancel_refs_;  // the entries' cancel words (JS Int32Arrays), alive for the step
@@ -185,6 +207,7 @@ Napi::Function EngineWrap::Init(Napi::Env env) {
                      {
                          StaticMethod<&BlockBytes>("blockBytes"),
                          InstanceMethod<&EngineWrap::Info>("info"),
+                         InstanceMethod<&EngineWrap::LastStepTimes>("lastStepTimes"),
                          InstanceMethod<&EngineWrap::Allocate>("allocate"),
                          InstanceMethod<&EngineWrap::Free>("free"),
                          InstanceMethod<&EngineWrap::Claim>("claim"),
@@ -250,6 +273,15 @@ Napi::Value EngineWrap::Info(const Napi::CallbackInfo& info) {
   const double nan = std::nan("");
   o.Set("matmulSeconds", busy_ ? nan : static_cast<double>(session_->timings().matmul_ns) * 1e-9);
   o.Set("attentionSeconds", busy_ ? nan : static_cast<double>(session_->timings().attention_ns) * 1e-9);
+  return o;
+}
+
+// lastStepTimes() -> { computeSeconds, handOffSeconds } of the last batched step that ended (zeros before any).
+Napi::Value EngineWrap::LastStepTimes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("computeSeconds", last_step_.compute_seconds);
+  o.Set("handOffSeconds", last_step_.hand_off_seconds);
   return o;
 }
 
@@ -338,7 +370,8 @@ Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
     e.cancel = engine::CancelFlag(cancel.As<Napi::Int32Array>().Data());
     words.Set(words.Length(), cancel);
   }
-  auto* worker = new StepWorker(env, session, &busy_, std::move(entries), info.This().As<Napi::Object>(), words);
+  auto* worker =
+      new StepWorker(env, session, &busy_, &last_step_, std::move(entries), info.This().As<Napi::Object>(), words);
   busy_ = true;
   worker->Queue();
   return worker->Promise();

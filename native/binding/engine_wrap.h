@@ -14,6 +14,13 @@
 
 namespace kvf {
 
+// Where a batched step's wall time went: the model's own compute on the worker thread, and the hand-off around
+// it (waiting for a libuv pool thread after Queue(), then for the event loop to run OnOK after Execute returned).
+struct StepTimes {
+  double compute_seconds = 0;
+  double hand_off_seconds = 0;
+};
+
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  public:
   static Napi::Function Init(Napi::Env env);
@@ -28,6 +35,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value Step(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
+  Napi::Value LastStepTimes(const Napi::CallbackInfo& info);
+
   engine::Session& SessionOrThrow(Napi::Env env);
 
   std::unique_ptr<engine::Model> model_;
@@ -35,6 +44,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   std::unique_ptr<engine::Session> session_;
   Napi::Reference<Napi::Value> memory_;  // the pool's bytes stay alive as long as the engine
   bool busy_ = false;
+  StepTimes last_step_;  // written on the event loop thread when a step's result arrives
 };
 
 }  // namespace kvf

@@ -25,10 +25,17 @@ export interface NativeEngineInfo {
   attentionSeconds: number;
 }
 
+export interface StepTimes {
+  computeSeconds: number;
+  handOffSeconds: number;
+}
+
 export declare class NativeEngine {
   static blockBytes(modelPath: string, tokensPerBlock: number, f32: boolean): number;
   constructor(modelPath: string, pool: Uint8Array, options: { tokensPerBlock?: number; f32?: boolean; threads?: number });
   info(): NativeEngineInfo;
+  /** The last batched step's compute on the worker thread, and the thread hand-off around it (zeros before any). */
+  lastStepTimes(): StepTimes;
   allocate(count: number): Int32Array;
   free(blocks: Int32Array): void;
   claim(blocks: Int32Array): void;

@@ -19,6 +19,9 @@ export interface NativeStepEntry {
 /** Per entry: its logits, null when it asked for none, or the error that dropped it (the others ran on). */
 export type NativeStep = (entries: NativeStepEntry[]) => Promise<Array<Float32Array | null | Error>>;
 
+/** Where the last step's time went (the native step's own clock): the model's compute, and the thread hand-off. */
+export type StepClock = () => { computeSeconds: number; handOffSeconds: number };
+
 /** Defaults of the batching limits (ReferenceEngineOptions, the worker's --max-batch-sequences, --max-step-tokens). */
 export const DEFAULT_MAX_BATCH_SEQUENCES = 32;
 export const DEFAULT_MAX_STEP_TOKENS = 256;
@@ -39,6 +42,14 @@ export interface BatchStats {
   /** The step running now, or the last one. */
   lastSequences: number;
   lastTokens: number;
+  /**
+   * Seconds the engine computed in all steps, and spent handing steps to its thread and back; the same for the
+   * steps that carried only decodes (one token per sequence), whose mean is the engine's decode step.
+   */
+  stepSeconds: number;
+  handOffSeconds: number;
+  decodeSteps: number;
+  decodeStepSeconds: number;
   /** Calls waiting for a step (not in the one running). */
   waiting: number;
   maxBatchSequences: number;
@@ -67,15 +78,22 @@ export class StepBatcher {
   #waiting: Pending[] = [];
   #busy = false;
   #scheduled = false;
+  #soon = false;
+  // Calls the last step resolved (their callers may come straight back with their next call), and the calls that
+  // arrived since it ended.
+  #resolved = 0;
+  #arrived = 0;
   #idle: Array<() => void> = [];
-  #stats = { steps: 0, sequences: 0, tokens: 0, lastSequences: 0, lastTokens: 0 };
+  readonly #clock: StepClock | undefined;
+  #stats = { steps: 0, sequences: 0, tokens: 0, lastSequences: 0, lastTokens: 0, stepSeconds: 0, handOffSeconds: 0, decodeSteps: 0, decodeStepSeconds: 0 };
 
-  constructor(limits: BatchLimits, tokensPerBlock: number, run: NativeStep) {
+  constructor(limits: BatchLimits, tokensPerBlock: number, run: NativeStep, clock?: StepClock) {
     if (!(limits.maxBatchSequences >= 1) || !(limits.maxStepTokens >= 1))
       throw new KvfError('KVF_ERR_INVALID_ARGUMENT', 'maxBatchSequences and maxStepTokens must be at least 1');
     this.#limits = limits;
     this.#tokensPerBlock = tokensPerBlock;
     this.#run = run;
+    this.#clock = clock;
   }
 
   get stats(): BatchStats {
@@ -96,6 +114,7 @@ export class StepBatcher {
       };
       signal?.addEventListener('abort', p.onAbort, { once: true });
       this.#waiting.push(p);
+      this.#arrived++;
       this.#schedule();
     });
   }
@@ -106,13 +125,26 @@ export class StepBatcher {
     return new Promise((resolve) => this.#idle.push(resolve));
   }
 
-  // The next step starts after the callers of the last one had their turn (their next calls join it).
+  // The next step starts after the callers of the last one had their turn (their next calls join it): once as many
+  // calls came back as it resolved, at once (so what those callers do next, such as writing the token out, overlaps
+  // the engine's compute instead of delaying the step); else after this turn of the event loop (a caller that
+  // ended does not come back).
   #schedule(): void {
-    if (this.#scheduled || this.#busy || this.#waiting.length === 0) return;
+    if (this.#busy || this.#waiting.length === 0) return;
+    if (this.#resolved > 0 && this.#arrived >= this.#resolved) {
+      if (this.#soon) return;
+      this.#soon = true;
+      queueMicrotask(() => {
+        this.#soon = false;
+        if (!this.#busy) void this.#step();
+      });
+      return;
+    }
+    if (this.#scheduled) return;
     this.#scheduled = true;
     setImmediate(() => {
       this.#scheduled = false;
-      void this.#step();
+      if (!this.#busy) void this.#step();
     });
   }
 
@@ -132,21 +164,36 @@ export class StepBatcher {
     let results: Array<Float32Array | null | Error>;
     try {
       results = await this.#run(entries);
+      this.#timed(this.#stats.lastTokens === chosen.length);
     } catch (err) {
       results = chosen.map(() => err as Error);
     }
     this.#busy = false;
+    this.#resolved = 0;
+    this.#arrived = 0;
     chosen.forEach((p, i) => this.#after(p, results[i]!));
     this.#drained();
     this.#schedule();
+  }
+
+  #timed(decodesOnly: boolean): void {
+    if (!this.#clock) return;
+    const { computeSeconds, handOffSeconds } = this.#clock();
+    this.#stats.stepSeconds += computeSeconds;
+    this.#stats.handOffSeconds += handOffSeconds;
+    if (!decodesOnly) return;
+    this.#stats.decodeSteps++;
+    this.#stats.decodeStepSeconds += computeSeconds;
   }
 
   #after(p: Pending, result: Float32Array | null | Error): void {
     p.done += p.running;
     p.running = 0;
     if (result instanceof Error) this.#settle(p, fromNative(result));
-    else if (p.done === p.tokens.length) this.#settle(p, result!);
-    else if (p.signal?.aborted) this.#settle(p, new KvfError('KVF_ERR_CANCELLED', 'prefill stopped between chunks: its request ended'));
+    else if (p.done === p.tokens.length) {
+      this.#settle(p, result!);
+      this.#resolved++;
+    } else if (p.signal?.aborted) this.#settle(p, new KvfError('KVF_ERR_CANCELLED', 'prefill stopped between chunks: its request ended'));
   }
 
   /**

@@ -106,7 +106,12 @@ export class ReferenceEngine implements Engine {
       maxBatchSequences: options.maxBatchSequences ?? DEFAULT_MAX_BATCH_SEQUENCES,
       maxStepTokens: options.maxStepTokens ?? DEFAULT_MAX_STEP_TOKENS,
     };
-    this.#batcher = new StepBatcher(limits, info.tokensPerBlock, (entries) => this.#engine().step(entries));
+    this.#batcher = new StepBatcher(
+      limits,
+      info.tokensPerBlock,
+      (entries) => this.#engine().step(entries),
+      () => native.lastStepTimes(),
+    );
   }
 
   get stats(): BatchStats {

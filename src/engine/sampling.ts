@@ -33,8 +33,16 @@ function mulberry32Next(state: { a: number }): number {
 }
 
 export function argmax(logits: ArrayLike<number>): number {
+  // The best value kept in a local: one read per element (greedy decoding runs this over the vocabulary per token).
   let best = 0;
-  for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+  let top = logits[0]!;
+  for (let i = 1, n = logits.length; i < n; i++) {
+    const v = logits[i]!;
+    if (v > top) {
+      top = v;
+      best = i;
+    }
+  }
   return best;
 }
 

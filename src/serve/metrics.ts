@@ -123,6 +123,15 @@ export class ServeMetrics {
     poolGauge('kvfabric_worker_batch_occupancy', 'Sequences in the running (or last) step over --max-batch-sequences', (s) =>
       s.maxBatchSequences ? s.batchSequences / s.maxBatchSequences : 0,
     );
+    // Engine time: rate(decode step seconds) / rate(decode steps) is the engine's decode step, the floor under ITL.
+    poolGauge('kvfabric_worker_step_seconds', 'Seconds the engine computed its steps per worker (a count since it started)', (s) => s.stepSeconds);
+    poolGauge(
+      'kvfabric_worker_step_hand_off_seconds',
+      "Seconds steps spent handed to and back from the engine's thread per worker (a count)",
+      (s) => s.handOffSeconds,
+    );
+    poolGauge('kvfabric_worker_decode_steps', 'Engine steps that carried only decodes per worker (a count since it started)', (s) => s.decodeSteps);
+    poolGauge('kvfabric_worker_decode_step_seconds', 'Seconds the engine computed its decode-only steps per worker (a count)', (s) => s.decodeStepSeconds);
     poolGauge('kvfabric_worker_cached_blocks', 'Blocks in the prefix cache per worker (last health check)', (s) => s.cachedBlocks);
     poolGauge('kvfabric_worker_cache_hit_ratio', 'Prompt blocks found in the prefix cache over those looked up, per worker', (s) =>
       s.cacheLookups ? s.cacheHits / s.cacheLookups : 0,

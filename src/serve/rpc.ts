@@ -149,6 +149,11 @@ export interface WorkerStatus {
   maxBatchSequences: number;
   maxStepTokens: number;
   waitingPasses: number;
+  /** Engine time: compute and thread hand-off of all steps, and the decode-only steps with their compute. */
+  stepSeconds: number;
+  handOffSeconds: number;
+  decodeSteps: number;
+  decodeStepSeconds: number;
   cachedBlocks: number;
   idleCachedBlocks: number;
   cacheLookups: number;

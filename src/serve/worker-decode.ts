@@ -52,6 +52,7 @@ export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<Dec
   span.setAttributes({ [ATTR.kvBlocks]: blocks.length, 'kvfabric.reused_blocks': seq.reused });
   // The tokens whose K/V the sequence holds, for the prefix cache when it ends: the prompt, then what is fed.
   const fed = [...req.prompt, ...req.generated];
+  const tokens = deferredWrites(call);
   try {
     const first = await begin(w, req, handOff, seq, live, trace);
     span.setAttribute('kvfabric.local_prefill', first.transfer === null);
@@ -92,20 +93,41 @@ export async function decode(w: WorkerParts, call: grpc.ServerWritableStream<Dec
         signal: live,
         onToken: (t) => {
           fed.push(t);
-          call.write({ event: 'token', token: t, samplerState: sampler.state });
+          tokens.write({ event: 'token', token: t, samplerState: sampler.state });
           return true;
         },
       });
     }
+    tokens.flush();
     span.setAttributes({ [ATTR.completionTokens]: done.count, [ATTR.finishReason]: done.finishReason });
     if (!call.cancelled) call.write({ event: 'done', done: { finishReason: done.finishReason, completionTokens: done.count } });
   } finally {
+    tokens.flush();
     streamEnded();
     // Every token but the last one fed has its K/V written (a pass that failed or stopped wrote its position
     // only in part: its token never reached `fed`), so the next turn of the conversation finds this one cached.
     if (fed.length > start) w.kv.publish(fed, blocks, fed.length - 1);
     w.kv.free(blocks);
   }
+}
+
+/**
+ * A stream's token events, written after the sequence's next engine step has started rather than before it: the
+ * batcher starts a step as soon as its callers came back (StepBatcher), and a write queued for the end of this turn
+ * of the event loop then runs while the engine computes. Order is kept; flush() writes what is queued at once
+ * (before the stream's last event, and before the call ends however it ends).
+ */
+function deferredWrites(call: grpc.ServerWritableStream<DecodeRequest, DecodeEvent>): { write(ev: DecodeEvent): void; flush(): void } {
+  const queue: DecodeEvent[] = [];
+  const flush = (): void => {
+    for (const ev of queue.splice(0)) if (!call.cancelled) call.write(ev);
+  };
+  return {
+    write(ev) {
+      if (queue.push(ev) === 1) setImmediate(flush);
+    },
+    flush,
+  };
 }
 
 /**

@@ -282,7 +282,18 @@ function batchStatus(
   s: BatchStats,
 ): Pick<
   WorkerStatus,
-  'engineSteps' | 'stepSequences' | 'stepTokens' | 'batchSequences' | 'stepTokensLast' | 'maxBatchSequences' | 'maxStepTokens' | 'waitingPasses'
+  | 'engineSteps'
+  | 'stepSequences'
+  | 'stepTokens'
+  | 'batchSequences'
+  | 'stepTokensLast'
+  | 'maxBatchSequences'
+  | 'maxStepTokens'
+  | 'waitingPasses'
+  | 'stepSeconds'
+  | 'handOffSeconds'
+  | 'decodeSteps'
+  | 'decodeStepSeconds'
 > {
   return {
     engineSteps: s.steps,
@@ -293,5 +304,9 @@ function batchStatus(
     maxBatchSequences: s.maxBatchSequences,
     maxStepTokens: s.maxStepTokens,
     waitingPasses: s.waiting,
+    stepSeconds: s.stepSeconds,
+    handOffSeconds: s.handOffSeconds,
+    decodeSteps: s.decodeSteps,
+    decodeStepSeconds: s.decodeStepSeconds,
   };
 }

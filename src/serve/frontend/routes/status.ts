@@ -55,6 +55,14 @@ function batchView(s: WorkerStatus) {
     avg_tokens: per(s.stepTokens),
     max_sequences: s.maxBatchSequences,
     max_step_tokens: s.maxStepTokens,
+    // Counts since the worker started: a client diffs two readings for the engine's step time over a span.
+    step_sequences: s.stepSequences,
+    step_tokens: s.stepTokens,
+    step_seconds: s.stepSeconds,
+    hand_off_seconds: s.handOffSeconds,
+    decode_steps: s.decodeSteps,
+    decode_step_seconds: s.decodeStepSeconds,
+    avg_decode_step_ms: s.decodeSteps ? Math.round((s.decodeStepSeconds / s.decodeSteps) * 1e5) / 100 : 0,
   };
 }
 
