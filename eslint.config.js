@@ -13,6 +13,8 @@ export default tseslint.config(
       'fuzz/node_modules/**',
       'benchmarks/out/**',
       'benchmarks/crosscheck/**',
+      'benchmarks/aiperf/.venv/**',
+      'benchmarks/aiperf/out/**',
       'models/**',
       '.gpu/**',
     ],

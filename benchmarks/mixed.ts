@@ -5,7 +5,7 @@
 // stalls a prefill causes show in p99), the long prompts' TTFT, and output tokens/s. Prints a table, writes JSON.
 //
 //   npm run bench:mixed -- [--model path] [--provider tcp] [--seconds 20] [--streams 8] [--every-ms 1000]
-//        [--long-repeat 12] [--max-tokens 48] [--out benchmarks/out/mixed.json]
+//        [--long-repeat 12] [--max-tokens 48] [--short-prompt-tokens 256] [--out benchmarks/out/mixed.json]
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,6 +28,9 @@ const { values } = parseArgs({
     'every-ms': { type: 'string', default: '1000' },
     'long-repeat': { type: 'string', default: '12' },
     'max-tokens': { type: 'string', default: '48' },
+    // Disaggregated: prompts this short are prefilled by the decode worker (conditional disaggregation), so the
+    // streams' chats do not queue behind the long prompts at the prefill worker. 0 sends every prompt there.
+    'short-prompt-tokens': { type: 'string', default: '256' },
     out: { type: 'string', default: join(here, 'out', 'mixed.json') },
   },
 });
@@ -40,6 +43,7 @@ const seconds = Number(values.seconds);
 const streams = Number(values.streams);
 const everyMs = Number(values['every-ms']);
 const maxTokens = Number(values['max-tokens']);
+const shortPromptTokens = Number(values['short-prompt-tokens']);
 // About 95 tokens per repeat with SmolLM2's tokenizer: 12 repeats ≈ 1,100 prompt tokens.
 const PARAGRAPH =
   'Serving systems split prefill from decode, ship the key-value cache across the network, and schedule requests so ' +
@@ -97,7 +101,8 @@ async function chat(url: string, content: string, max: number): Promise<Timed> {
 
 function runMode(mode: ServeMode) {
   const pin = (core: number) => ['taskset', '-c', String(core)];
-  return withStack({ model, provider: values.provider!, mode, extra: ['--blocks', '1024'], prefix: pin }, async (url) => {
+  const frontend = mode === 'aggregated' ? {} : { shortPromptTokens };
+  return withStack({ model, provider: values.provider!, mode, extra: ['--blocks', '1024'], prefix: pin, frontend }, async (url) => {
     await chat(url, QUESTIONS[0]!, 4); // warm-up
     const busy0 = procBusySeconds();
     const started = performance.now();
@@ -144,7 +149,7 @@ const machine = describeMachine();
 const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
 console.log(`\nmachine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, Linux ${machine.kernel}, Node ${machine.node}`);
 console.log(
-  `model ${model}; ${streams} streams of ${maxTokens} tokens back to back, a ${disaggregated.longPromptTokens}-token prompt every ${everyMs} ms, ${seconds} s; each worker pinned to one core, 1 engine thread\n`,
+  `model ${model}; ${streams} streams of ${maxTokens} tokens back to back, a ${disaggregated.longPromptTokens}-token prompt every ${everyMs} ms, ${seconds} s; each worker pinned to one core, 1 engine thread; disaggregated: --short-prompt-tokens ${shortPromptTokens}\n`,
 );
 console.log('| mode | stream TTFT p50 / p99 ms | stream ITL p50 / p99 ms | long-prompt TTFT p50 / p99 ms | output tok/s | refused | machine busy (cores) |');
 console.log('|---|---|---|---|---|---|---|');
@@ -160,6 +165,10 @@ console.log(
 mkdirSync(dirname(values.out!), { recursive: true });
 writeFileSync(
   values.out!,
-  JSON.stringify({ date: new Date().toISOString(), machine, model, streams, maxTokens, everyMs, seconds, disaggregated, aggregated }, null, 2),
+  JSON.stringify(
+    { date: new Date().toISOString(), machine, model, streams, maxTokens, everyMs, seconds, shortPromptTokens, disaggregated, aggregated },
+    null,
+    2,
+  ),
 );
 console.log(`wrote ${values.out}`);

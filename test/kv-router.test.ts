@@ -100,5 +100,10 @@ describe('the kv router', () => {
     assert.match(localPrefillReason(ctx({ prefillSaturation: 3 }), PROMPT, none), /^prefill saturated/);
     assert.equal(localPrefillReason(ctx({ prefillSaturation: 4 }), PROMPT, none), '');
     prefill.active = 0;
+    // A short prompt: its length, less what the decode worker holds, against --short-prompt-tokens.
+    assert.match(localPrefillReason(ctx({ shortPromptTokens: 26 }), PROMPT, none), /^short prompt: 26 tokens to compute \(at most 26\)/);
+    assert.equal(localPrefillReason(ctx({ shortPromptTokens: 25 }), PROMPT, none), '');
+    assert.match(localPrefillReason(ctx({ shortPromptTokens: 6 }), PROMPT, choice), /^short prompt: 6 tokens to compute/);
+    assert.equal(localPrefillReason(ctx({ shortPromptTokens: 0 }), PROMPT, none), '', '0: never');
   });
 });

@@ -15,6 +15,8 @@ export interface StackOptions {
   extra: string[];
   /** A command prefix for worker i (0 or 1), e.g. taskset to pin it to a core. */
   prefix?: (i: number) => string[];
+  /** Extra frontend settings (config keys, as the flags give them). */
+  frontend?: Record<string, unknown>;
 }
 
 /** Runs `fn` against the stack's frontend URL once every worker is ready; stops everything after. */
@@ -39,6 +41,7 @@ export async function withStack<T>(o: StackOptions, fn: (url: string) => Promise
           decode: byRole('decode'),
           mode: o.mode,
           healthIntervalMs: HEALTH_INTERVAL_MS,
+          ...o.frontend,
         },
         env: {},
       }),

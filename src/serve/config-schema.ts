@@ -110,6 +110,8 @@ export interface FrontendConfig extends Common {
   localPrefillTokens: number;
   /** Requests in flight per prefill worker at which every one counts as saturated: the decode worker prefills (0: never). */
   prefillSaturation: number;
+  /** A prompt with at most this many tokens to compute is prefilled by the decode worker (0: never). */
+  shortPromptTokens: number;
 }
 
 export type RouterPolicy = 'kv' | 'round-robin';
@@ -263,6 +265,7 @@ export const frontendSchema: JSONSchemaType<FrontendConfig> = {
     'routerLoadWeight',
     'localPrefillTokens',
     'prefillSaturation',
+    'shortPromptTokens',
   ],
   properties: {
     ...common,
@@ -316,6 +319,12 @@ export const frontendSchema: JSONSchemaType<FrontendConfig> = {
       minimum: 0,
       default: 0,
       description: 'requests in flight on every prefill worker at which the decode worker prefills instead (0: never)',
+    },
+    shortPromptTokens: {
+      type: 'integer',
+      minimum: 0,
+      default: 0,
+      description: 'the decode worker prefills a prompt with at most this many tokens to compute, cached prefix aside (0: never)',
     },
   },
 };

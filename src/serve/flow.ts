@@ -91,6 +91,7 @@ export interface FlowContext {
   /** Conditional disaggregation (0: never): see localPrefillReason. */
   localPrefillTokens?: number;
   prefillSaturation?: number;
+  shortPromptTokens?: number;
   log: Logger;
 }
 
@@ -336,7 +337,9 @@ class RequestFlow {
 /**
  * Conditional disaggregation: why the decode worker should prefill this prompt itself ('' when a prefill worker
  * should): it holds all but a few of the prompt's tokens cached (--local-prefill-tokens; a transfer would cost
- * more than computing them), or every prefill worker has --prefill-saturation requests in flight.
+ * more than computing them), the prompt is short (--short-prompt-tokens: it would otherwise queue behind long
+ * prompts at the prefill worker, for less compute than its hand-off), or every prefill worker has
+ * --prefill-saturation requests in flight.
  */
 export function localPrefillReason(ctx: FlowContext, prompt: readonly number[], decode: RouteChoice): string {
   const tpb = ctx.router.index?.tokensPerBlock(decode.entry.address);
@@ -345,6 +348,12 @@ export function localPrefillReason(ctx: FlowContext, prompt: readonly number[], 
     const lacking = prompt.length - decode.overlap * tpb;
     if (lacking <= limit)
       return `cached prefix: the decode worker holds ${decode.overlap * tpb} of ${prompt.length} prompt tokens; ${lacking} to compute (at most ${limit})`;
+  }
+  const short = ctx.shortPromptTokens ?? 0;
+  if (short > 0) {
+    const cached = tpb ? decode.overlap * tpb : 0;
+    const toCompute = prompt.length - cached;
+    if (toCompute <= short) return `short prompt: ${toCompute} tokens to compute (at most ${short})`;
   }
   const saturation = ctx.prefillSaturation ?? 0;
   if (saturation > 0) {

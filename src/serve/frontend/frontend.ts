@@ -80,6 +80,7 @@ export class Frontend {
           maxMigrations: config.maxMigrations,
           localPrefillTokens: config.router === 'kv' ? config.localPrefillTokens : 0,
           prefillSaturation: config.prefillSaturation,
+          shortPromptTokens: config.shortPromptTokens,
           log,
         },
         metrics,

@@ -206,8 +206,7 @@ function record({ options }: RouteContext, requestId: string, proof: KvProof): v
     metrics.kvTransfer.observe({ provider: proof.provider, op: proof.op }, proof.transfer_ms / 1000);
   }
   if (proof.mode === 'fallback') metrics.fallbacks.inc();
-  if (proof.mode === 'local')
-    metrics.localPrefills.inc({ reason: proof.fallback_reason?.startsWith('prefill saturated') ? 'prefill-saturated' : 'cached-prefix' });
+  if (proof.mode === 'local') metrics.localPrefills.inc({ reason: localPrefillLabel(proof.fallback_reason ?? '') });
   if (proof.prefill_reused_bytes) metrics.reusedBytes.inc({ side: 'prefill' }, proof.prefill_reused_bytes);
   if (proof.decode_reused_bytes) metrics.reusedBytes.inc({ side: 'decode' }, proof.decode_reused_bytes);
   log.info({ requestId, ...proof }, 'request served');
@@ -290,4 +289,11 @@ async function respondStreaming(ctx: RouteContext, reply: FastifyReply, p: Prepa
   sse.send('[DONE]');
   sse.end();
   return reply;
+}
+
+/** The metric label of a conditional-disaggregation reason (flow.ts localPrefillReason). */
+function localPrefillLabel(reason: string): string {
+  if (reason.startsWith('prefill saturated')) return 'prefill-saturated';
+  if (reason.startsWith('short prompt')) return 'short-prompt';
+  return 'cached-prefix';
 }
