@@ -106,6 +106,8 @@ void PackedDots(const PackedMatrix& w, int64_t panel_begin, int64_t panel_end, c
     tiles = scratch.tiles.data() + (64 - reinterpret_cast<uintptr_t>(scratch.tiles.data()) % 64) % 64;
   }
   void (*kernel)(const PackedView&) = PackedPanelScalar;
+  // Below two token tiles, unpacking a panel for AMX costs more than the VNNI kernel saves (the same bits either way).
+  if (isa == QdotIsa::kAmx && x.n_tokens < kAmxMinTokens) isa = QdotIsa::kAvx512Vnni;
   if (isa == QdotIsa::kAmx)
     kernel = PackedPanelAmx;
   else if (isa == QdotIsa::kAvx512Vnni)

@@ -89,6 +89,7 @@ void Prepare(const PackedView& v, const PackedLayout& L, const AmxScratch& s) {
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int64_t b = 0; b < v.n_blocks; ++b) {
     const uint8_t* blk = v.panel + b * L.bytes;
+    PrefetchBlock(blk + kPrefetchBlocks * L.bytes, L.bytes);
     _mm512_store_ps(s.scale + 16 * b,
                     _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + L.scales))));
     if constexpr (K == PackedKind::kQ4_1)

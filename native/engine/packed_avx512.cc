@@ -21,7 +21,6 @@ namespace kvf::engine {
 namespace {
 
 constexpr int32_t kZero[] = {128, 8, 0};  // per PackedKind, after the sign flip of Q8_0
-constexpr int64_t kPrefetchBlocks = 8;
 
 inline __m512i Dword(const int8_t* p) {
   int32_t v;
@@ -54,9 +53,7 @@ void Tokens(const PackedView& v, int64_t t0) {
   for (int i = 0; i < T; ++i) acc[i] = summ[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = v.panel + b * L.bytes;
-    // A few blocks ahead: decode streams every panel from memory once per step.
-    for (int64_t o = 0; o < L.bytes; o += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBlocks * L.bytes + o), _MM_HINT_T0);
+    PrefetchBlock(blk + kPrefetchBlocks * L.bytes, L.bytes);
     __m512i w[8];
     Weights<K>(blk + L.quants, w);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + L.scales)));

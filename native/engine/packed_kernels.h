@@ -6,6 +6,10 @@
 
 #include "engine/packed.h"
 
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
 namespace kvf::engine {
 
 constexpr int64_t kAmxScratchPerBlock = 1664;
@@ -25,9 +29,22 @@ struct PackedView {
   uint8_t* tiles;  // AMX only: n_blocks * kAmxScratchPerBlock bytes, 64-byte aligned
 };
 
+// A matrix product with few activation rows (decode) streams every panel from memory once; the kernels ask for
+// the block this far ahead of the one they work on (static: each target's file keeps its own copy).
+constexpr int64_t kPrefetchBlocks = 8;
+static inline void PrefetchBlock(const uint8_t* blk, int64_t bytes) {
+#if defined(__x86_64__)
+  for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + o), _MM_HINT_T0);
+#else
+  (void)blk, (void)bytes;
+#endif
+}
+
 void PackedPanelScalar(const PackedView& v);
 void PackedPanelAvx2(const PackedView& v);
 void PackedPanelAvx512Vnni(const PackedView& v);
+// PackedDots hands fewer activation rows than this to the VNNI kernel.
+constexpr int64_t kAmxMinTokens = 32;
 // Tokens in groups of 16 on AMX tiles, the rest through PackedPanelAvx512Vnni. False if the OS refused AMX.
 bool AmxUsable();
 void PackedPanelAmx(const PackedView& v);

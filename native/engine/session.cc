@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/error_codes.h"
+#include "engine/activation.h"
 #include "engine/dequant.h"
 #include "engine/qdot.h"
 
@@ -283,12 +284,7 @@ void Session::Forward(const std::vector<Segment>& segs) {
     });
     const MatJob gu[2] = {{L.ffn_gate, gate_.data()}, {L.ffn_up, up_.data()}};
     MatMul(gu, 2, xn_.data(), n);
-    PerToken(n, [&](int64_t t) {
-      for (int64_t i = t * F; i < (t + 1) * F; ++i) {
-        const float g = gate_[static_cast<size_t>(i)];
-        gate_[static_cast<size_t>(i)] = g / (1.0f + std::exp(-g)) * up_[static_cast<size_t>(i)];
-      }
-    });
+    PerToken(n, [&](int64_t t) { SiluMul(gate_.data() + t * F, up_.data() + t * F, F); });
     const MatJob down{L.ffn_down, tmp_.data()};
     MatMul(&down, 1, gate_.data(), n);
     PerToken(n, [&](int64_t t) {

@@ -117,7 +117,7 @@ TEST(Packed, EveryKernelGivesTheSpecifiedBits) {
       for (int64_t nb : {1, 3, 18}) {
         const std::vector<uint8_t> raw = RandomMatrix(rng, f, rows, nb);
         const PackedMatrix m = PackMatrix(f.type, raw.data(), rows, nb * 32, static_cast<uint64_t>(nb * f.bytes));
-        for (int64_t tokens : {1, 3, 4, 5, 16, 17, 35}) {
+        for (int64_t tokens : {1, 3, 4, 5, 16, 17, 32, 35}) {
           const QuantizedActivations x = Activations(rng, tokens, nb * 32);
           for (QdotIsa isa : SupportedIsas()) {
             std::vector<float> y(static_cast<size_t>(tokens * rows), NAN);
@@ -227,8 +227,8 @@ TEST(Packed, AmxKernelPutsBackTheThreadsTileConfiguration) {
   const Format& f = kFormats[2];
   const std::vector<uint8_t> raw = RandomMatrix(rng, f, 16, 2);
   const PackedMatrix m = PackMatrix(f.type, raw.data(), 16, 64, 40);
-  const QuantizedActivations x = Activations(rng, 16, 64);
-  std::vector<float> y(16 * 16);
+  const QuantizedActivations x = Activations(rng, 32, 64);  // AMX takes 32 rows and more
+  std::vector<float> y(32 * 16);
   PackedScratch scratch;
   Config theirs{};
   theirs.palette = 1;
