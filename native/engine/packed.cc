@@ -99,6 +99,8 @@ void PackedDots(const PackedMatrix& w, int64_t panel_begin, int64_t panel_end, c
     throw Error(code::kInvalidArgument, "packed rows of " + std::to_string(w.n_blocks) +
                                             " blocks against activations of " + std::to_string(x.n_blocks));
   if (!QdotIsaSupported(isa)) throw Error(code::kInvalidArgument, std::string("CPU lacks ") + QdotIsaName(isa));
+  // Below two token tiles, unpacking a panel for AMX costs more than the VNNI kernel saves (the same bits either way).
+  if (isa == QdotIsa::kAmx && x.n_tokens < kAmxMinTokens) isa = QdotIsa::kAvx512Vnni;
   uint8_t* tiles = nullptr;
   if (isa == QdotIsa::kAmx) {
     const size_t need = static_cast<size_t>(w.n_blocks * kAmxScratchPerBlock) + 64;
@@ -106,8 +108,6 @@ void PackedDots(const PackedMatrix& w, int64_t panel_begin, int64_t panel_end, c
     tiles = scratch.tiles.data() + (64 - reinterpret_cast<uintptr_t>(scratch.tiles.data()) % 64) % 64;
   }
   void (*kernel)(const PackedView&) = PackedPanelScalar;
-  // Below two token tiles, unpacking a panel for AMX costs more than the VNNI kernel saves (the same bits either way).
-  if (isa == QdotIsa::kAmx && x.n_tokens < kAmxMinTokens) isa = QdotIsa::kAvx512Vnni;
   if (isa == QdotIsa::kAmx)
     kernel = PackedPanelAmx;
   else if (isa == QdotIsa::kAvx512Vnni)
