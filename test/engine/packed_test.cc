@@ -23,6 +23,7 @@
 namespace kvf::engine {
 namespace {
 
+using testing::SupportedIsas;
 using testing::ThrownCode;
 
 struct Format {
@@ -92,13 +93,6 @@ QuantizedActivations Activations(std::mt19937& rng, int64_t tokens, int64_t k) {
   x.Resize(tokens, k);
   x.Quantize(v.data(), 0, tokens);
   return x;
-}
-
-std::vector<QdotIsa> SupportedIsas() {
-  std::vector<QdotIsa> out;
-  for (QdotIsa isa : {QdotIsa::kScalar, QdotIsa::kAvx2, QdotIsa::kAvx512Vnni, QdotIsa::kAmx})
-    if (QdotIsaSupported(isa)) out.push_back(isa);
-  return out;
 }
 
 uint32_t Bits(float f) {

@@ -21,6 +21,7 @@
 namespace kvf::engine {
 namespace {
 
+using testing::SupportedIsas;
 using testing::ThrownCode;
 
 struct QCase {
@@ -49,13 +50,6 @@ std::vector<float> RandomActivations(std::mt19937& rng, int64_t n) {
   for (auto& v : x) v = u(rng);
   for (int64_t i = 0; i < n && i < 32; ++i) x[static_cast<size_t>(i)] = 0;  // an all-zero block
   return x;
-}
-
-std::vector<QdotIsa> SupportedIsas() {
-  std::vector<QdotIsa> out;
-  for (QdotIsa isa : {QdotIsa::kScalar, QdotIsa::kAvx2, QdotIsa::kAvx512Vnni, QdotIsa::kAmx})
-    if (QdotIsaSupported(isa)) out.push_back(isa);
-  return out;
 }
 
 // qdot.h's specification, written out independently of the kernels.

@@ -1,4 +1,4 @@
-// Shared helpers for the engine tests: model paths and error-code assertions.
+// Shared helpers for the engine tests: model paths, error-code assertions and the kernels this CPU runs.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -7,10 +7,20 @@
 #include <cstdlib>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
+#include "engine/qdot.h"
 
 namespace kvf::engine::testing {
+
+// Every kernel level this CPU runs, from plain C up.
+inline std::vector<QdotIsa> SupportedIsas() {
+  std::vector<QdotIsa> out;
+  for (QdotIsa isa : {QdotIsa::kScalar, QdotIsa::kAvx2, QdotIsa::kAvx512Vnni, QdotIsa::kAmx})
+    if (QdotIsaSupported(isa)) out.push_back(isa);
+  return out;
+}
 
 inline bool FileExists(const std::string& p) {
   struct stat st;
